@@ -1,0 +1,74 @@
+# Shared helpers for the guest, rig and test scripts. Source, don't run.
+# shellcheck shell=bash
+
+VMM_ROOT=${VMM_ROOT:-$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)}
+VMM_BUILD=${VMM_BUILD:-$VMM_ROOT/build}
+
+log() { printf '%s: %s\n' "$(basename "$0")" "$*" >&2; }
+die() { log "error: $*"; exit 1; }
+
+# Installs the Debian packages that are missing (needs root, or sudo).
+ensure_packages() {
+    local missing=()
+    for pkg in "$@"; do
+        dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "ok installed" || missing+=("$pkg")
+    done
+    [ ${#missing[@]} -eq 0 ] && return 0
+    log "installing ${missing[*]}"
+    local sudo=""
+    [ "$(id -u)" -eq 0 ] || sudo="sudo"
+    export DEBIAN_FRONTEND=noninteractive
+    $sudo apt-get install -y --no-install-recommends "${missing[@]}" >/dev/null 2>&1 || {
+        $sudo apt-get update >/dev/null 2>&1
+        $sudo apt-get install -y --no-install-recommends "${missing[@]}" >/dev/null
+    } || die "could not install ${missing[*]}"
+}
+
+# The Debian kernel package that linux-image-amd64 points to, extracted once
+# under $VMM_BUILD/kernel/<package>; prints that directory.
+fetch_kernel() {
+    local pkg dir
+    pkg=${VMM_KERNEL_PACKAGE:-$(apt-cache depends linux-image-amd64 2>/dev/null |
+        awk '/Depends: linux-image-[0-9]/ {print $2; exit}')}
+    [ -n "$pkg" ] || die "cannot find the kernel package behind linux-image-amd64 (apt-get update?)"
+    dir=$VMM_BUILD/kernel/$pkg
+    if [ ! -f "$dir/.done" ]; then
+        log "fetching $pkg"
+        rm -rf "$dir" && mkdir -p "$dir/deb"
+        (cd "$dir/deb" && apt-get download "$pkg" >/dev/null 2>&1) || die "apt-get download $pkg failed"
+        dpkg-deb -x "$dir"/deb/*.deb "$dir/root"
+        rm -rf "$dir/deb"
+        touch "$dir/.done"
+    fi
+    echo "$dir"
+}
+
+# Prints the .ko files for the named modules and everything they depend on,
+# dependencies first. The package ships no modules.dep, so each module's own
+# "depends" field is followed.
+resolve_modules() {
+    local moddir=$1; shift
+    declare -A path_of=() seen=()
+    local f name
+    while IFS= read -r f; do
+        name=$(basename "$f" .ko); name=${name//-/_}
+        path_of[$name]=$f
+    done < <(find "$moddir" -name '*.ko')
+    visit() {
+        local mod=${1//-/_} dep
+        [ -n "${seen[$mod]:-}" ] && return 0
+        seen[$mod]=1
+        [ -n "${path_of[$mod]:-}" ] || die "module $mod not found under $moddir"
+        for dep in $(modinfo -F depends "${path_of[$mod]}" | tr ',' ' '); do
+            visit "$dep"
+        done
+        echo "${path_of[$mod]}"
+    }
+    for name in "$@"; do visit "$name"; done
+}
+
+# Packs directory $1 into a gzip'd newc cpio archive $2.
+pack_cpio() {
+    (cd "$1" && find . -print0 | LC_ALL=C sort -z | cpio --null -o -H newc --quiet) | gzip -1 > "$2.tmp"
+    mv "$2.tmp" "$2"
+}

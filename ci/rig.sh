@@ -1,0 +1,74 @@
+#!/usr/bin/env bash
+# The KVM test rig: boots the stock Debian kernel under QEMU's software
+# emulation with nested SVM, where it offers a real /dev/kvm, and runs a
+# shell script inside it with the static vmm and the test guest at hand:
+#   /rig/vmm, /rig/guest/bzImage, /rig/guest/initramfs.cpio.gz, /rig/extra/...
+#
+# Usage: ci/rig.sh [--timeout SECS] [--extra FILE]... SCRIPT
+# Streams the rig's console to stdout and exits with the script's status.
+set -euo pipefail
+. "$(dirname "$0")/lib.sh"
+
+timeout=600
+extras=()
+while [ $# -gt 1 ]; do
+    case "$1" in
+        --timeout) timeout=$2; shift 2 ;;
+        --extra) extras+=("$2"); shift 2 ;;
+        *) die "unknown option $1" ;;
+    esac
+done
+[ $# -eq 1 ] && [ -f "$1" ] || die "usage: ci/rig.sh [--timeout SECS] [--extra FILE]... SCRIPT"
+script=$1
+
+ensure_packages qemu-system-x86 busybox-static cpio kmod gzip
+kdir=$(fetch_kernel)
+kver=$(ls "$kdir/root/lib/modules")
+guest=$("$VMM_ROOT/guest/build.sh")
+vmm=${VMM_STATIC_BIN:-$("$VMM_ROOT/ci/build-static.sh")}
+
+rig=$VMM_BUILD/rig
+mkdir -p "$rig"
+base=$rig/base-$kver.cpio.gz
+if [ ! -f "$base" ] || [ "$VMM_ROOT/ci/rig-init" -nt "$base" ]; then
+    stage=$(mktemp -d)
+    mkdir -p "$stage"/{bin,dev,proc,sys,tmp,lib/modules,rig}
+    cp /bin/busybox "$stage/bin/busybox"
+    install -m 0755 "$VMM_ROOT/ci/rig-init" "$stage/init"
+    : > "$stage/lib/modules/load.order"
+    while IFS= read -r ko; do
+        cp "$ko" "$stage/lib/modules/"
+        basename "$ko" >> "$stage/lib/modules/load.order"
+    done < <(resolve_modules "$kdir/root/lib/modules/$kver/kernel" kvm_amd)
+    pack_cpio "$stage" "$base"
+    rm -rf "$stage"
+fi
+
+work=$(mktemp -d)
+trap 'rm -rf "$work"' EXIT
+mkdir -p "$work/rig/guest" "$work/rig/extra"
+cp "$vmm" "$work/rig/vmm"
+cp "$guest/bzImage" "$guest/initramfs.cpio.gz" "$work/rig/guest/"
+cp "$script" "$work/rig/run.sh"
+for f in "${extras[@]}"; do cp -r "$f" "$work/rig/extra/"; done
+# The kernel unpacks concatenated archives in order: base, then this run's files.
+pack_cpio "$work" "$work/payload.cpio.gz"
+cat "$base" "$work/payload.cpio.gz" > "$work/initrd.cpio.gz"
+
+status=$work/status
+set +e
+timeout --foreground -k 10 "$timeout" qemu-system-x86_64 \
+    -accel tcg,thread=multi -cpu EPYC,-xsave -smp 2 -m 4G \
+    -nodefaults -display none -serial stdio -no-reboot \
+    -kernel "$kdir/root/boot/vmlinuz-$kver" -initrd "$work/initrd.cpio.gz" \
+    -append "console=ttyS0 quiet panic=-1 transparent_hugepage=never" \
+    </dev/null 2> >(grep -v "TCG doesn't support requested feature" >&2) |
+    tee "$status" | sed -u 's/\r$//'
+qemu_rc=${PIPESTATUS[0]}
+set -e
+rc=$(sed -n 's/^RIG-EXIT: \([0-9]*\).*/\1/p' "$status" | tail -n 1)
+if [ -z "$rc" ]; then
+    [ "$qemu_rc" -eq 124 ] && die "the rig timed out after ${timeout}s"
+    die "the rig ended without reporting the script's status (qemu exit $qemu_rc)"
+fi
+exit "$rc"

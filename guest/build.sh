@@ -1,0 +1,31 @@
+#!/usr/bin/env bash
+# Builds the test guest from Debian packages: the stock kernel's bzImage and
+# an initramfs with busybox, the SCSI modules and our /init. Cached and
+# idempotent. Prints the output directory.
+set -euo pipefail
+. "$(dirname "$0")/../ci/lib.sh"
+
+OUT=$VMM_BUILD/guest
+GUEST_MODULES=(sym53c8xx sd_mod)
+
+ensure_packages busybox-static cpio kmod gzip
+kdir=$(fetch_kernel)
+kver=$(ls "$kdir/root/lib/modules")
+mkdir -p "$OUT"
+cp -u "$kdir/root/boot/vmlinuz-$kver" "$OUT/bzImage"
+
+stage=$(mktemp -d)
+trap 'rm -rf "$stage"' EXIT
+mkdir -p "$stage"/{bin,dev,proc,sys,tmp,mnt,lib/modules,scripts}
+cp /bin/busybox "$stage/bin/busybox"
+install -m 0755 "$VMM_ROOT/guest/init" "$stage/init"
+install -m 0755 "$VMM_ROOT"/guest/scripts/* "$stage/scripts/"
+: > "$stage/lib/modules/load.order"
+while IFS= read -r ko; do
+    cp "$ko" "$stage/lib/modules/"
+    basename "$ko" >> "$stage/lib/modules/load.order"
+done < <(resolve_modules "$kdir/root/lib/modules/$kver/kernel" "${GUEST_MODULES[@]}")
+echo "$kver" > "$stage/kernel-version"
+pack_cpio "$stage" "$OUT/initramfs.cpio.gz"
+log "guest ready: $OUT/bzImage (kernel $kver), $OUT/initramfs.cpio.gz"
+echo "$OUT"

@@ -1,0 +1,210 @@
+//! Address-range buses for port I/O and MMIO.
+//!
+//! Each device sits behind its own mutex and the range map behind a
+//! read-write lock, so vCPUs touching different devices never wait on each
+//! other and there is no global device lock.
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex, RwLock};
+
+/// A device that answers reads and writes inside the range it was inserted at.
+pub trait BusDevice: Send {
+    /// `offset` is relative to the start of the device's range.
+    fn read(&mut self, offset: u64, data: &mut [u8]);
+    fn write(&mut self, offset: u64, data: &[u8]);
+}
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum BusError {
+    #[error("bus range {base:#x}+{len:#x} is empty or wraps around")]
+    InvalidRange { base: u64, len: u64 },
+    #[error("bus range {base:#x}+{len:#x} overlaps a device already at {other:#x}")]
+    Overlap { base: u64, len: u64, other: u64 },
+    #[error("no device starts at {0:#x}")]
+    NotFound(u64),
+}
+
+#[derive(Clone)]
+struct Entry {
+    len: u64,
+    device: Arc<Mutex<dyn BusDevice>>,
+}
+
+#[derive(Default)]
+pub struct Bus {
+    ranges: RwLock<BTreeMap<u64, Entry>>,
+}
+
+impl Bus {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    pub fn insert(
+        &self,
+        device: Arc<Mutex<dyn BusDevice>>,
+        base: u64,
+        len: u64,
+    ) -> Result<(), BusError> {
+        if len == 0 || base.checked_add(len - 1).is_none() {
+            return Err(BusError::InvalidRange { base, len });
+        }
+        let mut ranges = self.ranges.write().expect("bus lock poisoned");
+        let end = base + (len - 1);
+        // The nearest range starting at or below our end is the only one
+        // that can overlap us, because ranges never overlap each other.
+        if let Some((&other, entry)) = ranges.range(..=end).next_back()
+            && other + (entry.len - 1) >= base
+        {
+            return Err(BusError::Overlap { base, len, other });
+        }
+        ranges.insert(base, Entry { len, device });
+        Ok(())
+    }
+
+    pub fn remove(&self, base: u64) -> Result<Arc<Mutex<dyn BusDevice>>, BusError> {
+        let mut ranges = self.ranges.write().expect("bus lock poisoned");
+        ranges
+            .remove(&base)
+            .map(|e| e.device)
+            .ok_or(BusError::NotFound(base))
+    }
+
+    /// The device covering `addr` and the offset of `addr` inside it.
+    fn resolve(&self, addr: u64, size: usize) -> Option<(Arc<Mutex<dyn BusDevice>>, u64)> {
+        let ranges = self.ranges.read().expect("bus lock poisoned");
+        let (&base, entry) = ranges.range(..=addr).next_back()?;
+        let offset = addr - base;
+        // The whole access must fall inside the device.
+        if offset.checked_add(size as u64)? > entry.len {
+            return None;
+        }
+        Some((entry.device.clone(), offset))
+    }
+
+    /// Returns false when nothing is mapped at `addr`; `data` is then all ones.
+    pub fn read(&self, addr: u64, data: &mut [u8]) -> bool {
+        match self.resolve(addr, data.len()) {
+            Some((device, offset)) => {
+                device
+                    .lock()
+                    .expect("device lock poisoned")
+                    .read(offset, data);
+                true
+            }
+            None => {
+                data.fill(0xff);
+                false
+            }
+        }
+    }
+
+    /// Returns false when nothing is mapped at `addr`.
+    pub fn write(&self, addr: u64, data: &[u8]) -> bool {
+        match self.resolve(addr, data.len()) {
+            Some((device, offset)) => {
+                device
+                    .lock()
+                    .expect("device lock poisoned")
+                    .write(offset, data);
+                true
+            }
+            None => false,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Remembers the last write and answers reads with offset-tagged bytes.
+    #[derive(Default)]
+    struct Probe {
+        last_write: Option<(u64, Vec<u8>)>,
+    }
+
+    impl BusDevice for Probe {
+        fn read(&mut self, offset: u64, data: &mut [u8]) {
+            for (i, b) in data.iter_mut().enumerate() {
+                *b = offset as u8 + i as u8;
+            }
+        }
+        fn write(&mut self, offset: u64, data: &[u8]) {
+            self.last_write = Some((offset, data.to_vec()));
+        }
+    }
+
+    #[test]
+    fn dispatches_by_range_with_relative_offsets() {
+        let bus = Bus::new();
+        let probe = Arc::new(Mutex::new(Probe::default()));
+        bus.insert(probe.clone(), 0x100, 0x10).unwrap();
+        let mut data = [0u8; 2];
+        assert!(bus.read(0x104, &mut data));
+        assert_eq!(data, [4, 5]);
+        assert!(bus.write(0x10f, &[7]));
+        assert_eq!(probe.lock().unwrap().last_write, Some((0xf, vec![7])));
+    }
+
+    #[test]
+    fn unmapped_reads_are_all_ones() {
+        let bus = Bus::new();
+        bus.insert(Arc::new(Mutex::new(Probe::default())), 0x100, 0x10)
+            .unwrap();
+        let mut data = [0u8; 4];
+        assert!(!bus.read(0xff, &mut data));
+        assert_eq!(data, [0xff; 4]);
+        assert!(!bus.read(0x110, &mut data));
+        assert!(!bus.write(0x200, &[1]));
+    }
+
+    #[test]
+    fn accesses_straddling_the_end_are_unmapped() {
+        let bus = Bus::new();
+        bus.insert(Arc::new(Mutex::new(Probe::default())), 0x100, 0x10)
+            .unwrap();
+        let mut data = [0u8; 4];
+        assert!(!bus.read(0x10e, &mut data));
+        assert_eq!(data, [0xff; 4]);
+    }
+
+    #[test]
+    fn overlaps_and_bad_ranges_are_refused() {
+        let bus = Bus::new();
+        let dev = || Arc::new(Mutex::new(Probe::default()));
+        bus.insert(dev(), 0x100, 0x10).unwrap();
+        assert!(matches!(
+            bus.insert(dev(), 0x10f, 1),
+            Err(BusError::Overlap { .. })
+        ));
+        assert!(matches!(
+            bus.insert(dev(), 0xf0, 0x11),
+            Err(BusError::Overlap { .. })
+        ));
+        assert!(matches!(
+            bus.insert(dev(), 0x0, 0x1000),
+            Err(BusError::Overlap { .. })
+        ));
+        assert_eq!(
+            bus.insert(dev(), 0x300, 0).unwrap_err(),
+            BusError::InvalidRange {
+                base: 0x300,
+                len: 0
+            }
+        );
+        assert!(bus.insert(dev(), u64::MAX, 2).is_err());
+        bus.insert(dev(), 0xf0, 0x10).unwrap();
+        bus.insert(dev(), 0x110, 0x10).unwrap();
+    }
+
+    #[test]
+    fn removed_devices_stop_answering() {
+        let bus = Bus::new();
+        bus.insert(Arc::new(Mutex::new(Probe::default())), 0x100, 0x10)
+            .unwrap();
+        bus.remove(0x100).unwrap();
+        assert!(!bus.write(0x100, &[1]));
+        assert!(matches!(bus.remove(0x100), Err(BusError::NotFound(0x100))));
+    }
+}

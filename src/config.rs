@@ -1,0 +1,114 @@
+//! Command-line options and their translation into a `VmConfig`.
+
+use std::path::PathBuf;
+
+use clap::Parser;
+
+use crate::vmm::VmConfig;
+use crate::vmm::mptable::MAX_CPUS;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "vmm",
+    version,
+    about = "A small, fast KVM virtual machine monitor",
+    after_help = "The guest's serial console is stdout; stdin is its input. On a terminal, \
+                  Ctrl-A x quits. A guest reboot or poweroff ends the VMM with exit code 0."
+)]
+pub struct Cli {
+    /// Linux kernel (bzImage) to boot.
+    #[arg(long, value_name = "PATH")]
+    pub kernel: PathBuf,
+    /// Initial ramdisk (initramfs) for the kernel.
+    #[arg(long, value_name = "PATH")]
+    pub initrd: Option<PathBuf>,
+    /// Kernel command line (default: serial console, panic=1). `reboot=k` is
+    /// added unless the line picks a reboot method, so a guest reboot ends the VMM.
+    #[arg(long, value_name = "TEXT")]
+    pub cmdline: Option<String>,
+    /// Guest memory: a number with an optional K, M or G suffix (plain numbers are MiB).
+    #[arg(long, value_name = "SIZE", default_value = "512M", value_parser = parse_size)]
+    pub mem: u64,
+    /// Number of vCPUs.
+    #[arg(long, value_name = "N", default_value_t = 1,
+          value_parser = clap::value_parser!(u8).range(1..=i64::from(MAX_CPUS)))]
+    pub cpus: u8,
+    /// Log level: error, warn, info, debug or trace (default: RUST_LOG, else warn).
+    #[arg(long, value_name = "LEVEL", value_parser = ["error", "warn", "info", "debug", "trace", "off"])]
+    pub log_level: Option<String>,
+}
+
+impl Cli {
+    pub fn vm_config(&self) -> VmConfig {
+        VmConfig {
+            kernel: self.kernel.clone(),
+            initrd: self.initrd.clone(),
+            cmdline: self.cmdline.clone(),
+            mem_size: self.mem,
+            cpus: self.cpus,
+        }
+    }
+}
+
+/// Parses "512M", "2G", "65536K" or "1024" (MiB) into bytes.
+pub fn parse_size(text: &str) -> Result<u64, String> {
+    let text = text.trim();
+    let (digits, shift) = match text.char_indices().last() {
+        Some((i, 'K' | 'k')) => (&text[..i], 10),
+        Some((i, 'M' | 'm')) => (&text[..i], 20),
+        Some((i, 'G' | 'g')) => (&text[..i], 30),
+        _ => (text, 20),
+    };
+    let value: u64 = digits
+        .parse()
+        .map_err(|_| format!("'{text}' is not a size like 512M or 2G"))?;
+    value
+        .checked_mul(1 << shift)
+        .ok_or_else(|| format!("'{text}' is too large"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sizes_parse_with_suffixes() {
+        assert_eq!(parse_size("512M"), Ok(512 << 20));
+        assert_eq!(parse_size("2G"), Ok(2 << 30));
+        assert_eq!(parse_size("1024"), Ok(1 << 30));
+        assert_eq!(parse_size("65536k"), Ok(64 << 20));
+        assert!(parse_size("lots").is_err());
+        assert!(parse_size("").is_err());
+        assert!(parse_size("99999999999999G").is_err());
+    }
+
+    #[test]
+    fn cli_defaults_and_errors() {
+        let cli = Cli::try_parse_from(["vmm", "--kernel", "k"]).unwrap();
+        let cfg = cli.vm_config();
+        assert_eq!((cfg.mem_size, cfg.cpus), (512 << 20, 1));
+        assert!(cfg.initrd.is_none());
+        assert!(Cli::try_parse_from(["vmm"]).is_err(), "kernel is required");
+        assert!(Cli::try_parse_from(["vmm", "--kernel", "k", "--cpus", "0"]).is_err());
+        assert!(Cli::try_parse_from(["vmm", "--kernel", "k", "--cpus", "255"]).is_err());
+        assert!(Cli::try_parse_from(["vmm", "--kernel", "k", "--mem", "x"]).is_err());
+        assert!(Cli::try_parse_from(["vmm", "--kernel", "k", "--log-level", "loud"]).is_err());
+        let cli = Cli::try_parse_from([
+            "vmm",
+            "--kernel",
+            "k",
+            "--initrd",
+            "i",
+            "--mem",
+            "1G",
+            "--cpus",
+            "4",
+            "--cmdline",
+            "console=ttyS0 quiet",
+        ])
+        .unwrap();
+        let cfg = cli.vm_config();
+        assert_eq!((cfg.mem_size, cfg.cpus), (1 << 30, 4));
+        assert_eq!(cfg.cmdline.as_deref(), Some("console=ttyS0 quiet"));
+    }
+}

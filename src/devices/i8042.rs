@@ -1,0 +1,131 @@
+//! Just enough of the i8042 keyboard controller for Linux: an idle status
+//! port, answers to the controller commands its driver probes with, and the
+//! CPU reset command that `reboot=k` uses, which ends the VM.
+
+use std::collections::VecDeque;
+use std::sync::Arc;
+
+use crate::bus::BusDevice;
+use crate::vmm::stop::{StopReason, StopSignal};
+
+/// Ports 0x60 (data) and 0x64 (status/command) as one range from 0x60.
+pub const I8042_BASE: u64 = 0x60;
+pub const I8042_LEN: u64 = 5;
+const DATA_OFFSET: u64 = 0;
+const COMMAND_OFFSET: u64 = 4;
+
+const STATUS_OUTPUT_FULL: u8 = 0x01;
+const STATUS_SYSTEM_FLAG: u8 = 0x04;
+const CMD_READ_CTR: u8 = 0x20;
+const CMD_WRITE_CTR: u8 = 0x60;
+const CMD_SELF_TEST: u8 = 0xaa;
+const CMD_KBD_INTERFACE_TEST: u8 = 0xab;
+const CMD_RESET_CPU: u8 = 0xfe;
+const SELF_TEST_PASSED: u8 = 0x55;
+
+pub struct I8042 {
+    stop: Arc<StopSignal>,
+    control: u8,
+    expecting_ctr: bool,
+    output: VecDeque<u8>,
+}
+
+impl I8042 {
+    pub fn new(stop: Arc<StopSignal>) -> Self {
+        I8042 {
+            stop,
+            control: 0,
+            expecting_ctr: false,
+            output: VecDeque::new(),
+        }
+    }
+
+    fn status(&self) -> u8 {
+        // Input buffer never full: the guest's wait loops end at once.
+        let full = if self.output.is_empty() {
+            0
+        } else {
+            STATUS_OUTPUT_FULL
+        };
+        STATUS_SYSTEM_FLAG | full
+    }
+
+    fn command(&mut self, cmd: u8) {
+        match cmd {
+            CMD_READ_CTR => self.output.push_back(self.control),
+            CMD_WRITE_CTR => self.expecting_ctr = true,
+            CMD_SELF_TEST => self.output.push_back(SELF_TEST_PASSED),
+            CMD_KBD_INTERFACE_TEST => self.output.push_back(0),
+            CMD_RESET_CPU => {
+                // Linux sends the reset command several times; report it once.
+                if self.stop.reason().is_none() {
+                    log::info!("guest reset through the i8042");
+                }
+                self.stop.request(StopReason::GuestReset);
+            }
+            other => log::trace!("i8042 command {other:#x} ignored"),
+        }
+    }
+}
+
+impl BusDevice for I8042 {
+    fn read(&mut self, offset: u64, data: &mut [u8]) {
+        let value = match offset {
+            DATA_OFFSET => self.output.pop_front().unwrap_or(0),
+            COMMAND_OFFSET => self.status(),
+            _ => 0,
+        };
+        data.fill(0);
+        data[0] = value;
+    }
+
+    fn write(&mut self, offset: u64, data: &[u8]) {
+        match (offset, data.first()) {
+            (COMMAND_OFFSET, Some(&cmd)) => self.command(cmd),
+            (DATA_OFFSET, Some(&value)) if self.expecting_ctr => {
+                self.control = value;
+                self.expecting_ctr = false;
+            }
+            _ => {}
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn read(dev: &mut I8042, offset: u64) -> u8 {
+        let mut b = [0u8];
+        dev.read(offset, &mut b);
+        b[0]
+    }
+
+    #[test]
+    fn status_is_idle_so_wait_loops_end() {
+        let stop = Arc::new(StopSignal::new().unwrap());
+        let mut dev = I8042::new(stop);
+        assert_eq!(read(&mut dev, COMMAND_OFFSET) & 0x03, 0);
+    }
+
+    #[test]
+    fn self_test_and_control_register_round_trip() {
+        let mut dev = I8042::new(Arc::new(StopSignal::new().unwrap()));
+        dev.write(COMMAND_OFFSET, &[CMD_SELF_TEST]);
+        assert_eq!(read(&mut dev, COMMAND_OFFSET) & STATUS_OUTPUT_FULL, 1);
+        assert_eq!(read(&mut dev, DATA_OFFSET), SELF_TEST_PASSED);
+        dev.write(COMMAND_OFFSET, &[CMD_WRITE_CTR]);
+        dev.write(DATA_OFFSET, &[0x45]);
+        dev.write(COMMAND_OFFSET, &[CMD_READ_CTR]);
+        assert_eq!(read(&mut dev, DATA_OFFSET), 0x45);
+        assert_eq!(read(&mut dev, COMMAND_OFFSET) & STATUS_OUTPUT_FULL, 0);
+    }
+
+    #[test]
+    fn reset_command_stops_the_vm() {
+        let stop = Arc::new(StopSignal::new().unwrap());
+        let mut dev = I8042::new(stop.clone());
+        dev.write(COMMAND_OFFSET, &[CMD_RESET_CPU]);
+        assert_eq!(stop.reason(), Some(StopReason::GuestReset));
+    }
+}

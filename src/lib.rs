@@ -1,0 +1,8 @@
+//! vmm: a small KVM virtual machine monitor whose PCI devices can live in
+//! other processes.
+
+pub mod bus;
+pub mod config;
+pub mod devices;
+pub mod terminal;
+pub mod vmm;

@@ -1,0 +1,268 @@
+//! The virtual machine: KVM setup, guest memory, boot, devices, vCPUs and
+//! the main event loop.
+
+pub mod boot;
+pub mod console;
+pub mod cpuid;
+pub mod host;
+pub mod layout;
+pub mod memory;
+pub mod mptable;
+pub mod regs;
+pub mod signals;
+pub mod stop;
+pub mod vcpu;
+
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+
+use event_manager::{EventManager, EventOps, Events, MutEventSubscriber, SubscriberOps};
+use kvm_bindings::{
+    KVM_MAX_CPUID_ENTRIES, KVM_PIT_SPEAKER_DUMMY, kvm_pit_config, kvm_userspace_memory_region,
+};
+use kvm_ioctls::{Kvm, VmFd};
+use vmm_sys_util::epoll::EventSet;
+use vmm_sys_util::eventfd::{EFD_NONBLOCK, EventFd};
+
+use crate::devices::{i8042, rtc, serial};
+use stop::{StopReason, StopSignal};
+use vcpu::Buses;
+
+/// Everything needed to build and boot a VM, independent of the CLI.
+#[derive(Debug, Clone)]
+pub struct VmConfig {
+    pub kernel: PathBuf,
+    pub initrd: Option<PathBuf>,
+    pub cmdline: Option<String>,
+    pub mem_size: u64,
+    pub cpus: u8,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum VmmError {
+    #[error(transparent)]
+    Host(#[from] host::HostError),
+    #[error("KVM refused to {what}: {source}")]
+    Kvm {
+        what: &'static str,
+        #[source]
+        source: kvm_ioctls::Error,
+    },
+    #[error("{cpus} vCPUs requested but KVM allows at most {max}")]
+    TooManyCpus { cpus: u8, max: usize },
+    #[error(transparent)]
+    Memory(#[from] memory::MemoryError),
+    #[error(transparent)]
+    Boot(#[from] boot::BootError),
+    #[error(transparent)]
+    Mptable(#[from] mptable::MptableError),
+    #[error(transparent)]
+    Regs(#[from] regs::RegsError),
+    #[error("cannot place a device on the bus: {0}")]
+    Bus(#[from] crate::bus::BusError),
+    #[error("cannot {what}: {source}")]
+    Io {
+        what: &'static str,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("event loop failed: {0:?}")]
+    EventLoop(event_manager::Error),
+}
+
+fn kvm_err(what: &'static str) -> impl FnOnce(kvm_ioctls::Error) -> VmmError {
+    move |source| VmmError::Kvm { what, source }
+}
+
+fn io_err(what: &'static str) -> impl FnOnce(std::io::Error) -> VmmError {
+    move |source| VmmError::Io { what, source }
+}
+
+type Subscriber = Arc<Mutex<dyn MutEventSubscriber + Send>>;
+
+/// Wakes the event loop when any thread requests a stop.
+struct StopWatcher(Arc<StopSignal>);
+
+impl MutEventSubscriber for StopWatcher {
+    fn process(&mut self, _events: Events, _ops: &mut EventOps) {
+        let _ = self.0.event().read();
+    }
+
+    fn init(&mut self, ops: &mut EventOps) {
+        if let Err(e) = ops.add(Events::new(self.0.event(), EventSet::IN)) {
+            log::error!("cannot watch the stop event: {e}");
+        }
+    }
+}
+
+fn create_vm(kvm: &Kvm) -> Result<VmFd, VmmError> {
+    let vm = kvm.create_vm().map_err(kvm_err("create a VM"))?;
+    vm.set_tss_address(layout::KVM_TSS_ADDRESS as usize)
+        .map_err(kvm_err("set the TSS address"))?;
+    vm.create_irq_chip()
+        .map_err(kvm_err("create the in-kernel irqchip"))?;
+    let pit = kvm_pit_config {
+        flags: KVM_PIT_SPEAKER_DUMMY,
+        ..Default::default()
+    };
+    vm.create_pit2(pit)
+        .map_err(kvm_err("create the in-kernel PIT"))?;
+    Ok(vm)
+}
+
+fn register_memory(vm: &VmFd, ram: &memory::GuestRam) -> Result<(), VmmError> {
+    use vm_memory::{GuestMemoryBackend, GuestMemoryRegion};
+    for (slot, region) in ram.memory.iter().enumerate() {
+        let mapping = kvm_userspace_memory_region {
+            slot: slot as u32,
+            flags: 0,
+            guest_phys_addr: region.start_addr().0,
+            memory_size: region.len(),
+            userspace_addr: region.as_ptr() as u64,
+        };
+        // SAFETY: the mapping outlives the VM: `ram` is kept alive by `run`
+        // for as long as any vCPU runs.
+        unsafe { vm.set_user_memory_region(mapping) }.map_err(kvm_err("map guest RAM"))?;
+    }
+    Ok(())
+}
+
+/// Builds the legacy devices and puts them on the port bus.
+fn add_legacy_devices(
+    vm: &VmFd,
+    buses: &Buses,
+    stop: &Arc<StopSignal>,
+) -> Result<Arc<Mutex<serial::SerialDevice>>, VmmError> {
+    let serial_irq = EventFd::new(EFD_NONBLOCK).map_err(io_err("create the serial irqfd"))?;
+    vm.register_irqfd(&serial_irq, layout::SERIAL_IRQ)
+        .map_err(kvm_err("register the serial irqfd"))?;
+    let serial = Arc::new(Mutex::new(serial::SerialDevice::new(
+        serial_irq,
+        Box::new(std::io::stdout()),
+    )));
+    buses
+        .pio
+        .insert(serial.clone(), serial::COM1_BASE, serial::COM1_LEN)?;
+    buses.pio.insert(
+        Arc::new(Mutex::new(i8042::I8042::new(stop.clone()))),
+        i8042::I8042_BASE,
+        i8042::I8042_LEN,
+    )?;
+    buses.pio.insert(
+        Arc::new(Mutex::new(rtc::Rtc::new())),
+        rtc::RTC_BASE,
+        rtc::RTC_LEN,
+    )?;
+    Ok(serial)
+}
+
+fn create_vcpus(
+    kvm: &Kvm,
+    vm: &VmFd,
+    ram: &memory::GuestRam,
+    cpus: u8,
+    entry: u64,
+) -> Result<Vec<kvm_ioctls::VcpuFd>, VmmError> {
+    let max = kvm.get_max_vcpus();
+    if usize::from(cpus) > max {
+        return Err(VmmError::TooManyCpus { cpus, max });
+    }
+    let supported = kvm
+        .get_supported_cpuid(KVM_MAX_CPUID_ENTRIES)
+        .map_err(kvm_err("report supported CPUID"))?;
+    let mut vcpus = Vec::with_capacity(usize::from(cpus));
+    for id in 0..cpus {
+        let vcpu = vm
+            .create_vcpu(u64::from(id))
+            .map_err(kvm_err("create a vCPU"))?;
+        let mut cpuid = supported.clone();
+        cpuid::customize(cpuid.as_mut_slice(), id, cpus);
+        vcpu.set_cpuid2(&cpuid).map_err(kvm_err("set CPUID"))?;
+        regs::setup_msrs(&vcpu)?;
+        regs::setup_fpu(&vcpu)?;
+        regs::setup_lapic(&vcpu)?;
+        if id == 0 {
+            regs::setup_sregs(&ram.memory, &vcpu)?;
+            regs::setup_regs(&vcpu, entry)?;
+        }
+        vcpus.push(vcpu);
+    }
+    Ok(vcpus)
+}
+
+/// Boots the VM described by `config` and runs it until it stops.
+pub fn run(config: &VmConfig) -> Result<StopReason, VmmError> {
+    signals::block_stop_signals().map_err(io_err("block termination signals"))?;
+    // Files and sizes are checked before KVM is touched, so a typo in a path
+    // gets the same clear error on any host.
+    let ram = memory::GuestRam::new(config.mem_size)?;
+    let ranges: Vec<(u64, u64)> = ram.regions.iter().map(|r| (r.guest_addr, r.size)).collect();
+    let cmdline = boot::build_cmdline(config.cmdline.as_deref())?;
+    let boot_info = boot::load_linux(
+        &ram.memory,
+        &ranges,
+        &config.kernel,
+        config.initrd.as_deref(),
+        &cmdline,
+    )?;
+    mptable::setup(&ram.memory, config.cpus, &[])?;
+    log::info!(
+        "booting {} with {} MiB and {} vCPU(s): {}",
+        config.kernel.display(),
+        config.mem_size >> 20,
+        config.cpus,
+        cmdline
+            .as_cstring()
+            .map(|c| c.to_string_lossy().into_owned())
+            .unwrap_or_default()
+    );
+
+    let kvm = host::open_kvm()?;
+    host::warn_if_pvm();
+    let vm = create_vm(&kvm)?;
+    register_memory(&vm, &ram)?;
+
+    let stop = Arc::new(StopSignal::new().map_err(io_err("create the stop event"))?);
+    let buses = Arc::new(Buses::default());
+    let serial = add_legacy_devices(&vm, &buses, &stop)?;
+    let vcpus = create_vcpus(&kvm, &vm, &ram, config.cpus, boot_info.entry.0)?;
+
+    let raw_mode = crate::terminal::RawModeGuard::new(libc::STDIN_FILENO)
+        .map_err(io_err("put the terminal in raw mode"))?;
+    let mut events: EventManager<Subscriber> = EventManager::new().map_err(VmmError::EventLoop)?;
+    events.add_subscriber(Arc::new(Mutex::new(StopWatcher(stop.clone()))));
+    events.add_subscriber(Arc::new(Mutex::new(
+        signals::SignalHandler::new(stop.clone()).map_err(io_err("create a signalfd"))?,
+    )));
+    events.add_subscriber(Arc::new(Mutex::new(console::StdinConsole::new(
+        serial.clone(),
+        stop.clone(),
+        raw_mode.is_some(),
+    ))));
+
+    for (id, vcpu) in vcpus.into_iter().enumerate() {
+        vcpu::spawn(id as u8, vcpu, buses.clone(), stop.clone())
+            .map_err(io_err("start a vCPU thread"))?;
+    }
+
+    let reason = loop {
+        // Poll briefly while console input waits for the guest to take it.
+        let timeout = if serial.lock().expect("serial lock").has_pending_input() {
+            10
+        } else {
+            -1
+        };
+        events
+            .run_with_timeout(timeout)
+            .map_err(VmmError::EventLoop)?;
+        if let Some(reason) = stop.reason() {
+            break reason;
+        }
+        serial.lock().expect("serial lock").flush_input();
+    };
+    drop(raw_mode);
+    // vCPU threads may still be inside KVM_RUN; the process exit ends them,
+    // and guest RAM (`ram`) stays mapped until then.
+    std::mem::forget(ram);
+    Ok(reason)
+}

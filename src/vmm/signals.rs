@@ -1,0 +1,76 @@
+//! Termination signals as events: blocked in every thread and read from a
+//! signalfd by the main loop, so a signal can never interrupt a lock holder.
+
+use std::fs::File;
+use std::io::Read;
+use std::os::fd::{AsRawFd, FromRawFd};
+use std::sync::Arc;
+
+use event_manager::{EventOps, Events, MutEventSubscriber};
+use vmm_sys_util::epoll::EventSet;
+
+use super::stop::{StopReason, StopSignal};
+
+const STOP_SIGNALS: [libc::c_int; 3] = [libc::SIGINT, libc::SIGTERM, libc::SIGHUP];
+/// Size of `struct signalfd_siginfo`.
+const SIGINFO_SIZE: usize = 128;
+
+fn stop_set() -> libc::sigset_t {
+    // SAFETY: sigemptyset initialises the zeroed set; sigaddset adds valid signals.
+    unsafe {
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut set);
+        for s in STOP_SIGNALS {
+            libc::sigaddset(&mut set, s);
+        }
+        set
+    }
+}
+
+/// Blocks the stop signals in the calling thread and every thread it spawns
+/// afterwards; call before creating any thread.
+pub fn block_stop_signals() -> std::io::Result<()> {
+    let set = stop_set();
+    // SAFETY: `set` is a valid sigset; the old mask is not needed.
+    let rc = unsafe { libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut()) };
+    if rc != 0 {
+        return Err(std::io::Error::from_raw_os_error(rc));
+    }
+    Ok(())
+}
+
+pub struct SignalHandler {
+    fd: File,
+    stop: Arc<StopSignal>,
+}
+
+impl SignalHandler {
+    pub fn new(stop: Arc<StopSignal>) -> std::io::Result<Self> {
+        let set = stop_set();
+        // SAFETY: `set` is valid; -1 asks for a new fd.
+        let fd = unsafe { libc::signalfd(-1, &set, libc::SFD_CLOEXEC | libc::SFD_NONBLOCK) };
+        if fd < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        // SAFETY: signalfd returned a new fd that we own.
+        let fd = unsafe { File::from_raw_fd(fd) };
+        Ok(SignalHandler { fd, stop })
+    }
+}
+
+impl MutEventSubscriber for SignalHandler {
+    fn process(&mut self, _events: Events, _ops: &mut EventOps) {
+        let mut info = [0u8; SIGINFO_SIZE];
+        while let Ok(SIGINFO_SIZE) = self.fd.read(&mut info) {
+            let signo = i32::from_ne_bytes(info[0..4].try_into().expect("4 bytes"));
+            log::info!("received signal {signo}, stopping the VM");
+            self.stop.request(StopReason::Signal(signo));
+        }
+    }
+
+    fn init(&mut self, ops: &mut EventOps) {
+        if let Err(e) = ops.add(Events::new_raw(self.fd.as_raw_fd(), EventSet::IN)) {
+            log::error!("cannot watch for signals: {e}");
+        }
+    }
+}

@@ -1,0 +1,198 @@
+//! Runs batches of guest scenarios under real KVM: directly where /dev/kvm
+//! is hardware-backed, otherwise inside the KVM test rig (ci/rig.sh), with
+//! every scenario of a test binary sharing one rig boot.
+//!
+//! A scenario is a shell snippet run with $VMM (the vmm binary), $KERNEL and
+//! $INITRD (the test guest) set. Its output and exit status come back to the
+//! test that asked for it.
+
+#![allow(dead_code)]
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+
+pub struct Scenario {
+    pub name: &'static str,
+    pub script: String,
+}
+
+#[derive(Debug, Clone)]
+pub struct Outcome {
+    pub output: String,
+    pub status: i32,
+}
+
+impl Outcome {
+    pub fn assert_contains(&self, needle: &str) {
+        assert!(
+            self.output.contains(needle),
+            "expected {needle:?} in the output:\n{}",
+            self.output
+        );
+    }
+}
+
+pub enum Mode {
+    /// Hardware-backed /dev/kvm on this host.
+    Local,
+    /// The KVM test rig.
+    Rig,
+    /// VMM_SKIP_KVM_TESTS=1: the caller skips.
+    Skip,
+}
+
+pub fn repo_root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+fn hardware_kvm() -> bool {
+    let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+    let has_vt = cpuinfo
+        .lines()
+        .filter(|l| l.starts_with("flags"))
+        .any(|l| l.split_whitespace().any(|f| f == "vmx" || f == "svm"));
+    Path::new("/dev/kvm").exists() && !Path::new("/sys/module/kvm_pvm").exists() && has_vt
+}
+
+pub fn mode() -> Mode {
+    if std::env::var("VMM_SKIP_KVM_TESTS").as_deref() == Ok("1") {
+        return Mode::Skip;
+    }
+    match std::env::var("VMM_TEST_MODE").as_deref() {
+        Ok("rig") => Mode::Rig,
+        Ok("local") => Mode::Local,
+        _ if hardware_kvm() => Mode::Local,
+        _ => Mode::Rig,
+    }
+}
+
+const BEGIN: &str = "=== SCENARIO-BEGIN ";
+const END: &str = "=== SCENARIO-END ";
+
+/// The script that runs every scenario in turn and frames its output.
+fn batch_script(scenarios: &[Scenario], vmm: &str, guest: &str, timeout_s: u32) -> String {
+    let mut s = String::from("set +e\n");
+    s.push_str(&format!(
+        "export VMM={vmm} KERNEL={guest}/bzImage INITRD={guest}/initramfs.cpio.gz\n"
+    ));
+    for sc in scenarios {
+        s.push_str(&format!(
+            "echo '{BEGIN}{name} ==='\ncat > /tmp/scenario-{name}.sh <<'VMM_SCENARIO_EOF'\n{script}\nVMM_SCENARIO_EOF\n\
+             timeout {timeout_s} sh /tmp/scenario-{name}.sh 2>&1\necho \"{END}{name} rc=$? ===\"\n",
+            name = sc.name,
+            script = sc.script
+        ));
+    }
+    s
+}
+
+/// Splits framed output into per-scenario outcomes.
+pub fn parse_batch(output: &str) -> HashMap<String, Outcome> {
+    let mut results = HashMap::new();
+    let mut current: Option<(String, String)> = None;
+    for line in output.lines() {
+        let line = line.trim_end_matches('\r');
+        if let Some(rest) = line.strip_prefix(BEGIN) {
+            current = Some((rest.trim_end_matches(" ===").to_string(), String::new()));
+        } else if let Some(rest) = line.strip_prefix(END) {
+            let rest = rest.trim_end_matches(" ===");
+            if let (Some((name, text)), Some((_, rc))) = (current.take(), rest.rsplit_once(" rc="))
+            {
+                let status = rc.parse().unwrap_or(-1);
+                results.insert(
+                    name,
+                    Outcome {
+                        output: text,
+                        status,
+                    },
+                );
+            }
+        } else if let Some((_, text)) = current.as_mut() {
+            text.push_str(line);
+            text.push('\n');
+        }
+    }
+    results
+}
+
+fn build_guest() -> PathBuf {
+    let out = Command::new(repo_root().join("guest/build.sh"))
+        .stderr(Stdio::inherit())
+        .output()
+        .expect("run guest/build.sh");
+    assert!(out.status.success(), "guest/build.sh failed");
+    PathBuf::from(
+        String::from_utf8_lossy(&out.stdout)
+            .trim()
+            .lines()
+            .last()
+            .unwrap(),
+    )
+}
+
+/// Runs all scenarios; panics loudly if they cannot run at all.
+pub fn run_batch(scenarios: &[Scenario], timeout_s: u32) -> HashMap<String, Outcome> {
+    let (output, how) = match mode() {
+        Mode::Skip => panic!("run_batch called with VMM_SKIP_KVM_TESTS=1"),
+        Mode::Local => {
+            let guest = build_guest();
+            let script = batch_script(
+                scenarios,
+                env!("CARGO_BIN_EXE_vmm"),
+                guest.to_str().unwrap(),
+                timeout_s,
+            );
+            let out = Command::new("sh")
+                .arg("-c")
+                .arg(script)
+                .stdin(Stdio::null())
+                .output()
+                .expect("run scenarios");
+            (
+                String::from_utf8_lossy(&out.stdout).into_owned(),
+                "hardware KVM",
+            )
+        }
+        Mode::Rig => {
+            let script = batch_script(scenarios, "/rig/vmm", "/rig/guest", timeout_s);
+            let path = std::env::temp_dir().join(format!("vmm-rig-{}.sh", std::process::id()));
+            std::fs::write(&path, script).unwrap();
+            let total = 120 + timeout_s * scenarios.len() as u32;
+            let out = Command::new(repo_root().join("ci/rig.sh"))
+                .args(["--timeout", &total.to_string()])
+                .arg(&path)
+                .stdin(Stdio::null())
+                .stderr(Stdio::inherit())
+                .output()
+                .expect("run ci/rig.sh");
+            let _ = std::fs::remove_file(&path);
+            let text = String::from_utf8_lossy(&out.stdout).into_owned();
+            assert!(
+                text.contains("RIG: ready, /dev/kvm present"),
+                "the KVM test rig did not come up with /dev/kvm:\n{text}"
+            );
+            (text, "the KVM test rig")
+        }
+    };
+    let results = parse_batch(&output);
+    for sc in scenarios {
+        assert!(
+            results.contains_key(sc.name),
+            "scenario {} did not run in {how}; full output:\n{output}",
+            sc.name
+        );
+    }
+    eprintln!("ran {} scenarios in {how}", scenarios.len());
+    results
+}
+
+#[test]
+fn batch_output_parses_into_scenarios() {
+    let text = "noise\n=== SCENARIO-BEGIN a ===\nline 1\r\nline 2\n=== SCENARIO-END a rc=3 ===\n\
+                === SCENARIO-BEGIN b ===\n=== SCENARIO-END b rc=0 ===\n";
+    let r = parse_batch(text);
+    assert_eq!(r["a"].output, "line 1\nline 2\n");
+    assert_eq!(r["a"].status, 3);
+    assert_eq!(r["b"].status, 0);
+}
