@@ -4,5 +4,7 @@
 pub mod bus;
 pub mod config;
 pub mod devices;
+pub mod pci;
+pub mod protocol;
 pub mod terminal;
 pub mod vmm;

@@ -38,6 +38,11 @@ fn scenarios() -> Vec<Scenario> {
             &format!("--mem 3200M --cmdline '{CMDLINE} vmm.run=cpus'"),
             "true;",
         ),
+        run(
+            "pci",
+            &format!("--cmdline '{CMDLINE} vmm.run=pci'"),
+            "true;",
+        ),
         Scenario {
             name: "garbage-kernel",
             script: "$VMM --kernel $VMM --initrd $INITRD; echo \"vmm exited $?\"".into(),
@@ -102,4 +107,11 @@ fn garbage_kernel_fails_with_a_clear_error() {
     o.assert_contains("is not a bzImage kernel");
     o.assert_contains("vmm exited 1");
     assert!(!o.output.contains("panicked"), "{}", o.output);
+}
+
+#[test]
+fn guest_enumerates_the_pci_host_bridge() {
+    let Some(o) = outcome("pci") else { return };
+    o.assert_contains("VMM-GUEST: pci 0000:00:00.0 0x8086:0x0d57 class=0x060000");
+    assert!(!o.output.contains("No config space access"), "{}", o.output);
 }

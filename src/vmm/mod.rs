@@ -25,6 +25,8 @@ use vmm_sys_util::epoll::EventSet;
 use vmm_sys_util::eventfd::{EFD_NONBLOCK, EventFd};
 
 use crate::devices::{i8042, rtc, serial};
+use crate::pci::host_bridge::HostBridge;
+use crate::pci::root::{self as pci_root, PciConfigIo, PciRoot};
 use stop::{StopReason, StopSignal};
 use vcpu::Buses;
 
@@ -58,6 +60,8 @@ pub enum VmmError {
     Mptable(#[from] mptable::MptableError),
     #[error(transparent)]
     Regs(#[from] regs::RegsError),
+    #[error(transparent)]
+    Pci(#[from] pci_root::PciError),
     #[error("cannot place a device on the bus: {0}")]
     Bus(#[from] crate::bus::BusError),
     #[error("cannot {what}: {source}")]
@@ -205,7 +209,19 @@ pub fn run(config: &VmConfig) -> Result<StopReason, VmmError> {
         config.initrd.as_deref(),
         &cmdline,
     )?;
-    mptable::setup(&ram.memory, config.cpus, &[])?;
+    let buses = Arc::new(Buses::default());
+    let pci = Arc::new(Mutex::new(PciRoot::new(buses.clone())));
+    pci.lock()
+        .expect("pci root lock")
+        .add(Arc::new(Mutex::new(HostBridge::new())), 0)?;
+    let pci_irqs: Vec<mptable::PciIrq> = Vec::new();
+    pci.lock().expect("pci root lock").assign_resources()?;
+    buses.pio.insert(
+        Arc::new(Mutex::new(PciConfigIo::new(pci.clone()))),
+        pci_root::CONFIG_PORT_BASE,
+        pci_root::CONFIG_PORT_LEN,
+    )?;
+    mptable::setup(&ram.memory, config.cpus, &pci_irqs)?;
     log::info!(
         "booting {} with {} MiB and {} vCPU(s): {}",
         config.kernel.display(),
@@ -223,7 +239,6 @@ pub fn run(config: &VmConfig) -> Result<StopReason, VmmError> {
     register_memory(&vm, &ram)?;
 
     let stop = Arc::new(StopSignal::new().map_err(io_err("create the stop event"))?);
-    let buses = Arc::new(Buses::default());
     let serial = add_legacy_devices(&vm, &buses, &stop)?;
     let vcpus = create_vcpus(&kvm, &vm, &ram, config.cpus, boot_info.entry.0)?;
 

@@ -1,0 +1,476 @@
+//! The root bus (bus 0): configuration mechanism #1 on ports 0xcf8-0xcff,
+//! firmware-style BAR placement before boot, and keeping the PIO and MMIO
+//! buses in step with the BARs the guest programs.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use super::config::{COMMAND_IO, COMMAND_MEMORY, REG_BAR0, REG_COMMAND, REG_ROM};
+use super::{ActiveBar, BarKind, PciDevice};
+use crate::bus::{BusDevice, BusError};
+use crate::vmm::layout;
+use crate::vmm::vcpu::Buses;
+
+pub const CONFIG_PORT_BASE: u64 = 0xcf8;
+pub const CONFIG_PORT_LEN: u64 = 8;
+pub const NUM_SLOTS: usize = 32;
+/// First IOAPIC input used for PCI INTx; each slot gets its own.
+pub const FIRST_PCI_GSI: u8 = 16;
+/// Slots that can have a device with its own interrupt line.
+pub const MAX_PCI_DEVICES: usize = (layout::IOAPIC_PINS - FIRST_PCI_GSI) as usize;
+
+const CONFIG_ENABLE: u32 = 0x8000_0000;
+
+#[derive(Debug, thiserror::Error)]
+pub enum PciError {
+    #[error("no free PCI slot")]
+    NoSlot,
+    #[error("PCI {kind:?} window exhausted placing a {size:#x}-byte BAR")]
+    WindowFull { kind: BarKind, size: u64 },
+    #[error("cannot map a BAR: {0}")]
+    Bus(#[from] BusError),
+}
+
+type SharedDevice = Arc<Mutex<dyn PciDevice>>;
+
+/// One BAR on the PIO or MMIO bus, forwarding to its device.
+struct BarWindow {
+    device: SharedDevice,
+    bar: ActiveBar,
+}
+
+impl BusDevice for BarWindow {
+    fn read(&mut self, offset: u64, data: &mut [u8]) {
+        self.device
+            .lock()
+            .expect("pci device lock")
+            .read_bar(&self.bar, offset, data)
+    }
+    fn write(&mut self, offset: u64, data: &[u8]) {
+        self.device
+            .lock()
+            .expect("pci device lock")
+            .write_bar(&self.bar, offset, data)
+    }
+}
+
+/// Bump allocator over one address window.
+struct Window {
+    next: u64,
+    end: u64,
+}
+
+impl Window {
+    fn alloc(&mut self, size: u64, align: u64) -> Option<u64> {
+        let addr = self.next.checked_next_multiple_of(align)?;
+        let end = addr.checked_add(size)?;
+        (end <= self.end).then(|| {
+            self.next = end;
+            addr
+        })
+    }
+}
+
+pub struct PciRoot {
+    slots: Vec<Option<SharedDevice>>,
+    /// BARs currently on the buses, per slot.
+    mapped: HashMap<usize, Vec<ActiveBar>>,
+    buses: Arc<Buses>,
+}
+
+impl PciRoot {
+    pub fn new(buses: Arc<Buses>) -> Self {
+        PciRoot {
+            slots: vec![None; NUM_SLOTS],
+            mapped: HashMap::new(),
+            buses,
+        }
+    }
+
+    /// Puts a device in the first free slot at or after `first_slot`.
+    pub fn add(&mut self, device: SharedDevice, first_slot: usize) -> Result<usize, PciError> {
+        let slot = (first_slot..NUM_SLOTS)
+            .find(|&s| self.slots[s].is_none())
+            .ok_or(PciError::NoSlot)?;
+        self.slots[slot] = Some(device);
+        Ok(slot)
+    }
+
+    /// The IOAPIC input a slot's INTA# is wired to.
+    pub fn slot_gsi(slot: usize) -> u8 {
+        FIRST_PCI_GSI + ((slot - 1) % MAX_PCI_DEVICES) as u8
+    }
+
+    /// Places every BAR as firmware would and enables decoding, so the guest
+    /// finds working devices without reassigning anything.
+    pub fn assign_resources(&mut self) -> Result<(), PciError> {
+        let mut io = Window {
+            next: layout::PCI_IO_START,
+            end: layout::PCI_IO_START + layout::PCI_IO_SIZE,
+        };
+        let mut mem = Window {
+            next: layout::PCI_MMIO_START,
+            end: layout::PCI_MMIO_START + layout::PCI_MMIO_SIZE,
+        };
+        for slot in 0..NUM_SLOTS {
+            let Some(device) = self.slots[slot].clone() else {
+                continue;
+            };
+            let mut dev = device.lock().expect("pci device lock");
+            let mut command = 0u16;
+            for (index, spec) in dev.bar_specs() {
+                let (window, align, enable) = match spec.kind {
+                    BarKind::Io => (&mut io, spec.size, COMMAND_IO),
+                    // Page alignment lets each memory BAR be handed out
+                    // whole (to KVM or to another process) later.
+                    BarKind::Memory => (&mut mem, spec.size.max(4096), COMMAND_MEMORY),
+                };
+                let addr = window.alloc(spec.size, align).ok_or(PciError::WindowFull {
+                    kind: spec.kind,
+                    size: spec.size,
+                })?;
+                dev.place_bar(index, addr);
+                command |= enable;
+            }
+            if command != 0 {
+                let current = dev.read_config(REG_COMMAND) as u16;
+                dev.write_config(REG_COMMAND, 0, &(current | command).to_le_bytes());
+            }
+            drop(dev);
+            self.sync_bars(slot);
+        }
+        Ok(())
+    }
+
+    /// Brings the buses in line with the BARs slot `slot` decodes now.
+    fn sync_bars(&mut self, slot: usize) {
+        let Some(device) = self.slots[slot].clone() else {
+            return;
+        };
+        let wanted = device.lock().expect("pci device lock").active_bars();
+        let old = self.mapped.remove(&slot).unwrap_or_default();
+        if old == wanted {
+            self.mapped.insert(slot, old);
+            return;
+        }
+        // Only BARs that changed move; the others keep their ranges, so a
+        // BAR the guest moves onto another cannot steal it.
+        let mut mapped = Vec::new();
+        for bar in &old {
+            if wanted.contains(bar) {
+                mapped.push(*bar);
+            } else if let Err(e) = self.bus_for(bar.kind).remove(bar.addr) {
+                log::warn!("PCI 00:{slot:02x}.0 BAR{}: unmap failed: {e}", bar.index);
+            }
+        }
+        for bar in wanted.into_iter().filter(|b| !old.contains(b)) {
+            let window = Arc::new(Mutex::new(BarWindow {
+                device: device.clone(),
+                bar,
+            }));
+            match self.bus_for(bar.kind).insert(window, bar.addr, bar.size) {
+                Ok(()) => {
+                    log::debug!(
+                        "PCI 00:{slot:02x}.0 BAR{} {:?} at {:#x}+{:#x}",
+                        bar.index,
+                        bar.kind,
+                        bar.addr,
+                        bar.size
+                    );
+                    mapped.push(bar);
+                }
+                // The guest programmed overlapping BARs; the access goes
+                // nowhere rather than to the wrong device.
+                Err(e) => log::warn!("PCI 00:{slot:02x}.0 BAR{} not mapped: {e}", bar.index),
+            }
+        }
+        self.mapped.insert(slot, mapped);
+    }
+
+    fn bus_for(&self, kind: BarKind) -> &crate::bus::Bus {
+        match kind {
+            BarKind::Io => &self.buses.pio,
+            BarKind::Memory => &self.buses.mmio,
+        }
+    }
+
+    fn config_read(&self, slot: usize, function: u32, reg: usize) -> u32 {
+        match (&self.slots[slot], function) {
+            (Some(device), 0) => device.lock().expect("pci device lock").read_config(reg),
+            _ => 0xffff_ffff,
+        }
+    }
+
+    fn config_write(&mut self, slot: usize, function: u32, reg: usize, offset: usize, data: &[u8]) {
+        let (Some(device), 0) = (&self.slots[slot], function) else {
+            return;
+        };
+        device
+            .lock()
+            .expect("pci device lock")
+            .write_config(reg, offset, data);
+        if reg == REG_COMMAND || (REG_BAR0..REG_BAR0 + 6).contains(&reg) || reg == REG_ROM {
+            self.sync_bars(slot);
+        }
+    }
+}
+
+/// Ports 0xcf8 (address) and 0xcfc-0xcff (data) of configuration mechanism #1.
+pub struct PciConfigIo {
+    root: Arc<Mutex<PciRoot>>,
+    address: u32,
+}
+
+impl PciConfigIo {
+    pub fn new(root: Arc<Mutex<PciRoot>>) -> Self {
+        PciConfigIo { root, address: 0 }
+    }
+
+    /// (slot, function, register) selected by the address register, if
+    /// it targets bus 0 with the enable bit set.
+    fn target(&self) -> Option<(usize, u32, usize)> {
+        if self.address & CONFIG_ENABLE == 0 || (self.address >> 16) & 0xff != 0 {
+            return None;
+        }
+        Some((
+            ((self.address >> 11) & 0x1f) as usize,
+            (self.address >> 8) & 0x7,
+            ((self.address >> 2) & 0x3f) as usize,
+        ))
+    }
+}
+
+impl BusDevice for PciConfigIo {
+    fn read(&mut self, offset: u64, data: &mut [u8]) {
+        let value = if offset < 4 {
+            // Only whole-dword accesses reach the address register.
+            if offset == 0 && data.len() == 4 {
+                self.address
+            } else {
+                0xffff_ffff
+            }
+        } else {
+            match self.target() {
+                Some((slot, func, reg)) => self
+                    .root
+                    .lock()
+                    .expect("pci root lock")
+                    .config_read(slot, func, reg),
+                None => 0xffff_ffff,
+            }
+        };
+        let shift = (offset % 4) * 8;
+        for (i, b) in data.iter_mut().enumerate() {
+            *b = (value >> (shift + i as u64 * 8)) as u8;
+        }
+    }
+
+    fn write(&mut self, offset: u64, data: &[u8]) {
+        if offset < 4 {
+            if offset == 0 && data.len() == 4 {
+                self.address = u32::from_le_bytes(data.try_into().expect("4 bytes"));
+            }
+            return;
+        }
+        let byte = (offset - 4) as usize;
+        if byte + data.len() > 4 {
+            return;
+        }
+        if let Some((slot, func, reg)) = self.target() {
+            self.root
+                .lock()
+                .expect("pci root lock")
+                .config_write(slot, func, reg, byte, data);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::BarSpec;
+    use super::super::config::{ConfigSpace, NUM_BARS, REG_INTERRUPT};
+    use super::super::host_bridge::HostBridge;
+    use super::*;
+
+    /// A device whose BARs answer with their index and record writes.
+    struct TestDevice {
+        config: ConfigSpace,
+        writes: Vec<(u8, u64, u64, Vec<u8>)>,
+    }
+
+    impl TestDevice {
+        fn new() -> Self {
+            let mut config = ConfigSpace::new(0x1000, 0x0012, 0x010000, 0);
+            config
+                .set_bar(
+                    0,
+                    BarSpec {
+                        kind: BarKind::Io,
+                        size: 256,
+                    },
+                )
+                .unwrap();
+            config
+                .set_bar(
+                    1,
+                    BarSpec {
+                        kind: BarKind::Memory,
+                        size: 1024,
+                    },
+                )
+                .unwrap();
+            config
+                .set_bar(
+                    2,
+                    BarSpec {
+                        kind: BarKind::Memory,
+                        size: 8192,
+                    },
+                )
+                .unwrap();
+            TestDevice {
+                config,
+                writes: Vec::new(),
+            }
+        }
+    }
+
+    impl PciDevice for TestDevice {
+        fn read_config(&mut self, reg: usize) -> u32 {
+            self.config.read(reg)
+        }
+        fn write_config(&mut self, reg: usize, offset: usize, data: &[u8]) {
+            self.config.write(reg, offset, data)
+        }
+        fn bar_specs(&self) -> Vec<(usize, BarSpec)> {
+            (0..NUM_BARS)
+                .filter_map(|i| self.config.bar_spec(i).map(|s| (i, s)))
+                .collect()
+        }
+        fn place_bar(&mut self, index: usize, addr: u64) {
+            self.config.set_bar_addr(index, addr)
+        }
+        fn active_bars(&self) -> Vec<ActiveBar> {
+            self.config.active_bars()
+        }
+        fn read_bar(&mut self, bar: &ActiveBar, _offset: u64, data: &mut [u8]) {
+            data.fill(bar.index)
+        }
+        fn write_bar(&mut self, bar: &ActiveBar, offset: u64, data: &[u8]) {
+            self.writes
+                .push((bar.index, bar.addr, offset, data.to_vec()))
+        }
+    }
+
+    fn setup() -> (Arc<Buses>, PciConfigIo, Arc<Mutex<TestDevice>>) {
+        let buses = Arc::new(Buses::default());
+        let root = Arc::new(Mutex::new(PciRoot::new(buses.clone())));
+        let dev = Arc::new(Mutex::new(TestDevice::new()));
+        {
+            let mut r = root.lock().unwrap();
+            r.add(Arc::new(Mutex::new(HostBridge::new())), 0).unwrap();
+            assert_eq!(r.add(dev.clone(), 1).unwrap(), 1);
+            r.assign_resources().unwrap();
+        }
+        (buses, PciConfigIo::new(root), dev)
+    }
+
+    fn cfg_read(io: &mut PciConfigIo, slot: u32, reg: u32) -> u32 {
+        io.write(
+            0,
+            &(CONFIG_ENABLE | (slot << 11) | (reg << 2)).to_le_bytes(),
+        );
+        let mut d = [0u8; 4];
+        io.read(4, &mut d);
+        u32::from_le_bytes(d)
+    }
+
+    fn cfg_write(io: &mut PciConfigIo, slot: u32, reg: u32, value: u32) {
+        io.write(
+            0,
+            &(CONFIG_ENABLE | (slot << 11) | (reg << 2)).to_le_bytes(),
+        );
+        io.write(4, &value.to_le_bytes());
+    }
+
+    #[test]
+    fn enumeration_sees_host_bridge_and_device_only() {
+        let (_, mut io, _) = setup();
+        assert_eq!(cfg_read(&mut io, 0, 0), 0x0d57_8086);
+        assert_eq!(cfg_read(&mut io, 1, 0), 0x0012_1000);
+        assert_eq!(cfg_read(&mut io, 2, 0), 0xffff_ffff);
+        // Function 1 of a present slot does not exist.
+        io.write(0, &(CONFIG_ENABLE | (1 << 11) | (1 << 8)).to_le_bytes());
+        let mut d = [0u8; 4];
+        io.read(4, &mut d);
+        assert_eq!(d, [0xff; 4]);
+    }
+
+    #[test]
+    fn address_register_reads_back_and_ignores_byte_writes() {
+        let (_, mut io, _) = setup();
+        io.write(0, &0x8000_0000u32.to_le_bytes());
+        io.write(3, &[0x01]);
+        let mut d = [0u8; 4];
+        io.read(0, &mut d);
+        assert_eq!(u32::from_le_bytes(d), 0x8000_0000);
+    }
+
+    #[test]
+    fn firmware_places_bars_in_the_windows_and_maps_them() {
+        let (buses, mut io, dev) = setup();
+        let bar0 = cfg_read(&mut io, 1, 4);
+        let bar1 = cfg_read(&mut io, 1, 5);
+        let bar2 = cfg_read(&mut io, 1, 6);
+        assert_eq!(bar0, layout::PCI_IO_START as u32 | 1);
+        assert_eq!(bar1, layout::PCI_MMIO_START as u32);
+        assert_eq!(
+            bar2,
+            layout::PCI_MMIO_START as u32 + 0x2000,
+            "8 KiB aligned"
+        );
+        assert_eq!(cfg_read(&mut io, 1, 1) & 3, 3, "I/O and memory enabled");
+        let mut d = [0u8; 4];
+        assert!(buses.mmio.read(u64::from(bar2) + 8, &mut d));
+        assert_eq!(d, [2; 4]);
+        assert!(buses.pio.write(layout::PCI_IO_START + 0x10, &[9]));
+        assert_eq!(
+            dev.lock().unwrap().writes[0],
+            (0, layout::PCI_IO_START, 0x10, vec![9])
+        );
+    }
+
+    #[test]
+    fn guest_moving_a_bar_remaps_it() {
+        let (buses, mut io, _) = setup();
+        let old = u64::from(cfg_read(&mut io, 1, 5));
+        // Linux sizes with decoding off, then programs a new address.
+        cfg_write(&mut io, 1, 1, 0);
+        let mut d = [0u8; 1];
+        assert!(!buses.mmio.read(old, &mut d), "decoding off unmaps");
+        cfg_write(&mut io, 1, 5, 0xffff_ffff);
+        assert_eq!(cfg_read(&mut io, 1, 5), 0xffff_fc00);
+        cfg_write(&mut io, 1, 5, 0xd000_0000);
+        cfg_write(&mut io, 1, 1, 3);
+        assert!(!buses.mmio.read(old, &mut d));
+        assert!(buses.mmio.read(0xd000_0000, &mut d));
+        assert_eq!(d, [1]);
+    }
+
+    #[test]
+    fn overlapping_bars_are_left_unmapped() {
+        let (buses, mut io, _) = setup();
+        let bar2 = cfg_read(&mut io, 1, 6);
+        cfg_write(&mut io, 1, 5, bar2);
+        let mut d = [0u8; 1];
+        assert!(buses.mmio.read(u64::from(bar2), &mut d));
+        assert_eq!(d, [2], "the BAR already there keeps the range");
+    }
+
+    #[test]
+    fn slots_get_their_own_gsi() {
+        assert_eq!(PciRoot::slot_gsi(1), 16);
+        assert_eq!(PciRoot::slot_gsi(8), 23);
+        let _ = REG_INTERRUPT;
+    }
+}
