@@ -4,21 +4,24 @@
 # shell script inside it with the static vmm and the test guest at hand:
 #   /rig/vmm, /rig/guest/bzImage, /rig/guest/initramfs.cpio.gz, /rig/extra/...
 #
-# Usage: ci/rig.sh [--timeout SECS] [--extra FILE]... SCRIPT
+# Usage: ci/rig.sh [--timeout SECS] [--with-qemu] [--extra FILE]... SCRIPT
+# --with-qemu adds Debian's qemu-system-x86_64 (the interop peer and baseline).
 # Streams the rig's console to stdout and exits with the script's status.
 set -euo pipefail
 . "$(dirname "$0")/lib.sh"
 
 timeout=600
 extras=()
+with_qemu=0
 while [ $# -gt 1 ]; do
     case "$1" in
         --timeout) timeout=$2; shift 2 ;;
+        --with-qemu) with_qemu=1; shift ;;
         --extra) extras+=("$2"); shift 2 ;;
         *) die "unknown option $1" ;;
     esac
 done
-[ $# -eq 1 ] && [ -f "$1" ] || die "usage: ci/rig.sh [--timeout SECS] [--extra FILE]... SCRIPT"
+[ $# -eq 1 ] && [ -f "$1" ] || die "usage: ci/rig.sh [--timeout SECS] [--with-qemu] [--extra FILE]... SCRIPT"
 script=$1
 
 ensure_packages qemu-system-x86 busybox-static cpio kmod gzip
@@ -53,7 +56,9 @@ cp "$script" "$work/rig/run.sh"
 for f in "${extras[@]}"; do cp -r "$f" "$work/rig/extra/"; done
 # The kernel unpacks concatenated archives in order: base, then this run's files.
 pack_cpio "$work" "$work/payload.cpio.gz"
-cat "$base" "$work/payload.cpio.gz" > "$work/initrd.cpio.gz"
+overlays=()
+[ "$with_qemu" -eq 1 ] && overlays+=("$("$VMM_ROOT/ci/qemu-overlay.sh")")
+cat "$base" "${overlays[@]}" "$work/payload.cpio.gz" > "$work/initrd.cpio.gz"
 
 status=$work/status
 set +e

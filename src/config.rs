@@ -4,7 +4,12 @@ use std::path::PathBuf;
 
 use clap::Parser;
 
+use crate::proxy::spec::RemoteDevSpec;
 use crate::vmm::VmConfig;
+
+fn parse_remote_dev(text: &str) -> Result<RemoteDevSpec, String> {
+    text.parse()
+}
 use crate::vmm::mptable::MAX_CPUS;
 
 #[derive(Debug, Parser)]
@@ -33,6 +38,11 @@ pub struct Cli {
     #[arg(long, value_name = "N", default_value_t = 1,
           value_parser = clap::value_parser!(u8).range(1..=i64::from(MAX_CPUS)))]
     pub cpus: u8,
+    /// A PCI device served by another process, e.g. `exec=PATH` (spawned with
+    /// the control socket as fd 3), `socket=PATH` or `fd=N`; add `proto=vmm`
+    /// for remotes that speak our extensions. Repeat for more devices.
+    #[arg(long = "remote-dev", value_name = "SPEC", value_parser = parse_remote_dev)]
+    pub remote_devs: Vec<RemoteDevSpec>,
     /// Log level: error, warn, info, debug or trace (default: RUST_LOG, else warn).
     #[arg(long, value_name = "LEVEL", value_parser = ["error", "warn", "info", "debug", "trace", "off"])]
     pub log_level: Option<String>,
@@ -46,6 +56,7 @@ impl Cli {
             cmdline: self.cmdline.clone(),
             mem_size: self.mem,
             cpus: self.cpus,
+            remote_devs: self.remote_devs.clone(),
         }
     }
 }

@@ -6,5 +6,7 @@ pub mod config;
 pub mod devices;
 pub mod pci;
 pub mod protocol;
+pub mod proxy;
+pub mod remote;
 pub mod terminal;
 pub mod vmm;

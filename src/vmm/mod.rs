@@ -27,6 +27,9 @@ use vmm_sys_util::eventfd::{EFD_NONBLOCK, EventFd};
 use crate::devices::{i8042, rtc, serial};
 use crate::pci::host_bridge::HostBridge;
 use crate::pci::root::{self as pci_root, PciConfigIo, PciRoot};
+use crate::proxy::device::{FailFlag, ProxyDevice};
+use crate::proxy::remote::{self, RemoteWatcher, SharedChild};
+use crate::proxy::spec::RemoteDevSpec;
 use stop::{StopReason, StopSignal};
 use vcpu::Buses;
 
@@ -38,6 +41,7 @@ pub struct VmConfig {
     pub cmdline: Option<String>,
     pub mem_size: u64,
     pub cpus: u8,
+    pub remote_devs: Vec<RemoteDevSpec>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -62,6 +66,12 @@ pub enum VmmError {
     Regs(#[from] regs::RegsError),
     #[error(transparent)]
     Pci(#[from] pci_root::PciError),
+    #[error(transparent)]
+    Remote(#[from] remote::RemoteError),
+    #[error(transparent)]
+    Proxy(#[from] crate::proxy::device::ProxyError),
+    #[error("{0} remote devices requested; at most {max} fit", max = pci_root::MAX_PCI_DEVICES)]
+    TooManyRemotes(usize),
     #[error("cannot place a device on the bus: {0}")]
     Bus(#[from] crate::bus::BusError),
     #[error("cannot {what}: {source}")]
@@ -160,6 +170,71 @@ fn add_legacy_devices(
     Ok(serial)
 }
 
+/// A remote device plugged into the PCI bus.
+struct PluggedRemote {
+    name: String,
+    irq: mptable::PciIrq,
+    child: SharedChild,
+    watcher: Subscriber,
+}
+
+/// Opens each remote, connects a proxy to it and plugs it into its own
+/// slot, whose INTA# gets its own IOAPIC input.
+fn add_remote_devices(
+    vm: &VmFd,
+    ram: &memory::GuestRam,
+    pci: &Arc<Mutex<PciRoot>>,
+    specs: &[RemoteDevSpec],
+) -> Result<Vec<PluggedRemote>, VmmError> {
+    if specs.len() > pci_root::MAX_PCI_DEVICES {
+        return Err(VmmError::TooManyRemotes(specs.len()));
+    }
+    let register = |irqfd: &EventFd, resamplefd: &EventFd, gsi: u32| {
+        vm.register_irqfd_with_resample(irqfd, resamplefd, gsi)
+    };
+    let mut plugged: Vec<PluggedRemote> = Vec::new();
+    for (index, spec) in specs.iter().enumerate() {
+        let slot = index + 1;
+        let gsi = PciRoot::slot_gsi(slot);
+        let process = remote::open(spec, index)?;
+        let failed = FailFlag::default();
+        let watcher = RemoteWatcher::new(&process, failed.clone())
+            .map_err(io_err("watch a remote's socket"))?;
+        let remote::RemoteProcess {
+            name,
+            channel,
+            child,
+        } = process;
+        let device = match ProxyDevice::connect(name.clone(), channel, ram, &register, gsi, failed)
+        {
+            Ok(d) => d,
+            Err(e) => {
+                remote::stop_child(&name, &child);
+                for p in &plugged {
+                    remote::stop_child(&p.name, &p.child);
+                }
+                return Err(e.into());
+            }
+        };
+        let got = pci
+            .lock()
+            .expect("pci root lock")
+            .add(Arc::new(Mutex::new(device)), slot)?;
+        debug_assert_eq!(got, slot);
+        plugged.push(PluggedRemote {
+            name,
+            irq: mptable::PciIrq {
+                slot: slot as u8,
+                pin: 1,
+                ioapic_pin: gsi,
+            },
+            child,
+            watcher: Arc::new(Mutex::new(watcher)),
+        });
+    }
+    Ok(plugged)
+}
+
 fn create_vcpus(
     kvm: &Kvm,
     vm: &VmFd,
@@ -209,19 +284,6 @@ pub fn run(config: &VmConfig) -> Result<StopReason, VmmError> {
         config.initrd.as_deref(),
         &cmdline,
     )?;
-    let buses = Arc::new(Buses::default());
-    let pci = Arc::new(Mutex::new(PciRoot::new(buses.clone())));
-    pci.lock()
-        .expect("pci root lock")
-        .add(Arc::new(Mutex::new(HostBridge::new())), 0)?;
-    let pci_irqs: Vec<mptable::PciIrq> = Vec::new();
-    pci.lock().expect("pci root lock").assign_resources()?;
-    buses.pio.insert(
-        Arc::new(Mutex::new(PciConfigIo::new(pci.clone()))),
-        pci_root::CONFIG_PORT_BASE,
-        pci_root::CONFIG_PORT_LEN,
-    )?;
-    mptable::setup(&ram.memory, config.cpus, &pci_irqs)?;
     log::info!(
         "booting {} with {} MiB and {} vCPU(s): {}",
         config.kernel.display(),
@@ -237,6 +299,21 @@ pub fn run(config: &VmConfig) -> Result<StopReason, VmmError> {
     host::warn_if_pvm();
     let vm = create_vm(&kvm)?;
     register_memory(&vm, &ram)?;
+
+    let buses = Arc::new(Buses::default());
+    let pci = Arc::new(Mutex::new(PciRoot::new(buses.clone())));
+    pci.lock()
+        .expect("pci root lock")
+        .add(Arc::new(Mutex::new(HostBridge::new())), 0)?;
+    let remotes = add_remote_devices(&vm, &ram, &pci, &config.remote_devs)?;
+    let pci_irqs: Vec<mptable::PciIrq> = remotes.iter().map(|r| r.irq).collect();
+    pci.lock().expect("pci root lock").assign_resources()?;
+    buses.pio.insert(
+        Arc::new(Mutex::new(PciConfigIo::new(pci.clone()))),
+        pci_root::CONFIG_PORT_BASE,
+        pci_root::CONFIG_PORT_LEN,
+    )?;
+    mptable::setup(&ram.memory, config.cpus, &pci_irqs)?;
 
     let stop = Arc::new(StopSignal::new().map_err(io_err("create the stop event"))?);
     let serial = add_legacy_devices(&vm, &buses, &stop)?;
@@ -254,6 +331,10 @@ pub fn run(config: &VmConfig) -> Result<StopReason, VmmError> {
         stop.clone(),
         raw_mode.is_some(),
     ))));
+
+    for r in &remotes {
+        events.add_subscriber(r.watcher.clone());
+    }
 
     for (id, vcpu) in vcpus.into_iter().enumerate() {
         vcpu::spawn(id as u8, vcpu, buses.clone(), stop.clone())
@@ -276,6 +357,9 @@ pub fn run(config: &VmConfig) -> Result<StopReason, VmmError> {
         serial.lock().expect("serial lock").flush_input();
     };
     drop(raw_mode);
+    for r in &remotes {
+        remote::stop_child(&r.name, &r.child);
+    }
     // vCPU threads may still be inside KVM_RUN; the process exit ends them,
     // and guest RAM (`ram`) stays mapped until then.
     std::mem::forget(ram);

@@ -25,8 +25,10 @@ const CPU_BOOTSTRAP: u8 = 2;
 /// CPUID signature family 6 and the FPU + APIC feature flags, as firmware reports them.
 const CPU_SIGNATURE: u32 = 0x600;
 const CPU_FEATURES: u32 = 0x201;
-pub const ISA_BUS_ID: u8 = 0;
-pub const PCI_BUS_ID: u8 = 1;
+/// The PCI bus entry's id must equal the PCI bus number (0): Linux looks
+/// interrupt entries up by it.
+pub const PCI_BUS_ID: u8 = 0;
+pub const ISA_BUS_ID: u8 = 1;
 const FLOATING_POINTER_SIZE: usize = 16;
 const HEADER_SIZE: usize = 44;
 
@@ -73,10 +75,8 @@ pub fn build(base: u64, cpus: u8, pci_irqs: &[PciIrq]) -> Result<Vec<u8>, Mptabl
         e.extend_from_slice(&[0; 8]);
         push(&e);
     }
+    push(&bus_entry(PCI_BUS_ID, b"PCI   "));
     push(&bus_entry(ISA_BUS_ID, b"ISA   "));
-    if !pci_irqs.is_empty() {
-        push(&bus_entry(PCI_BUS_ID, b"PCI   "));
-    }
     let mut ioapic = vec![ENTRY_IOAPIC, ioapic_id, IOAPIC_VERSION, 1];
     ioapic.extend_from_slice(&(layout::IOAPIC_START as u32).to_le_bytes());
     push(&ioapic);
@@ -236,6 +236,7 @@ mod tests {
         // The PCI entry: bus 1, slot 1 INTA#, IOAPIC (id 3) pin 16, level high.
         let pci = &table[table.len() - 24..table.len() - 16];
         assert_eq!(pci, &[3, 0, 0x0d, 0, PCI_BUS_ID, 1 << 2, 3, 16]);
+        assert_eq!(PCI_BUS_ID, 0, "Linux matches entries by PCI bus number");
     }
 
     #[test]

@@ -71,10 +71,16 @@ const BEGIN: &str = "=== SCENARIO-BEGIN ";
 const END: &str = "=== SCENARIO-END ";
 
 /// The script that runs every scenario in turn and frames its output.
-fn batch_script(scenarios: &[Scenario], vmm: &str, guest: &str, timeout_s: u32) -> String {
+fn batch_script(
+    scenarios: &[Scenario],
+    vmm: &str,
+    guest: &str,
+    repo: &str,
+    timeout_s: u32,
+) -> String {
     let mut s = String::from("set +e\n");
     s.push_str(&format!(
-        "export VMM={vmm} KERNEL={guest}/bzImage INITRD={guest}/initramfs.cpio.gz\n"
+        "export VMM={vmm} KERNEL={guest}/bzImage INITRD={guest}/initramfs.cpio.gz REPO={repo}\n"
     ));
     for sc in scenarios {
         s.push_str(&format!(
@@ -133,6 +139,15 @@ fn build_guest() -> PathBuf {
 
 /// Runs all scenarios; panics loudly if they cannot run at all.
 pub fn run_batch(scenarios: &[Scenario], timeout_s: u32) -> HashMap<String, Outcome> {
+    run_batch_with(scenarios, timeout_s, false)
+}
+
+/// As `run_batch`; `with_qemu` makes Debian's QEMU available to the scenarios.
+pub fn run_batch_with(
+    scenarios: &[Scenario],
+    timeout_s: u32,
+    with_qemu: bool,
+) -> HashMap<String, Outcome> {
     let (output, how) = match mode() {
         Mode::Skip => panic!("run_batch called with VMM_SKIP_KVM_TESTS=1"),
         Mode::Local => {
@@ -141,6 +156,7 @@ pub fn run_batch(scenarios: &[Scenario], timeout_s: u32) -> HashMap<String, Outc
                 scenarios,
                 env!("CARGO_BIN_EXE_vmm"),
                 guest.to_str().unwrap(),
+                repo_root().to_str().unwrap(),
                 timeout_s,
             );
             let out = Command::new("sh")
@@ -155,12 +171,17 @@ pub fn run_batch(scenarios: &[Scenario], timeout_s: u32) -> HashMap<String, Outc
             )
         }
         Mode::Rig => {
-            let script = batch_script(scenarios, "/rig/vmm", "/rig/guest", timeout_s);
+            let script = batch_script(scenarios, "/rig/vmm", "/rig/guest", "/rig/extra", timeout_s);
             let path = std::env::temp_dir().join(format!("vmm-rig-{}.sh", std::process::id()));
             std::fs::write(&path, script).unwrap();
             let total = 120 + timeout_s * scenarios.len() as u32;
-            let out = Command::new(repo_root().join("ci/rig.sh"))
-                .args(["--timeout", &total.to_string()])
+            let mut rig = Command::new(repo_root().join("ci/rig.sh"));
+            rig.args(["--timeout", &total.to_string()]);
+            if with_qemu {
+                rig.arg("--with-qemu");
+            }
+            let out = rig
+                .args(["--extra", repo_root().join("ci").to_str().unwrap()])
                 .arg(&path)
                 .stdin(Stdio::null())
                 .stderr(Stdio::inherit())

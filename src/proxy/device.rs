@@ -1,0 +1,537 @@
+//! A PCI device whose config space and BARs are served by a remote process.
+//!
+//! The proxy keeps its own copy of the BAR registers, the command register
+//! and the interrupt line, because those decide what the VMM maps where;
+//! everything else is read from the remote. Every config write is forwarded
+//! so the remote places its BARs at the same addresses (BAR accesses name
+//! absolute addresses). A remote that fails or misbehaves is cut off: its
+//! device then reads as all ones and ignores writes.
+
+use std::fs::File;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use vmm_sys_util::eventfd::{EFD_NONBLOCK, EventFd};
+
+use crate::pci::config::{
+    ConfigSpace, NUM_BARS, REG_BAR0, REG_CLASS, REG_ID, REG_INTERRUPT, REG_ROM,
+};
+use crate::pci::{ActiveBar, BarKind, BarSpec, PciDevice};
+use crate::protocol::channel::{Channel, ChannelError};
+use crate::protocol::mpqemu::{Message, RET_ERROR, SysmemRegion};
+use crate::vmm::memory::GuestRam;
+
+const BAR_IO_BIT: u32 = 0x1;
+const BAR_MEM_TYPE_64: u32 = 0x4;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ProxyError {
+    #[error("remote {name}: {what}: {source}")]
+    Channel {
+        name: String,
+        what: &'static str,
+        #[source]
+        source: ChannelError,
+    },
+    #[error("remote {name} reports no PCI device (vendor id {vendor:#06x})")]
+    NoDevice { name: String, vendor: u16 },
+    #[error("remote {name} claims an impossible BAR{bar} (sizing read back {raw:#010x})")]
+    BadBar { name: String, bar: usize, raw: u32 },
+    #[error("remote {name}: cannot set up its interrupt or RAM fds: {source}")]
+    Irq {
+        name: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("remote {name}: KVM refused its irqfd: {source}")]
+    Irqfd {
+        name: String,
+        #[source]
+        source: kvm_ioctls::Error,
+    },
+}
+
+/// Registers an (irqfd, resamplefd) pair for a GSI with KVM; a function so
+/// tests can stand in for KVM.
+pub type IrqRegistrar<'a> = dyn Fn(&EventFd, &EventFd, u32) -> Result<(), kvm_ioctls::Error> + 'a;
+
+/// Shared "this remote is gone" flag; set by the proxy or the supervisor.
+#[derive(Clone, Default)]
+pub struct FailFlag(Arc<AtomicBool>);
+
+impl FailFlag {
+    /// Marks the device failed; returns true for the first caller only.
+    pub fn fail(&self) -> bool {
+        !self.0.swap(true, Ordering::SeqCst)
+    }
+    pub fn is_failed(&self) -> bool {
+        self.0.load(Ordering::SeqCst)
+    }
+}
+
+pub struct ProxyDevice {
+    name: String,
+    channel: Channel,
+    config: ConfigSpace,
+    failed: FailFlag,
+    /// Kept so the interrupt wiring lives as long as the device.
+    _irqfd: EventFd,
+    _resamplefd: EventFd,
+}
+
+fn is_local(reg: usize) -> bool {
+    (REG_BAR0..REG_BAR0 + NUM_BARS).contains(&reg) || reg == REG_ROM || reg == REG_INTERRUPT
+}
+
+impl ProxyDevice {
+    /// Connects to a remote: shares guest RAM, probes its identity and
+    /// BARs, wires its INTA# to `gsi` and resets it.
+    pub fn connect(
+        name: String,
+        mut channel: Channel,
+        ram: &GuestRam,
+        register_irq: &IrqRegistrar<'_>,
+        gsi: u8,
+        failed: FailFlag,
+    ) -> Result<Self, ProxyError> {
+        let err = |what| {
+            let name = name.clone();
+            move |source| ProxyError::Channel { name, what, source }
+        };
+        let regions: Vec<SysmemRegion> = ram
+            .regions
+            .iter()
+            .map(|r| SysmemRegion {
+                gpa: r.guest_addr,
+                size: r.size,
+                offset: r.file_offset,
+            })
+            .collect();
+        let fds: Vec<File> = regions
+            .iter()
+            .map(|_| ram.memfd.try_clone())
+            .collect::<Result<_, _>>()
+            .map_err(|source| ProxyError::Irq {
+                name: name.clone(),
+                source,
+            })?;
+        channel
+            .send(&Message::SyncSysmem { regions, fds })
+            .map_err(err("sharing guest RAM"))?;
+
+        let cfg_read = |ch: &mut Channel, reg: usize| -> Result<u32, ProxyError> {
+            let v = ch
+                .request(&Message::PciCfgRead {
+                    addr: reg as u32 * 4,
+                    len: 4,
+                })
+                .map_err(err("reading config space"))?;
+            Ok(v.unwrap_or(RET_ERROR) as u32)
+        };
+        let id = cfg_read(&mut channel, REG_ID)?;
+        let vendor = id as u16;
+        if vendor == 0xffff || vendor == 0 {
+            return Err(ProxyError::NoDevice { name, vendor });
+        }
+        let class = cfg_read(&mut channel, REG_CLASS)?;
+        let mut config = ConfigSpace::new(vendor, (id >> 16) as u16, class >> 8, class as u8);
+        for bar in 0..NUM_BARS {
+            let reg = REG_BAR0 + bar;
+            let original = cfg_read(&mut channel, reg)?;
+            Self::cfg_write(&mut channel, reg, 0, &[0xff; 4]).map_err(err("sizing a BAR"))?;
+            let raw = cfg_read(&mut channel, reg)?;
+            Self::cfg_write(&mut channel, reg, 0, &original.to_le_bytes())
+                .map_err(err("sizing a BAR"))?;
+            if raw == 0 || raw == u32::MAX {
+                continue;
+            }
+            let (kind, mask) = if raw & BAR_IO_BIT != 0 {
+                (BarKind::Io, !0x3u32)
+            } else {
+                (BarKind::Memory, !0xfu32)
+            };
+            if kind == BarKind::Memory && raw & BAR_MEM_TYPE_64 != 0 {
+                log::warn!("remote {name}: 64-bit BAR{bar} is not supported; left unmapped");
+                continue;
+            }
+            let size = u64::from((!(raw & mask)).wrapping_add(1));
+            config
+                .set_bar(bar, BarSpec { kind, size })
+                .map_err(|_| ProxyError::BadBar {
+                    name: name.clone(),
+                    bar,
+                    raw,
+                })?;
+            log::info!("remote {name}: BAR{bar} {kind:?} {size:#x} bytes");
+        }
+        config.set_interrupt(1, gsi);
+
+        let mk = || EventFd::new(EFD_NONBLOCK);
+        let irq_err = |source| ProxyError::Irq {
+            name: name.clone(),
+            source,
+        };
+        let irqfd = mk().map_err(irq_err)?;
+        let resamplefd = mk().map_err(irq_err)?;
+        register_irq(&irqfd, &resamplefd, u32::from(gsi)).map_err(|source| ProxyError::Irqfd {
+            name: name.clone(),
+            source,
+        })?;
+        let as_file = |e: &EventFd| {
+            e.try_clone().map(|c| {
+                use std::os::fd::{FromRawFd, IntoRawFd};
+                // SAFETY: the clone's fd is ours alone; File takes it over.
+                unsafe { File::from_raw_fd(c.into_raw_fd()) }
+            })
+        };
+        channel
+            .send(&Message::SetIrqfd {
+                irqfd: as_file(&irqfd).map_err(irq_err)?,
+                resamplefd: as_file(&resamplefd).map_err(irq_err)?,
+            })
+            .map_err(err("wiring the interrupt"))?;
+        channel
+            .request(&Message::DeviceReset)
+            .map_err(err("resetting the device"))?;
+        log::info!(
+            "remote {name}: PCI {:04x}:{:04x} class {:06x}, INTA# on GSI {gsi}",
+            vendor,
+            id >> 16,
+            class >> 8
+        );
+        Ok(ProxyDevice {
+            name,
+            channel,
+            config,
+            failed,
+            _irqfd: irqfd,
+            _resamplefd: resamplefd,
+        })
+    }
+
+    fn cfg_write(
+        ch: &mut Channel,
+        reg: usize,
+        offset: usize,
+        data: &[u8],
+    ) -> Result<(), ChannelError> {
+        let mut val = [0u8; 4];
+        val[..data.len()].copy_from_slice(data);
+        ch.request(&Message::PciCfgWrite {
+            addr: (reg * 4 + offset) as u32,
+            val: u32::from_le_bytes(val),
+            len: data.len() as u32,
+        })?;
+        Ok(())
+    }
+
+    /// Runs a request unless the remote is already cut off; a failure cuts it off.
+    fn request(&mut self, msg: &Message, what: &str) -> Option<u64> {
+        if self.failed.is_failed() {
+            return None;
+        }
+        match self.channel.request(msg) {
+            Ok(v) => Some(v.unwrap_or(0)),
+            Err(e) => {
+                if self.failed.fail() {
+                    log::error!(
+                        "remote {}: {what} failed ({e}); the device is cut off and reads as all ones",
+                        self.name
+                    );
+                }
+                None
+            }
+        }
+    }
+}
+
+impl PciDevice for ProxyDevice {
+    fn read_config(&mut self, reg: usize) -> u32 {
+        if is_local(reg) {
+            return self.config.read(reg);
+        }
+        self.request(
+            &Message::PciCfgRead {
+                addr: reg as u32 * 4,
+                len: 4,
+            },
+            "config read",
+        )
+        .map_or(u32::MAX, |v| v as u32)
+    }
+
+    fn write_config(&mut self, reg: usize, offset: usize, data: &[u8]) {
+        self.config.write(reg, offset, data);
+        let mut val = [0u8; 4];
+        val[..data.len()].copy_from_slice(data);
+        self.request(
+            &Message::PciCfgWrite {
+                addr: (reg * 4 + offset) as u32,
+                val: u32::from_le_bytes(val),
+                len: data.len() as u32,
+            },
+            "config write",
+        );
+    }
+
+    fn bar_specs(&self) -> Vec<(usize, BarSpec)> {
+        (0..NUM_BARS)
+            .filter_map(|i| self.config.bar_spec(i).map(|s| (i, s)))
+            .collect()
+    }
+
+    fn place_bar(&mut self, index: usize, addr: u64) {
+        // Through the normal write path, so the remote learns the address too.
+        self.write_config(REG_BAR0 + index, 0, &(addr as u32).to_le_bytes());
+    }
+
+    fn active_bars(&self) -> Vec<ActiveBar> {
+        self.config.active_bars()
+    }
+
+    fn read_bar(&mut self, bar: &ActiveBar, offset: u64, data: &mut [u8]) {
+        let value = self.request(
+            &Message::BarRead {
+                addr: bar.addr + offset,
+                size: data.len() as u32,
+                memory: bar.kind == BarKind::Memory,
+            },
+            "BAR read",
+        );
+        let bytes = value.unwrap_or(u64::MAX).to_le_bytes();
+        let n = data.len().min(8);
+        data[..n].copy_from_slice(&bytes[..n]);
+    }
+
+    fn write_bar(&mut self, bar: &ActiveBar, offset: u64, data: &[u8]) {
+        let mut val = [0u8; 8];
+        let n = data.len().min(8);
+        val[..n].copy_from_slice(&data[..n]);
+        self.request(
+            &Message::BarWrite {
+                addr: bar.addr + offset,
+                val: u64::from_le_bytes(val),
+                size: n as u32,
+                memory: bar.kind == BarKind::Memory,
+            },
+            "BAR write",
+        );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::remote::{RemoteDevice, RemoteMemory, SharedIrq, server};
+    use std::os::unix::net::UnixStream;
+    use std::sync::Mutex;
+
+    /// A remote device with a 256-byte I/O BAR and a 1 KiB memory BAR of
+    /// plain registers.
+    struct Scratch {
+        config: ConfigSpace,
+        regs: [u8; 1024],
+        resets: u32,
+    }
+
+    impl RemoteDevice for Scratch {
+        fn config(&self) -> &ConfigSpace {
+            &self.config
+        }
+        fn config_mut(&mut self) -> &mut ConfigSpace {
+            &mut self.config
+        }
+        fn bar_read(&mut self, _bar: u8, offset: u64, data: &mut [u8]) {
+            let o = offset as usize;
+            data.copy_from_slice(&self.regs[o..o + data.len()]);
+        }
+        fn bar_write(&mut self, _bar: u8, offset: u64, data: &[u8]) {
+            let o = offset as usize;
+            self.regs[o..o + data.len()].copy_from_slice(data);
+        }
+        fn reset(&mut self) {
+            self.resets += 1;
+        }
+        fn set_memory(&mut self, _memory: RemoteMemory) {}
+        fn set_interrupt(&mut self, _line: SharedIrq) {}
+    }
+
+    fn scratch(io_size: u64) -> Arc<Mutex<Scratch>> {
+        let mut config = ConfigSpace::new(0x1000, 0x0012, 0x010000, 1);
+        config
+            .set_bar(
+                0,
+                BarSpec {
+                    kind: BarKind::Io,
+                    size: io_size,
+                },
+            )
+            .unwrap();
+        config
+            .set_bar(
+                1,
+                BarSpec {
+                    kind: BarKind::Memory,
+                    size: 1024,
+                },
+            )
+            .unwrap();
+        Arc::new(Mutex::new(Scratch {
+            config,
+            regs: [0; 1024],
+            resets: 0,
+        }))
+    }
+
+    fn no_kvm(_: &EventFd, _: &EventFd, _: u32) -> Result<(), kvm_ioctls::Error> {
+        Ok(())
+    }
+
+    fn connect(dev: Arc<Mutex<Scratch>>) -> (ProxyDevice, FailFlag, std::thread::JoinHandle<()>) {
+        let (a, b) = UnixStream::pair().unwrap();
+        let remote: Arc<Mutex<dyn RemoteDevice>> = dev;
+        let server = std::thread::spawn(move || {
+            let _ = server::serve(Channel::new(b), remote);
+        });
+        let ram = GuestRam::new(64 << 20).unwrap();
+        let failed = FailFlag::default();
+        let proxy = ProxyDevice::connect(
+            "test".into(),
+            Channel::new(a),
+            &ram,
+            &no_kvm,
+            16,
+            failed.clone(),
+        )
+        .unwrap();
+        (proxy, failed, server)
+    }
+
+    #[test]
+    fn probe_finds_identity_bars_and_resets() {
+        let dev = scratch(256);
+        let (mut proxy, _, _) = connect(dev.clone());
+        assert_eq!(proxy.read_config(REG_ID), 0x0012_1000);
+        assert_eq!(
+            proxy.bar_specs(),
+            vec![
+                (
+                    0,
+                    BarSpec {
+                        kind: BarKind::Io,
+                        size: 256
+                    }
+                ),
+                (
+                    1,
+                    BarSpec {
+                        kind: BarKind::Memory,
+                        size: 1024
+                    }
+                )
+            ]
+        );
+        assert_eq!(
+            proxy.read_config(REG_INTERRUPT) & 0xffff,
+            0x0110,
+            "INTA# on line 16"
+        );
+        assert_eq!(dev.lock().unwrap().resets, 1);
+        // Probing restored the remote's BARs.
+        assert_eq!(dev.lock().unwrap().config.read(REG_BAR0 + 1), 0);
+    }
+
+    #[test]
+    fn bar_accesses_reach_the_remote_by_absolute_address() {
+        let dev = scratch(256);
+        let (mut proxy, _, _) = connect(dev.clone());
+        proxy.place_bar(1, 0xc000_1000);
+        proxy.write_config(crate::pci::config::REG_COMMAND, 0, &[0x03, 0]);
+        let bar = proxy
+            .active_bars()
+            .into_iter()
+            .find(|b| b.index == 1)
+            .unwrap();
+        assert_eq!(
+            dev.lock().unwrap().config.bar_addr(1),
+            Some(0xc000_1000),
+            "remote moved too"
+        );
+        proxy.write_bar(&bar, 0x34, &0xdead_beef_u32.to_le_bytes());
+        assert_eq!(
+            &dev.lock().unwrap().regs[0x34..0x38],
+            &0xdead_beef_u32.to_le_bytes()
+        );
+        let mut data = [0u8; 2];
+        proxy.read_bar(&bar, 0x36, &mut data);
+        assert_eq!(data, [0xad, 0xde]);
+    }
+
+    #[test]
+    fn dead_remote_reads_all_ones_without_blocking() {
+        let dev = scratch(256);
+        let (mut proxy, failed, server) = connect(dev);
+        proxy.place_bar(1, 0xc000_0000);
+        proxy.write_config(crate::pci::config::REG_COMMAND, 0, &[0x02, 0]);
+        let bar = proxy.active_bars()[0];
+        // Make the server exit: an unexpected RET is a protocol error.
+        proxy.channel.send(&Message::Ret(Some(0))).unwrap();
+        server.join().unwrap();
+        let mut data = [0u8; 4];
+        proxy.read_bar(&bar, 0, &mut data);
+        assert_eq!(data, [0xff; 4]);
+        assert!(failed.is_failed());
+        assert_eq!(proxy.read_config(REG_ID), u32::MAX);
+    }
+
+    #[test]
+    fn impossible_bar_size_is_refused() {
+        // A 3-byte I/O BAR cannot exist; sizing reads back a mask no real
+        // BAR has. Build the lie by hand on the remote side.
+        let dev = scratch(4);
+        dev.lock()
+            .unwrap()
+            .config
+            .set_bar(
+                0,
+                BarSpec {
+                    kind: BarKind::Io,
+                    size: 4,
+                },
+            )
+            .unwrap();
+        let (a, b) = UnixStream::pair().unwrap();
+        let remote: Arc<Mutex<dyn RemoteDevice>> = dev;
+        std::thread::spawn(move || {
+            let mut ch = Channel::new(b);
+            // Answer everything like the server would, but lie about BAR0.
+            let irq = Arc::new(Mutex::new(crate::remote::InterruptLine::default()));
+            while let Ok(msg) = ch.recv() {
+                let lie = matches!(msg, Message::PciCfgRead { addr: 0x10, .. });
+                let reply = server::handle(&remote, &irq, msg).unwrap();
+                if let Some(reply) = reply {
+                    let reply = if lie {
+                        Message::Ret(Some(0xffff_fff5))
+                    } else {
+                        reply
+                    };
+                    if ch.send(&reply).is_err() {
+                        break;
+                    }
+                }
+            }
+        });
+        let ram = GuestRam::new(64 << 20).unwrap();
+        let err = ProxyDevice::connect(
+            "liar".into(),
+            Channel::new(a),
+            &ram,
+            &no_kvm,
+            16,
+            FailFlag::default(),
+        )
+        .err()
+        .unwrap();
+        assert!(matches!(err, ProxyError::BadBar { bar: 0, .. }), "{err}");
+    }
+}

@@ -1,0 +1,6 @@
+//! The proxy: a PCI device in the VMM whose function lives in another
+//! process, reached over the mpqemu control protocol.
+
+pub mod device;
+pub mod remote;
+pub mod spec;

@@ -1,0 +1,227 @@
+//! Reaching a remote device process: spawning it with a socketpair,
+//! connecting to its socket or adopting an inherited fd; and watching it,
+//! so the VMM notices at once when it dies.
+
+use std::fs::File;
+use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd};
+use std::os::unix::net::UnixStream;
+use std::os::unix::process::CommandExt;
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use event_manager::{EventOps, Events, MutEventSubscriber};
+use vmm_sys_util::epoll::EventSet;
+
+use super::device::FailFlag;
+use super::spec::{Endpoint, RemoteDevSpec};
+use crate::protocol::channel::Channel;
+
+/// The fd number a spawned remote finds its socket at.
+pub const REMOTE_SOCKET_FD: i32 = 3;
+/// How long a request may wait for the remote before it is declared dead.
+pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+
+#[derive(Debug, thiserror::Error)]
+pub enum RemoteError {
+    #[error("cannot connect to remote socket {path}: {source}")]
+    Connect {
+        path: std::path::PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("fd {0} is not an open socket")]
+    NotASocket(i32),
+    #[error("cannot start remote {path}: {source}")]
+    Spawn {
+        path: std::path::PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("cannot create the control socket: {0}")]
+    Socket(#[source] std::io::Error),
+}
+
+pub type SharedChild = Arc<Mutex<Option<Child>>>;
+
+pub struct RemoteProcess {
+    pub name: String,
+    pub channel: Channel,
+    /// Set when we spawned the process ourselves.
+    pub child: SharedChild,
+}
+
+fn is_socket(fd: i32) -> bool {
+    // SAFETY: fstat only writes into `st`.
+    let mut st: libc::stat = unsafe { std::mem::zeroed() };
+    // SAFETY: as above; a bad fd just fails.
+    unsafe { libc::fstat(fd, &mut st) == 0 && st.st_mode & libc::S_IFMT == libc::S_IFSOCK }
+}
+
+/// Makes `socket` the child's fd 3 and nothing else: no other inherited
+/// fds, no blocked signals, its own process group (terminal signals go to
+/// the VMM, which stops its remotes itself), and death with the VMM.
+fn prepare_child(cmd: &mut Command, socket: i32) {
+    // SAFETY: runs between fork and exec and only makes async-signal-safe
+    // system calls on integers it owns.
+    unsafe {
+        cmd.pre_exec(move || {
+            if socket != REMOTE_SOCKET_FD && libc::dup2(socket, REMOTE_SOCKET_FD) < 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            let flags = libc::fcntl(REMOTE_SOCKET_FD, libc::F_GETFD);
+            libc::fcntl(REMOTE_SOCKET_FD, libc::F_SETFD, flags & !libc::FD_CLOEXEC);
+            libc::syscall(libc::SYS_close_range, REMOTE_SOCKET_FD + 1, u32::MAX, 0);
+            let mut set: libc::sigset_t = std::mem::zeroed();
+            libc::sigemptyset(&mut set);
+            libc::pthread_sigmask(libc::SIG_SETMASK, &set, std::ptr::null_mut());
+            libc::setpgid(0, 0);
+            libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+            Ok(())
+        });
+    }
+}
+
+/// Spawns `program` with its end of a new socketpair as fd 3.
+pub fn spawn(
+    program: &std::path::Path,
+    args: &[String],
+) -> Result<(UnixStream, Child), RemoteError> {
+    let (ours, theirs) = UnixStream::pair().map_err(RemoteError::Socket)?;
+    let mut cmd = Command::new(program);
+    cmd.args(args)
+        .env("VMM_REMOTE_FD", REMOTE_SOCKET_FD.to_string())
+        .stdin(Stdio::null());
+    // The remote's stdout would mix with the guest console: send it to stderr.
+    match std::io::stderr().as_fd().try_clone_to_owned() {
+        Ok(err) => {
+            cmd.stdout(Stdio::from(err));
+        }
+        Err(e) => log::warn!("remote stdout stays on ours: {e}"),
+    }
+    prepare_child(&mut cmd, theirs.as_raw_fd());
+    let child = cmd.spawn().map_err(|source| RemoteError::Spawn {
+        path: program.to_owned(),
+        source,
+    })?;
+    drop(theirs);
+    Ok((ours, child))
+}
+
+pub fn open(spec: &RemoteDevSpec, index: usize) -> Result<RemoteProcess, RemoteError> {
+    let (sock, child, name) = match &spec.endpoint {
+        Endpoint::Socket(path) => {
+            let sock = UnixStream::connect(path).map_err(|source| RemoteError::Connect {
+                path: path.clone(),
+                source,
+            })?;
+            (sock, None, format!("#{index} ({})", path.display()))
+        }
+        Endpoint::Fd(fd) => {
+            if !is_socket(*fd) {
+                return Err(RemoteError::NotASocket(*fd));
+            }
+            // SAFETY: the user handed this fd to us on the command line and
+            // nothing else in the process uses it.
+            let sock = unsafe { UnixStream::from_raw_fd(*fd) };
+            (sock, None, format!("#{index} (fd {fd})"))
+        }
+        Endpoint::Exec(path) => {
+            let (sock, child) = spawn(path, &[])?;
+            let name = format!("#{index} ({}, pid {})", path.display(), child.id());
+            (sock, Some(child), name)
+        }
+    };
+    sock.set_nonblocking(false).map_err(RemoteError::Socket)?;
+    let mut channel = Channel::new(sock);
+    channel
+        .set_timeout(Some(REQUEST_TIMEOUT))
+        .map_err(RemoteError::Socket)?;
+    Ok(RemoteProcess {
+        name,
+        channel,
+        child: Arc::new(Mutex::new(child)),
+    })
+}
+
+/// Waits up to `limit` for a child to exit and describes how it ended.
+fn reap(child: &mut Child, limit: Duration) -> Option<String> {
+    let start = Instant::now();
+    loop {
+        match child.try_wait() {
+            Ok(Some(status)) => return Some(status.to_string()),
+            Ok(None) if start.elapsed() < limit => std::thread::sleep(Duration::from_millis(10)),
+            Ok(None) => return None,
+            Err(e) => return Some(format!("unknown ({e})")),
+        }
+    }
+}
+
+/// Stops a spawned remote: SIGTERM, then SIGKILL if it lingers.
+pub fn stop_child(name: &str, child: &SharedChild) {
+    let Some(mut child) = child.lock().expect("child lock").take() else {
+        return;
+    };
+    if let Ok(Some(_)) = child.try_wait() {
+        return;
+    }
+    // SAFETY: plain kill(2) on our own child's pid.
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    if reap(&mut child, Duration::from_secs(2)).is_none() {
+        log::warn!("remote {name} ignored SIGTERM; killing it");
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+}
+
+/// Watches a remote's control socket for hang-up: the remote died or
+/// closed the connection.
+pub struct RemoteWatcher {
+    name: String,
+    socket: File,
+    child: SharedChild,
+    failed: FailFlag,
+}
+
+impl RemoteWatcher {
+    pub fn new(remote: &RemoteProcess, failed: FailFlag) -> std::io::Result<Self> {
+        let socket: OwnedFd = remote.channel.socket().try_clone()?.into();
+        Ok(RemoteWatcher {
+            name: remote.name.clone(),
+            socket: File::from(socket),
+            child: remote.child.clone(),
+            failed,
+        })
+    }
+}
+
+impl MutEventSubscriber for RemoteWatcher {
+    fn process(&mut self, _events: Events, ops: &mut EventOps) {
+        let _ = ops.remove(Events::empty(&self.socket));
+        let first = self.failed.fail();
+        let status = self
+            .child
+            .lock()
+            .expect("child lock")
+            .as_mut()
+            .map(|c| reap(c, Duration::from_secs(1)).unwrap_or_else(|| "still running".into()));
+        match (first, status) {
+            (_, Some(status)) => log::error!(
+                "remote {} closed its connection (process exit: {status}); its device now reads as all ones",
+                self.name
+            ),
+            (true, None) => log::error!(
+                "remote {} closed its connection; its device now reads as all ones",
+                self.name
+            ),
+            (false, None) => {}
+        }
+    }
+
+    fn init(&mut self, ops: &mut EventOps) {
+        let events = EventSet::READ_HANG_UP | EventSet::HANG_UP | EventSet::ERROR;
+        if let Err(e) = ops.add(Events::new(&self.socket, events)) {
+            log::error!("cannot watch remote {}: {e}", self.name);
+        }
+    }
+}

@@ -1,0 +1,107 @@
+//! `--remote-dev` option values: where the remote device process is and
+//! which protocol dialect it speaks.
+
+use std::path::PathBuf;
+use std::str::FromStr;
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Endpoint {
+    /// Connect to a listening UNIX socket.
+    Socket(PathBuf),
+    /// Use an inherited, already connected socket.
+    Fd(i32),
+    /// Spawn this program with its end of a socketpair as fd 3.
+    Exec(PathBuf),
+}
+
+/// Which commands beyond QEMU's the remote understands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Dialect {
+    /// Plain QEMU multiprocess: never sent an extension command.
+    Qemu,
+    /// Our own remote: BAR_INFO and the ioregionfd extensions.
+    Vmm,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RemoteDevSpec {
+    pub endpoint: Endpoint,
+    pub dialect: Dialect,
+}
+
+impl FromStr for RemoteDevSpec {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Self, String> {
+        let mut endpoint = None;
+        let mut dialect = Dialect::Qemu;
+        for item in text.split(',').filter(|s| !s.is_empty()) {
+            let (key, value) = item
+                .split_once('=')
+                .ok_or_else(|| format!("'{item}' is not a known device type or key=value"))?;
+            let set = |e: &mut Option<Endpoint>, v: Endpoint| {
+                if e.replace(v).is_some() {
+                    Err("give only one of socket=, fd= and exec=".to_string())
+                } else {
+                    Ok(())
+                }
+            };
+            match key {
+                "socket" => set(&mut endpoint, Endpoint::Socket(value.into()))?,
+                "exec" => set(&mut endpoint, Endpoint::Exec(value.into()))?,
+                "fd" => {
+                    let fd = value
+                        .parse::<i32>()
+                        .ok()
+                        .filter(|fd| *fd > 2)
+                        .ok_or_else(|| {
+                            format!("fd={value} is not an inherited fd number above 2")
+                        })?;
+                    set(&mut endpoint, Endpoint::Fd(fd))?
+                }
+                "proto" => {
+                    dialect = match value {
+                        "qemu" => Dialect::Qemu,
+                        "vmm" => Dialect::Vmm,
+                        other => return Err(format!("proto={other}: expected qemu or vmm")),
+                    }
+                }
+                other => return Err(format!("unknown key '{other}'")),
+            }
+        }
+        let endpoint = endpoint
+            .ok_or_else(|| "say where the remote is: socket=PATH, fd=N or exec=PATH".to_string())?;
+        Ok(RemoteDevSpec { endpoint, dialect })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn endpoints_and_dialects_parse() {
+        let s: RemoteDevSpec = "socket=/run/lsi.sock,proto=vmm".parse().unwrap();
+        assert_eq!(s.endpoint, Endpoint::Socket("/run/lsi.sock".into()));
+        assert_eq!(s.dialect, Dialect::Vmm);
+        let s: RemoteDevSpec = "fd=5".parse().unwrap();
+        assert_eq!((s.endpoint, s.dialect), (Endpoint::Fd(5), Dialect::Qemu));
+        let s: RemoteDevSpec = "exec=/usr/local/bin/remote.sh".parse().unwrap();
+        assert_eq!(
+            s.endpoint,
+            Endpoint::Exec("/usr/local/bin/remote.sh".into())
+        );
+    }
+
+    #[test]
+    fn bad_specs_say_what_is_wrong() {
+        let err = |t: &str| t.parse::<RemoteDevSpec>().unwrap_err();
+        assert!(err("").contains("say where"));
+        assert!(err("fd=1").contains("above 2"));
+        assert!(err("fd=x").contains("fd=x"));
+        assert!(err("socket=a,fd=4").contains("only one"));
+        assert!(err("socket=a,color=red").contains("unknown key"));
+        assert!(err("socket=a,proto=vfio").contains("proto=vfio"));
+        assert!(err("floppy").contains("floppy"));
+    }
+}

@@ -1,0 +1,91 @@
+//! A level-triggered INTx line driven through KVM's irqfd + resamplefd:
+//! raising it writes the irqfd; when the guest acknowledges (KVM signals
+//! the resamplefd and lowers the line) it is raised again if still asserted.
+
+use std::fs::File;
+use std::io::{Read, Write};
+use std::os::fd::{AsRawFd, RawFd};
+use std::sync::{Arc, Mutex};
+
+/// The line is shared: the device model drives it, the server loop
+/// services the resamplefd.
+pub type SharedIrq = Arc<Mutex<InterruptLine>>;
+
+#[derive(Default)]
+pub struct InterruptLine {
+    fds: Option<(File, File)>,
+    level: bool,
+}
+
+impl InterruptLine {
+    pub fn new(irqfd: File, resamplefd: File) -> Self {
+        InterruptLine {
+            fds: Some((irqfd, resamplefd)),
+            level: false,
+        }
+    }
+
+    fn pulse(&mut self) {
+        if let Some((irqfd, _)) = self.fds.as_mut()
+            && let Err(e) = irqfd.write_all(&1u64.to_ne_bytes())
+        {
+            log::warn!("irqfd write failed: {e}");
+        }
+    }
+
+    pub fn set_level(&mut self, level: bool) {
+        if level && !self.level {
+            self.pulse();
+        }
+        self.level = level;
+    }
+
+    pub fn level(&self) -> bool {
+        self.level
+    }
+
+    /// The fd to poll for guest acknowledgements.
+    pub fn resample_fd(&self) -> Option<RawFd> {
+        self.fds.as_ref().map(|(_, r)| r.as_raw_fd())
+    }
+
+    /// Called when the resamplefd is readable.
+    pub fn resample(&mut self) {
+        if let Some((_, resample)) = self.fds.as_mut() {
+            let mut buf = [0u8; 8];
+            let _ = resample.read(&mut buf);
+        }
+        if self.level {
+            self.pulse();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use vmm_sys_util::eventfd::{EFD_NONBLOCK, EventFd};
+
+    fn file(e: &EventFd) -> File {
+        use std::os::fd::{FromRawFd, IntoRawFd};
+        // SAFETY: the clone's fd is handed to the File alone.
+        unsafe { File::from_raw_fd(e.try_clone().unwrap().into_raw_fd()) }
+    }
+
+    #[test]
+    fn raises_once_per_edge_and_again_on_resample_while_high() {
+        let irq = EventFd::new(EFD_NONBLOCK).unwrap();
+        let resample = EventFd::new(EFD_NONBLOCK).unwrap();
+        let mut line = InterruptLine::new(file(&irq), file(&resample));
+        line.set_level(true);
+        line.set_level(true);
+        assert_eq!(irq.read().unwrap(), 1, "one write for one rising edge");
+        resample.write(1).unwrap();
+        line.resample();
+        assert_eq!(irq.read().unwrap(), 1, "re-raised while still high");
+        line.set_level(false);
+        resample.write(1).unwrap();
+        line.resample();
+        assert!(irq.read().is_err(), "not re-raised once low");
+    }
+}

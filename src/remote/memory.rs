@@ -1,0 +1,118 @@
+//! Guest RAM as the remote sees it: the VMM's memfd regions mapped shared,
+//! behind one checked accessor, so a guest-programmed address outside RAM
+//! is an error for the device model to report, never a wild access.
+
+use std::fs::File;
+use std::sync::Arc;
+
+use vm_memory::{Bytes, FileOffset, GuestAddress, GuestMemoryMmap, GuestRegionMmap, MmapRegion};
+
+use crate::protocol::mpqemu::SysmemRegion;
+
+#[derive(Debug, thiserror::Error)]
+pub enum MemoryError {
+    #[error("cannot map guest RAM region {gpa:#x}+{size:#x}: {source}")]
+    Map {
+        gpa: u64,
+        size: u64,
+        #[source]
+        source: vm_memory::mmap::MmapRegionError,
+    },
+    #[error("guest RAM regions overlap")]
+    Overlap,
+    #[error("guest address {addr:#x}+{len:#x} is outside guest RAM")]
+    OutOfRange { addr: u64, len: usize },
+}
+
+#[derive(Clone, Default)]
+pub struct RemoteMemory {
+    memory: Option<Arc<GuestMemoryMmap>>,
+}
+
+impl RemoteMemory {
+    pub fn map(regions: &[SysmemRegion], fds: Vec<File>) -> Result<Self, MemoryError> {
+        let mut mapped = Vec::with_capacity(regions.len());
+        for (r, fd) in regions.iter().zip(fds) {
+            let map_err = |source| MemoryError::Map {
+                gpa: r.gpa,
+                size: r.size,
+                source,
+            };
+            let region = MmapRegion::from_file(FileOffset::new(fd, r.offset), r.size as usize)
+                .map_err(map_err)?;
+            let region =
+                GuestRegionMmap::new(region, GuestAddress(r.gpa)).ok_or(MemoryError::Overlap)?;
+            mapped.push(Arc::new(region));
+        }
+        let memory = GuestMemoryMmap::from_arc_regions(mapped).map_err(|_| MemoryError::Overlap)?;
+        Ok(RemoteMemory {
+            memory: Some(Arc::new(memory)),
+        })
+    }
+
+    /// Reads guest RAM; fails without touching anything if any byte is outside.
+    pub fn read(&self, addr: u64, buf: &mut [u8]) -> Result<(), MemoryError> {
+        let out = || MemoryError::OutOfRange {
+            addr,
+            len: buf.len(),
+        };
+        let mem = self.memory.as_ref().ok_or_else(out)?;
+        mem.read_slice(buf, GuestAddress(addr))
+            .map_err(|_| MemoryError::OutOfRange {
+                addr,
+                len: buf.len(),
+            })
+    }
+
+    pub fn write(&self, addr: u64, buf: &[u8]) -> Result<(), MemoryError> {
+        let out = || MemoryError::OutOfRange {
+            addr,
+            len: buf.len(),
+        };
+        let mem = self.memory.as_ref().ok_or_else(out)?;
+        mem.write_slice(buf, GuestAddress(addr)).map_err(|_| out())
+    }
+
+    pub fn is_mapped(&self) -> bool {
+        self.memory.is_some()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::vmm::memory::GuestRam;
+
+    #[test]
+    fn remote_sees_the_vmm_ram_and_refuses_outside() {
+        let ram = GuestRam::new(64 << 20).unwrap();
+        let regions: Vec<SysmemRegion> = ram
+            .regions
+            .iter()
+            .map(|r| SysmemRegion {
+                gpa: r.guest_addr,
+                size: r.size,
+                offset: r.file_offset,
+            })
+            .collect();
+        let remote = RemoteMemory::map(&regions, vec![ram.memfd.try_clone().unwrap()]).unwrap();
+        ram.memory
+            .write_slice(b"from the vmm", GuestAddress(0x10_0000))
+            .unwrap();
+        let mut buf = [0u8; 12];
+        remote.read(0x10_0000, &mut buf).unwrap();
+        assert_eq!(&buf, b"from the vmm");
+        remote.write(0x20_0000, b"dma").unwrap();
+        let mut back = [0u8; 3];
+        ram.memory
+            .read_slice(&mut back, GuestAddress(0x20_0000))
+            .unwrap();
+        assert_eq!(&back, b"dma");
+        assert!(
+            remote.read((64 << 20) - 2, &mut buf).is_err(),
+            "straddles the end"
+        );
+        assert!(remote.write(0xfee0_0000, b"x").is_err());
+        assert!(RemoteMemory::default().read(0, &mut buf).is_err());
+    }
+}

@@ -1,0 +1,26 @@
+//! The remote side: a device process serving one PCI device over the
+//! mpqemu control protocol, with guest RAM mapped from the VMM's memfd and
+//! its interrupt raised through an irqfd.
+
+pub mod irq;
+pub mod memory;
+pub mod server;
+
+use crate::pci::ConfigSpace;
+
+pub use irq::{InterruptLine, SharedIrq};
+pub use memory::RemoteMemory;
+
+/// A PCI device model living in a remote process.
+pub trait RemoteDevice: Send {
+    fn config(&self) -> &ConfigSpace;
+    fn config_mut(&mut self) -> &mut ConfigSpace;
+    /// `offset` is relative to the start of BAR `bar`.
+    fn bar_read(&mut self, bar: u8, offset: u64, data: &mut [u8]);
+    fn bar_write(&mut self, bar: u8, offset: u64, data: &[u8]);
+    fn reset(&mut self);
+    /// Guest RAM changed (SYNC_SYSMEM).
+    fn set_memory(&mut self, memory: RemoteMemory);
+    /// The interrupt line was wired (SET_IRQFD).
+    fn set_interrupt(&mut self, line: SharedIrq);
+}
