@@ -8,7 +8,7 @@ set -euo pipefail
 OUT=$VMM_BUILD/guest
 GUEST_MODULES=(sym53c8xx sd_mod)
 
-ensure_packages busybox-static cpio kmod gzip
+ensure_packages busybox-static cpio kmod gzip gcc libc6-dev
 kdir=$(fetch_kernel)
 kver=$(ls "$kdir/root/lib/modules")
 mkdir -p "$OUT"
@@ -25,6 +25,10 @@ while IFS= read -r ko; do
     cp "$ko" "$stage/lib/modules/"
     basename "$ko" >> "$stage/lib/modules/load.order"
 done < <(resolve_modules "$kdir/root/lib/modules/$kver/kernel" "${GUEST_MODULES[@]}")
+# Guest-side tools, built static so they need nothing from the initramfs.
+for tool in "$VMM_ROOT"/guest/tools/*.c; do
+    gcc -static -O2 -Wall -o "$stage/bin/$(basename "$tool" .c)" "$tool"
+done
 echo "$kver" > "$stage/kernel-version"
 pack_cpio "$stage" "$OUT/initramfs.cpio.gz"
 log "guest ready: $OUT/bzImage (kernel $kver), $OUT/initramfs.cpio.gz"
