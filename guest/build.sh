@@ -8,7 +8,7 @@ set -euo pipefail
 OUT=$VMM_BUILD/guest
 GUEST_MODULES=(sym53c8xx sd_mod)
 
-ensure_packages busybox-static cpio kmod gzip gcc libc6-dev
+ensure_packages busybox-static cpio kmod gzip gcc libc6-dev make curl libaio-dev zlib1g-dev
 kdir=$(fetch_kernel)
 kver=$(ls "$kdir/root/lib/modules")
 mkdir -p "$OUT"
@@ -25,6 +25,26 @@ while IFS= read -r ko; do
     cp "$ko" "$stage/lib/modules/"
     basename "$ko" >> "$stage/lib/modules/load.order"
 done < <(resolve_modules "$kdir/root/lib/modules/$kver/kernel" "${GUEST_MODULES[@]}")
+# fio, built static from Debian's source: the packaged binary needs ~60
+# shared libraries.
+fio_version=$(apt-cache show fio 2>/dev/null | awk '/^Version:/ {print $2; exit}')
+fio_upstream=${fio_version%%-*}
+fio_bin=$VMM_BUILD/fio/fio-$fio_upstream
+if [ ! -x "$fio_bin" ]; then
+    log "building static fio $fio_upstream"
+    src=$(mktemp -d)
+    curl -sSf "http://deb.debian.org/debian/pool/main/f/fio/fio_$fio_upstream.orig.tar.gz" |
+        tar xz -C "$src" --strip-components=1 || die "cannot fetch fio $fio_upstream source"
+    (cd "$src" && ./configure --build-static --disable-native >/dev/null && make -j"$(nproc)" >/dev/null 2>&1) ||
+        die "fio build failed in $src"
+    mkdir -p "$(dirname "$fio_bin")"
+    strip -o "$fio_bin" "$src/fio"
+    rm -rf "$src"
+fi
+cp "$fio_bin" "$stage/bin/fio"
+mkdir -p "$stage/etc/fio"
+cp "$VMM_ROOT"/resources/fio/*.fio "$stage/etc/fio/"
+
 # Guest-side tools, built static so they need nothing from the initramfs.
 for tool in "$VMM_ROOT"/guest/tools/*.c; do
     gcc -static -O2 -Wall -o "$stage/bin/$(basename "$tool" .c)" "$tool"

@@ -32,6 +32,14 @@ fn scenarios() -> Vec<Scenario> {
             ),
         },
         Scenario {
+            name: "qemu-fio-verify",
+            script: format!(
+                "dd if=/dev/zero of=/tmp/a.img bs=1M count=64 2>/dev/null\n\
+                 LSI_DISK=/tmp/a.img {}\necho \"vmm exited $?\"",
+                vmm("fio-verify", remote)
+            ),
+        },
+        Scenario {
             name: "qemu-two-remotes",
             script: format!(
                 "dd if=/dev/zero of=/tmp/a.img bs=1M count=64 2>/dev/null\n\
@@ -85,6 +93,15 @@ fn qemu_remote_lsi_disk_is_found_and_written_byte_exact() {
     o.assert_contains("VMM-GUEST: disk found: 131072 sectors");
     o.assert_contains(&format!("VMM-GUEST: pattern ok {PATTERN_MD5}"));
     o.assert_contains(&format!("image md5 {PATTERN_MD5}"));
+    o.assert_contains("vmm exited 0");
+}
+
+#[test]
+fn fio_verify_passes_on_the_qemu_remote_disk() {
+    let Some(o) = outcome("qemu-fio-verify") else {
+        return;
+    };
+    o.assert_contains("VMM-GUEST: fio done: ok");
     o.assert_contains("vmm exited 0");
 }
 

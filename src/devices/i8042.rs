@@ -16,10 +16,24 @@ const COMMAND_OFFSET: u64 = 4;
 
 const STATUS_OUTPUT_FULL: u8 = 0x01;
 const STATUS_SYSTEM_FLAG: u8 = 0x04;
+/// Set means the keyboard is not locked.
+const STATUS_KEYLOCK: u8 = 0x10;
 const CMD_READ_CTR: u8 = 0x20;
 const CMD_WRITE_CTR: u8 = 0x60;
 const CMD_SELF_TEST: u8 = 0xaa;
 const CMD_KBD_INTERFACE_TEST: u8 = 0xab;
+const CMD_AUX_TEST: u8 = 0xa9;
+const CMD_AUX_DISABLE: u8 = 0xa7;
+const CMD_AUX_ENABLE: u8 = 0xa8;
+const CMD_KBD_DISABLE: u8 = 0xad;
+const CMD_KBD_ENABLE: u8 = 0xae;
+/// Control register bits the port enable/disable commands flip.
+const CTR_KBD_DISABLED: u8 = 0x10;
+const CTR_AUX_DISABLED: u8 = 0x20;
+const CMD_AUX_LOOP: u8 = 0xd3;
+/// AUX interface test result "clock line stuck low": there is no mouse port,
+/// and Linux stops probing for one at once instead of timing out.
+const AUX_TEST_NO_PORT: u8 = 0x01;
 const CMD_RESET_CPU: u8 = 0xfe;
 const SELF_TEST_PASSED: u8 = 0x55;
 
@@ -47,7 +61,7 @@ impl I8042 {
         } else {
             STATUS_OUTPUT_FULL
         };
-        STATUS_SYSTEM_FLAG | full
+        STATUS_SYSTEM_FLAG | STATUS_KEYLOCK | full
     }
 
     fn command(&mut self, cmd: u8) {
@@ -56,6 +70,14 @@ impl I8042 {
             CMD_WRITE_CTR => self.expecting_ctr = true,
             CMD_SELF_TEST => self.output.push_back(SELF_TEST_PASSED),
             CMD_KBD_INTERFACE_TEST => self.output.push_back(0),
+            CMD_AUX_TEST => self.output.push_back(AUX_TEST_NO_PORT),
+            CMD_AUX_DISABLE => self.control |= CTR_AUX_DISABLED,
+            CMD_AUX_ENABLE => self.control &= !CTR_AUX_DISABLED,
+            CMD_KBD_DISABLE => self.control |= CTR_KBD_DISABLED,
+            CMD_KBD_ENABLE => self.control &= !CTR_KBD_DISABLED,
+            // The echo comes back as keyboard data, not AUX data, which tells
+            // the driver the loop failed: no mouse port.
+            CMD_AUX_LOOP => self.output.push_back(0),
             CMD_RESET_CPU => {
                 // Linux sends the reset command several times; report it once.
                 if self.stop.reason().is_none() {
@@ -119,6 +141,36 @@ mod tests {
         dev.write(COMMAND_OFFSET, &[CMD_READ_CTR]);
         assert_eq!(read(&mut dev, DATA_OFFSET), 0x45);
         assert_eq!(read(&mut dev, COMMAND_OFFSET) & STATUS_OUTPUT_FULL, 0);
+    }
+
+    #[test]
+    fn aux_probe_is_answered_at_once_with_no_port() {
+        let mut dev = I8042::new(Arc::new(StopSignal::new().unwrap()));
+        dev.write(COMMAND_OFFSET, &[CMD_AUX_LOOP]);
+        dev.write(DATA_OFFSET, &[0x5a]);
+        let status = read(&mut dev, COMMAND_OFFSET);
+        assert_eq!(status & STATUS_OUTPUT_FULL, 1, "answered, no timeout");
+        assert_eq!(status & 0x20, 0, "not AUX data: the loop test fails");
+        read(&mut dev, DATA_OFFSET);
+        dev.write(COMMAND_OFFSET, &[CMD_AUX_TEST]);
+        assert_eq!(read(&mut dev, DATA_OFFSET), AUX_TEST_NO_PORT);
+        assert_ne!(read(&mut dev, COMMAND_OFFSET) & STATUS_KEYLOCK, 0);
+    }
+
+    #[test]
+    fn port_disable_commands_show_in_the_control_register() {
+        let mut dev = I8042::new(Arc::new(StopSignal::new().unwrap()));
+        dev.write(COMMAND_OFFSET, &[CMD_AUX_DISABLE]);
+        dev.write(COMMAND_OFFSET, &[CMD_KBD_DISABLE]);
+        dev.write(COMMAND_OFFSET, &[CMD_READ_CTR]);
+        assert_eq!(
+            read(&mut dev, DATA_OFFSET),
+            CTR_AUX_DISABLED | CTR_KBD_DISABLED
+        );
+        dev.write(COMMAND_OFFSET, &[CMD_AUX_ENABLE]);
+        dev.write(COMMAND_OFFSET, &[CMD_KBD_ENABLE]);
+        dev.write(COMMAND_OFFSET, &[CMD_READ_CTR]);
+        assert_eq!(read(&mut dev, DATA_OFFSET), 0);
     }
 
     #[test]

@@ -87,7 +87,7 @@ unsafe impl ByteValued for ZeroPage {}
 /// always `reboot=k` unless the user picked a reboot method, so that a guest
 /// reboot reaches our i8042 and ends the VMM.
 pub fn build_cmdline(user: Option<&str>) -> Result<Cmdline, BootError> {
-    const DEFAULT: &str = "console=ttyS0 panic=1 i8042.noaux i8042.nomux i8042.dumbkbd";
+    const DEFAULT: &str = "console=ttyS0 panic=1";
     let text = user.unwrap_or(DEFAULT);
     let mut cmdline = Cmdline::new(layout::CMDLINE_MAX_SIZE).map_err(BootError::Cmdline)?;
     cmdline.insert_str(text).map_err(BootError::Cmdline)?;
