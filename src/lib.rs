@@ -8,5 +8,6 @@ pub mod pci;
 pub mod protocol;
 pub mod proxy;
 pub mod remote;
+pub mod scsi;
 pub mod terminal;
 pub mod vmm;

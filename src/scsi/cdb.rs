@@ -1,0 +1,335 @@
+//! Parsing command descriptor blocks into commands, and which way their
+//! data flows. Everything a guest can put in a CDB is checked here, so the
+//! disk only ever sees well-formed requests.
+
+use super::sense::Sense;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Command {
+    TestUnitReady,
+    RequestSense {
+        alloc: u32,
+    },
+    Inquiry {
+        evpd: bool,
+        page: u8,
+        alloc: u32,
+    },
+    ReportLuns {
+        alloc: u32,
+    },
+    ReadCapacity10,
+    ReadCapacity16 {
+        alloc: u32,
+    },
+    ModeSense {
+        ten: bool,
+        dbd: bool,
+        control: u8,
+        page: u8,
+        subpage: u8,
+        alloc: u32,
+    },
+    Read {
+        lba: u64,
+        blocks: u32,
+    },
+    Write {
+        lba: u64,
+        blocks: u32,
+        fua: bool,
+    },
+    Verify {
+        lba: u64,
+        blocks: u32,
+        bytchk: bool,
+    },
+    SyncCache,
+    StartStopUnit,
+    ReportSupportedOpcodes,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DataDirection {
+    None,
+    /// Data from the target to the initiator (DATA IN), at most this many bytes.
+    FromDevice(u32),
+    /// Data from the initiator (DATA OUT), exactly this many bytes.
+    ToDevice(u32),
+}
+
+const OP_TEST_UNIT_READY: u8 = 0x00;
+const OP_REQUEST_SENSE: u8 = 0x03;
+const OP_READ_6: u8 = 0x08;
+const OP_WRITE_6: u8 = 0x0a;
+const OP_INQUIRY: u8 = 0x12;
+const OP_MODE_SENSE_6: u8 = 0x1a;
+const OP_START_STOP_UNIT: u8 = 0x1b;
+const OP_READ_CAPACITY_10: u8 = 0x25;
+const OP_READ_10: u8 = 0x28;
+const OP_WRITE_10: u8 = 0x2a;
+const OP_VERIFY_10: u8 = 0x2f;
+const OP_SYNC_CACHE_10: u8 = 0x35;
+const OP_MODE_SENSE_10: u8 = 0x5a;
+const OP_READ_16: u8 = 0x88;
+const OP_WRITE_16: u8 = 0x8a;
+const OP_VERIFY_16: u8 = 0x8f;
+const OP_SYNC_CACHE_16: u8 = 0x91;
+const OP_SERVICE_ACTION_IN_16: u8 = 0x9e;
+const SA_READ_CAPACITY_16: u8 = 0x10;
+const OP_REPORT_LUNS: u8 = 0xa0;
+const OP_MAINTENANCE_IN: u8 = 0xa3;
+const OP_READ_12: u8 = 0xa8;
+const OP_WRITE_12: u8 = 0xaa;
+
+const FUA: u8 = 0x08;
+
+/// Length of the CDB an opcode's group implies.
+pub fn cdb_len(opcode: u8) -> usize {
+    match opcode >> 5 {
+        0 => 6,
+        1 | 2 => 10,
+        4 => 16,
+        5 => 12,
+        _ => 6,
+    }
+}
+
+fn be16(b: &[u8]) -> u32 {
+    u32::from(u16::from_be_bytes([b[0], b[1]]))
+}
+fn be24(b: &[u8]) -> u32 {
+    u32::from_be_bytes([0, b[0], b[1], b[2]])
+}
+fn be32(b: &[u8]) -> u32 {
+    u32::from_be_bytes([b[0], b[1], b[2], b[3]])
+}
+fn be64(b: &[u8]) -> u64 {
+    u64::from_be_bytes(b[..8].try_into().expect("8 bytes"))
+}
+
+impl Command {
+    pub fn parse(cdb: &[u8]) -> Result<Command, Sense> {
+        let op = *cdb.first().ok_or(Sense::INVALID_OPCODE)?;
+        if cdb.len() < cdb_len(op) {
+            return Err(Sense::INVALID_FIELD);
+        }
+        Ok(match op {
+            OP_TEST_UNIT_READY => Command::TestUnitReady,
+            OP_REQUEST_SENSE => Command::RequestSense {
+                alloc: u32::from(cdb[4]),
+            },
+            OP_INQUIRY => {
+                let evpd = cdb[1] & 1 != 0;
+                if !evpd && cdb[2] != 0 {
+                    return Err(Sense::INVALID_FIELD);
+                }
+                Command::Inquiry {
+                    evpd,
+                    page: cdb[2],
+                    alloc: be16(&cdb[3..]),
+                }
+            }
+            OP_REPORT_LUNS => Command::ReportLuns {
+                alloc: be32(&cdb[6..]),
+            },
+            OP_READ_CAPACITY_10 => Command::ReadCapacity10,
+            OP_SERVICE_ACTION_IN_16 if cdb[1] & 0x1f == SA_READ_CAPACITY_16 => {
+                Command::ReadCapacity16 {
+                    alloc: be32(&cdb[10..]),
+                }
+            }
+            OP_MODE_SENSE_6 | OP_MODE_SENSE_10 => {
+                let ten = op == OP_MODE_SENSE_10;
+                Command::ModeSense {
+                    ten,
+                    dbd: cdb[1] & 0x08 != 0,
+                    control: cdb[2] >> 6,
+                    page: cdb[2] & 0x3f,
+                    subpage: cdb[3],
+                    alloc: if ten {
+                        be16(&cdb[7..])
+                    } else {
+                        u32::from(cdb[4])
+                    },
+                }
+            }
+            OP_READ_6 | OP_WRITE_6 => {
+                let lba = u64::from(be24(&cdb[1..]) & 0x1f_ffff);
+                // A 6-byte transfer length of 0 means 256 blocks.
+                let blocks = if cdb[4] == 0 { 256 } else { u32::from(cdb[4]) };
+                if op == OP_READ_6 {
+                    Command::Read { lba, blocks }
+                } else {
+                    Command::Write {
+                        lba,
+                        blocks,
+                        fua: false,
+                    }
+                }
+            }
+            OP_READ_10 | OP_WRITE_10 | OP_VERIFY_10 => {
+                let (lba, blocks) = (u64::from(be32(&cdb[2..])), be16(&cdb[7..]));
+                rw(op, cdb[1], lba, blocks)
+            }
+            OP_READ_12 | OP_WRITE_12 => rw(op, cdb[1], u64::from(be32(&cdb[2..])), be32(&cdb[6..])),
+            OP_READ_16 | OP_WRITE_16 | OP_VERIFY_16 => {
+                rw(op, cdb[1], be64(&cdb[2..]), be32(&cdb[10..]))
+            }
+            OP_SYNC_CACHE_10 | OP_SYNC_CACHE_16 => Command::SyncCache,
+            OP_START_STOP_UNIT => Command::StartStopUnit,
+            OP_MAINTENANCE_IN => Command::ReportSupportedOpcodes,
+            _ => return Err(Sense::INVALID_OPCODE),
+        })
+    }
+
+    /// Which way data flows and how much of it, for a given block size.
+    pub fn direction(&self, block_size: u32) -> DataDirection {
+        let bytes = |blocks: u32| blocks.saturating_mul(block_size);
+        match *self {
+            Command::TestUnitReady
+            | Command::SyncCache
+            | Command::StartStopUnit
+            | Command::Verify { bytchk: false, .. } => DataDirection::None,
+            Command::RequestSense { alloc }
+            | Command::Inquiry { alloc, .. }
+            | Command::ReportLuns { alloc }
+            | Command::ReadCapacity16 { alloc }
+            | Command::ModeSense { alloc, .. } => DataDirection::FromDevice(alloc),
+            Command::ReadCapacity10 => DataDirection::FromDevice(8),
+            Command::ReportSupportedOpcodes => DataDirection::None,
+            Command::Read { blocks, .. } => DataDirection::FromDevice(bytes(blocks)),
+            Command::Write { blocks, .. }
+            | Command::Verify {
+                blocks,
+                bytchk: true,
+                ..
+            } => DataDirection::ToDevice(bytes(blocks)),
+        }
+    }
+}
+
+fn rw(op: u8, flags: u8, lba: u64, blocks: u32) -> Command {
+    match op {
+        OP_READ_10 | OP_READ_12 | OP_READ_16 => Command::Read { lba, blocks },
+        OP_VERIFY_10 | OP_VERIFY_16 => Command::Verify {
+            lba,
+            blocks,
+            bytchk: flags & 0x06 != 0,
+        },
+        _ => Command::Write {
+            lba,
+            blocks,
+            fua: flags & FUA != 0,
+        },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn read_write_cdbs_decode_lba_length_and_fua() {
+        let read10 = [0x28, 0, 0, 0, 0x12, 0x34, 0, 0, 8, 0];
+        assert_eq!(
+            Command::parse(&read10),
+            Ok(Command::Read {
+                lba: 0x1234,
+                blocks: 8
+            })
+        );
+        let write10_fua = [0x2a, 0x08, 0, 0, 0, 1, 0, 0, 1, 0];
+        assert_eq!(
+            Command::parse(&write10_fua),
+            Ok(Command::Write {
+                lba: 1,
+                blocks: 1,
+                fua: true
+            })
+        );
+        let mut read16 = [0u8; 16];
+        read16[0] = 0x88;
+        read16[2..10].copy_from_slice(&0x1_0000_0000u64.to_be_bytes());
+        read16[10..14].copy_from_slice(&16u32.to_be_bytes());
+        assert_eq!(
+            Command::parse(&read16),
+            Ok(Command::Read {
+                lba: 1 << 32,
+                blocks: 16
+            })
+        );
+        let write6 = [0x0a, 0x01, 0x02, 0x03, 0, 0];
+        assert_eq!(
+            Command::parse(&write6),
+            Ok(Command::Write {
+                lba: 0x10203,
+                blocks: 256,
+                fua: false
+            })
+        );
+        let read12 = [0xa8, 0, 0, 0, 0, 9, 0, 0, 0, 2, 0, 0];
+        assert_eq!(
+            Command::parse(&read12),
+            Ok(Command::Read { lba: 9, blocks: 2 })
+        );
+    }
+
+    #[test]
+    fn directions_follow_the_command() {
+        assert_eq!(
+            Command::Read { lba: 0, blocks: 2 }.direction(512),
+            DataDirection::FromDevice(1024)
+        );
+        assert_eq!(
+            Command::Write {
+                lba: 0,
+                blocks: 3,
+                fua: false
+            }
+            .direction(512),
+            DataDirection::ToDevice(1536)
+        );
+        assert_eq!(Command::TestUnitReady.direction(512), DataDirection::None);
+        assert_eq!(
+            Command::ReadCapacity10.direction(512),
+            DataDirection::FromDevice(8)
+        );
+    }
+
+    #[test]
+    fn bad_cdbs_get_the_right_sense() {
+        assert_eq!(Command::parse(&[]), Err(Sense::INVALID_OPCODE));
+        assert_eq!(
+            Command::parse(&[0xff, 0, 0, 0, 0, 0]),
+            Err(Sense::INVALID_OPCODE)
+        );
+        assert_eq!(
+            Command::parse(&[0x28, 0, 0]),
+            Err(Sense::INVALID_FIELD),
+            "short CDB"
+        );
+        assert_eq!(
+            Command::parse(&[0x12, 0, 0x80, 0, 36, 0]),
+            Err(Sense::INVALID_FIELD),
+            "page without EVPD"
+        );
+        let mut sai = [0u8; 16];
+        sai[0] = 0x9e;
+        sai[1] = 0x11;
+        assert_eq!(
+            Command::parse(&sai),
+            Err(Sense::INVALID_OPCODE),
+            "unknown service action"
+        );
+    }
+
+    #[test]
+    fn cdb_lengths_by_group() {
+        assert_eq!(cdb_len(0x00), 6);
+        assert_eq!(cdb_len(0x28), 10);
+        assert_eq!(cdb_len(0x5a), 10);
+        assert_eq!(cdb_len(0x88), 16);
+        assert_eq!(cdb_len(0xa8), 12);
+    }
+}

@@ -1,0 +1,518 @@
+//! A SCSI direct-access device backed by a raw image file.
+
+use std::fs::{File, OpenOptions};
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+
+use super::cdb::Command;
+use super::sense::Sense;
+
+pub const BLOCK_SIZE: u32 = 512;
+const VENDOR: &[u8; 8] = b"VMM     ";
+const PRODUCT: &[u8; 16] = b"LSI REMOTE DISK ";
+const REVISION: &[u8; 4] = b"0.1 ";
+/// Peripheral qualifier 3, type 0x1f: no device at this LUN.
+const NO_LUN: u8 = 0x7f;
+/// Largest transfer we advertise in the Block Limits page, in blocks.
+const MAX_TRANSFER_BLOCKS: u32 = 8192;
+
+#[derive(Debug, thiserror::Error)]
+pub enum DiskError {
+    #[error("cannot open disk image {path}: {source}")]
+    Open {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("disk image {path} is {size} bytes, not a whole number of {BLOCK_SIZE}-byte blocks")]
+    Unaligned { path: PathBuf, size: u64 },
+}
+
+pub struct ScsiDisk {
+    file: File,
+    blocks: u64,
+    readonly: bool,
+    serial: String,
+    /// Sense of the last failed command, for REQUEST SENSE (no autosense).
+    pending_sense: Mutex<Option<Sense>>,
+}
+
+/// Copies at most `alloc` bytes of `data` (the allocation length rule).
+fn truncated(mut data: Vec<u8>, alloc: u32) -> Vec<u8> {
+    data.truncate(alloc as usize);
+    data
+}
+
+impl ScsiDisk {
+    pub fn open(path: &Path, readonly: bool, serial: String) -> Result<Self, DiskError> {
+        let file = OpenOptions::new()
+            .read(true)
+            .write(!readonly)
+            .open(path)
+            .map_err(|source| DiskError::Open {
+                path: path.to_owned(),
+                source,
+            })?;
+        let size = file
+            .metadata()
+            .map_err(|source| DiskError::Open {
+                path: path.to_owned(),
+                source,
+            })?
+            .len();
+        if size % u64::from(BLOCK_SIZE) != 0 {
+            return Err(DiskError::Unaligned {
+                path: path.to_owned(),
+                size,
+            });
+        }
+        Ok(Self::from_file(
+            file,
+            size / u64::from(BLOCK_SIZE),
+            readonly,
+            serial,
+        ))
+    }
+
+    pub fn from_file(file: File, blocks: u64, readonly: bool, serial: String) -> Self {
+        ScsiDisk {
+            file,
+            blocks,
+            readonly,
+            serial,
+            pending_sense: Mutex::new(None),
+        }
+    }
+
+    pub fn blocks(&self) -> u64 {
+        self.blocks
+    }
+
+    /// Runs a command for `lun`; `data_out` holds what the initiator sent.
+    /// Returns the DATA IN bytes, or the sense of a CHECK CONDITION, which
+    /// is also kept for the REQUEST SENSE that follows.
+    pub fn execute(&self, lun: u8, cdb: &[u8], data_out: &[u8]) -> Result<Vec<u8>, Sense> {
+        let result = Command::parse(cdb).and_then(|cmd| self.run(lun, cmd, data_out));
+        if let Err(sense) = result {
+            // REQUEST SENSE itself never fails, so it never overwrites.
+            *self.pending_sense.lock().expect("sense lock") = Some(sense);
+        }
+        result
+    }
+
+    fn run(&self, lun: u8, cmd: Command, data_out: &[u8]) -> Result<Vec<u8>, Sense> {
+        if lun != 0 {
+            return match cmd {
+                Command::Inquiry { alloc, .. } => {
+                    let mut d = vec![0u8; 36];
+                    d[0] = NO_LUN;
+                    Ok(truncated(d, alloc))
+                }
+                Command::RequestSense { alloc } => {
+                    Ok(truncated(Sense::LUN_NOT_SUPPORTED.fixed().to_vec(), alloc))
+                }
+                Command::ReportLuns { alloc } => Ok(truncated(self.report_luns(), alloc)),
+                _ => Err(Sense::LUN_NOT_SUPPORTED),
+            };
+        }
+        match cmd {
+            Command::TestUnitReady | Command::StartStopUnit => Ok(Vec::new()),
+            Command::RequestSense { alloc } => {
+                let sense = self.pending_sense.lock().expect("sense lock").take();
+                Ok(truncated(
+                    sense.unwrap_or(Sense::NO_SENSE).fixed().to_vec(),
+                    alloc,
+                ))
+            }
+            Command::Inquiry {
+                evpd: false, alloc, ..
+            } => Ok(truncated(self.inquiry(), alloc)),
+            Command::Inquiry {
+                evpd: true,
+                page,
+                alloc,
+            } => Ok(truncated(self.vpd(page)?, alloc)),
+            Command::ReportLuns { alloc } => Ok(truncated(self.report_luns(), alloc)),
+            Command::ReadCapacity10 => {
+                let last = (self.blocks.saturating_sub(1)).min(u64::from(u32::MAX)) as u32;
+                let mut d = last.to_be_bytes().to_vec();
+                d.extend_from_slice(&BLOCK_SIZE.to_be_bytes());
+                Ok(d)
+            }
+            Command::ReadCapacity16 { alloc } => {
+                let mut d = vec![0u8; 32];
+                d[0..8].copy_from_slice(&self.blocks.saturating_sub(1).to_be_bytes());
+                d[8..12].copy_from_slice(&BLOCK_SIZE.to_be_bytes());
+                Ok(truncated(d, alloc))
+            }
+            Command::ModeSense {
+                ten,
+                dbd,
+                control,
+                page,
+                subpage,
+                alloc,
+            } => Ok(truncated(
+                self.mode_sense(ten, dbd, control, page, subpage)?,
+                alloc,
+            )),
+            Command::Read { lba, blocks } => {
+                let (offset, len) = self.range(lba, blocks)?;
+                let mut buf = vec![0u8; len];
+                self.file
+                    .read_exact_at(&mut buf, offset)
+                    .map_err(|e| Sense::from_io_error(&e, false))?;
+                Ok(buf)
+            }
+            Command::Write { lba, blocks, fua } => {
+                if self.readonly {
+                    return Err(Sense::WRITE_PROTECTED);
+                }
+                let (offset, len) = self.range(lba, blocks)?;
+                if data_out.len() < len {
+                    return Err(Sense::INVALID_FIELD);
+                }
+                self.file
+                    .write_all_at(&data_out[..len], offset)
+                    .map_err(|e| Sense::from_io_error(&e, true))?;
+                if fua {
+                    self.flush()?;
+                }
+                Ok(Vec::new())
+            }
+            Command::Verify {
+                lba,
+                blocks,
+                bytchk,
+            } => {
+                let (offset, len) = self.range(lba, blocks)?;
+                if bytchk {
+                    let mut buf = vec![0u8; len];
+                    self.file
+                        .read_exact_at(&mut buf, offset)
+                        .map_err(|e| Sense::from_io_error(&e, false))?;
+                    if data_out.get(..len) != Some(&buf[..]) {
+                        return Err(Sense::MISCOMPARE);
+                    }
+                }
+                Ok(Vec::new())
+            }
+            Command::SyncCache => {
+                self.flush()?;
+                Ok(Vec::new())
+            }
+            // REPORT SUPPORTED OPERATION CODES is optional; sd copes.
+            Command::ReportSupportedOpcodes => Err(Sense::INVALID_OPCODE),
+        }
+    }
+
+    fn flush(&self) -> Result<(), Sense> {
+        if self.readonly {
+            return Ok(());
+        }
+        self.file
+            .sync_data()
+            .map_err(|e| Sense::from_io_error(&e, true))
+    }
+
+    /// Byte offset and length of a block range, refused past the end.
+    fn range(&self, lba: u64, blocks: u32) -> Result<(u64, usize), Sense> {
+        match lba.checked_add(u64::from(blocks)) {
+            Some(end) if end <= self.blocks => Ok((
+                lba * u64::from(BLOCK_SIZE),
+                blocks as usize * BLOCK_SIZE as usize,
+            )),
+            _ => Err(Sense::LBA_OUT_OF_RANGE),
+        }
+    }
+
+    fn inquiry(&self) -> Vec<u8> {
+        let mut d = vec![0u8; 36];
+        d[0] = 0x00; // direct-access block device
+        d[2] = 0x05; // SPC-3
+        d[3] = 0x12; // HiSup, response data format 2
+        d[4] = 36 - 5;
+        d[7] = 0x02; // CmdQue: tagged queuing
+        d[8..16].copy_from_slice(VENDOR);
+        d[16..32].copy_from_slice(PRODUCT);
+        d[32..36].copy_from_slice(REVISION);
+        d
+    }
+
+    fn vpd(&self, page: u8) -> Result<Vec<u8>, Sense> {
+        let body: Vec<u8> = match page {
+            0x00 => vec![0x00, 0x80, 0x83, 0xb0, 0xb1],
+            0x80 => self.serial.as_bytes().to_vec(),
+            0x83 => {
+                // One T10 vendor-id designator: vendor plus serial, ASCII.
+                let mut id = VENDOR.to_vec();
+                id.extend_from_slice(self.serial.as_bytes());
+                let mut d = vec![0x02, 0x01, 0x00, id.len() as u8];
+                d.extend_from_slice(&id);
+                d
+            }
+            0xb0 => {
+                let mut d = vec![0u8; 0x3c];
+                d[1] = 1; // optimal transfer length granularity: 1 block
+                d[4..8].copy_from_slice(&MAX_TRANSFER_BLOCKS.to_be_bytes());
+                d[8..12].copy_from_slice(&(MAX_TRANSFER_BLOCKS / 8).to_be_bytes());
+                d
+            }
+            0xb1 => {
+                let mut d = vec![0u8; 0x3c];
+                d[1] = 1; // medium rotation rate: non-rotating
+                d
+            }
+            _ => return Err(Sense::INVALID_FIELD),
+        };
+        let mut d = vec![0x00, page];
+        d.extend_from_slice(&(body.len() as u16).to_be_bytes());
+        d.extend_from_slice(&body);
+        Ok(d)
+    }
+
+    fn report_luns(&self) -> Vec<u8> {
+        let mut d = vec![0u8; 16];
+        d[0..4].copy_from_slice(&8u32.to_be_bytes());
+        d
+    }
+
+    fn mode_sense(
+        &self,
+        ten: bool,
+        dbd: bool,
+        control: u8,
+        page: u8,
+        subpage: u8,
+    ) -> Result<Vec<u8>, Sense> {
+        const SAVED: u8 = 3;
+        const CHANGEABLE: u8 = 1;
+        if control == SAVED {
+            return Err(Sense::SAVING_NOT_SUPPORTED);
+        }
+        if subpage != 0 && subpage != 0xff {
+            return Err(Sense::INVALID_FIELD);
+        }
+        let changeable = control == CHANGEABLE;
+        let caching = || {
+            let mut p = vec![0u8; 20];
+            p[0] = 0x08;
+            p[1] = 0x12;
+            if !changeable {
+                p[2] = 0x04; // WCE: writes are cached until SYNCHRONIZE CACHE or FUA
+            }
+            p
+        };
+        let control_page = || {
+            let mut p = vec![0u8; 12];
+            p[0] = 0x0a;
+            p[1] = 0x0a;
+            p
+        };
+        let pages = match page {
+            0x08 => caching(),
+            0x0a => control_page(),
+            0x3f => [caching(), control_page()].concat(),
+            _ => return Err(Sense::INVALID_FIELD),
+        };
+        let mut block_desc = Vec::new();
+        if !dbd {
+            block_desc = vec![0u8; 8];
+            let blocks = self.blocks.min(0xff_ffff) as u32;
+            block_desc[1..4].copy_from_slice(&blocks.to_be_bytes()[1..]);
+            block_desc[5..8].copy_from_slice(&BLOCK_SIZE.to_be_bytes()[1..]);
+        }
+        let wp = if self.readonly { 0x80 } else { 0 };
+        let mut d = if ten {
+            let len = (6 + block_desc.len() + pages.len()) as u16;
+            let mut h = len.to_be_bytes().to_vec();
+            h.extend_from_slice(&[0, wp, 0, 0]);
+            h.extend_from_slice(&(block_desc.len() as u16).to_be_bytes());
+            h
+        } else {
+            vec![
+                (3 + block_desc.len() + pages.len()) as u8,
+                0,
+                wp,
+                block_desc.len() as u8,
+            ]
+        };
+        d.extend_from_slice(&block_desc);
+        d.extend_from_slice(&pages);
+        Ok(d)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn disk(blocks: u64, readonly: bool) -> (ScsiDisk, PathBuf) {
+        let path = std::env::temp_dir().join(format!(
+            "vmm-scsi-{}-{}.img",
+            std::process::id(),
+            rand_suffix()
+        ));
+        let f = File::create(&path).unwrap();
+        f.set_len(blocks * 512).unwrap();
+        (
+            ScsiDisk::open(&path, readonly, "SERIAL0001".into()).unwrap(),
+            path,
+        )
+    }
+
+    fn rand_suffix() -> u64 {
+        use std::sync::atomic::{AtomicU64, Ordering};
+        static N: AtomicU64 = AtomicU64::new(0);
+        N.fetch_add(1, Ordering::SeqCst)
+    }
+
+    #[test]
+    fn inquiry_identifies_a_tagged_queuing_disk() {
+        let (d, p) = disk(2048, false);
+        let data = d.execute(0, &[0x12, 0, 0, 0, 96, 0], &[]).unwrap();
+        assert_eq!(data.len(), 36);
+        assert_eq!(data[0], 0);
+        assert_eq!(data[2], 5);
+        assert_eq!(data[7] & 0x02, 0x02);
+        assert_eq!(&data[8..16], VENDOR);
+        let short = d.execute(0, &[0x12, 0, 0, 0, 5, 0], &[]).unwrap();
+        assert_eq!(short.len(), 5, "allocation length respected");
+        let pages = d.execute(0, &[0x12, 1, 0, 0, 255, 0], &[]).unwrap();
+        assert_eq!(&pages[4..], &[0x00, 0x80, 0x83, 0xb0, 0xb1]);
+        let serial = d.execute(0, &[0x12, 1, 0x80, 0, 255, 0], &[]).unwrap();
+        assert_eq!(&serial[4..], b"SERIAL0001");
+        for page in [0x83, 0xb0, 0xb1] {
+            let vpd = d.execute(0, &[0x12, 1, page, 0, 255, 0], &[]).unwrap();
+            assert_eq!(vpd[1], page);
+            assert_eq!(u16::from_be_bytes([vpd[2], vpd[3]]) as usize, vpd.len() - 4);
+        }
+        assert_eq!(
+            d.execute(0, &[0x12, 1, 0x99, 0, 255, 0], &[]),
+            Err(Sense::INVALID_FIELD)
+        );
+        std::fs::remove_file(p).unwrap();
+    }
+
+    #[test]
+    fn other_luns_do_not_exist() {
+        let (d, p) = disk(8, false);
+        assert_eq!(
+            d.execute(1, &[0x12, 0, 0, 0, 36, 0], &[]).unwrap()[0],
+            NO_LUN
+        );
+        assert_eq!(
+            d.execute(1, &[0, 0, 0, 0, 0, 0], &[]),
+            Err(Sense::LUN_NOT_SUPPORTED)
+        );
+        let luns = d
+            .execute(0, &[0xa0, 0, 0, 0, 0, 0, 0, 0, 0, 16, 0, 0], &[])
+            .unwrap();
+        assert_eq!(luns.len(), 16);
+        assert_eq!(&luns[0..4], &8u32.to_be_bytes());
+        std::fs::remove_file(p).unwrap();
+    }
+
+    #[test]
+    fn capacity_reports_last_lba_and_block_size() {
+        let (d, p) = disk(4096, false);
+        let rc10 = d
+            .execute(0, &[0x25, 0, 0, 0, 0, 0, 0, 0, 0, 0], &[])
+            .unwrap();
+        assert_eq!(rc10, [0, 0, 0x0f, 0xff, 0, 0, 2, 0]);
+        let mut rc16 = [0u8; 16];
+        rc16[0] = 0x9e;
+        rc16[1] = 0x10;
+        rc16[13] = 32;
+        let data = d.execute(0, &rc16, &[]).unwrap();
+        assert_eq!(data.len(), 32);
+        assert_eq!(u64::from_be_bytes(data[0..8].try_into().unwrap()), 4095);
+        std::fs::remove_file(p).unwrap();
+    }
+
+    #[test]
+    fn writes_land_in_the_image_and_read_back() {
+        let (d, p) = disk(64, false);
+        let data: Vec<u8> = (0..1024u32).map(|i| (i * 7) as u8).collect();
+        d.execute(0, &[0x2a, 0x08, 0, 0, 0, 3, 0, 0, 2, 0], &data)
+            .unwrap();
+        let back = d
+            .execute(0, &[0x28, 0, 0, 0, 0, 3, 0, 0, 2, 0], &[])
+            .unwrap();
+        assert_eq!(back, data);
+        let raw = std::fs::read(&p).unwrap();
+        assert_eq!(&raw[3 * 512..5 * 512], &data[..]);
+        d.execute(0, &[0x35, 0, 0, 0, 0, 0, 0, 0, 0, 0], &[])
+            .unwrap();
+        std::fs::remove_file(p).unwrap();
+    }
+
+    #[test]
+    fn out_of_range_and_read_only_get_check_condition_with_sense() {
+        let (d, p) = disk(64, false);
+        assert_eq!(
+            d.execute(0, &[0x28, 0, 0, 0, 0, 63, 0, 0, 2, 0], &[]),
+            Err(Sense::LBA_OUT_OF_RANGE)
+        );
+        // REQUEST SENSE returns it once, then NO SENSE.
+        let sense = d.execute(0, &[0x03, 0, 0, 0, 18, 0], &[]).unwrap();
+        assert_eq!((sense[2], sense[12]), (0x05, 0x21));
+        let sense = d.execute(0, &[0x03, 0, 0, 0, 18, 0], &[]).unwrap();
+        assert_eq!(sense[2], 0);
+        assert_eq!(
+            d.execute(0, &[0xee, 0, 0, 0, 0, 0], &[]),
+            Err(Sense::INVALID_OPCODE)
+        );
+        std::fs::remove_file(p).unwrap();
+
+        let (ro, p) = disk(64, true);
+        assert_eq!(
+            ro.execute(0, &[0x2a, 0, 0, 0, 0, 0, 0, 0, 1, 0], &[0; 512]),
+            Err(Sense::WRITE_PROTECTED)
+        );
+        let ms = ro.execute(0, &[0x1a, 0, 0x3f, 0, 255, 0], &[]).unwrap();
+        assert_eq!(ms[2] & 0x80, 0x80, "write-protect bit");
+        std::fs::remove_file(p).unwrap();
+    }
+
+    #[test]
+    fn mode_sense_reports_write_cache_and_sizes() {
+        let (d, p) = disk(64, false);
+        let ms6 = d.execute(0, &[0x1a, 0, 0x08, 0, 255, 0], &[]).unwrap();
+        assert_eq!(ms6[0] as usize, ms6.len() - 1);
+        assert_eq!(ms6[3], 8, "block descriptor");
+        assert_eq!(ms6[4 + 8], 0x08);
+        assert_eq!(ms6[4 + 8 + 2] & 0x04, 0x04, "WCE");
+        let ms6_dbd = d.execute(0, &[0x1a, 0x08, 0x3f, 0, 255, 0], &[]).unwrap();
+        assert_eq!(ms6_dbd[3], 0);
+        assert_eq!(ms6_dbd.len(), 4 + 20 + 12);
+        let ms10 = d
+            .execute(0, &[0x5a, 0, 0x0a, 0, 0, 0, 0, 0, 255, 0], &[])
+            .unwrap();
+        assert_eq!(
+            u16::from_be_bytes([ms10[0], ms10[1]]) as usize,
+            ms10.len() - 2
+        );
+        assert_eq!(
+            d.execute(0, &[0x1a, 0, 0xc8, 0, 255, 0], &[]),
+            Err(Sense::SAVING_NOT_SUPPORTED)
+        );
+        assert_eq!(
+            d.execute(0, &[0x1a, 0, 0x19, 0, 255, 0], &[]),
+            Err(Sense::INVALID_FIELD)
+        );
+        std::fs::remove_file(p).unwrap();
+    }
+
+    #[test]
+    fn unaligned_images_are_refused() {
+        let path = std::env::temp_dir().join(format!("vmm-scsi-odd-{}.img", std::process::id()));
+        std::fs::write(&path, [0u8; 700]).unwrap();
+        assert!(matches!(
+            ScsiDisk::open(&path, false, "x".into()),
+            Err(DiskError::Unaligned { .. })
+        ));
+        std::fs::remove_file(path).unwrap();
+    }
+}

@@ -1,0 +1,14 @@
+//! A SCSI disk target for Linux's `sd`: command parsing, sense data and
+//! block I/O on a raw image file. Independent of the controller in front.
+
+pub mod cdb;
+pub mod disk;
+pub mod sense;
+
+pub use cdb::{Command, DataDirection};
+pub use disk::ScsiDisk;
+pub use sense::Sense;
+
+/// SCSI status bytes.
+pub const STATUS_GOOD: u8 = 0x00;
+pub const STATUS_CHECK_CONDITION: u8 = 0x02;
