@@ -2,7 +2,7 @@ use clap::Parser;
 
 use vmm::config::Cli;
 
-fn init_logging(level: Option<&str>) {
+fn init_logging(level: Option<&str>, name: &'static str) {
     let mut builder = env_logger::Builder::new();
     builder.filter_level(log::LevelFilter::Warn);
     if let Ok(spec) = std::env::var("RUST_LOG") {
@@ -11,16 +11,27 @@ fn init_logging(level: Option<&str>) {
     if let Some(level) = level {
         builder.parse_filters(level);
     }
-    builder.format(|buf, record| {
+    builder.format(move |buf, record| {
         use std::io::Write;
-        writeln!(buf, "vmm: [{}] {}", record.level(), record.args())
+        writeln!(buf, "{name}: [{}] {}", record.level(), record.args())
     });
     builder.init();
 }
 
 fn main() {
+    // `vmm remote ...` runs a device process instead of a VM.
+    if std::env::args().nth(1).as_deref() == Some("remote") {
+        let cli = vmm::remote::cli::RemoteCli::parse_from(std::env::args().skip(1));
+        let vmm::remote::cli::RemoteKind::Lsi { log_level, .. } = &cli.device;
+        init_logging(log_level.as_deref(), "vmm-remote");
+        if let Err(e) = vmm::remote::cli::run(cli.device) {
+            eprintln!("vmm-remote: error: {e}");
+            std::process::exit(1);
+        }
+        return;
+    }
     let cli = Cli::parse();
-    init_logging(cli.log_level.as_deref());
+    init_logging(cli.log_level.as_deref(), "vmm");
     match vmm::vmm::run(&cli.vm_config()) {
         Ok(reason) => {
             use std::io::Write;

@@ -131,6 +131,23 @@ pub fn open(spec: &RemoteDevSpec, index: usize) -> Result<RemoteProcess, RemoteE
             let name = format!("#{index} ({}, pid {})", path.display(), child.id());
             (sock, Some(child), name)
         }
+        Endpoint::Lsi { disks, readonly } => {
+            let exe = std::env::current_exe().map_err(|source| RemoteError::Spawn {
+                path: "/proc/self/exe".into(),
+                source,
+            })?;
+            let mut args: Vec<String> = ["remote", "lsi", "--fd", "3"].map(String::from).to_vec();
+            for d in disks {
+                args.push("--disk".into());
+                args.push(d.display().to_string());
+            }
+            if *readonly {
+                args.push("--readonly".into());
+            }
+            let (sock, child) = spawn(&exe, &args)?;
+            let name = format!("#{index} (lsi, pid {})", child.id());
+            (sock, Some(child), name)
+        }
     };
     sock.set_nonblocking(false).map_err(RemoteError::Socket)?;
     let mut channel = Channel::new(sock);

@@ -12,6 +12,8 @@ pub enum Endpoint {
     Fd(i32),
     /// Spawn this program with its end of a socketpair as fd 3.
     Exec(PathBuf),
+    /// Co-spawn our own LSI 53C895A remote (`vmm remote lsi`).
+    Lsi { disks: Vec<PathBuf>, readonly: bool },
 }
 
 /// Which commands beyond QEMU's the remote understands.
@@ -35,10 +37,18 @@ impl FromStr for RemoteDevSpec {
     fn from_str(text: &str) -> Result<Self, String> {
         let mut endpoint = None;
         let mut dialect = Dialect::Qemu;
-        for item in text.split(',').filter(|s| !s.is_empty()) {
+        let mut disks = Vec::new();
+        let mut readonly = false;
+        let mut lsi = false;
+        for (i, item) in text.split(',').filter(|s| !s.is_empty()).enumerate() {
+            if i == 0 && item == "lsi" {
+                lsi = true;
+                dialect = Dialect::Vmm;
+                continue;
+            }
             let (key, value) = item
                 .split_once('=')
-                .ok_or_else(|| format!("'{item}' is not a known device type or key=value"))?;
+                .ok_or_else(|| format!("'{item}' is not a known device type (lsi) or key=value"))?;
             let set = |e: &mut Option<Endpoint>, v: Endpoint| {
                 if e.replace(v).is_some() {
                     Err("give only one of socket=, fd= and exec=".to_string())
@@ -66,8 +76,22 @@ impl FromStr for RemoteDevSpec {
                         other => return Err(format!("proto={other}: expected qemu or vmm")),
                     }
                 }
+                "disk" if lsi => disks.push(PathBuf::from(value)),
+                "readonly" if lsi => {
+                    readonly = match value {
+                        "on" | "true" | "yes" => true,
+                        "off" | "false" | "no" => false,
+                        other => return Err(format!("readonly={other}: expected on or off")),
+                    }
+                }
                 other => return Err(format!("unknown key '{other}'")),
             }
+        }
+        if lsi {
+            if endpoint.is_some() {
+                return Err("lsi is co-spawned: drop socket=, fd= and exec=".into());
+            }
+            endpoint = Some(Endpoint::Lsi { disks, readonly });
         }
         let endpoint = endpoint
             .ok_or_else(|| "say where the remote is: socket=PATH, fd=N or exec=PATH".to_string())?;
@@ -91,6 +115,30 @@ mod tests {
             s.endpoint,
             Endpoint::Exec("/usr/local/bin/remote.sh".into())
         );
+    }
+
+    #[test]
+    fn lsi_takes_disks_and_readonly() {
+        let s: RemoteDevSpec = "lsi,disk=a.img,disk=b.img,readonly=on".parse().unwrap();
+        assert_eq!(
+            s.endpoint,
+            Endpoint::Lsi {
+                disks: vec!["a.img".into(), "b.img".into()],
+                readonly: true
+            }
+        );
+        assert_eq!(s.dialect, Dialect::Vmm);
+        let s: RemoteDevSpec = "lsi".parse().unwrap();
+        assert_eq!(
+            s.endpoint,
+            Endpoint::Lsi {
+                disks: vec![],
+                readonly: false
+            }
+        );
+        assert!("lsi,socket=x".parse::<RemoteDevSpec>().is_err());
+        assert!("socket=x,disk=a".parse::<RemoteDevSpec>().is_err());
+        assert!("lsi,readonly=maybe".parse::<RemoteDevSpec>().is_err());
     }
 
     #[test]

@@ -2,6 +2,7 @@
 //! mpqemu control protocol, with guest RAM mapped from the VMM's memfd and
 //! its interrupt raised through an irqfd.
 
+pub mod cli;
 pub mod irq;
 pub mod memory;
 pub mod server;

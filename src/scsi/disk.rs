@@ -323,7 +323,8 @@ impl ScsiDisk {
             block_desc[1..4].copy_from_slice(&blocks.to_be_bytes()[1..]);
             block_desc[5..8].copy_from_slice(&BLOCK_SIZE.to_be_bytes()[1..]);
         }
-        let wp = if self.readonly { 0x80 } else { 0 };
+        // Write protect, and DPOFUA: FUA writes reach the image before completing.
+        let wp = if self.readonly { 0x80 } else { 0 } | 0x10;
         let mut d = if ten {
             let len = (6 + block_desc.len() + pages.len()) as u16;
             let mut h = len.to_be_bytes().to_vec();
@@ -482,6 +483,7 @@ mod tests {
         let ms6 = d.execute(0, &[0x1a, 0, 0x08, 0, 255, 0], &[]).unwrap();
         assert_eq!(ms6[0] as usize, ms6.len() - 1);
         assert_eq!(ms6[3], 8, "block descriptor");
+        assert_eq!(ms6[2], 0x10, "FUA supported, not write-protected");
         assert_eq!(ms6[4 + 8], 0x08);
         assert_eq!(ms6[4 + 8 + 2] & 0x04, 0x04, "WCE");
         let ms6_dbd = d.execute(0, &[0x1a, 0x08, 0x3f, 0, 255, 0], &[]).unwrap();

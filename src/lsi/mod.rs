@@ -1,0 +1,569 @@
+//! LSI 53C895A SCSI controller, as a remote device: the register file, the
+//! SCRIPTS processor (scripts.rs) and the SCSI bus with its targets
+//! (target.rs). Linux's sym53c8xx driver runs it.
+
+pub mod regs;
+pub mod scripts;
+pub mod target;
+
+use std::sync::Arc;
+
+use crate::pci::{BarKind, BarSpec, ConfigSpace};
+use crate::remote::{RemoteDevice, RemoteMemory, SharedIrq};
+use crate::scsi::ScsiDisk;
+use regs::*;
+use target::ScsiBus;
+
+pub const VENDOR_LSI: u16 = 0x1000;
+pub const DEVICE_53C895A: u16 = 0x0012;
+const CLASS_SCSI: u32 = 0x01_00_00;
+pub const BAR_IO: usize = 0;
+pub const BAR_MMIO: usize = 1;
+pub const BAR_RAM: usize = 2;
+pub const MMIO_SIZE: u64 = 0x400;
+pub const RAM_SIZE: usize = 0x2000;
+/// SCSI ids 0..=6 can hold disks; 7 is the controller's own.
+pub const MAX_TARGETS: usize = 7;
+
+/// The chip's registers that are plain storage, plus its internal state.
+#[derive(Default)]
+pub struct Registers {
+    pub scntl0: u8,
+    pub scntl1: u8,
+    pub scntl2: u8,
+    pub scntl3: u8,
+    pub scid: u8,
+    pub sxfer: u8,
+    pub sdid: u8,
+    pub gpreg: u8,
+    pub sfbr: u8,
+    pub socl: u8,
+    pub ssid: u8,
+    pub sbcl: u8,
+    pub dstat: u8,
+    pub sstat0: u8,
+    pub sstat1: u8,
+    pub sstat2: u8,
+    pub dsa: u32,
+    pub istat0: u8,
+    pub istat1: u8,
+    pub mbox0: u8,
+    pub mbox1: u8,
+    pub ctest2: u8,
+    pub ctest3: u8,
+    pub ctest4: u8,
+    pub ctest5: u8,
+    pub temp: u32,
+    pub dfifo: u8,
+    pub dbc: u32,
+    pub dcmd: u8,
+    pub dnad: u32,
+    pub dsp: u32,
+    pub dsps: u32,
+    /// SCRATCHA, SCRATCHB, then SCRATCHC..SCRATCHR.
+    pub scratch: [u32; 18],
+    pub dmode: u8,
+    pub dien: u8,
+    pub sbr: u8,
+    pub dcntl: u8,
+    pub adder: u32,
+    pub sien0: u8,
+    pub sien1: u8,
+    pub sist0: u8,
+    pub sist1: u8,
+    pub slpar: u8,
+    pub swide: u8,
+    pub gpcntl: u8,
+    pub stime0: u8,
+    pub stime1: u8,
+    pub respid0: u8,
+    pub respid1: u8,
+    pub stest1: u8,
+    pub stest2: u8,
+    pub stest3: u8,
+    pub sidl: u8,
+    pub ccntl0: u8,
+    pub ccntl1: u8,
+    pub mmrs: u32,
+    pub mmws: u32,
+    pub sfs: u32,
+    pub drs: u32,
+    pub sbms: u32,
+    pub dbms: u32,
+    pub dnad64: u32,
+    pub pmjad1: u32,
+    pub pmjad2: u32,
+    pub rbc: u32,
+    pub ua: u32,
+    pub ia: u32,
+    pub sbc: u32,
+    pub csbc: u32,
+    pub carry: bool,
+}
+
+pub struct Lsi53c895a {
+    config: ConfigSpace,
+    pub(crate) memory: RemoteMemory,
+    irq: Option<SharedIrq>,
+    pub(crate) r: Registers,
+    pub(crate) ram: Box<[u8; RAM_SIZE]>,
+    pub(crate) bus: ScsiBus,
+    /// SCRIPTS are running (guards against re-entry from self-access).
+    pub(crate) running: bool,
+    /// Idle in WAIT RESELECT until SIGP.
+    pub(crate) waiting_reselect: bool,
+    /// A selection failed; the timeout is reported at the next instruction.
+    pub(crate) selection_timeout: bool,
+    irq_level: bool,
+}
+
+/// Reads byte `i` of a 32-bit register.
+fn byte_of(v: u32, i: u8) -> u8 {
+    (v >> (u32::from(i) * 8)) as u8
+}
+
+/// Replaces byte `i` of a 32-bit register.
+fn set_byte(v: &mut u32, i: u8, b: u8) {
+    let shift = u32::from(i) * 8;
+    *v = (*v & !(0xff << shift)) | (u32::from(b) << shift);
+}
+
+impl Lsi53c895a {
+    pub fn new(disks: Vec<Arc<ScsiDisk>>) -> Self {
+        let mut config = ConfigSpace::new(VENDOR_LSI, DEVICE_53C895A, CLASS_SCSI, 0);
+        let bars = [
+            (BAR_IO, BarKind::Io, 256),
+            (BAR_MMIO, BarKind::Memory, MMIO_SIZE),
+            (BAR_RAM, BarKind::Memory, RAM_SIZE as u64),
+        ];
+        for (index, kind, size) in bars {
+            config
+                .set_bar(index, BarSpec { kind, size })
+                .expect("the LSI's BARs are valid");
+        }
+        config.set_interrupt(1, 0);
+        // Subsystem vendor and device as QEMU's model reports them.
+        config.set_reg(crate::pci::config::REG_SUBSYSTEM, 0x1000_1af4);
+        let mut lsi = Lsi53c895a {
+            config,
+            memory: RemoteMemory::default(),
+            irq: None,
+            r: Registers::default(),
+            ram: Box::new([0; RAM_SIZE]),
+            bus: ScsiBus::new(disks),
+            running: false,
+            waiting_reselect: false,
+            selection_timeout: false,
+            irq_level: false,
+        };
+        lsi.soft_reset();
+        lsi
+    }
+
+    /// The chip reset (ISTAT.SRST, DEVICE_RESET): registers to their reset
+    /// values, the SCSI side idle.
+    pub fn soft_reset(&mut self) {
+        self.r = Registers {
+            dcmd: 0x40,
+            ctest2: CTEST2_DACK,
+            scntl0: 0xc0,
+            scid: 7,
+            respid0: 0x80,
+            sstat2: 0x02,
+            ..Registers::default()
+        };
+        self.bus.reset();
+        self.running = false;
+        self.waiting_reselect = false;
+        self.selection_timeout = false;
+        self.update_irq();
+    }
+
+    /// Where BAR1 (registers) and BAR2 (SCRIPTS RAM) currently sit, for
+    /// SCRIPTS that address the chip itself.
+    pub(crate) fn self_windows(&self) -> (Option<u64>, Option<u64>) {
+        let cmd = self.config.command();
+        let mem_on = cmd & crate::pci::config::COMMAND_MEMORY != 0;
+        let at = |i| self.config.bar_addr(i).filter(|a| mem_on && *a != 0);
+        (at(BAR_MMIO), at(BAR_RAM))
+    }
+
+    pub(crate) fn update_irq(&mut self) {
+        let r = &mut self.r;
+        let mut level = false;
+        if r.dstat != 0 {
+            level |= r.dstat & r.dien != 0;
+            r.istat0 |= ISTAT0_DIP;
+        } else {
+            r.istat0 &= !ISTAT0_DIP;
+        }
+        if r.sist0 != 0 || r.sist1 != 0 {
+            level |= r.sist0 & r.sien0 != 0 || r.sist1 & r.sien1 != 0;
+            r.istat0 |= ISTAT0_SIP;
+        } else {
+            r.istat0 &= !ISTAT0_SIP;
+        }
+        level |= r.istat0 & ISTAT0_INTF != 0;
+        if level != self.irq_level {
+            self.irq_level = level;
+            if let Some(irq) = &self.irq {
+                irq.lock().expect("irq lock").set_level(level);
+            }
+        }
+    }
+
+    pub fn read_reg(&mut self, offset: u8) -> u8 {
+        let o = offset;
+        let r = &mut self.r;
+        match o {
+            SCNTL0 => r.scntl0,
+            SCNTL1 => r.scntl1,
+            SCNTL2 => r.scntl2,
+            SCNTL3 => r.scntl3,
+            SCID => r.scid,
+            SXFER => r.sxfer,
+            SDID => r.sdid,
+            GPREG => 0x7f,
+            // QEMU's model reads 0 here and sends writes to SFBR.
+            SFBR => r.sfbr,
+            SOCL => r.socl,
+            SSID => r.ssid,
+            SBCL => r.sbcl,
+            DSTAT => {
+                let v = r.dstat | DSTAT_DFE;
+                if r.istat0 & ISTAT0_INTF == 0 {
+                    r.dstat = 0;
+                }
+                self.update_irq();
+                v
+            }
+            SSTAT0 => r.sstat0,
+            SSTAT1 => r.sstat1,
+            SSTAT2 if self.bus.connected() => 0,
+            SSTAT2 => 2,
+            0x10..=0x13 => byte_of(r.dsa, o - DSA),
+            ISTAT0 => r.istat0 | if self.bus.connected() { ISTAT0_CON } else { 0 },
+            ISTAT1 if self.running => ISTAT1_SRUN,
+            ISTAT1 => 0,
+            MBOX0 => r.mbox0,
+            MBOX1 => r.mbox1,
+            CTEST0 => 0xff,
+            CTEST1 => 0,
+            CTEST2 => {
+                let mut v = r.ctest2 | CTEST2_DACK | CTEST2_CM;
+                if r.istat0 & ISTAT0_SIGP != 0 {
+                    r.istat0 &= !ISTAT0_SIGP;
+                    v |= CTEST2_SIGP;
+                }
+                v
+            }
+            CTEST3 => r.ctest3,
+            0x1c..=0x1f => byte_of(r.temp, o - TEMP),
+            DFIFO => r.dfifo,
+            CTEST4 => r.ctest4,
+            CTEST5 => r.ctest5,
+            CTEST6 => 0,
+            0x24..=0x26 => byte_of(r.dbc, o - DBC),
+            DCMD => r.dcmd,
+            0x28..=0x2b => byte_of(r.dnad, o - DNAD),
+            0x2c..=0x2f => byte_of(r.dsp, o - DSP),
+            0x30..=0x33 => byte_of(r.dsps, o - DSPS),
+            0x34..=0x37 => byte_of(r.scratch[0], o - SCRATCHA),
+            DMODE => r.dmode,
+            DIEN => r.dien,
+            SBR => r.sbr,
+            DCNTL => r.dcntl,
+            0x3c..=0x3f => byte_of(r.adder, o - ADDER),
+            SIEN0 => r.sien0,
+            SIEN1 => r.sien1,
+            SIST0 => {
+                let v = r.sist0;
+                r.sist0 = 0;
+                self.update_irq();
+                v
+            }
+            SIST1 => {
+                let v = r.sist1;
+                r.sist1 = 0;
+                self.update_irq();
+                v
+            }
+            SLPAR => r.slpar,
+            SWIDE => r.swide,
+            MACNTL => 0x0f,
+            GPCNTL => 0x0f,
+            STIME0 => r.stime0,
+            STIME1 => r.stime1,
+            RESPID0 => r.respid0,
+            RESPID1 => r.respid1,
+            STEST0 => 0,
+            STEST1 => r.stest1,
+            STEST2 => r.stest2,
+            STEST3 => r.stest3,
+            SIDL => r.sidl,
+            0x51 => 0,
+            STEST4 => STEST4_VALUE,
+            0x53 => 0,
+            0x54..=0x55 => 0,
+            CCNTL0 => r.ccntl0,
+            CCNTL1 => r.ccntl1,
+            // SBDL: the byte the target presents; Linux peeks pending MSG IN bytes here.
+            SBDL => self.bus.peek_msg_in().unwrap_or(0),
+            0x59 => 0,
+            0x5c..=0x9f => {
+                let i = (o - SCRATCHB) / 4 + 1;
+                byte_of(r.scratch[usize::from(i)], (o - SCRATCHB) % 4)
+            }
+            0xa0..=0xa3 => byte_of(r.mmrs, o - MMRS),
+            0xa4..=0xa7 => byte_of(r.mmws, o - MMWS),
+            0xa8..=0xab => byte_of(r.sfs, o - SFS),
+            0xac..=0xaf => byte_of(r.drs, o - DRS),
+            0xb0..=0xb3 => byte_of(r.sbms, o - SBMS),
+            0xb4..=0xb7 => byte_of(r.dbms, o - DBMS),
+            0xb8..=0xbb => byte_of(r.dnad64, o - DNAD64),
+            0xc0..=0xc3 => byte_of(r.pmjad1, o - PMJAD1),
+            0xc4..=0xc7 => byte_of(r.pmjad2, o - PMJAD2),
+            0xc8..=0xcb => byte_of(r.rbc, o - RBC),
+            0xcc..=0xcf => byte_of(r.ua, o - UA),
+            0xd4..=0xd7 => byte_of(r.ia, o - IA),
+            0xd8..=0xdb => byte_of(r.sbc, o - SBC),
+            0xdc..=0xdf => byte_of(r.csbc, o - CSBC),
+            _ => 0,
+        }
+    }
+
+    pub fn write_reg(&mut self, offset: u8, val: u8) {
+        let o = offset;
+        match o {
+            SCNTL0 => self.r.scntl0 = val & !0x01,
+            SCNTL1 => {
+                self.r.scntl1 = val & !SCNTL1_CON;
+                if val & SCNTL1_RST != 0 {
+                    if self.r.sstat0 & SSTAT0_RST == 0 {
+                        log::debug!("lsi: SCSI bus reset by the driver");
+                        self.bus.reset();
+                        self.r.sstat0 |= SSTAT0_RST;
+                        self.scsi_interrupt(SIST0_RST, 0);
+                    }
+                } else {
+                    self.r.sstat0 &= !SSTAT0_RST;
+                }
+            }
+            SCNTL2 => self.r.scntl2 = val & !0x88,
+            SCNTL3 => self.r.scntl3 = val,
+            SCID => self.r.scid = val,
+            SXFER => self.r.sxfer = val,
+            SDID => self.r.sdid = val & 0x0f,
+            GPREG => {}
+            SFBR => self.r.sfbr = val,
+            SOCL => self.r.socl = val,
+            SSID => self.r.ssid = val,
+            SBCL => {}
+            // Linux writes these read-only status registers at start-up.
+            DSTAT | SSTAT0 | SSTAT1 | SSTAT2 => {}
+            0x10..=0x13 => set_byte(&mut self.r.dsa, o - DSA, val),
+            ISTAT0 => self.write_istat0(val),
+            ISTAT1 => {}
+            MBOX0 => self.r.mbox0 = val,
+            MBOX1 => self.r.mbox1 = val,
+            CTEST0 | CTEST1 => {}
+            CTEST2 => self.r.ctest2 = val & 0x0e,
+            CTEST3 => self.r.ctest3 = val,
+            0x1c..=0x1f => set_byte(&mut self.r.temp, o - TEMP, val),
+            DFIFO => self.r.dfifo = val,
+            CTEST4 => self.r.ctest4 = val,
+            CTEST5 => self.r.ctest5 = val,
+            CTEST6 => {}
+            0x24..=0x26 => set_byte(&mut self.r.dbc, o - DBC, val),
+            DCMD => self.r.dcmd = val,
+            0x28..=0x2b => set_byte(&mut self.r.dnad, o - DNAD, val),
+            0x2c..=0x2f => {
+                set_byte(&mut self.r.dsp, o - DSP, val);
+                // Writing the top byte starts SCRIPTS (unless manual start mode).
+                if o == 0x2f && self.r.dmode & DMODE_MAN == 0 {
+                    self.waiting_reselect = false;
+                    self.run_scripts();
+                }
+            }
+            0x30..=0x33 => set_byte(&mut self.r.dsps, o - DSPS, val),
+            0x34..=0x37 => set_byte(&mut self.r.scratch[0], o - SCRATCHA, val),
+            DMODE => self.r.dmode = val,
+            DIEN => {
+                self.r.dien = val;
+                self.update_irq();
+            }
+            SBR => self.r.sbr = val,
+            DCNTL => {
+                self.r.dcntl = val & !DCNTL_STD;
+                if val & DCNTL_STD != 0 {
+                    self.run_scripts();
+                }
+            }
+            0x3c..=0x3f => {}
+            SIEN0 => {
+                self.r.sien0 = val;
+                self.update_irq();
+            }
+            SIEN1 => {
+                self.r.sien1 = val;
+                self.update_irq();
+            }
+            SIST0 | SIST1 => {}
+            SLPAR => self.r.slpar = val,
+            SWIDE => self.r.swide = val,
+            MACNTL | GPCNTL => self.r.gpcntl = val,
+            STIME0 => self.r.stime0 = val,
+            STIME1 => {
+                // The general-purpose timer is not modelled: expire at once.
+                self.r.stime1 = val & 0x0f;
+                if val & 0x0f != 0 {
+                    self.scsi_interrupt(0, SIST1_GEN);
+                }
+            }
+            RESPID0 => self.r.respid0 = val,
+            RESPID1 => self.r.respid1 = val,
+            STEST0 => {}
+            STEST1 => self.r.stest1 = val,
+            STEST2 => self.r.stest2 = val,
+            STEST3 => self.r.stest3 = val,
+            SIDL | STEST4 => {}
+            0x54..=0x55 => {}
+            CCNTL0 => self.r.ccntl0 = val,
+            CCNTL1 => self.r.ccntl1 = val,
+            0x5c..=0x9f => {
+                let i = (o - SCRATCHB) / 4 + 1;
+                set_byte(&mut self.r.scratch[usize::from(i)], (o - SCRATCHB) % 4, val)
+            }
+            0xa0..=0xa3 => set_byte(&mut self.r.mmrs, o - MMRS, val),
+            0xa4..=0xa7 => set_byte(&mut self.r.mmws, o - MMWS, val),
+            0xa8..=0xab => set_byte(&mut self.r.sfs, o - SFS, val),
+            0xac..=0xaf => set_byte(&mut self.r.drs, o - DRS, val),
+            0xb0..=0xb3 => set_byte(&mut self.r.sbms, o - SBMS, val),
+            0xb4..=0xb7 => set_byte(&mut self.r.dbms, o - DBMS, val),
+            0xb8..=0xbb => set_byte(&mut self.r.dnad64, o - DNAD64, val),
+            0xc0..=0xc3 => set_byte(&mut self.r.pmjad1, o - PMJAD1, val),
+            0xc4..=0xc7 => set_byte(&mut self.r.pmjad2, o - PMJAD2, val),
+            0xc8..=0xcb => set_byte(&mut self.r.rbc, o - RBC, val),
+            0xcc..=0xcf => set_byte(&mut self.r.ua, o - UA, val),
+            0xd4..=0xd7 => set_byte(&mut self.r.ia, o - IA, val),
+            0xd8..=0xdb => set_byte(&mut self.r.sbc, o - SBC, val),
+            0xdc..=0xdf => set_byte(&mut self.r.csbc, o - CSBC, val),
+            _ => log::trace!("lsi: write to unknown register {o:#x} = {val:#x}"),
+        }
+    }
+
+    fn write_istat0(&mut self, val: u8) {
+        if val & ISTAT0_SRST != 0 {
+            self.soft_reset();
+            // SRST stays readable until the driver clears it.
+            self.r.istat0 |= ISTAT0_SRST;
+            return;
+        }
+        self.r.istat0 = (self.r.istat0 & !ISTAT0_SRST) | (val & (ISTAT0_SIGP | ISTAT0_SEM));
+        if val & ISTAT0_ABRT != 0 {
+            self.dma_interrupt(DSTAT_ABRT);
+        }
+        if val & ISTAT0_INTF != 0 {
+            self.r.istat0 &= !ISTAT0_INTF;
+            self.update_irq();
+        }
+        if val & ISTAT0_SIGP != 0 && self.waiting_reselect {
+            // SIGP ends WAIT RESELECT: continue at its alternate address.
+            self.waiting_reselect = false;
+            self.r.dsp = self.r.dnad;
+            self.run_scripts();
+        }
+    }
+
+    /// A DMA (SCRIPTS) interrupt: sets DSTAT bits and stops the processor.
+    pub(crate) fn dma_interrupt(&mut self, bits: u8) {
+        log::debug!(
+            "lsi: DMA interrupt {bits:#04x} at DSP {:#x} (DSPS {:#x})",
+            self.r.dsp,
+            self.r.dsps
+        );
+        self.r.dstat |= bits;
+        self.update_irq();
+        self.running = false;
+    }
+
+    /// A SCSI interrupt; fatal ones (and enabled non-fatal ones) stop SCRIPTS.
+    pub(crate) fn scsi_interrupt(&mut self, sist0: u8, sist1: u8) {
+        log::debug!(
+            "lsi: SCSI interrupt SIST0 {sist0:#04x} SIST1 {sist1:#04x} at DSP {:#x}",
+            self.r.dsp
+        );
+        self.r.sist0 |= sist0;
+        self.r.sist1 |= sist1;
+        let nonfatal0 = SIST0_CMP | SIST0_SEL | SIST0_RSL;
+        let nonfatal1 = SIST1_GEN | SIST1_HTH;
+        let stop0 = sist0 & (self.r.sien0 | !nonfatal0);
+        let stop1 = sist1 & (self.r.sien1 | !nonfatal1);
+        if stop0 != 0 || stop1 != 0 {
+            self.running = false;
+        }
+        self.update_irq();
+    }
+
+    fn access_regs(&mut self, offset: u64, data: &mut [u8], write: bool) {
+        // Wider accesses are split into bytes, lowest first: the byte order
+        // matters (the DSP top byte starts SCRIPTS).
+        for (i, b) in data.iter_mut().enumerate() {
+            let reg = ((offset + i as u64) & 0xff) as u8;
+            if write {
+                self.write_reg(reg, *b);
+            } else {
+                *b = self.read_reg(reg);
+            }
+        }
+    }
+}
+
+impl RemoteDevice for Lsi53c895a {
+    fn config(&self) -> &ConfigSpace {
+        &self.config
+    }
+    fn config_mut(&mut self) -> &mut ConfigSpace {
+        &mut self.config
+    }
+    fn bar_read(&mut self, bar: u8, offset: u64, data: &mut [u8]) {
+        match usize::from(bar) {
+            BAR_IO | BAR_MMIO => self.access_regs(offset, data, false),
+            BAR_RAM => {
+                let o = offset as usize;
+                match self.ram.get(o..o + data.len()) {
+                    Some(src) => data.copy_from_slice(src),
+                    None => data.fill(0xff),
+                }
+            }
+            _ => data.fill(0xff),
+        }
+    }
+    fn bar_write(&mut self, bar: u8, offset: u64, data: &[u8]) {
+        match usize::from(bar) {
+            BAR_IO | BAR_MMIO => {
+                let mut copy = data.to_vec();
+                self.access_regs(offset, &mut copy, true);
+            }
+            BAR_RAM => {
+                let o = offset as usize;
+                if let Some(dst) = self.ram.get_mut(o..o + data.len()) {
+                    dst.copy_from_slice(data);
+                }
+            }
+            _ => {}
+        }
+    }
+    fn reset(&mut self) {
+        self.soft_reset();
+    }
+    fn set_memory(&mut self, memory: RemoteMemory) {
+        self.memory = memory;
+    }
+    fn set_interrupt(&mut self, line: SharedIrq) {
+        self.irq = Some(line);
+        let level = self.irq_level;
+        self.irq_level = !level;
+        self.update_irq();
+    }
+}

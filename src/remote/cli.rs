@@ -1,0 +1,150 @@
+//! `vmm remote lsi ...`: run a remote device process by hand (under
+//! another user, in a sandbox) or as the VMM's co-spawned child.
+
+use std::os::fd::FromRawFd;
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+
+use clap::{Parser, Subcommand};
+
+use super::server;
+use crate::lsi::Lsi53c895a;
+use crate::protocol::channel::Channel;
+use crate::scsi::ScsiDisk;
+
+/// Size of the scratch disk made when no image is given.
+pub const SCRATCH_DISK_SIZE: u64 = 1 << 30;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "vmm remote",
+    about = "Serve one PCI device to a VMM over the mpqemu protocol"
+)]
+pub struct RemoteCli {
+    #[command(subcommand)]
+    pub device: RemoteKind,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum RemoteKind {
+    /// LSI 53C895A SCSI controller with disks on SCSI ids 0, 1, ...
+    Lsi {
+        /// An inherited, connected control socket.
+        #[arg(long, conflicts_with = "socket")]
+        fd: Option<i32>,
+        /// Listen on this UNIX socket and serve the first VMM that connects.
+        #[arg(long)]
+        socket: Option<PathBuf>,
+        /// A raw disk image; repeat for more disks. None: a scratch image.
+        #[arg(long = "disk", value_name = "PATH")]
+        disks: Vec<PathBuf>,
+        /// Present the disks write-protected.
+        #[arg(long)]
+        readonly: bool,
+        #[arg(long, value_name = "LEVEL")]
+        log_level: Option<String>,
+    },
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum RemoteCliError {
+    #[error("give --fd or --socket")]
+    NoEndpoint,
+    #[error("fd {0} is not a socket")]
+    NotASocket(i32),
+    #[error("socket {path}: {source}")]
+    Socket {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    Disk(#[from] crate::scsi::disk::DiskError),
+    #[error("cannot create a scratch disk: {0}")]
+    Scratch(#[source] std::io::Error),
+    #[error("at most {max} disks fit on one controller", max = crate::lsi::MAX_TARGETS)]
+    TooManyDisks,
+    #[error(transparent)]
+    Serve(#[from] server::ServerError),
+}
+
+/// A sparse scratch image in a new temporary directory.
+fn scratch_disk() -> Result<PathBuf, RemoteCliError> {
+    let dir = std::env::temp_dir().join(format!("vmm-scratch-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).map_err(RemoteCliError::Scratch)?;
+    let path = dir.join("disk0.img");
+    let f = std::fs::File::create(&path).map_err(RemoteCliError::Scratch)?;
+    f.set_len(SCRATCH_DISK_SIZE)
+        .map_err(RemoteCliError::Scratch)?;
+    log::warn!(
+        "no disk given: using a {} MiB sparse scratch image at {}",
+        SCRATCH_DISK_SIZE >> 20,
+        path.display()
+    );
+    Ok(path)
+}
+
+pub fn run(kind: RemoteKind) -> Result<(), RemoteCliError> {
+    let RemoteKind::Lsi {
+        fd,
+        socket,
+        mut disks,
+        readonly,
+        ..
+    } = kind;
+    if disks.is_empty() {
+        disks.push(scratch_disk()?);
+    }
+    if disks.len() > crate::lsi::MAX_TARGETS {
+        return Err(RemoteCliError::TooManyDisks);
+    }
+    let disks = disks
+        .iter()
+        .enumerate()
+        .map(|(i, p)| {
+            let disk = ScsiDisk::open(
+                p,
+                readonly,
+                format!("VMM{:05}{i}", std::process::id() % 100_000),
+            )?;
+            log::info!(
+                "SCSI id {i}: {} ({} blocks{})",
+                p.display(),
+                disk.blocks(),
+                if readonly { ", read-only" } else { "" }
+            );
+            Ok(Arc::new(disk))
+        })
+        .collect::<Result<Vec<_>, RemoteCliError>>()?;
+    let sock = match (fd, socket) {
+        (Some(fd), _) => {
+            // SAFETY: fstat only fills `st`.
+            let mut st: libc::stat = unsafe { std::mem::zeroed() };
+            // SAFETY: as above; a bad fd simply fails.
+            let is_sock = unsafe { libc::fstat(fd, &mut st) } == 0
+                && st.st_mode & libc::S_IFMT == libc::S_IFSOCK;
+            if !is_sock {
+                return Err(RemoteCliError::NotASocket(fd));
+            }
+            // SAFETY: the fd was handed to us for this purpose and is a socket.
+            unsafe { UnixStream::from_raw_fd(fd) }
+        }
+        (None, Some(path)) => {
+            let err = |source| RemoteCliError::Socket {
+                path: path.clone(),
+                source,
+            };
+            let listener = UnixListener::bind(&path).map_err(err)?;
+            log::info!("waiting for a VMM on {}", path.display());
+            let (sock, _) = listener.accept().map_err(err)?;
+            let _ = std::fs::remove_file(&path);
+            sock
+        }
+        (None, None) => return Err(RemoteCliError::NoEndpoint),
+    };
+    let device = Arc::new(Mutex::new(Lsi53c895a::new(disks)));
+    server::serve(Channel::new(sock), device)?;
+    log::info!("VMM disconnected; exiting");
+    Ok(())
+}
