@@ -567,3 +567,260 @@ impl RemoteDevice for Lsi53c895a {
         self.update_irq();
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::protocol::mpqemu::SysmemRegion;
+    use crate::vmm::memory::GuestRam;
+    use vm_memory::{Bytes, GuestAddress};
+
+    const BAR1: u64 = 0xc000_0000;
+    const BAR2: u64 = 0xc000_2000;
+
+    /// An LSI with 1 MiB of guest RAM shared with a GuestRam we can poke,
+    /// BARs placed and decoding.
+    fn lsi(disks: Vec<Arc<ScsiDisk>>) -> (Lsi53c895a, GuestRam) {
+        let ram = GuestRam::new(64 << 20).unwrap();
+        let mut lsi = Lsi53c895a::new(disks);
+        let regions: Vec<SysmemRegion> = ram
+            .regions
+            .iter()
+            .map(|r| SysmemRegion {
+                gpa: r.guest_addr,
+                size: r.size,
+                offset: r.file_offset,
+            })
+            .collect();
+        lsi.set_memory(RemoteMemory::map(&regions, vec![ram.memfd.try_clone().unwrap()]).unwrap());
+        lsi.config_mut().set_bar_addr(BAR_MMIO, BAR1);
+        lsi.config_mut().set_bar_addr(BAR_RAM, BAR2);
+        lsi.config_mut()
+            .write(crate::pci::config::REG_COMMAND, 0, &[0x06]);
+        (lsi, ram)
+    }
+
+    fn write32(lsi: &mut Lsi53c895a, reg: u8, v: u32) {
+        lsi.bar_write(BAR_MMIO as u8, u64::from(reg), &v.to_le_bytes());
+    }
+
+    fn read8(lsi: &mut Lsi53c895a, reg: u8) -> u8 {
+        let mut b = [0u8];
+        lsi.bar_read(BAR_MMIO as u8, u64::from(reg), &mut b);
+        b[0]
+    }
+
+    /// Writes a script of (dword, dword) pairs at `addr` in guest RAM.
+    fn script(ram: &GuestRam, addr: u64, words: &[u32]) {
+        let bytes: Vec<u8> = words.iter().flat_map(|w| w.to_le_bytes()).collect();
+        ram.memory.write_slice(&bytes, GuestAddress(addr)).unwrap();
+    }
+
+    #[test]
+    fn reset_values_and_constant_registers() {
+        let (mut l, _) = lsi(vec![]);
+        assert_eq!(read8(&mut l, SCID), 7);
+        assert_eq!(read8(&mut l, STEST4), STEST4_VALUE);
+        assert_eq!(read8(&mut l, CTEST0), 0xff);
+        assert_eq!(read8(&mut l, DCMD), 0x40);
+        assert_eq!(read8(&mut l, DSTAT), DSTAT_DFE, "DFE always reads set");
+        // Linux writes all ones to DSTAT at start-up; it must not stick.
+        write32(&mut l, DSTAT, 0xffff_ffff);
+        assert_eq!(read8(&mut l, DSTAT), DSTAT_DFE);
+        l.bar_write(BAR_RAM as u8, 0x1ff0, b"RAID");
+        let mut back = [0u8; 4];
+        l.bar_read(BAR_RAM as u8, 0x1ff0, &mut back);
+        assert_eq!(&back, b"RAID");
+    }
+
+    /// The driver's snoop test: a script copies host memory into SCRATCHA
+    /// and TEMP into host memory through the chip's own register window,
+    /// then interrupts; DSP must point past the INT.
+    #[test]
+    fn snoop_test_script_copies_through_the_register_window() {
+        let (mut l, ram) = lsi(vec![]);
+        ram.memory.write_obj(1u32, GuestAddress(0x9000)).unwrap();
+        write32(&mut l, TEMP, 2);
+        script(
+            &ram,
+            0x8000,
+            &[
+                0xc000_0004,
+                0x9000,
+                (BAR1 as u32) + u32::from(SCRATCHA), // MEMORY MOVE 4: host -> SCRATCHA
+                0xc000_0004,
+                (BAR1 as u32) + u32::from(TEMP),
+                0x9004, // MEMORY MOVE 4: TEMP -> host
+                0x9808_0000,
+                0x63, // INT 0x63
+            ],
+        );
+        write32(&mut l, DIEN, 0xff);
+        write32(&mut l, DSP, 0x8000);
+        assert_eq!(l.r.scratch[0], 1);
+        let host: u32 = ram.memory.read_obj(GuestAddress(0x9004)).unwrap();
+        assert_eq!(host, 2);
+        assert_eq!(l.r.dsp, 0x8000 + 32);
+        assert_eq!(l.r.dsps, 0x63);
+        assert_ne!(read8(&mut l, ISTAT0) & ISTAT0_DIP, 0);
+        assert_eq!(read8(&mut l, DSTAT), DSTAT_DFE | DSTAT_SIR);
+        assert_eq!(
+            read8(&mut l, ISTAT0) & ISTAT0_DIP,
+            0,
+            "DSTAT read cleared it"
+        );
+    }
+
+    #[test]
+    fn register_arithmetic_carry_and_conditional_jumps() {
+        let (mut l, ram) = lsi(vec![]);
+        script(
+            &ram,
+            0x8000,
+            &[
+                0x7834_ff00,
+                0, // MOVE 0xff TO SCRATCHA0
+                0x7e34_0100,
+                0, // MOVE SCRATCHA0 + 1 TO SCRATCHA0 (carry out)
+                0x8028_0000,
+                0x8020, // JUMP 0x8020 IF CARRY
+                0x9808_0000,
+                1, // INT 1 (not reached)
+                0x7234_0000,
+                0, // MOVE SCRATCHA0 TO SFBR
+                0x800c_0000,
+                0x8038, // JUMP 0x8038 IF DATA 0x00 (SFBR == 0)
+                0x9808_0000,
+                2, // INT 2 (not reached)
+                0x9808_0000,
+                3, // INT 3
+            ],
+        );
+        write32(&mut l, DSP, 0x8000);
+        assert_eq!(l.r.dsps, 3);
+        assert!(l.r.carry);
+    }
+
+    #[test]
+    fn selecting_a_missing_target_times_out_at_the_next_bus_instruction() {
+        let (mut l, ram) = lsi(vec![]);
+        script(
+            &ram,
+            0x8000,
+            &[
+                0x4105_0000,
+                0x8100, // SELECT ATN id 5, alternate 0x8100
+                0x7834_0100,
+                0, // MOVE 1 TO SCRATCHA0: runs, no bus needed
+                0x9e03_0000,
+                9, // INT 9 IF NOT WHEN MSG_OUT: stops here
+            ],
+        );
+        write32(&mut l, SIEN0, 0);
+        write32(&mut l, DSP, 0x8000);
+        assert!(!l.running);
+        assert_eq!(l.r.scratch[0] & 0xff, 1);
+        assert_eq!(
+            l.r.dsp, 0x8018,
+            "DSP past the instruction that waited for the bus"
+        );
+        assert_eq!(read8(&mut l, SIST1), SIST1_STO);
+        assert_eq!(read8(&mut l, DSTAT), DSTAT_DFE, "no INT was taken");
+    }
+
+    #[test]
+    fn dma_outside_guest_ram_is_a_bus_fault() {
+        let (mut l, ram) = lsi(vec![]);
+        script(&ram, 0x8000, &[0xc000_0010, 0x8000_0000, 0x9000]);
+        write32(&mut l, DSP, 0x8000);
+        assert_eq!(read8(&mut l, DSTAT) & DSTAT_BF, DSTAT_BF);
+        write32(&mut l, DSP, 0xf000_0000);
+        assert_eq!(
+            read8(&mut l, DSTAT) & DSTAT_BF,
+            DSTAT_BF,
+            "fetch from nowhere"
+        );
+    }
+
+    #[test]
+    fn runaway_scripts_are_stopped() {
+        let (mut l, ram) = lsi(vec![]);
+        script(&ram, 0x8000, &[0x8008_0000, 0x8000]); // JUMP to itself
+        write32(&mut l, DSP, 0x8000);
+        assert_eq!(read8(&mut l, DSTAT) & DSTAT_IID, DSTAT_IID);
+        assert!(!l.running);
+    }
+
+    #[test]
+    fn wait_reselect_idles_until_sigp() {
+        let (mut l, ram) = lsi(vec![]);
+        script(
+            &ram,
+            0x8000,
+            &[
+                0x5000_0000,
+                0x8010, // WAIT RESELECT, alternate 0x8010
+                0x9808_0000,
+                1,
+                0x9808_0000,
+                2, // at 0x8010
+            ],
+        );
+        write32(&mut l, DSP, 0x8000);
+        assert!(l.waiting_reselect);
+        assert_eq!(read8(&mut l, DSTAT), DSTAT_DFE);
+        l.bar_write(BAR_MMIO as u8, u64::from(ISTAT0), &[ISTAT0_SIGP]);
+        assert_eq!(l.r.dsps, 2);
+    }
+
+    #[test]
+    fn a_whole_inquiry_runs_through_select_messages_command_data_and_status() {
+        let path = std::env::temp_dir().join(format!("vmm-lsi-unit-{}.img", std::process::id()));
+        std::fs::File::create(&path)
+            .unwrap()
+            .set_len(1 << 20)
+            .unwrap();
+        let disk = Arc::new(ScsiDisk::open(&path, false, "UNIT".into()).unwrap());
+        let (mut l, ram) = lsi(vec![disk]);
+        ram.memory
+            .write_slice(&[0x80], GuestAddress(0xa000))
+            .unwrap();
+        ram.memory
+            .write_slice(&[0x12, 0, 0, 0, 36, 0], GuestAddress(0xa010))
+            .unwrap();
+        script(
+            &ram,
+            0x8000,
+            &[
+                0x4100_0000,
+                0x8100, // SELECT ATN id 0
+                0x0e00_0001,
+                0xa000, // MOVE 1 WHEN MSG_OUT (IDENTIFY)
+                0x0a00_0006,
+                0xa010, // MOVE 6 WHEN COMMAND (INQUIRY)
+                0x0900_0024,
+                0xa100, // MOVE 36 WHEN DATA_IN
+                0x0b00_0001,
+                0xa200, // MOVE 1 WHEN STATUS
+                0x0f00_0001,
+                0xa201, // MOVE 1 WHEN MSG_IN
+                0x9808_0000,
+                7, // INT 7
+            ],
+        );
+        write32(&mut l, DSP, 0x8000);
+        assert_eq!(l.r.dsps, 7, "ran to the INT without a phase mismatch");
+        let mut inquiry = [0u8; 36];
+        ram.memory
+            .read_slice(&mut inquiry, GuestAddress(0xa100))
+            .unwrap();
+        assert_eq!(&inquiry[8..16], b"VMM     ");
+        let mut tail = [0xffu8; 2];
+        ram.memory
+            .read_slice(&mut tail, GuestAddress(0xa200))
+            .unwrap();
+        assert_eq!(tail, [0, 0], "GOOD status, COMMAND COMPLETE");
+        assert!(!l.bus.connected(), "the target left the bus");
+        std::fs::remove_file(path).unwrap();
+    }
+}
