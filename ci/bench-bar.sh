@@ -2,6 +2,7 @@
 # BAR register round trip: one guest read (and write) of the LSI's SCRATCHB
 # register, measured from guest userspace, through
 #   ours      our VMM's proxy      -> QEMU's x-remote LSI (message path)
+#   ours-lsi  our VMM's proxy      -> our own LSI remote (message path)
 #   qemu-mp   QEMU's x-pci-proxy-dev -> the same QEMU x-remote LSI
 #   qemu      QEMU's in-process lsi53c895a (reference)
 # in one KVM test rig boot, interleaved over ROUNDS rounds. Prints a markdown
@@ -31,6 +32,9 @@ for round in \$(seq $rounds); do
     echo "BENCH-CONFIG: ours"
     LSI_DISK=/tmp/a.img $pin /rig/vmm --kernel /rig/guest/bzImage --initrd /rig/guest/initramfs.cpio.gz \
         --cmdline "\$cmdline" --remote-dev exec=/rig/extra/ci/qemu-remote-lsi.sh </dev/null 2>&1 | grep regbench
+    echo "BENCH-CONFIG: ours-lsi"
+    $pin /rig/vmm --kernel /rig/guest/bzImage --initrd /rig/guest/initramfs.cpio.gz \
+        --cmdline "\$cmdline" --remote-dev lsi,disk=/tmp/a.img </dev/null 2>&1 | grep regbench
     echo "BENCH-CONFIG: qemu-mp"
     $pin /rig/extra/pairexec "LSI_DISK=/tmp/a.img exec /rig/extra/ci/qemu-remote-lsi.sh" \
         "exec \$qemu_vm -object memory-backend-memfd,id=mem,size=512M -numa node,memdev=mem \$guest -append '\$cmdline' -device x-pci-proxy-dev,id=lsi0,fd=4" </dev/null 2>&1 | grep regbench
