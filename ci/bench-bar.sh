@@ -17,9 +17,6 @@ rounds=${1:-3}
 reads=${2:-2000}
 pin=""
 [ -n "${PIN:-}" ] && pin="taskset -c $PIN"
-tools=$VMM_BUILD/tools
-mkdir -p "$tools"
-gcc -static -O2 -Wall -o "$tools/pairexec" "$VMM_ROOT/ci/tools/pairexec.c"
 
 script=$(mktemp)
 trap 'rm -f "$script"' EXIT
@@ -36,14 +33,14 @@ for round in \$(seq $rounds); do
     $pin /rig/vmm --kernel /rig/guest/bzImage --initrd /rig/guest/initramfs.cpio.gz \
         --cmdline "\$cmdline" --remote-dev lsi,disk=/tmp/a.img </dev/null 2>&1 | grep regbench
     echo "BENCH-CONFIG: qemu-mp"
-    $pin /rig/extra/pairexec "LSI_DISK=/tmp/a.img exec /rig/extra/ci/qemu-remote-lsi.sh" \
+    $pin /rig/pairexec "LSI_DISK=/tmp/a.img exec /rig/extra/ci/qemu-remote-lsi.sh" \
         "exec \$qemu_vm -object memory-backend-memfd,id=mem,size=512M -numa node,memdev=mem \$guest -append '\$cmdline' -device x-pci-proxy-dev,id=lsi0,fd=4" </dev/null 2>&1 | grep regbench
     echo "BENCH-CONFIG: qemu"
     $pin \$qemu_vm \$guest -append "\$cmdline" -device lsi53c895a,id=lsi0 \
         -drive id=d0,file=/tmp/a.img,format=raw,if=none -device scsi-hd,drive=d0,bus=lsi0.0 </dev/null 2>&1 | grep regbench
 done
 SCRIPT
-out=$(ci/rig.sh --with-qemu --timeout 1800 --extra "$VMM_ROOT/ci" --extra "$tools/pairexec" "$script" | tee /dev/stderr)
+out=$(ci/rig.sh --with-qemu --timeout 1800 --extra "$VMM_ROOT/ci" "$script" | tee /dev/stderr)
 echo
 echo "BAR register round trip, guest userspace, ns per access (median of $rounds rounds, $reads accesses each, ${PIN:+pinned to CPU }${PIN:-unpinned})"
 echo

@@ -5,7 +5,8 @@
 #   /rig/vmm, /rig/guest/bzImage, /rig/guest/initramfs.cpio.gz, /rig/extra/...
 #
 # Usage: ci/rig.sh [--timeout SECS] [--with-qemu] [--extra FILE]... SCRIPT
-# --with-qemu adds Debian's qemu-system-x86_64 (the interop peer and baseline).
+# --with-qemu adds Debian's qemu-system-x86_64 (the interop peer and baseline)
+# and /rig/pairexec (ci/tools/pairexec.c) to launch its multiprocess mode.
 # Streams the rig's console to stdout and exits with the script's status.
 set -euo pipefail
 . "$(dirname "$0")/lib.sh"
@@ -54,6 +55,8 @@ cp "$vmm" "$work/rig/vmm"
 cp "$guest/bzImage" "$guest/initramfs.cpio.gz" "$work/rig/guest/"
 cp "$script" "$work/rig/run.sh"
 for f in "${extras[@]}"; do cp -r "$f" "$work/rig/extra/"; done
+# QEMU's multiprocess mode needs an orchestrator for its socketpair.
+[ "$with_qemu" -eq 1 ] && gcc -static -O2 -o "$work/rig/pairexec" "$VMM_ROOT/ci/tools/pairexec.c"
 # The kernel unpacks concatenated archives in order: base, then this run's files.
 pack_cpio "$work" "$work/payload.cpio.gz"
 overlays=()

@@ -101,8 +101,8 @@ fn several_disks_get_consecutive_scsi_ids() {
     let Some(o) = outcome("lsi-two-disks") else {
         return;
     };
-    o.assert_contains("VMM-GUEST: sda 131072 sectors");
-    o.assert_contains("VMM-GUEST: sdb 65536 sectors");
+    o.assert_contains("VMM-GUEST: disk 0:0:0:0 131072 sectors");
+    o.assert_contains("VMM-GUEST: disk 0:0:1:0 65536 sectors");
 }
 
 #[test]
@@ -121,7 +121,7 @@ fn without_a_disk_a_scratch_image_is_made_and_announced() {
         return;
     };
     o.assert_contains("sparse scratch image at");
-    o.assert_contains("VMM-GUEST: sda 2097152 sectors");
+    o.assert_contains("VMM-GUEST: disk 0:0:0:0 2097152 sectors");
 }
 
 #[test]

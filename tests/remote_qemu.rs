@@ -112,8 +112,9 @@ fn two_remotes_get_their_own_slots_and_disks() {
     };
     o.assert_contains("INTA# on GSI 16");
     o.assert_contains("INTA# on GSI 17");
-    o.assert_contains("VMM-GUEST: sda 131072 sectors");
-    o.assert_contains("VMM-GUEST: sdb 65536 sectors");
+    // One controller per remote, in slot order: host 0 is the first remote.
+    o.assert_contains("VMM-GUEST: disk 0:0:0:0 131072 sectors");
+    o.assert_contains("VMM-GUEST: disk 1:0:0:0 65536 sectors");
     o.assert_contains("vmm exited 0");
 }
 

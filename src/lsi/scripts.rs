@@ -198,6 +198,11 @@ impl Lsi53c895a {
         self.r.dbc = count;
         self.r.dnad = addr as u32;
         let expected = ((insn >> 24) & 7) as u8;
+        // A move of nothing needs no phase: SeaBIOS issues one as the data
+        // step of commands without data.
+        if count == 0 {
+            return;
+        }
         if self.bus.phase() != Some(expected) {
             self.phase_mismatch(insn_addr, expected);
             return;
@@ -333,7 +338,7 @@ impl Lsi53c895a {
                     self.r.socl |= SOCL_ATN;
                 }
                 log::debug!("lsi: SELECT id {id} atn {atn} at DSP {:#x}", self.r.dsp);
-                if !self.bus.select(id as usize, atn) {
+                if !self.bus.select(id as usize) {
                     self.selection_timeout = true;
                     self.r.sist1 |= SIST1_STO;
                     self.update_irq();

@@ -76,14 +76,16 @@ impl ScsiBus {
     }
 
     /// Selects target `id`; false if nothing answers (selection timeout).
-    pub fn select(&mut self, id: usize, atn: bool) -> bool {
+    pub fn select(&mut self, id: usize) -> bool {
         if self.targets.get(id).and_then(|t| t.as_ref()).is_none() {
             return false;
         }
         self.conn = Some(Connection {
             target: id,
             lun: 0,
-            phase: if atn { PHASE_MSG_OUT } else { PHASE_COMMAND },
+            // Straight to MSG OUT even without ATN, as QEMU's model does:
+            // SeaBIOS selects without ATN and then sends IDENTIFY.
+            phase: PHASE_MSG_OUT,
             cdb: Vec::new(),
             data_in: VecDeque::new(),
             data_out_len: 0,

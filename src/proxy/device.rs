@@ -19,6 +19,7 @@ use crate::pci::config::{
 use crate::pci::{ActiveBar, BarKind, BarSpec, PciDevice};
 use crate::protocol::channel::{Channel, ChannelError};
 use crate::protocol::mpqemu::{Message, RET_ERROR, SysmemRegion};
+use crate::proxy::spec::Dialect;
 use crate::vmm::memory::GuestRam;
 
 const BAR_IO_BIT: u32 = 0x1;
@@ -93,6 +94,7 @@ impl ProxyDevice {
         register_irq: &IrqRegistrar<'_>,
         gsi: u8,
         failed: FailFlag,
+        dialect: Dialect,
     ) -> Result<Self, ProxyError> {
         let err = |what| {
             let name = name.clone();
@@ -165,6 +167,27 @@ impl ProxyDevice {
             log::info!("remote {name}: BAR{bar} {kind:?} {size:#x} bytes");
         }
         config.set_interrupt(1, gsi);
+        // BAR_INFO is our extension (from QEMU's ioregionfd RFC): a plain
+        // QEMU remote would drop the connection on it, so only ask ours.
+        if dialect == Dialect::Vmm {
+            for bar in (0..NUM_BARS).filter(|&b| config.bar_spec(b).is_some()) {
+                let memory = config.bar_spec(bar).map(|s| s.kind) == Some(BarKind::Memory);
+                let answer = channel
+                    .request(&Message::BarInfo {
+                        bar: bar as u32,
+                        memory,
+                    })
+                    .map_err(err("asking about ioregionfd BARs"))?;
+                if answer == Some(bar as u64) {
+                    log::warn!(
+                        "remote {name}: offers BAR{bar} over ioregionfd, which this VMM does not \
+                         implement yet; using control-socket messages"
+                    );
+                } else {
+                    log::debug!("remote {name}: BAR{bar} on the message path");
+                }
+            }
+        }
 
         let mk = || EventFd::new(EFD_NONBLOCK);
         let irq_err = |source| ProxyError::Irq {
@@ -402,6 +425,7 @@ mod tests {
             &no_kvm,
             16,
             failed.clone(),
+            Dialect::Vmm,
         )
         .unwrap();
         (proxy, failed, server)
@@ -529,6 +553,7 @@ mod tests {
             &no_kvm,
             16,
             FailFlag::default(),
+            Dialect::Qemu,
         )
         .err()
         .unwrap();

@@ -205,8 +205,15 @@ fn add_remote_devices(
             channel,
             child,
         } = process;
-        let device = match ProxyDevice::connect(name.clone(), channel, ram, &register, gsi, failed)
-        {
+        let device = match ProxyDevice::connect(
+            name.clone(),
+            channel,
+            ram,
+            &register,
+            gsi,
+            failed,
+            spec.dialect,
+        ) {
             Ok(d) => d,
             Err(e) => {
                 remote::stop_child(&name, &child);
