@@ -65,6 +65,22 @@ fn scenarios() -> Vec<Scenario> {
             ),
         },
         Scenario {
+            // The other direction: QEMU's x-pci-proxy-dev (SeaBIOS probes
+            // the controller first) driving our remote.
+            name: "qemu-proxy-our-lsi",
+            script: "dd if=/dev/zero of=/tmp/a.img bs=1M count=64 2>/dev/null\n\
+                     $PAIREXEC \"exec $VMM remote lsi --fd 3 --disk /tmp/a.img\" \
+                     \"exec qemu-system-x86_64 -accel kvm -cpu host -m 512M \
+                     -object memory-backend-memfd,id=mem,size=512M -numa node,memdev=mem \
+                     -nodefaults -display none -serial stdio -no-reboot \
+                     -kernel $KERNEL -initrd $INITRD \
+                     -append 'console=ttyS0 quiet vmm.run=disk-pattern' \
+                     -device x-pci-proxy-dev,id=lsi0,fd=4\" </dev/null\n\
+                     echo \"qemu exited $?\"\n\
+                     echo \"image md5 $(dd if=/tmp/a.img bs=4096 skip=256 count=16 2>/dev/null | md5sum)\""
+                .into(),
+        },
+        Scenario {
             name: "remote-missing",
             script:
                 "$VMM --kernel $KERNEL --initrd $INITRD --remote-dev socket=/tmp/nothing-here; \
@@ -128,6 +144,17 @@ fn killed_remote_is_noticed_and_the_guest_can_still_reboot() {
     o.assert_contains("VMM-GUEST: vendor after: ffff");
     o.assert_contains("VMM-GUEST: rebooting");
     o.assert_contains("vmm exited 0");
+}
+
+#[test]
+fn qemu_proxy_drives_our_lsi_remote() {
+    let Some(o) = outcome("qemu-proxy-our-lsi") else {
+        return;
+    };
+    o.assert_contains("VMM-GUEST: disk found: 131072 sectors");
+    o.assert_contains(&format!("VMM-GUEST: pattern ok {PATTERN_MD5}"));
+    o.assert_contains(&format!("image md5 {PATTERN_MD5}"));
+    o.assert_contains("qemu exited 0");
 }
 
 #[test]

@@ -76,11 +76,13 @@ fn batch_script(
     vmm: &str,
     guest: &str,
     repo: &str,
+    pairexec: &str,
     timeout_s: u32,
 ) -> String {
     let mut s = String::from("set +e\n");
     s.push_str(&format!(
-        "export VMM={vmm} KERNEL={guest}/bzImage INITRD={guest}/initramfs.cpio.gz REPO={repo}\n"
+        "export VMM={vmm} KERNEL={guest}/bzImage INITRD={guest}/initramfs.cpio.gz REPO={repo} \
+         PAIREXEC={pairexec}\n"
     ));
     for sc in scenarios {
         s.push_str(&format!(
@@ -152,11 +154,24 @@ pub fn run_batch_with(
         Mode::Skip => panic!("run_batch called with VMM_SKIP_KVM_TESTS=1"),
         Mode::Local => {
             let guest = build_guest();
+            // QEMU's multiprocess mode needs ci/tools/pairexec.c as its launcher.
+            let pairexec = repo_root().join("build/tools/pairexec");
+            if with_qemu {
+                std::fs::create_dir_all(pairexec.parent().unwrap()).unwrap();
+                let built = Command::new("gcc")
+                    .args(["-static", "-O2", "-o"])
+                    .arg(&pairexec)
+                    .arg(repo_root().join("ci/tools/pairexec.c"))
+                    .status()
+                    .expect("run gcc");
+                assert!(built.success(), "building ci/tools/pairexec.c failed");
+            }
             let script = batch_script(
                 scenarios,
                 env!("CARGO_BIN_EXE_vmm"),
                 guest.to_str().unwrap(),
                 repo_root().to_str().unwrap(),
+                pairexec.to_str().unwrap(),
                 timeout_s,
             );
             let out = Command::new("sh")
@@ -171,7 +186,14 @@ pub fn run_batch_with(
             )
         }
         Mode::Rig => {
-            let script = batch_script(scenarios, "/rig/vmm", "/rig/guest", "/rig/extra", timeout_s);
+            let script = batch_script(
+                scenarios,
+                "/rig/vmm",
+                "/rig/guest",
+                "/rig/extra",
+                "/rig/pairexec",
+                timeout_s,
+            );
             let path = std::env::temp_dir().join(format!("vmm-rig-{}.sh", std::process::id()));
             std::fs::write(&path, script).unwrap();
             let total = 120 + timeout_s * scenarios.len() as u32;
