@@ -39,6 +39,15 @@ fn scenarios() -> Vec<Scenario> {
             ),
         },
         Scenario {
+            name: "lsi-filesystem",
+            script: format!(
+                "{}{}\n{}",
+                image("fs.img", 64),
+                vmm("fs-write", "lsi,disk=/tmp/fs.img"),
+                vmm("fs-read", "lsi,disk=/tmp/fs.img")
+            ),
+        },
+        Scenario {
             name: "lsi-two-disks",
             script: format!(
                 "{}{}{}",
@@ -94,6 +103,21 @@ fn fio_verify_passes() {
     };
     o.assert_contains("VMM-GUEST: fio done: ok");
     o.assert_contains("vmm exited 0");
+}
+
+#[test]
+fn a_file_system_survives_a_reboot() {
+    let Some(o) = outcome("lsi-filesystem") else {
+        return;
+    };
+    let written = o
+        .output
+        .lines()
+        .find_map(|l| l.strip_prefix("VMM-GUEST: wrote "))
+        .unwrap_or_else(|| panic!("no checksum written:\n{}", o.output))
+        .trim()
+        .to_string();
+    o.assert_contains(&format!("VMM-GUEST: read {written}, written {written}"));
 }
 
 #[test]
