@@ -571,7 +571,6 @@ impl RemoteDevice for Lsi53c895a {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::protocol::mpqemu::SysmemRegion;
     use crate::vmm::memory::GuestRam;
     use vm_memory::{Bytes, GuestAddress};
 
@@ -583,15 +582,7 @@ mod tests {
     fn lsi(disks: Vec<Arc<ScsiDisk>>) -> (Lsi53c895a, GuestRam) {
         let ram = GuestRam::new(64 << 20).unwrap();
         let mut lsi = Lsi53c895a::new(disks);
-        let regions: Vec<SysmemRegion> = ram
-            .regions
-            .iter()
-            .map(|r| SysmemRegion {
-                gpa: r.guest_addr,
-                size: r.size,
-                offset: r.file_offset,
-            })
-            .collect();
+        let regions = ram.sysmem_regions();
         lsi.set_memory(RemoteMemory::map(&regions, vec![ram.memfd.try_clone().unwrap()]).unwrap());
         lsi.config_mut().set_bar_addr(BAR_MMIO, BAR1);
         lsi.config_mut().set_bar_addr(BAR_RAM, BAR2);

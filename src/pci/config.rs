@@ -110,6 +110,13 @@ impl ConfigSpace {
         self.bars.get(index).copied().flatten()
     }
 
+    /// Every implemented BAR with its index.
+    pub fn bar_specs(&self) -> Vec<(usize, BarSpec)> {
+        (0..NUM_BARS)
+            .filter_map(|i| self.bar_spec(i).map(|s| (i, s)))
+            .collect()
+    }
+
     /// INTx pin (1 = INTA#) and the line firmware routed it to.
     pub fn set_interrupt(&mut self, pin: u8, line: u8) {
         self.regs[REG_INTERRUPT] = (u32::from(pin) << 8) | u32::from(line);

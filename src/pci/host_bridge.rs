@@ -1,6 +1,6 @@
 //! The host bridge at 00:00.0, which Linux's conf1 probe looks for.
 
-use super::config::{ConfigSpace, NUM_BARS};
+use super::config::ConfigSpace;
 use super::{ActiveBar, BarSpec, PciDevice};
 
 /// Intel vendor id with the device id cloud-hypervisor also uses for its
@@ -35,9 +35,7 @@ impl PciDevice for HostBridge {
         self.config.write(reg, offset, data)
     }
     fn bar_specs(&self) -> Vec<(usize, BarSpec)> {
-        (0..NUM_BARS)
-            .filter_map(|i| self.config.bar_spec(i).map(|s| (i, s)))
-            .collect()
+        self.config.bar_specs()
     }
     fn place_bar(&mut self, index: usize, addr: u64) {
         self.config.set_bar_addr(index, addr)

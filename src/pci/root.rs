@@ -288,7 +288,7 @@ impl BusDevice for PciConfigIo {
 #[cfg(test)]
 mod tests {
     use super::super::BarSpec;
-    use super::super::config::{ConfigSpace, NUM_BARS, REG_INTERRUPT};
+    use super::super::config::{ConfigSpace, REG_INTERRUPT};
     use super::super::host_bridge::HostBridge;
     use super::*;
 
@@ -343,9 +343,7 @@ mod tests {
             self.config.write(reg, offset, data)
         }
         fn bar_specs(&self) -> Vec<(usize, BarSpec)> {
-            (0..NUM_BARS)
-                .filter_map(|i| self.config.bar_spec(i).map(|s| (i, s)))
-                .collect()
+            self.config.bar_specs()
         }
         fn place_bar(&mut self, index: usize, addr: u64) {
             self.config.set_bar_addr(index, addr)

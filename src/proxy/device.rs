@@ -18,7 +18,7 @@ use crate::pci::config::{
 };
 use crate::pci::{ActiveBar, BarKind, BarSpec, PciDevice};
 use crate::protocol::channel::{Channel, ChannelError};
-use crate::protocol::mpqemu::{Message, RET_ERROR, SysmemRegion};
+use crate::protocol::mpqemu::{Message, RET_ERROR};
 use crate::proxy::spec::Dialect;
 use crate::vmm::memory::GuestRam;
 
@@ -100,15 +100,7 @@ impl ProxyDevice {
             let name = name.clone();
             move |source| ProxyError::Channel { name, what, source }
         };
-        let regions: Vec<SysmemRegion> = ram
-            .regions
-            .iter()
-            .map(|r| SysmemRegion {
-                gpa: r.guest_addr,
-                size: r.size,
-                offset: r.file_offset,
-            })
-            .collect();
+        let regions = ram.sysmem_regions();
         let fds: Vec<File> = regions
             .iter()
             .map(|_| ram.memfd.try_clone())
@@ -298,9 +290,7 @@ impl PciDevice for ProxyDevice {
     }
 
     fn bar_specs(&self) -> Vec<(usize, BarSpec)> {
-        (0..NUM_BARS)
-            .filter_map(|i| self.config.bar_spec(i).map(|s| (i, s)))
-            .collect()
+        self.config.bar_specs()
     }
 
     fn place_bar(&mut self, index: usize, addr: u64) {

@@ -86,15 +86,7 @@ mod tests {
     #[test]
     fn remote_sees_the_vmm_ram_and_refuses_outside() {
         let ram = GuestRam::new(64 << 20).unwrap();
-        let regions: Vec<SysmemRegion> = ram
-            .regions
-            .iter()
-            .map(|r| SysmemRegion {
-                gpa: r.guest_addr,
-                size: r.size,
-                offset: r.file_offset,
-            })
-            .collect();
+        let regions = ram.sysmem_regions();
         let remote = RemoteMemory::map(&regions, vec![ram.memfd.try_clone().unwrap()]).unwrap();
         ram.memory
             .write_slice(b"from the vmm", GuestAddress(0x10_0000))

@@ -90,6 +90,18 @@ impl GuestRam {
         })
     }
 
+    /// The regions as SYNC_SYSMEM describes them to a remote.
+    pub fn sysmem_regions(&self) -> Vec<crate::protocol::mpqemu::SysmemRegion> {
+        self.regions
+            .iter()
+            .map(|r| crate::protocol::mpqemu::SysmemRegion {
+                gpa: r.guest_addr,
+                size: r.size,
+                offset: r.file_offset,
+            })
+            .collect()
+    }
+
     /// Size of RAM below the MMIO hole.
     pub fn low_size(&self) -> u64 {
         self.regions[0].size
