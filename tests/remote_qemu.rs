@@ -10,9 +10,6 @@ use std::sync::OnceLock;
 
 use common::{Mode, Outcome, Scenario};
 
-/// md5 of 64 KiB of "VMM-PATTERN-0123456789abcdef\n" repeated (guest/scripts/disk-pattern).
-const PATTERN_MD5: &str = "490a7713ff7577db95d6c2771a902087";
-
 fn scenarios() -> Vec<Scenario> {
     let vmm = |run: &str, remotes: &str| {
         format!(
@@ -106,9 +103,7 @@ fn qemu_remote_lsi_disk_is_found_and_written_byte_exact() {
     };
     o.assert_contains("PCI 1000:0012 class 010000, INTA# on GSI 16");
     o.assert_contains("sym0: <895a> rev 0x0 at pci 0000:00:01.0 irq 16");
-    o.assert_contains("VMM-GUEST: disk found: 131072 sectors");
-    o.assert_contains(&format!("VMM-GUEST: pattern ok {PATTERN_MD5}"));
-    o.assert_contains(&format!("image md5 {PATTERN_MD5}"));
+    o.assert_pattern_landed();
     o.assert_contains("vmm exited 0");
 }
 
@@ -151,9 +146,7 @@ fn qemu_proxy_drives_our_lsi_remote() {
     let Some(o) = outcome("qemu-proxy-our-lsi") else {
         return;
     };
-    o.assert_contains("VMM-GUEST: disk found: 131072 sectors");
-    o.assert_contains(&format!("VMM-GUEST: pattern ok {PATTERN_MD5}"));
-    o.assert_contains(&format!("image md5 {PATTERN_MD5}"));
+    o.assert_pattern_landed();
     o.assert_contains("qemu exited 0");
 }
 

@@ -23,7 +23,19 @@ pub struct Outcome {
     pub status: i32,
 }
 
+/// md5 of the 64 KiB that guest/scripts/disk-pattern writes at 1 MiB
+/// ("VMM-PATTERN-0123456789abcdef\n" repeated).
+pub const PATTERN_MD5: &str = "490a7713ff7577db95d6c2771a902087";
+
 impl Outcome {
+    /// The disk-pattern script found a 64 MiB disk, read its pattern back,
+    /// and the scenario found the same bytes in the image ("image md5").
+    pub fn assert_pattern_landed(&self) {
+        self.assert_contains("VMM-GUEST: disk found: 131072 sectors");
+        self.assert_contains(&format!("VMM-GUEST: pattern ok {PATTERN_MD5}"));
+        self.assert_contains(&format!("image md5 {PATTERN_MD5}"));
+    }
+
     pub fn assert_contains(&self, needle: &str) {
         assert!(
             self.output.contains(needle),
