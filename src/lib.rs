@@ -4,6 +4,7 @@
 pub mod bus;
 pub mod config;
 pub mod devices;
+pub mod ioregion;
 pub mod lsi;
 pub mod pci;
 pub mod protocol;

@@ -11,6 +11,7 @@ use std::sync::Arc;
 use crate::pci::{BarKind, BarSpec, ConfigSpace};
 use crate::remote::{RemoteDevice, RemoteMemory, SharedIrq};
 use crate::scsi::ScsiDisk;
+use crate::scsi::pool::{DEFAULT_WORKERS, IoPool, PoolError};
 use regs::*;
 use target::ScsiBus;
 
@@ -129,7 +130,7 @@ fn set_byte(v: &mut u32, i: u8, b: u8) {
 }
 
 impl Lsi53c895a {
-    pub fn new(disks: Vec<Arc<ScsiDisk>>) -> Self {
+    pub fn new(disks: Vec<Arc<ScsiDisk>>) -> Result<Self, PoolError> {
         let mut config = ConfigSpace::new(VENDOR_LSI, DEVICE_53C895A, CLASS_SCSI, 0);
         let bars = [
             (BAR_IO, BarKind::Io, 256),
@@ -150,14 +151,14 @@ impl Lsi53c895a {
             irq: None,
             r: Registers::default(),
             ram: Box::new([0; RAM_SIZE]),
-            bus: ScsiBus::new(disks),
+            bus: ScsiBus::new(disks, IoPool::new(DEFAULT_WORKERS)?),
             running: false,
             waiting_reselect: false,
             selection_timeout: false,
             irq_level: false,
         };
         lsi.soft_reset();
-        lsi
+        Ok(lsi)
     }
 
     /// The chip reset (ISTAT.SRST, DEVICE_RESET): registers to their reset
@@ -475,6 +476,31 @@ impl Lsi53c895a {
         }
     }
 
+    /// A finished command's target reselects us if the bus is free. The
+    /// chip notices only while it waits in WAIT RESELECT (or reaches one),
+    /// which is where the Linux driver's SCRIPTS idle.
+    pub(crate) fn try_reselect(&mut self) -> bool {
+        let Some(id) = self.bus.reselect() else {
+            return false;
+        };
+        self.r.ssid = 0x80 | id;
+        self.r.sdid = id;
+        if self.r.sien0 & SIST0_RSL != 0 {
+            self.scsi_interrupt(SIST0_RSL, 0);
+        }
+        true
+    }
+
+    /// Takes finished disk work; a target waiting to reselect resumes
+    /// SCRIPTS parked in WAIT RESELECT at the instruction after it.
+    pub fn service_completions(&mut self) {
+        self.bus.collect_completions();
+        if self.waiting_reselect && self.try_reselect() {
+            self.waiting_reselect = false;
+            self.run_scripts();
+        }
+    }
+
     /// A DMA (SCRIPTS) interrupt: sets DSTAT bits and stops the processor.
     pub(crate) fn dma_interrupt(&mut self, bits: u8) {
         log::debug!(
@@ -557,6 +583,19 @@ impl RemoteDevice for Lsi53c895a {
     fn reset(&mut self) {
         self.soft_reset();
     }
+    fn background_fd(&self) -> Option<std::os::fd::RawFd> {
+        Some(self.bus.completion_fd())
+    }
+    fn service_background(&mut self) {
+        self.service_completions();
+    }
+    fn summary(&self) -> Option<String> {
+        let s = self.bus.stats;
+        Some(format!(
+            "lsi: {} SCSI commands, {} ran disconnected, at most {} in flight at once",
+            s.commands, s.disconnected, s.max_queued
+        ))
+    }
     fn set_memory(&mut self, memory: RemoteMemory) {
         self.memory = memory;
     }
@@ -581,7 +620,7 @@ mod tests {
     /// BARs placed and decoding.
     fn lsi(disks: Vec<Arc<ScsiDisk>>) -> (Lsi53c895a, GuestRam) {
         let ram = GuestRam::new(64 << 20).unwrap();
-        let mut lsi = Lsi53c895a::new(disks);
+        let mut lsi = Lsi53c895a::new(disks).unwrap();
         let regions = ram.sysmem_regions();
         lsi.set_memory(RemoteMemory::map(&regions, vec![ram.memfd.try_clone().unwrap()]).unwrap());
         lsi.config_mut().set_bar_addr(BAR_MMIO, BAR1);
@@ -812,6 +851,90 @@ mod tests {
             .unwrap();
         assert_eq!(tail, [0, 0], "GOOD status, COMMAND COMPLETE");
         assert!(!l.bus.connected(), "the target left the bus");
+        std::fs::remove_file(path).unwrap();
+    }
+
+    /// The I/O path the Linux driver takes with tagged queuing: the target
+    /// disconnects after the CDB, SCRIPTS park in WAIT RESELECT, and the
+    /// finished read reselects them to move the data and status.
+    #[test]
+    fn a_tagged_read_disconnects_and_resumes_scripts_on_reselection() {
+        let path = std::env::temp_dir().join(format!("vmm-lsi-resel-{}.img", std::process::id()));
+        let image: Vec<u8> = (0..8u8).flat_map(|b| [b; 512]).collect();
+        std::fs::write(&path, image).unwrap();
+        let disk = Arc::new(ScsiDisk::open(&path, false, "UNIT".into()).unwrap());
+        let (mut l, ram) = lsi(vec![disk]);
+        ram.memory
+            .write_slice(&[0xc0, 0x20, 0x11], GuestAddress(0xa000))
+            .unwrap();
+        ram.memory
+            .write_slice(&[0x28, 0, 0, 0, 0, 6, 0, 0, 1, 0], GuestAddress(0xa010))
+            .unwrap();
+        script(
+            &ram,
+            0x8000,
+            &[
+                0x4100_0000,
+                0x8100, // SELECT ATN id 0
+                0x0e00_0003,
+                0xa000, // MOVE 3 WHEN MSG_OUT (IDENTIFY+disc, SIMPLE TAG 0x11)
+                0x0a00_000a,
+                0xa010, // MOVE 10 WHEN COMMAND (READ(10) lba 6)
+                0x0f00_0002,
+                0xa020, // MOVE 2 WHEN MSG_IN (SAVE DP, DISCONNECT)
+                0x6000_0040,
+                0, // CLEAR ACK
+                0x4800_0000,
+                0, // WAIT DISCONNECT
+                0x5000_0000,
+                0x8100, // WAIT RESELECT, alternate 0x8100
+                0x0f00_0003,
+                0xa030, // MOVE 3 WHEN MSG_IN (IDENTIFY, SIMPLE TAG 0x11)
+                0x0900_0200,
+                0xa400, // MOVE 512 WHEN DATA_IN
+                0x0b00_0001,
+                0xa040, // MOVE 1 WHEN STATUS
+                0x0f00_0001,
+                0xa041, // MOVE 1 WHEN MSG_IN
+                0x9808_0000,
+                7, // INT 7
+            ],
+        );
+        script(&ram, 0x8100, &[0x9808_0000, 0xee]);
+        write32(&mut l, DSP, 0x8000);
+        assert!(
+            l.waiting_reselect,
+            "idle in WAIT RESELECT while the disk works"
+        );
+        assert_eq!(l.r.dsp, 0x8038);
+        let mut msgs = [0u8; 2];
+        ram.memory
+            .read_slice(&mut msgs, GuestAddress(0xa020))
+            .unwrap();
+        assert_eq!(msgs, [0x02, 0x04]);
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while l.waiting_reselect {
+            assert!(std::time::Instant::now() < deadline, "never reselected");
+            std::thread::sleep(std::time::Duration::from_millis(5));
+            l.service_background();
+        }
+        assert_eq!(l.r.dsps, 7, "ran to the INT after reselection");
+        assert_eq!(l.r.ssid, 0x80, "SSID names target 0 as valid");
+        let mut resel = [0u8; 3];
+        ram.memory
+            .read_slice(&mut resel, GuestAddress(0xa030))
+            .unwrap();
+        assert_eq!(resel, [0x80, 0x20, 0x11]);
+        let mut block = [0u8; 512];
+        ram.memory
+            .read_slice(&mut block, GuestAddress(0xa400))
+            .unwrap();
+        assert_eq!(block, [6u8; 512]);
+        let mut tail = [0xffu8; 2];
+        ram.memory
+            .read_slice(&mut tail, GuestAddress(0xa040))
+            .unwrap();
+        assert_eq!(tail, [0, 0], "GOOD status, COMMAND COMPLETE");
         std::fs::remove_file(path).unwrap();
     }
 }

@@ -353,8 +353,12 @@ impl Lsi53c895a {
                 }
             }
             2 => {
-                // WAIT RESELECT: no target ever holds a command, so only
-                // SIGP can end the wait.
+                // WAIT RESELECT: a target already on the bus, or one with a
+                // finished command, continues at the next instruction; SIGP
+                // (new work queued by the driver) takes the alternate path.
+                if self.bus.connected() || self.try_reselect() {
+                    return;
+                }
                 if self.r.istat0 & ISTAT0_SIGP != 0 {
                     self.r.dsp = alt;
                 } else {

@@ -1,18 +1,25 @@
 //! The SCSI bus behind the controller and the target side of each
-//! connection: selection, messages, command, data, status.
+//! connection: selection, messages, command, data, status, and
+//! disconnect/reselect.
 //!
-//! Commands run to completion when their CDB (and any data out) has
-//! arrived, so a connection moves straight through its phases and ends
-//! with COMMAND COMPLETE; the target never needs to disconnect.
+//! Commands that wait on the disk run on the I/O pool while their target
+//! is off the bus, when the initiator allowed that in its IDENTIFY: the
+//! target sends SAVE DATA POINTER + DISCONNECT, and once the result is in,
+//! it reselects with IDENTIFY and the command's tag and finishes with data,
+//! status and COMMAND COMPLETE. Everything else (INQUIRY, MODE SENSE, ...)
+//! is answered while connected.
 
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 
 use super::regs::*;
-use crate::scsi::{DataDirection, STATUS_CHECK_CONDITION, STATUS_GOOD, ScsiDisk};
+use crate::scsi::pool::{Completion, IoPool, Job};
+use crate::scsi::{DataDirection, STATUS_CHECK_CONDITION, STATUS_GOOD, ScsiDisk, Sense};
 
 const MSG_COMMAND_COMPLETE: u8 = 0x00;
 const MSG_EXTENDED: u8 = 0x01;
+const MSG_SAVE_DATA_POINTER: u8 = 0x02;
+const MSG_DISCONNECT: u8 = 0x04;
 const MSG_ABORT: u8 = 0x06;
 const MSG_REJECT: u8 = 0x07;
 const MSG_NOP: u8 = 0x08;
@@ -22,14 +29,39 @@ const MSG_CLEAR_QUEUE: u8 = 0x0e;
 const MSG_SIMPLE_TAG: u8 = 0x20;
 const MSG_ORDERED_TAG: u8 = 0x22;
 const MSG_IDENTIFY: u8 = 0x80;
+const IDENTIFY_DISC_PRIV: u8 = 0x40;
 const EXT_SDTR: u8 = 0x01;
 const EXT_WDTR: u8 = 0x03;
+const EXT_PPR: u8 = 0x04;
 
-struct Connection {
+/// Which command a connection serves: initiator-target-LUN-tag.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Nexus {
     target: usize,
     lun: u8,
+    /// The tag message (type, tag), or None for an untagged command.
+    tag: Option<(u8, u8)>,
+}
+
+/// Picks the queued commands an abort message drops.
+type NexusFilter = Box<dyn Fn(&Nexus) -> bool>;
+
+/// What happens when MSG IN drains.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Leave {
+    Stay,
+    /// COMMAND COMPLETE or DISCONNECT went out: the target frees the bus.
+    Bus,
+}
+
+struct Connection {
+    nexus: Nexus,
     phase: u8,
     cdb: Vec<u8>,
+    /// The initiator's IDENTIFY allowed disconnecting.
+    may_disconnect: bool,
+    /// Run the command on the pool once its data out is in.
+    run_async: bool,
     /// Bytes still to send in DATA IN.
     data_in: VecDeque<u8>,
     /// DATA OUT expected, and what arrived.
@@ -37,30 +69,90 @@ struct Connection {
     data_out: Vec<u8>,
     status: u8,
     msg_in: VecDeque<u8>,
-    /// The connection ends once MSG IN drains.
-    done: bool,
+    leave: Leave,
     /// Bytes of a MSG OUT message split across block moves.
     partial_msg: Vec<u8>,
+}
+
+impl Connection {
+    fn new(nexus: Nexus, phase: u8) -> Self {
+        Connection {
+            nexus,
+            phase,
+            cdb: Vec::new(),
+            may_disconnect: false,
+            run_async: false,
+            data_in: VecDeque::new(),
+            data_out_len: 0,
+            data_out: Vec::new(),
+            status: STATUS_GOOD,
+            msg_in: VecDeque::new(),
+            leave: Leave::Stay,
+            partial_msg: Vec::new(),
+        }
+    }
+
+    fn finish(&mut self, result: Result<Vec<u8>, Sense>) {
+        match result {
+            Ok(data) => {
+                self.status = STATUS_GOOD;
+                self.data_in = data.into();
+            }
+            Err(_) => {
+                self.status = STATUS_CHECK_CONDITION;
+                self.data_in.clear();
+            }
+        }
+        self.phase = if self.data_in.is_empty() {
+            PHASE_STATUS
+        } else {
+            PHASE_DATA_IN
+        };
+    }
 }
 
 pub struct ScsiBus {
     targets: Vec<Option<Arc<ScsiDisk>>>,
     conn: Option<Connection>,
+    pool: IoPool,
+    /// Disconnected commands whose disk work is running, by pool token.
+    in_flight: HashMap<u64, Nexus>,
+    /// Finished commands waiting for the bus to reselect.
+    ready: VecDeque<(Nexus, Result<Vec<u8>, Sense>)>,
+    next_token: u64,
+    pub stats: BusStats,
+}
+
+/// What the bus did, for the device's exit summary.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct BusStats {
+    pub commands: u64,
+    pub disconnected: u64,
+    /// Most commands off the bus at the same time.
+    pub max_queued: usize,
 }
 
 impl ScsiBus {
-    pub fn new(disks: Vec<Arc<ScsiDisk>>) -> Self {
+    pub fn new(disks: Vec<Arc<ScsiDisk>>, pool: IoPool) -> Self {
         let mut targets: Vec<Option<Arc<ScsiDisk>>> = disks.into_iter().map(Some).collect();
         targets.resize(super::MAX_TARGETS, None);
         ScsiBus {
             targets,
             conn: None,
+            pool,
+            in_flight: HashMap::new(),
+            ready: VecDeque::new(),
+            next_token: 0,
+            stats: BusStats::default(),
         }
     }
 
-    /// Bus reset: every connection is dropped.
+    /// Bus reset: every connection and queued command is dropped. Disk work
+    /// already running finishes, but its result is thrown away.
     pub fn reset(&mut self) {
         self.conn = None;
+        self.in_flight.clear();
+        self.ready.clear();
     }
 
     pub fn connected(&self) -> bool {
@@ -75,26 +167,65 @@ impl ScsiBus {
         self.conn.as_ref().and_then(|c| c.msg_in.front().copied())
     }
 
+    /// Commands off the bus: running on the disk or waiting to reselect.
+    pub fn queued(&self) -> usize {
+        self.in_flight.len() + self.ready.len()
+    }
+
+    /// Readable when disk work finished; then call `collect_completions`.
+    pub fn completion_fd(&self) -> std::os::fd::RawFd {
+        self.pool.completion_fd()
+    }
+
+    /// Moves finished disk work to the reselection queue.
+    pub fn collect_completions(&mut self) {
+        for Completion { token, result } in self.pool.take_completions() {
+            // Unknown tokens belong to commands aborted or reset meanwhile.
+            if let Some(nexus) = self.in_flight.remove(&token) {
+                self.ready.push_back((nexus, result));
+            }
+        }
+    }
+
+    /// A finished command's target takes the free bus: returns its id, with
+    /// the target in MSG IN holding IDENTIFY and the tag message.
+    pub fn reselect(&mut self) -> Option<u8> {
+        if self.conn.is_some() {
+            return None;
+        }
+        let (nexus, result) = self.ready.pop_front()?;
+        let mut c = Connection::new(nexus, PHASE_MSG_IN);
+        // Non-empty so MSG IN is not followed by COMMAND.
+        c.cdb = vec![0];
+        c.finish(result);
+        let after = c.phase;
+        c.phase = PHASE_MSG_IN;
+        c.msg_in.push_back(MSG_IDENTIFY | nexus.lun);
+        if let Some((kind, tag)) = nexus.tag {
+            c.msg_in.extend([kind, tag]);
+        }
+        log::trace!(
+            "lsi: target {} reselects for {:?} then phase {after}",
+            nexus.target,
+            nexus.tag
+        );
+        self.conn = Some(c);
+        Some(nexus.target as u8)
+    }
+
     /// Selects target `id`; false if nothing answers (selection timeout).
     pub fn select(&mut self, id: usize) -> bool {
         if self.targets.get(id).and_then(|t| t.as_ref()).is_none() {
             return false;
         }
-        self.conn = Some(Connection {
+        let nexus = Nexus {
             target: id,
             lun: 0,
-            // Straight to MSG OUT even without ATN, as QEMU's model does:
-            // SeaBIOS selects without ATN and then sends IDENTIFY.
-            phase: PHASE_MSG_OUT,
-            cdb: Vec::new(),
-            data_in: VecDeque::new(),
-            data_out_len: 0,
-            data_out: Vec::new(),
-            status: STATUS_GOOD,
-            msg_in: VecDeque::new(),
-            done: false,
-            partial_msg: Vec::new(),
-        });
+            tag: None,
+        };
+        // Straight to MSG OUT even without ATN, as QEMU's model does:
+        // SeaBIOS selects without ATN and then sends IDENTIFY.
+        self.conn = Some(Connection::new(nexus, PHASE_MSG_OUT));
         true
     }
 
@@ -102,12 +233,18 @@ impl ScsiBus {
         self.conn = None;
     }
 
+    /// Drops the queued commands `matches` picks.
+    fn drop_queued(&mut self, matches: impl Fn(&Nexus) -> bool) {
+        self.in_flight.retain(|_, n| !matches(n));
+        self.ready.retain(|(n, _)| !matches(n));
+    }
+
     /// MSG OUT bytes from the initiator.
     pub fn msg_out(&mut self, bytes: &[u8]) {
         let Some(c) = self.conn.as_mut() else { return };
         c.partial_msg.extend_from_slice(bytes);
         let mut reply: Vec<u8> = Vec::new();
-        let mut end_connection = false;
+        let mut abort: Option<NexusFilter> = None;
         loop {
             let msg = &c.partial_msg;
             let Some(&first) = msg.first() else { break };
@@ -123,26 +260,43 @@ impl ScsiBus {
                 break;
             }
             let m: Vec<u8> = c.partial_msg.drain(..len).collect();
+            let here = c.nexus;
             match m[0] {
-                b if b & MSG_IDENTIFY != 0 => c.lun = b & 0x07,
-                MSG_SIMPLE_TAG..=MSG_ORDERED_TAG => {}
+                b if b & MSG_IDENTIFY != 0 => {
+                    c.nexus.lun = b & 0x07;
+                    c.may_disconnect = b & IDENTIFY_DISC_PRIV != 0;
+                }
+                // HEAD OF QUEUE and ORDERED are served like SIMPLE: each
+                // command is independent once it reaches the disk.
+                MSG_SIMPLE_TAG..=MSG_ORDERED_TAG => c.nexus.tag = Some((m[0], m[1])),
                 MSG_EXTENDED => match m.get(2) {
                     // Transfers stay narrow and asynchronous: answer with
                     // the same message asking for offset 0 / width 8 bits.
-                    Some(&EXT_SDTR) => {
+                    Some(&EXT_SDTR) if m.len() == 5 => {
                         reply.extend_from_slice(&[MSG_EXTENDED, 3, EXT_SDTR, m[3], 0])
                     }
-                    Some(&EXT_WDTR) => reply.extend_from_slice(&[MSG_EXTENDED, 2, EXT_WDTR, 0]),
+                    Some(&EXT_WDTR) if m.len() == 4 => {
+                        reply.extend_from_slice(&[MSG_EXTENDED, 2, EXT_WDTR, 0])
+                    }
+                    Some(&EXT_PPR) if m.len() == 8 => {
+                        reply.extend_from_slice(&[MSG_EXTENDED, 6, EXT_PPR, m[3], 0, 0, 0, 0])
+                    }
                     _ => reply.push(MSG_REJECT),
                 },
-                MSG_ABORT | MSG_ABORT_TAG | MSG_CLEAR_QUEUE | MSG_BUS_DEVICE_RESET => {
-                    end_connection = true
+                MSG_ABORT | MSG_CLEAR_QUEUE => {
+                    abort = Some(Box::new(move |n| {
+                        n.target == here.target && n.lun == here.lun
+                    }))
                 }
+                MSG_ABORT_TAG => abort = Some(Box::new(move |n| *n == here)),
+                MSG_BUS_DEVICE_RESET => abort = Some(Box::new(move |n| n.target == here.target)),
                 MSG_NOP | MSG_REJECT => {}
                 _ => reply.push(MSG_REJECT),
             }
         }
-        if end_connection {
+        if let Some(matches) = abort {
+            // The target drops the commands and leaves the bus.
+            self.drop_queued(matches);
             self.conn = None;
             return;
         }
@@ -150,18 +304,16 @@ impl ScsiBus {
             return; // the rest of a message follows
         }
         if reply.is_empty() {
-            c.phase = if c.cdb.is_empty() {
-                PHASE_COMMAND
-            } else {
-                c.phase
-            };
+            if c.cdb.is_empty() {
+                c.phase = PHASE_COMMAND;
+            }
         } else {
             c.msg_in.extend(reply);
             c.phase = PHASE_MSG_IN;
         }
     }
 
-    /// COMMAND bytes: runs the command once a whole CDB is here.
+    /// COMMAND bytes: starts the command once a whole CDB is here.
     pub fn command(&mut self, bytes: &[u8]) {
         let Some(c) = self.conn.as_mut() else { return };
         c.cdb.extend_from_slice(bytes);
@@ -169,38 +321,55 @@ impl ScsiBus {
         if c.cdb.len() < need {
             return;
         }
-        let disk = self.targets[c.target]
-            .clone()
-            .expect("connected to a present target");
         match crate::scsi::Command::parse(&c.cdb) {
-            Ok(cmd) => match cmd.direction(crate::scsi::disk::BLOCK_SIZE) {
-                DataDirection::ToDevice(len) if len > 0 => {
-                    c.data_out_len = len as usize;
-                    c.phase = PHASE_DATA_OUT;
+            Ok(cmd) => {
+                c.run_async = c.may_disconnect && cmd.touches_medium();
+                match cmd.direction(crate::scsi::disk::BLOCK_SIZE) {
+                    DataDirection::ToDevice(len) if len > 0 => {
+                        c.data_out_len = len as usize;
+                        c.phase = PHASE_DATA_OUT;
+                    }
+                    _ => self.start(),
                 }
-                _ => Self::run(c, &disk),
-            },
+            }
             // Let the disk record the sense and answer CHECK CONDITION.
-            Err(_) => Self::run(c, &disk),
+            Err(_) => self.start(),
         }
     }
 
-    fn run(c: &mut Connection, disk: &ScsiDisk) {
-        match disk.execute(c.lun, &c.cdb, &c.data_out) {
-            Ok(data) => {
-                c.status = STATUS_GOOD;
-                c.data_in = data.into();
-            }
-            Err(_) => {
-                c.status = STATUS_CHECK_CONDITION;
-                c.data_in.clear();
-            }
+    /// Runs the connected command: in place, or on the pool while the
+    /// target disconnects.
+    fn start(&mut self) {
+        let Some(c) = self.conn.as_mut() else { return };
+        let disk = self.targets[c.nexus.target]
+            .clone()
+            .expect("connected to a present target");
+        self.stats.commands += 1;
+        if !c.run_async {
+            let result = disk.execute(c.nexus.lun, &c.cdb, &c.data_out);
+            c.finish(result);
+            return;
         }
-        c.phase = if c.data_in.is_empty() {
-            PHASE_STATUS
-        } else {
-            PHASE_DATA_IN
-        };
+        let token = self.next_token;
+        self.next_token += 1;
+        self.in_flight.insert(token, c.nexus);
+        self.stats.disconnected += 1;
+        self.stats.max_queued = self
+            .stats
+            .max_queued
+            .max(self.in_flight.len() + self.ready.len());
+        self.pool.submit(Job {
+            token,
+            disk,
+            lun: c.nexus.lun,
+            cdb: std::mem::take(&mut c.cdb),
+            data_out: std::mem::take(&mut c.data_out),
+        });
+        // Saving the pointer after DATA OUT tells the initiator all of it
+        // went, so the implied RESTORE POINTERS at reselection keeps it.
+        c.msg_in.extend([MSG_SAVE_DATA_POINTER, MSG_DISCONNECT]);
+        c.phase = PHASE_MSG_IN;
+        c.leave = Leave::Bus;
     }
 
     /// Up to `max` DATA IN bytes.
@@ -220,18 +389,14 @@ impl ScsiBus {
     pub fn data_out_wanted(&self) -> usize {
         self.conn
             .as_ref()
-            .map_or(0, |c| c.data_out_len - c.data_out.len())
+            .map_or(0, |c| c.data_out_len.saturating_sub(c.data_out.len()))
     }
 
     pub fn data_out(&mut self, bytes: &[u8]) {
-        let disk = match self.conn.as_ref() {
-            Some(c) => self.targets[c.target].clone(),
-            None => return,
-        };
-        let c = self.conn.as_mut().expect("checked above");
+        let Some(c) = self.conn.as_mut() else { return };
         c.data_out.extend_from_slice(bytes);
         if c.data_out.len() >= c.data_out_len {
-            Self::run(c, &disk.expect("connected to a present target"));
+            self.start();
         }
     }
 
@@ -241,13 +406,13 @@ impl ScsiBus {
             return 0;
         };
         c.msg_in.push_back(MSG_COMMAND_COMPLETE);
-        c.done = true;
+        c.leave = Leave::Bus;
         c.phase = PHASE_MSG_IN;
         c.status
     }
 
-    /// Up to `max` MSG IN bytes. When the last one of a finished command
-    /// is taken, the target leaves the bus.
+    /// Up to `max` MSG IN bytes. When the last one of COMMAND COMPLETE or
+    /// DISCONNECT is taken, the target leaves the bus.
     pub fn msg_in(&mut self, max: usize) -> Vec<u8> {
         let Some(c) = self.conn.as_mut() else {
             return Vec::new();
@@ -255,16 +420,167 @@ impl ScsiBus {
         let n = max.min(c.msg_in.len());
         let out: Vec<u8> = c.msg_in.drain(..n).collect();
         if c.msg_in.is_empty() {
-            if c.done {
+            if c.leave == Leave::Bus {
                 self.conn = None;
             } else {
                 c.phase = if c.cdb.is_empty() {
                     PHASE_COMMAND
+                } else if !c.data_in.is_empty() {
+                    PHASE_DATA_IN
+                } else if c.data_out.len() < c.data_out_len {
+                    PHASE_DATA_OUT
                 } else {
                     PHASE_STATUS
                 };
             }
         }
         out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::{Duration, Instant};
+
+    const READ10: u8 = 0x28;
+    const WRITE10: u8 = 0x2a;
+
+    fn rw10(op: u8, lba: u8) -> Vec<u8> {
+        vec![op, 0, 0, 0, 0, lba, 0, 0, 1, 0]
+    }
+
+    /// A bus with one 16-block disk whose block n is filled with n.
+    fn bus(name: &str) -> (ScsiBus, std::path::PathBuf) {
+        let path =
+            std::env::temp_dir().join(format!("vmm-target-{name}-{}.img", std::process::id()));
+        let image: Vec<u8> = (0..16u8).flat_map(|b| [b; 512]).collect();
+        std::fs::write(&path, image).unwrap();
+        let disk = Arc::new(ScsiDisk::open(&path, false, "T".into()).unwrap());
+        (ScsiBus::new(vec![disk], IoPool::new(2).unwrap()), path)
+    }
+
+    fn wait_ready(bus: &mut ScsiBus, n: usize) {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while bus.ready.len() < n {
+            assert!(Instant::now() < deadline, "disk work never finished");
+            std::thread::sleep(Duration::from_millis(5));
+            bus.collect_completions();
+        }
+    }
+
+    /// Selects, identifies with disconnect allowed and `tag`, sends `cdb`.
+    fn issue(bus: &mut ScsiBus, tag: u8, cdb: &[u8]) {
+        assert!(bus.select(0));
+        bus.msg_out(&[MSG_IDENTIFY | IDENTIFY_DISC_PRIV, MSG_SIMPLE_TAG, tag]);
+        assert_eq!(bus.phase(), Some(PHASE_COMMAND));
+        bus.command(cdb);
+    }
+
+    #[test]
+    fn tagged_reads_disconnect_overlap_and_reselect_with_their_tags() {
+        let (mut bus, path) = bus("overlap");
+        for (tag, lba) in [(7u8, 3u8), (9, 5)] {
+            issue(&mut bus, tag, &rw10(READ10, lba));
+            assert_eq!(bus.phase(), Some(PHASE_MSG_IN));
+            assert_eq!(bus.msg_in(8), vec![MSG_SAVE_DATA_POINTER, MSG_DISCONNECT]);
+            assert!(!bus.connected(), "the target left the bus");
+        }
+        assert_eq!(bus.queued(), 2, "both commands in flight at once");
+        assert_eq!(bus.stats.max_queued, 2);
+        assert_eq!(bus.stats.disconnected, 2);
+        wait_ready(&mut bus, 2);
+        let mut seen = Vec::new();
+        while let Some(id) = bus.reselect() {
+            assert_eq!(id, 0);
+            let msgs = bus.msg_in(3);
+            assert_eq!(&msgs[..2], &[MSG_IDENTIFY, MSG_SIMPLE_TAG]);
+            let tag = msgs[2];
+            assert_eq!(bus.phase(), Some(PHASE_DATA_IN));
+            let data = bus.data_in(4096);
+            let lba = if tag == 7 { 3 } else { 5 };
+            assert_eq!(data, vec![lba; 512], "tag {tag} got its own block");
+            assert_eq!(bus.status(), STATUS_GOOD);
+            assert_eq!(bus.msg_in(1), vec![MSG_COMMAND_COMPLETE]);
+            assert!(!bus.connected());
+            seen.push(tag);
+        }
+        seen.sort();
+        assert_eq!(seen, vec![7, 9]);
+        std::fs::remove_file(path).unwrap();
+    }
+
+    #[test]
+    fn a_write_takes_its_data_before_disconnecting_and_lands() {
+        let (mut bus, path) = bus("write");
+        issue(&mut bus, 1, &rw10(WRITE10, 2));
+        assert_eq!(bus.phase(), Some(PHASE_DATA_OUT));
+        assert_eq!(bus.data_out_wanted(), 512);
+        bus.data_out(&[0xab; 512]);
+        assert_eq!(bus.msg_in(2), vec![MSG_SAVE_DATA_POINTER, MSG_DISCONNECT]);
+        wait_ready(&mut bus, 1);
+        assert_eq!(bus.reselect(), Some(0));
+        assert_eq!(bus.msg_in(3), vec![MSG_IDENTIFY, MSG_SIMPLE_TAG, 1]);
+        assert_eq!(bus.phase(), Some(PHASE_STATUS), "no data after a write");
+        assert_eq!(bus.status(), STATUS_GOOD);
+        let image = std::fs::read(&path).unwrap();
+        assert_eq!(&image[1024..1536], &[0xab; 512][..]);
+        std::fs::remove_file(path).unwrap();
+    }
+
+    #[test]
+    fn without_disconnect_privilege_the_command_runs_while_connected() {
+        let (mut bus, path) = bus("nodisc");
+        assert!(bus.select(0));
+        bus.msg_out(&[MSG_IDENTIFY]);
+        bus.command(&rw10(READ10, 4));
+        assert_eq!(bus.phase(), Some(PHASE_DATA_IN));
+        assert_eq!(bus.data_in(512), vec![4; 512]);
+        assert_eq!(bus.queued(), 0);
+        std::fs::remove_file(path).unwrap();
+    }
+
+    #[test]
+    fn abort_tag_and_bus_reset_drop_queued_commands() {
+        let (mut bus, path) = bus("abort");
+        issue(&mut bus, 3, &rw10(READ10, 1));
+        bus.msg_in(2);
+        issue(&mut bus, 4, &rw10(READ10, 2));
+        bus.msg_in(2);
+        // Select again to abort tag 3 only.
+        assert!(bus.select(0));
+        bus.msg_out(&[MSG_IDENTIFY, MSG_SIMPLE_TAG, 3, MSG_ABORT_TAG]);
+        assert!(!bus.connected(), "ABORT TAG ends the connection");
+        std::thread::sleep(Duration::from_millis(200));
+        bus.collect_completions();
+        assert_eq!(bus.queued(), 1);
+        assert_eq!(bus.reselect(), Some(0));
+        assert_eq!(bus.msg_in(3)[2], 4, "only tag 4 came back");
+        bus.reset();
+        issue(&mut bus, 5, &rw10(READ10, 3));
+        bus.msg_in(2);
+        bus.reset();
+        std::thread::sleep(Duration::from_millis(200));
+        bus.collect_completions();
+        assert_eq!(
+            bus.reselect(),
+            None,
+            "work finished after a reset is dropped"
+        );
+        std::fs::remove_file(path).unwrap();
+    }
+
+    #[test]
+    fn negotiation_answers_narrow_asynchronous_and_rejects_the_unknown() {
+        let (mut bus, path) = bus("nego");
+        assert!(bus.select(0));
+        bus.msg_out(&[MSG_IDENTIFY, MSG_EXTENDED, 3, EXT_SDTR, 25, 15]);
+        assert_eq!(bus.msg_in(5), vec![MSG_EXTENDED, 3, EXT_SDTR, 25, 0]);
+        assert_eq!(bus.phase(), Some(PHASE_COMMAND));
+        bus.msg_out(&[MSG_EXTENDED, 6, EXT_PPR, 9, 0, 127, 1, 0x02]);
+        assert_eq!(bus.msg_in(8), vec![MSG_EXTENDED, 6, EXT_PPR, 9, 0, 0, 0, 0]);
+        bus.msg_out(&[0x05]); // INITIATOR DETECTED ERROR: not ours to honour
+        assert_eq!(bus.msg_in(1), vec![MSG_REJECT]);
+        std::fs::remove_file(path).unwrap();
     }
 }

@@ -144,6 +144,10 @@ pub fn open(spec: &RemoteDevSpec, index: usize) -> Result<RemoteProcess, RemoteE
             if *readonly {
                 args.push("--readonly".into());
             }
+            // The device process logs at the VMM's level, so `--log-level`
+            // covers both halves of a device.
+            args.push("--log-level".into());
+            args.push(log::max_level().to_string().to_lowercase());
             let (sock, child) = spawn(&exe, &args)?;
             let name = format!("#{index} (lsi, pid {})", child.id());
             (sock, Some(child), name)
@@ -174,12 +178,20 @@ fn reap(child: &mut Child, limit: Duration) -> Option<String> {
     }
 }
 
-/// Stops a spawned remote: SIGTERM, then SIGKILL if it lingers.
-pub fn stop_child(name: &str, child: &SharedChild) {
+/// How long a remote whose control connection was closed gets to finish
+/// its disk work and exit on its own.
+const GRACEFUL_EXIT: Duration = Duration::from_secs(3);
+
+/// Stops a spawned remote: after `hung_up` (its control socket was shut
+/// down) it is given time to exit by itself, then SIGTERM, then SIGKILL.
+pub fn stop_child(name: &str, child: &SharedChild, hung_up: bool) {
     let Some(mut child) = child.lock().expect("child lock").take() else {
         return;
     };
     if let Ok(Some(_)) = child.try_wait() {
+        return;
+    }
+    if hung_up && reap(&mut child, GRACEFUL_EXIT).is_some() {
         return;
     }
     // SAFETY: plain kill(2) on our own child's pid.
@@ -209,6 +221,15 @@ impl RemoteWatcher {
             child: remote.child.clone(),
             failed,
         })
+    }
+}
+
+impl RemoteWatcher {
+    /// Closes the control connection both ways: the remote sees end of
+    /// file, finishes what it was doing and exits.
+    pub fn hang_up(&self) {
+        // SAFETY: shutdown(2) on a socket fd we own; errors are harmless.
+        unsafe { libc::shutdown(self.socket.as_raw_fd(), libc::SHUT_RDWR) };
     }
 }
 

@@ -8,7 +8,7 @@ use std::sync::{Arc, Mutex};
 
 use clap::{Parser, Subcommand};
 
-use super::server;
+use super::{RemoteDevice, server};
 use crate::lsi::Lsi53c895a;
 use crate::protocol::channel::Channel;
 use crate::scsi::ScsiDisk;
@@ -67,6 +67,8 @@ pub enum RemoteCliError {
     TooManyDisks,
     #[error(transparent)]
     Serve(#[from] server::ServerError),
+    #[error("{0}")]
+    Pool(#[from] crate::scsi::pool::PoolError),
 }
 
 /// A sparse scratch image in a new temporary directory.
@@ -143,8 +145,12 @@ pub fn run(kind: RemoteKind) -> Result<(), RemoteCliError> {
         }
         (None, None) => return Err(RemoteCliError::NoEndpoint),
     };
-    let device = Arc::new(Mutex::new(Lsi53c895a::new(disks)));
-    server::serve(Channel::new(sock), device)?;
+    let device = Arc::new(Mutex::new(Lsi53c895a::new(disks)?));
+    let served = server::serve(Channel::new(sock), device.clone());
+    if let Some(summary) = device.lock().expect("device lock poisoned").summary() {
+        log::info!("{summary}");
+    }
+    served?;
     log::info!("VMM disconnected; exiting");
     Ok(())
 }

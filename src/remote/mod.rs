@@ -24,4 +24,14 @@ pub trait RemoteDevice: Send {
     fn set_memory(&mut self, memory: RemoteMemory);
     /// The interrupt line was wired (SET_IRQFD).
     fn set_interrupt(&mut self, line: SharedIrq);
+    /// Readable when work the device started in the background (disk I/O)
+    /// has results; the server then calls `service_background`.
+    fn background_fd(&self) -> Option<std::os::fd::RawFd> {
+        None
+    }
+    fn service_background(&mut self) {}
+    /// One line on what the device did, logged when the remote exits.
+    fn summary(&self) -> Option<String> {
+        None
+    }
 }

@@ -126,20 +126,19 @@ pub fn serve(
     let irq = Arc::new(Mutex::new(InterruptLine::default()));
     loop {
         let resample = irq.lock().expect("irq lock poisoned").resample_fd();
+        let background = device.lock().expect("device lock poisoned").background_fd();
+        let pollfd = |fd: Option<i32>| libc::pollfd {
+            fd: fd.unwrap_or(-1),
+            events: libc::POLLIN,
+            revents: 0,
+        };
         let mut fds = [
-            libc::pollfd {
-                fd: channel.socket().as_raw_fd(),
-                events: libc::POLLIN,
-                revents: 0,
-            },
-            libc::pollfd {
-                fd: resample.unwrap_or(-1),
-                events: libc::POLLIN,
-                revents: 0,
-            },
+            pollfd(Some(channel.socket().as_raw_fd())),
+            pollfd(resample),
+            pollfd(background),
         ];
-        // SAFETY: `fds` is a valid array of two pollfds for the whole call.
-        let n = unsafe { libc::poll(fds.as_mut_ptr(), 2, -1) };
+        // SAFETY: `fds` is a valid array of pollfds for the whole call.
+        let n = unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, -1) };
         if n < 0 {
             let e = std::io::Error::last_os_error();
             if e.kind() == std::io::ErrorKind::Interrupted {
@@ -149,6 +148,12 @@ pub fn serve(
         }
         if fds[1].revents & libc::POLLIN != 0 {
             irq.lock().expect("irq lock poisoned").resample();
+        }
+        if fds[2].revents & libc::POLLIN != 0 {
+            device
+                .lock()
+                .expect("device lock poisoned")
+                .service_background();
         }
         if fds[0].revents == 0 {
             continue;

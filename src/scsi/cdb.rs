@@ -183,6 +183,18 @@ impl Command {
         })
     }
 
+    /// Commands that wait on the backing file, worth running off the
+    /// device's thread while the initiator gets on with other work.
+    pub fn touches_medium(&self) -> bool {
+        matches!(
+            self,
+            Command::Read { .. }
+                | Command::Write { .. }
+                | Command::Verify { .. }
+                | Command::SyncCache
+        )
+    }
+
     /// Which way data flows and how much of it, for a given block size.
     pub fn direction(&self, block_size: u32) -> DataDirection {
         let bytes = |blocks: u32| blocks.saturating_mul(block_size);

@@ -3,6 +3,7 @@
 
 pub mod cdb;
 pub mod disk;
+pub mod pool;
 pub mod sense;
 
 pub use cdb::{Command, DataDirection};

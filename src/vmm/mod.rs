@@ -175,7 +175,7 @@ struct PluggedRemote {
     name: String,
     irq: mptable::PciIrq,
     child: SharedChild,
-    watcher: Subscriber,
+    watcher: Arc<Mutex<RemoteWatcher>>,
 }
 
 /// Opens each remote, connects a proxy to it and plugs it into its own
@@ -216,9 +216,9 @@ fn add_remote_devices(
         ) {
             Ok(d) => d,
             Err(e) => {
-                remote::stop_child(&name, &child);
+                remote::stop_child(&name, &child, false);
                 for p in &plugged {
-                    remote::stop_child(&p.name, &p.child);
+                    remote::stop_child(&p.name, &p.child, false);
                 }
                 return Err(e.into());
             }
@@ -340,7 +340,7 @@ pub fn run(config: &VmConfig) -> Result<StopReason, VmmError> {
     ))));
 
     for r in &remotes {
-        events.add_subscriber(r.watcher.clone());
+        events.add_subscriber(r.watcher.clone() as Subscriber);
     }
 
     for (id, vcpu) in vcpus.into_iter().enumerate() {
@@ -365,7 +365,10 @@ pub fn run(config: &VmConfig) -> Result<StopReason, VmmError> {
     };
     drop(raw_mode);
     for r in &remotes {
-        remote::stop_child(&r.name, &r.child);
+        r.watcher.lock().expect("watcher lock").hang_up();
+    }
+    for r in &remotes {
+        remote::stop_child(&r.name, &r.child, true);
     }
     // vCPU threads may still be inside KVM_RUN; the process exit ends them,
     // and guest RAM (`ram`) stays mapped until then.

@@ -1,0 +1,419 @@
+//! The userspace ioregionfd path: a VMM vCPU thread that took an MMIO/PIO
+//! exit for a region sends the same 32-byte command record KVM would have
+//! sent and waits for the response, so the device process cannot tell the
+//! two paths apart.
+//!
+//! Ordering: a device sees accesses in the order they were sent on one fd,
+//! and a response carries no request id, so only one command may be in
+//! flight per fd. `RegionFd` holds a lock across send + receive; vCPU
+//! threads sharing one `RegionFd` take turns, and a read queued behind
+//! posted writes reaches the device after them. The lock does not cover
+//! other writers: do not register the same fd with KVM
+//! (`KVM_SET_IOREGION`) while this path uses it, and give all regions of a
+//! device the same `RegionFd` if their accesses must stay ordered.
+//!
+//! Unlike KVM's path, this one has a timeout, so a hung device process
+//! fails the access instead of hanging the vCPU forever.
+
+use std::io;
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::sync::{Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use super::socket::{RECV_BUF_SIZE, Received, recv_before, send_before};
+use super::wire::{self, Cmd, RECORD_SIZE, Resp, WireError};
+
+/// How long a vCPU waits for a device by default: generous, since a device
+/// may do real I/O in a register access, but finite.
+pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Why one access through a region fd failed.
+#[derive(Debug, thiserror::Error)]
+pub enum DispatchError {
+    #[error("access size {0} is not 1, 2, 4 or 8 bytes")]
+    AccessSize(usize),
+    #[error("the device process closed its end of the region socket")]
+    PeerClosed,
+    #[error("the device process did not answer within {0:?}")]
+    Timeout(Duration),
+    #[error("the device process did not take the command within {0:?} (its queue is full)")]
+    SendTimeout(Duration),
+    #[error("response was {0} bytes, shorter than a {RECORD_SIZE}-byte record")]
+    ShortResponse(usize),
+    #[error("response was {0} bytes, longer than a {RECORD_SIZE}-byte record")]
+    OversizedResponse(usize),
+    #[error(
+        "an earlier command on this region fd timed out; its late answer could be taken \
+         for a later command's, so the fd is no longer used"
+    )]
+    Desynchronized,
+    #[error("malformed response: {0}")]
+    Wire(#[from] WireError),
+    #[error("region socket {op} failed")]
+    Io {
+        op: &'static str,
+        #[source]
+        source: io::Error,
+    },
+}
+
+/// What happened to a write.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WriteKind {
+    /// Queued on the fd; the device will process it before any later command.
+    Posted,
+    /// The device answered, so it has processed the write.
+    Acknowledged,
+}
+
+/// One end of a region's SOCK_SEQPACKET socket, used by vCPU threads.
+#[derive(Debug)]
+pub struct RegionFd {
+    fd: OwnedFd,
+    user_data: u64,
+    posted_writes: bool,
+    timeout: Duration,
+    /// Held from sending a command until its response is in. The flag is
+    /// set after a timeout: a response may still arrive, and with no
+    /// request ids it would be taken as the answer to the next command.
+    desynchronized: Mutex<bool>,
+}
+
+impl RegionFd {
+    /// `user_data` goes into every command (e.g. the BAR index); with
+    /// `posted_writes` a write returns once the command is queued.
+    pub fn new(fd: OwnedFd, user_data: u64, posted_writes: bool) -> Self {
+        RegionFd {
+            fd,
+            user_data,
+            posted_writes,
+            timeout: DEFAULT_TIMEOUT,
+            desynchronized: Mutex::new(false),
+        }
+    }
+
+    /// Replaces the response timeout (default [`DEFAULT_TIMEOUT`]). It also
+    /// bounds how long a send may wait for room in a full socket queue.
+    pub fn with_timeout(mut self, timeout: Duration) -> Self {
+        self.timeout = timeout;
+        self
+    }
+
+    pub fn user_data(&self) -> u64 {
+        self.user_data
+    }
+
+    pub fn posted_writes(&self) -> bool {
+        self.posted_writes
+    }
+
+    pub fn timeout(&self) -> Duration {
+        self.timeout
+    }
+
+    /// Reads `data.len()` bytes (1, 2, 4 or 8) at `offset` in the region.
+    pub fn read(&self, offset: u64, data: &mut [u8]) -> Result<(), DispatchError> {
+        let cmd = Cmd::read(self.user_data, offset, data.len())
+            .map_err(|_| DispatchError::AccessSize(data.len()))?;
+        let mut state = self.lock()?;
+        let deadline = Instant::now() + self.timeout;
+        self.send(&cmd.encode(), deadline)?;
+        let resp = self.await_response(&mut state, &cmd, deadline)?;
+        wire::data_to_bytes(resp.data, data);
+        Ok(())
+    }
+
+    /// Writes `data` (1, 2, 4 or 8 bytes) at `offset` in the region.
+    pub fn write(&self, offset: u64, data: &[u8]) -> Result<WriteKind, DispatchError> {
+        let cmd = Cmd::write(self.user_data, offset, data, !self.posted_writes)
+            .map_err(|_| DispatchError::AccessSize(data.len()))?;
+        let mut state = self.lock()?;
+        let deadline = Instant::now() + self.timeout;
+        self.send(&cmd.encode(), deadline)?;
+        if !cmd.response {
+            return Ok(WriteKind::Posted);
+        }
+        // The content is ignored: devices echo the written data.
+        self.await_response(&mut state, &cmd, deadline)?;
+        Ok(WriteKind::Acknowledged)
+    }
+
+    /// Takes the exchange lock, unless an earlier timeout made the fd unusable.
+    fn lock(&self) -> Result<MutexGuard<'_, bool>, DispatchError> {
+        // The flag stays meaningful even if a holder panicked, so a
+        // poisoned lock is still usable.
+        let guard = self
+            .desynchronized
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if *guard {
+            return Err(DispatchError::Desynchronized);
+        }
+        Ok(guard)
+    }
+
+    /// Waits for the response to `cmd`; after a timeout the fd is given up.
+    fn await_response(
+        &self,
+        desynchronized: &mut bool,
+        cmd: &Cmd,
+        deadline: Instant,
+    ) -> Result<Resp, DispatchError> {
+        let result = self.recv(deadline);
+        if let Err(DispatchError::Timeout(t)) = &result {
+            *desynchronized = true;
+            log::error!(
+                "ioregion user_data {:#x}: no response within {t:?} to {:?} at offset {:#x}; \
+                 giving up on this fd",
+                self.user_data,
+                cmd.access,
+                cmd.offset
+            );
+        }
+        result
+    }
+
+    fn send(&self, record: &[u8], deadline: Instant) -> Result<(), DispatchError> {
+        match send_before(self.fd.as_fd(), record, deadline) {
+            Ok(true) => Ok(()),
+            Ok(false) => Err(DispatchError::SendTimeout(self.timeout)),
+            Err(e) => Err(map_io("send", e)),
+        }
+    }
+
+    fn recv(&self, deadline: Instant) -> Result<Resp, DispatchError> {
+        let mut buf = [0u8; RECV_BUF_SIZE];
+        match recv_before(self.fd.as_fd(), &mut buf, deadline) {
+            Ok(Received::Record(RECORD_SIZE)) => Ok(Resp::decode(&buf[..RECORD_SIZE])?),
+            Ok(Received::Record(n)) if n < RECORD_SIZE => Err(DispatchError::ShortResponse(n)),
+            Ok(Received::Record(n)) => Err(DispatchError::OversizedResponse(n)),
+            Ok(Received::Closed) => Err(DispatchError::PeerClosed),
+            Ok(Received::TimedOut) => Err(DispatchError::Timeout(self.timeout)),
+            Err(e) => Err(map_io("recv", e)),
+        }
+    }
+}
+
+impl AsFd for RegionFd {
+    fn as_fd(&self) -> BorrowedFd<'_> {
+        self.fd.as_fd()
+    }
+}
+
+fn map_io(op: &'static str, e: io::Error) -> DispatchError {
+    match e.raw_os_error() {
+        Some(libc::EPIPE | libc::ECONNRESET | libc::ENOTCONN) => DispatchError::PeerClosed,
+        _ => DispatchError::Io { op, source: e },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::socket::{recv_record, send_record, socket_pair};
+    use super::super::wire::Access;
+    use super::*;
+    use std::sync::Arc;
+    use std::thread;
+
+    /// Receives one raw record on the fake remote's end.
+    fn recv_raw(fd: &OwnedFd) -> Vec<u8> {
+        let mut buf = [0u8; RECV_BUF_SIZE];
+        let n = recv_record(fd.as_fd(), &mut buf, 0).unwrap();
+        buf[..n].to_vec()
+    }
+
+    fn recv_cmd(fd: &OwnedFd) -> Cmd {
+        Cmd::decode(&recv_raw(fd)).unwrap()
+    }
+
+    fn answer(fd: &OwnedFd, data: u64) {
+        send_record(fd.as_fd(), &Resp { data }.encode(), 0).unwrap();
+    }
+
+    /// A region with user_data 5 and the fake remote's end of its socket.
+    fn pair(posted: bool) -> (RegionFd, OwnedFd) {
+        let (vmm, dev) = socket_pair().unwrap();
+        (RegionFd::new(vmm, 5, posted), dev)
+    }
+
+    /// A fake remote that serves `n` commands with `reply` and returns them.
+    fn remote(dev: OwnedFd, n: usize, reply: fn(&Cmd) -> u64) -> thread::JoinHandle<Vec<Cmd>> {
+        thread::spawn(move || {
+            (0..n)
+                .map(|_| {
+                    let cmd = recv_cmd(&dev);
+                    if cmd.response {
+                        answer(&dev, reply(&cmd));
+                    }
+                    cmd
+                })
+                .collect()
+        })
+    }
+
+    const SIZES: [usize; 4] = [1, 2, 4, 8];
+
+    #[test]
+    fn reads_return_the_low_bytes_for_each_size() {
+        let (region, dev) = pair(false);
+        let remote = remote(dev, 4, |_| 0x8877_6655_4433_2211);
+        for size in SIZES {
+            let mut buf = vec![0u8; size];
+            region.read(0x40 + size as u64, &mut buf).unwrap();
+            assert_eq!(
+                buf,
+                [0x11, 0x22, 0x33, 0x44, 0x55, 0x66, 0x77, 0x88][..size]
+            );
+        }
+        for (cmd, size) in remote.join().unwrap().iter().zip(SIZES) {
+            let want = Cmd::read(5, 0x40 + size as u64, size).unwrap();
+            assert_eq!(*cmd, want);
+        }
+    }
+
+    #[test]
+    fn writes_arrive_with_offset_data_and_size() {
+        let (region, dev) = pair(false);
+        let remote = remote(dev, 4, |cmd| cmd.data);
+        let value = [0xa1, 0xb2, 0xc3, 0xd4, 0xe5, 0xf6, 0x07, 0x18];
+        for size in SIZES {
+            let kind = region.write(size as u64 * 0x100, &value[..size]).unwrap();
+            assert_eq!(kind, WriteKind::Acknowledged);
+        }
+        for (cmd, size) in remote.join().unwrap().iter().zip(SIZES) {
+            assert_eq!(cmd.access, Access::Write);
+            assert_eq!(usize::from(cmd.size), size);
+            assert_eq!(cmd.offset, size as u64 * 0x100);
+            assert_eq!(cmd.data, wire::data_from_bytes(&value[..size]));
+            assert!(cmd.response);
+        }
+    }
+
+    #[test]
+    fn posted_writes_ask_for_no_response_and_do_not_wait() {
+        let (region, dev) = pair(true);
+        // Nobody reads `dev` until the write has returned.
+        assert_eq!(region.write(8, &[1, 2, 3, 4]).unwrap(), WriteKind::Posted);
+        let raw = recv_raw(&dev);
+        assert_eq!(raw.len(), RECORD_SIZE);
+        assert_eq!(raw[1] & 0x10, 0, "response bit set on a posted write");
+        let cmd = Cmd::decode(&raw).unwrap();
+        assert_eq!((cmd.offset, cmd.data, cmd.size), (8, 0x0403_0201, 4));
+    }
+
+    #[test]
+    fn a_read_after_posted_writes_reaches_the_device_after_them() {
+        let (region, dev) = pair(true);
+        let remote = remote(dev, 4, |_| 0x77);
+        for offset in [0u64, 4, 8] {
+            let kind = region.write(offset, &[offset as u8]).unwrap();
+            assert_eq!(kind, WriteKind::Posted);
+        }
+        let mut buf = [0u8; 1];
+        region.read(12, &mut buf).unwrap();
+        assert_eq!(buf, [0x77]);
+        let order: Vec<_> = remote
+            .join()
+            .unwrap()
+            .iter()
+            .map(|c| (c.access, c.offset))
+            .collect();
+        let writes = [0, 4, 8].map(|o| (Access::Write, o));
+        assert_eq!(order, [&writes[..], &[(Access::Read, 12)]].concat());
+    }
+
+    #[test]
+    fn a_remote_that_closes_gives_peer_closed() {
+        // Closes after taking the command: the read must not hang.
+        let (region, dev) = pair(false);
+        let remote = thread::spawn(move || {
+            recv_cmd(&dev);
+            drop(dev);
+        });
+        let err = region.read(0, &mut [0u8; 4]).unwrap_err();
+        assert!(matches!(err, DispatchError::PeerClosed), "{err:?}");
+        remote.join().unwrap();
+        // Already closed: the send itself fails.
+        let err = region.write(0, &[1]).unwrap_err();
+        assert!(matches!(err, DispatchError::PeerClosed), "{err:?}");
+    }
+
+    #[test]
+    fn a_silent_remote_gives_timeout_then_desynchronized() {
+        let (region, dev) = pair(false);
+        let region = region.with_timeout(Duration::from_millis(200));
+        let start = Instant::now();
+        let err = region.read(0, &mut [0u8; 2]).unwrap_err();
+        let waited = start.elapsed();
+        assert!(matches!(err, DispatchError::Timeout(_)), "{err:?}");
+        assert!(waited >= Duration::from_millis(200), "{waited:?}");
+        assert!(waited < Duration::from_secs(5), "{waited:?}");
+        // A late answer must not be taken for the next command's.
+        answer(&dev, 1);
+        let err = region.read(0, &mut [0u8; 2]).unwrap_err();
+        assert!(matches!(err, DispatchError::Desynchronized), "{err:?}");
+    }
+
+    #[test]
+    fn short_and_oversized_responses_are_errors() {
+        let (region, dev) = pair(false);
+        let remote = thread::spawn(move || {
+            for len in [16, 40] {
+                recv_cmd(&dev);
+                send_record(dev.as_fd(), &vec![0u8; len], 0).unwrap();
+            }
+            dev
+        });
+        let err = region.read(0, &mut [0u8; 4]).unwrap_err();
+        assert!(matches!(err, DispatchError::ShortResponse(16)), "{err:?}");
+        let err = region.write(0, &[0u8; 4]).unwrap_err();
+        let oversized = matches!(err, DispatchError::OversizedResponse(40));
+        assert!(oversized, "{err:?}");
+        remote.join().unwrap();
+    }
+
+    #[test]
+    fn odd_access_sizes_are_rejected_before_sending() {
+        let (region, dev) = pair(false);
+        let err = region.read(0, &mut [0u8; 3]).unwrap_err();
+        assert!(matches!(err, DispatchError::AccessSize(3)), "{err:?}");
+        let err = region.write(0, &[0u8; 16]).unwrap_err();
+        assert!(matches!(err, DispatchError::AccessSize(16)), "{err:?}");
+        let mut buf = [0u8; RECV_BUF_SIZE];
+        let err = recv_record(dev.as_fd(), &mut buf, libc::MSG_DONTWAIT).unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::WouldBlock);
+    }
+
+    #[test]
+    fn threads_sharing_a_region_never_interleave_commands() {
+        let (region, dev) = pair(false);
+        let region = Arc::new(region);
+        let remote = thread::spawn(move || {
+            // Answers each read with its offset, after checking that no
+            // second command is already queued behind it.
+            for _ in 0..200 {
+                let cmd = recv_cmd(&dev);
+                let mut extra = [0u8; RECV_BUF_SIZE];
+                let queued = recv_record(dev.as_fd(), &mut extra, libc::MSG_DONTWAIT);
+                assert!(queued.is_err(), "two commands in flight on one fd");
+                answer(&dev, cmd.offset);
+            }
+        });
+        let workers: Vec<_> = (0..4u64)
+            .map(|t| {
+                let region = Arc::clone(&region);
+                thread::spawn(move || {
+                    for offset in t * 1000..t * 1000 + 50 {
+                        let mut buf = [0u8; 8];
+                        region.read(offset, &mut buf).unwrap();
+                        assert_eq!(u64::from_le_bytes(buf), offset);
+                    }
+                })
+            })
+            .collect();
+        for w in workers {
+            w.join().unwrap();
+        }
+        remote.join().unwrap();
+    }
+}

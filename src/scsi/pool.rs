@@ -1,0 +1,221 @@
+//! Worker threads that run disk commands off the device's own thread, so a
+//! slow read or write never stalls SCRIPTS or register accesses and tagged
+//! commands overlap. Results come back through a queue plus an eventfd the
+//! device's event loop polls.
+
+use std::collections::VecDeque;
+use std::os::fd::{AsRawFd, RawFd};
+use std::sync::mpsc::{Receiver, Sender, channel};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+
+use vmm_sys_util::eventfd::{EFD_NONBLOCK, EventFd};
+
+use super::{ScsiDisk, Sense};
+
+/// How many commands can touch the disk at once. Enough to keep a host
+/// disk's queue busy at the guest's usual queue depths without a thread
+/// per command.
+pub const DEFAULT_WORKERS: usize = 4;
+
+pub struct Job {
+    /// Chosen by the submitter; comes back with the result.
+    pub token: u64,
+    pub disk: Arc<ScsiDisk>,
+    pub lun: u8,
+    pub cdb: Vec<u8>,
+    pub data_out: Vec<u8>,
+}
+
+pub struct Completion {
+    pub token: u64,
+    pub result: Result<Vec<u8>, Sense>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum PoolError {
+    #[error("cannot create the completion eventfd: {0}")]
+    EventFd(#[source] std::io::Error),
+    #[error("cannot start a disk worker thread: {0}")]
+    Spawn(#[source] std::io::Error),
+}
+
+struct Done {
+    queue: Mutex<VecDeque<Completion>>,
+    event: EventFd,
+}
+
+pub struct IoPool {
+    jobs: Option<Sender<Job>>,
+    done: Arc<Done>,
+    workers: Vec<JoinHandle<()>>,
+}
+
+impl IoPool {
+    pub fn new(workers: usize) -> Result<Self, PoolError> {
+        let done = Arc::new(Done {
+            queue: Mutex::new(VecDeque::new()),
+            event: EventFd::new(EFD_NONBLOCK).map_err(PoolError::EventFd)?,
+        });
+        let (tx, rx) = channel::<Job>();
+        let rx = Arc::new(Mutex::new(rx));
+        let workers = (0..workers.max(1))
+            .map(|i| {
+                let rx = rx.clone();
+                let done = done.clone();
+                std::thread::Builder::new()
+                    .name(format!("disk-io-{i}"))
+                    .spawn(move || work(&rx, &done))
+                    .map_err(PoolError::Spawn)
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(IoPool {
+            jobs: Some(tx),
+            done,
+            workers,
+        })
+    }
+
+    pub fn submit(&self, job: Job) {
+        if let Some(tx) = &self.jobs {
+            // Workers only stop when `jobs` is dropped, so this cannot fail
+            // while the pool exists.
+            let _ = tx.send(job);
+        }
+    }
+
+    /// Readable while completions are waiting.
+    pub fn completion_fd(&self) -> RawFd {
+        self.done.event.as_raw_fd()
+    }
+
+    /// Every result that arrived since the last call.
+    pub fn take_completions(&self) -> Vec<Completion> {
+        // Reset the eventfd before draining: a completion pushed after the
+        // drain re-arms it, so none is ever left unsignalled.
+        let _ = self.done.event.read();
+        self.done
+            .queue
+            .lock()
+            .expect("completion lock poisoned")
+            .drain(..)
+            .collect()
+    }
+}
+
+fn work(jobs: &Mutex<Receiver<Job>>, done: &Done) {
+    loop {
+        let job = match jobs.lock().expect("job queue lock poisoned").recv() {
+            Ok(job) => job,
+            Err(_) => return, // the pool is gone
+        };
+        let result = job.disk.execute(job.lun, &job.cdb, &job.data_out);
+        done.queue
+            .lock()
+            .expect("completion lock poisoned")
+            .push_back(Completion {
+                token: job.token,
+                result,
+            });
+        let _ = done.event.write(1);
+    }
+}
+
+impl Drop for IoPool {
+    fn drop(&mut self) {
+        self.jobs = None;
+        for worker in self.workers.drain(..) {
+            let _ = worker.join();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::{Duration, Instant};
+
+    fn disk(blocks: u64) -> (Arc<ScsiDisk>, std::path::PathBuf) {
+        let path = std::env::temp_dir().join(format!(
+            "vmm-pool-{}-{:?}.img",
+            std::process::id(),
+            std::thread::current().id()
+        ));
+        std::fs::File::create(&path)
+            .unwrap()
+            .set_len(blocks * 512)
+            .unwrap();
+        let d = Arc::new(ScsiDisk::open(&path, false, "POOL".into()).unwrap());
+        (d, path)
+    }
+
+    fn wait_for(pool: &IoPool, n: usize) -> Vec<Completion> {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let mut got = Vec::new();
+        while got.len() < n {
+            assert!(Instant::now() < deadline, "completions never arrived");
+            let mut pfd = libc::pollfd {
+                fd: pool.completion_fd(),
+                events: libc::POLLIN,
+                revents: 0,
+            };
+            // SAFETY: one valid pollfd for the duration of the call.
+            unsafe { libc::poll(&mut pfd, 1, 100) };
+            got.extend(pool.take_completions());
+        }
+        got
+    }
+
+    #[test]
+    fn writes_then_reads_come_back_with_their_tokens() {
+        let (d, path) = disk(64);
+        let pool = IoPool::new(3).unwrap();
+        for i in 0..8u8 {
+            let cdb = vec![0x2a, 0, 0, 0, 0, i, 0, 0, 1, 0]; // WRITE(10) lba i
+            pool.submit(Job {
+                token: u64::from(i),
+                disk: d.clone(),
+                lun: 0,
+                cdb,
+                data_out: vec![i; 512],
+            });
+        }
+        let mut tokens: Vec<u64> = wait_for(&pool, 8)
+            .into_iter()
+            .map(|c| {
+                assert!(c.result.is_ok());
+                c.token
+            })
+            .collect();
+        tokens.sort();
+        assert_eq!(tokens, (0..8).collect::<Vec<_>>());
+        pool.submit(Job {
+            token: 99,
+            disk: d.clone(),
+            lun: 0,
+            cdb: vec![0x28, 0, 0, 0, 0, 5, 0, 0, 1, 0], // READ(10) lba 5
+            data_out: vec![],
+        });
+        let c = wait_for(&pool, 1).pop().unwrap();
+        assert_eq!(c.token, 99);
+        assert_eq!(c.result.unwrap(), vec![5u8; 512]);
+        drop(pool);
+        std::fs::remove_file(path).unwrap();
+    }
+
+    #[test]
+    fn a_failing_command_completes_with_its_sense() {
+        let (d, path) = disk(8);
+        let pool = IoPool::new(1).unwrap();
+        pool.submit(Job {
+            token: 1,
+            disk: d,
+            lun: 0,
+            cdb: vec![0x28, 0, 0, 0, 1, 0, 0, 0, 1, 0], // past the end
+            data_out: vec![],
+        });
+        let c = wait_for(&pool, 1).pop().unwrap();
+        assert!(c.result.is_err());
+        std::fs::remove_file(path).unwrap();
+    }
+}
