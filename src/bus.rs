@@ -14,6 +14,13 @@ pub trait BusDevice: Send {
     fn write(&mut self, offset: u64, data: &[u8]);
 }
 
+/// A device that serves several vCPUs at once: it needs no lock around it
+/// (ioregion fds, one per vCPU), so the bus calls it through `&self`.
+pub trait SharedBusDevice: Send + Sync {
+    fn read(&self, offset: u64, data: &mut [u8]);
+    fn write(&self, offset: u64, data: &[u8]);
+}
+
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum BusError {
     #[error("bus range {base:#x}+{len:#x} is empty or wraps around")]
@@ -25,9 +32,15 @@ pub enum BusError {
 }
 
 #[derive(Clone)]
+enum Target {
+    Locked(Arc<Mutex<dyn BusDevice>>),
+    Shared(Arc<dyn SharedBusDevice>),
+}
+
+#[derive(Clone)]
 struct Entry {
     len: u64,
-    device: Arc<Mutex<dyn BusDevice>>,
+    device: Target,
 }
 
 #[derive(Default)]
@@ -46,6 +59,19 @@ impl Bus {
         base: u64,
         len: u64,
     ) -> Result<(), BusError> {
+        self.insert_target(Target::Locked(device), base, len)
+    }
+
+    pub fn insert_shared(
+        &self,
+        device: Arc<dyn SharedBusDevice>,
+        base: u64,
+        len: u64,
+    ) -> Result<(), BusError> {
+        self.insert_target(Target::Shared(device), base, len)
+    }
+
+    fn insert_target(&self, device: Target, base: u64, len: u64) -> Result<(), BusError> {
         if len == 0 || base.checked_add(len - 1).is_none() {
             return Err(BusError::InvalidRange { base, len });
         }
@@ -62,16 +88,16 @@ impl Bus {
         Ok(())
     }
 
-    pub fn remove(&self, base: u64) -> Result<Arc<Mutex<dyn BusDevice>>, BusError> {
+    pub fn remove(&self, base: u64) -> Result<(), BusError> {
         let mut ranges = self.ranges.write().expect("bus lock poisoned");
         ranges
             .remove(&base)
-            .map(|e| e.device)
+            .map(|_| ())
             .ok_or(BusError::NotFound(base))
     }
 
     /// The device covering `addr` and the offset of `addr` inside it.
-    fn resolve(&self, addr: u64, size: usize) -> Option<(Arc<Mutex<dyn BusDevice>>, u64)> {
+    fn resolve(&self, addr: u64, size: usize) -> Option<(Target, u64)> {
         let ranges = self.ranges.read().expect("bus lock poisoned");
         let (&base, entry) = ranges.range(..=addr).next_back()?;
         let offset = addr - base;
@@ -85,11 +111,15 @@ impl Bus {
     /// Returns false when nothing is mapped at `addr`; `data` is then all ones.
     pub fn read(&self, addr: u64, data: &mut [u8]) -> bool {
         match self.resolve(addr, data.len()) {
-            Some((device, offset)) => {
+            Some((Target::Locked(device), offset)) => {
                 device
                     .lock()
                     .expect("device lock poisoned")
                     .read(offset, data);
+                true
+            }
+            Some((Target::Shared(device), offset)) => {
+                device.read(offset, data);
                 true
             }
             None => {
@@ -102,11 +132,15 @@ impl Bus {
     /// Returns false when nothing is mapped at `addr`.
     pub fn write(&self, addr: u64, data: &[u8]) -> bool {
         match self.resolve(addr, data.len()) {
-            Some((device, offset)) => {
+            Some((Target::Locked(device), offset)) => {
                 device
                     .lock()
                     .expect("device lock poisoned")
                     .write(offset, data);
+                true
+            }
+            Some((Target::Shared(device), offset)) => {
+                device.write(offset, data);
                 true
             }
             None => false,

@@ -38,14 +38,20 @@ pub struct Cli {
     #[arg(long, value_name = "N", default_value_t = 1,
           value_parser = clap::value_parser!(u8).range(1..=i64::from(MAX_CPUS)))]
     pub cpus: u8,
-    /// A PCI device served by another process, e.g. `exec=PATH` (spawned with
-    /// the control socket as fd 3), `socket=PATH` or `fd=N`; add `proto=vmm`
-    /// for remotes that speak our extensions. Repeat for more devices.
+    /// A PCI device served by another process: `lsi[,disk=IMG]...[,readonly=on]`
+    /// co-spawns our LSI 53C895A SCSI controller; `exec=PATH` (spawned with the
+    /// control socket as fd 3), `socket=PATH` or `fd=N` reach any other remote
+    /// (add `proto=vmm` for ours). `ioregionfd=auto|kernel|userspace|off` picks
+    /// how BARs the remote offers over region fds are dispatched (default
+    /// auto). Repeat for more devices.
     #[arg(long = "remote-dev", value_name = "SPEC", value_parser = parse_remote_dev)]
     pub remote_devs: Vec<RemoteDevSpec>,
     /// Log level: error, warn, info, debug or trace (default: RUST_LOG, else warn).
     #[arg(long, value_name = "LEVEL", value_parser = ["error", "warn", "info", "debug", "trace", "off"])]
     pub log_level: Option<String>,
+    /// Print each remote device's access counters at exit (also on SIGUSR1).
+    #[arg(long)]
+    pub stats: bool,
 }
 
 impl Cli {
@@ -57,6 +63,7 @@ impl Cli {
             mem_size: self.mem,
             cpus: self.cpus,
             remote_devs: self.remote_devs.clone(),
+            stats: self.stats,
         }
     }
 }

@@ -9,10 +9,30 @@ use std::sync::OnceLock;
 use common::{Mode, Outcome, Scenario};
 
 fn vmm(run: &str, remote: &str) -> String {
+    vmm_with(run, remote, "")
+}
+
+fn vmm_with(run: &str, remote: &str, extra: &str) -> String {
     format!(
         "$VMM --kernel $KERNEL --initrd $INITRD --cmdline 'console=ttyS0 quiet vmm.run={run}' \
-         --log-level info --remote-dev {remote} </dev/null; echo \"vmm exited $?\""
+         --log-level info {extra} --remote-dev {remote} </dev/null; echo \"vmm exited $?\""
     )
+}
+
+/// The proxy's counters from `--stats`: (message reads, message writes,
+/// ioregion reads, ioregion writes, posted writes, errors).
+fn stats(o: &Outcome) -> [u64; 6] {
+    let line = o
+        .output
+        .lines()
+        .find(|l| l.contains("BAR accesses over messages"))
+        .unwrap_or_else(|| panic!("no --stats line in:\n{}", o.output));
+    let numbers: Vec<u64> = line
+        .split(|c: char| !c.is_ascii_digit())
+        .filter_map(|w| w.parse().ok())
+        .collect();
+    // "remote #0 (lsi, pid N): ..." puts the index and pid first.
+    numbers[numbers.len() - 6..].try_into().unwrap()
 }
 
 fn scenarios() -> Vec<Scenario> {
@@ -33,8 +53,36 @@ fn scenarios() -> Vec<Scenario> {
             script: format!(
                 "{}{}",
                 image("a.img", 64),
-                vmm("fio-verify", "lsi,disk=/tmp/a.img")
+                vmm_with("fio-verify", "lsi,disk=/tmp/a.img", "--stats")
             ),
+        },
+        Scenario {
+            name: "lsi-fio-messages",
+            script: format!(
+                "{}{}",
+                image("a.img", 64),
+                vmm_with(
+                    "fio-verify",
+                    "lsi,disk=/tmp/a.img,ioregionfd=off",
+                    "--stats"
+                )
+            ),
+        },
+        Scenario {
+            name: "lsi-fio-two-cpus",
+            script: format!(
+                "{}{}",
+                image("a.img", 64),
+                vmm_with(
+                    "fio-verify-smp",
+                    "lsi,disk=/tmp/a.img,ioregionfd=userspace",
+                    "--stats --cpus 2"
+                )
+            ),
+        },
+        Scenario {
+            name: "lsi-kernel-ioregion",
+            script: vmm("disk-pattern", "lsi,ioregionfd=kernel"),
         },
         Scenario {
             name: "lsi-filesystem",
@@ -114,6 +162,62 @@ fn fio_verify_passes() {
         "the I/O did not disconnect:\n{}",
         o.output
     );
+}
+
+/// ioregionfd=auto on a kernel without KVM_SET_IOREGION: the userspace
+/// path carries the register and SCRIPTS RAM traffic.
+#[test]
+fn by_default_the_registers_go_over_ioregion_fds() {
+    let Some(o) = outcome("lsi-fio-verify") else {
+        return;
+    };
+    o.assert_contains("no KVM_SET_IOREGION");
+    o.assert_contains("BAR1 0x0..0x80 over ioregion fds (userspace path, 1 fds)");
+    let [msg_reads, _, io_reads, io_writes, posted, errors] = stats(o);
+    assert!(io_reads > 500 && io_writes > 500, "{:?}", stats(o));
+    assert!(posted > 0, "SCRIPTS RAM writes are posted");
+    assert!(
+        msg_reads < 10,
+        "registers stayed on messages: {:?}",
+        stats(o)
+    );
+    assert_eq!(errors, 0);
+}
+
+#[test]
+fn ioregionfd_off_forwards_every_access_as_a_message() {
+    let Some(o) = outcome("lsi-fio-messages") else {
+        return;
+    };
+    o.assert_contains("VMM-GUEST: fio done: ok");
+    o.assert_contains("every BAR access goes over control-socket messages");
+    o.assert_contains("vmm exited 0");
+    let [msg_reads, msg_writes, io_reads, io_writes, _, errors] = stats(o);
+    assert!(msg_reads > 500 && msg_writes > 500, "{:?}", stats(o));
+    assert_eq!((io_reads, io_writes, errors), (0, 0, 0));
+}
+
+#[test]
+fn two_vcpus_run_fio_at_once_over_their_own_region_fds() {
+    let Some(o) = outcome("lsi-fio-two-cpus") else {
+        return;
+    };
+    o.assert_contains("VMM-GUEST: disk found on 2 CPUs");
+    o.assert_contains("VMM-GUEST: fio done: ok");
+    o.assert_contains("over ioregion fds (userspace path, 2 fds)");
+    o.assert_contains("vmm exited 0");
+    let [_, _, io_reads, _, _, errors] = stats(o);
+    assert!(io_reads > 500, "{:?}", stats(o));
+    assert_eq!(errors, 0);
+}
+
+#[test]
+fn ioregionfd_kernel_without_kernel_support_is_a_clear_error() {
+    let Some(o) = outcome("lsi-kernel-ioregion") else {
+        return;
+    };
+    o.assert_contains("asks for ioregionfd=kernel, but this kernel has no KVM_SET_IOREGION");
+    o.assert_contains("vmm exited 1");
 }
 
 #[test]

@@ -7,7 +7,7 @@
 //! answered only after every write queued before it has been applied.
 
 use std::io;
-use std::os::fd::{AsFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 
 pub use super::socket::socket_pair;
 use super::socket::{RECV_BUF_SIZE, peer_hung_up, recv_record, send_record};
@@ -44,13 +44,63 @@ pub enum ServeError {
 /// answered with [`ERROR_DATA`] so its sender is not left waiting; otherwise
 /// it is dropped.
 pub fn serve(fd: OwnedFd, mut handler: impl FnMut(&Cmd) -> u64) -> Result<ServeEnd, ServeError> {
-    let mut buf = [0u8; RECV_BUF_SIZE];
     loop {
-        let len = match recv_record(fd.as_fd(), &mut buf, 0) {
+        match wait_readable(fd.as_fd())? {
+            true => {}
+            false => continue,
+        }
+        if let Drained::Closed(end) = drain(fd.as_fd(), &mut handler, usize::MAX)? {
+            return Ok(end);
+        }
+    }
+}
+
+/// Blocks until `fd` has a record or a hang-up; false on a spurious wakeup.
+pub fn wait_readable(fd: BorrowedFd<'_>) -> Result<bool, ServeError> {
+    let mut pfd = libc::pollfd {
+        fd: fd.as_raw_fd(),
+        events: libc::POLLIN,
+        revents: 0,
+    };
+    // SAFETY: one valid pollfd for the duration of the call.
+    let n = unsafe { libc::poll(&mut pfd, 1, -1) };
+    if n < 0 {
+        let e = io::Error::last_os_error();
+        if e.kind() == io::ErrorKind::Interrupted {
+            return Ok(false);
+        }
+        return Err(ServeError::Io {
+            op: "poll",
+            source: e,
+        });
+    }
+    Ok(n > 0)
+}
+
+/// How a `drain` ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Drained {
+    /// Nothing more is queued.
+    Idle,
+    /// `limit` records were served; more may be queued.
+    Limit,
+    Closed(ServeEnd),
+}
+
+/// Serves up to `limit` records queued on `fd` right now, without
+/// blocking, in arrival order.
+pub fn drain(
+    fd: BorrowedFd<'_>,
+    handler: &mut dyn FnMut(&Cmd) -> u64,
+    limit: usize,
+) -> Result<Drained, ServeError> {
+    let mut buf = [0u8; RECV_BUF_SIZE];
+    for _ in 0..limit {
+        let len = match recv_record(fd, &mut buf, libc::MSG_DONTWAIT) {
             // 0 is a hang-up, or an empty record from a live peer, which
             // asks for nothing.
-            Ok(0) => match peer_hung_up(fd.as_fd()) {
-                Ok(true) => return Ok(ServeEnd::PeerClosed),
+            Ok(0) => match peer_hung_up(fd) {
+                Ok(true) => return Ok(Drained::Closed(ServeEnd::PeerClosed)),
                 Ok(false) => {
                     log::warn!("ioregion: ignoring an empty record");
                     continue;
@@ -63,7 +113,8 @@ pub fn serve(fd: OwnedFd, mut handler: impl FnMut(&Cmd) -> u64) -> Result<ServeE
                 }
             },
             Ok(len) => len,
-            Err(e) if is_hangup(&e) => return Ok(ServeEnd::PeerClosed),
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(Drained::Idle),
+            Err(e) if is_hangup(&e) => return Ok(Drained::Closed(ServeEnd::PeerClosed)),
             Err(e) => {
                 return Err(ServeError::Io {
                     op: "recv",
@@ -102,9 +153,9 @@ pub fn serve(fd: OwnedFd, mut handler: impl FnMut(&Cmd) -> u64) -> Result<ServeE
                 ERROR_DATA
             }
         };
-        match send_record(fd.as_fd(), &Resp { data }.encode(), 0) {
+        match send_record(fd, &Resp { data }.encode(), 0) {
             Ok(()) => {}
-            Err(e) if is_hangup(&e) => return Ok(ServeEnd::PeerClosed),
+            Err(e) if is_hangup(&e) => return Ok(Drained::Closed(ServeEnd::PeerClosed)),
             Err(e) => {
                 return Err(ServeError::Io {
                     op: "send",
@@ -113,6 +164,7 @@ pub fn serve(fd: OwnedFd, mut handler: impl FnMut(&Cmd) -> u64) -> Result<ServeE
             }
         }
     }
+    Ok(Drained::Limit)
 }
 
 fn is_hangup(e: &io::Error) -> bool {

@@ -23,6 +23,8 @@ pub const BAR_MMIO: usize = 1;
 pub const BAR_RAM: usize = 2;
 pub const MMIO_SIZE: u64 = 0x400;
 pub const RAM_SIZE: usize = 0x2000;
+/// Registers live in the first 128 bytes of BAR0 and BAR1.
+pub const REGISTER_FILE_SIZE: u64 = 0x80;
 /// SCSI ids 0..=6 can hold disks; 7 is the controller's own.
 pub const MAX_TARGETS: usize = 7;
 
@@ -588,6 +590,23 @@ impl RemoteDevice for Lsi53c895a {
     }
     fn service_background(&mut self) {
         self.service_completions();
+    }
+    /// The register file (the first 128 bytes of BAR0 and BAR1) and the
+    /// SCRIPTS RAM go over ioregionfd; the rest of BAR1 holds nothing and
+    /// stays on the message path. Only RAM writes are posted: they have no
+    /// side effect, and the remote applies them before any later register
+    /// access, so SCRIPTS started afterwards see them.
+    fn ioregions(&self, bar: u8) -> Vec<crate::remote::IoRegionSpec> {
+        let region = |size, posted_writes| crate::remote::IoRegionSpec {
+            offset: 0,
+            size,
+            posted_writes,
+        };
+        match usize::from(bar) {
+            BAR_IO | BAR_MMIO => vec![region(REGISTER_FILE_SIZE, false)],
+            BAR_RAM => vec![region(RAM_SIZE as u64, true)],
+            _ => Vec::new(),
+        }
     }
     fn summary(&self) -> Option<String> {
         let s = self.bus.stats;

@@ -7,6 +7,23 @@ pub mod root;
 
 pub use config::{ActiveBar, BarKind, BarSpec, ConfigSpace};
 
+use std::sync::Arc;
+
+use crate::bus::SharedBusDevice;
+
+/// A sub-range of a BAR served without the device's lock: guest accesses
+/// there go straight to an ioregion fd, from the vCPU thread (userspace
+/// path) or from KVM itself (kernel path).
+pub trait BarFastPath: Send + Sync {
+    /// Offset and size inside the BAR.
+    fn range(&self) -> (u64, u64);
+    /// The BAR now sits at `bar_addr`. Returns what the bus should call for
+    /// the range, or None when KVM serves it and no exit will reach us.
+    fn attach(self: Arc<Self>, bar_addr: u64) -> Option<Arc<dyn SharedBusDevice>>;
+    /// The BAR left `bar_addr`.
+    fn detach(&self, bar_addr: u64);
+}
+
 /// A device on the PCI bus. Config accesses arrive as dword register
 /// indexes; BAR accesses carry the BAR's current guest address too, because
 /// an out-of-process device names accesses by absolute address.
@@ -21,4 +38,8 @@ pub trait PciDevice: Send {
     fn active_bars(&self) -> Vec<ActiveBar>;
     fn read_bar(&mut self, bar: &ActiveBar, offset: u64, data: &mut [u8]);
     fn write_bar(&mut self, bar: &ActiveBar, offset: u64, data: &[u8]);
+    /// Sub-ranges of BAR `index` that bypass this device's lock.
+    fn bar_fast_paths(&self, _index: usize) -> Vec<Arc<dyn BarFastPath>> {
+        Vec::new()
+    }
 }

@@ -6,7 +6,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
 use super::config::{COMMAND_IO, COMMAND_MEMORY, REG_BAR0, REG_COMMAND, REG_ROM};
-use super::{ActiveBar, BarKind, PciDevice};
+use super::{ActiveBar, BarFastPath, BarKind, PciDevice};
 use crate::bus::{BusDevice, BusError};
 use crate::vmm::layout;
 use crate::vmm::vcpu::Buses;
@@ -33,10 +33,13 @@ pub enum PciError {
 
 type SharedDevice = Arc<Mutex<dyn PciDevice>>;
 
-/// One BAR on the PIO or MMIO bus, forwarding to its device.
+/// A BAR, or the part of one that no fast path covers, on the PIO or MMIO
+/// bus, forwarding to its device.
 struct BarWindow {
     device: SharedDevice,
     bar: ActiveBar,
+    /// Where this window starts inside the BAR.
+    base: u64,
 }
 
 impl BusDevice for BarWindow {
@@ -44,14 +47,54 @@ impl BusDevice for BarWindow {
         self.device
             .lock()
             .expect("pci device lock")
-            .read_bar(&self.bar, offset, data)
+            .read_bar(&self.bar, self.base + offset, data)
     }
     fn write(&mut self, offset: u64, data: &[u8]) {
         self.device
             .lock()
             .expect("pci device lock")
-            .write_bar(&self.bar, offset, data)
+            .write_bar(&self.bar, self.base + offset, data)
     }
+}
+
+/// How one mapped BAR sits on the bus.
+#[derive(Default)]
+struct MappedBar {
+    /// Bus ranges we inserted, by start address.
+    on_bus: Vec<u64>,
+    /// Fast paths attached, to detach when the BAR goes.
+    attached: Vec<Arc<dyn BarFastPath>>,
+}
+
+/// (offset, size, fast path or None for the device's own window).
+type Piece = (u64, u64, Option<Arc<dyn BarFastPath>>);
+
+/// Splits a BAR of `size` bytes into (offset, size, fast path) pieces: the
+/// fast paths' ranges and the gaps between them. Fast paths that fall
+/// outside the BAR or overlap an earlier one are dropped with a warning.
+fn bar_pieces(size: u64, mut fast: Vec<Arc<dyn BarFastPath>>) -> Vec<Piece> {
+    fast.sort_by_key(|f| f.range().0);
+    let mut pieces = Vec::new();
+    let mut at = 0u64;
+    for f in fast {
+        let (offset, len) = f.range();
+        let fits = len > 0 && offset >= at && offset.checked_add(len).is_some_and(|e| e <= size);
+        if !fits {
+            log::warn!(
+                "ioregion {offset:#x}+{len:#x} does not fit its BAR; left on the message path"
+            );
+            continue;
+        }
+        if offset > at {
+            pieces.push((at, offset - at, None));
+        }
+        pieces.push((offset, len, Some(f)));
+        at = offset + len;
+    }
+    if at < size {
+        pieces.push((at, size - at, None));
+    }
+    pieces
 }
 
 /// Bump allocator over one address window.
@@ -75,6 +118,8 @@ pub struct PciRoot {
     slots: Vec<Option<SharedDevice>>,
     /// BARs currently on the buses, per slot.
     mapped: HashMap<usize, Vec<ActiveBar>>,
+    /// What each of those BARs put on the bus, by (slot, BAR index).
+    pieces: HashMap<(usize, usize), MappedBar>,
     buses: Arc<Buses>,
 }
 
@@ -83,6 +128,7 @@ impl PciRoot {
         PciRoot {
             slots: vec![None; NUM_SLOTS],
             mapped: HashMap::new(),
+            pieces: HashMap::new(),
             buses,
         }
     }
@@ -159,16 +205,12 @@ impl PciRoot {
         for bar in &old {
             if wanted.contains(bar) {
                 mapped.push(*bar);
-            } else if let Err(e) = self.bus_for(bar.kind).remove(bar.addr) {
-                log::warn!("PCI 00:{slot:02x}.0 BAR{}: unmap failed: {e}", bar.index);
+            } else {
+                self.unmap_bar(slot, bar);
             }
         }
         for bar in wanted.into_iter().filter(|b| !old.contains(b)) {
-            let window = Arc::new(Mutex::new(BarWindow {
-                device: device.clone(),
-                bar,
-            }));
-            match self.bus_for(bar.kind).insert(window, bar.addr, bar.size) {
+            match self.map_bar(slot, &device, bar) {
                 Ok(()) => {
                     log::debug!(
                         "PCI 00:{slot:02x}.0 BAR{} {:?} at {:#x}+{:#x}",
@@ -185,6 +227,66 @@ impl PciRoot {
             }
         }
         self.mapped.insert(slot, mapped);
+    }
+
+    /// Puts a BAR on its bus: fast paths on their sub-ranges, the device's
+    /// own window on the rest. All or nothing.
+    fn map_bar(
+        &mut self,
+        slot: usize,
+        device: &SharedDevice,
+        bar: ActiveBar,
+    ) -> Result<(), BusError> {
+        let fast = device
+            .lock()
+            .expect("pci device lock")
+            .bar_fast_paths(usize::from(bar.index));
+        let mut done = MappedBar::default();
+        for (offset, len, path) in bar_pieces(bar.size, fast) {
+            let addr = bar.addr + offset;
+            let inserted = match path {
+                Some(path) => {
+                    let shared = path.clone().attach(bar.addr);
+                    done.attached.push(path);
+                    match shared {
+                        Some(shared) => self.bus_for(bar.kind).insert_shared(shared, addr, len),
+                        None => continue, // KVM serves it
+                    }
+                }
+                None => {
+                    let window = Arc::new(Mutex::new(BarWindow {
+                        device: device.clone(),
+                        bar,
+                        base: offset,
+                    }));
+                    self.bus_for(bar.kind).insert(window, addr, len)
+                }
+            };
+            if let Err(e) = inserted {
+                self.release(bar, done);
+                return Err(e);
+            }
+            done.on_bus.push(addr);
+        }
+        self.pieces.insert((slot, usize::from(bar.index)), done);
+        Ok(())
+    }
+
+    fn unmap_bar(&mut self, slot: usize, bar: &ActiveBar) {
+        if let Some(done) = self.pieces.remove(&(slot, usize::from(bar.index))) {
+            self.release(*bar, done);
+        }
+    }
+
+    fn release(&self, bar: ActiveBar, done: MappedBar) {
+        for addr in done.on_bus {
+            if let Err(e) = self.bus_for(bar.kind).remove(addr) {
+                log::warn!("BAR{} at {:#x}: unmap failed: {e}", bar.index, bar.addr);
+            }
+        }
+        for path in done.attached {
+            path.detach(bar.addr);
+        }
     }
 
     fn bus_for(&self, kind: BarKind) -> &crate::bus::Bus {

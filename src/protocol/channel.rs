@@ -123,6 +123,12 @@ impl Channel {
         Ok(Message::decode(cmd, &payload, fds)?)
     }
 
+    /// Sends a request and returns whatever message answers it.
+    pub fn exchange(&mut self, msg: &Message) -> Result<Message, ChannelError> {
+        self.send(msg)?;
+        self.recv()
+    }
+
     /// Sends a request and waits for its RET.
     pub fn request(&mut self, msg: &Message) -> Result<Option<u64>, ChannelError> {
         self.send(msg)?;

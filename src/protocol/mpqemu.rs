@@ -26,6 +26,20 @@ pub const CMD_DEVICE_RESET: i32 = 7;
 /// From QEMU's ioregionfd RFC (never merged): only sent to remotes known to
 /// support it.
 pub const CMD_BAR_INFO: i32 = 8;
+/// Our extension, after vfio-user's GET_REGION_IO_FDS: which sub-ranges of
+/// a BAR the remote serves over ioregionfd, with the remote's fds for one
+/// vCPU. Only sent to remotes of our own dialect.
+pub const CMD_REGION_IO_FDS: i32 = 64;
+/// The answer to CMD_REGION_IO_FDS: sub-region records plus their fds.
+pub const CMD_REGION_IO_FDS_REPLY: i32 = 65;
+/// Sub-regions one reply can carry (40 bytes each after an 8-byte count).
+pub const MAX_SUB_REGIONS: usize = 4;
+const SUB_REGION_SIZE: usize = 40;
+/// Sub-region type: served over ioregionfd records (vfio-user also has
+/// ioeventfd sub-regions, which we do not use).
+const SUB_REGION_IOREGIONFD: u32 = 1;
+/// Sub-region flag: writes are posted (no response record).
+pub const SUB_REGION_POSTED_WRITES: u32 = 1;
 
 const PCI_CONF_SIZE: usize = 12;
 const BAR_ACCESS_SIZE: usize = 24;
@@ -52,6 +66,10 @@ pub enum DecodeError {
     BadConfigAccess { addr: u32, len: i32 },
     #[error("RAM region {index} is empty or wraps around")]
     BadRegion { index: usize },
+    #[error(
+        "ioregion sub-region {index} is malformed (empty, wrapping, unknown type or flags, or a bad fd index)"
+    )]
+    BadSubRegion { index: usize },
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -100,6 +118,28 @@ pub enum Message {
         bar: u32,
         memory: bool,
     },
+    /// Asks for BAR `bar`'s ioregionfd sub-regions, with fds for vCPU `vcpu`.
+    RegionIoFdsQuery {
+        bar: u32,
+        vcpu: u32,
+    },
+    /// The answer: one fd per sub-region (`fd_index` names it).
+    RegionIoFds {
+        regions: Vec<SubRegion>,
+        fds: Vec<File>,
+    },
+}
+
+/// One range of a BAR served over ioregionfd.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SubRegion {
+    /// From the start of the BAR.
+    pub offset: u64,
+    pub size: u64,
+    pub fd_index: u32,
+    pub flags: u32,
+    /// Echoed in every command record on the fd.
+    pub user_data: u64,
 }
 
 /// A message as bytes plus the fds to send with it.
@@ -146,6 +186,8 @@ impl Message {
             Message::SetIrqfd { .. } => CMD_SET_IRQFD,
             Message::DeviceReset => CMD_DEVICE_RESET,
             Message::BarInfo { .. } => CMD_BAR_INFO,
+            Message::RegionIoFdsQuery { .. } => CMD_REGION_IO_FDS,
+            Message::RegionIoFds { .. } => CMD_REGION_IO_FDS_REPLY,
         }
     }
 
@@ -180,6 +222,24 @@ impl Message {
                     .to_vec(),
                 vec![],
             ),
+            Message::RegionIoFdsQuery { bar, vcpu } => {
+                ([bar.to_ne_bytes(), vcpu.to_ne_bytes()].concat(), vec![])
+            }
+            Message::RegionIoFds { regions, fds } => {
+                let mut p = Vec::with_capacity(8 + regions.len() * SUB_REGION_SIZE);
+                p.extend_from_slice(&(regions.len() as u32).to_ne_bytes());
+                p.extend_from_slice(&[0; 4]);
+                for r in regions {
+                    p.extend_from_slice(&r.offset.to_ne_bytes());
+                    p.extend_from_slice(&r.size.to_ne_bytes());
+                    p.extend_from_slice(&r.fd_index.to_ne_bytes());
+                    p.extend_from_slice(&SUB_REGION_IOREGIONFD.to_ne_bytes());
+                    p.extend_from_slice(&r.flags.to_ne_bytes());
+                    p.extend_from_slice(&[0; 4]);
+                    p.extend_from_slice(&r.user_data.to_ne_bytes());
+                }
+                (p, fds.iter().collect())
+            }
         };
         Encoded {
             bytes: header(self.command(), &payload),
@@ -308,6 +368,49 @@ impl Message {
                     memory: v >> 32 & 1 != 0,
                 })
             }
+            CMD_REGION_IO_FDS => {
+                want_size(8, "8")?;
+                want_fds(0, "none")?;
+                Ok(Message::RegionIoFdsQuery {
+                    bar: u32_at(0),
+                    vcpu: u32_at(4),
+                })
+            }
+            CMD_REGION_IO_FDS_REPLY => {
+                let count = if payload.len() >= 8 {
+                    u32_at(0) as usize
+                } else {
+                    usize::MAX
+                };
+                if count > MAX_SUB_REGIONS || payload.len() != 8 + count * SUB_REGION_SIZE {
+                    return Err(DecodeError::BadSize {
+                        cmd,
+                        size,
+                        expected: "8 + 40 per sub-region, at most 4",
+                    });
+                }
+                want_fds(count, "one per sub-region")?;
+                let regions = (0..count)
+                    .map(|i| {
+                        let o = 8 + i * SUB_REGION_SIZE;
+                        let r = SubRegion {
+                            offset: u64_at(o),
+                            size: u64_at(o + 8),
+                            fd_index: u32_at(o + 16),
+                            flags: u32_at(o + 24),
+                            user_data: u64_at(o + 32),
+                        };
+                        let ok = r.size > 0
+                            && r.offset.checked_add(r.size).is_some()
+                            && (r.fd_index as usize) < count
+                            && u32_at(o + 20) == SUB_REGION_IOREGIONFD
+                            && r.flags & !SUB_REGION_POSTED_WRITES == 0;
+                        ok.then_some(r)
+                            .ok_or(DecodeError::BadSubRegion { index: i })
+                    })
+                    .collect::<Result<Vec<_>, _>>()?;
+                Ok(Message::RegionIoFds { regions, fds })
+            }
             other => Err(DecodeError::UnknownCommand(other)),
         }
     }
@@ -317,7 +420,10 @@ impl Message {
 pub fn parse_header(bytes: &[u8; HEADER_SIZE]) -> Result<(i32, usize), DecodeError> {
     let cmd = i32::from_ne_bytes(bytes[0..4].try_into().expect("4 bytes"));
     let size = u64::from_ne_bytes(bytes[8..16].try_into().expect("8 bytes"));
-    if !(0..=CMD_BAR_INFO).contains(&cmd) {
+    if !(0..=CMD_BAR_INFO).contains(&cmd)
+        && cmd != CMD_REGION_IO_FDS
+        && cmd != CMD_REGION_IO_FDS_REPLY
+    {
         return Err(DecodeError::UnknownCommand(cmd));
     }
     if size > MAX_PAYLOAD as u64 {
@@ -390,6 +496,50 @@ mod tests {
         assert_eq!(&enc.bytes[80..88], &0x4000_0000u64.to_le_bytes());
         assert_eq!(&enc.bytes[144..152], &0xc000_0000u64.to_le_bytes());
         assert_eq!(enc.fds.len(), 1);
+    }
+
+    #[test]
+    fn region_io_fds_layout_and_validation() {
+        let enc = Message::RegionIoFdsQuery { bar: 1, vcpu: 3 }.encode();
+        assert_eq!(&enc.bytes[..4], &64i32.to_le_bytes());
+        assert_eq!(&enc.bytes[16..], &[1, 0, 0, 0, 3, 0, 0, 0]);
+        let region = SubRegion {
+            offset: 0x80,
+            size: 0x100,
+            fd_index: 0,
+            flags: SUB_REGION_POSTED_WRITES,
+            user_data: 0x1_0000_0080,
+        };
+        let reply = Message::RegionIoFds {
+            regions: vec![region],
+            fds: vec![file()],
+        };
+        let enc = reply.encode();
+        assert_eq!(enc.bytes.len(), 16 + 8 + 40);
+        let p = &enc.bytes[16..];
+        assert_eq!(&p[..8], &[1, 0, 0, 0, 0, 0, 0, 0]);
+        assert_eq!(&p[8..16], &0x80u64.to_le_bytes());
+        assert_eq!(&p[16..24], &0x100u64.to_le_bytes());
+        assert_eq!(&p[24..28], &0u32.to_le_bytes(), "fd index");
+        assert_eq!(&p[28..32], &1u32.to_le_bytes(), "type ioregionfd");
+        assert_eq!(&p[32..36], &1u32.to_le_bytes(), "posted writes");
+        assert_eq!(&p[40..48], &0x1_0000_0080u64.to_le_bytes());
+        match Message::decode(65, &enc.bytes[16..], vec![file()]).unwrap() {
+            Message::RegionIoFds { regions, fds } => {
+                assert_eq!(regions, vec![region]);
+                assert_eq!(fds.len(), 1);
+            }
+            other => panic!("{other:?}"),
+        }
+        // A missing fd, an fd index out of range, an unknown type.
+        assert!(Message::decode(65, &enc.bytes[16..], vec![]).is_err());
+        let mut bad = enc.bytes[16..].to_vec();
+        bad[24] = 1;
+        assert!(Message::decode(65, &bad, vec![file()]).is_err());
+        let mut bad = enc.bytes[16..].to_vec();
+        bad[28] = 2;
+        assert!(Message::decode(65, &bad, vec![file()]).is_err());
+        assert!(Message::decode(65, &[9, 0, 0, 0, 0, 0, 0, 0], vec![]).is_err());
     }
 
     #[test]

@@ -7,6 +7,7 @@
 //! absolute addresses). A remote that fails or misbehaves is cut off: its
 //! device then reads as all ones and ignores writes.
 
+use std::collections::HashMap;
 use std::fs::File;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -16,10 +17,12 @@ use vmm_sys_util::eventfd::{EFD_NONBLOCK, EventFd};
 use crate::pci::config::{
     ConfigSpace, NUM_BARS, REG_BAR0, REG_CLASS, REG_ID, REG_INTERRUPT, REG_ROM,
 };
-use crate::pci::{ActiveBar, BarKind, BarSpec, PciDevice};
+use crate::pci::{ActiveBar, BarFastPath, BarKind, BarSpec, PciDevice};
 use crate::protocol::channel::{Channel, ChannelError};
 use crate::protocol::mpqemu::{Message, RET_ERROR};
+use crate::proxy::ioregion::{Dispatch, IoRegionError, IoRegionPath, Negotiation};
 use crate::proxy::spec::Dialect;
+use crate::proxy::stats::{DeviceStats, bump};
 use crate::vmm::memory::GuestRam;
 
 const BAR_IO_BIT: u32 = 0x1;
@@ -43,6 +46,12 @@ pub enum ProxyError {
         name: String,
         #[source]
         source: std::io::Error,
+    },
+    #[error("remote {name}: {source}")]
+    IoRegion {
+        name: String,
+        #[source]
+        source: IoRegionError,
     },
     #[error("remote {name}: KVM refused its irqfd: {source}")]
     Irqfd {
@@ -70,11 +79,23 @@ impl FailFlag {
     }
 }
 
+/// How a proxy talks to its remote beyond plain QEMU multiprocess.
+#[derive(Clone)]
+pub struct ProxyOptions {
+    pub dialect: Dialect,
+    /// None: every BAR access goes over messages (ioregionfd=off).
+    pub ioregion: Option<Dispatch>,
+    /// One ioregion fd per vCPU per range.
+    pub vcpus: usize,
+}
+
 pub struct ProxyDevice {
     name: String,
     channel: Channel,
     config: ConfigSpace,
     failed: FailFlag,
+    fast_paths: HashMap<usize, Vec<Arc<IoRegionPath>>>,
+    stats: Arc<DeviceStats>,
     /// Kept so the interrupt wiring lives as long as the device.
     _irqfd: EventFd,
     _resamplefd: EventFd,
@@ -94,7 +115,7 @@ impl ProxyDevice {
         register_irq: &IrqRegistrar<'_>,
         gsi: u8,
         failed: FailFlag,
-        dialect: Dialect,
+        options: &ProxyOptions,
     ) -> Result<Self, ProxyError> {
         let err = |what| {
             let name = name.clone();
@@ -159,26 +180,29 @@ impl ProxyDevice {
             log::info!("remote {name}: BAR{bar} {kind:?} {size:#x} bytes");
         }
         config.set_interrupt(1, gsi);
-        // BAR_INFO is our extension (from QEMU's ioregionfd RFC): a plain
-        // QEMU remote would drop the connection on it, so only ask ours.
-        if dialect == Dialect::Vmm {
-            for bar in (0..NUM_BARS).filter(|&b| config.bar_spec(b).is_some()) {
-                let memory = config.bar_spec(bar).map(|s| s.kind) == Some(BarKind::Memory);
-                let answer = channel
-                    .request(&Message::BarInfo {
-                        bar: bar as u32,
-                        memory,
-                    })
-                    .map_err(err("asking about ioregionfd BARs"))?;
-                if answer == Some(bar as u64) {
-                    log::warn!(
-                        "remote {name}: offers BAR{bar} over ioregionfd, which this VMM does not \
-                         implement yet; using control-socket messages"
-                    );
-                } else {
-                    log::debug!("remote {name}: BAR{bar} on the message path");
-                }
-            }
+        // Region fds are our extension: a plain QEMU remote would drop the
+        // connection on the query, so only ours is asked.
+        let stats = Arc::new(DeviceStats::default());
+        let fast_paths = match (&options.ioregion, options.dialect) {
+            (Some(dispatch), Dialect::Vmm) => crate::proxy::ioregion::negotiate(
+                &mut channel,
+                &Negotiation {
+                    name: &name,
+                    config: &config,
+                    vcpus: options.vcpus,
+                    dispatch,
+                    stats: &stats,
+                    failed: &failed,
+                },
+            )
+            .map_err(|source| ProxyError::IoRegion {
+                name: name.clone(),
+                source,
+            })?,
+            _ => HashMap::new(),
+        };
+        if fast_paths.is_empty() {
+            log::info!("remote {name}: every BAR access goes over control-socket messages");
         }
 
         let mk = || EventFd::new(EFD_NONBLOCK);
@@ -219,6 +243,8 @@ impl ProxyDevice {
             channel,
             config,
             failed,
+            fast_paths,
+            stats,
             _irqfd: irqfd,
             _resamplefd: resamplefd,
         })
@@ -238,6 +264,10 @@ impl ProxyDevice {
             len: data.len() as u32,
         })?;
         Ok(())
+    }
+
+    pub fn stats(&self) -> Arc<DeviceStats> {
+        self.stats.clone()
     }
 
     /// Runs a request unless the remote is already cut off; a failure cuts it off.
@@ -303,6 +333,7 @@ impl PciDevice for ProxyDevice {
     }
 
     fn read_bar(&mut self, bar: &ActiveBar, offset: u64, data: &mut [u8]) {
+        bump(&self.stats.message_reads);
         let value = self.request(
             &Message::BarRead {
                 addr: bar.addr + offset,
@@ -317,6 +348,7 @@ impl PciDevice for ProxyDevice {
     }
 
     fn write_bar(&mut self, bar: &ActiveBar, offset: u64, data: &[u8]) {
+        bump(&self.stats.message_writes);
         let mut val = [0u8; 8];
         let n = data.len().min(8);
         val[..n].copy_from_slice(&data[..n]);
@@ -329,6 +361,18 @@ impl PciDevice for ProxyDevice {
             },
             "BAR write",
         );
+    }
+
+    fn bar_fast_paths(&self, index: usize) -> Vec<Arc<dyn BarFastPath>> {
+        self.fast_paths
+            .get(&index)
+            .map(|paths| {
+                paths
+                    .iter()
+                    .map(|p| p.clone() as Arc<dyn BarFastPath>)
+                    .collect()
+            })
+            .unwrap_or_default()
     }
 }
 
@@ -367,6 +411,18 @@ mod tests {
         }
         fn set_memory(&mut self, _memory: RemoteMemory) {}
         fn set_interrupt(&mut self, _line: SharedIrq) {}
+        /// Two ranges of BAR1 over region fds; the rest over messages.
+        fn ioregions(&self, bar: u8) -> Vec<crate::remote::IoRegionSpec> {
+            let spec = |offset, posted_writes| crate::remote::IoRegionSpec {
+                offset,
+                size: 0x100,
+                posted_writes,
+            };
+            match bar {
+                1 => vec![spec(0, false), spec(0x200, true)],
+                _ => vec![],
+            }
+        }
     }
 
     fn scratch(io_size: u64) -> Arc<Mutex<Scratch>> {
@@ -401,6 +457,13 @@ mod tests {
     }
 
     fn connect(dev: Arc<Mutex<Scratch>>) -> (ProxyDevice, FailFlag, std::thread::JoinHandle<()>) {
+        connect_with(dev, None)
+    }
+
+    fn connect_with(
+        dev: Arc<Mutex<Scratch>>,
+        ioregion: Option<Dispatch>,
+    ) -> (ProxyDevice, FailFlag, std::thread::JoinHandle<()>) {
         let (a, b) = UnixStream::pair().unwrap();
         let remote: Arc<Mutex<dyn RemoteDevice>> = dev;
         let server = std::thread::spawn(move || {
@@ -415,7 +478,11 @@ mod tests {
             &no_kvm,
             16,
             failed.clone(),
-            Dialect::Vmm,
+            &ProxyOptions {
+                dialect: Dialect::Vmm,
+                ioregion,
+                vcpus: 2,
+            },
         )
         .unwrap();
         (proxy, failed, server)
@@ -481,6 +548,51 @@ mod tests {
         assert_eq!(data, [0xad, 0xde]);
     }
 
+    /// Through the PCI root, as the guest sees it: the ioregion ranges of
+    /// BAR1 go to the region fds, the gaps to control-socket messages, and
+    /// the counters say which path served what.
+    #[test]
+    fn ioregion_ranges_bypass_the_control_socket() {
+        use crate::pci::root::PciRoot;
+        use std::sync::atomic::Ordering;
+        let dev = scratch(256);
+        let (proxy, _, _) = connect_with(dev.clone(), Some(Dispatch::Userspace));
+        assert_eq!(proxy.bar_fast_paths(1).len(), 2);
+        assert!(proxy.bar_fast_paths(0).is_empty());
+        let stats = proxy.stats();
+        let buses = Arc::new(crate::vmm::vcpu::Buses::default());
+        let mut root = PciRoot::new(buses.clone());
+        root.add(Arc::new(Mutex::new(proxy)), 1).unwrap();
+        root.assign_resources().unwrap();
+        let base = dev.lock().unwrap().config.bar_addr(1).unwrap();
+        assert!(buses.mmio.write(base + 0x10, &0x1234_5678u32.to_le_bytes()));
+        assert!(buses.mmio.write(base + 0x210, &[0xaa, 0xbb]));
+        assert!(buses.mmio.write(base + 0x150, &[0x42]));
+        let mut word = [0u8; 4];
+        assert!(buses.mmio.read(base + 0x10, &mut word));
+        assert_eq!(u32::from_le_bytes(word), 0x1234_5678);
+        let mut half = [0u8; 2];
+        assert!(
+            buses.mmio.read(base + 0x210, &mut half),
+            "after the posted write"
+        );
+        assert_eq!(half, [0xaa, 0xbb]);
+        let mut byte = [0u8; 1];
+        assert!(buses.mmio.read(base + 0x150, &mut byte));
+        assert_eq!(byte, [0x42]);
+        assert_eq!(
+            &dev.lock().unwrap().regs[0x10..0x14],
+            &0x1234_5678u32.to_le_bytes()
+        );
+        let get = |c: &std::sync::atomic::AtomicU64| c.load(Ordering::Relaxed);
+        assert_eq!(get(&stats.ioregion_writes), 2);
+        assert_eq!(get(&stats.posted_writes), 1);
+        assert_eq!(get(&stats.ioregion_reads), 2);
+        assert_eq!(get(&stats.message_writes), 1);
+        assert_eq!(get(&stats.message_reads), 1);
+        assert_eq!(get(&stats.errors), 0);
+    }
+
     #[test]
     fn dead_remote_reads_all_ones_without_blocking() {
         let dev = scratch(256);
@@ -520,9 +632,10 @@ mod tests {
             let mut ch = Channel::new(b);
             // Answer everything like the server would, but lie about BAR0.
             let irq = Arc::new(Mutex::new(crate::remote::InterruptLine::default()));
+            let hub = Arc::default();
             while let Ok(msg) = ch.recv() {
                 let lie = matches!(msg, Message::PciCfgRead { addr: 0x10, .. });
-                let reply = server::handle(&remote, &irq, msg).unwrap();
+                let reply = server::handle(&remote, &irq, &hub, msg).unwrap();
                 if let Some(reply) = reply {
                     let reply = if lie {
                         Message::Ret(Some(0xffff_fff5))
@@ -543,7 +656,11 @@ mod tests {
             &no_kvm,
             16,
             FailFlag::default(),
-            Dialect::Qemu,
+            &ProxyOptions {
+                dialect: Dialect::Qemu,
+                ioregion: None,
+                vcpus: 1,
+            },
         )
         .err()
         .unwrap();

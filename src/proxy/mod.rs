@@ -2,5 +2,7 @@
 //! process, reached over the mpqemu control protocol.
 
 pub mod device;
+pub mod ioregion;
 pub mod remote;
 pub mod spec;
+pub mod stats;

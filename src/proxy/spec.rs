@@ -25,10 +25,24 @@ pub enum Dialect {
     Vmm,
 }
 
+/// How BARs the remote offers over ioregionfd are dispatched.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum IoRegionMode {
+    /// The kernel path where KVM has it, else the userspace path.
+    Auto,
+    /// KVM_SET_IOREGION or fail.
+    Kernel,
+    /// vCPU threads write the records themselves.
+    Userspace,
+    /// Every BAR access is a BAR_READ/BAR_WRITE message (QEMU's way).
+    Off,
+}
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RemoteDevSpec {
     pub endpoint: Endpoint,
     pub dialect: Dialect,
+    pub ioregionfd: IoRegionMode,
 }
 
 impl FromStr for RemoteDevSpec {
@@ -40,6 +54,7 @@ impl FromStr for RemoteDevSpec {
         let mut disks = Vec::new();
         let mut readonly = false;
         let mut lsi = false;
+        let mut ioregionfd = None;
         for (i, item) in text.split(',').filter(|s| !s.is_empty()).enumerate() {
             if i == 0 && item == "lsi" {
                 lsi = true;
@@ -76,6 +91,19 @@ impl FromStr for RemoteDevSpec {
                         other => return Err(format!("proto={other}: expected qemu or vmm")),
                     }
                 }
+                "ioregionfd" => {
+                    ioregionfd = Some(match value {
+                        "auto" => IoRegionMode::Auto,
+                        "kernel" => IoRegionMode::Kernel,
+                        "userspace" => IoRegionMode::Userspace,
+                        "off" => IoRegionMode::Off,
+                        other => {
+                            return Err(format!(
+                                "ioregionfd={other}: expected auto, kernel, userspace or off"
+                            ));
+                        }
+                    })
+                }
                 "disk" if lsi => disks.push(PathBuf::from(value)),
                 "readonly" if lsi => {
                     readonly = match value {
@@ -95,7 +123,20 @@ impl FromStr for RemoteDevSpec {
         }
         let endpoint = endpoint
             .ok_or_else(|| "say where the remote is: socket=PATH, fd=N or exec=PATH".to_string())?;
-        Ok(RemoteDevSpec { endpoint, dialect })
+        let ioregionfd = match (ioregionfd, dialect) {
+            (Some(mode), Dialect::Vmm) => mode,
+            (None, Dialect::Vmm) => IoRegionMode::Auto,
+            // A QEMU remote knows nothing of ioregion fds.
+            (None | Some(IoRegionMode::Off), Dialect::Qemu) => IoRegionMode::Off,
+            (Some(_), Dialect::Qemu) => {
+                return Err("ioregionfd= needs a remote of our own (lsi or proto=vmm)".into());
+            }
+        };
+        Ok(RemoteDevSpec {
+            endpoint,
+            dialect,
+            ioregionfd,
+        })
     }
 }
 
@@ -139,6 +180,22 @@ mod tests {
         assert!("lsi,socket=x".parse::<RemoteDevSpec>().is_err());
         assert!("socket=x,disk=a".parse::<RemoteDevSpec>().is_err());
         assert!("lsi,readonly=maybe".parse::<RemoteDevSpec>().is_err());
+    }
+
+    #[test]
+    fn ioregionfd_modes_parse_and_need_our_dialect() {
+        let mode = |t: &str| t.parse::<RemoteDevSpec>().unwrap().ioregionfd;
+        assert_eq!(mode("lsi"), IoRegionMode::Auto);
+        assert_eq!(mode("lsi,ioregionfd=off"), IoRegionMode::Off);
+        assert_eq!(mode("lsi,ioregionfd=userspace"), IoRegionMode::Userspace);
+        assert_eq!(
+            mode("socket=x,proto=vmm,ioregionfd=kernel"),
+            IoRegionMode::Kernel
+        );
+        assert_eq!(mode("socket=x"), IoRegionMode::Off);
+        let err = |t: &str| t.parse::<RemoteDevSpec>().unwrap_err();
+        assert!(err("socket=x,ioregionfd=auto").contains("our own"));
+        assert!(err("lsi,ioregionfd=fast").contains("ioregionfd=fast"));
     }
 
     #[test]

@@ -3,12 +3,14 @@
 //! its interrupt raised through an irqfd.
 
 pub mod cli;
+pub mod ioregions;
 pub mod irq;
 pub mod memory;
 pub mod server;
 
 use crate::pci::ConfigSpace;
 
+pub use ioregions::IoRegionSpec;
 pub use irq::{InterruptLine, SharedIrq};
 pub use memory::RemoteMemory;
 
@@ -30,6 +32,10 @@ pub trait RemoteDevice: Send {
         None
     }
     fn service_background(&mut self) {}
+    /// Ranges of BAR `bar` to serve over ioregionfd rather than messages.
+    fn ioregions(&self, _bar: u8) -> Vec<IoRegionSpec> {
+        Vec::new()
+    }
     /// One line on what the device did, logged when the remote exits.
     fn summary(&self) -> Option<String> {
         None

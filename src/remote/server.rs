@@ -4,7 +4,7 @@
 
 use std::sync::{Arc, Mutex};
 
-use super::{InterruptLine, RemoteDevice, RemoteMemory};
+use super::{InterruptLine, RemoteDevice, RemoteMemory, ioregions};
 use crate::pci::BarKind;
 use crate::protocol::channel::{Channel, ChannelError};
 use crate::protocol::mpqemu::{Message, RET_ERROR};
@@ -19,6 +19,8 @@ pub enum ServerError {
     UnexpectedRet,
     #[error("poll failed: {0}")]
     Poll(#[source] std::io::Error),
+    #[error("cannot open ioregion fds: {0}")]
+    IoRegion(#[source] std::io::Error),
 }
 
 /// Reads `len` config bytes starting at byte `addr` (which may cross dwords).
@@ -54,8 +56,20 @@ fn locate(device: &dyn RemoteDevice, addr: u64, size: u32, memory: bool) -> Opti
 pub fn handle(
     device: &Arc<Mutex<dyn RemoteDevice>>,
     irq: &Arc<Mutex<InterruptLine>>,
+    hub: &Arc<ioregions::Hub>,
     msg: Message,
 ) -> Result<Option<Message>, ServerError> {
+    if let Message::RegionIoFdsQuery { bar, vcpu } = msg {
+        let Ok(bar) = u8::try_from(bar) else {
+            return Ok(Some(Message::RegionIoFds {
+                regions: vec![],
+                fds: vec![],
+            }));
+        };
+        let (regions, fds) =
+            ioregions::open(device, hub, bar, vcpu).map_err(ServerError::IoRegion)?;
+        return Ok(Some(Message::RegionIoFds { regions, fds }));
+    }
     let mut dev = device.lock().expect("device lock poisoned");
     Ok(match msg {
         Message::SyncSysmem { regions, fds } => {
@@ -113,7 +127,8 @@ pub fn handle(
         // No BAR is served over ioregionfd (yet): the answer QEMU's RFC
         // defines for "use the message path".
         Message::BarInfo { .. } => Some(Message::Ret(Some(RET_ERROR))),
-        Message::Ret(_) => return Err(ServerError::UnexpectedRet),
+        Message::Ret(_) | Message::RegionIoFds { .. } => return Err(ServerError::UnexpectedRet),
+        Message::RegionIoFdsQuery { .. } => unreachable!("answered above"),
     })
 }
 
@@ -124,6 +139,7 @@ pub fn serve(
 ) -> Result<(), ServerError> {
     use std::os::fd::AsRawFd;
     let irq = Arc::new(Mutex::new(InterruptLine::default()));
+    let hub = Arc::new(ioregions::Hub::default());
     loop {
         let resample = irq.lock().expect("irq lock poisoned").resample_fd();
         let background = device.lock().expect("device lock poisoned").background_fd();
@@ -163,7 +179,7 @@ pub fn serve(
             Err(ChannelError::Closed) => return Ok(()),
             Err(e) => return Err(e.into()),
         };
-        if let Some(reply) = handle(&device, &irq, msg)? {
+        if let Some(reply) = handle(&device, &irq, &hub, msg)? {
             channel.send(&reply)?;
         }
     }

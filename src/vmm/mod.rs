@@ -25,10 +25,13 @@ use vmm_sys_util::epoll::EventSet;
 use vmm_sys_util::eventfd::{EFD_NONBLOCK, EventFd};
 
 use crate::devices::{i8042, rtc, serial};
+use crate::ioregion::Probe;
 use crate::pci::host_bridge::HostBridge;
 use crate::pci::root::{self as pci_root, PciConfigIo, PciRoot};
-use crate::proxy::device::{FailFlag, ProxyDevice};
+use crate::proxy::device::{FailFlag, ProxyDevice, ProxyOptions};
+use crate::proxy::ioregion::Dispatch;
 use crate::proxy::remote::{self, RemoteWatcher, SharedChild};
+use crate::proxy::spec::IoRegionMode;
 use crate::proxy::spec::RemoteDevSpec;
 use stop::{StopReason, StopSignal};
 use vcpu::Buses;
@@ -42,6 +45,8 @@ pub struct VmConfig {
     pub mem_size: u64,
     pub cpus: u8,
     pub remote_devs: Vec<RemoteDevSpec>,
+    /// Print device access counters at exit.
+    pub stats: bool,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -70,6 +75,14 @@ pub enum VmmError {
     Remote(#[from] remote::RemoteError),
     #[error(transparent)]
     Proxy(#[from] crate::proxy::device::ProxyError),
+    #[error(
+        "remote #{index} asks for ioregionfd=kernel, but this kernel has no KVM_SET_IOREGION \
+         ({source}); no mainline kernel does. Use ioregionfd=auto or ioregionfd=userspace"
+    )]
+    NoKernelIoRegion {
+        index: usize,
+        source: std::io::Error,
+    },
     #[error("{0} remote devices requested; at most {max} fit", max = pci_root::MAX_PCI_DEVICES)]
     TooManyRemotes(usize),
     #[error("cannot place a device on the bus: {0}")]
@@ -173,6 +186,7 @@ fn add_legacy_devices(
 /// A remote device plugged into the PCI bus.
 struct PluggedRemote {
     name: String,
+    stats: Arc<crate::proxy::stats::DeviceStats>,
     irq: mptable::PciIrq,
     child: SharedChild,
     watcher: Arc<Mutex<RemoteWatcher>>,
@@ -180,15 +194,62 @@ struct PluggedRemote {
 
 /// Opens each remote, connects a proxy to it and plugs it into its own
 /// slot, whose INTA# gets its own IOAPIC input.
+/// Resolves each device's `ioregionfd=` against what KVM offers, probing
+/// KVM_SET_IOREGION once by trying it: the capability numbers its patches
+/// used now mean other things, so KVM_CHECK_EXTENSION cannot tell.
+fn ioregion_dispatch(
+    vm: &Arc<VmFd>,
+    specs: &[RemoteDevSpec],
+) -> Result<Vec<Option<Dispatch>>, VmmError> {
+    let wants =
+        |s: &RemoteDevSpec| matches!(s.ioregionfd, IoRegionMode::Auto | IoRegionMode::Kernel);
+    let probe = if specs.iter().any(wants) {
+        // The top page of the PCI window: BARs are placed from the bottom.
+        let scratch = layout::PCI_MMIO_START + layout::PCI_MMIO_SIZE - 0x1000;
+        let probe = crate::ioregion::probe(vm.as_ref(), scratch);
+        match probe {
+            Probe::Available => log::info!("KVM_SET_IOREGION works: KVM serves ioregions itself"),
+            Probe::Unavailable { errno } => log::info!(
+                "KVM has no KVM_SET_IOREGION ({}; no mainline kernel does): ioregions are \
+                 served from vCPU threads (userspace path)",
+                std::io::Error::from_raw_os_error(errno)
+            ),
+        }
+        Some(probe)
+    } else {
+        None
+    };
+    specs
+        .iter()
+        .enumerate()
+        .map(|(index, spec)| {
+            Ok(match (spec.ioregionfd, &probe) {
+                (IoRegionMode::Off, _) => None,
+                (IoRegionMode::Userspace, _) => Some(Dispatch::Userspace),
+                (_, Some(Probe::Available)) => Some(Dispatch::Kernel(vm.clone())),
+                (IoRegionMode::Kernel, Some(Probe::Unavailable { errno })) => {
+                    return Err(VmmError::NoKernelIoRegion {
+                        index,
+                        source: std::io::Error::from_raw_os_error(*errno),
+                    });
+                }
+                _ => Some(Dispatch::Userspace),
+            })
+        })
+        .collect()
+}
+
 fn add_remote_devices(
-    vm: &VmFd,
+    vm: &Arc<VmFd>,
     ram: &memory::GuestRam,
     pci: &Arc<Mutex<PciRoot>>,
     specs: &[RemoteDevSpec],
+    vcpus: usize,
 ) -> Result<Vec<PluggedRemote>, VmmError> {
     if specs.len() > pci_root::MAX_PCI_DEVICES {
         return Err(VmmError::TooManyRemotes(specs.len()));
     }
+    let dispatch = ioregion_dispatch(vm, specs)?;
     let register = |irqfd: &EventFd, resamplefd: &EventFd, gsi: u32| {
         vm.register_irqfd_with_resample(irqfd, resamplefd, gsi)
     };
@@ -212,7 +273,11 @@ fn add_remote_devices(
             &register,
             gsi,
             failed,
-            spec.dialect,
+            &ProxyOptions {
+                dialect: spec.dialect,
+                ioregion: dispatch[index].clone(),
+                vcpus,
+            },
         ) {
             Ok(d) => d,
             Err(e) => {
@@ -223,6 +288,7 @@ fn add_remote_devices(
                 return Err(e.into());
             }
         };
+        let stats = device.stats();
         let got = pci
             .lock()
             .expect("pci root lock")
@@ -230,6 +296,7 @@ fn add_remote_devices(
         debug_assert_eq!(got, slot);
         plugged.push(PluggedRemote {
             name,
+            stats,
             irq: mptable::PciIrq {
                 slot: slot as u8,
                 pin: 1,
@@ -304,7 +371,7 @@ pub fn run(config: &VmConfig) -> Result<StopReason, VmmError> {
 
     let kvm = host::open_kvm()?;
     host::warn_if_pvm();
-    let vm = create_vm(&kvm)?;
+    let vm = Arc::new(create_vm(&kvm)?);
     register_memory(&vm, &ram)?;
 
     let buses = Arc::new(Buses::default());
@@ -312,7 +379,25 @@ pub fn run(config: &VmConfig) -> Result<StopReason, VmmError> {
     pci.lock()
         .expect("pci root lock")
         .add(Arc::new(Mutex::new(HostBridge::new())), 0)?;
-    let remotes = add_remote_devices(&vm, &ram, &pci, &config.remote_devs)?;
+    let remotes = add_remote_devices(
+        &vm,
+        &ram,
+        &pci,
+        &config.remote_devs,
+        usize::from(config.cpus),
+    )?;
+    let stats: Vec<(String, Arc<crate::proxy::stats::DeviceStats>)> = remotes
+        .iter()
+        .map(|r| (r.name.clone(), r.stats.clone()))
+        .collect();
+    let print_stats = {
+        let stats = stats.clone();
+        move || {
+            for (name, s) in &stats {
+                eprintln!("vmm: {}", s.line(name));
+            }
+        }
+    };
     let pci_irqs: Vec<mptable::PciIrq> = remotes.iter().map(|r| r.irq).collect();
     pci.lock().expect("pci root lock").assign_resources()?;
     buses.pio.insert(
@@ -331,7 +416,8 @@ pub fn run(config: &VmConfig) -> Result<StopReason, VmmError> {
     let mut events: EventManager<Subscriber> = EventManager::new().map_err(VmmError::EventLoop)?;
     events.add_subscriber(Arc::new(Mutex::new(StopWatcher(stop.clone()))));
     events.add_subscriber(Arc::new(Mutex::new(
-        signals::SignalHandler::new(stop.clone()).map_err(io_err("create a signalfd"))?,
+        signals::SignalHandler::new(stop.clone(), Box::new(print_stats.clone()))
+            .map_err(io_err("create a signalfd"))?,
     )));
     events.add_subscriber(Arc::new(Mutex::new(console::StdinConsole::new(
         serial.clone(),
@@ -364,6 +450,9 @@ pub fn run(config: &VmConfig) -> Result<StopReason, VmmError> {
         serial.lock().expect("serial lock").flush_input();
     };
     drop(raw_mode);
+    if config.stats {
+        print_stats();
+    }
     for r in &remotes {
         r.watcher.lock().expect("watcher lock").hang_up();
     }

@@ -12,6 +12,8 @@ use vmm_sys_util::epoll::EventSet;
 use super::stop::{StopReason, StopSignal};
 
 const STOP_SIGNALS: [libc::c_int; 3] = [libc::SIGINT, libc::SIGTERM, libc::SIGHUP];
+/// Asks for the device counters without stopping anything.
+const REPORT_SIGNAL: libc::c_int = libc::SIGUSR1;
 /// Size of `struct signalfd_siginfo`.
 const SIGINFO_SIZE: usize = 128;
 
@@ -23,6 +25,7 @@ fn stop_set() -> libc::sigset_t {
         for s in STOP_SIGNALS {
             libc::sigaddset(&mut set, s);
         }
+        libc::sigaddset(&mut set, REPORT_SIGNAL);
         set
     }
 }
@@ -42,10 +45,12 @@ pub fn block_stop_signals() -> std::io::Result<()> {
 pub struct SignalHandler {
     fd: File,
     stop: Arc<StopSignal>,
+    report: Box<dyn Fn() + Send>,
 }
 
 impl SignalHandler {
-    pub fn new(stop: Arc<StopSignal>) -> std::io::Result<Self> {
+    /// `report` runs on SIGUSR1; the other signals stop the VM.
+    pub fn new(stop: Arc<StopSignal>, report: Box<dyn Fn() + Send>) -> std::io::Result<Self> {
         let set = stop_set();
         // SAFETY: `set` is valid; -1 asks for a new fd.
         let fd = unsafe { libc::signalfd(-1, &set, libc::SFD_CLOEXEC | libc::SFD_NONBLOCK) };
@@ -54,7 +59,7 @@ impl SignalHandler {
         }
         // SAFETY: signalfd returned a new fd that we own.
         let fd = unsafe { File::from_raw_fd(fd) };
-        Ok(SignalHandler { fd, stop })
+        Ok(SignalHandler { fd, stop, report })
     }
 }
 
@@ -63,6 +68,10 @@ impl MutEventSubscriber for SignalHandler {
         let mut info = [0u8; SIGINFO_SIZE];
         while let Ok(SIGINFO_SIZE) = self.fd.read(&mut info) {
             let signo = i32::from_ne_bytes(info[0..4].try_into().expect("4 bytes"));
+            if signo == REPORT_SIGNAL {
+                (self.report)();
+                continue;
+            }
             log::info!("received signal {signo}, stopping the VM");
             self.stop.request(StopReason::Signal(signo));
         }

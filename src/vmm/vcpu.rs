@@ -111,6 +111,16 @@ fn internal_error_detail(vcpu: &mut VcpuFd) -> String {
     format!("suberror {}", internal.suberror)
 }
 
+thread_local! {
+    static CURRENT_VCPU: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
+}
+
+/// The index of the vCPU the calling thread runs (0 outside vCPU threads),
+/// so devices can keep per-vCPU state such as ioregion fds without a lock.
+pub fn current_vcpu() -> usize {
+    CURRENT_VCPU.with(|c| c.get())
+}
+
 /// Runs vCPU `id` until the VM stops.
 pub fn spawn(
     id: u8,
@@ -121,6 +131,7 @@ pub fn spawn(
     std::thread::Builder::new()
         .name(format!("vcpu{id}"))
         .spawn(move || {
+            CURRENT_VCPU.with(|c| c.set(usize::from(id)));
             loop {
                 let action = match vcpu.run() {
                     Ok(exit) => {
