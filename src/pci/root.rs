@@ -393,11 +393,47 @@ mod tests {
     use super::super::config::{ConfigSpace, REG_INTERRUPT};
     use super::super::host_bridge::HostBridge;
     use super::*;
+    use crate::bus::SharedBusDevice;
 
     /// A device whose BARs answer with their index and record writes.
     struct TestDevice {
         config: ConfigSpace,
         writes: Vec<(u8, u64, u64, Vec<u8>)>,
+        fast: Option<Arc<FastRange>>,
+    }
+
+    /// BAR1's bytes 0x40..0x80 on a fast path that answers 0xfa and logs
+    /// where it was attached; `kernel` plays KVM taking the range.
+    #[derive(Default)]
+    struct FastRange {
+        kernel: bool,
+        log: Mutex<Vec<String>>,
+    }
+
+    impl BarFastPath for FastRange {
+        fn range(&self) -> (u64, u64) {
+            (0x40, 0x40)
+        }
+        fn attach(self: Arc<Self>, bar_addr: u64) -> Option<Arc<dyn SharedBusDevice>> {
+            self.log
+                .lock()
+                .unwrap()
+                .push(format!("attach {bar_addr:#x}"));
+            if self.kernel { None } else { Some(self) }
+        }
+        fn detach(&self, bar_addr: u64) {
+            self.log
+                .lock()
+                .unwrap()
+                .push(format!("detach {bar_addr:#x}"));
+        }
+    }
+
+    impl SharedBusDevice for FastRange {
+        fn read(&self, _offset: u64, data: &mut [u8]) {
+            data.fill(0xfa)
+        }
+        fn write(&self, _offset: u64, _data: &[u8]) {}
     }
 
     impl TestDevice {
@@ -433,6 +469,7 @@ mod tests {
             TestDevice {
                 config,
                 writes: Vec::new(),
+                fast: None,
             }
         }
     }
@@ -460,12 +497,26 @@ mod tests {
             self.writes
                 .push((bar.index, bar.addr, offset, data.to_vec()))
         }
+        fn bar_fast_paths(&self, index: usize) -> Vec<Arc<dyn BarFastPath>> {
+            match (&self.fast, index) {
+                (Some(f), 1) => vec![f.clone() as Arc<dyn BarFastPath>],
+                _ => vec![],
+            }
+        }
     }
 
     fn setup() -> (Arc<Buses>, PciConfigIo, Arc<Mutex<TestDevice>>) {
+        setup_with(None)
+    }
+
+    fn setup_with(
+        fast: Option<Arc<FastRange>>,
+    ) -> (Arc<Buses>, PciConfigIo, Arc<Mutex<TestDevice>>) {
         let buses = Arc::new(Buses::default());
         let root = Arc::new(Mutex::new(PciRoot::new(buses.clone())));
-        let dev = Arc::new(Mutex::new(TestDevice::new()));
+        let mut device = TestDevice::new();
+        device.fast = fast;
+        let dev = Arc::new(Mutex::new(device));
         {
             let mut r = root.lock().unwrap();
             r.add(Arc::new(Mutex::new(HostBridge::new())), 0).unwrap();
@@ -555,6 +606,54 @@ mod tests {
         assert!(!buses.mmio.read(old, &mut d));
         assert!(buses.mmio.read(0xd000_0000, &mut d));
         assert_eq!(d, [1]);
+    }
+
+    #[test]
+    fn fast_paths_split_their_bar_and_follow_it_when_it_moves() {
+        let fast = Arc::new(FastRange::default());
+        let (buses, mut io, dev) = setup_with(Some(fast.clone()));
+        let old = u64::from(cfg_read(&mut io, 1, 5));
+        let mut d = [0u8; 2];
+        assert!(buses.mmio.read(old + 0x40, &mut d));
+        assert_eq!(d, [0xfa; 2], "the fast path serves its range");
+        assert!(buses.mmio.read(old + 0x3e, &mut d));
+        assert_eq!(d, [1; 2], "below it, the device");
+        assert!(buses.mmio.write(old + 0x80, &[7]));
+        assert_eq!(
+            dev.lock().unwrap().writes.last().unwrap(),
+            &(1, old, 0x80, vec![7]),
+            "above it, the device at the right BAR offset"
+        );
+        cfg_write(&mut io, 1, 1, 0);
+        cfg_write(&mut io, 1, 5, 0xd000_0000);
+        cfg_write(&mut io, 1, 1, 3);
+        assert!(!buses.mmio.read(old + 0x40, &mut d), "nothing left behind");
+        assert!(buses.mmio.read(0xd000_0040, &mut d));
+        assert_eq!(d, [0xfa; 2]);
+        assert_eq!(
+            *fast.log.lock().unwrap(),
+            vec![
+                format!("attach {old:#x}"),
+                format!("detach {old:#x}"),
+                "attach 0xd0000000".to_string()
+            ]
+        );
+    }
+
+    #[test]
+    fn a_range_kvm_serves_is_left_off_the_bus() {
+        let fast = Arc::new(FastRange {
+            kernel: true,
+            ..Default::default()
+        });
+        let (buses, mut io, _) = setup_with(Some(fast));
+        let bar1 = u64::from(cfg_read(&mut io, 1, 5));
+        let mut d = [0u8; 1];
+        assert!(
+            !buses.mmio.read(bar1 + 0x40, &mut d),
+            "no exit reaches us there"
+        );
+        assert!(buses.mmio.read(bar1 + 0x80, &mut d));
     }
 
     #[test]
