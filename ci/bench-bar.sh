@@ -2,7 +2,10 @@
 # BAR register round trip: one guest read (and write) of the LSI's SCRATCHB
 # register, measured from guest userspace, through
 #   ours      our VMM's proxy      -> QEMU's x-remote LSI (message path)
-#   ours-lsi  our VMM's proxy      -> our own LSI remote (message path)
+#   ours-lsi-off  our VMM's proxy  -> our own LSI remote (message path, ioregionfd=off)
+#   ours-lsi  our VMM              -> our own LSI remote over ioregion fds
+#             (ioregionfd=auto: the userspace path on kernels without
+#             KVM_SET_IOREGION, i.e. every mainline kernel)
 #   qemu-mp   QEMU's x-pci-proxy-dev -> the same QEMU x-remote LSI
 #   qemu      QEMU's in-process lsi53c895a (reference)
 # in one KVM test rig boot, interleaved over ROUNDS rounds. Prints a markdown
@@ -29,6 +32,9 @@ for round in \$(seq $rounds); do
     echo "BENCH-CONFIG: ours"
     LSI_DISK=/tmp/a.img $pin /rig/vmm --kernel /rig/guest/bzImage --initrd /rig/guest/initramfs.cpio.gz \
         --cmdline "\$cmdline" --remote-dev exec=/rig/extra/ci/qemu-remote-lsi.sh </dev/null 2>&1 | grep regbench
+    echo "BENCH-CONFIG: ours-lsi-off"
+    $pin /rig/vmm --kernel /rig/guest/bzImage --initrd /rig/guest/initramfs.cpio.gz \
+        --cmdline "\$cmdline" --remote-dev lsi,disk=/tmp/a.img,ioregionfd=off </dev/null 2>&1 | grep regbench
     echo "BENCH-CONFIG: ours-lsi"
     $pin /rig/vmm --kernel /rig/guest/bzImage --initrd /rig/guest/initramfs.cpio.gz \
         --cmdline "\$cmdline" --remote-dev lsi,disk=/tmp/a.img </dev/null 2>&1 | grep regbench

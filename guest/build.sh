@@ -42,8 +42,9 @@ if [ ! -x "$fio_bin" ]; then
     rm -rf "$src"
 fi
 cp "$fio_bin" "$stage/bin/fio"
-mkdir -p "$stage/etc/fio"
+mkdir -p "$stage/etc/fio/bench"
 cp "$VMM_ROOT"/resources/fio/*.fio "$stage/etc/fio/"
+cp "$VMM_ROOT"/resources/fio/bench/*.fio "$stage/etc/fio/bench/"
 
 # Guest-side tools, built static so they need nothing from the initramfs.
 for tool in "$VMM_ROOT"/guest/tools/*.c; do

@@ -1,0 +1,130 @@
+#!/usr/bin/env python3
+"""Turns ci/bench.sh's console log into markdown tables.
+
+usage: bench-table.py CONSOLE_LOG JSON_DIR
+
+Saves each fio JSON result as JSON_DIR/<config>-r<round>-<job>.json and
+prints, per job, the median over rounds of IOPS, bandwidth, mean and p99
+completion latency for every configuration, with IOPS ratios against the
+first configuration; then the register round trip (regbench) the same way.
+"""
+import json
+import os
+import re
+import statistics
+import sys
+
+
+def parse(log_path, json_dir):
+    os.makedirs(json_dir, exist_ok=True)
+    results = {}  # (config, job) -> [metrics per round]
+    regs = {}  # config -> [(read_ns, write_ns)]
+    counters = {}  # config -> last --stats line
+    order, jobs = [], []
+    config = rnd = None
+    capture = None
+    for raw in open(log_path, errors="replace"):
+        line = raw.rstrip("\r\n")
+        m = re.match(r"BENCH-CONFIG: (\S+) round (\d+)", line)
+        if m:
+            config, rnd = m.group(1), int(m.group(2))
+            if config not in order:
+                order.append(config)
+            continue
+        m = re.match(r"VMM-FIO-JSON-BEGIN (\S+)", line)
+        if m:
+            capture = (m.group(1), [])
+            continue
+        if capture and line.startswith("VMM-FIO-JSON-END"):
+            job, lines = capture
+            capture = None
+            text = "\n".join(lines)
+            with open(os.path.join(json_dir, f"{config}-r{rnd}-{job}.json"), "w") as f:
+                f.write(text + "\n")
+            try:
+                data = json.loads(text)
+            except json.JSONDecodeError as e:
+                print(f"warning: {config} round {rnd} {job}: unreadable JSON ({e})", file=sys.stderr)
+                continue
+            if job not in jobs:
+                jobs.append(job)
+            results.setdefault((config, job), []).append(metrics(data))
+            continue
+        if capture:
+            capture[1].append(line)
+            continue
+        m = re.search(r"read_ns=(\d+).*write_ns=(\d+)", line)
+        if m and config:
+            regs.setdefault(config, []).append((int(m.group(1)), int(m.group(2))))
+        if "BAR accesses over messages" in line and config:
+            counters[config] = line.split(": ", 1)[-1]
+    return order, jobs, results, regs, counters
+
+
+def metrics(data):
+    """IOPS, MiB/s, mean and p99 completion latency (us), reads and writes together."""
+    job = data["jobs"][0]
+    iops = bw = ios = lat_sum = 0.0
+    p99 = 0.0
+    for side in ("read", "write"):
+        s = job[side]
+        if not s.get("total_ios"):
+            continue
+        iops += s["iops"]
+        bw += s["bw"] / 1024.0
+        n = s["total_ios"]
+        ios += n
+        lat_sum += s["clat_ns"]["mean"] * n
+        pct = s["clat_ns"].get("percentile", {})
+        p99 = max(p99, pct.get("99.000000", 0.0))
+    mean = lat_sum / ios if ios else 0.0
+    return iops, bw, mean / 1000.0, p99 / 1000.0
+
+
+def main():
+    order, jobs, results, regs, counters = parse(sys.argv[1], sys.argv[2])
+    if not jobs:
+        sys.exit("no fio results in the log")
+    print("| job | configuration | IOPS | MiB/s | mean lat us | p99 lat us | IOPS vs " + order[0] + " | runs |")
+    print("| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: |")
+    for job in jobs:
+        base = None
+        for config in order:
+            runs = results.get((config, job))
+            if not runs:
+                print(f"| {job} | {config} | failed | | | | | 0 |")
+                continue
+            med = [statistics.median(r[i] for r in runs) for i in range(4)]
+            if base is None:
+                base = med[0]
+            ratio = f"{med[0] / base:.2f}x" if base else "-"
+            print(f"| {job} | {config} | {med[0]:.0f} | {med[1]:.1f} | {med[2]:.0f} | {med[3]:.0f} | {ratio} | {len(runs)} |")
+    print()
+    print("Register round trip from guest userspace (SCRATCHB, BAR1 + 0x5c, regbench):")
+    print()
+    print(f"| configuration | read ns | write ns | read vs {order[0]} | runs |")
+    print("| --- | ---: | ---: | ---: | ---: |")
+    base = None
+    for config in order:
+        runs = regs.get(config)
+        if not runs:
+            print(f"| {config} | failed | | | 0 |")
+            continue
+        r = statistics.median(x[0] for x in runs)
+        w = statistics.median(x[1] for x in runs)
+        if base is None:
+            base = r
+        print(f"| {config} | {r:.0f} | {w:.0f} | {r / base:.2f}x | {len(runs)} |")
+    if counters:
+        print()
+        print("Our proxy's counters (`--stats`, last round):")
+        print()
+        for config, line in counters.items():
+            print(f"- {config}: {line}")
+    print()
+    print("Note: Debian's QEMU 7.2 LSI stops SCRIPTS after 100 instructions and resumes")
+    print("them on a 500 us timer, which caps its iodepth-16 rows near its iodepth-1 rates.")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,141 @@
+#!/usr/bin/env bash
+# fio inside the guest on our remote LSI against QEMU, one command:
+#   ours       our VMM + our LSI remote, ioregionfd=auto
+#   ours-off   our VMM + our LSI remote, ioregionfd=off (control-socket messages)
+#   qemu       QEMU 7.2's in-process lsi53c895a
+#   qemu-mp    QEMU 7.2 multiprocess: x-pci-proxy-dev + x-remote LSI
+# Same kernel, initramfs and disk image; one guest boot per configuration
+# and round, rounds interleaved (A B C D A B C D) so noise shows. Runs in the
+# KVM test rig unless /dev/kvm is hardware-backed. Prints a markdown table
+# (medians over rounds, ratios against the first configuration) and keeps
+# it with fio's raw JSON and the console log in the output folder.
+#
+# --pin CPUS runs every process of a configuration (VMM, remote, vCPU) under
+# `taskset -c CPUS`; the default in the rig is 0, because there a wake-up
+# of a process on the other (idle) CPU costs milliseconds and would swamp
+# every multi-process row; on hardware the default is no pinning.
+#
+# usage: ci/bench.sh [--rounds N] [--runtime SECS] [--jobs a,b,...]
+#                    [--configs ours,ours-off,qemu,qemu-mp] [--pin CPUS|none]
+#                    [--out DIR]
+set -euo pipefail
+. "$(dirname "$0")/lib.sh"
+cd "$VMM_ROOT"
+
+rounds=2
+runtime=5
+jobs=""
+configs="ours,ours-off,qemu,qemu-mp"
+out=""
+pin=""
+while [ $# -gt 0 ]; do
+    case "$1" in
+        --rounds) rounds=$2; shift 2 ;;
+        --runtime) runtime=$2; shift 2 ;;
+        --jobs) jobs=$2; shift 2 ;;
+        --configs) configs=$2; shift 2 ;;
+        --out) out=$2; shift 2 ;;
+        --pin) pin=$2; shift 2 ;;
+        -h|--help) sed -n '2,21p' "$0"; exit 0 ;;
+        *) die "unknown option $1 (see --help)" ;;
+    esac
+done
+[ -n "$out" ] || out=$VMM_BUILD/bench/fio-$(date +%Y%m%d-%H%M%S)
+mkdir -p "$out"
+ensure_packages qemu-system-x86 busybox-static cpio kmod gzip python3
+[ -n "$jobs" ] || jobs=$(ls resources/fio/bench | sed 's/\.fio$//' | paste -sd, -)
+njobs=$(echo "$jobs" | tr ',' '\n' | wc -l)
+nconfigs=$(echo "$configs" | tr ',' '\n' | wc -l)
+
+if [ -e /dev/kvm ] && [ ! -e /sys/module/kvm_pvm ] && grep -qwE 'vmx|svm' /proc/cpuinfo; then
+    where="hardware KVM"
+else
+    where="the KVM test rig (QEMU TCG, nested SVM)"
+    [ -n "$pin" ] || pin=0
+fi
+[ "$pin" = none ] && pin=""
+run=${pin:+taskset -c $pin}
+
+# The run itself, the same text on hardware and in the rig; $VMM, $GUEST,
+# $EXTRA and $PAIREXEC say where things are.
+body=$(cat <<SCRIPT
+img=\$WORK/bench.img
+dd if=/dev/zero of=\$img bs=1M count=256 2>/dev/null
+cmdline="console=ttyS0 quiet iomem=relaxed vmm.run=fio-bench vmm.runtime=$runtime vmm.jobs=$jobs vmm.count=2000"
+guest="-kernel \$GUEST/bzImage -initrd \$GUEST/initramfs.cpio.gz"
+qemu_vm="qemu-system-x86_64 -accel kvm -cpu host -m 512M -nodefaults -display none -serial stdio -no-reboot"
+for round in \$(seq $rounds); do
+    for config in $(echo "$configs" | tr ',' ' '); do
+        echo "BENCH-CONFIG: \$config round \$round"
+        case \$config in
+        ours) $run \$VMM --kernel \$GUEST/bzImage --initrd \$GUEST/initramfs.cpio.gz --cmdline "\$cmdline" \
+                --stats --remote-dev lsi,disk=\$img </dev/null 2>&1 ;;
+        ours-off) $run \$VMM --kernel \$GUEST/bzImage --initrd \$GUEST/initramfs.cpio.gz --cmdline "\$cmdline" \
+                --stats --remote-dev lsi,disk=\$img,ioregionfd=off </dev/null 2>&1 ;;
+        qemu) $run \$qemu_vm \$guest -append "\$cmdline" -device lsi53c895a,id=lsi0 \
+                -drive id=d0,file=\$img,format=raw,if=none -device scsi-hd,drive=d0,bus=lsi0.0 </dev/null 2>&1 ;;
+        qemu-mp) $run \$PAIREXEC "LSI_DISK=\$img exec \$EXTRA/ci/qemu-remote-lsi.sh" \
+                "exec \$qemu_vm -object memory-backend-memfd,id=mem,size=512M -numa node,memdev=mem \$guest -append '\$cmdline' -device x-pci-proxy-dev,id=lsi0,fd=4" </dev/null 2>&1 ;;
+        *) echo "BENCH-UNKNOWN-CONFIG: \$config" ;;
+        esac | grep -E '^VMM-|^\{|^\}|^ |^vmm: remote|BAR accesses|in flight'
+    done
+done
+echo "BENCH-DONE"
+SCRIPT
+)
+
+# Roughly: a boot, the jobs (runtime + 1 s ramp + fio start-up) and regbench.
+per_boot=$(( 15 + njobs * (runtime + 3) ))
+total_boots=$(( rounds * nconfigs ))
+log "$total_boots boots of about ${per_boot}s each in $where; results in $out"
+
+# Progress on stderr while the console streams into the log.
+progress() {
+    local boot=0 start
+    start=$(date +%s)
+    while IFS= read -r line; do
+        line=${line%$'\r'}
+        printf '%s\n' "$line"
+        case "$line" in
+            BENCH-CONFIG:*)
+                boot=$((boot + 1))
+                left=$(( (total_boots - boot + 1) * per_boot ))
+                log "[$boot/$total_boots] ${line#BENCH-CONFIG: }, about $((left / 60)) min $((left % 60)) s left" ;;
+            VMM-BENCH-JOB:*) log "    job ${line#VMM-BENCH-JOB: }" ;;
+            VMM-BENCH-FAILED:*) log "    FAILED: ${line#VMM-BENCH-FAILED: }" ;;
+        esac
+    done
+}
+
+if [ "$where" = "hardware KVM" ]; then
+    cargo build --release --locked
+    guest=$(guest/build.sh)
+    pairexec=$VMM_BUILD/tools/pairexec
+    mkdir -p "$(dirname "$pairexec")"
+    gcc -static -O2 -o "$pairexec" ci/tools/pairexec.c
+    work=$(mktemp -d)
+    trap 'rm -rf "$work"' EXIT
+    (WORK=$work VMM=$VMM_ROOT/target/release/vmm GUEST=$guest EXTRA=$VMM_ROOT PAIREXEC=$pairexec \
+        bash -c "$body") | progress > "$out/console.log"
+else
+    script=$(mktemp)
+    trap 'rm -f "$script"' EXIT
+    printf 'WORK=/tmp VMM=/rig/vmm GUEST=/rig/guest EXTRA=/rig/extra PAIREXEC=/rig/pairexec\n%s\n' \
+        "$body" > "$script"
+    timeout=$(( 300 + total_boots * per_boot * 2 ))
+    ci/rig.sh --with-qemu --timeout "$timeout" --extra "$VMM_ROOT/ci" "$script" | progress > "$out/console.log"
+fi
+grep -q BENCH-DONE "$out/console.log" || die "the benchmark did not finish; see $out/console.log"
+
+{
+    echo "# fio in the guest: our remote LSI against QEMU"
+    echo
+    echo "- Date: $(date -u +%Y-%m-%d)"
+    echo "- Host: $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2- | sed 's/^ //'), $(nproc) CPUs; ran in $where"
+    echo "- Command: \`ci/bench.sh --rounds $rounds --runtime $runtime --jobs $jobs --configs $configs --pin ${pin:-none}\`"
+    echo "- Commit: $(git rev-parse --short HEAD)$(git diff --quiet || echo ' (with local changes)')"
+    echo
+    python3 ci/bench-table.py "$out/console.log" "$out/json"
+} > "$out/table.md"
+cat "$out/table.md"
+log "table, raw fio JSON and console log: $out"
