@@ -956,4 +956,120 @@ mod tests {
         assert_eq!(tail, [0, 0], "GOOD status, COMMAND COMPLETE");
         std::fs::remove_file(path).unwrap();
     }
+
+    /// What the Linux driver does, in order, without a guest: chip reset,
+    /// the register cache test, SCRIPTS loaded into the chip's RAM (BAR2)
+    /// and started idle in WAIT RESELECT, then one tagged READ queued with
+    /// SIGP: select, disconnect, reselect, data, status and INTFLY, with the
+    /// interrupt cleared the way the handler does it.
+    #[test]
+    fn linux_probe_and_a_tagged_read_run_from_scripts_ram() {
+        let path = std::env::temp_dir().join(format!("vmm-lsi-linux-{}.img", std::process::id()));
+        let image: Vec<u8> = (0..8u8).flat_map(|b| [b ^ 0x5a; 512]).collect();
+        std::fs::write(&path, image).unwrap();
+        let disk = Arc::new(ScsiDisk::open(&path, false, "UNIT".into()).unwrap());
+        let (mut l, ram) = lsi(vec![disk]);
+
+        // sym_soft_reset: SRST, then clear it.
+        write32(&mut l, SCRATCHA, 0x1234_5678);
+        l.bar_write(BAR_MMIO as u8, u64::from(ISTAT0), &[ISTAT0_SRST]);
+        l.bar_write(BAR_MMIO as u8, u64::from(ISTAT0), &[0]);
+        assert_eq!(read8(&mut l, DCMD), 0x40, "reset values are back");
+        // sym_regtest: all ones written over DSTAT..SSTAT2 must not read back.
+        write32(&mut l, DSTAT, 0xffff_ffff);
+        let mut back = [0u8; 4];
+        l.bar_read(BAR_MMIO as u8, u64::from(DSTAT), &mut back);
+        assert_ne!(
+            u32::from_le_bytes(back),
+            0xffff_ffff,
+            "registers are not cache"
+        );
+
+        // SCRIPTS in the chip's RAM, addressed through BAR2 like Linux's.
+        let b = BAR2 as u32;
+        let words: [u32; 36] = [
+            0x5000_0000,
+            b + 0x18, // 0x00 WAIT RESELECT, alt start
+            0x8008_0000,
+            b + 0x58, // 0x08 reselected: JUMP resumed
+            0x8008_0000,
+            b, // 0x10 (unused)
+            0x721a_0000,
+            0, // 0x18 start: MOVE CTEST2 TO SFBR (clears SIGP)
+            0x4100_0000,
+            b, // 0x20 SELECT ATN 0, alt idle
+            0x0e00_0003,
+            0xa000, // 0x28 MOVE 3 WHEN MSG_OUT
+            0x0a00_000a,
+            0xa010, // 0x30 MOVE 10 WHEN COMMAND
+            0x0f00_0002,
+            0xa020, // 0x38 MOVE 2 WHEN MSG_IN
+            0x6000_0040,
+            0, // 0x40 CLEAR ACK
+            0x4800_0000,
+            0, // 0x48 WAIT DISCONNECT
+            0x8008_0000,
+            b, // 0x50 JUMP idle
+            0x0f00_0003,
+            0xa030, // 0x58 resumed: MOVE 3 WHEN MSG_IN
+            0x0900_0200,
+            0xa400, // 0x60 MOVE 512 WHEN DATA_IN
+            0x0b00_0001,
+            0xa040, // 0x68 MOVE 1 WHEN STATUS
+            0x0f00_0001,
+            0xa041, // 0x70 MOVE 1 WHEN MSG_IN
+            0x6000_0040,
+            0, // 0x78 CLEAR ACK
+            0x4800_0000,
+            0, // 0x80 WAIT DISCONNECT
+            0x9818_0000,
+            0x42, // 0x88 INTFLY
+        ];
+        let mut code: Vec<u8> = words.iter().flat_map(|w| w.to_le_bytes()).collect();
+        code.extend_from_slice(&0x8008_0000u32.to_le_bytes()); // 0x90 JUMP idle
+        code.extend_from_slice(&b.to_le_bytes());
+        for (i, chunk) in code.chunks(4).enumerate() {
+            l.bar_write(BAR_RAM as u8, i as u64 * 4, chunk);
+        }
+        write32(&mut l, DIEN, 0xff);
+        write32(&mut l, DSP, b);
+        assert!(l.waiting_reselect, "idle until the driver signals");
+
+        // The driver queues a READ(10) of block 3 with tag 5 and signals.
+        ram.memory
+            .write_slice(&[0xc0, 0x20, 0x05], GuestAddress(0xa000))
+            .unwrap();
+        ram.memory
+            .write_slice(&[0x28, 0, 0, 0, 0, 3, 0, 0, 1, 0], GuestAddress(0xa010))
+            .unwrap();
+        l.bar_write(BAR_MMIO as u8, u64::from(ISTAT0), &[ISTAT0_SIGP]);
+        assert!(l.waiting_reselect, "back to idle while the disk works");
+        assert_eq!(l.r.istat0 & ISTAT0_SIGP, 0, "reading CTEST2 took SIGP");
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while !l.irq_level {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "no completion interrupt"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(5));
+            l.service_background();
+        }
+        assert!(l.waiting_reselect, "idle again after the INTFLY");
+        assert_ne!(read8(&mut l, ISTAT0) & ISTAT0_INTF, 0);
+        let mut block = [0u8; 512];
+        ram.memory
+            .read_slice(&mut block, GuestAddress(0xa400))
+            .unwrap();
+        assert_eq!(block, [3 ^ 0x5a; 512]);
+        let mut resel = [0u8; 5];
+        ram.memory
+            .read_slice(&mut resel, GuestAddress(0xa030))
+            .unwrap();
+        assert_eq!(&resel[..3], &[0x80, 0x20, 0x05]);
+        // The handler writes INTF back to clear it; the line drops.
+        l.bar_write(BAR_MMIO as u8, u64::from(ISTAT0), &[ISTAT0_INTF]);
+        assert_eq!(read8(&mut l, ISTAT0) & ISTAT0_INTF, 0);
+        assert!(!l.irq_level);
+        std::fs::remove_file(path).unwrap();
+    }
 }
