@@ -9,8 +9,9 @@
 use std::io;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 
+pub use super::socket::RECV_BUF_SIZE;
 pub use super::socket::socket_pair;
-use super::socket::{RECV_BUF_SIZE, peer_hung_up, recv_record, send_record};
+use super::socket::{peer_hung_up, recv_record, send_record};
 use super::wire::{self, Access, Cmd, RECORD_SIZE, Resp, WireError};
 
 /// The value answered when a command cannot be served: what a PCI read of
@@ -87,6 +88,95 @@ pub enum Drained {
     Closed(ServeEnd),
 }
 
+/// What one receive found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Incoming {
+    /// A record of this real length is in the buffer (cut to its size).
+    Record(usize),
+    /// Nothing queued (non-blocking receive only).
+    Nothing,
+    Closed(ServeEnd),
+}
+
+/// Receives one record into `buf` (at least RECV_BUF_SIZE bytes), blocking
+/// or not. Empty records from a live peer are skipped.
+pub fn receive(fd: BorrowedFd<'_>, buf: &mut [u8], block: bool) -> Result<Incoming, ServeError> {
+    let flags = if block { 0 } else { libc::MSG_DONTWAIT };
+    loop {
+        return match recv_record(fd, buf, flags) {
+            // 0 is a hang-up, or an empty record from a live peer, which
+            // asks for nothing.
+            Ok(0) => match peer_hung_up(fd) {
+                Ok(true) => Ok(Incoming::Closed(ServeEnd::PeerClosed)),
+                Ok(false) => {
+                    log::warn!("ioregion: ignoring an empty record");
+                    continue;
+                }
+                Err(e) => Err(ServeError::Io {
+                    op: "poll",
+                    source: e,
+                }),
+            },
+            Ok(len) => Ok(Incoming::Record(len)),
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => Ok(Incoming::Nothing),
+            Err(e) if is_hangup(&e) => Ok(Incoming::Closed(ServeEnd::PeerClosed)),
+            Err(e) => Err(ServeError::Io {
+                op: "recv",
+                source: e,
+            }),
+        };
+    }
+}
+
+/// Applies a received record of real length `len` and answers it if it
+/// asked for an answer. Returns `Some` if the peer is gone.
+pub fn answer(
+    fd: BorrowedFd<'_>,
+    buf: &[u8],
+    len: usize,
+    handler: &mut dyn FnMut(&Cmd) -> u64,
+) -> Result<Option<ServeEnd>, ServeError> {
+    let record = &buf[..len.min(buf.len())];
+    // With MSG_TRUNC `len` is the real length, so an oversized record is
+    // reported as such rather than decoded from its first bytes.
+    let decoded = if len > RECORD_SIZE {
+        Err(WireError::Length(len))
+    } else {
+        Cmd::decode(record)
+    };
+    let data = match decoded {
+        Ok(cmd) => {
+            let value = handler(&cmd);
+            if !cmd.response {
+                return Ok(None);
+            }
+            match cmd.access {
+                Access::Read => wire::mask_to_size(value, cmd.size),
+                Access::Write => cmd.data,
+            }
+        }
+        Err(e) => {
+            let wanted = Cmd::wants_response(record);
+            log::warn!(
+                "ioregion: dropping a malformed command ({e}){}",
+                if wanted { "; answering all ones" } else { "" }
+            );
+            if !wanted {
+                return Ok(None);
+            }
+            ERROR_DATA
+        }
+    };
+    match send_record(fd, &Resp { data }.encode(), 0) {
+        Ok(()) => Ok(None),
+        Err(e) if is_hangup(&e) => Ok(Some(ServeEnd::PeerClosed)),
+        Err(e) => Err(ServeError::Io {
+            op: "send",
+            source: e,
+        }),
+    }
+}
+
 /// Serves up to `limit` records queued on `fd` right now, without
 /// blocking, in arrival order.
 pub fn drain(
@@ -96,72 +186,14 @@ pub fn drain(
 ) -> Result<Drained, ServeError> {
     let mut buf = [0u8; RECV_BUF_SIZE];
     for _ in 0..limit {
-        let len = match recv_record(fd, &mut buf, libc::MSG_DONTWAIT) {
-            // 0 is a hang-up, or an empty record from a live peer, which
-            // asks for nothing.
-            Ok(0) => match peer_hung_up(fd) {
-                Ok(true) => return Ok(Drained::Closed(ServeEnd::PeerClosed)),
-                Ok(false) => {
-                    log::warn!("ioregion: ignoring an empty record");
-                    continue;
-                }
-                Err(e) => {
-                    return Err(ServeError::Io {
-                        op: "poll",
-                        source: e,
-                    });
-                }
-            },
-            Ok(len) => len,
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(Drained::Idle),
-            Err(e) if is_hangup(&e) => return Ok(Drained::Closed(ServeEnd::PeerClosed)),
-            Err(e) => {
-                return Err(ServeError::Io {
-                    op: "recv",
-                    source: e,
-                });
-            }
-        };
-        let record = &buf[..len.min(buf.len())];
-        // With MSG_TRUNC `len` is the real length, so an oversized record
-        // is reported as such rather than decoded from its first bytes.
-        let decoded = if len > RECORD_SIZE {
-            Err(WireError::Length(len))
-        } else {
-            Cmd::decode(record)
-        };
-        let data = match decoded {
-            Ok(cmd) => {
-                let value = handler(&cmd);
-                if !cmd.response {
-                    continue;
-                }
-                match cmd.access {
-                    Access::Read => wire::mask_to_size(value, cmd.size),
-                    Access::Write => cmd.data,
+        match receive(fd, &mut buf, false)? {
+            Incoming::Record(len) => {
+                if let Some(end) = answer(fd, &buf, len, handler)? {
+                    return Ok(Drained::Closed(end));
                 }
             }
-            Err(e) => {
-                let answer = Cmd::wants_response(record);
-                log::warn!(
-                    "ioregion: dropping a malformed command ({e}){}",
-                    if answer { "; answering all ones" } else { "" }
-                );
-                if !answer {
-                    continue;
-                }
-                ERROR_DATA
-            }
-        };
-        match send_record(fd, &Resp { data }.encode(), 0) {
-            Ok(()) => {}
-            Err(e) if is_hangup(&e) => return Ok(Drained::Closed(ServeEnd::PeerClosed)),
-            Err(e) => {
-                return Err(ServeError::Io {
-                    op: "send",
-                    source: e,
-                });
-            }
+            Incoming::Nothing => return Ok(Drained::Idle),
+            Incoming::Closed(end) => return Ok(Drained::Closed(end)),
         }
     }
     Ok(Drained::Limit)

@@ -17,7 +17,10 @@ use std::os::fd::{AsFd, OwnedFd};
 use std::sync::{Arc, Mutex};
 
 use super::RemoteDevice;
-use crate::ioregion::serve::{Drained, ERROR_DATA, drain, socket_pair, wait_readable};
+use crate::ioregion::serve::{
+    Drained, ERROR_DATA, Incoming, RECV_BUF_SIZE, ServeError, answer, drain, receive, socket_pair,
+    wait_readable,
+};
 use crate::ioregion::{Access, Cmd};
 use crate::protocol::mpqemu::{MAX_SUB_REGIONS, SUB_REGION_POSTED_WRITES, SubRegion};
 
@@ -104,7 +107,7 @@ pub fn open(
         let hub = hub.clone();
         std::thread::Builder::new()
             .name(format!("ioregion-{bar}-{:x}-{vcpu}", spec.offset))
-            .spawn(move || serve_region(&hub, &ours, &handle))?;
+            .spawn(move || serve_region(&hub, &ours, &handle, spec.posted_writes))?;
         regions.push(SubRegion {
             offset: spec.offset,
             size: spec.size,
@@ -121,42 +124,61 @@ pub fn open(
     Ok((regions, fds))
 }
 
-fn serve_region(hub: &Hub, fd: &Arc<OwnedFd>, handle: &Handler) {
-    loop {
-        match wait_readable(fd.as_fd()) {
-            Ok(true) => {}
-            Ok(false) => continue,
-            Err(e) => {
-                log::error!("ioregion: {e}; this region fd is no longer served");
-                break;
-            }
-        }
-        // One record at a time, each after the posted writes queued
-        // before it: the next record on this fd may have been sent after
-        // more posted writes elsewhere.
-        let outcome = loop {
-            let posted = hub.posted.lock().expect("hub lock poisoned");
-            for other in posted.iter().filter(|p| !Arc::ptr_eq(&p.fd, fd)) {
-                if let Err(e) = drain(other.fd.as_fd(), &mut |c| (other.handler)(c), usize::MAX) {
-                    log::warn!("ioregion: draining posted writes: {e}");
-                }
-            }
-            match drain(fd.as_fd(), &mut |c| handle(c), 1) {
-                Ok(Drained::Limit) => continue,
-                other => break other,
-            }
-        };
-        match outcome {
-            Ok(Drained::Idle) => {}
-            Ok(_) => break, // the VMM closed its end
-            Err(e) => {
-                log::error!("ioregion: {e}; this region fd is no longer served");
-                break;
-            }
+fn serve_region(hub: &Hub, fd: &Arc<OwnedFd>, handle: &Handler, posted: bool) {
+    let outcome = if posted {
+        serve_posted(hub, fd, handle)
+    } else {
+        serve_synchronous(hub, fd, handle)
+    };
+    if let Err(e) = outcome {
+        log::error!("ioregion: {e}; this region fd is no longer served");
+    }
+    let mut ends = hub.posted.lock().expect("hub lock poisoned");
+    ends.retain(|p| !Arc::ptr_eq(&p.fd, fd));
+}
+
+/// Applies every posted write queued on the device's other fds.
+fn drain_posted(ends: &[PostedEnd], except: &Arc<OwnedFd>) {
+    for other in ends.iter().filter(|p| !Arc::ptr_eq(&p.fd, except)) {
+        if let Err(e) = drain(other.fd.as_fd(), &mut |c| (other.handler)(c), usize::MAX) {
+            log::warn!("ioregion: draining posted writes: {e}");
         }
     }
-    let mut posted = hub.posted.lock().expect("hub lock poisoned");
-    posted.retain(|p| !Arc::ptr_eq(&p.fd, fd));
+}
+
+/// A fd without posted writes: its vCPU waits for every answer, so the one
+/// record received here (outside the lock) is the vCPU's latest access, and
+/// any posted write it sent before is already queued on its fd.
+fn serve_synchronous(hub: &Hub, fd: &Arc<OwnedFd>, handle: &Handler) -> Result<(), ServeError> {
+    let mut buf = [0u8; RECV_BUF_SIZE];
+    loop {
+        let len = match receive(fd.as_fd(), &mut buf, true)? {
+            Incoming::Record(len) => len,
+            Incoming::Nothing => continue,
+            Incoming::Closed(_) => return Ok(()),
+        };
+        let ends = hub.posted.lock().expect("hub lock poisoned");
+        drain_posted(&ends, fd);
+        if answer(fd.as_fd(), &buf, len, &mut |c| handle(c))?.is_some() {
+            return Ok(());
+        }
+    }
+}
+
+/// A fd with posted writes: records queue up on it while the vCPU goes on,
+/// so they are only ever received under the lock, one at a time, each
+/// after the other fds' posted writes.
+fn serve_posted(hub: &Hub, fd: &Arc<OwnedFd>, handle: &Handler) -> Result<(), ServeError> {
+    loop {
+        if !wait_readable(fd.as_fd())? {
+            continue;
+        }
+        let ends = hub.posted.lock().expect("hub lock poisoned");
+        drain_posted(&ends, fd);
+        if let Drained::Closed(_) = drain(fd.as_fd(), &mut |c| handle(c), 1)? {
+            return Ok(());
+        }
+    }
 }
 
 #[cfg(test)]
