@@ -4,9 +4,11 @@
 # shell script inside it with the static vmm and the test guest at hand:
 #   /rig/vmm, /rig/guest/bzImage, /rig/guest/initramfs.cpio.gz, /rig/extra/...
 #
-# Usage: ci/rig.sh [--timeout SECS] [--with-qemu] [--extra FILE]... SCRIPT
+# Usage: ci/rig.sh [--timeout SECS] [--with-qemu] [--extra FILE]... [--kvm-modules DIR] SCRIPT
 # --with-qemu adds Debian's qemu-system-x86_64 (the interop peer and baseline)
 # and /rig/pairexec (ci/tools/pairexec.c) to launch its multiprocess mode.
+# --kvm-modules DIR loads DIR/kvm.ko and DIR/kvm-amd.ko (ci/build-kvm-ioregion.sh)
+# instead of Debian's, and boots the kernel they were built for.
 # Streams the rig's console to stdout and exits with the script's status.
 set -euo pipefail
 . "$(dirname "$0")/lib.sh"
@@ -14,20 +16,32 @@ set -euo pipefail
 timeout=600
 extras=()
 with_qemu=0
+kvm_modules=
 while [ $# -gt 1 ]; do
     case "$1" in
         --timeout) timeout=$2; shift 2 ;;
         --with-qemu) with_qemu=1; shift ;;
         --extra) extras+=("$2"); shift 2 ;;
+        --kvm-modules) kvm_modules=$2; shift 2 ;;
         *) die "unknown option $1" ;;
     esac
 done
-[ $# -eq 1 ] && [ -f "$1" ] || die "usage: ci/rig.sh [--timeout SECS] [--with-qemu] [--extra FILE]... SCRIPT"
+[ $# -eq 1 ] && [ -f "$1" ] || die "usage: ci/rig.sh [--timeout SECS] [--with-qemu] [--extra FILE]... [--kvm-modules DIR] SCRIPT"
 script=$1
 
 ensure_packages qemu-system-x86 busybox-static cpio kmod gzip
-kdir=$(fetch_kernel)
+if [ -n "$kvm_modules" ]; then
+    [ -f "$kvm_modules/kvm.ko" ] && [ -f "$kvm_modules/kvm-amd.ko" ] ||
+        die "--kvm-modules $kvm_modules: no kvm.ko and kvm-amd.ko there"
+    # Modules load only into the kernel they were built for: boot that one.
+    mod_kver=$(modinfo -F vermagic "$kvm_modules/kvm.ko" | awk '{print $1}')
+    kdir=$(VMM_KERNEL_PACKAGE=${VMM_KERNEL_PACKAGE:-linux-image-$mod_kver} fetch_kernel)
+else
+    kdir=$(fetch_kernel)
+fi
 kver=$(ls "$kdir/root/lib/modules")
+[ -z "$kvm_modules" ] || [ "$mod_kver" = "$kver" ] ||
+    die "--kvm-modules are for $mod_kver but the rig boots $kver"
 guest=$("$VMM_ROOT/guest/build.sh")
 vmm=${VMM_STATIC_BIN:-$("$VMM_ROOT/ci/build-static.sh")}
 
@@ -55,6 +69,11 @@ cp "$vmm" "$work/rig/vmm"
 cp "$guest/bzImage" "$guest/initramfs.cpio.gz" "$work/rig/guest/"
 cp "$script" "$work/rig/run.sh"
 for f in "${extras[@]}"; do cp -r "$f" "$work/rig/extra/"; done
+# rig-init loads /lib/modules/override/X.ko instead of the stock X.ko.
+if [ -n "$kvm_modules" ]; then
+    mkdir -p "$work/lib/modules/override"
+    cp "$kvm_modules/kvm.ko" "$kvm_modules/kvm-amd.ko" "$work/lib/modules/override/"
+fi
 # QEMU's multiprocess mode needs an orchestrator for its socketpair.
 [ "$with_qemu" -eq 1 ] && gcc -static -O2 -o "$work/rig/pairexec" "$VMM_ROOT/ci/tools/pairexec.c"
 # The kernel unpacks concatenated archives in order: base, then this run's files.

@@ -5,13 +5,14 @@ use std::path::{Path, PathBuf};
 
 use linux_loader::cmdline::Cmdline;
 use linux_loader::loader::bootparam::{boot_e820_entry, boot_params};
-use linux_loader::loader::{BzImage, KernelLoader};
+use linux_loader::loader::{BzImage, Elf, KernelLoader};
 use vm_memory::{
     Address, ByteValued, Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryMmap, ReadVolatile,
 };
 
 use super::layout;
 
+const ELF_MAGIC: [u8; 4] = *b"\x7fELF";
 const E820_RAM: u32 = 1;
 const E820_RESERVED: u32 = 2;
 const KERNEL_BOOT_FLAG_MAGIC: u16 = 0xaa55;
@@ -109,29 +110,64 @@ pub fn load_linux(
         path: kernel.to_owned(),
         source,
     })?;
-    let loaded = BzImage::load(
-        mem,
-        None,
-        &mut kernel_file,
-        Some(GuestAddress(layout::HIMEM_START)),
-    )
-    .map_err(|source| BootError::NotBzImage {
+    let mut magic = [0u8; 4];
+    let is_elf =
+        std::io::Read::read_exact(&mut kernel_file, &mut magic).is_ok() && magic == ELF_MAGIC;
+    std::io::Seek::rewind(&mut kernel_file).map_err(|source| BootError::OpenKernel {
         path: kernel.to_owned(),
         source,
     })?;
-    let not_bzimage = || BootError::NotBzImage {
-        path: kernel.to_owned(),
-        source: linux_loader::loader::Error::Bzimage(
-            linux_loader::loader::bzimage::Error::InvalidBzImage,
-        ),
+    // An uncompressed ELF (a vmlinux, or a small probe guest) starts at its
+    // own entry point in 64-bit mode; a bzImage at its 64-bit entry.
+    let (mut params, kernel_end, entry) = if is_elf {
+        let loaded = Elf::load(
+            mem,
+            None,
+            &mut kernel_file,
+            Some(GuestAddress(layout::HIMEM_START)),
+        )
+        .map_err(|source| BootError::NotBzImage {
+            path: kernel.to_owned(),
+            source,
+        })?;
+        let mut params = boot_params::default();
+        params.hdr.boot_flag = KERNEL_BOOT_FLAG_MAGIC;
+        params.hdr.header = KERNEL_HDR_MAGIC;
+        params.hdr.initrd_addr_max = u32::MAX;
+        (params, loaded.kernel_end, loaded.kernel_load)
+    } else {
+        let loaded = BzImage::load(
+            mem,
+            None,
+            &mut kernel_file,
+            Some(GuestAddress(layout::HIMEM_START)),
+        )
+        .map_err(|source| BootError::NotBzImage {
+            path: kernel.to_owned(),
+            source,
+        })?;
+        let not_bzimage = || BootError::NotBzImage {
+            path: kernel.to_owned(),
+            source: linux_loader::loader::Error::Bzimage(
+                linux_loader::loader::bzimage::Error::InvalidBzImage,
+            ),
+        };
+        let params = boot_params {
+            hdr: loaded.setup_header.ok_or_else(not_bzimage)?,
+            ..Default::default()
+        };
+        if params.hdr.boot_flag != KERNEL_BOOT_FLAG_MAGIC || params.hdr.header != KERNEL_HDR_MAGIC {
+            return Err(not_bzimage());
+        }
+        // The kernel decompresses in place and needs `init_size` bytes
+        // from its load address; nothing else may live there.
+        let end = layout::HIMEM_START + u64::from(params.hdr.init_size);
+        (
+            params,
+            end,
+            loaded.kernel_load.unchecked_add(STARTUP_64_OFFSET),
+        )
     };
-    let mut params = boot_params {
-        hdr: loaded.setup_header.ok_or_else(not_bzimage)?,
-        ..Default::default()
-    };
-    if params.hdr.boot_flag != KERNEL_BOOT_FLAG_MAGIC || params.hdr.header != KERNEL_HDR_MAGIC {
-        return Err(not_bzimage());
-    }
     params.hdr.type_of_loader = KERNEL_LOADER_OTHER;
     params.hdr.loadflags |= LOADED_HIGH;
 
@@ -145,9 +181,6 @@ pub fn load_linux(
         .len() as u32
         + 1;
 
-    // The kernel decompresses in place and needs `init_size` bytes from its
-    // load address; nothing else may live there.
-    let kernel_end = layout::HIMEM_START + u64::from(params.hdr.init_size);
     let low_end = ram_ranges[0].0 + ram_ranges[0].1;
     if kernel_end > low_end {
         return Err(BootError::KernelTooBig {
@@ -172,9 +205,7 @@ pub fn load_linux(
 
     mem.write_obj(ZeroPage(params), GuestAddress(layout::ZERO_PAGE_START))
         .map_err(BootError::GuestMemory)?;
-    Ok(BootInfo {
-        entry: loaded.kernel_load.unchecked_add(STARTUP_64_OFFSET),
-    })
+    Ok(BootInfo { entry })
 }
 
 /// Puts the initrd page-aligned at the top of low RAM, under the kernel's limit.
@@ -291,5 +322,60 @@ mod tests {
         let err = load_linux(&ram.memory, &[(0, 64 << 20)], &missing, None, &cmdline).unwrap_err();
         assert!(matches!(err, BootError::OpenKernel { .. }), "{err}");
         std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    /// A hand-made ELF64 executable: one PT_LOAD of `code` at 0x200000,
+    /// entry at its start.
+    fn tiny_elf(code: &[u8]) -> Vec<u8> {
+        let mut f = vec![0u8; 0x1000];
+        f[..4].copy_from_slice(b"\x7fELF");
+        f[4] = 2; // 64-bit
+        f[5] = 1; // little endian
+        f[6] = 1; // version
+        f[16..18].copy_from_slice(&2u16.to_le_bytes()); // ET_EXEC
+        f[18..20].copy_from_slice(&62u16.to_le_bytes()); // x86-64
+        f[20..24].copy_from_slice(&1u32.to_le_bytes());
+        f[24..32].copy_from_slice(&0x20_0000u64.to_le_bytes()); // entry
+        f[32..40].copy_from_slice(&64u64.to_le_bytes()); // program headers
+        f[52..54].copy_from_slice(&64u16.to_le_bytes());
+        f[54..56].copy_from_slice(&56u16.to_le_bytes());
+        f[56..58].copy_from_slice(&1u16.to_le_bytes());
+        let ph = &mut f[64..120];
+        ph[0..4].copy_from_slice(&1u32.to_le_bytes()); // PT_LOAD
+        ph[4..8].copy_from_slice(&5u32.to_le_bytes()); // R X
+        ph[8..16].copy_from_slice(&0x1000u64.to_le_bytes()); // file offset
+        ph[16..24].copy_from_slice(&0x20_0000u64.to_le_bytes());
+        ph[24..32].copy_from_slice(&0x20_0000u64.to_le_bytes());
+        ph[32..40].copy_from_slice(&(code.len() as u64).to_le_bytes());
+        ph[40..48].copy_from_slice(&(code.len() as u64).to_le_bytes());
+        ph[48..56].copy_from_slice(&0x1000u64.to_le_bytes());
+        f.extend_from_slice(code);
+        f
+    }
+
+    #[test]
+    fn an_elf_kernel_loads_at_its_address_and_starts_at_its_entry() {
+        let ram = super::super::memory::GuestRam::new(64 << 20).unwrap();
+        let path = std::env::temp_dir().join(format!("vmm-elf-test-{}", std::process::id()));
+        std::fs::write(&path, tiny_elf(&[0xf4, 0xeb, 0xfd])).unwrap(); // hlt; jmp
+        let cmdline = build_cmdline(Some("r 0xc000005c 10")).unwrap();
+        let info = load_linux(&ram.memory, &[(0, 64 << 20)], &path, None, &cmdline).unwrap();
+        assert_eq!(info.entry, GuestAddress(0x20_0000));
+        let mut code = [0u8; 3];
+        ram.memory
+            .read_slice(&mut code, GuestAddress(0x20_0000))
+            .unwrap();
+        assert_eq!(code, [0xf4, 0xeb, 0xfd]);
+        let params: ZeroPage = ram
+            .memory
+            .read_obj(GuestAddress(layout::ZERO_PAGE_START))
+            .unwrap();
+        let ptr = params.0.hdr.cmd_line_ptr;
+        let mut line = [0u8; 14];
+        ram.memory
+            .read_slice(&mut line, GuestAddress(u64::from(ptr)))
+            .unwrap();
+        assert_eq!(&line, b"r 0xc000005c 1");
+        std::fs::remove_file(path).unwrap();
     }
 }

@@ -1,0 +1,43 @@
+#!/usr/bin/env bash
+# KVM_SET_IOREGION end to end: builds our kvm.ko/kvm-amd.ko
+# (ci/build-kvm-ioregion.sh) and the selftest (kernel/selftest), boots the
+# KVM test rig on those modules, runs the selftest, then runs the VMM once
+# with the LSI remote on the kernel ioregionfd path (fio-verify, --stats).
+#
+# Usage: ci/test-kvm-ioregion.sh [--no-vmm]
+# Exits non-zero if the selftest fails. The VMM run is reported, not judged.
+set -euo pipefail
+. "$(dirname "$0")/lib.sh"
+
+run_vmm=1
+[ "${1:-}" = "--no-vmm" ] && run_vmm=0
+
+ensure_packages gcc libc6-dev
+mods=$("$VMM_ROOT/ci/build-kvm-ioregion.sh")
+log "modules: $mods"
+
+work=$(mktemp -d)
+trap 'rm -rf "$work"' EXIT
+gcc -static -O2 -Wall -pthread -o "$work/ioregion_test" \
+    "$VMM_ROOT/kernel/selftest/ioregion_test.c"
+
+cat > "$work/run.sh" <<EOF
+echo "RIG: kernel \$(uname -r)"
+grep -q . /sys/module/kvm/taint 2>/dev/null && echo "RIG: kvm taint \$(cat /sys/module/kvm/taint)"
+echo "=== selftest"
+/rig/extra/ioregion_test
+st=\$?
+echo "=== selftest exit \$st"
+if [ $run_vmm -eq 1 ]; then
+    echo "=== vmm ioregionfd=kernel fio-verify"
+    dd if=/dev/zero of=/tmp/a.img bs=1M count=64 2>/dev/null
+    /rig/vmm --kernel /rig/guest/bzImage --initrd /rig/guest/initramfs.cpio.gz \\
+        --cmdline 'console=ttyS0 quiet vmm.run=fio-verify' --log-level info --stats \\
+        --remote-dev lsi,disk=/tmp/a.img,ioregionfd=kernel </dev/null
+    echo "=== vmm exited \$?"
+    dmesg | grep -i -E 'ioregion|kvm|BUG|WARN|Oops|hung' | tail -n 30
+fi
+exit \$st
+EOF
+"$VMM_ROOT/ci/rig.sh" --timeout "${RIG_TIMEOUT:-900}" --kvm-modules "$mods" \
+    --extra "$work/ioregion_test" "$work/run.sh"
