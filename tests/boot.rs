@@ -104,7 +104,7 @@ fn garbage_kernel_fails_with_a_clear_error() {
     let Some(o) = outcome("garbage-kernel") else {
         return;
     };
-    o.assert_contains("is not a bzImage kernel");
+    o.assert_contains("is not a bzImage or ELF kernel");
     o.assert_contains("vmm exited 1");
     assert!(!o.output.contains("panicked"), "{}", o.output);
 }

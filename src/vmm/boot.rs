@@ -31,7 +31,7 @@ pub enum BootError {
         #[source]
         source: std::io::Error,
     },
-    #[error("{path} is not a bzImage kernel: {source}")]
+    #[error("{path} is not a bzImage or ELF kernel: {source}")]
     NotBzImage {
         path: PathBuf,
         #[source]
@@ -98,6 +98,20 @@ pub fn build_cmdline(user: Option<&str>) -> Result<Cmdline, BootError> {
     Ok(cmdline)
 }
 
+/// Loads a kernel image of format `L` above the low megabyte.
+fn load_image<L: KernelLoader>(
+    mem: &GuestMemoryMmap,
+    file: &mut File,
+    path: &Path,
+) -> Result<linux_loader::loader::KernelLoaderResult, BootError> {
+    L::load(mem, None, file, Some(GuestAddress(layout::HIMEM_START))).map_err(|source| {
+        BootError::NotBzImage {
+            path: path.to_owned(),
+            source,
+        }
+    })
+}
+
 /// Loads kernel, initrd and command line and writes the zero page.
 pub fn load_linux(
     mem: &GuestMemoryMmap,
@@ -120,32 +134,14 @@ pub fn load_linux(
     // An uncompressed ELF (a vmlinux, or a small probe guest) starts at its
     // own entry point in 64-bit mode; a bzImage at its 64-bit entry.
     let (mut params, kernel_end, entry) = if is_elf {
-        let loaded = Elf::load(
-            mem,
-            None,
-            &mut kernel_file,
-            Some(GuestAddress(layout::HIMEM_START)),
-        )
-        .map_err(|source| BootError::NotBzImage {
-            path: kernel.to_owned(),
-            source,
-        })?;
+        let loaded = load_image::<Elf>(mem, &mut kernel_file, kernel)?;
         let mut params = boot_params::default();
         params.hdr.boot_flag = KERNEL_BOOT_FLAG_MAGIC;
         params.hdr.header = KERNEL_HDR_MAGIC;
         params.hdr.initrd_addr_max = u32::MAX;
         (params, loaded.kernel_end, loaded.kernel_load)
     } else {
-        let loaded = BzImage::load(
-            mem,
-            None,
-            &mut kernel_file,
-            Some(GuestAddress(layout::HIMEM_START)),
-        )
-        .map_err(|source| BootError::NotBzImage {
-            path: kernel.to_owned(),
-            source,
-        })?;
+        let loaded = load_image::<BzImage>(mem, &mut kernel_file, kernel)?;
         let not_bzimage = || BootError::NotBzImage {
             path: kernel.to_owned(),
             source: linux_loader::loader::Error::Bzimage(
