@@ -63,7 +63,9 @@ if [ ! -f "$base" ] || [ "$VMM_ROOT/ci/rig-init" -nt "$base" ]; then
 fi
 
 work=$(mktemp -d)
-trap 'rm -rf "$work"' EXIT
+# Outside $work, which is what gets packed.
+payload=$(mktemp --suffix=.cpio.gz)
+trap 'rm -rf "$work" "$payload"' EXIT
 mkdir -p "$work/rig/guest" "$work/rig/extra"
 cp "$vmm" "$work/rig/vmm"
 cp "$guest/bzImage" "$guest/initramfs.cpio.gz" "$work/rig/guest/"
@@ -77,10 +79,10 @@ fi
 # QEMU's multiprocess mode needs an orchestrator for its socketpair.
 [ "$with_qemu" -eq 1 ] && gcc -static -O2 -o "$work/rig/pairexec" "$VMM_ROOT/ci/tools/pairexec.c"
 # The kernel unpacks concatenated archives in order: base, then this run's files.
-pack_cpio "$work" "$work/payload.cpio.gz"
+pack_cpio "$work" "$payload"
 overlays=()
 [ "$with_qemu" -eq 1 ] && overlays+=("$("$VMM_ROOT/ci/qemu-overlay.sh")")
-cat "$base" "${overlays[@]}" "$work/payload.cpio.gz" > "$work/initrd.cpio.gz"
+cat "$base" "${overlays[@]}" "$payload" > "$work/initrd.cpio.gz"
 
 status=$work/status
 set +e

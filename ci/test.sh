@@ -23,3 +23,8 @@ log "unit and end-to-end tests"
 start=$(date +%s)
 cargo test --locked -- --test-threads 1
 log "tests passed in $(( $(date +%s) - start ))s"
+
+log "KVM_SET_IOREGION: our kvm modules, their selftest and the VMM's kernel path"
+start=$(date +%s)
+ci/test-kvm-ioregion.sh
+log "kernel ioregion tests passed in $(( $(date +%s) - start ))s"

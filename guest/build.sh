@@ -8,7 +8,7 @@ set -euo pipefail
 OUT=$VMM_BUILD/guest
 GUEST_MODULES=(sym53c8xx sd_mod ext4 crc32c_generic)
 
-ensure_packages busybox-static cpio kmod gzip gcc libc6-dev make curl libaio-dev zlib1g-dev
+ensure_packages busybox-static cpio kmod gzip gcc libc6-dev make curl libaio-dev zlib1g-dev e2fsprogs
 kdir=$(fetch_kernel)
 kver=$(ls "$kdir/root/lib/modules")
 mkdir -p "$OUT"
@@ -45,6 +45,14 @@ cp "$fio_bin" "$stage/bin/fio"
 mkdir -p "$stage/etc/fio/bench"
 cp "$VMM_ROOT"/resources/fio/*.fio "$stage/etc/fio/"
 cp "$VMM_ROOT"/resources/fio/bench/*.fio "$stage/etc/fio/bench/"
+
+# e2fsprogs' real mkfs.ext4 (busybox's mke2fs only makes ext2), with the
+# shared libraries and loader it needs.
+install -D -m 0755 /sbin/mke2fs "$stage/sbin/mkfs.ext4"
+install -D -m 0644 /etc/mke2fs.conf "$stage/etc/mke2fs.conf"
+for lib in $(ldd /sbin/mke2fs | grep -o '/[^ ]*'); do
+    install -D -m 0755 "$lib" "$stage$lib"
+done
 
 # Guest-side tools, built static so they need nothing from the initramfs.
 for tool in "$VMM_ROOT"/guest/tools/*.c; do

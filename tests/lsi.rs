@@ -87,7 +87,7 @@ fn scenarios() -> Vec<Scenario> {
         Scenario {
             name: "lsi-filesystem",
             script: format!(
-                "{}{}\n{}",
+                "{}{}\n{}\necho \"superblock features $(od -An -tx1 -j 1116 -N 8 /tmp/fs.img)\"",
                 image("fs.img", 64),
                 vmm("fs-write", "lsi,disk=/tmp/fs.img"),
                 vmm("fs-read", "lsi,disk=/tmp/fs.img")
@@ -233,6 +233,19 @@ fn a_file_system_survives_a_reboot() {
         .trim()
         .to_string();
     o.assert_contains(&format!("VMM-GUEST: read {written}, written {written}"));
+    // In the image: the superblock (at 1024) of an ext4 with a journal
+    // (compat 0x04) and extents (incompat 0x40) as mkfs.ext4 makes it.
+    let features: Vec<u8> = o
+        .output
+        .lines()
+        .find_map(|l| l.strip_prefix("superblock features "))
+        .unwrap_or_else(|| panic!("no superblock dump:\n{}", o.output))
+        .split_whitespace()
+        .map(|b| u8::from_str_radix(b, 16).unwrap())
+        .collect();
+    assert_eq!(features.len(), 8, "{features:?}");
+    assert_ne!(features[0] & 0x04, 0, "no journal: {features:?}");
+    assert_ne!(features[4] & 0x40, 0, "no extents: {features:?}");
 }
 
 #[test]

@@ -618,11 +618,7 @@ static int ioregion_serve(struct ioregion_access *a)
 		while (ch->drain) {
 			u32 off = 0, len = min_t(u32, ch->drain, sizeof(scratch));
 
-			/*
-			 * Not resumable byte-exactly (off is local), so read
-			 * the whole leftover record at once or not at all
-			 * from our point of view: a partial read counts.
-			 */
+			/* Progress counts even when interrupted. */
 			ret = ioregion_io(a, ch->rfile, scratch, len, &off, false);
 			ch->drain -= off;
 			if (ret)
@@ -922,10 +918,10 @@ int kvm_set_ioregion(struct kvm *kvm, struct kvm_ioregion *args)
 	if (args->guest_paddr + args->memory_size < args->guest_paddr)
 		return -EINVAL;
 	bus = (args->flags & KVM_IOREGION_PIO) ? KVM_PIO_BUS : KVM_MMIO_BUS;
+	if (args->flags & KVM_IOREGION_DEASSIGN)
+		return ioregion_deassign(kvm, bus, args);
 	if (bus == KVM_PIO_BUS &&
 	    args->guest_paddr + args->memory_size > 0x10000)
 		return -EINVAL;
-	if (args->flags & KVM_IOREGION_DEASSIGN)
-		return ioregion_deassign(kvm, bus, args);
 	return ioregion_assign(kvm, bus, args);
 }

@@ -870,6 +870,13 @@ static void test_peer_close(void)
 		       "command %s, ret %d errno %d exit %u", ok ? "seen" : "missing",
 		       r.ret, r.err, run->exit_reason);
 	}
+	/* Finish the failed access as a VMM would (reads as all ones). */
+	memset(run->mmio.data, 0xff, 8);
+	ret = run_sync(&vm.vcpu[0]);
+	report("peer-closed-access-completed-by-userspace",
+	       ret == 0 && run->exit_reason == KVM_EXIT_HLT &&
+		       (uint32_t)vcpu_regs(&vm.vcpu[0]).rax == 0xffffffff,
+	       "ret %d exit %u", ret, run->exit_reason);
 	vcpu_load(&vm, 0, g_read32, g_read32_end);
 	ret = run_sync(&vm.vcpu[0]);
 	report("peer-closed-access-fails-fast",

@@ -101,8 +101,9 @@ impl RegionFd {
     ///
     /// The wait for a response is a blocking recv bounded by the socket's
     /// SO_RCVTIMEO: one syscall, where poll + recv would be two on every
-    /// access. (KVM's own reads on the kernel path honour it too, so a hung
-    /// device fails the access there as well instead of hanging the vCPU.)
+    /// access. (The kernel path waits inside KVM instead: our kvm module in
+    /// kernel/ has no timeout, so there a silent device holds its vCPU until
+    /// it answers or closes its end.)
     pub fn with_timeout(mut self, timeout: Duration) -> Self {
         self.timeout = timeout;
         let tv = libc::timeval {
