@@ -4,6 +4,11 @@
 #   ours-off   our VMM + our LSI remote, ioregionfd=off (control-socket messages)
 #   qemu       QEMU 7.2's in-process lsi53c895a
 #   qemu-mp    QEMU 7.2 multiprocess: x-pci-proxy-dev + x-remote LSI
+# and, by name in --configs:
+#   ours-user  our VMM + our LSI remote, ioregionfd=userspace
+#   ours-kernel  ioregionfd=kernel: needs --kvm-modules (our KVM_SET_IOREGION,
+#              kernel/), which builds our kvm modules and boots the rig on them;
+#              there `ours` (ioregionfd=auto) takes the kernel path as well
 # Same kernel, initramfs and disk image; one guest boot per configuration
 # and round, rounds interleaved (A B C D A B C D) so noise shows. Runs in the
 # KVM test rig unless /dev/kvm is hardware-backed. Prints a markdown table
@@ -17,7 +22,7 @@
 #
 # usage: ci/bench.sh [--rounds N] [--runtime SECS] [--jobs a,b,...]
 #                    [--configs ours,ours-off,qemu,qemu-mp] [--pin CPUS|none]
-#                    [--out DIR]
+#                    [--kvm-modules] [--out DIR]
 set -euo pipefail
 . "$(dirname "$0")/lib.sh"
 cd "$VMM_ROOT"
@@ -28,6 +33,7 @@ jobs=""
 configs="ours,ours-off,qemu,qemu-mp"
 out=""
 pin=""
+kvm_modules=0
 while [ $# -gt 0 ]; do
     case "$1" in
         --rounds) rounds=$2; shift 2 ;;
@@ -36,6 +42,7 @@ while [ $# -gt 0 ]; do
         --configs) configs=$2; shift 2 ;;
         --out) out=$2; shift 2 ;;
         --pin) pin=$2; shift 2 ;;
+        --kvm-modules) kvm_modules=1; shift ;;
         -h|--help) sed -n '2,21p' "$0"; exit 0 ;;
         *) die "unknown option $1 (see --help)" ;;
     esac
@@ -70,6 +77,10 @@ for round in \$(seq $rounds); do
         case \$config in
         ours) $run \$VMM --kernel \$GUEST/bzImage --initrd \$GUEST/initramfs.cpio.gz --cmdline "\$cmdline" \
                 --stats --remote-dev lsi,disk=\$img </dev/null 2>&1 ;;
+        ours-user) $run \$VMM --kernel \$GUEST/bzImage --initrd \$GUEST/initramfs.cpio.gz --cmdline "\$cmdline" \
+                --stats --remote-dev lsi,disk=\$img,ioregionfd=userspace </dev/null 2>&1 ;;
+        ours-kernel) $run \$VMM --kernel \$GUEST/bzImage --initrd \$GUEST/initramfs.cpio.gz --cmdline "\$cmdline" \
+                --stats --remote-dev lsi,disk=\$img,ioregionfd=kernel </dev/null 2>&1 ;;
         ours-off) $run \$VMM --kernel \$GUEST/bzImage --initrd \$GUEST/initramfs.cpio.gz --cmdline "\$cmdline" \
                 --stats --remote-dev lsi,disk=\$img,ioregionfd=off </dev/null 2>&1 ;;
         qemu) $run \$qemu_vm \$guest -append "\$cmdline" -device lsi53c895a,id=lsi0 \
@@ -123,7 +134,10 @@ else
     printf 'WORK=/tmp VMM=/rig/vmm GUEST=/rig/guest EXTRA=/rig/extra PAIREXEC=/rig/pairexec\n%s\n' \
         "$body" > "$script"
     timeout=$(( 300 + total_boots * per_boot * 2 ))
-    ci/rig.sh --with-qemu --timeout "$timeout" --extra "$VMM_ROOT/ci" "$script" | progress > "$out/console.log"
+    modules=()
+    [ "$kvm_modules" -eq 1 ] && modules=(--kvm-modules "$(ci/build-kvm-ioregion.sh)")
+    ci/rig.sh --with-qemu "${modules[@]}" --timeout "$timeout" --extra "$VMM_ROOT/ci" "$script" |
+        progress > "$out/console.log"
 fi
 grep -q BENCH-DONE "$out/console.log" || die "the benchmark did not finish; see $out/console.log"
 
@@ -132,7 +146,7 @@ grep -q BENCH-DONE "$out/console.log" || die "the benchmark did not finish; see 
     echo
     echo "- Date: $(date -u +%Y-%m-%d)"
     echo "- Host: $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2- | sed 's/^ //'), $(nproc) CPUs; ran in $where"
-    echo "- Command: \`ci/bench.sh --rounds $rounds --runtime $runtime --jobs $jobs --configs $configs --pin ${pin:-none}\`"
+    echo "- Command: \`ci/bench.sh --rounds $rounds --runtime $runtime --jobs $jobs --configs $configs --pin ${pin:-none}$([ "$kvm_modules" -eq 1 ] && echo ' --kvm-modules')\`"
     echo "- Commit: $(git rev-parse --short HEAD)$(git diff --quiet || echo ' (with local changes)')"
     echo
     python3 ci/bench-table.py "$out/console.log" "$out/json"
