@@ -4,6 +4,8 @@
 pub mod bus;
 pub mod config;
 pub mod devices;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod ioregion;
 pub mod lsi;
 pub mod pci;

@@ -117,6 +117,8 @@ pub struct Lsi53c895a {
     pub(crate) waiting_reselect: bool,
     /// A selection failed; the timeout is reported at the next instruction.
     pub(crate) selection_timeout: bool,
+    /// The runaway-script bound (instructions per run).
+    pub(crate) instruction_limit: u32,
     irq_level: bool,
 }
 
@@ -157,6 +159,7 @@ impl Lsi53c895a {
             running: false,
             waiting_reselect: false,
             selection_timeout: false,
+            instruction_limit: scripts::MAX_INSTRUCTIONS_PER_RUN,
             irq_level: false,
         };
         lsi.soft_reset();
@@ -180,6 +183,13 @@ impl Lsi53c895a {
         self.waiting_reselect = false;
         self.selection_timeout = false;
         self.update_irq();
+    }
+
+    /// Lowers the runaway-script bound, so fuzzing spends its time on
+    /// variety rather than on scripts that loop.
+    #[doc(hidden)]
+    pub fn set_instruction_limit(&mut self, limit: u32) {
+        self.instruction_limit = limit;
     }
 
     /// Where BAR1 (registers) and BAR2 (SCRIPTS RAM) currently sit, for

@@ -129,7 +129,7 @@ impl Lsi53c895a {
         let mut count = 0u32;
         while self.running {
             count += 1;
-            if count > MAX_INSTRUCTIONS_PER_RUN {
+            if count > self.instruction_limit {
                 log::warn!("lsi: SCRIPTS ran {count} instructions without stopping; aborting them");
                 self.dma_interrupt(DSTAT_IID);
                 break;
