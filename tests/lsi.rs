@@ -138,6 +138,9 @@ fn guest_driver_finds_the_disk_and_writes_land_in_the_image() {
     o.assert_contains("sym0: <895a> rev 0x0 at pci 0000:00:01.0 irq 16");
     o.assert_pattern_landed();
     o.assert_contains("vmm exited 0");
+    // The remote served all of it under its seccomp filter.
+    o.assert_contains("vmm-remote: [INFO] remote sandboxed: seccomp (");
+    assert!(!o.output.contains("blocked syscall"), "{}", o.output);
 }
 
 #[test]

@@ -131,7 +131,11 @@ pub fn open(spec: &RemoteDevSpec, index: usize) -> Result<RemoteProcess, RemoteE
             let name = format!("#{index} ({}, pid {})", path.display(), child.id());
             (sock, Some(child), name)
         }
-        Endpoint::Lsi { disks, readonly } => {
+        Endpoint::Lsi {
+            disks,
+            readonly,
+            sandbox,
+        } => {
             let exe = std::env::current_exe().map_err(|source| RemoteError::Spawn {
                 path: "/proc/self/exe".into(),
                 source,
@@ -143,6 +147,9 @@ pub fn open(spec: &RemoteDevSpec, index: usize) -> Result<RemoteProcess, RemoteE
             }
             if *readonly {
                 args.push("--readonly".into());
+            }
+            if !*sandbox {
+                args.push("--no-sandbox".into());
             }
             // The device process logs at the VMM's level, so `--log-level`
             // covers both halves of a device.

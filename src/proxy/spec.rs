@@ -13,7 +13,13 @@ pub enum Endpoint {
     /// Spawn this program with its end of a socketpair as fd 3.
     Exec(PathBuf),
     /// Co-spawn our own LSI 53C895A remote (`vmm remote lsi`).
-    Lsi { disks: Vec<PathBuf>, readonly: bool },
+    Lsi {
+        disks: Vec<PathBuf>,
+        readonly: bool,
+        /// seccomp and no_new_privs in the remote (`sandbox=off` for
+        /// debugging).
+        sandbox: bool,
+    },
 }
 
 /// Which commands beyond QEMU's the remote understands.
@@ -45,6 +51,14 @@ pub struct RemoteDevSpec {
     pub ioregionfd: IoRegionMode,
 }
 
+fn on_off(key: &str, value: &str) -> Result<bool, String> {
+    match value {
+        "on" | "true" | "yes" => Ok(true),
+        "off" | "false" | "no" => Ok(false),
+        other => Err(format!("{key}={other}: expected on or off")),
+    }
+}
+
 impl FromStr for RemoteDevSpec {
     type Err = String;
 
@@ -53,6 +67,7 @@ impl FromStr for RemoteDevSpec {
         let mut dialect = Dialect::Qemu;
         let mut disks = Vec::new();
         let mut readonly = false;
+        let mut sandbox = true;
         let mut lsi = false;
         let mut ioregionfd = None;
         for (i, item) in text.split(',').filter(|s| !s.is_empty()).enumerate() {
@@ -105,13 +120,8 @@ impl FromStr for RemoteDevSpec {
                     })
                 }
                 "disk" if lsi => disks.push(PathBuf::from(value)),
-                "readonly" if lsi => {
-                    readonly = match value {
-                        "on" | "true" | "yes" => true,
-                        "off" | "false" | "no" => false,
-                        other => return Err(format!("readonly={other}: expected on or off")),
-                    }
-                }
+                "readonly" if lsi => readonly = on_off(key, value)?,
+                "sandbox" if lsi => sandbox = on_off(key, value)?,
                 other => return Err(format!("unknown key '{other}'")),
             }
         }
@@ -119,7 +129,11 @@ impl FromStr for RemoteDevSpec {
             if endpoint.is_some() {
                 return Err("lsi is co-spawned: drop socket=, fd= and exec=".into());
             }
-            endpoint = Some(Endpoint::Lsi { disks, readonly });
+            endpoint = Some(Endpoint::Lsi {
+                disks,
+                readonly,
+                sandbox,
+            });
         }
         let endpoint = endpoint
             .ok_or_else(|| "say where the remote is: socket=PATH, fd=N or exec=PATH".to_string())?;
@@ -165,7 +179,8 @@ mod tests {
             s.endpoint,
             Endpoint::Lsi {
                 disks: vec!["a.img".into(), "b.img".into()],
-                readonly: true
+                readonly: true,
+                sandbox: true,
             }
         );
         assert_eq!(s.dialect, Dialect::Vmm);
@@ -174,9 +189,14 @@ mod tests {
             s.endpoint,
             Endpoint::Lsi {
                 disks: vec![],
-                readonly: false
+                readonly: false,
+                sandbox: true,
             }
         );
+        let s: RemoteDevSpec = "lsi,sandbox=off".parse().unwrap();
+        assert!(matches!(s.endpoint, Endpoint::Lsi { sandbox: false, .. }));
+        assert!("lsi,sandbox=maybe".parse::<RemoteDevSpec>().is_err());
+        assert!("socket=x,sandbox=off".parse::<RemoteDevSpec>().is_err());
         assert!("lsi,socket=x".parse::<RemoteDevSpec>().is_err());
         assert!("socket=x,disk=a".parse::<RemoteDevSpec>().is_err());
         assert!("lsi,readonly=maybe".parse::<RemoteDevSpec>().is_err());

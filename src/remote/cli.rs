@@ -8,6 +8,8 @@ use std::sync::{Arc, Mutex};
 
 use clap::{Parser, Subcommand};
 
+use super::sandbox::{Sandbox, SandboxError, SandboxOptions};
+use super::user::UserSpec;
 use super::{RemoteDevice, server};
 use crate::lsi::Lsi53c895a;
 use crate::protocol::channel::Channel;
@@ -42,6 +44,14 @@ pub enum RemoteKind {
         /// Present the disks write-protected.
         #[arg(long)]
         readonly: bool,
+        /// When started as root, become this user once the disks and the
+        /// socket are open (supplementary groups dropped; GID defaults to
+        /// the user's primary group).
+        #[arg(long, value_name = "NAME|UID[:GID]")]
+        user: Option<UserSpec>,
+        /// Run without seccomp and no_new_privs, for debugging.
+        #[arg(long)]
+        no_sandbox: bool,
         #[arg(long, value_name = "LEVEL")]
         log_level: Option<String>,
     },
@@ -69,6 +79,8 @@ pub enum RemoteCliError {
     Serve(#[from] server::ServerError),
     #[error("{0}")]
     Pool(#[from] crate::scsi::pool::PoolError),
+    #[error("sandbox: {0}")]
+    Sandbox(#[from] SandboxError),
 }
 
 /// A sparse scratch image in a new temporary directory.
@@ -93,8 +105,16 @@ pub fn run(kind: RemoteKind) -> Result<(), RemoteCliError> {
         socket,
         mut disks,
         readonly,
+        user,
+        no_sandbox,
         ..
     } = kind;
+    // Users are looked up and the filter compiled before anything is
+    // opened, so a mistake there costs nothing.
+    let sandbox = Sandbox::new(&SandboxOptions {
+        user,
+        disabled: no_sandbox,
+    })?;
     if disks.is_empty() {
         disks.push(scratch_disk()?);
     }
@@ -146,6 +166,9 @@ pub fn run(kind: RemoteKind) -> Result<(), RemoteCliError> {
         (None, None) => return Err(RemoteCliError::NoEndpoint),
     };
     let device = Arc::new(Mutex::new(Lsi53c895a::new(disks)?));
+    // Everything is open and the disk workers run: from here on the
+    // remote only serves.
+    sandbox.apply()?;
     let served = server::serve(Channel::new(sock), device.clone());
     if let Some(summary) = device.lock().expect("device lock poisoned").summary() {
         log::info!("{summary}");

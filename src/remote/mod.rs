@@ -6,7 +6,9 @@ pub mod cli;
 pub mod ioregions;
 pub mod irq;
 pub mod memory;
+pub mod sandbox;
 pub mod server;
+pub mod user;
 
 use crate::pci::ConfigSpace;
 

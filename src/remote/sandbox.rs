@@ -1,0 +1,596 @@
+//! The remote's sandbox, applied once everything it needs is open (disk
+//! images, the control socket, its disk worker threads) and before it
+//! serves anything: an optional drop to an unprivileged user,
+//! no_new_privs, and a seccomp filter that allows only the system calls
+//! serving needs.
+//!
+//! The filter is built with rust-vmm's seccompiler (Firecracker's), not
+//! hand-written BPF. A call outside it raises SIGSYS (SECCOMP_RET_TRAP),
+//! whose handler prints the call's number and exits with status 31, so the
+//! VMM's log shows which call it was instead of a bare "killed".
+//!
+//! What stays out: opening files (open, openat, ...), creating sockets
+//! other than AF_UNIX pairs, exec, fork (clone is allowed with CLONE_THREAD
+//! only), ptrace, kill (tgkill only within this process), executable
+//! mappings, and everything else not listed in [`allowed`].
+
+use std::collections::BTreeMap;
+
+use seccompiler::{
+    BpfProgram, SeccompAction, SeccompCmpArgLen, SeccompCmpOp, SeccompCondition, SeccompFilter,
+    SeccompRule,
+};
+
+use super::user::{Credentials, UserError, UserSpec, drop_to};
+
+/// The exit status of a remote stopped by the filter: SIGSYS's number.
+pub const BLOCKED_EXIT: i32 = 31;
+
+#[derive(Debug, thiserror::Error)]
+pub enum SandboxError {
+    #[error(transparent)]
+    User(#[from] UserError),
+    #[error("cannot build the seccomp filter: {0}")]
+    Build(#[source] seccompiler::BackendError),
+    #[error("cannot install the SIGSYS handler: {0}")]
+    Signal(#[source] std::io::Error),
+    #[error("cannot set no_new_privs: {0}")]
+    NoNewPrivs(#[source] std::io::Error),
+    #[error("cannot install the seccomp filter: {0}")]
+    Install(#[source] seccompiler::Error),
+}
+
+/// What the sandbox does; from `vmm remote lsi` options.
+#[derive(Debug, Clone, Default)]
+pub struct SandboxOptions {
+    /// Become this user (the remote must run as root).
+    pub user: Option<UserSpec>,
+    /// Skip no_new_privs and seccomp (`--no-sandbox`), for debugging.
+    pub disabled: bool,
+}
+
+/// A sandbox ready to apply: users resolved and filters compiled up
+/// front, so that applying it needs no file and no allocation.
+pub struct Sandbox {
+    user: Option<Credentials>,
+    /// A filter that turns clone3 into ENOSYS, then the allow-list (in
+    /// that order: installing a filter calls prctl, which the allow-list
+    /// refuses).
+    filters: Option<[BpfProgram; 2]>,
+    syscalls: usize,
+    /// glibc's malloc, past 8 arenas, reads how many CPUs are online
+    /// from /sys to set its limit; setting the limit ourselves spares it
+    /// that open.
+    malloc_arenas: libc::c_int,
+}
+
+type Rules = BTreeMap<i64, Vec<SeccompRule>>;
+
+fn cond(arg: u8, op: SeccompCmpOp, value: u64) -> Result<SeccompRule, SandboxError> {
+    let c = SeccompCondition::new(arg, SeccompCmpArgLen::Dword, op, value)
+        .map_err(SandboxError::Build)?;
+    SeccompRule::new(vec![c]).map_err(SandboxError::Build)
+}
+
+/// Allowed when argument `arg` equals `value`.
+fn arg_eq(arg: u8, value: u64) -> Result<Vec<SeccompRule>, SandboxError> {
+    Ok(vec![cond(arg, SeccompCmpOp::Eq, value)?])
+}
+
+/// Allowed when every bit of `bits` in argument `arg` is set / clear.
+fn arg_bits(arg: u8, bits: u64, set: bool) -> Result<Vec<SeccompRule>, SandboxError> {
+    let value = if set { bits } else { 0 };
+    Ok(vec![cond(arg, SeccompCmpOp::MaskedEq(bits), value)?])
+}
+
+/// The system calls the remote makes once sandboxed, found by running the
+/// LSI end-to-end tests (guest driver, fio, file systems, two vCPUs,
+/// ioregion fds) under the filter, and the remote under strace with a
+/// scripted VMM. A few more cover rare but legitimate paths (abort on a
+/// double panic, realloc of large blocks). Everything else traps.
+fn allowed() -> Result<Rules, SandboxError> {
+    let any = Vec::new;
+    let prot_exec = libc::PROT_EXEC as u64;
+    // A new thread shares everything with us; any other clone is a fork.
+    let thread = (libc::CLONE_THREAD | libc::CLONE_VM) as u64;
+    // SAFETY: getpid cannot fail.
+    let pid = unsafe { libc::getpid() } as u64;
+    Ok([
+        // Control socket, ioregion fds, eventfds, irqfds, log lines.
+        (libc::SYS_read, any()),
+        (libc::SYS_write, any()),
+        (libc::SYS_recvfrom, any()),
+        (libc::SYS_sendto, any()),
+        (libc::SYS_recvmsg, any()),
+        (libc::SYS_sendmsg, any()),
+        (libc::SYS_poll, any()),
+        (libc::SYS_ppoll, any()),
+        (libc::SYS_close, any()),
+        // The logger asks whether stderr is a terminal (isatty) per line.
+        (libc::SYS_ioctl, arg_eq(1, libc::TCGETS)?),
+        // New ioregion fds; only pairs, never a socket to elsewhere.
+        (libc::SYS_socketpair, arg_eq(0, libc::AF_UNIX as u64)?),
+        // Disk I/O.
+        (libc::SYS_pread64, any()),
+        (libc::SYS_pwrite64, any()),
+        (libc::SYS_fdatasync, any()),
+        (libc::SYS_fsync, any()),
+        // Memory: the allocator, thread stacks, guest RAM (SYNC_SYSMEM
+        // maps memfds shared); never executable.
+        (libc::SYS_brk, any()),
+        (libc::SYS_mmap, arg_bits(2, prot_exec, false)?),
+        (libc::SYS_mprotect, arg_bits(2, prot_exec, false)?),
+        (libc::SYS_munmap, any()),
+        (libc::SYS_mremap, any()),
+        (libc::SYS_madvise, any()),
+        // Threads: one per ioregion fd, started on demand.
+        (libc::SYS_clone, arg_bits(0, thread, true)?),
+        (libc::SYS_clone3, any()), // ENOSYS, see `Sandbox::new`
+        (libc::SYS_set_robust_list, any()),
+        (libc::SYS_rseq, any()),
+        (libc::SYS_sched_getaffinity, any()),
+        (libc::SYS_prctl, arg_eq(0, libc::PR_SET_NAME as u64)?),
+        (libc::SYS_futex, any()),
+        (libc::SYS_sched_yield, any()),
+        (libc::SYS_exit, any()),
+        (libc::SYS_exit_group, any()),
+        // Signals: stack-overflow handlers, abort on a double panic.
+        (libc::SYS_rt_sigreturn, any()),
+        (libc::SYS_rt_sigprocmask, any()),
+        (libc::SYS_rt_sigaction, any()),
+        (libc::SYS_sigaltstack, any()),
+        (libc::SYS_getpid, any()),
+        (libc::SYS_gettid, any()),
+        (libc::SYS_tgkill, arg_eq(0, pid)?),
+        // Time (where the vDSO is missing) and randomness (hash maps).
+        (libc::SYS_clock_gettime, any()),
+        (libc::SYS_getrandom, any()),
+    ]
+    .into_iter()
+    .collect())
+}
+
+fn compile(
+    rules: Rules,
+    mismatch: SeccompAction,
+    on_match: SeccompAction,
+) -> Result<BpfProgram, SandboxError> {
+    let arch = std::env::consts::ARCH
+        .try_into()
+        .map_err(SandboxError::Build)?;
+    SeccompFilter::new(rules, mismatch, on_match, arch)
+        .and_then(BpfProgram::try_from)
+        .map_err(SandboxError::Build)
+}
+
+impl Sandbox {
+    pub fn new(options: &SandboxOptions) -> Result<Self, SandboxError> {
+        let user = options.user.as_ref().map(UserSpec::resolve).transpose()?;
+        if options.disabled {
+            return Ok(Sandbox {
+                user,
+                filters: None,
+                syscalls: 0,
+                malloc_arenas: 0,
+            });
+        }
+        let rules = allowed()?;
+        let syscalls = rules.len();
+        let main = compile(rules, SeccompAction::Trap, SeccompAction::Allow)?;
+        // glibc starts threads with clone3 and falls back to clone on
+        // ENOSYS. clone3's flags sit in memory the filter cannot read, so
+        // it is refused here (the main filter allows it, and of two
+        // filters' verdicts the kernel takes ERRNO over ALLOW) and threads
+        // come from the clone checked above.
+        let clone3 = compile(
+            [(libc::SYS_clone3, Vec::new())].into_iter().collect(),
+            SeccompAction::Allow,
+            SeccompAction::Errno(libc::ENOSYS as u32),
+        )?;
+        Ok(Sandbox {
+            user,
+            filters: Some([clone3, main]),
+            syscalls,
+            // glibc's own default: 8 per CPU.
+            malloc_arenas: std::thread::available_parallelism()
+                .map_or(1, |n| n.get())
+                .saturating_mul(8)
+                .try_into()
+                .unwrap_or(libc::c_int::MAX),
+        })
+    }
+
+    /// How many system calls the filter allows.
+    pub fn syscalls(&self) -> usize {
+        self.syscalls
+    }
+
+    /// Drops the user, then confines every thread of the process. Logs
+    /// once what was done.
+    pub fn apply(&self) -> Result<(), SandboxError> {
+        let uid = match self.user {
+            Some(creds) => {
+                drop_to(creds)?;
+                format!(", uid {} gid {}", creds.uid, creds.gid)
+            }
+            None => {
+                // SAFETY: geteuid cannot fail.
+                if unsafe { libc::geteuid() } == 0 {
+                    log::info!("remote runs as root; --user NAME|UID[:GID] drops to another user");
+                }
+                String::new()
+            }
+        };
+        if self.filters.is_none() {
+            log::warn!("remote not sandboxed (--no-sandbox / sandbox=off){uid}");
+            return Ok(());
+        }
+        self.confine(true)?;
+        log::info!(
+            "remote sandboxed: seccomp ({} syscalls), no_new_privs{uid}",
+            self.syscalls
+        );
+        Ok(())
+    }
+
+    /// Sets no_new_privs, installs the SIGSYS handler and the filters, on
+    /// every thread (`all_threads`) or the calling one. Allocates nothing,
+    /// so it is also safe in a child forked from a threaded process.
+    pub fn confine(&self, all_threads: bool) -> Result<(), SandboxError> {
+        let Some(filters) = &self.filters else {
+            return Ok(());
+        };
+        // SAFETY: mallopt only sets a malloc tunable.
+        unsafe { libc::mallopt(libc::M_ARENA_MAX, self.malloc_arenas) };
+        // SAFETY: prctl with integer arguments only.
+        if unsafe { libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) } != 0 {
+            return Err(SandboxError::NoNewPrivs(std::io::Error::last_os_error()));
+        }
+        install_sigsys_handler()?;
+        for filter in filters {
+            let applied = if all_threads {
+                seccompiler::apply_filter_all_threads(filter)
+            } else {
+                seccompiler::apply_filter(filter)
+            };
+            applied.map_err(SandboxError::Install)?;
+        }
+        Ok(())
+    }
+}
+
+/// `siginfo_t` as the kernel fills it for SIGSYS (`_sigsys` in the union);
+/// the libc crate has no accessor for these fields.
+#[repr(C)]
+struct SigsysInfo {
+    signo: libc::c_int,
+    errno: libc::c_int,
+    code: libc::c_int,
+    _pad: libc::c_int,
+    call_addr: *mut libc::c_void,
+    syscall: libc::c_int,
+    arch: libc::c_uint,
+}
+
+/// Formats "vmm-remote: seccomp: blocked syscall N ..." into `buf` with
+/// no allocation; returns the length used.
+fn blocked_message(syscall: i32, buf: &mut [u8; 160]) -> usize {
+    const HEAD: &[u8] = b"vmm-remote: seccomp: blocked syscall ";
+    const TAIL: &[u8] =
+        b"; exiting (--no-sandbox or sandbox=off runs the remote without seccomp)\n";
+    let mut len = 0;
+    let mut put = |bytes: &[u8]| {
+        let n = bytes.len().min(buf.len() - len);
+        buf[len..len + n].copy_from_slice(&bytes[..n]);
+        len += n;
+    };
+    put(HEAD);
+    let mut digits = [0u8; 12];
+    let mut i = digits.len();
+    let mut n = i64::from(syscall).unsigned_abs();
+    loop {
+        i -= 1;
+        digits[i] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    if syscall < 0 {
+        i -= 1;
+        digits[i] = b'-';
+    }
+    put(&digits[i..]);
+    put(TAIL);
+    len
+}
+
+extern "C" fn on_sigsys(_signo: libc::c_int, info: *mut libc::siginfo_t, _ctx: *mut libc::c_void) {
+    // SAFETY: the kernel passes a valid siginfo for an SA_SIGINFO handler,
+    // and for a seccomp SIGSYS its union holds `_sigsys`.
+    let syscall = unsafe { (*info.cast::<SigsysInfo>()).syscall };
+    let mut buf = [0u8; 160];
+    let len = blocked_message(syscall, &mut buf);
+    // SAFETY: write(2) and _exit(2) are async-signal-safe and allowed by
+    // the filter; `buf[..len]` is initialised.
+    unsafe {
+        libc::write(libc::STDERR_FILENO, buf.as_ptr().cast(), len);
+        libc::_exit(BLOCKED_EXIT);
+    }
+}
+
+fn install_sigsys_handler() -> Result<(), SandboxError> {
+    // SAFETY: a zeroed sigaction is a valid starting point; we fill it in.
+    let mut action: libc::sigaction = unsafe { std::mem::zeroed() };
+    action.sa_sigaction = on_sigsys as *const () as libc::sighandler_t;
+    action.sa_flags = libc::SA_SIGINFO | libc::SA_ONSTACK;
+    // SAFETY: `action` is initialised and the handler only makes
+    // async-signal-safe calls.
+    if unsafe { libc::sigaction(libc::SIGSYS, &action, std::ptr::null_mut()) } != 0 {
+        return Err(SandboxError::Signal(std::io::Error::last_os_error()));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::fd::{FromRawFd, OwnedFd};
+    use std::time::{Duration, Instant};
+
+    #[test]
+    fn the_message_names_the_call() {
+        let mut buf = [0u8; 160];
+        let len = blocked_message(257, &mut buf);
+        let text = std::str::from_utf8(&buf[..len]).unwrap();
+        assert!(text.starts_with("vmm-remote: seccomp: blocked syscall 257; exiting"));
+        assert!(text.ends_with("without seccomp)\n"));
+        let len = blocked_message(0, &mut buf);
+        assert!(
+            std::str::from_utf8(&buf[..len])
+                .unwrap()
+                .contains("syscall 0;")
+        );
+        let len = blocked_message(-1, &mut buf);
+        assert!(
+            std::str::from_utf8(&buf[..len])
+                .unwrap()
+                .contains("syscall -1;")
+        );
+    }
+
+    /// How a forked child ended, and what it wrote to its stderr.
+    struct Ended {
+        status: libc::c_int,
+        stderr: String,
+    }
+
+    /// Runs `body` in a forked child whose stderr is a pipe; the child
+    /// exits 0 if `body` returns. The test process itself is never
+    /// sandboxed. `body` must stick to plain system calls: the child of a
+    /// threaded process may not take locks other threads held.
+    fn in_child(body: impl FnOnce()) -> Ended {
+        let mut fds = [-1; 2];
+        // SAFETY: `fds` has room for the two ends.
+        assert_eq!(unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) }, 0);
+        // SAFETY: fork; the child only runs `body` and exits.
+        let pid = unsafe { libc::fork() };
+        assert!(pid >= 0, "fork failed");
+        if pid == 0 {
+            // SAFETY: plain fd calls; the child never returns from here.
+            unsafe {
+                libc::dup2(fds[1], libc::STDERR_FILENO);
+                body();
+                libc::_exit(0);
+            }
+        }
+        // SAFETY: our own end of the pipe, closed once.
+        unsafe { libc::close(fds[1]) };
+        // SAFETY: the read end is ours alone from here on.
+        let read_end = unsafe { OwnedFd::from_raw_fd(fds[0]) };
+        let deadline = Instant::now() + Duration::from_secs(20);
+        let mut status = 0;
+        loop {
+            // SAFETY: waitpid on our own child, writing only `status`.
+            let done = unsafe { libc::waitpid(pid, &mut status, libc::WNOHANG) };
+            if done == pid {
+                break;
+            }
+            if Instant::now() > deadline {
+                // SAFETY: kill(2) on our own child.
+                unsafe { libc::kill(pid, libc::SIGKILL) };
+                panic!("the sandboxed child hung");
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        let stderr = std::io::read_to_string(std::fs::File::from(read_end)).unwrap();
+        Ended { status, stderr }
+    }
+
+    /// Writes `text` to stderr with write(2) alone.
+    fn say(text: &[u8]) {
+        // SAFETY: the pointer and length describe `text`.
+        unsafe { libc::write(libc::STDERR_FILENO, text.as_ptr().cast(), text.len()) };
+    }
+
+    fn sandbox() -> Sandbox {
+        Sandbox::new(&SandboxOptions::default()).unwrap()
+    }
+
+    fn exited(e: &Ended) -> Option<i32> {
+        libc::WIFEXITED(e.status).then(|| libc::WEXITSTATUS(e.status))
+    }
+
+    #[test]
+    fn allowed_calls_work_and_openat_is_stopped_with_its_number() {
+        let sandbox = sandbox();
+        assert!(sandbox.syscalls() > 30);
+        let path = c"/etc/hostname";
+        let ended = in_child(|| {
+            sandbox.confine(false).expect("confine");
+            let mut pfd = libc::pollfd {
+                fd: libc::STDERR_FILENO,
+                events: libc::POLLOUT,
+                revents: 0,
+            };
+            // SAFETY: one valid pollfd; getpid cannot fail.
+            let ok = unsafe { libc::poll(&mut pfd, 1, 0) == 1 && libc::getpid() > 0 };
+            say(if ok {
+                b"allowed ok\n"
+            } else {
+                b"allowed FAILED\n"
+            });
+            // SAFETY: a plain open; the filter stops it before the kernel runs it.
+            unsafe { libc::open(path.as_ptr(), libc::O_RDONLY) };
+            say(b"open was not stopped\n");
+        });
+        assert_eq!(exited(&ended), Some(BLOCKED_EXIT), "{}", ended.stderr);
+        assert!(ended.stderr.starts_with("allowed ok\n"), "{}", ended.stderr);
+        assert!(
+            ended.stderr.contains(&format!(
+                "vmm-remote: seccomp: blocked syscall {}",
+                libc::SYS_openat
+            )),
+            "{}",
+            ended.stderr
+        );
+    }
+
+    #[test]
+    fn exec_fork_and_inet_sockets_are_stopped() {
+        let sandbox = sandbox();
+        let blocked = |call: libc::c_long| format!("vmm-remote: seccomp: blocked syscall {call};");
+        let exec = in_child(|| {
+            sandbox.confine(false).expect("confine");
+            let argv = [c"/bin/true".as_ptr(), std::ptr::null()];
+            // SAFETY: a null-terminated argv of static strings.
+            unsafe { libc::execv(argv[0], argv.as_ptr()) };
+        });
+        assert_eq!(exited(&exec), Some(BLOCKED_EXIT));
+        assert!(
+            exec.stderr.contains(&blocked(libc::SYS_execve)),
+            "{}",
+            exec.stderr
+        );
+        let fork = in_child(|| {
+            sandbox.confine(false).expect("confine");
+            // SAFETY: raw clone(SIGCHLD) is a fork; the filter refuses it.
+            unsafe { libc::syscall(libc::SYS_clone, libc::SIGCHLD, 0, 0, 0, 0) };
+        });
+        assert_eq!(exited(&fork), Some(BLOCKED_EXIT));
+        assert!(
+            fork.stderr.contains(&blocked(libc::SYS_clone)),
+            "{}",
+            fork.stderr
+        );
+        let socket = in_child(|| {
+            sandbox.confine(false).expect("confine");
+            let mut pair = [-1; 2];
+            // SAFETY: socketpair fills `pair`; socket takes integers.
+            unsafe {
+                if libc::socketpair(libc::AF_UNIX, libc::SOCK_SEQPACKET, 0, pair.as_mut_ptr()) == 0
+                {
+                    say(b"pair ok\n");
+                }
+                libc::socket(libc::AF_INET, libc::SOCK_STREAM, 0);
+            }
+        });
+        assert_eq!(exited(&socket), Some(BLOCKED_EXIT));
+        assert!(socket.stderr.starts_with("pair ok\n"), "{}", socket.stderr);
+        assert!(
+            socket.stderr.contains(&blocked(libc::SYS_socket)),
+            "{}",
+            socket.stderr
+        );
+    }
+
+    #[test]
+    fn threads_still_start_and_mappings_cannot_be_executable() {
+        let sandbox = sandbox();
+        let ended = in_child(|| {
+            sandbox.confine(false).expect("confine");
+            // SAFETY: clone3 with no arguments; the second filter answers ENOSYS.
+            let r = unsafe { libc::syscall(libc::SYS_clone3, 0, 0) };
+            let errno = std::io::Error::last_os_error().raw_os_error();
+            if r == -1 && errno == Some(libc::ENOSYS) {
+                say(b"clone3 ENOSYS\n");
+            }
+            // Named, as the ioregion threads are (prctl PR_SET_NAME), and
+            // enough of them at once for malloc to want more than 8 arenas.
+            let all = std::sync::Arc::new(std::sync::Barrier::new(12));
+            let threads: Vec<_> = (0..12)
+                .filter_map(|i| {
+                    let all = all.clone();
+                    std::thread::Builder::new()
+                        .name(format!("sandboxed-{i}"))
+                        .spawn(move || {
+                            let block = vec![1u8; 4096];
+                            all.wait();
+                            block.len()
+                        })
+                        .ok()
+                })
+                .collect();
+            let sizes: usize = threads.into_iter().filter_map(|t| t.join().ok()).sum();
+            if sizes == 12 * 4096 {
+                say(b"12 threads ran\n");
+            }
+            // SAFETY: an anonymous executable mapping; the filter stops it.
+            unsafe {
+                libc::mmap(
+                    std::ptr::null_mut(),
+                    4096,
+                    libc::PROT_READ | libc::PROT_EXEC,
+                    libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+                    -1,
+                    0,
+                )
+            };
+        });
+        assert_eq!(exited(&ended), Some(BLOCKED_EXIT), "{}", ended.stderr);
+        assert!(
+            ended.stderr.starts_with("clone3 ENOSYS\n12 threads ran\n"),
+            "{}",
+            ended.stderr
+        );
+        assert!(
+            ended
+                .stderr
+                .contains(&format!("blocked syscall {};", libc::SYS_mmap))
+        );
+    }
+
+    #[test]
+    fn a_root_remote_drops_to_the_user_it_is_given() {
+        // SAFETY: geteuid cannot fail.
+        if unsafe { libc::geteuid() } != 0 {
+            eprintln!("not root: user drop not tested");
+            return;
+        }
+        let options = SandboxOptions {
+            user: Some("65534:65534".parse().unwrap()),
+            disabled: false,
+        };
+        let sandbox = Sandbox::new(&options).unwrap();
+        let ended = in_child(|| {
+            let creds = sandbox.user.expect("a user");
+            drop_to(creds).expect("drop");
+            // SAFETY: id queries cannot fail; getgroups(0) only counts.
+            let ok = unsafe {
+                libc::getuid() == 65534
+                    && libc::geteuid() == 65534
+                    && libc::getgid() == 65534
+                    && libc::getgroups(0, std::ptr::null_mut()) == 0
+            };
+            say(if ok {
+                b"dropped\n"
+            } else {
+                b"still privileged\n"
+            });
+            sandbox.confine(false).expect("confine");
+            say(b"confined\n");
+        });
+        assert_eq!(exited(&ended), Some(0), "{}", ended.stderr);
+        assert_eq!(ended.stderr, "dropped\nconfined\n");
+    }
+}
