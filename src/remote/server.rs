@@ -140,9 +140,11 @@ pub fn serve(
     use std::os::fd::AsRawFd;
     let irq = Arc::new(Mutex::new(InterruptLine::default()));
     let hub = Arc::new(ioregions::Hub::default());
+    // Fixed for the device's lifetime: asking once keeps the device lock,
+    // which the ioregion threads use on every access, out of this loop.
+    let background = device.lock().expect("device lock poisoned").background_fd();
     loop {
         let resample = irq.lock().expect("irq lock poisoned").resample_fd();
-        let background = device.lock().expect("device lock poisoned").background_fd();
         let pollfd = |fd: Option<i32>| libc::pollfd {
             fd: fd.unwrap_or(-1),
             events: libc::POLLIN,
