@@ -32,6 +32,29 @@ fn frozen_remote(mode: &str) -> String {
     )
 }
 
+/// Starts the VMM on fio verify, SIGKILLs its remote mid-I/O and lets the
+/// guest finish by itself: its driver's error handling has to end the
+/// stalled commands, and the guest then reboots, which ends the VMM.
+fn killed_remote(spec: &str) -> String {
+    format!(
+        "dd if=/dev/zero of=/tmp/k.img bs=1M count=64 2>/dev/null\n\
+         $VMM --kernel $KERNEL --initrd $INITRD --cmdline 'console=ttyS0 vmm.run=fio-verify' \
+         --log-level info --remote-dev lsi,disk=/tmp/k.img{spec} </dev/null > /tmp/vmm.log 2>&1 &\n\
+         vmm=$!\n\
+         i=0; while [ $i -lt 120 ] && ! grep -q 'disk found' /tmp/vmm.log; do sleep 1; i=$((i + 1)); done\n\
+         sleep 2\n\
+         remote=$(sed -n 's/.*(lsi, pid \\([0-9]*\\)).*/\\1/p' /tmp/vmm.log | head -n 1)\n\
+         echo \"killing remote $remote\"\n\
+         kill -KILL $remote\n\
+         i=0; while [ $i -lt 200 ] && kill -0 $vmm 2>/dev/null; do sleep 1; i=$((i + 1)); done\n\
+         echo \"guest done $i s after the kill\"\n\
+         kill -TERM $vmm 2>/dev/null\n\
+         wait $vmm\n\
+         echo \"vmm exited $?\"\n\
+         cat /tmp/vmm.log"
+    )
+}
+
 fn scenarios() -> Vec<Scenario> {
     vec![
         Scenario {
@@ -42,6 +65,40 @@ fn scenarios() -> Vec<Scenario> {
             name: "frozen-remote-messages",
             script: frozen_remote("off"),
         },
+        Scenario {
+            // A sparse 64 MiB image on a 4 MiB tmpfs: the host runs out of
+            // space under the guest's writes.
+            name: "disk-full",
+            script: "mkdir -p /tmp/small && mount -t tmpfs -o size=4m tmpfs /tmp/small\n\
+                     dd if=/dev/zero of=/tmp/small/d.img bs=1 count=0 seek=67108864 2>/dev/null\n\
+                     $VMM --kernel $KERNEL --initrd $INITRD \
+                     --cmdline 'console=ttyS0 vmm.run=disk-full' \
+                     --remote-dev lsi,disk=/tmp/small/d.img </dev/null\n\
+                     echo \"vmm exited $?\""
+                .into(),
+        },
+        Scenario {
+            name: "image-on-read-only-fs",
+            script: "mkdir -p /tmp/rofs && mount -t tmpfs -o size=80m tmpfs /tmp/rofs\n\
+                     dd if=/dev/zero of=/tmp/rofs/r.img bs=1M count=64 2>/dev/null\n\
+                     mount -o remount,ro /tmp/rofs\n\
+                     $VMM --kernel $KERNEL --initrd $INITRD --remote-dev lsi,disk=/tmp/rofs/r.img \
+                     </dev/null\n\
+                     echo \"read-write: vmm exited $?\"\n\
+                     $VMM --kernel $KERNEL --initrd $INITRD \
+                     --cmdline 'console=ttyS0 quiet vmm.run=readonly' \
+                     --remote-dev lsi,disk=/tmp/rofs/r.img,readonly=on </dev/null\n\
+                     echo \"readonly=on: vmm exited $?\""
+                .into(),
+        },
+        Scenario {
+            name: "killed-remote",
+            script: killed_remote(""),
+        },
+        Scenario {
+            name: "killed-remote-restarted",
+            script: killed_remote(",restart=on"),
+        },
     ]
 }
 
@@ -51,7 +108,7 @@ fn outcome(name: &str) -> Option<&'static Outcome> {
         eprintln!("VMM_SKIP_KVM_TESTS=1: fault tests skipped");
         return None;
     }
-    Some(&RESULTS.get_or_init(|| common::run_batch(&scenarios(), 240))[name])
+    Some(&RESULTS.get_or_init(|| common::run_batch(&scenarios(), 300))[name])
 }
 
 #[test]
@@ -75,4 +132,63 @@ fn a_frozen_remote_times_out_on_the_control_socket_and_the_vmm_still_stops() {
     o.assert_contains("did not answer within 10s");
     o.assert_contains("the device is cut off and reads as all ones");
     o.assert_contains("vmm exited 143");
+}
+
+#[test]
+fn a_killed_remote_fails_the_guests_io_and_the_guest_still_reboots() {
+    let Some(o) = outcome("killed-remote") else {
+        return;
+    };
+    o.assert_contains("killing remote");
+    o.assert_contains("process exit: signal: 9 (SIGKILL)); its device now reads as all ones");
+    // The stalled commands end in errors, not a hang...
+    o.assert_contains("Input/output error");
+    o.assert_contains("VMM-GUEST: fio done: FAILED");
+    // ...and the guest goes on to reboot, which ends the VMM normally.
+    o.assert_contains("VMM-GUEST: rebooting");
+    o.assert_contains("vmm exited 0");
+}
+
+#[test]
+fn a_killed_remote_is_restarted_and_no_completed_write_is_lost() {
+    let Some(o) = outcome("killed-remote-restarted") else {
+        return;
+    };
+    o.assert_contains("killing remote");
+    o.assert_contains("process exit: signal: 9 (SIGKILL)); restarting it");
+    o.assert_contains("took over the device (1 of at most 5 restarts)");
+    // The driver recovered the new controller through its own resets, and
+    // fio's verify pass read back every block it had seen written.
+    o.assert_contains("VMM-GUEST: fio done: ok");
+    o.assert_contains("vmm exited 0");
+}
+
+#[test]
+fn a_full_host_file_system_fails_the_writes_with_sense_and_reads_go_on() {
+    let Some(o) = outcome("disk-full") else {
+        return;
+    };
+    o.assert_contains("VMM-GUEST: big write failed");
+    // DATA PROTECT, SPACE ALLOCATION FAILED WRITE PROTECT (27h/07h), as
+    // Linux decodes the sense data.
+    o.assert_contains("Sense Key : Data Protect");
+    o.assert_contains("Space allocation failed write protect");
+    o.assert_contains("VMM-GUEST: read after: ok");
+    assert!(
+        !o.output.contains("closed its connection"),
+        "the remote kept running"
+    );
+    o.assert_contains("vmm exited 0");
+}
+
+#[test]
+fn an_image_on_a_read_only_file_system_needs_readonly_on() {
+    let Some(o) = outcome("image-on-read-only-fs") else {
+        return;
+    };
+    o.assert_contains("cannot open disk image /tmp/rofs/r.img: Read-only file system");
+    o.assert_contains("exited during setup (exit status: 1)");
+    o.assert_contains("read-write: vmm exited 1");
+    o.assert_contains("VMM-GUEST: write refused");
+    o.assert_contains("readonly=on: vmm exited 0");
 }

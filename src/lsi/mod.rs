@@ -113,6 +113,8 @@ pub struct Lsi53c895a {
     pub(crate) bus: ScsiBus,
     /// SCRIPTS are running (guards against re-entry from self-access).
     pub(crate) running: bool,
+    /// Bytes moved by DMA in the current SCRIPTS run.
+    pub(crate) dma_bytes: u64,
     /// Idle in WAIT RESELECT until SIGP.
     pub(crate) waiting_reselect: bool,
     /// A selection failed; the timeout is reported at the next instruction.
@@ -157,6 +159,7 @@ impl Lsi53c895a {
             ram: Box::new([0; RAM_SIZE]),
             bus: ScsiBus::new(disks, IoPool::new(DEFAULT_WORKERS)?),
             running: false,
+            dma_bytes: 0,
             waiting_reselect: false,
             selection_timeout: false,
             instruction_limit: scripts::MAX_INSTRUCTIONS_PER_RUN,
@@ -808,6 +811,24 @@ mod tests {
         write32(&mut l, DSP, 0x8000);
         assert_eq!(read8(&mut l, DSTAT) & DSTAT_IID, DSTAT_IID);
         assert!(!l.running);
+    }
+
+    #[test]
+    fn a_loop_of_huge_memory_moves_is_stopped_by_the_byte_budget() {
+        let (mut l, ram) = lsi(vec![]);
+        // MEMORY MOVE 16 MiB - 1 from 0 to 0x100_0000, then JUMP back.
+        script(
+            &ram,
+            0x8000,
+            &[0xc0ff_ffff, 0, 0x100_0000, 0x8008_0000, 0x8000],
+        );
+        let start = std::time::Instant::now();
+        write32(&mut l, DSP, 0x8000);
+        assert_eq!(read8(&mut l, DSTAT) & DSTAT_IID, DSTAT_IID);
+        assert!(!l.running);
+        assert!(l.dma_bytes > scripts::MAX_DMA_BYTES_PER_RUN);
+        assert!(l.dma_bytes < scripts::MAX_DMA_BYTES_PER_RUN + (40 << 20));
+        eprintln!("stopped after {:?}", start.elapsed());
     }
 
     #[test]

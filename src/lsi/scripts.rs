@@ -9,6 +9,10 @@ use super::regs::*;
 /// More instructions than this in one run is a runaway script: the chip
 /// stops it with an illegal-instruction interrupt.
 pub const MAX_INSTRUCTIONS_PER_RUN: u32 = 1_000_000;
+/// Nor may one run move more than this many bytes: a loop of 16 MiB memory
+/// moves would otherwise keep the device busy for hours. Linux's SCRIPTS
+/// move at most a few MiB per command between waits.
+pub const MAX_DMA_BYTES_PER_RUN: u64 = 256 << 20;
 
 fn sext24(v: u32) -> u32 {
     ((v << 8) as i32 >> 8) as u32
@@ -38,66 +42,65 @@ impl Lsi53c895a {
         Target::Guest(addr)
     }
 
+    /// How many bytes from `addr` on (at most `max`) lie outside the
+    /// chip's own windows, so they can be copied from guest RAM in one go.
+    fn guest_span(&self, addr: u64, max: usize) -> usize {
+        let (regs, ram) = self.self_windows();
+        [regs, ram]
+            .into_iter()
+            .flatten()
+            .filter(|&base| base > addr)
+            .map(|base| usize::try_from(base - addr).unwrap_or(usize::MAX))
+            .fold(max, usize::min)
+    }
+
     /// Bus-master read; false (and a bus fault) when it hits nothing.
+    /// Bytes in the chip's own windows are read one at a time, the rest
+    /// in spans straight from guest RAM.
     pub(crate) fn dma_read(&mut self, addr: u64, buf: &mut [u8]) -> bool {
-        if buf.is_empty() {
-            return true;
-        }
-        // Fast path: the whole read lies in guest RAM.
-        if let (Target::Guest(a), Target::Guest(_)) = (
-            self.classify(addr),
-            self.classify(addr + buf.len() as u64 - 1),
-        ) {
-            let ok = self.memory.read(a, buf).is_ok();
-            if !ok {
-                log::warn!("lsi: DMA read at {a:#x} outside guest RAM: bus fault");
-                self.dma_interrupt(DSTAT_BF);
-            }
-            return ok;
-        }
-        for (i, b) in buf.iter_mut().enumerate() {
-            match self.classify(addr + i as u64) {
-                Target::Registers(r) => *b = self.read_reg(r),
-                Target::Ram(o) => *b = self.ram[o],
+        self.dma_bytes = self.dma_bytes.saturating_add(buf.len() as u64);
+        let mut i = 0;
+        while i < buf.len() {
+            let at = addr + i as u64;
+            match self.classify(at) {
+                Target::Registers(r) => buf[i] = self.read_reg(r),
+                Target::Ram(o) => buf[i] = self.ram[o],
                 Target::Guest(a) => {
-                    let mut one = [0u8];
-                    if self.memory.read(a, &mut one).is_err() {
+                    let n = self.guest_span(at, buf.len() - i);
+                    if self.memory.read(a, &mut buf[i..i + n]).is_err() {
+                        log::warn!("lsi: DMA read at {a:#x} outside guest RAM: bus fault");
                         self.dma_interrupt(DSTAT_BF);
                         return false;
                     }
-                    *b = one[0];
+                    i += n;
+                    continue;
                 }
             }
+            i += 1;
         }
         true
     }
 
     pub(crate) fn dma_write(&mut self, addr: u64, buf: &[u8]) -> bool {
-        if buf.is_empty() {
-            return true;
-        }
-        if let (Target::Guest(a), Target::Guest(_)) = (
-            self.classify(addr),
-            self.classify(addr + buf.len() as u64 - 1),
-        ) {
-            let ok = self.memory.write(a, buf).is_ok();
-            if !ok {
-                log::warn!("lsi: DMA write at {a:#x} outside guest RAM: bus fault");
-                self.dma_interrupt(DSTAT_BF);
-            }
-            return ok;
-        }
-        for (i, b) in buf.iter().enumerate() {
-            match self.classify(addr + i as u64) {
-                Target::Registers(r) => self.write_reg(r, *b),
-                Target::Ram(o) => self.ram[o] = *b,
+        self.dma_bytes = self.dma_bytes.saturating_add(buf.len() as u64);
+        let mut i = 0;
+        while i < buf.len() {
+            let at = addr + i as u64;
+            match self.classify(at) {
+                Target::Registers(r) => self.write_reg(r, buf[i]),
+                Target::Ram(o) => self.ram[o] = buf[i],
                 Target::Guest(a) => {
-                    if self.memory.write(a, &[*b]).is_err() {
+                    let n = self.guest_span(at, buf.len() - i);
+                    if self.memory.write(a, &buf[i..i + n]).is_err() {
+                        log::warn!("lsi: DMA write at {a:#x} outside guest RAM: bus fault");
                         self.dma_interrupt(DSTAT_BF);
                         return false;
                     }
+                    i += n;
+                    continue;
                 }
             }
+            i += 1;
         }
         true
     }
@@ -126,11 +129,20 @@ impl Lsi53c895a {
             return; // a self-addressed DSP write from inside a script
         }
         self.running = true;
+        self.dma_bytes = 0;
         let mut count = 0u32;
         while self.running {
             count += 1;
             if count > self.instruction_limit {
                 log::warn!("lsi: SCRIPTS ran {count} instructions without stopping; aborting them");
+                self.dma_interrupt(DSTAT_IID);
+                break;
+            }
+            if self.dma_bytes > MAX_DMA_BYTES_PER_RUN {
+                log::warn!(
+                    "lsi: SCRIPTS moved {} MiB without stopping; aborting them",
+                    self.dma_bytes >> 20
+                );
                 self.dma_interrupt(DSTAT_IID);
                 break;
             }

@@ -245,8 +245,11 @@ impl ScsiBus {
         c.partial_msg.extend_from_slice(bytes);
         let mut reply: Vec<u8> = Vec::new();
         let mut abort: Option<NexusFilter> = None;
+        // Messages are taken by index and the consumed prefix dropped once:
+        // a guest can send megabytes of one-byte messages in one move.
+        let mut taken = 0;
         loop {
-            let msg = &c.partial_msg;
+            let msg = &c.partial_msg[taken..];
             let Some(&first) = msg.first() else { break };
             let len = match first {
                 MSG_EXTENDED => match msg.get(1) {
@@ -259,7 +262,8 @@ impl ScsiBus {
             if msg.len() < len {
                 break;
             }
-            let m: Vec<u8> = c.partial_msg.drain(..len).collect();
+            let m: Vec<u8> = msg[..len].to_vec();
+            taken += len;
             let here = c.nexus;
             match m[0] {
                 b if b & MSG_IDENTIFY != 0 => {
@@ -294,6 +298,7 @@ impl ScsiBus {
                 _ => reply.push(MSG_REJECT),
             }
         }
+        c.partial_msg.drain(..taken);
         if let Some(matches) = abort {
             // The target drops the commands and leaves the bus.
             self.drop_queued(matches);

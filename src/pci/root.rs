@@ -188,6 +188,16 @@ impl PciRoot {
         Ok(())
     }
 
+    /// Takes slot `slot`'s BARs off the buses and maps them again, asking
+    /// the device afresh for its fast paths (a restarted remote brings new
+    /// ioregion fds).
+    pub fn remap(&mut self, slot: usize) {
+        for bar in self.mapped.remove(&slot).unwrap_or_default() {
+            self.unmap_bar(slot, &bar);
+        }
+        self.sync_bars(slot);
+    }
+
     /// Brings the buses in line with the BARs slot `slot` decodes now.
     fn sync_bars(&mut self, slot: usize) {
         let Some(device) = self.slots[slot].clone() else {
@@ -638,6 +648,34 @@ mod tests {
                 "attach 0xd0000000".to_string()
             ]
         );
+    }
+
+    #[test]
+    fn remap_swaps_in_the_devices_new_fast_paths() {
+        let old_path = Arc::new(FastRange::default());
+        let (buses, mut io, dev) = setup_with(Some(old_path.clone()));
+        let bar1 = u64::from(cfg_read(&mut io, 1, 5));
+        let new_path = Arc::new(FastRange {
+            kernel: true,
+            ..Default::default()
+        });
+        dev.lock().unwrap().fast = Some(new_path.clone());
+        io.root.lock().unwrap().remap(1);
+        assert_eq!(
+            *old_path.log.lock().unwrap(),
+            vec![format!("attach {bar1:#x}"), format!("detach {bar1:#x}")]
+        );
+        assert_eq!(
+            *new_path.log.lock().unwrap(),
+            vec![format!("attach {bar1:#x}")]
+        );
+        let mut d = [0u8; 2];
+        assert!(
+            !buses.mmio.read(bar1 + 0x40, &mut d),
+            "KVM serves the new range"
+        );
+        assert!(buses.mmio.read(bar1, &mut d), "the rest is mapped again");
+        assert_eq!(d, [1; 2]);
     }
 
     #[test]

@@ -19,7 +19,7 @@ use crate::pci::config::{
 };
 use crate::pci::{ActiveBar, BarFastPath, BarKind, BarSpec, PciDevice};
 use crate::protocol::channel::{Channel, ChannelError};
-use crate::protocol::mpqemu::{Message, RET_ERROR};
+use crate::protocol::mpqemu::{Message, RET_ERROR, SysmemRegion};
 use crate::proxy::ioregion::{Dispatch, IoRegionError, IoRegionPath, Negotiation};
 use crate::proxy::spec::Dialect;
 use crate::proxy::stats::{DeviceStats, bump};
@@ -53,6 +53,8 @@ pub enum ProxyError {
         #[source]
         source: IoRegionError,
     },
+    #[error("remote {name} is not the device it replaces (other identity or BARs)")]
+    NotTheSameDevice { name: String },
     #[error("remote {name}: KVM refused its irqfd: {source}")]
     Irqfd {
         name: String,
@@ -66,7 +68,7 @@ pub enum ProxyError {
 pub type IrqRegistrar<'a> = dyn Fn(&EventFd, &EventFd, u32) -> Result<(), kvm_ioctls::Error> + 'a;
 
 /// Shared "this remote is gone" flag; set by the proxy or the supervisor.
-#[derive(Clone, Default)]
+#[derive(Clone, Debug, Default)]
 pub struct FailFlag(Arc<AtomicBool>);
 
 impl FailFlag {
@@ -96,9 +98,164 @@ pub struct ProxyDevice {
     failed: FailFlag,
     fast_paths: HashMap<usize, Vec<Arc<IoRegionPath>>>,
     stats: Arc<DeviceStats>,
-    /// Kept so the interrupt wiring lives as long as the device.
-    _irqfd: EventFd,
-    _resamplefd: EventFd,
+    options: ProxyOptions,
+    /// What a restarted remote is given again.
+    sysmem: Sysmem,
+    /// Config writes that only the remote keeps, latest per (register,
+    /// offset, width), in order: replayed to a restarted remote.
+    written: Vec<(usize, usize, Vec<u8>)>,
+    /// Registered with KVM once; a restarted remote gets them again.
+    irqfd: EventFd,
+    resamplefd: EventFd,
+}
+
+/// Guest RAM as SYNC_SYSMEM hands it out.
+struct Sysmem {
+    regions: Vec<SysmemRegion>,
+    memfd: File,
+}
+
+fn channel_err(name: &str, what: &'static str) -> impl Fn(ChannelError) -> ProxyError + use<> {
+    let name = name.to_string();
+    move |source| ProxyError::Channel {
+        name: name.clone(),
+        what,
+        source,
+    }
+}
+
+fn share_ram(channel: &mut Channel, name: &str, sysmem: &Sysmem) -> Result<(), ProxyError> {
+    let fds: Vec<File> = sysmem
+        .regions
+        .iter()
+        .map(|_| sysmem.memfd.try_clone())
+        .collect::<Result<_, _>>()
+        .map_err(|source| ProxyError::Irq {
+            name: name.to_string(),
+            source,
+        })?;
+    channel
+        .send(&Message::SyncSysmem {
+            regions: sysmem.regions.clone(),
+            fds,
+        })
+        .map_err(channel_err(name, "sharing guest RAM"))
+}
+
+/// Reads the remote's identity and sizes its BARs, leaving them as they were.
+fn probe_config(channel: &mut Channel, name: &str) -> Result<ConfigSpace, ProxyError> {
+    let err = channel_err(name, "reading config space");
+    let cfg_read = |ch: &mut Channel, reg: usize| -> Result<u32, ProxyError> {
+        let v = ch
+            .request(&Message::PciCfgRead {
+                addr: reg as u32 * 4,
+                len: 4,
+            })
+            .map_err(&err)?;
+        Ok(v.unwrap_or(RET_ERROR) as u32)
+    };
+    let id = cfg_read(channel, REG_ID)?;
+    let vendor = id as u16;
+    if vendor == 0xffff || vendor == 0 {
+        return Err(ProxyError::NoDevice {
+            name: name.to_string(),
+            vendor,
+        });
+    }
+    let class = cfg_read(channel, REG_CLASS)?;
+    let mut config = ConfigSpace::new(vendor, (id >> 16) as u16, class >> 8, class as u8);
+    let sizing_err = channel_err(name, "sizing a BAR");
+    for bar in 0..NUM_BARS {
+        let reg = REG_BAR0 + bar;
+        let original = cfg_read(channel, reg)?;
+        ProxyDevice::cfg_write(channel, reg, 0, &[0xff; 4]).map_err(&sizing_err)?;
+        let raw = cfg_read(channel, reg)?;
+        ProxyDevice::cfg_write(channel, reg, 0, &original.to_le_bytes()).map_err(&sizing_err)?;
+        if raw == 0 || raw == u32::MAX {
+            continue;
+        }
+        let (kind, mask) = if raw & BAR_IO_BIT != 0 {
+            (BarKind::Io, !0x3u32)
+        } else {
+            (BarKind::Memory, !0xfu32)
+        };
+        if kind == BarKind::Memory && raw & BAR_MEM_TYPE_64 != 0 {
+            log::warn!("remote {name}: 64-bit BAR{bar} is not supported; left unmapped");
+            continue;
+        }
+        let size = u64::from((!(raw & mask)).wrapping_add(1));
+        config
+            .set_bar(bar, BarSpec { kind, size })
+            .map_err(|_| ProxyError::BadBar {
+                name: name.to_string(),
+                bar,
+                raw,
+            })?;
+        log::info!("remote {name}: BAR{bar} {kind:?} {size:#x} bytes");
+    }
+    Ok(config)
+}
+
+/// Region fds are our extension: a plain QEMU remote would drop the
+/// connection on the query, so only ours is asked.
+fn fast_paths(
+    channel: &mut Channel,
+    name: &str,
+    config: &ConfigSpace,
+    options: &ProxyOptions,
+    stats: &Arc<DeviceStats>,
+    failed: &FailFlag,
+) -> Result<HashMap<usize, Vec<Arc<IoRegionPath>>>, ProxyError> {
+    let paths = match (&options.ioregion, options.dialect) {
+        (Some(dispatch), Dialect::Vmm) => crate::proxy::ioregion::negotiate(
+            channel,
+            &Negotiation {
+                name,
+                config,
+                vcpus: options.vcpus,
+                dispatch,
+                stats,
+                failed,
+            },
+        )
+        .map_err(|source| ProxyError::IoRegion {
+            name: name.to_string(),
+            source,
+        })?,
+        _ => HashMap::new(),
+    };
+    if paths.is_empty() {
+        log::info!("remote {name}: every BAR access goes over control-socket messages");
+    }
+    Ok(paths)
+}
+
+/// Hands the remote its interrupt: it raises `irqfd` and learns from
+/// `resamplefd` that the guest acknowledged a level interrupt.
+fn wire_irq(
+    channel: &mut Channel,
+    name: &str,
+    irqfd: &EventFd,
+    resamplefd: &EventFd,
+) -> Result<(), ProxyError> {
+    let as_file = |e: &EventFd| {
+        e.try_clone()
+            .map(|c| {
+                use std::os::fd::{FromRawFd, IntoRawFd};
+                // SAFETY: the clone's fd is ours alone; File takes it over.
+                unsafe { File::from_raw_fd(c.into_raw_fd()) }
+            })
+            .map_err(|source| ProxyError::Irq {
+                name: name.to_string(),
+                source,
+            })
+    };
+    channel
+        .send(&Message::SetIrqfd {
+            irqfd: as_file(irqfd)?,
+            resamplefd: as_file(resamplefd)?,
+        })
+        .map_err(channel_err(name, "wiring the interrupt"))
 }
 
 fn is_local(reg: usize) -> bool {
@@ -117,93 +274,18 @@ impl ProxyDevice {
         failed: FailFlag,
         options: &ProxyOptions,
     ) -> Result<Self, ProxyError> {
-        let err = |what| {
-            let name = name.clone();
-            move |source| ProxyError::Channel { name, what, source }
-        };
-        let regions = ram.sysmem_regions();
-        let fds: Vec<File> = regions
-            .iter()
-            .map(|_| ram.memfd.try_clone())
-            .collect::<Result<_, _>>()
-            .map_err(|source| ProxyError::Irq {
-                name: name.clone(),
-                source,
-            })?;
-        channel
-            .send(&Message::SyncSysmem { regions, fds })
-            .map_err(err("sharing guest RAM"))?;
-
-        let cfg_read = |ch: &mut Channel, reg: usize| -> Result<u32, ProxyError> {
-            let v = ch
-                .request(&Message::PciCfgRead {
-                    addr: reg as u32 * 4,
-                    len: 4,
-                })
-                .map_err(err("reading config space"))?;
-            Ok(v.unwrap_or(RET_ERROR) as u32)
-        };
-        let id = cfg_read(&mut channel, REG_ID)?;
-        let vendor = id as u16;
-        if vendor == 0xffff || vendor == 0 {
-            return Err(ProxyError::NoDevice { name, vendor });
-        }
-        let class = cfg_read(&mut channel, REG_CLASS)?;
-        let mut config = ConfigSpace::new(vendor, (id >> 16) as u16, class >> 8, class as u8);
-        for bar in 0..NUM_BARS {
-            let reg = REG_BAR0 + bar;
-            let original = cfg_read(&mut channel, reg)?;
-            Self::cfg_write(&mut channel, reg, 0, &[0xff; 4]).map_err(err("sizing a BAR"))?;
-            let raw = cfg_read(&mut channel, reg)?;
-            Self::cfg_write(&mut channel, reg, 0, &original.to_le_bytes())
-                .map_err(err("sizing a BAR"))?;
-            if raw == 0 || raw == u32::MAX {
-                continue;
-            }
-            let (kind, mask) = if raw & BAR_IO_BIT != 0 {
-                (BarKind::Io, !0x3u32)
-            } else {
-                (BarKind::Memory, !0xfu32)
-            };
-            if kind == BarKind::Memory && raw & BAR_MEM_TYPE_64 != 0 {
-                log::warn!("remote {name}: 64-bit BAR{bar} is not supported; left unmapped");
-                continue;
-            }
-            let size = u64::from((!(raw & mask)).wrapping_add(1));
-            config
-                .set_bar(bar, BarSpec { kind, size })
-                .map_err(|_| ProxyError::BadBar {
-                    name: name.clone(),
-                    bar,
-                    raw,
-                })?;
-            log::info!("remote {name}: BAR{bar} {kind:?} {size:#x} bytes");
-        }
-        config.set_interrupt(1, gsi);
-        // Region fds are our extension: a plain QEMU remote would drop the
-        // connection on the query, so only ours is asked.
-        let stats = Arc::new(DeviceStats::default());
-        let fast_paths = match (&options.ioregion, options.dialect) {
-            (Some(dispatch), Dialect::Vmm) => crate::proxy::ioregion::negotiate(
-                &mut channel,
-                &Negotiation {
-                    name: &name,
-                    config: &config,
-                    vcpus: options.vcpus,
-                    dispatch,
-                    stats: &stats,
-                    failed: &failed,
-                },
-            )
-            .map_err(|source| ProxyError::IoRegion {
+        let sysmem = Sysmem {
+            regions: ram.sysmem_regions(),
+            memfd: ram.memfd.try_clone().map_err(|source| ProxyError::Irq {
                 name: name.clone(),
                 source,
             })?,
-            _ => HashMap::new(),
         };
-        if fast_paths.is_empty() {
-            log::info!("remote {name}: every BAR access goes over control-socket messages");
-        }
+        share_ram(&mut channel, &name, &sysmem)?;
+        let mut config = probe_config(&mut channel, &name)?;
+        config.set_interrupt(1, gsi);
+        let stats = Arc::new(DeviceStats::default());
+        let fast_paths = fast_paths(&mut channel, &name, &config, options, &stats, &failed)?;
 
         let mk = || EventFd::new(EFD_NONBLOCK);
         let irq_err = |source| ProxyError::Irq {
@@ -216,27 +298,16 @@ impl ProxyDevice {
             name: name.clone(),
             source,
         })?;
-        let as_file = |e: &EventFd| {
-            e.try_clone().map(|c| {
-                use std::os::fd::{FromRawFd, IntoRawFd};
-                // SAFETY: the clone's fd is ours alone; File takes it over.
-                unsafe { File::from_raw_fd(c.into_raw_fd()) }
-            })
-        };
-        channel
-            .send(&Message::SetIrqfd {
-                irqfd: as_file(&irqfd).map_err(irq_err)?,
-                resamplefd: as_file(&resamplefd).map_err(irq_err)?,
-            })
-            .map_err(err("wiring the interrupt"))?;
+        wire_irq(&mut channel, &name, &irqfd, &resamplefd)?;
         channel
             .request(&Message::DeviceReset)
-            .map_err(err("resetting the device"))?;
+            .map_err(channel_err(&name, "resetting the device"))?;
+        let id = config.read(REG_ID);
         log::info!(
             "remote {name}: PCI {:04x}:{:04x} class {:06x}, INTA# on GSI {gsi}",
-            vendor,
+            id as u16,
             id >> 16,
-            class >> 8
+            config.read(REG_CLASS) >> 8
         );
         Ok(ProxyDevice {
             name,
@@ -245,9 +316,64 @@ impl ProxyDevice {
             failed,
             fast_paths,
             stats,
-            _irqfd: irqfd,
-            _resamplefd: resamplefd,
+            options: options.clone(),
+            sysmem,
+            written: Vec::new(),
+            irqfd,
+            resamplefd,
         })
+    }
+
+    /// Takes over a restarted remote on `channel`: the same device must
+    /// answer, and it is given everything its predecessor had (guest RAM,
+    /// the interrupt, the config space the guest programmed). Returns the
+    /// flag that now marks this remote failed; the caller remaps the BARs,
+    /// because the ioregion fds are new.
+    pub fn reconnect(
+        &mut self,
+        name: String,
+        mut channel: Channel,
+    ) -> Result<FailFlag, ProxyError> {
+        share_ram(&mut channel, &name, &self.sysmem)?;
+        let mut config = probe_config(&mut channel, &name)?;
+        let same = |reg| config.read(reg) == self.config.read(reg);
+        if !same(REG_ID) || !same(REG_CLASS) || config.bar_specs() != self.config.bar_specs() {
+            return Err(ProxyError::NotTheSameDevice { name });
+        }
+        wire_irq(&mut channel, &name, &self.irqfd, &self.resamplefd)?;
+        channel
+            .request(&Message::DeviceReset)
+            .map_err(channel_err(&name, "resetting the device"))?;
+        // BARs first, then the rest in the order the guest last wrote them.
+        let replay_err = channel_err(&name, "replaying config space");
+        for (bar, _) in self.config.bar_specs() {
+            let value = self.config.read(REG_BAR0 + bar);
+            Self::cfg_write(&mut channel, REG_BAR0 + bar, 0, &value.to_le_bytes())
+                .map_err(&replay_err)?;
+            config.write(REG_BAR0 + bar, 0, &value.to_le_bytes());
+        }
+        for (reg, offset, data) in &self.written {
+            Self::cfg_write(&mut channel, *reg, *offset, data).map_err(&replay_err)?;
+        }
+        let failed = FailFlag::default();
+        let fast_paths = fast_paths(
+            &mut channel,
+            &name,
+            &self.config,
+            &self.options,
+            &self.stats,
+            &failed,
+        )?;
+        log::info!(
+            "remote {name}: took over from {} ({} config writes replayed)",
+            self.name,
+            self.written.len()
+        );
+        self.name = name;
+        self.channel = channel;
+        self.failed = failed.clone();
+        self.fast_paths = fast_paths;
+        Ok(failed)
     }
 
     fn cfg_write(
@@ -307,6 +433,11 @@ impl PciDevice for ProxyDevice {
 
     fn write_config(&mut self, reg: usize, offset: usize, data: &[u8]) {
         self.config.write(reg, offset, data);
+        if !is_local(reg) {
+            self.written
+                .retain(|(r, o, d)| (*r, *o, d.len()) != (reg, offset, data.len()));
+            self.written.push((reg, offset, data.to_vec()));
+        }
         let mut val = [0u8; 4];
         val[..data.len()].copy_from_slice(data);
         self.request(
@@ -608,6 +739,65 @@ mod tests {
         assert_eq!(data, [0xff; 4]);
         assert!(failed.is_failed());
         assert_eq!(proxy.read_config(REG_ID), u32::MAX);
+    }
+
+    fn serve(dev: Arc<Mutex<Scratch>>) -> (Channel, std::thread::JoinHandle<()>) {
+        let (a, b) = UnixStream::pair().unwrap();
+        let remote: Arc<Mutex<dyn RemoteDevice>> = dev;
+        let server = std::thread::spawn(move || {
+            let _ = server::serve(Channel::new(b), remote);
+        });
+        (Channel::new(a), server)
+    }
+
+    #[test]
+    fn a_restarted_remote_gets_the_programmed_config_space_back() {
+        use crate::pci::config::REG_COMMAND;
+        let (mut proxy, failed, server) = connect_with(scratch(256), Some(Dispatch::Userspace));
+        proxy.place_bar(0, 0x1000);
+        proxy.place_bar(1, 0xc000_1000);
+        proxy.write_config(REG_COMMAND, 0, &[0x07, 0]);
+        proxy.write_config(3, 1, &[0x40]); // latency timer
+        proxy.write_config(REG_COMMAND, 0, &[0x06, 0]);
+        proxy.channel.send(&Message::Ret(Some(0))).unwrap();
+        server.join().unwrap();
+        let bar = proxy.active_bars()[0];
+        proxy.read_bar(&bar, 0, &mut [0u8; 4]);
+        assert!(failed.is_failed());
+
+        let fresh = scratch(256);
+        let (channel, _server) = serve(fresh.clone());
+        let now = proxy.reconnect("second".into(), channel).unwrap();
+        assert!(!now.is_failed(), "a new flag for the new remote");
+        let remote = fresh.lock().unwrap();
+        assert_eq!(remote.resets, 1);
+        assert_eq!(remote.config.bar_addr(0), Some(0x1000));
+        assert_eq!(remote.config.bar_addr(1), Some(0xc000_1000));
+        assert_eq!(
+            remote.config.read(REG_COMMAND) & 0xffff,
+            0x06,
+            "the last command write"
+        );
+        assert_eq!(remote.config.read(3) >> 8 & 0xff, 0x40);
+        drop(remote);
+        assert_eq!(proxy.bar_fast_paths(1).len(), 2, "new region fds");
+        let bar1 = proxy
+            .active_bars()
+            .into_iter()
+            .find(|b| b.index == 1)
+            .unwrap();
+        proxy.write_bar(&bar1, 0x100, &[0x5a]);
+        assert_eq!(fresh.lock().unwrap().regs[0x100], 0x5a);
+    }
+
+    #[test]
+    fn another_device_cannot_take_over() {
+        let (mut proxy, _, server) = connect(scratch(256));
+        proxy.channel.send(&Message::Ret(Some(0))).unwrap();
+        server.join().unwrap();
+        let (channel, _server) = serve(scratch(128));
+        let err = proxy.reconnect("impostor".into(), channel).unwrap_err();
+        assert!(matches!(err, ProxyError::NotTheSameDevice { .. }), "{err}");
     }
 
     #[test]

@@ -6,3 +6,4 @@ pub mod ioregion;
 pub mod remote;
 pub mod spec;
 pub mod stats;
+pub mod supervisor;

@@ -1,19 +1,13 @@
 //! Reaching a remote device process: spawning it with a socketpair,
-//! connecting to its socket or adopting an inherited fd; and watching it,
-//! so the VMM notices at once when it dies.
+//! connecting to its socket or adopting an inherited fd; and stopping it.
 
-use std::fs::File;
-use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, FromRawFd};
 use std::os::unix::net::UnixStream;
 use std::os::unix::process::CommandExt;
 use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use event_manager::{EventOps, Events, MutEventSubscriber};
-use vmm_sys_util::epoll::EventSet;
-
-use super::device::FailFlag;
 use super::spec::{Endpoint, RemoteDevSpec};
 use crate::protocol::channel::Channel;
 
@@ -135,6 +129,7 @@ pub fn open(spec: &RemoteDevSpec, index: usize) -> Result<RemoteProcess, RemoteE
             disks,
             readonly,
             sandbox,
+            user,
         } => {
             let exe = std::env::current_exe().map_err(|source| RemoteError::Spawn {
                 path: "/proc/self/exe".into(),
@@ -150,6 +145,10 @@ pub fn open(spec: &RemoteDevSpec, index: usize) -> Result<RemoteProcess, RemoteE
             }
             if !*sandbox {
                 args.push("--no-sandbox".into());
+            }
+            if let Some(user) = user {
+                args.push("--user".into());
+                args.push(user.clone());
             }
             // The device process logs at the VMM's level, so `--log-level`
             // covers both halves of a device.
@@ -173,7 +172,7 @@ pub fn open(spec: &RemoteDevSpec, index: usize) -> Result<RemoteProcess, RemoteE
 }
 
 /// Waits up to `limit` for a child to exit and describes how it ended.
-fn reap(child: &mut Child, limit: Duration) -> Option<String> {
+pub fn reap(child: &mut Child, limit: Duration) -> Option<String> {
     let start = Instant::now();
     loop {
         match child.try_wait() {
@@ -207,66 +206,5 @@ pub fn stop_child(name: &str, child: &SharedChild, hung_up: bool) {
         log::warn!("remote {name} ignored SIGTERM; killing it");
         let _ = child.kill();
         let _ = child.wait();
-    }
-}
-
-/// Watches a remote's control socket for hang-up: the remote died or
-/// closed the connection.
-pub struct RemoteWatcher {
-    name: String,
-    socket: File,
-    child: SharedChild,
-    failed: FailFlag,
-}
-
-impl RemoteWatcher {
-    pub fn new(remote: &RemoteProcess, failed: FailFlag) -> std::io::Result<Self> {
-        let socket: OwnedFd = remote.channel.socket().try_clone()?.into();
-        Ok(RemoteWatcher {
-            name: remote.name.clone(),
-            socket: File::from(socket),
-            child: remote.child.clone(),
-            failed,
-        })
-    }
-}
-
-impl RemoteWatcher {
-    /// Closes the control connection both ways: the remote sees end of
-    /// file, finishes what it was doing and exits.
-    pub fn hang_up(&self) {
-        // SAFETY: shutdown(2) on a socket fd we own; errors are harmless.
-        unsafe { libc::shutdown(self.socket.as_raw_fd(), libc::SHUT_RDWR) };
-    }
-}
-
-impl MutEventSubscriber for RemoteWatcher {
-    fn process(&mut self, _events: Events, ops: &mut EventOps) {
-        let _ = ops.remove(Events::empty(&self.socket));
-        let first = self.failed.fail();
-        let status = self
-            .child
-            .lock()
-            .expect("child lock")
-            .as_mut()
-            .map(|c| reap(c, Duration::from_secs(1)).unwrap_or_else(|| "still running".into()));
-        match (first, status) {
-            (_, Some(status)) => log::error!(
-                "remote {} closed its connection (process exit: {status}); its device now reads as all ones",
-                self.name
-            ),
-            (true, None) => log::error!(
-                "remote {} closed its connection; its device now reads as all ones",
-                self.name
-            ),
-            (false, None) => {}
-        }
-    }
-
-    fn init(&mut self, ops: &mut EventOps) {
-        let events = EventSet::READ_HANG_UP | EventSet::HANG_UP | EventSet::ERROR;
-        if let Err(e) = ops.add(Events::new(&self.socket, events)) {
-            log::error!("cannot watch remote {}: {e}", self.name);
-        }
     }
 }

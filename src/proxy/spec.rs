@@ -19,6 +19,9 @@ pub enum Endpoint {
         /// seccomp and no_new_privs in the remote (`sandbox=off` for
         /// debugging).
         sandbox: bool,
+        /// The user (NAME or UID[:GID]) the remote drops to when started
+        /// as root.
+        user: Option<String>,
     },
 }
 
@@ -49,6 +52,8 @@ pub struct RemoteDevSpec {
     pub endpoint: Endpoint,
     pub dialect: Dialect,
     pub ioregionfd: IoRegionMode,
+    /// Spawn the remote again when it dies (only for remotes we spawn).
+    pub restart: bool,
 }
 
 fn on_off(key: &str, value: &str) -> Result<bool, String> {
@@ -70,6 +75,8 @@ impl FromStr for RemoteDevSpec {
         let mut sandbox = true;
         let mut lsi = false;
         let mut ioregionfd = None;
+        let mut restart = false;
+        let mut user = None;
         for (i, item) in text.split(',').filter(|s| !s.is_empty()).enumerate() {
             if i == 0 && item == "lsi" {
                 lsi = true;
@@ -122,6 +129,13 @@ impl FromStr for RemoteDevSpec {
                 "disk" if lsi => disks.push(PathBuf::from(value)),
                 "readonly" if lsi => readonly = on_off(key, value)?,
                 "sandbox" if lsi => sandbox = on_off(key, value)?,
+                "user" if lsi => {
+                    if value.is_empty() {
+                        return Err("user= needs a NAME or UID[:GID]".into());
+                    }
+                    user = Some(value.to_string())
+                }
+                "restart" => restart = on_off(key, value)?,
                 other => return Err(format!("unknown key '{other}'")),
             }
         }
@@ -133,10 +147,18 @@ impl FromStr for RemoteDevSpec {
                 disks,
                 readonly,
                 sandbox,
+                user,
             });
         }
         let endpoint = endpoint
             .ok_or_else(|| "say where the remote is: socket=PATH, fd=N or exec=PATH".to_string())?;
+        if restart && matches!(endpoint, Endpoint::Socket(_) | Endpoint::Fd(_)) {
+            return Err(
+                "restart=on needs a remote the VMM spawns itself (lsi or exec=); \
+                 one reached over socket= or fd= cannot be started again"
+                    .into(),
+            );
+        }
         let ioregionfd = match (ioregionfd, dialect) {
             (Some(mode), Dialect::Vmm) => mode,
             (None, Dialect::Vmm) => IoRegionMode::Auto,
@@ -150,6 +172,7 @@ impl FromStr for RemoteDevSpec {
             endpoint,
             dialect,
             ioregionfd,
+            restart,
         })
     }
 }
@@ -181,6 +204,7 @@ mod tests {
                 disks: vec!["a.img".into(), "b.img".into()],
                 readonly: true,
                 sandbox: true,
+                user: None,
             }
         );
         assert_eq!(s.dialect, Dialect::Vmm);
@@ -191,6 +215,7 @@ mod tests {
                 disks: vec![],
                 readonly: false,
                 sandbox: true,
+                user: None,
             }
         );
         let s: RemoteDevSpec = "lsi,sandbox=off".parse().unwrap();
@@ -216,6 +241,26 @@ mod tests {
         let err = |t: &str| t.parse::<RemoteDevSpec>().unwrap_err();
         assert!(err("socket=x,ioregionfd=auto").contains("our own"));
         assert!(err("lsi,ioregionfd=fast").contains("ioregionfd=fast"));
+    }
+
+    #[test]
+    fn restart_and_user_apply_to_remotes_we_spawn() {
+        let s: RemoteDevSpec = "lsi,restart=on,user=nobody".parse().unwrap();
+        assert!(s.restart);
+        assert!(matches!(s.endpoint, Endpoint::Lsi { user: Some(ref u), .. } if u == "nobody"));
+        assert!(!"lsi".parse::<RemoteDevSpec>().unwrap().restart);
+        assert!(
+            "exec=/bin/remote,restart=on"
+                .parse::<RemoteDevSpec>()
+                .unwrap()
+                .restart
+        );
+        let err = |t: &str| t.parse::<RemoteDevSpec>().unwrap_err();
+        assert!(err("socket=x,restart=on").contains("spawns itself"));
+        assert!(err("fd=5,restart=on").contains("spawns itself"));
+        assert!(err("lsi,restart=later").contains("restart=later"));
+        assert!(err("lsi,user=").contains("user="));
+        assert!(err("socket=x,user=nobody").contains("unknown key"));
     }
 
     #[test]

@@ -449,6 +449,50 @@ mod tests {
         std::fs::remove_file(p).unwrap();
     }
 
+    /// Real I/O errors from the kernel, without a broken disk: /dev/full
+    /// refuses writes with ENOSPC (and reads as zeros); /proc/self/mem
+    /// fails both ways with EIO at an address nothing is mapped at.
+    fn failing(path: &str) -> ScsiDisk {
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(path)
+            .unwrap();
+        ScsiDisk::from_file(file, 64, false, "SERIAL0002".into())
+    }
+
+    const READ_LBA0: [u8; 10] = [0x28, 0, 0, 0, 0, 0, 0, 0, 1, 0];
+    const WRITE_LBA0: [u8; 10] = [0x2a, 0, 0, 0, 0, 0, 0, 0, 1, 0];
+    const REQUEST_SENSE: [u8; 6] = [0x03, 0, 0, 0, 18, 0];
+
+    #[test]
+    fn a_full_file_system_gets_space_allocation_failed_and_reads_go_on() {
+        let d = failing("/dev/full");
+        assert_eq!(
+            d.execute(0, &WRITE_LBA0, &[0xaa; 512]),
+            Err(Sense::SPACE_EXHAUSTED)
+        );
+        let sense = d.execute(0, &REQUEST_SENSE, &[]).unwrap();
+        assert_eq!((sense[2], sense[12], sense[13]), (0x07, 0x27, 0x07));
+        assert_eq!(d.execute(0, &READ_LBA0, &[]).unwrap(), vec![0; 512]);
+    }
+
+    #[test]
+    fn eio_is_a_medium_error_each_way() {
+        let d = failing("/proc/self/mem");
+        assert_eq!(d.execute(0, &READ_LBA0, &[]), Err(Sense::READ_ERROR));
+        let sense = d.execute(0, &REQUEST_SENSE, &[]).unwrap();
+        assert_eq!((sense[2], sense[12]), (0x03, 0x11));
+        assert_eq!(
+            d.execute(0, &WRITE_LBA0, &[0; 512]),
+            Err(Sense::WRITE_ERROR)
+        );
+        let sense = d.execute(0, &REQUEST_SENSE, &[]).unwrap();
+        assert_eq!((sense[2], sense[12]), (0x03, 0x0c));
+        // The disk still answers what needs no I/O.
+        assert!(d.execute(0, &[0x12, 0, 0, 0, 36, 0], &[]).is_ok());
+    }
+
     #[test]
     fn out_of_range_and_read_only_get_check_condition_with_sense() {
         let (d, p) = disk(64, false);

@@ -30,9 +30,10 @@ use crate::pci::host_bridge::HostBridge;
 use crate::pci::root::{self as pci_root, PciConfigIo, PciRoot};
 use crate::proxy::device::{FailFlag, ProxyDevice, ProxyOptions};
 use crate::proxy::ioregion::Dispatch;
-use crate::proxy::remote::{self, RemoteWatcher, SharedChild};
+use crate::proxy::remote::{self, SharedChild};
 use crate::proxy::spec::IoRegionMode;
 use crate::proxy::spec::RemoteDevSpec;
+use crate::proxy::supervisor::{self, RemoteWatcher, Restart};
 use stop::{StopReason, StopSignal};
 use vcpu::Buses;
 
@@ -259,8 +260,7 @@ fn add_remote_devices(
         let gsi = PciRoot::slot_gsi(slot);
         let process = remote::open(spec, index)?;
         let failed = FailFlag::default();
-        let watcher = RemoteWatcher::new(&process, failed.clone())
-            .map_err(io_err("watch a remote's socket"))?;
+        let socket = supervisor::socket_of(&process).map_err(io_err("watch a remote's socket"))?;
         let remote::RemoteProcess {
             name,
             channel,
@@ -272,7 +272,7 @@ fn add_remote_devices(
             ram,
             &register,
             gsi,
-            failed,
+            failed.clone(),
             &ProxyOptions {
                 dialect: spec.dialect,
                 ioregion: dispatch[index].clone(),
@@ -281,6 +281,16 @@ fn add_remote_devices(
         ) {
             Ok(d) => d,
             Err(e) => {
+                // A remote that failed at startup said why on stderr; its
+                // exit status ties that message to this error.
+                let exited = child
+                    .lock()
+                    .expect("child lock")
+                    .as_mut()
+                    .and_then(|c| remote::reap(c, std::time::Duration::from_millis(500)));
+                if let Some(status) = exited {
+                    log::error!("remote {name} exited during setup ({status})");
+                }
                 remote::stop_child(&name, &child, false);
                 for p in &plugged {
                     remote::stop_child(&p.name, &p.child, false);
@@ -289,11 +299,16 @@ fn add_remote_devices(
             }
         };
         let stats = device.stats();
+        let device = Arc::new(Mutex::new(device));
         let got = pci
             .lock()
             .expect("pci root lock")
-            .add(Arc::new(Mutex::new(device)), slot)?;
+            .add(device.clone(), slot)?;
         debug_assert_eq!(got, slot);
+        let restart = spec
+            .restart
+            .then(|| Restart::new(spec.clone(), index, device, pci.clone(), slot));
+        let watcher = RemoteWatcher::new(name.clone(), socket, child.clone(), failed, restart);
         plugged.push(PluggedRemote {
             name,
             stats,
