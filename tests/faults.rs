@@ -32,10 +32,10 @@ fn frozen_remote(mode: &str) -> String {
     )
 }
 
-/// Starts the VMM on fio verify, SIGKILLs its remote mid-I/O and lets the
-/// guest finish by itself: its driver's error handling has to end the
+/// Starts the VMM on fio verify, sends its remote `signal` mid-I/O and lets
+/// the guest finish by itself: its driver's error handling has to end the
 /// stalled commands, and the guest then reboots, which ends the VMM.
-fn killed_remote(spec: &str) -> String {
+fn killed_remote(spec: &str, signal: &str) -> String {
     format!(
         "dd if=/dev/zero of=/tmp/k.img bs=1M count=64 2>/dev/null\n\
          $VMM --kernel $KERNEL --initrd $INITRD --cmdline 'console=ttyS0 vmm.run=fio-verify' \
@@ -45,12 +45,13 @@ fn killed_remote(spec: &str) -> String {
          sleep 2\n\
          remote=$(sed -n 's/.*(lsi, pid \\([0-9]*\\)).*/\\1/p' /tmp/vmm.log | head -n 1)\n\
          echo \"killing remote $remote\"\n\
-         kill -KILL $remote\n\
+         kill -{signal} $remote\n\
          i=0; while [ $i -lt 200 ] && kill -0 $vmm 2>/dev/null; do sleep 1; i=$((i + 1)); done\n\
          echo \"guest done $i s after the kill\"\n\
          kill -TERM $vmm 2>/dev/null\n\
          wait $vmm\n\
          echo \"vmm exited $?\"\n\
+         kill -KILL $remote 2>/dev/null\n\
          cat /tmp/vmm.log"
     )
 }
@@ -93,11 +94,15 @@ fn scenarios() -> Vec<Scenario> {
         },
         Scenario {
             name: "killed-remote",
-            script: killed_remote(""),
+            script: killed_remote("", "KILL"),
         },
         Scenario {
             name: "killed-remote-restarted",
-            script: killed_remote(",restart=on"),
+            script: killed_remote(",restart=on", "KILL"),
+        },
+        Scenario {
+            name: "frozen-remote-restarted",
+            script: killed_remote(",restart=on", "STOP"),
         },
     ]
 }
@@ -191,4 +196,16 @@ fn an_image_on_a_read_only_file_system_needs_readonly_on() {
     o.assert_contains("read-write: vmm exited 1");
     o.assert_contains("VMM-GUEST: write refused");
     o.assert_contains("readonly=on: vmm exited 0");
+}
+
+#[test]
+fn a_frozen_remote_is_killed_and_replaced_with_restart_on() {
+    let Some(o) = outcome("frozen-remote-restarted") else {
+        return;
+    };
+    o.assert_contains("did not answer within 10s");
+    o.assert_contains("process exit: signal: 9 (SIGKILL)); restarting it");
+    o.assert_contains("took over the device (1 of at most 5 restarts)");
+    o.assert_contains("VMM-GUEST: fio done: ok");
+    o.assert_contains("vmm exited 0");
 }
