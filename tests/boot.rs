@@ -51,12 +51,14 @@ fn scenarios() -> Vec<Scenario> {
 }
 
 fn results() -> Option<&'static HashMap<String, Outcome>> {
-    static RESULTS: OnceLock<HashMap<String, Outcome>> = OnceLock::new();
+    static RESULTS: common::BatchCell = OnceLock::new();
     if let Mode::Skip = common::mode() {
         eprintln!("VMM_SKIP_KVM_TESTS=1: guest boot tests skipped");
         return None;
     }
-    Some(RESULTS.get_or_init(|| common::run_batch(&scenarios(), 180)))
+    Some(common::run_once(&RESULTS, || {
+        common::run_batch(&scenarios(), 180)
+    }))
 }
 
 fn outcome(name: &str) -> Option<&'static Outcome> {

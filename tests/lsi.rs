@@ -3,7 +3,6 @@
 
 mod common;
 
-use std::collections::HashMap;
 use std::sync::OnceLock;
 
 use common::{Mode, Outcome, Scenario};
@@ -122,12 +121,12 @@ fn scenarios() -> Vec<Scenario> {
 }
 
 fn outcome(name: &str) -> Option<&'static Outcome> {
-    static RESULTS: OnceLock<HashMap<String, Outcome>> = OnceLock::new();
+    static RESULTS: common::BatchCell = OnceLock::new();
     if let Mode::Skip = common::mode() {
         eprintln!("VMM_SKIP_KVM_TESTS=1: LSI guest tests skipped");
         return None;
     }
-    Some(&RESULTS.get_or_init(|| common::run_batch(&scenarios(), 240))[name])
+    Some(&common::run_once(&RESULTS, || common::run_batch(&scenarios(), 240))[name])
 }
 
 #[test]

@@ -5,7 +5,6 @@
 
 mod common;
 
-use std::collections::HashMap;
 use std::sync::OnceLock;
 
 use common::{Mode, Outcome, Scenario};
@@ -88,12 +87,12 @@ fn scenarios() -> Vec<Scenario> {
 }
 
 fn outcome(name: &str) -> Option<&'static Outcome> {
-    static RESULTS: OnceLock<HashMap<String, Outcome>> = OnceLock::new();
+    static RESULTS: common::BatchCell = OnceLock::new();
     if let Mode::Skip = common::mode() {
         eprintln!("VMM_SKIP_KVM_TESTS=1: QEMU interop tests skipped");
         return None;
     }
-    Some(&RESULTS.get_or_init(|| common::run_batch_with(&scenarios(), 240, true))[name])
+    Some(&common::run_once(&RESULTS, || common::run_batch_with(&scenarios(), 240, true))[name])
 }
 
 #[test]

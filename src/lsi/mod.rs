@@ -115,6 +115,8 @@ pub struct Lsi53c895a {
     pub(crate) running: bool,
     /// Bytes moved by DMA in the current SCRIPTS run.
     pub(crate) dma_bytes: u64,
+    /// Whether register writes over ioregionfd are posted.
+    posted_register_writes: bool,
     /// Idle in WAIT RESELECT until SIGP.
     pub(crate) waiting_reselect: bool,
     /// A selection failed; the timeout is reported at the next instruction.
@@ -160,6 +162,7 @@ impl Lsi53c895a {
             bus: ScsiBus::new(disks, IoPool::new(DEFAULT_WORKERS)?),
             running: false,
             dma_bytes: 0,
+            posted_register_writes: false,
             waiting_reselect: false,
             selection_timeout: false,
             instruction_limit: scripts::MAX_INSTRUCTIONS_PER_RUN,
@@ -186,6 +189,12 @@ impl Lsi53c895a {
         self.waiting_reselect = false;
         self.selection_timeout = false;
         self.update_irq();
+    }
+
+    /// Whether the VMM may post register writes (BAR1's register file)
+    /// instead of waiting for each, as PCI posts memory writes.
+    pub fn set_posted_register_writes(&mut self, posted: bool) {
+        self.posted_register_writes = posted;
     }
 
     /// Lowers the runaway-script bound, so fuzzing spends its time on
@@ -606,9 +615,11 @@ impl RemoteDevice for Lsi53c895a {
     }
     /// The register file (the first 128 bytes of BAR0 and BAR1) and the
     /// SCRIPTS RAM go over ioregionfd; the rest of BAR1 holds nothing and
-    /// stays on the message path. Only RAM writes are posted: they have no
-    /// side effect, and the remote applies them before any later register
-    /// access, so SCRIPTS started afterwards see them.
+    /// stays on the message path. SCRIPTS RAM writes are posted; register
+    /// writes only with `set_posted_register_writes` (experimental): the
+    /// remote applies posted writes before any later access of the
+    /// guest's (read, message, or interrupt acknowledgement). Port I/O
+    /// writes are never posted.
     fn ioregions(&self, bar: u8) -> Vec<crate::remote::IoRegionSpec> {
         let region = |size, posted_writes| crate::remote::IoRegionSpec {
             offset: 0,
@@ -616,7 +627,9 @@ impl RemoteDevice for Lsi53c895a {
             posted_writes,
         };
         match usize::from(bar) {
-            BAR_IO | BAR_MMIO => vec![region(REGISTER_FILE_SIZE, false)],
+            // PCI posts memory writes, never I/O writes.
+            BAR_IO => vec![region(REGISTER_FILE_SIZE, false)],
+            BAR_MMIO => vec![region(REGISTER_FILE_SIZE, self.posted_register_writes)],
             BAR_RAM => vec![region(RAM_SIZE as u64, true)],
             _ => Vec::new(),
         }
@@ -829,6 +842,20 @@ mod tests {
         assert!(l.dma_bytes > scripts::MAX_DMA_BYTES_PER_RUN);
         assert!(l.dma_bytes < scripts::MAX_DMA_BYTES_PER_RUN + (40 << 20));
         eprintln!("stopped after {:?}", start.elapsed());
+    }
+
+    #[test]
+    fn no_dma_without_bus_mastering() {
+        let (mut l, ram) = lsi(vec![]);
+        script(&ram, 0x8000, &[0x9808_0000, 0]); // INT
+        l.config_mut()
+            .write(crate::pci::config::REG_COMMAND, 0, &[0x02]);
+        write32(&mut l, DSP, 0x8000);
+        assert_eq!(read8(&mut l, DSTAT) & DSTAT_BF, DSTAT_BF);
+        // SCRIPTS RAM is the chip's own: it still runs from there.
+        l.ram[..8].copy_from_slice(&[0, 0, 0x08, 0x98, 7, 0, 0, 0]);
+        write32(&mut l, DSP, BAR2 as u32);
+        assert_eq!(read8(&mut l, DSTAT) & DSTAT_SIR, DSTAT_SIR);
     }
 
     #[test]

@@ -42,6 +42,12 @@ impl Lsi53c895a {
         Target::Guest(addr)
     }
 
+    /// Whether the guest lets the chip master the bus (PCI command bit 2):
+    /// a driver that let go of the chip gets no DMA from it.
+    fn bus_master(&self) -> bool {
+        self.config.command() & crate::pci::config::COMMAND_BUS_MASTER != 0
+    }
+
     /// How many bytes from `addr` on (at most `max`) lie outside the
     /// chip's own windows, so they can be copied from guest RAM in one go.
     fn guest_span(&self, addr: u64, max: usize) -> usize {
@@ -67,6 +73,11 @@ impl Lsi53c895a {
                 Target::Ram(o) => buf[i] = self.ram[o],
                 Target::Guest(a) => {
                     let n = self.guest_span(at, buf.len() - i);
+                    if !self.bus_master() {
+                        log::warn!("lsi: DMA read at {a:#x} with bus mastering off: bus fault");
+                        self.dma_interrupt(DSTAT_BF);
+                        return false;
+                    }
                     if self.memory.read(a, &mut buf[i..i + n]).is_err() {
                         log::warn!("lsi: DMA read at {a:#x} outside guest RAM: bus fault");
                         self.dma_interrupt(DSTAT_BF);
@@ -91,6 +102,11 @@ impl Lsi53c895a {
                 Target::Ram(o) => self.ram[o] = buf[i],
                 Target::Guest(a) => {
                     let n = self.guest_span(at, buf.len() - i);
+                    if !self.bus_master() {
+                        log::warn!("lsi: DMA write at {a:#x} with bus mastering off: bus fault");
+                        self.dma_interrupt(DSTAT_BF);
+                        return false;
+                    }
                     if self.memory.write(a, &buf[i..i + n]).is_err() {
                         log::warn!("lsi: DMA write at {a:#x} outside guest RAM: bus fault");
                         self.dma_interrupt(DSTAT_BF);

@@ -130,6 +130,7 @@ pub fn open(spec: &RemoteDevSpec, index: usize) -> Result<RemoteProcess, RemoteE
             readonly,
             sandbox,
             user,
+            posted_register_writes,
         } => {
             let exe = std::env::current_exe().map_err(|source| RemoteError::Spawn {
                 path: "/proc/self/exe".into(),
@@ -145,6 +146,9 @@ pub fn open(spec: &RemoteDevSpec, index: usize) -> Result<RemoteProcess, RemoteE
             }
             if !*sandbox {
                 args.push("--no-sandbox".into());
+            }
+            if *posted_register_writes {
+                args.push("--posted-register-writes".into());
             }
             if let Some(user) = user {
                 args.push("--user".into());

@@ -22,6 +22,9 @@ pub enum Endpoint {
         /// The user (NAME or UID[:GID]) the remote drops to when started
         /// as root.
         user: Option<String>,
+        /// Register writes over ioregionfd are posted
+        /// (`register-writes=posted`, experimental) instead of waited for.
+        posted_register_writes: bool,
     },
 }
 
@@ -77,6 +80,7 @@ impl FromStr for RemoteDevSpec {
         let mut ioregionfd = None;
         let mut restart = false;
         let mut user = None;
+        let mut posted_register_writes = false;
         for (i, item) in text.split(',').filter(|s| !s.is_empty()).enumerate() {
             if i == 0 && item == "lsi" {
                 lsi = true;
@@ -136,6 +140,17 @@ impl FromStr for RemoteDevSpec {
                     user = Some(value.to_string())
                 }
                 "restart" => restart = on_off(key, value)?,
+                "register-writes" if lsi => {
+                    posted_register_writes = match value {
+                        "posted" => true,
+                        "waited" => false,
+                        other => {
+                            return Err(format!(
+                                "register-writes={other}: expected posted or waited"
+                            ));
+                        }
+                    }
+                }
                 other => return Err(format!("unknown key '{other}'")),
             }
         }
@@ -148,6 +163,7 @@ impl FromStr for RemoteDevSpec {
                 readonly,
                 sandbox,
                 user,
+                posted_register_writes,
             });
         }
         let endpoint = endpoint
@@ -205,6 +221,7 @@ mod tests {
                 readonly: true,
                 sandbox: true,
                 user: None,
+                posted_register_writes: false,
             }
         );
         assert_eq!(s.dialect, Dialect::Vmm);
@@ -216,6 +233,7 @@ mod tests {
                 readonly: false,
                 sandbox: true,
                 user: None,
+                posted_register_writes: false,
             }
         );
         let s: RemoteDevSpec = "lsi,sandbox=off".parse().unwrap();
@@ -260,6 +278,17 @@ mod tests {
         assert!(err("fd=5,restart=on").contains("spawns itself"));
         assert!(err("lsi,restart=later").contains("restart=later"));
         assert!(err("lsi,user=").contains("user="));
+        assert!(err("lsi,register-writes=maybe").contains("posted or waited"));
+        assert!(matches!(
+            "lsi,register-writes=posted"
+                .parse::<RemoteDevSpec>()
+                .unwrap()
+                .endpoint,
+            Endpoint::Lsi {
+                posted_register_writes: true,
+                ..
+            }
+        ));
         assert!(err("socket=x,user=nobody").contains("unknown key"));
     }
 

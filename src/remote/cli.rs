@@ -52,6 +52,11 @@ pub enum RemoteKind {
         /// Run without seccomp and no_new_privs, for debugging.
         #[arg(long)]
         no_sandbox: bool,
+        /// Let the VMM post register writes over ioregionfd instead of
+        /// waiting for each, as PCI posts memory writes (experimental: a
+        /// frozen remote can then leave the guest stuck, see README).
+        #[arg(long)]
+        posted_register_writes: bool,
         #[arg(long, value_name = "LEVEL")]
         log_level: Option<String>,
     },
@@ -107,6 +112,7 @@ pub fn run(kind: RemoteKind) -> Result<(), RemoteCliError> {
         readonly,
         user,
         no_sandbox,
+        posted_register_writes,
         ..
     } = kind;
     // Users are looked up and the filter compiled before anything is
@@ -165,7 +171,9 @@ pub fn run(kind: RemoteKind) -> Result<(), RemoteCliError> {
         }
         (None, None) => return Err(RemoteCliError::NoEndpoint),
     };
-    let device = Arc::new(Mutex::new(Lsi53c895a::new(disks)?));
+    let mut lsi = Lsi53c895a::new(disks)?;
+    lsi.set_posted_register_writes(posted_register_writes);
+    let device = Arc::new(Mutex::new(lsi));
     // Everything is open and the disk workers run: from here on the
     // remote only serves.
     sandbox.apply()?;

@@ -137,9 +137,21 @@ fn serve_region(hub: &Hub, fd: &Arc<OwnedFd>, handle: &Handler, posted: bool) {
     ends.retain(|p| !Arc::ptr_eq(&p.fd, fd));
 }
 
-/// Applies every posted write queued on the device's other fds.
-fn drain_posted(ends: &[PostedEnd], except: &Arc<OwnedFd>) {
-    for other in ends.iter().filter(|p| !Arc::ptr_eq(&p.fd, except)) {
+impl Hub {
+    /// Applies every posted write queued so far: whatever the control
+    /// socket or the interrupt acknowledgement brings next must see them.
+    pub fn drain_all(&self) {
+        let ends = self.posted.lock().expect("hub lock poisoned");
+        drain_posted(&ends, None);
+    }
+}
+
+/// Applies every posted write queued on the device's fds but `except`.
+fn drain_posted(ends: &[PostedEnd], except: Option<&Arc<OwnedFd>>) {
+    let others = ends
+        .iter()
+        .filter(|p| except.is_none_or(|e| !Arc::ptr_eq(&p.fd, e)));
+    for other in others {
         if let Err(e) = drain(other.fd.as_fd(), &mut |c| (other.handler)(c), usize::MAX) {
             log::warn!("ioregion: draining posted writes: {e}");
         }
@@ -158,7 +170,7 @@ fn serve_synchronous(hub: &Hub, fd: &Arc<OwnedFd>, handle: &Handler) -> Result<(
             Incoming::Closed(_) => return Ok(()),
         };
         let ends = hub.posted.lock().expect("hub lock poisoned");
-        drain_posted(&ends, fd);
+        drain_posted(&ends, Some(fd));
         if answer(fd.as_fd(), &buf, len, &mut |c| handle(c))?.is_some() {
             return Ok(());
         }
@@ -174,7 +186,7 @@ fn serve_posted(hub: &Hub, fd: &Arc<OwnedFd>, handle: &Handler) -> Result<(), Se
             continue;
         }
         let ends = hub.posted.lock().expect("hub lock poisoned");
-        drain_posted(&ends, fd);
+        drain_posted(&ends, Some(fd));
         if let Drained::Closed(_) = drain(fd.as_fd(), &mut |c| handle(c), 1)? {
             return Ok(());
         }
@@ -271,5 +283,29 @@ mod tests {
         // Outside the region: all ones, nothing touched.
         read1.read(6, &mut back).unwrap();
         assert_eq!(back, [0xff; 4]);
+    }
+
+    #[test]
+    fn drain_all_applies_every_posted_write_sent_before() {
+        let scratch = Arc::new(Mutex::new(Scratch {
+            config: ConfigSpace::new(0x1234, 0x5678, 0, 0),
+            mem: [0; 16],
+            snapshots: Vec::new(),
+        }));
+        let device: SharedDevice = scratch.clone();
+        let hub = Arc::new(Hub::default());
+        let (r, f) = open(&device, &hub, 1, 0).unwrap();
+        let posted = RegionFd::new(
+            OwnedFd::from(f[0].try_clone().unwrap()),
+            r[0].user_data,
+            true,
+        );
+        for round in 1..=200u8 {
+            posted.write(u64::from(round % 8), &[round]).unwrap();
+            // What the control loop does before a message or a resample.
+            hub.drain_all();
+            let mem = scratch.lock().unwrap().mem;
+            assert_eq!(mem[usize::from(round % 8)], round, "round {round}");
+        }
     }
 }

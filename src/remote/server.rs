@@ -165,6 +165,9 @@ pub fn serve(
             return Err(ServerError::Poll(e));
         }
         if fds[1].revents & libc::POLLIN != 0 {
+            // The guest acknowledged the interrupt after its last register
+            // writes (posted ones included): the line's level must reflect them.
+            hub.drain_all();
             irq.lock().expect("irq lock poisoned").resample();
         }
         if fds[2].revents & libc::POLLIN != 0 {
@@ -181,6 +184,9 @@ pub fn serve(
             Err(ChannelError::Closed) => return Ok(()),
             Err(e) => return Err(e.into()),
         };
+        // PCI ordering: a config or BAR access by message comes after the
+        // posted writes the guest made before it.
+        hub.drain_all();
         if let Some(reply) = handle(&device, &irq, &hub, msg)? {
             channel.send(&reply)?;
         }

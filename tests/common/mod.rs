@@ -152,6 +152,28 @@ fn build_guest() -> PathBuf {
 }
 
 /// Runs all scenarios; panics loudly if they cannot run at all.
+/// A test binary's batch, run once: later tests get the same results, or
+/// the same failure at once instead of booting the rig again.
+pub type BatchCell = std::sync::OnceLock<Result<HashMap<String, Outcome>, String>>;
+
+pub fn run_once(
+    cell: &'static BatchCell,
+    run: impl FnOnce() -> HashMap<String, Outcome> + std::panic::UnwindSafe,
+) -> &'static HashMap<String, Outcome> {
+    let result = cell.get_or_init(|| {
+        std::panic::catch_unwind(run).map_err(|e| {
+            e.downcast_ref::<String>()
+                .cloned()
+                .or_else(|| e.downcast_ref::<&str>().map(|s| s.to_string()))
+                .unwrap_or_else(|| "the batch panicked".into())
+        })
+    });
+    match result {
+        Ok(results) => results,
+        Err(e) => panic!("the scenario batch failed (see the first failing test): {e:.2000}"),
+    }
+}
+
 pub fn run_batch(scenarios: &[Scenario], timeout_s: u32) -> HashMap<String, Outcome> {
     run_batch_with(scenarios, timeout_s, false)
 }
@@ -214,15 +236,34 @@ pub fn run_batch_with(
             if with_qemu {
                 rig.arg("--with-qemu");
             }
-            let out = rig
+            let mut child = rig
                 .args(["--extra", repo_root().join("ci").to_str().unwrap()])
                 .arg(&path)
                 .stdin(Stdio::null())
+                .stdout(Stdio::piped())
                 .stderr(Stdio::inherit())
-                .output()
+                .spawn()
                 .expect("run ci/rig.sh");
+            // VMM_RIG_LOG=FILE follows the rig's console while it runs.
+            let mut log = std::env::var_os("VMM_RIG_LOG")
+                .map(|p| std::fs::File::create(p).expect("create VMM_RIG_LOG"));
+            let mut bytes = Vec::new();
+            let mut chunk = [0u8; 8192];
+            let mut stdout = child.stdout.take().expect("piped stdout");
+            loop {
+                use std::io::{Read, Write};
+                let n = stdout.read(&mut chunk).expect("read the rig's console");
+                if n == 0 {
+                    break;
+                }
+                bytes.extend_from_slice(&chunk[..n]);
+                if let Some(f) = log.as_mut() {
+                    let _ = f.write_all(&chunk[..n]);
+                }
+            }
+            let _ = child.wait();
             let _ = std::fs::remove_file(&path);
-            let text = String::from_utf8_lossy(&out.stdout).into_owned();
+            let text = String::from_utf8_lossy(&bytes).into_owned();
             assert!(
                 text.contains("RIG: ready, /dev/kvm present"),
                 "the KVM test rig did not come up with /dev/kvm:\n{text}"
