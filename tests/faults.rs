@@ -126,10 +126,6 @@ fn scenarios() -> Vec<Scenario> {
             name: "killed-remote-restarted",
             script: killed_remote(",restart=on", "KILL"),
         },
-        Scenario {
-            name: "frozen-remote-restarted",
-            script: killed_remote(",restart=on", "STOP"),
-        },
     ]
 }
 
@@ -222,18 +218,6 @@ fn an_image_on_a_read_only_file_system_needs_readonly_on() {
     o.assert_contains("read-write: vmm exited 1");
     o.assert_contains("VMM-GUEST: write refused");
     o.assert_contains("readonly=on: vmm exited 0");
-}
-
-#[test]
-fn a_frozen_remote_is_killed_and_replaced_with_restart_on() {
-    let Some(o) = outcome("frozen-remote-restarted") else {
-        return;
-    };
-    o.assert_contains("did not answer within 10s");
-    o.assert_contains("process exit: signal: 9 (SIGKILL)); restarting it");
-    o.assert_contains("took over the device (1 of at most 5 restarts)");
-    o.assert_contains("VMM-GUEST: fio done: ok");
-    o.assert_contains("vmm exited 0");
 }
 
 #[test]

@@ -67,8 +67,9 @@ pub enum ProxyError {
 /// tests can stand in for KVM.
 pub type IrqRegistrar<'a> = dyn Fn(&EventFd, &EventFd, u32) -> Result<(), kvm_ioctls::Error> + 'a;
 
-/// What to do once when a remote is found failed (with `restart=on`: kill
-/// a remote that hangs, so the supervisor replaces it).
+/// What to do once when a remote is found failed. Unused by the VMM for
+/// now: killing a hung remote from here so the supervisor replaces it hung
+/// a restart once (see `vmm::add_remote_devices`).
 pub type FailHook = Arc<dyn Fn() + Send + Sync>;
 
 /// Shared "this remote is gone" flag; set by the proxy or the supervisor.

@@ -259,18 +259,11 @@ fn add_remote_devices(
         let slot = index + 1;
         let gsi = PciRoot::slot_gsi(slot);
         let process = remote::open(spec, index)?;
-        let failed = if spec.restart {
-            // A remote that stops answering is killed, so that its hang-up
-            // brings in a new one.
-            let child = process.child.clone();
-            FailFlag::with_hook(Arc::new(move || {
-                if let Some(c) = child.lock().expect("child lock").as_mut() {
-                    let _ = c.kill();
-                }
-            }))
-        } else {
-            FailFlag::default()
-        };
+        // A remote that stops answering is only cut off, even with
+        // restart=on: killing it from the failing access so that a new one
+        // takes over hung the supervisor's restart once in CI (see the
+        // issue notes), so that path stays off until it is understood.
+        let failed = FailFlag::default();
         let socket = supervisor::socket_of(&process).map_err(io_err("watch a remote's socket"))?;
         let remote::RemoteProcess {
             name,
