@@ -231,37 +231,22 @@ pub fn run_batch_with(
             let path = std::env::temp_dir().join(format!("vmm-rig-{}.sh", std::process::id()));
             std::fs::write(&path, script).unwrap();
             let total = 120 + timeout_s * scenarios.len() as u32;
-            let mut rig = Command::new(repo_root().join("ci/rig.sh"));
-            rig.args(["--timeout", &total.to_string()]);
-            if with_qemu {
-                rig.arg("--with-qemu");
-            }
-            let mut child = rig
-                .args(["--extra", repo_root().join("ci").to_str().unwrap()])
-                .arg(&path)
-                .stdin(Stdio::null())
-                .stdout(Stdio::piped())
-                .stderr(Stdio::inherit())
-                .spawn()
-                .expect("run ci/rig.sh");
-            // VMM_RIG_LOG=FILE follows the rig's console while it runs.
-            let mut log = std::env::var_os("VMM_RIG_LOG")
-                .map(|p| std::fs::File::create(p).expect("create VMM_RIG_LOG"));
+            // The rig's own kernel (KVM on QEMU's emulated nested SVM)
+            // sometimes panics mid-batch; that says nothing about our code,
+            // so such a batch is run once more, loudly.
+            // A batch that ran into the rig's timeout is not run again.
             let mut bytes = Vec::new();
-            let mut chunk = [0u8; 8192];
-            let mut stdout = child.stdout.take().expect("piped stdout");
-            loop {
-                use std::io::{Read, Write};
-                let n = stdout.read(&mut chunk).expect("read the rig's console");
-                if n == 0 {
+            for attempt in 1..=2 {
+                let started = std::time::Instant::now();
+                bytes = run_rig(&path, total, with_qemu);
+                let early = started.elapsed().as_secs() + 60 < u64::from(total);
+                if String::from_utf8_lossy(&bytes).contains("RIG-EXIT:") || !early {
                     break;
                 }
-                bytes.extend_from_slice(&chunk[..n]);
-                if let Some(f) = log.as_mut() {
-                    let _ = f.write_all(&chunk[..n]);
-                }
+                eprintln!(
+                    "the KVM test rig went down before the batch finished (attempt {attempt} of 2)"
+                );
             }
-            let _ = child.wait();
             let _ = std::fs::remove_file(&path);
             let text = String::from_utf8_lossy(&bytes).into_owned();
             assert!(
@@ -291,4 +276,40 @@ fn batch_output_parses_into_scenarios() {
     assert_eq!(r["a"].output, "line 1\nline 2\n");
     assert_eq!(r["a"].status, 3);
     assert_eq!(r["b"].status, 0);
+}
+
+/// One boot of the rig on `script`; its console output.
+fn run_rig(script: &std::path::Path, total: u32, with_qemu: bool) -> Vec<u8> {
+    let mut rig = Command::new(repo_root().join("ci/rig.sh"));
+    rig.args(["--timeout", &total.to_string()]);
+    if with_qemu {
+        rig.arg("--with-qemu");
+    }
+    let mut child = rig
+        .args(["--extra", repo_root().join("ci").to_str().unwrap()])
+        .arg(script)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("run ci/rig.sh");
+    // VMM_RIG_LOG=FILE follows the rig's console while it runs.
+    let mut log = std::env::var_os("VMM_RIG_LOG")
+        .map(|p| std::fs::File::create(p).expect("create VMM_RIG_LOG"));
+    let mut bytes = Vec::new();
+    let mut chunk = [0u8; 8192];
+    let mut stdout = child.stdout.take().expect("piped stdout");
+    loop {
+        use std::io::{Read, Write};
+        let n = stdout.read(&mut chunk).expect("read the rig's console");
+        if n == 0 {
+            break;
+        }
+        bytes.extend_from_slice(&chunk[..n]);
+        if let Some(f) = log.as_mut() {
+            let _ = f.write_all(&chunk[..n]);
+        }
+    }
+    let _ = child.wait();
+    bytes
 }
