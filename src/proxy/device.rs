@@ -67,52 +67,18 @@ pub enum ProxyError {
 /// tests can stand in for KVM.
 pub type IrqRegistrar<'a> = dyn Fn(&EventFd, &EventFd, u32) -> Result<(), kvm_ioctls::Error> + 'a;
 
-/// What to do once when a remote is found failed. Unused by the VMM for
-/// now: killing a hung remote from here so the supervisor replaces it hung
-/// a restart once (see `vmm::add_remote_devices`).
-pub type FailHook = Arc<dyn Fn() + Send + Sync>;
-
 /// Shared "this remote is gone" flag; set by the proxy or the supervisor.
-#[derive(Clone, Default)]
-pub struct FailFlag {
-    failed: Arc<AtomicBool>,
-    hook: Option<FailHook>,
-}
-
-impl std::fmt::Debug for FailFlag {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "FailFlag({})", self.is_failed())
-    }
-}
+#[derive(Clone, Debug, Default)]
+pub struct FailFlag(Arc<AtomicBool>);
 
 impl FailFlag {
-    /// A flag that runs `hook` when it is first set.
-    pub fn with_hook(hook: FailHook) -> Self {
-        FailFlag {
-            failed: Arc::default(),
-            hook: Some(hook),
-        }
-    }
-
-    /// A clear flag with the same hook, for the remote that replaces this one.
-    pub fn renewed(&self) -> Self {
-        FailFlag {
-            failed: Arc::default(),
-            hook: self.hook.clone(),
-        }
-    }
-
     /// Marks the device failed; returns true for the first caller only.
     pub fn fail(&self) -> bool {
-        let first = !self.failed.swap(true, Ordering::SeqCst);
-        if first && let Some(hook) = &self.hook {
-            hook();
-        }
-        first
+        !self.0.swap(true, Ordering::SeqCst)
     }
 
     pub fn is_failed(&self) -> bool {
-        self.failed.load(Ordering::SeqCst)
+        self.0.load(Ordering::SeqCst)
     }
 }
 
@@ -390,7 +356,7 @@ impl ProxyDevice {
         for (reg, offset, data) in &self.written {
             Self::cfg_write(&mut channel, *reg, *offset, data).map_err(&replay_err)?;
         }
-        let failed = self.failed.renewed();
+        let failed = FailFlag::default();
         let fast_paths = fast_paths(
             &mut channel,
             &name,
@@ -823,22 +789,6 @@ mod tests {
             .unwrap();
         proxy.write_bar(&bar1, 0x100, &[0x5a]);
         assert_eq!(fresh.lock().unwrap().regs[0x100], 0x5a);
-    }
-
-    #[test]
-    fn the_fail_hook_runs_once_and_survives_renewal() {
-        let runs = Arc::new(std::sync::atomic::AtomicU32::new(0));
-        let counter = runs.clone();
-        let flag = FailFlag::with_hook(Arc::new(move || {
-            counter.fetch_add(1, Ordering::SeqCst);
-        }));
-        assert!(flag.fail());
-        assert!(!flag.fail());
-        assert_eq!(runs.load(Ordering::SeqCst), 1);
-        let next = flag.renewed();
-        assert!(!next.is_failed());
-        assert!(next.fail());
-        assert_eq!(runs.load(Ordering::SeqCst), 2);
     }
 
     #[test]

@@ -247,15 +247,20 @@ mod tests {
         }
     }
 
-    #[test]
-    fn accesses_after_posted_writes_on_other_fds_see_them() {
+    /// The scratch device, the same device as the hub serves it, and its hub.
+    fn scratch_device() -> (Arc<Mutex<Scratch>>, SharedDevice, Arc<Hub>) {
         let scratch = Arc::new(Mutex::new(Scratch {
             config: ConfigSpace::new(0x1234, 0x5678, 0, 0),
             mem: [0; 16],
             snapshots: Vec::new(),
         }));
         let device: SharedDevice = scratch.clone();
-        let hub = Arc::new(Hub::default());
+        (scratch, device, Arc::new(Hub::default()))
+    }
+
+    #[test]
+    fn accesses_after_posted_writes_on_other_fds_see_them() {
+        let (scratch, device, hub) = scratch_device();
         // Two vCPUs: vCPU 0 posts the data, vCPU 1 starts the work.
         let (r0, f0) = open(&device, &hub, 1, 0).unwrap();
         let (r1, f1) = open(&device, &hub, 1, 1).unwrap();
@@ -287,13 +292,7 @@ mod tests {
 
     #[test]
     fn drain_all_applies_every_posted_write_sent_before() {
-        let scratch = Arc::new(Mutex::new(Scratch {
-            config: ConfigSpace::new(0x1234, 0x5678, 0, 0),
-            mem: [0; 16],
-            snapshots: Vec::new(),
-        }));
-        let device: SharedDevice = scratch.clone();
-        let hub = Arc::new(Hub::default());
+        let (scratch, device, hub) = scratch_device();
         let (r, f) = open(&device, &hub, 1, 0).unwrap();
         let posted = RegionFd::new(
             OwnedFd::from(f[0].try_clone().unwrap()),

@@ -262,7 +262,7 @@ fn add_remote_devices(
         // A remote that stops answering is only cut off, even with
         // restart=on: killing it from the failing access so that a new one
         // takes over hung the supervisor's restart once in CI (see the
-        // issue notes), so that path stays off until it is understood.
+        // issue notes, commit 3e2bf93 for that code).
         let failed = FailFlag::default();
         let socket = supervisor::socket_of(&process).map_err(io_err("watch a remote's socket"))?;
         let remote::RemoteProcess {
