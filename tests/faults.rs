@@ -14,7 +14,7 @@ use common::{Mode, Outcome, Scenario};
 fn frozen_remote(mode: &str) -> String {
     format!(
         "dd if=/dev/zero of=/tmp/f.img bs=1M count=64 2>/dev/null\n\
-         $VMM --kernel $KERNEL --initrd $INITRD --cmdline 'console=ttyS0 quiet vmm.run=fio-verify' \
+         $VMM --kernel $KERNEL --initrd $INITRD --cmdline 'console=ttyS0 quiet vmm.run=fio-verify vmm.fio=verify-long' \
          --log-level info --stats --remote-dev lsi,disk=/tmp/f.img,ioregionfd={mode} </dev/null > /tmp/vmm.log 2>&1 &\n\
          vmm=$!\n\
          i=0; while [ $i -lt 120 ] && ! grep -q 'disk found' /tmp/vmm.log; do sleep 1; i=$((i + 1)); done\n\
@@ -37,7 +37,7 @@ fn frozen_remote(mode: &str) -> String {
 fn killed_remote(spec: &str, signal: &str) -> String {
     format!(
         "dd if=/dev/zero of=/tmp/k.img bs=1M count=64 2>/dev/null\n\
-         $VMM --kernel $KERNEL --initrd $INITRD --cmdline 'console=ttyS0 vmm.run=fio-verify' \
+         $VMM --kernel $KERNEL --initrd $INITRD --cmdline 'console=ttyS0 vmm.run=fio-verify vmm.fio=verify-long' \
          --log-level info --remote-dev lsi,disk=/tmp/k.img{spec} </dev/null > /tmp/vmm.log 2>&1 &\n\
          vmm=$!\n\
          i=0; while [ $i -lt 120 ] && ! grep -q 'disk found' /tmp/vmm.log; do sleep 1; i=$((i + 1)); done\n\

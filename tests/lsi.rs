@@ -73,7 +73,7 @@ fn scenarios() -> Vec<Scenario> {
                 "{}{}",
                 image("a.img", 64),
                 vmm_with(
-                    "fio-verify-smp",
+                    "fio-verify vmm.fio=verify-smp",
                     "lsi,disk=/tmp/a.img,ioregionfd=userspace",
                     "--stats --cpus 2"
                 )

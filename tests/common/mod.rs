@@ -84,7 +84,7 @@ const END: &str = "=== SCENARIO-END ";
 
 /// The script that runs every scenario in turn and frames its output.
 fn batch_script(
-    scenarios: &[Scenario],
+    scenarios: &[&Scenario],
     vmm: &str,
     guest: &str,
     repo: &str,
@@ -200,8 +200,9 @@ pub fn run_batch_with(
                     .expect("run gcc");
                 assert!(built.success(), "building ci/tools/pairexec.c failed");
             }
+            let all: Vec<&Scenario> = scenarios.iter().collect();
             let script = batch_script(
-                scenarios,
+                &all,
                 env!("CARGO_BIN_EXE_vmm"),
                 guest.to_str().unwrap(),
                 repo_root().to_str().unwrap(),
@@ -219,42 +220,10 @@ pub fn run_batch_with(
                 "hardware KVM",
             )
         }
-        Mode::Rig => {
-            let script = batch_script(
-                scenarios,
-                "/rig/vmm",
-                "/rig/guest",
-                "/rig/extra",
-                "/rig/pairexec",
-                timeout_s,
-            );
-            let path = std::env::temp_dir().join(format!("vmm-rig-{}.sh", std::process::id()));
-            std::fs::write(&path, script).unwrap();
-            let total = 120 + timeout_s * scenarios.len() as u32;
-            // The rig's own kernel (KVM on QEMU's emulated nested SVM)
-            // sometimes panics mid-batch; that says nothing about our code,
-            // so such a batch is run once more, loudly.
-            // A batch that ran into the rig's timeout is not run again.
-            let mut bytes = Vec::new();
-            for attempt in 1..=2 {
-                let started = std::time::Instant::now();
-                bytes = run_rig(&path, total, with_qemu);
-                let early = started.elapsed().as_secs() + 60 < u64::from(total);
-                if String::from_utf8_lossy(&bytes).contains("RIG-EXIT:") || !early {
-                    break;
-                }
-                eprintln!(
-                    "the KVM test rig went down before the batch finished (attempt {attempt} of 2)"
-                );
-            }
-            let _ = std::fs::remove_file(&path);
-            let text = String::from_utf8_lossy(&bytes).into_owned();
-            assert!(
-                text.contains("RIG: ready, /dev/kvm present"),
-                "the KVM test rig did not come up with /dev/kvm:\n{text}"
-            );
-            (text, "the KVM test rig")
-        }
+        Mode::Rig => (
+            run_in_rig(scenarios, timeout_s, with_qemu),
+            "the KVM test rig",
+        ),
     };
     let results = parse_batch(&output);
     for sc in scenarios {
@@ -278,8 +247,103 @@ fn batch_output_parses_into_scenarios() {
     assert_eq!(r["b"].status, 0);
 }
 
-/// One boot of the rig on `script`; its console output.
-fn run_rig(script: &std::path::Path, total: u32, with_qemu: bool) -> Vec<u8> {
+/// Runs the batch in the rig. The rig's own kernel (KVM on QEMU's emulated
+/// nested SVM) sometimes panics or locks up mid-batch; that says nothing
+/// about our code, so the scenarios it did not finish get one more rig boot,
+/// and the reason is printed. A scenario that ran into its own timeout
+/// inside the rig has an outcome and is not run again.
+fn run_in_rig(scenarios: &[Scenario], timeout_s: u32, with_qemu: bool) -> String {
+    let mut finished = HashMap::new();
+    let mut output = String::new();
+    for attempt in 1..=2 {
+        let pending: Vec<&Scenario> = scenarios
+            .iter()
+            .filter(|s| !finished.contains_key(s.name))
+            .collect();
+        if pending.is_empty() {
+            break;
+        }
+        let script = batch_script(
+            &pending,
+            "/rig/vmm",
+            "/rig/guest",
+            "/rig/extra",
+            "/rig/pairexec",
+            timeout_s,
+        );
+        let path = std::env::temp_dir().join(format!("vmm-rig-{}.sh", std::process::id()));
+        std::fs::write(&path, script).unwrap();
+        let total = 120 + timeout_s * pending.len() as u32;
+        // A scenario's own `timeout` fires inside the rig; past this much
+        // wall time the rig itself has stopped making progress.
+        let stall = std::time::Duration::from_secs(u64::from(timeout_s) + 120);
+        let run = run_rig(&path, total, stall, with_qemu);
+        let _ = std::fs::remove_file(&path);
+        assert!(
+            run.console.contains("RIG: ready, /dev/kvm present"),
+            "the KVM test rig did not come up with /dev/kvm:\n{}",
+            run.console
+        );
+        finished.extend(parse_batch(&run.console));
+        output.push_str(&run.console);
+        let unfinished: Vec<&str> = pending
+            .iter()
+            .map(|s| s.name)
+            .filter(|n| !finished.contains_key(*n))
+            .collect();
+        if !unfinished.is_empty() {
+            eprintln!(
+                "the KVM test rig went down (attempt {attempt} of 2): {}; {} scenario(s) \
+                 unfinished: {}",
+                run.why_it_ended(),
+                unfinished.len(),
+                unfinished.join(", ")
+            );
+        }
+    }
+    output
+}
+
+/// What one rig boot printed, and whether the watchdog had to stop it.
+struct RigRun {
+    console: String,
+    stalled: Option<String>,
+}
+
+impl RigRun {
+    /// The likeliest reason the rig ended before its batch did.
+    fn why_it_ended(&self) -> String {
+        if let Some(s) = &self.stalled {
+            return s.clone();
+        }
+        const SIGNS: [&str; 5] = [
+            "Kernel panic",
+            "soft lockup",
+            "rcu_sched self-detected stall",
+            "rcu: INFO",
+            "BUG:",
+        ];
+        self.console
+            .lines()
+            .find(|l| SIGNS.iter().any(|s| l.contains(s)))
+            .map(|l| format!("its kernel said \"{}\"", l.trim()))
+            .unwrap_or_else(|| "it ended without a reason on its console".into())
+    }
+}
+
+/// One boot of the rig on `script`. The rig runs in its own process group,
+/// so that the watchdog can stop QEMU with it when one scenario has run for
+/// longer than `stall`.
+fn run_rig(
+    script: &std::path::Path,
+    total: u32,
+    stall: std::time::Duration,
+    with_qemu: bool,
+) -> RigRun {
+    use std::io::{Read, Write};
+    use std::os::unix::process::CommandExt;
+    use std::time::Instant;
+
     let mut rig = Command::new(repo_root().join("ci/rig.sh"));
     rig.args(["--timeout", &total.to_string()]);
     if with_qemu {
@@ -291,25 +355,65 @@ fn run_rig(script: &std::path::Path, total: u32, with_qemu: bool) -> Vec<u8> {
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())
+        .process_group(0)
         .spawn()
         .expect("run ci/rig.sh");
+    let mut stdout = child.stdout.take().expect("piped stdout");
+    let (tx, rx) = std::sync::mpsc::channel::<Vec<u8>>();
+    std::thread::spawn(move || {
+        let mut chunk = [0u8; 8192];
+        while let Ok(n) = stdout.read(&mut chunk) {
+            if n == 0 || tx.send(chunk[..n].to_vec()).is_err() {
+                break;
+            }
+        }
+    });
     // VMM_RIG_LOG=FILE follows the rig's console while it runs.
     let mut log = std::env::var_os("VMM_RIG_LOG")
         .map(|p| std::fs::File::create(p).expect("create VMM_RIG_LOG"));
     let mut bytes = Vec::new();
-    let mut chunk = [0u8; 8192];
-    let mut stdout = child.stdout.take().expect("piped stdout");
+    let mut scanned = 0;
+    let mut running: Option<(String, Instant)> = None;
+    let mut stalled = None;
     loop {
-        use std::io::{Read, Write};
-        let n = stdout.read(&mut chunk).expect("read the rig's console");
-        if n == 0 {
-            break;
+        match rx.recv_timeout(std::time::Duration::from_secs(1)) {
+            Ok(chunk) => {
+                if let Some(f) = log.as_mut() {
+                    let _ = f.write_all(&chunk);
+                }
+                bytes.extend_from_slice(&chunk);
+                while let Some(nl) = bytes[scanned..].iter().position(|&b| b == b'\n') {
+                    let line = String::from_utf8_lossy(&bytes[scanned..scanned + nl]);
+                    if let Some(name) = line.strip_prefix(BEGIN) {
+                        let name = name.trim_end().trim_end_matches(" ===").to_string();
+                        running = Some((name, Instant::now()));
+                    } else if line.starts_with(END) {
+                        running = None;
+                    }
+                    scanned += nl + 1;
+                }
+            }
+            Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {}
+            Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => break,
         }
-        bytes.extend_from_slice(&chunk[..n]);
-        if let Some(f) = log.as_mut() {
-            let _ = f.write_all(&chunk[..n]);
+        if let Some((name, since)) = &running
+            && stalled.is_none()
+            && since.elapsed() > stall
+        {
+            stalled = Some(format!(
+                "scenario {name} was still running after {} s, past its own timeout \
+                 inside the rig, so the rig had stopped and the watchdog ended it",
+                since.elapsed().as_secs()
+            ));
+            // The whole group: rig.sh (whose exit trap cleans up), its
+            // timeout and QEMU.
+            let group = format!("-{}", child.id());
+            let _ = Command::new("kill").args(["-TERM", "--", &group]).status();
         }
     }
     let _ = child.wait();
-    bytes
+    RigRun {
+        console: String::from_utf8_lossy(&bytes).into_owned(),
+        stalled,
+    }
 }
