@@ -9,8 +9,11 @@ use std::sync::OnceLock;
 use common::{Mode, Outcome, Scenario};
 
 /// Starts the VMM in the background on a disk workload, freezes its remote
-/// (SIGSTOP) mid-I/O, waits past the 10 s region timeout, then asks the VMM
-/// to stop (SIGTERM) and reports how it ended.
+/// (SIGSTOP) mid-I/O, waits for the first access to time out, then asks the
+/// VMM to stop (SIGTERM) and reports how it ended. With register writes
+/// posted, the guest may post its doorbell writes and then wait for
+/// interrupts that never come: the first access that waits for an answer
+/// is then its SCSI error handling's, after the 30 s command timeout.
 fn frozen_remote(mode: &str) -> String {
     format!(
         "dd if=/dev/zero of=/tmp/f.img bs=1M count=64 2>/dev/null\n\
@@ -22,7 +25,8 @@ fn frozen_remote(mode: &str) -> String {
          remote=$(sed -n 's/.*(lsi, pid \\([0-9]*\\)).*/\\1/p' /tmp/vmm.log | head -n 1)\n\
          echo \"freezing remote $remote\"\n\
          kill -STOP $remote\n\
-         sleep 25\n\
+         i=0; while [ $i -lt 200 ] && ! grep -q 'did not answer' /tmp/vmm.log; do sleep 1; i=$((i + 1)); done\n\
+         echo \"first timeout $i s after the freeze\"\n\
          kill -TERM $vmm\n\
          wait $vmm\n\
          echo \"vmm exited $?\"\n\
@@ -98,7 +102,7 @@ fn scenarios() -> Vec<Scenario> {
             name: "hostile-guest",
             script: "dd if=/dev/zero of=/tmp/h.img bs=1M count=64 2>/dev/null\n\
                      $VMM --kernel $KERNEL --initrd $INITRD \
-                     --cmdline 'console=ttyS0 quiet iomem=relaxed vmm.run=hostile' \
+                     --cmdline 'console=ttyS0 quiet iomem=relaxed memmap=16M$0x4000000 vmm.run=hostile' \
                      --log-level info --remote-dev lsi,disk=/tmp/h.img </dev/null > /tmp/vmm.log 2>&1 &\n\
                      vmm=$!\n\
                      remote=\n\

@@ -147,9 +147,15 @@ pub fn open(spec: &RemoteDevSpec, index: usize) -> Result<RemoteProcess, RemoteE
             if !*sandbox {
                 args.push("--no-sandbox".into());
             }
-            if *posted_register_writes {
-                args.push("--posted-register-writes".into());
-            }
+            args.push("--register-writes".into());
+            args.push(
+                if *posted_register_writes {
+                    "posted"
+                } else {
+                    "waited"
+                }
+                .into(),
+            );
             if let Some(user) = user {
                 args.push("--user".into());
                 args.push(user.clone());

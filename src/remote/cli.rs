@@ -52,14 +52,24 @@ pub enum RemoteKind {
         /// Run without seccomp and no_new_privs, for debugging.
         #[arg(long)]
         no_sandbox: bool,
-        /// Let the VMM post register writes over ioregionfd instead of
-        /// waiting for each, as PCI posts memory writes (experimental: a
-        /// frozen remote can then leave the guest stuck, see README).
-        #[arg(long)]
-        posted_register_writes: bool,
+        /// Whether the VMM may post register writes over ioregionfd, as
+        /// PCI posts memory writes, or must wait for each. Posted writes
+        /// are applied before any later access, message or interrupt
+        /// acknowledgement; port I/O writes are always waited for.
+        #[arg(long, value_enum, default_value_t = RegisterWrites::Posted)]
+        register_writes: RegisterWrites,
         #[arg(long, value_name = "LEVEL")]
         log_level: Option<String>,
     },
+}
+
+/// `--register-writes`: how the VMM delivers register writes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum RegisterWrites {
+    /// Queued on the region fd; the vCPU goes on at once.
+    Posted,
+    /// The vCPU waits for the remote's answer.
+    Waited,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -112,7 +122,7 @@ pub fn run(kind: RemoteKind) -> Result<(), RemoteCliError> {
         readonly,
         user,
         no_sandbox,
-        posted_register_writes,
+        register_writes,
         ..
     } = kind;
     // Users are looked up and the filter compiled before anything is
@@ -172,7 +182,7 @@ pub fn run(kind: RemoteKind) -> Result<(), RemoteCliError> {
         (None, None) => return Err(RemoteCliError::NoEndpoint),
     };
     let mut lsi = Lsi53c895a::new(disks)?;
-    lsi.set_posted_register_writes(posted_register_writes);
+    lsi.set_posted_register_writes(register_writes == RegisterWrites::Posted);
     let device = Arc::new(Mutex::new(lsi));
     // Everything is open and the disk workers run: from here on the
     // remote only serves.
