@@ -6,8 +6,10 @@
 #   qemu-mp    QEMU 7.2 multiprocess: x-pci-proxy-dev + x-remote LSI
 # and, by name in --configs:
 #   ours-user  our VMM + our LSI remote, ioregionfd=userspace
-#   ours-waited  ioregionfd=userspace with every register write waited
-#              for (register-writes=waited; posted is the default)
+#   ours-posted  ioregionfd=userspace with register writes posted
+#              (register-writes=posted, experimental)
+#   ours-waited  ioregionfd=userspace with register writes waited for
+#              (register-writes=waited, the default)
 #   ours-kernel  ioregionfd=kernel: needs --kvm-modules (our KVM_SET_IOREGION,
 #              kernel/), which builds our kvm modules and boots the rig on them;
 #              there `ours` (ioregionfd=auto) takes the kernel path as well
@@ -83,6 +85,8 @@ for round in \$(seq $rounds); do
                 --stats --remote-dev lsi,disk=\$img,ioregionfd=userspace </dev/null 2>&1 ;;
         ours-kernel) $run \$VMM --kernel \$GUEST/bzImage --initrd \$GUEST/initramfs.cpio.gz --cmdline "\$cmdline" \
                 --stats --remote-dev lsi,disk=\$img,ioregionfd=kernel </dev/null 2>&1 ;;
+        ours-posted) $run \$VMM --kernel \$GUEST/bzImage --initrd \$GUEST/initramfs.cpio.gz --cmdline "\$cmdline" \
+                --stats --remote-dev lsi,disk=\$img,ioregionfd=userspace,register-writes=posted </dev/null 2>&1 ;;
         ours-waited) $run \$VMM --kernel \$GUEST/bzImage --initrd \$GUEST/initramfs.cpio.gz --cmdline "\$cmdline" \
                 --stats --remote-dev lsi,disk=\$img,ioregionfd=userspace,register-writes=waited </dev/null 2>&1 ;;
         ours-off) $run \$VMM --kernel \$GUEST/bzImage --initrd \$GUEST/initramfs.cpio.gz --cmdline "\$cmdline" \

@@ -72,7 +72,7 @@ for op in r w; do
         done
         printf '(%s)' "$(awk -v d=$sum -v n="$extra" 'BEGIN {printf "%.2f", d / n}')"
     }
-    name=$([ "$op" = r ] && echo read || echo "write (posted)")
+    name=$([ "$op" = r ] && echo read || echo write)
     echo "| $name | $(( (b - a) / extra )) | $(per_sys remote) | $(per_sys vmm) |"
 done
 echo
