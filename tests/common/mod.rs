@@ -107,14 +107,20 @@ fn batch_script(
     s
 }
 
+/// The scenario a framing line starts, if it is a BEGIN line.
+fn begun_scenario(line: &str) -> Option<&str> {
+    line.strip_prefix(BEGIN)
+        .map(|rest| rest.trim_end_matches(" ==="))
+}
+
 /// Splits framed output into per-scenario outcomes.
 pub fn parse_batch(output: &str) -> HashMap<String, Outcome> {
     let mut results = HashMap::new();
     let mut current: Option<(String, String)> = None;
     for line in output.lines() {
         let line = line.trim_end_matches('\r');
-        if let Some(rest) = line.strip_prefix(BEGIN) {
-            current = Some((rest.trim_end_matches(" ===").to_string(), String::new()));
+        if let Some(name) = begun_scenario(line) {
+            current = Some((name.to_string(), String::new()));
         } else if let Some(rest) = line.strip_prefix(END) {
             let rest = rest.trim_end_matches(" ===");
             if let (Some((name, text)), Some((_, rc))) = (current.take(), rest.rsplit_once(" rc="))
@@ -384,9 +390,8 @@ fn run_rig(
                 bytes.extend_from_slice(&chunk);
                 while let Some(nl) = bytes[scanned..].iter().position(|&b| b == b'\n') {
                     let line = String::from_utf8_lossy(&bytes[scanned..scanned + nl]);
-                    if let Some(name) = line.strip_prefix(BEGIN) {
-                        let name = name.trim_end().trim_end_matches(" ===").to_string();
-                        running = Some((name, Instant::now()));
+                    if let Some(name) = begun_scenario(line.trim_end()) {
+                        running = Some((name.to_string(), Instant::now()));
                     } else if line.starts_with(END) {
                         running = None;
                     }
