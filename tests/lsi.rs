@@ -126,7 +126,10 @@ fn outcome(name: &str) -> Option<&'static Outcome> {
         eprintln!("VMM_SKIP_KVM_TESTS=1: LSI guest tests skipped");
         return None;
     }
-    Some(&common::run_once(&RESULTS, || common::run_batch(&scenarios(), 240))[name])
+    common::pick(
+        common::run_once(&RESULTS, || common::run_batch(&scenarios(), 240)),
+        name,
+    )
 }
 
 #[test]

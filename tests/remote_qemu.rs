@@ -92,7 +92,10 @@ fn outcome(name: &str) -> Option<&'static Outcome> {
         eprintln!("VMM_SKIP_KVM_TESTS=1: QEMU interop tests skipped");
         return None;
     }
-    Some(&common::run_once(&RESULTS, || common::run_batch_with(&scenarios(), 240, true))[name])
+    common::pick(
+        common::run_once(&RESULTS, || common::run_batch_with(&scenarios(), 240, true)),
+        name,
+    )
 }
 
 #[test]

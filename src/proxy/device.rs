@@ -5,7 +5,8 @@
 //! everything else is read from the remote. Every config write is forwarded
 //! so the remote places its BARs at the same addresses (BAR accesses name
 //! absolute addresses). A remote that fails or misbehaves is cut off: its
-//! device then reads as all ones and ignores writes.
+//! config space then reads as all ones (no device), its registers as zeros
+//! (see `CUT_OFF_REGISTERS`), and writes are dropped.
 
 use std::collections::HashMap;
 use std::fs::File;
@@ -66,6 +67,16 @@ pub enum ProxyError {
 /// Registers an (irqfd, resamplefd) pair for a GSI with KVM; a function so
 /// tests can stand in for KVM.
 pub type IrqRegistrar<'a> = dyn Fn(&EventFd, &EventFd, u32) -> Result<(), kvm_ioctls::Error> + 'a;
+
+/// What a cut-off device's BAR reads return, byte by byte. Not the all
+/// ones of a PCI master abort: an interrupt handler that loops while a
+/// status register shows work pending (sym53c8xx's loops on ISTAT) spins
+/// for ever on all ones and takes its CPU with it, while zeros read as
+/// "nothing pending" and leave recovery to the driver's command timeouts.
+pub const CUT_OFF_REGISTERS: u8 = 0;
+
+/// How the log says what a cut-off device looks like to the guest.
+pub const CUT_OFF_NOTE: &str = "the device is cut off: its registers read as zeros";
 
 /// Shared "this remote is gone" flag; set by the proxy or the supervisor.
 #[derive(Clone, Debug, Default)]
@@ -326,10 +337,11 @@ impl ProxyDevice {
     }
 
     /// Takes over a restarted remote on `channel`: the same device must
-    /// answer, and it is given everything its predecessor had (guest RAM,
-    /// the interrupt, the config space the guest programmed). Returns the
-    /// flag that now marks this remote failed; the caller remaps the BARs,
-    /// because the ioregion fds are new.
+    /// answer, and it is given what its predecessor had (guest RAM and the
+    /// config space the guest programmed). Returns the flag that now marks
+    /// this remote failed. The caller remaps the BARs, because the ioregion
+    /// fds are new, and then calls `wire_interrupt`: last, so that a remote
+    /// that raises its interrupt at once finds the guest's view complete.
     pub fn reconnect(
         &mut self,
         name: String,
@@ -341,7 +353,6 @@ impl ProxyDevice {
         if !same(REG_ID) || !same(REG_CLASS) || config.bar_specs() != self.config.bar_specs() {
             return Err(ProxyError::NotTheSameDevice { name });
         }
-        wire_irq(&mut channel, &name, &self.irqfd, &self.resamplefd)?;
         channel
             .request(&Message::DeviceReset)
             .map_err(channel_err(&name, "resetting the device"))?;
@@ -377,6 +388,11 @@ impl ProxyDevice {
         Ok(failed)
     }
 
+    /// Hands the remote the device's interrupt (after `reconnect`).
+    pub fn wire_interrupt(&mut self) -> Result<(), ProxyError> {
+        wire_irq(&mut self.channel, &self.name, &self.irqfd, &self.resamplefd)
+    }
+
     fn cfg_write(
         ch: &mut Channel,
         reg: usize,
@@ -406,10 +422,7 @@ impl ProxyDevice {
             Ok(v) => Some(v.unwrap_or(0)),
             Err(e) => {
                 if self.failed.fail() {
-                    log::error!(
-                        "remote {}: {what} failed ({e}); the device is cut off and reads as all ones",
-                        self.name
-                    );
+                    log::error!("remote {}: {what} failed ({e}); {CUT_OFF_NOTE}", self.name);
                 }
                 None
             }
@@ -474,7 +487,11 @@ impl PciDevice for ProxyDevice {
             },
             "BAR read",
         );
-        let bytes = value.unwrap_or(u64::MAX).to_le_bytes();
+        let Some(value) = value else {
+            data.fill(CUT_OFF_REGISTERS);
+            return;
+        };
+        let bytes = value.to_le_bytes();
         let n = data.len().min(8);
         data[..n].copy_from_slice(&bytes[..n]);
     }
@@ -521,6 +538,8 @@ mod tests {
         config: ConfigSpace,
         regs: [u8; 1024],
         resets: u32,
+        /// The command register when the interrupt was last wired.
+        wired_at_command: Option<u32>,
     }
 
     impl RemoteDevice for Scratch {
@@ -542,7 +561,9 @@ mod tests {
             self.resets += 1;
         }
         fn set_memory(&mut self, _memory: RemoteMemory) {}
-        fn set_interrupt(&mut self, _line: SharedIrq) {}
+        fn set_interrupt(&mut self, _line: SharedIrq) {
+            self.wired_at_command = Some(self.config.read(crate::pci::config::REG_COMMAND));
+        }
         /// Two ranges of BAR1 over region fds; the rest over messages.
         fn ioregions(&self, bar: u8) -> Vec<crate::remote::IoRegionSpec> {
             let spec = |offset, posted_writes| crate::remote::IoRegionSpec {
@@ -581,6 +602,7 @@ mod tests {
             config,
             regs: [0; 1024],
             resets: 0,
+            wired_at_command: None,
         }))
     }
 
@@ -726,7 +748,7 @@ mod tests {
     }
 
     #[test]
-    fn dead_remote_reads_all_ones_without_blocking() {
+    fn a_dead_remotes_registers_read_zero_and_its_config_space_all_ones() {
         let dev = scratch(256);
         let (mut proxy, failed, server) = connect(dev);
         proxy.place_bar(1, 0xc000_0000);
@@ -735,11 +757,12 @@ mod tests {
         // Make the server exit: an unexpected RET is a protocol error.
         proxy.channel.send(&Message::Ret(Some(0))).unwrap();
         server.join().unwrap();
-        let mut data = [0u8; 4];
-        proxy.read_bar(&bar, 0, &mut data);
-        assert_eq!(data, [0xff; 4]);
+        proxy.read_bar(&bar, 0, &mut [0xaa; 4]);
         assert!(failed.is_failed());
-        assert_eq!(proxy.read_config(REG_ID), u32::MAX);
+        let mut data = [0xaa; 4];
+        proxy.read_bar(&bar, 0, &mut data);
+        assert_eq!(data, [0; 4], "nothing pending, so no handler spins");
+        assert_eq!(proxy.read_config(REG_ID), u32::MAX, "no device");
     }
 
     fn serve(dev: Arc<Mutex<Scratch>>) -> (Channel, std::thread::JoinHandle<()>) {
@@ -780,7 +803,12 @@ mod tests {
             "the last command write"
         );
         assert_eq!(remote.config.read(3) >> 8 & 0xff, 0x40);
+        assert_eq!(remote.wired_at_command, None, "the interrupt comes last");
         drop(remote);
+        proxy.wire_interrupt().unwrap();
+        proxy.read_config(REG_ID); // a round trip: the wiring was served
+        let wired = fresh.lock().unwrap().wired_at_command;
+        assert_eq!(wired.map(|c| c & 0xffff), Some(0x06), "after the replay");
         assert_eq!(proxy.bar_fast_paths(1).len(), 2, "new region fds");
         let bar1 = proxy
             .active_bars()

@@ -16,7 +16,7 @@ use std::sync::{Arc, Mutex};
 
 use kvm_ioctls::VmFd;
 
-use super::device::FailFlag;
+use super::device::{CUT_OFF_NOTE, CUT_OFF_REGISTERS, FailFlag};
 use super::stats::{DeviceStats, bump};
 use crate::bus::SharedBusDevice;
 use crate::ioregion::{self, KernelRegion, RegionFd, WriteKind};
@@ -82,10 +82,7 @@ impl IoRegionPath {
     fn fault(&self, e: ioregion::DispatchError) {
         bump(&self.stats.errors);
         if self.failed.fail() {
-            log::error!(
-                "{}: {e}; the device is cut off and reads as all ones",
-                self.label
-            );
+            log::error!("{}: {e}; {CUT_OFF_NOTE}", self.label);
         }
     }
 
@@ -104,13 +101,13 @@ impl IoRegionPath {
 impl SharedBusDevice for IoRegionPath {
     fn read(&self, offset: u64, data: &mut [u8]) {
         if self.failed.is_failed() {
-            data.fill(0xff);
+            data.fill(CUT_OFF_REGISTERS);
             return;
         }
         match self.fd().read(offset, data) {
             Ok(()) => bump(&self.stats.ioregion_reads),
             Err(e) => {
-                data.fill(0xff);
+                data.fill(CUT_OFF_REGISTERS);
                 self.fault(e);
             }
         }

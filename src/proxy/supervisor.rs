@@ -1,10 +1,11 @@
 //! Watching remote device processes: when one dies or closes its control
 //! connection the VMM notices at once, logs how it ended and cuts the
 //! device off. With `restart=on` it spawns the remote again and hands it
-//! the device: guest RAM, the interrupt, the config space the guest
-//! programmed and new ioregion fds. The guest's driver sees a controller
-//! that lost its state and recovers it through its own error handling
-//! (for the LSI, Linux's host reset reloads SCRIPTS and retries).
+//! the device: guest RAM, the config space the guest programmed, new
+//! ioregion fds and, last, the interrupt. The guest's driver sees a
+//! controller that lost its state: our LSI tells it so at once by
+//! reporting a SCSI bus reset (`--takes-over`); with any other remote the
+//! driver finds out through its own timeouts.
 
 use std::fs::File;
 use std::os::fd::{AsRawFd, OwnedFd};
@@ -14,7 +15,7 @@ use std::time::Duration;
 use event_manager::{EventOps, Events, MutEventSubscriber};
 use vmm_sys_util::epoll::EventSet;
 
-use super::device::{FailFlag, ProxyDevice, ProxyError};
+use super::device::{CUT_OFF_NOTE, FailFlag, ProxyDevice, ProxyError};
 use super::remote::{self, RemoteError, RemoteProcess, SharedChild};
 use super::spec::RemoteDevSpec;
 use crate::pci::root::PciRoot;
@@ -123,7 +124,7 @@ impl RemoteWatcher {
         r.done += 1;
         // One that only closed its socket is stopped before it is replaced.
         remote::stop_child(&self.name, &self.child, false);
-        let process = remote::open(&r.spec, r.index)?;
+        let process = remote::open(&r.spec, r.index, true)?;
         *self.child.lock().expect("child lock") = process.child.lock().expect("child lock").take();
         let socket = match socket_of(&process) {
             Ok(s) => s,
@@ -151,6 +152,12 @@ impl RemoteWatcher {
         };
         pci.remap(r.slot);
         drop(pci);
+        let wired = r.device.lock().expect("proxy lock").wire_interrupt();
+        if let Err(e) = wired {
+            failed.fail();
+            remote::stop_child(&name, &self.child, false);
+            return Err(e.into());
+        }
         log::warn!(
             "remote {name} took over the device ({} of at most {MAX_RESTARTS} restarts)",
             r.done
@@ -175,10 +182,7 @@ impl MutEventSubscriber for RemoteWatcher {
         };
         if self.restart.is_none() {
             if first || status.is_some() {
-                log::error!(
-                    "remote {} {what}; its device now reads as all ones",
-                    self.name
-                );
+                log::error!("remote {} {what}; {CUT_OFF_NOTE}", self.name);
             }
             return;
         }
@@ -191,7 +195,7 @@ impl MutEventSubscriber for RemoteWatcher {
                 }
             }
             Err(e) => {
-                log::error!("remote {old} not restarted: {e}; its device now reads as all ones")
+                log::error!("remote {old} not restarted: {e}; {CUT_OFF_NOTE}")
             }
         }
     }

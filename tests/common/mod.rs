@@ -12,9 +12,29 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
+#[derive(Clone)]
 pub struct Scenario {
     pub name: &'static str,
     pub script: String,
+}
+
+/// `VMM_SCENARIOS=a,b` runs only those scenarios of a batch, for working
+/// on one fault without waiting for the rest; CI never sets it.
+fn is_selected(name: &str) -> bool {
+    match std::env::var("VMM_SCENARIOS") {
+        Ok(list) => list.split(',').any(|n| n.trim() == name),
+        Err(_) => true,
+    }
+}
+
+/// A scenario's outcome, or None (the test then passes vacuously) when
+/// `VMM_SCENARIOS` left it out.
+pub fn pick(results: &'static HashMap<String, Outcome>, name: &str) -> Option<&'static Outcome> {
+    if !is_selected(name) {
+        eprintln!("{name}: not in VMM_SCENARIOS, skipped");
+        return None;
+    }
+    Some(&results[name])
 }
 
 #[derive(Debug, Clone)]
@@ -190,6 +210,12 @@ pub fn run_batch_with(
     timeout_s: u32,
     with_qemu: bool,
 ) -> HashMap<String, Outcome> {
+    let scenarios: Vec<Scenario> = scenarios
+        .iter()
+        .filter(|sc| is_selected(sc.name))
+        .cloned()
+        .collect();
+    let scenarios = &scenarios[..];
     let (output, how) = match mode() {
         Mode::Skip => panic!("run_batch called with VMM_SKIP_KVM_TESTS=1"),
         Mode::Local => {
