@@ -17,9 +17,11 @@
 
 use std::io;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
+use super::backlog::{self, Backlog};
 use super::socket::{RECV_BUF_SIZE, Received, peer_hung_up, recv_before, recv_record, send_before};
 use super::wire::{self, Cmd, RECORD_SIZE, Resp, WireError};
 
@@ -38,6 +40,8 @@ pub enum DispatchError {
     Timeout(Duration),
     #[error("the device process did not take the command within {0:?} (its queue is full)")]
     SendTimeout(Duration),
+    #[error("the device process did not take its posted writes within {0:?}")]
+    PostedStalled(Duration),
     #[error("response was {0} bytes, shorter than a {RECORD_SIZE}-byte record")]
     ShortResponse(usize),
     #[error("response was {0} bytes, longer than a {RECORD_SIZE}-byte record")]
@@ -79,6 +83,8 @@ pub struct RegionFd {
     desynchronized: Mutex<bool>,
     /// SO_RCVTIMEO bounds a blocking recv.
     bounded_recv: bool,
+    /// Posted writes sent so far, for telling a stalled queue from a busy one.
+    posted_sent: AtomicU64,
 }
 
 impl RegionFd {
@@ -92,6 +98,7 @@ impl RegionFd {
             timeout: DEFAULT_TIMEOUT,
             desynchronized: Mutex::new(false),
             bounded_recv: false,
+            posted_sent: AtomicU64::new(0),
         }
         .with_timeout(DEFAULT_TIMEOUT)
     }
@@ -142,6 +149,16 @@ impl RegionFd {
         self.timeout
     }
 
+    /// How much of what was sent the device process has yet to take.
+    pub fn backlog(&self) -> io::Result<Backlog> {
+        // The count first: a write sent in between then shows as a change.
+        let posted_sent = self.posted_sent.load(Ordering::Relaxed);
+        Ok(Backlog {
+            unread_bytes: backlog::unread_bytes(self.fd.as_fd())?,
+            posted_sent,
+        })
+    }
+
     /// Reads `data.len()` bytes (1, 2, 4 or 8) at `offset` in the region.
     pub fn read(&self, offset: u64, data: &mut [u8]) -> Result<(), DispatchError> {
         let cmd = Cmd::read(self.user_data, offset, data.len())
@@ -162,6 +179,7 @@ impl RegionFd {
         let deadline = Instant::now() + self.timeout;
         self.send(&cmd.encode(), deadline)?;
         if !cmd.response {
+            self.posted_sent.fetch_add(1, Ordering::Relaxed);
             return Ok(WriteKind::Posted);
         }
         // The content is ignored: devices echo the written data.

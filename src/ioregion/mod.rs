@@ -22,12 +22,14 @@
 //! in [`wire`]; the fd is one end of a SOCK_SEQPACKET pair
 //! ([`socket_pair`]) so records keep their boundaries.
 
+pub mod backlog;
 pub mod dispatch;
 pub mod kernel;
 pub mod serve;
 mod socket;
 pub mod wire;
 
+pub use backlog::{Backlog, StallClock};
 pub use dispatch::{DEFAULT_TIMEOUT, DispatchError, RegionFd, WriteKind};
 pub use kernel::{KernelError, KernelRegion, Probe, assign, deassign, probe};
 pub use serve::{ERROR_DATA, ServeEnd, ServeError, serve, socket_pair};

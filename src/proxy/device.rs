@@ -24,6 +24,7 @@ use crate::protocol::mpqemu::{Message, RET_ERROR, SysmemRegion};
 use crate::proxy::ioregion::{Dispatch, IoRegionError, IoRegionPath, Negotiation};
 use crate::proxy::spec::Dialect;
 use crate::proxy::stats::{DeviceStats, bump};
+use crate::proxy::watchdog::PostedWriteWatchdog;
 use crate::vmm::memory::GuestRam;
 
 const BAR_IO_BIT: u32 = 0x1;
@@ -101,6 +102,8 @@ pub struct ProxyOptions {
     pub ioregion: Option<Dispatch>,
     /// One ioregion fd per vCPU per range.
     pub vcpus: usize,
+    /// Watches the ranges with posted writes; None in tests that do not.
+    pub watchdog: Option<Arc<PostedWriteWatchdog>>,
 }
 
 pub struct ProxyDevice {
@@ -228,6 +231,7 @@ fn fast_paths(
                 dispatch,
                 stats,
                 failed,
+                watchdog: options.watchdog.as_deref(),
             },
         )
         .map_err(|source| ProxyError::IoRegion {
@@ -636,6 +640,7 @@ mod tests {
                 dialect: Dialect::Vmm,
                 ioregion,
                 vcpus: 2,
+                watchdog: None,
             },
         )
         .unwrap();
@@ -700,6 +705,48 @@ mod tests {
         let mut data = [0u8; 2];
         proxy.read_bar(&bar, 0x36, &mut data);
         assert_eq!(data, [0xad, 0xde]);
+    }
+
+    /// A remote that stops taking posted writes is cut off by the
+    /// watchdog once they have sat untaken for the fd's timeout, though
+    /// no vCPU ever waited on them.
+    #[test]
+    fn the_watchdog_cuts_off_a_remote_that_leaves_posted_writes_queued() {
+        use crate::bus::SharedBusDevice;
+        use std::time::{Duration, Instant};
+        let dev = scratch(256);
+        let (proxy, failed, _server) = connect_with(dev.clone(), Some(Dispatch::Userspace));
+        let posted = proxy.fast_paths[&1]
+            .iter()
+            .find(|p| p.posts_writes_from_userspace())
+            .unwrap()
+            .clone();
+        let watchdog = PostedWriteWatchdog::default();
+        watchdog.watch(&posted);
+        let t0 = Instant::now();
+        posted.write(0x10, &[1]);
+        std::thread::sleep(Duration::from_millis(100));
+        watchdog.check(t0);
+        watchdog.check(t0 + Duration::from_secs(11));
+        assert!(
+            !failed.is_failed(),
+            "a remote that takes its writes is fine"
+        );
+
+        // The remote's threads now block on the device: one record is
+        // taken, the rest wait in the queue.
+        let frozen = dev.lock().unwrap();
+        for i in 0..4u8 {
+            posted.write(0x10 + u64::from(i), &[i]);
+        }
+        std::thread::sleep(Duration::from_millis(100));
+        let t1 = t0 + Duration::from_secs(20);
+        watchdog.check(t1);
+        watchdog.check(t1 + Duration::from_secs(5));
+        assert!(!failed.is_failed(), "5 s is not a stall yet");
+        watchdog.check(t1 + Duration::from_secs(10));
+        assert!(failed.is_failed());
+        drop(frozen);
     }
 
     /// Through the PCI root, as the guest sees it: the ioregion ranges of
@@ -879,6 +926,7 @@ mod tests {
                 dialect: Dialect::Qemu,
                 ioregion: None,
                 vcpus: 1,
+                watchdog: None,
             },
         )
         .err()

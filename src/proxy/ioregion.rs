@@ -13,13 +13,15 @@ use std::collections::HashMap;
 use std::fs::File;
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::sync::{Arc, Mutex};
+use std::time::Instant;
 
 use kvm_ioctls::VmFd;
 
 use super::device::{CUT_OFF_NOTE, CUT_OFF_REGISTERS, FailFlag};
 use super::stats::{DeviceStats, bump};
+use super::watchdog::PostedWriteWatchdog;
 use crate::bus::SharedBusDevice;
-use crate::ioregion::{self, KernelRegion, RegionFd, WriteKind};
+use crate::ioregion::{self, KernelRegion, RegionFd, StallClock, WriteKind};
 use crate::pci::{BarFastPath, BarKind, ConfigSpace};
 use crate::protocol::channel::{Channel, ChannelError};
 use crate::protocol::mpqemu::{Message, SUB_REGION_POSTED_WRITES, SubRegion};
@@ -72,9 +74,39 @@ pub struct IoRegionPath {
     in_kernel: Mutex<Option<u64>>,
     stats: Arc<DeviceStats>,
     failed: FailFlag,
+    /// One per fd: how long its posted writes have gone untaken.
+    stalls: Mutex<Vec<StallClock>>,
 }
 
 impl IoRegionPath {
+    /// Whether this range's writes are posted and served from vCPU
+    /// threads, the case where a stalled device goes unseen by the vCPUs.
+    pub fn posts_writes_from_userspace(&self) -> bool {
+        self.posted && self.in_kernel.lock().expect("ioregion lock").is_none()
+    }
+
+    /// Cuts the device off if one of its fds has had posted writes queued
+    /// and untaken for the fd's timeout. Called about once a second.
+    pub fn check_posted_writes(&self, now: Instant) {
+        if !self.posts_writes_from_userspace() || self.failed.is_failed() {
+            return;
+        }
+        let mut stalls = self.stalls.lock().expect("ioregion lock");
+        for (fd, clock) in self.fds.iter().zip(stalls.iter_mut()) {
+            let backlog = match fd.backlog() {
+                Ok(b) => b,
+                Err(e) => {
+                    log::warn!("{}: cannot look at the posted-write queue: {e}", self.label);
+                    return;
+                }
+            };
+            if clock.observe(backlog, now) >= fd.timeout() {
+                self.fault(ioregion::DispatchError::PostedStalled(fd.timeout()));
+                return;
+            }
+        }
+    }
+
     fn fd(&self) -> &RegionFd {
         &self.fds[current_vcpu() % self.fds.len()]
     }
@@ -188,6 +220,8 @@ pub struct Negotiation<'a> {
     pub dispatch: &'a Dispatch,
     pub stats: &'a Arc<DeviceStats>,
     pub failed: &'a FailFlag,
+    /// Looks after the ranges with posted writes.
+    pub watchdog: Option<&'a PostedWriteWatchdog>,
 }
 
 /// Asks the remote for each BAR's ioregion ranges, one fd per vCPU, and
@@ -264,7 +298,8 @@ pub fn negotiate(
                     ""
                 }
             );
-            bar_paths.push(Arc::new(IoRegionPath {
+            let stalls = fds.iter().map(|_| StallClock::default()).collect();
+            let path = Arc::new(IoRegionPath {
                 label: format!("remote {} BAR{bar}+{:#x}", n.name, r.offset),
                 offset: r.offset,
                 size: r.size,
@@ -276,7 +311,14 @@ pub fn negotiate(
                 in_kernel: Mutex::new(None),
                 stats: n.stats.clone(),
                 failed: n.failed.clone(),
-            }));
+                stalls: Mutex::new(stalls),
+            });
+            if path.posted
+                && let Some(watchdog) = n.watchdog
+            {
+                watchdog.watch(&path);
+            }
+            bar_paths.push(path);
         }
         let covered: u64 = layout.iter().map(|r| r.size).sum();
         if covered < spec.size {

@@ -7,3 +7,4 @@ pub mod remote;
 pub mod spec;
 pub mod stats;
 pub mod supervisor;
+pub mod watchdog;

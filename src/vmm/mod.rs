@@ -34,6 +34,7 @@ use crate::proxy::remote::{self, SharedChild};
 use crate::proxy::spec::IoRegionMode;
 use crate::proxy::spec::RemoteDevSpec;
 use crate::proxy::supervisor::{self, RemoteWatcher, Restart};
+use crate::proxy::watchdog::PostedWriteWatchdog;
 use stop::{StopReason, StopSignal};
 use vcpu::Buses;
 
@@ -255,6 +256,8 @@ fn add_remote_devices(
         vm.register_irqfd_with_resample(irqfd, resamplefd, gsi)
     };
     let mut plugged: Vec<PluggedRemote> = Vec::new();
+    let watchdog =
+        PostedWriteWatchdog::start().map_err(io_err("start the posted-write watchdog"))?;
     for (index, spec) in specs.iter().enumerate() {
         let slot = index + 1;
         let gsi = PciRoot::slot_gsi(slot);
@@ -281,6 +284,7 @@ fn add_remote_devices(
                 dialect: spec.dialect,
                 ioregion: dispatch[index].clone(),
                 vcpus,
+                watchdog: Some(watchdog.clone()),
             },
         ) {
             Ok(d) => d,

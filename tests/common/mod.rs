@@ -400,9 +400,15 @@ fn run_rig(
             }
         }
     });
-    // VMM_RIG_LOG=FILE follows the rig's console while it runs.
-    let mut log = std::env::var_os("VMM_RIG_LOG")
-        .map(|p| std::fs::File::create(p).expect("create VMM_RIG_LOG"));
+    // VMM_RIG_LOG=FILE follows the rig's console while it runs; a second
+    // boot appends, so what stalled the first stays readable.
+    let mut log = std::env::var_os("VMM_RIG_LOG").map(|p| {
+        std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(p)
+            .expect("open VMM_RIG_LOG")
+    });
     let mut bytes = Vec::new();
     let mut scanned = 0;
     let mut running: Option<(String, Instant)> = None;
