@@ -33,10 +33,15 @@ pub fn unread_bytes(fd: BorrowedFd<'_>) -> io::Result<usize> {
     Ok(queued.max(0) as usize)
 }
 
+/// Looks further apart than this do not vouch for the time between them:
+/// the watcher itself was not running (the whole VMM stopped with SIGSTOP,
+/// a host under load), so the device may well have been stopped too.
+pub const MAX_GAP: Duration = Duration::from_secs(3);
+
 /// How long a region fd's backlog has stood still.
 #[derive(Debug, Default)]
 pub struct StallClock {
-    last: Option<Backlog>,
+    last: Option<(Backlog, Instant)>,
     /// When the backlog was first seen as it still is; None while empty.
     since: Option<Instant>,
 }
@@ -45,8 +50,10 @@ impl StallClock {
     /// Records a look taken at `now`; returns for how long the backlog
     /// has been queued and untouched (zero when it is empty or moving).
     pub fn observe(&mut self, backlog: Backlog, now: Instant) -> Duration {
-        let unchanged = self.last == Some(backlog);
-        self.last = Some(backlog);
+        let unchanged = self.last.is_some_and(|(seen, at)| {
+            seen == backlog && now.saturating_duration_since(at) <= MAX_GAP
+        });
+        self.last = Some((backlog, now));
         if backlog.unread_bytes == 0 {
             self.since = None;
         } else if !unchanged || self.since.is_none() {
@@ -76,12 +83,17 @@ mod tests {
         let mut clock = StallClock::default();
         assert_eq!(clock.observe(look(0, 0), t0), s(0), "empty");
         assert_eq!(clock.observe(look(64, 2), t0 + s(1)), s(0), "new records");
-        assert_eq!(clock.observe(look(64, 2), t0 + s(4)), s(3), "untouched");
+        assert_eq!(clock.observe(look(64, 2), t0 + s(2)), s(1), "untouched");
+        assert_eq!(clock.observe(look(64, 2), t0 + s(4)), s(3));
         assert_eq!(clock.observe(look(32, 2), t0 + s(5)), s(0), "one taken");
         assert_eq!(clock.observe(look(32, 2), t0 + s(7)), s(2));
         assert_eq!(clock.observe(look(32, 3), t0 + s(8)), s(0), "one more sent");
-        assert_eq!(clock.observe(look(0, 3), t0 + s(20)), s(0), "drained");
-        assert_eq!(clock.observe(look(0, 3), t0 + s(30)), s(0), "idle");
+        assert_eq!(clock.observe(look(0, 3), t0 + s(9)), s(0), "drained");
+        assert_eq!(clock.observe(look(0, 3), t0 + s(10)), s(0), "idle");
+        // A gap in the looks (the VMM was stopped) starts the count afresh.
+        assert_eq!(clock.observe(look(32, 4), t0 + s(11)), s(0));
+        assert_eq!(clock.observe(look(32, 4), t0 + s(30)), s(0), "after a gap");
+        assert_eq!(clock.observe(look(32, 4), t0 + s(31)), s(1));
     }
 
     #[test]
