@@ -22,8 +22,8 @@ pub enum Endpoint {
         /// The user (NAME or UID[:GID]) the remote drops to when started
         /// as root.
         user: Option<String>,
-        /// Register writes over ioregionfd are posted (the default), as PCI
-        /// posts memory writes, or waited for (`register-writes=waited`).
+        /// Register writes over ioregionfd are waited for (the default), or
+        /// posted (`register-writes=posted`, experimental).
         posted_register_writes: bool,
     },
 }
@@ -80,7 +80,7 @@ impl FromStr for RemoteDevSpec {
         let mut ioregionfd = None;
         let mut restart = false;
         let mut user = None;
-        let mut posted_register_writes = true;
+        let mut posted_register_writes = false;
         for (i, item) in text.split(',').filter(|s| !s.is_empty()).enumerate() {
             if i == 0 && item == "lsi" {
                 lsi = true;
@@ -221,7 +221,7 @@ mod tests {
                 readonly: true,
                 sandbox: true,
                 user: None,
-                posted_register_writes: true,
+                posted_register_writes: false,
             }
         );
         assert_eq!(s.dialect, Dialect::Vmm);
@@ -233,7 +233,7 @@ mod tests {
                 readonly: false,
                 sandbox: true,
                 user: None,
-                posted_register_writes: true,
+                posted_register_writes: false,
             }
         );
         let s: RemoteDevSpec = "lsi,sandbox=off".parse().unwrap();
@@ -280,12 +280,12 @@ mod tests {
         assert!(err("lsi,user=").contains("user="));
         assert!(err("lsi,register-writes=maybe").contains("posted or waited"));
         assert!(matches!(
-            "lsi,register-writes=waited"
+            "lsi,register-writes=posted"
                 .parse::<RemoteDevSpec>()
                 .unwrap()
                 .endpoint,
             Endpoint::Lsi {
-                posted_register_writes: false,
+                posted_register_writes: true,
                 ..
             }
         ));

@@ -52,11 +52,12 @@ pub enum RemoteKind {
         /// Run without seccomp and no_new_privs, for debugging.
         #[arg(long)]
         no_sandbox: bool,
-        /// Whether the VMM may post register writes over ioregionfd, as
-        /// PCI posts memory writes, or must wait for each. Posted writes
-        /// are applied before any later access, message or interrupt
-        /// acknowledgement; port I/O writes are always waited for.
-        #[arg(long, value_enum, default_value_t = RegisterWrites::Posted)]
+        /// Whether the VMM must wait for each register write over
+        /// ioregionfd, or may post it as PCI posts memory writes
+        /// (experimental, see README). Posted writes are applied before any
+        /// later access, message or interrupt acknowledgement; port I/O
+        /// writes are always waited for.
+        #[arg(long, value_enum, default_value_t = RegisterWrites::Waited)]
         register_writes: RegisterWrites,
         /// This process replaces one that died (the VMM's `restart=on`):
         /// once the interrupt is wired, tell the guest's driver that the
