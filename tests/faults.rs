@@ -38,7 +38,9 @@ fn frozen_remote(mode: &str) -> String {
 /// Starts the VMM on fio verify, sends its remote `signal` mid-I/O and lets
 /// the guest finish by itself: its driver's error handling has to end the
 /// stalled commands, and the guest then reboots, which ends the VMM. If
-/// the guest has not finished within 200 s the VMM is stopped with SIGTERM.
+/// the guest has not finished within 400 s the VMM is stopped with SIGTERM
+/// (the driver's own recovery takes about 110 s, and fio then finishes its
+/// 32 MiB verify).
 fn killed_remote(spec: &str, signal: &str) -> String {
     format!(
         "dd if=/dev/zero of=/tmp/k.img bs=1M count=64 2>/dev/null\n\
@@ -50,7 +52,7 @@ fn killed_remote(spec: &str, signal: &str) -> String {
          remote=$(sed -n 's/.*(lsi, pid \\([0-9]*\\)).*/\\1/p' /tmp/vmm.log | head -n 1)\n\
          echo \"killing remote $remote\"\n\
          kill -{signal} $remote\n\
-         i=0; while [ $i -lt 200 ] && kill -0 $vmm 2>/dev/null; do sleep 1; i=$((i + 1)); done\n\
+         i=0; while [ $i -lt 400 ] && kill -0 $vmm 2>/dev/null; do sleep 1; i=$((i + 1)); done\n\
          echo \"guest done $i s after the kill\"\n\
          kill -TERM $vmm 2>/dev/null\n\
          wait $vmm\n\
@@ -141,7 +143,7 @@ fn outcome(name: &str) -> Option<&'static Outcome> {
         return None;
     }
     common::pick(
-        common::run_once(&RESULTS, || common::run_batch(&scenarios(), 300)),
+        common::run_once(&RESULTS, || common::run_batch(&scenarios(), 600)),
         name,
     )
 }
@@ -206,11 +208,8 @@ fn a_killed_remote_is_restarted_and_no_completed_write_is_lost() {
     o.assert_contains("killing remote");
     o.assert_contains("process exit: signal: 9 (SIGKILL)); restarting it");
     o.assert_contains("took over the device (1 of at most 5 restarts)");
-    // The new chip told the driver of a bus reset, the driver requeued
-    // its commands, and fio's verify pass read back every block it had
-    // seen written.
-    o.assert_contains("reporting a SCSI bus reset to its driver");
-    o.assert_contains("sym0: SCSI BUS reset detected.");
+    // The driver recovered the new controller through its own resets, and
+    // fio's verify pass read back every block it had seen written.
     o.assert_contains("VMM-GUEST: fio done: ok");
     o.assert_contains("vmm exited 0");
 }

@@ -124,11 +124,6 @@ pub struct Lsi53c895a {
     /// The runaway-script bound (instructions per run).
     pub(crate) instruction_limit: u32,
     irq_level: bool,
-    /// This chip replaces one whose process died: see `take_over`.
-    takes_over: bool,
-    /// The bus reset reported on takeover holds the interrupt line up
-    /// whatever SIEN0 says, until the driver reads SIST0 or resets the chip.
-    takeover_reset_pending: bool,
 }
 
 /// Reads byte `i` of a 32-bit register.
@@ -172,8 +167,6 @@ impl Lsi53c895a {
             selection_timeout: false,
             instruction_limit: scripts::MAX_INSTRUCTIONS_PER_RUN,
             irq_level: false,
-            takes_over: false,
-            takeover_reset_pending: false,
         };
         lsi.soft_reset();
         Ok(lsi)
@@ -195,34 +188,6 @@ impl Lsi53c895a {
         self.running = false;
         self.waiting_reselect = false;
         self.selection_timeout = false;
-        self.takeover_reset_pending = false;
-        self.update_irq();
-    }
-
-    /// Marks this chip as the replacement for one whose process died with
-    /// the guest's commands in flight. Once its interrupt is wired (the
-    /// last step of a takeover, after the guest's config space is back),
-    /// it reports a SCSI bus reset, which is what the target went through:
-    /// sym53c8xx then reinitialises the chip and requeues its commands at
-    /// once, instead of finding out through 30 s command timeouts and a
-    /// ladder of aborts and resets.
-    pub fn take_over(&mut self) {
-        self.takes_over = true;
-    }
-
-    /// The bus reset of a takeover, reported only to a driver that was
-    /// running the chip (bus mastering on); a guest without one would see
-    /// an interrupt nobody handles.
-    fn report_takeover_reset(&mut self) {
-        self.takes_over = false;
-        let command = self.config.command();
-        if command & crate::pci::config::COMMAND_BUS_MASTER == 0 {
-            log::info!("lsi: took over a device no driver was running; nothing to report");
-            return;
-        }
-        log::info!("lsi: took over a running device; reporting a SCSI bus reset to its driver");
-        self.r.sist0 |= SIST0_RST;
-        self.takeover_reset_pending = true;
         self.update_irq();
     }
 
@@ -264,7 +229,6 @@ impl Lsi53c895a {
             r.istat0 &= !ISTAT0_SIP;
         }
         level |= r.istat0 & ISTAT0_INTF != 0;
-        level |= self.takeover_reset_pending;
         if level != self.irq_level {
             self.irq_level = level;
             if let Some(irq) = &self.irq {
@@ -340,7 +304,6 @@ impl Lsi53c895a {
             SIST0 => {
                 let v = r.sist0;
                 r.sist0 = 0;
-                self.takeover_reset_pending = false;
                 self.update_irq();
                 v
             }
@@ -686,9 +649,6 @@ impl RemoteDevice for Lsi53c895a {
         let level = self.irq_level;
         self.irq_level = !level;
         self.update_irq();
-        if self.takes_over {
-            self.report_takeover_reset();
-        }
     }
 }
 
@@ -746,45 +706,6 @@ mod tests {
         let mut back = [0u8; 4];
         l.bar_read(BAR_RAM as u8, 0x1ff0, &mut back);
         assert_eq!(&back, b"RAID");
-    }
-
-    /// A replacement chip reports a SCSI bus reset on its wired interrupt,
-    /// masked or not, until the driver reads SIST0; only to a driver that
-    /// was running the chip.
-    #[test]
-    fn a_takeover_reports_a_bus_reset_once_the_interrupt_is_wired() {
-        use vmm_sys_util::eventfd::{EFD_NONBLOCK, EventFd};
-        let file = |e: &EventFd| -> std::fs::File {
-            use std::os::fd::{FromRawFd, IntoRawFd};
-            // SAFETY: the clone's fd is handed to the File alone.
-            unsafe { std::fs::File::from_raw_fd(e.try_clone().unwrap().into_raw_fd()) }
-        };
-        let wire = |l: &mut Lsi53c895a| {
-            let irqfd = EventFd::new(EFD_NONBLOCK).unwrap();
-            let resample = EventFd::new(EFD_NONBLOCK).unwrap();
-            let line = crate::remote::InterruptLine::new(file(&irqfd), file(&resample));
-            l.set_interrupt(Arc::new(std::sync::Mutex::new(line)));
-            irqfd
-        };
-
-        let (mut l, _) = lsi(vec![]);
-        l.take_over();
-        assert!(!l.irq_level, "nothing before the interrupt is wired");
-        let irqfd = wire(&mut l);
-        assert_eq!(irqfd.read().unwrap(), 1, "the line went up");
-        assert_eq!(read8(&mut l, SIEN0), 0, "even though SIST0 is masked");
-        assert_eq!(read8(&mut l, ISTAT0) & ISTAT0_SIP, ISTAT0_SIP);
-        assert_eq!(read8(&mut l, SIST0), SIST0_RST);
-        assert!(!l.irq_level, "reading SIST0 ends it");
-        assert_eq!(read8(&mut l, ISTAT0) & ISTAT0_SIP, 0);
-
-        let (mut idle, _) = lsi(vec![]);
-        idle.config_mut()
-            .write(crate::pci::config::REG_COMMAND, 0, &[0x02]);
-        idle.take_over();
-        let irqfd = wire(&mut idle);
-        assert!(irqfd.read().is_err(), "no driver, no interrupt");
-        assert_eq!(read8(&mut idle, SIST0), 0);
     }
 
     /// The driver's snoop test: a script copies host memory into SCRATCHA

@@ -102,13 +102,7 @@ pub fn spawn(
     Ok((ours, child))
 }
 
-/// Connects to or starts the remote for device `index`; `replacing` says
-/// it takes over from one that died (our LSI then tells the guest).
-pub fn open(
-    spec: &RemoteDevSpec,
-    index: usize,
-    replacing: bool,
-) -> Result<RemoteProcess, RemoteError> {
+pub fn open(spec: &RemoteDevSpec, index: usize) -> Result<RemoteProcess, RemoteError> {
     let (sock, child, name) = match &spec.endpoint {
         Endpoint::Socket(path) => {
             let sock = UnixStream::connect(path).map_err(|source| RemoteError::Connect {
@@ -162,9 +156,6 @@ pub fn open(
                 }
                 .into(),
             );
-            if replacing {
-                args.push("--takes-over".into());
-            }
             if let Some(user) = user {
                 args.push("--user".into());
                 args.push(user.clone());

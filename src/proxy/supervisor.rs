@@ -3,9 +3,8 @@
 //! device off. With `restart=on` it spawns the remote again and hands it
 //! the device: guest RAM, the config space the guest programmed, new
 //! ioregion fds and, last, the interrupt. The guest's driver sees a
-//! controller that lost its state: our LSI tells it so at once by
-//! reporting a SCSI bus reset (`--takes-over`); with any other remote the
-//! driver finds out through its own timeouts.
+//! controller that lost its state and recovers it through its own error
+//! handling (for the LSI, Linux's resets reload SCRIPTS and retry).
 
 use std::fs::File;
 use std::os::fd::{AsRawFd, OwnedFd};
@@ -124,7 +123,7 @@ impl RemoteWatcher {
         r.done += 1;
         // One that only closed its socket is stopped before it is replaced.
         remote::stop_child(&self.name, &self.child, false);
-        let process = remote::open(&r.spec, r.index, true)?;
+        let process = remote::open(&r.spec, r.index)?;
         *self.child.lock().expect("child lock") = process.child.lock().expect("child lock").take();
         let socket = match socket_of(&process) {
             Ok(s) => s,

@@ -59,11 +59,6 @@ pub enum RemoteKind {
         /// writes are always waited for.
         #[arg(long, value_enum, default_value_t = RegisterWrites::Waited)]
         register_writes: RegisterWrites,
-        /// This process replaces one that died (the VMM's `restart=on`):
-        /// once the interrupt is wired, tell the guest's driver that the
-        /// SCSI bus was reset, so it requeues its lost commands at once.
-        #[arg(long)]
-        takes_over: bool,
         #[arg(long, value_name = "LEVEL")]
         log_level: Option<String>,
     },
@@ -129,7 +124,6 @@ pub fn run(kind: RemoteKind) -> Result<(), RemoteCliError> {
         user,
         no_sandbox,
         register_writes,
-        takes_over,
         ..
     } = kind;
     // Users are looked up and the filter compiled before anything is
@@ -190,9 +184,6 @@ pub fn run(kind: RemoteKind) -> Result<(), RemoteCliError> {
     };
     let mut lsi = Lsi53c895a::new(disks)?;
     lsi.set_posted_register_writes(register_writes == RegisterWrites::Posted);
-    if takes_over {
-        lsi.take_over();
-    }
     let device = Arc::new(Mutex::new(lsi));
     // Everything is open and the disk workers run: from here on the
     // remote only serves.
