@@ -319,20 +319,26 @@ fn run_in_rig(scenarios: &[Scenario], timeout_s: u32, with_qemu: bool) -> String
         let mut results = parse_batch(&run.console);
         let ran: Vec<String> = results.keys().cloned().collect();
         if attempt == 1 {
-            // A scenario that ran into its own timeout gets one more rig
-            // boot too: the rig's nested KVM has stalled single guests
-            // (an L2 vCPU that takes no timer ticks for minutes) as well as
+            // A scenario that ran into its own timeout, or whose guest
+            // triple-faulted, gets one more rig boot too: the rig's nested
+            // KVM has stalled single guests (an L2 vCPU that takes no timer
+            // ticks for minutes) and triple-faulted them (once at 1.4 s of
+            // boot, before any device of ours was touched), as well as
             // whole boots. The first try's output is kept on stderr; a
-            // second timeout is the test's failure.
+            // second time is the test's failure.
             results.retain(|name, outcome| {
-                let timed_out = matches!(outcome.status, 124 | 143);
-                if timed_out {
-                    eprintln!(
-                        "scenario {name} ran into its {timeout_s} s timeout in the rig; running it again in a new rig boot. Its first try printed:\n{}",
-                        tail(&outcome.output, 60)
-                    );
-                }
-                !timed_out
+                let why = if matches!(outcome.status, 124 | 143) {
+                    "ran into its timeout"
+                } else if outcome.output.contains("triple fault") {
+                    "had its guest triple-fault"
+                } else {
+                    return true;
+                };
+                eprintln!(
+                    "scenario {name} {why} in the rig; running it again in a new rig boot. Its first try printed:\n{}",
+                    tail(&outcome.output, 60)
+                );
+                false
             });
         }
         finished.extend(results);
