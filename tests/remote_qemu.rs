@@ -107,6 +107,7 @@ fn qemu_remote_lsi_disk_is_found_and_written_byte_exact() {
     o.assert_contains("sym0: <895a> rev 0x0 at pci 0000:00:01.0 irq 16");
     o.assert_pattern_landed();
     o.assert_contains("vmm exited 0");
+    o.assert_nothing_left_running();
 }
 
 #[test]
@@ -129,6 +130,7 @@ fn two_remotes_get_their_own_slots_and_disks() {
     o.assert_contains("VMM-GUEST: disk 0:0:0:0 131072 sectors");
     o.assert_contains("VMM-GUEST: disk 1:0:0:0 65536 sectors");
     o.assert_contains("vmm exited 0");
+    o.assert_nothing_left_running();
 }
 
 #[test]
@@ -141,6 +143,7 @@ fn killed_remote_is_noticed_and_the_guest_can_still_reboot() {
     o.assert_contains("VMM-GUEST: vendor after: ffff");
     o.assert_contains("VMM-GUEST: rebooting");
     o.assert_contains("vmm exited 0");
+    o.assert_nothing_left_running();
 }
 
 #[test]

@@ -56,6 +56,16 @@ impl Outcome {
         self.assert_contains(&format!("image md5 {PATTERN_MD5}"));
     }
 
+    /// In the rig: the scenario's VMM stopped every process it started
+    /// (the sweep after each scenario found none).
+    pub fn assert_nothing_left_running(&self) {
+        assert!(
+            !self.output.contains("left running: "),
+            "processes outlived the scenario:\n{}",
+            self.output
+        );
+    }
+
     pub fn assert_contains(&self, needle: &str) {
         assert!(
             self.output.contains(needle),
@@ -102,7 +112,16 @@ pub fn mode() -> Mode {
 const BEGIN: &str = "=== SCENARIO-BEGIN ";
 const END: &str = "=== SCENARIO-END ";
 
+/// Processes that a scenario in the rig may start. Any still running when
+/// it ends are killed, so the next scenario starts clean: busybox's
+/// `timeout` signals only the scenario's shell, so a VMM that a timeout
+/// left behind would otherwise keep its remote, and the remote its disk
+/// image locked, into the scenarios after it (CI of cd4e0f4).
+const RIG_PROCESSES: &str = "vmm qemu-system-x86_64 pairexec";
+
 /// The script that runs every scenario in turn and frames its output.
+/// With `sweep`, leftovers of each scenario are named in its output
+/// ("left running: ...") and killed.
 fn batch_script(
     scenarios: &[&Scenario],
     vmm: &str,
@@ -110,6 +129,7 @@ fn batch_script(
     repo: &str,
     pairexec: &str,
     timeout_s: u32,
+    sweep: Option<&str>,
 ) -> String {
     let mut s = String::from("set +e\n");
     s.push_str(&format!(
@@ -119,12 +139,24 @@ fn batch_script(
     for sc in scenarios {
         s.push_str(&format!(
             "echo '{BEGIN}{name} ==='\ncat > /tmp/scenario-{name}.sh <<'VMM_SCENARIO_EOF'\n{script}\nVMM_SCENARIO_EOF\n\
-             timeout {timeout_s} sh /tmp/scenario-{name}.sh 2>&1\necho \"{END}{name} rc=$? ===\"\n",
+             timeout -k 10 {timeout_s} sh /tmp/scenario-{name}.sh 2>&1\nrc=$?\n{sweep}echo \"{END}{name} rc=$rc ===\"\n",
             name = sc.name,
-            script = sc.script
+            script = sc.script,
+            sweep = sweep.map(sweep_script).unwrap_or_default(),
         ));
     }
     s
+}
+
+/// Shell lines that name and kill the processes in `names` that are still
+/// running, then wait up to 10 s for them to be gone (and their files
+/// closed).
+fn sweep_script(names: &str) -> String {
+    format!(
+        "for p in $(pidof {names}); do echo \"left running: $p $(tr '\\0' ' ' < /proc/$p/cmdline)\"; \
+         kill -9 $p; done\n\
+         i=0; while [ -n \"$(pidof {names})\" ] && [ $i -lt 100 ]; do sleep 0.1; i=$((i+1)); done\n"
+    )
 }
 
 /// The scenario a framing line starts, if it is a BEGIN line.
@@ -240,6 +272,7 @@ pub fn run_batch_with(
                 repo_root().to_str().unwrap(),
                 pairexec.to_str().unwrap(),
                 timeout_s,
+                None,
             );
             let out = Command::new("sh")
                 .arg("-c")
@@ -302,6 +335,7 @@ fn run_in_rig(scenarios: &[Scenario], timeout_s: u32, with_qemu: bool) -> String
             "/rig/extra",
             "/rig/pairexec",
             timeout_s,
+            Some(RIG_PROCESSES),
         );
         let path = std::env::temp_dir().join(format!("vmm-rig-{}.sh", std::process::id()));
         std::fs::write(&path, script).unwrap();
