@@ -45,7 +45,9 @@ pub struct Cli {
     /// how BARs the remote offers over region fds are dispatched (default
     /// auto). `lsi` also takes `register-writes=waited|posted` (default
     /// waited; posted is experimental), `sandbox=off` and `user=NAME|UID[:GID]`; `restart=on`
-    /// respawns a co-spawned remote that dies. Repeat for more devices.
+    /// respawns a co-spawned remote that dies. `register-mirror=off` makes every
+    /// register read ask the remote, even those it mirrors in a shared page (default on).
+    /// Repeat for more devices.
     #[arg(long = "remote-dev", value_name = "SPEC", value_parser = parse_remote_dev)]
     pub remote_devs: Vec<RemoteDevSpec>,
     /// Log level: error, warn, info, debug or trace (default: RUST_LOG, else warn).

@@ -9,7 +9,7 @@ pub mod target;
 use std::sync::Arc;
 
 use crate::pci::{BarKind, BarSpec, ConfigSpace};
-use crate::remote::{RemoteDevice, RemoteMemory, SharedIrq};
+use crate::remote::{RegisterMirror, RemoteDevice, RemoteMemory, SharedIrq};
 use crate::scsi::ScsiDisk;
 use crate::scsi::pool::{DEFAULT_WORKERS, IoPool, PoolError};
 use regs::*;
@@ -124,7 +124,13 @@ pub struct Lsi53c895a {
     /// The runaway-script bound (instructions per run).
     pub(crate) instruction_limit: u32,
     irq_level: bool,
+    /// ISTAT0 for the VMM to read without asking us; None if the page
+    /// could not be made (the VMM then asks every time).
+    mirror: Option<RegisterMirror>,
 }
+
+/// Where ISTAT0 sits in the mirror page.
+const MIRROR_ISTAT0: u32 = 0;
 
 /// Reads byte `i` of a 32-bit register.
 fn byte_of(v: u32, i: u8) -> u8 {
@@ -167,6 +173,9 @@ impl Lsi53c895a {
             selection_timeout: false,
             instruction_limit: scripts::MAX_INSTRUCTIONS_PER_RUN,
             irq_level: false,
+            mirror: RegisterMirror::new()
+                .inspect_err(|e| log::warn!("no register mirror, ISTAT reads go the long way: {e}"))
+                .ok(),
         };
         lsi.soft_reset();
         Ok(lsi)
@@ -229,11 +238,26 @@ impl Lsi53c895a {
             r.istat0 &= !ISTAT0_SIP;
         }
         level |= r.istat0 & ISTAT0_INTF != 0;
+        // The guest's handler reads ISTAT as soon as the line rises.
+        self.publish_mirror();
         if level != self.irq_level {
             self.irq_level = level;
             if let Some(irq) = &self.irq {
                 irq.lock().expect("irq lock").set_level(level);
             }
+        }
+    }
+
+    /// ISTAT0 as the guest reads it (reading has no side effect).
+    fn istat0(&self) -> u8 {
+        self.r.istat0 | if self.bus.connected() { ISTAT0_CON } else { 0 }
+    }
+
+    /// Brings the mirror page up to date; every entry point from the
+    /// guest or the disk ends here, before its reply or interrupt.
+    fn publish_mirror(&self) {
+        if let Some(mirror) = &self.mirror {
+            mirror.set(MIRROR_ISTAT0 as usize, self.istat0());
         }
     }
 
@@ -267,7 +291,7 @@ impl Lsi53c895a {
             SSTAT2 if self.bus.connected() => 0,
             SSTAT2 => 2,
             0x10..=0x13 => byte_of(r.dsa, o - DSA),
-            ISTAT0 => r.istat0 | if self.bus.connected() { ISTAT0_CON } else { 0 },
+            ISTAT0 => self.istat0(),
             ISTAT1 if self.running => ISTAT1_SRUN,
             ISTAT1 => 0,
             MBOX0 => r.mbox0,
@@ -578,7 +602,10 @@ impl RemoteDevice for Lsi53c895a {
     }
     fn bar_read(&mut self, bar: u8, offset: u64, data: &mut [u8]) {
         match usize::from(bar) {
-            BAR_IO | BAR_MMIO => self.access_regs(offset, data, false),
+            BAR_IO | BAR_MMIO => {
+                self.access_regs(offset, data, false);
+                self.publish_mirror();
+            }
             BAR_RAM => {
                 let o = offset as usize;
                 match self.ram.get(o..o + data.len()) {
@@ -594,6 +621,7 @@ impl RemoteDevice for Lsi53c895a {
             BAR_IO | BAR_MMIO => {
                 let mut copy = data.to_vec();
                 self.access_regs(offset, &mut copy, true);
+                self.publish_mirror();
             }
             BAR_RAM => {
                 let o = offset as usize;
@@ -606,12 +634,14 @@ impl RemoteDevice for Lsi53c895a {
     }
     fn reset(&mut self) {
         self.soft_reset();
+        self.publish_mirror();
     }
     fn background_fd(&self) -> Option<std::os::fd::RawFd> {
         Some(self.bus.completion_fd())
     }
     fn service_background(&mut self) {
         self.service_completions();
+        self.publish_mirror();
     }
     /// The register file (the first 128 bytes of BAR0 and BAR1) and the
     /// SCRIPTS RAM go over ioregionfd; the rest of BAR1 holds nothing and
@@ -633,6 +663,37 @@ impl RemoteDevice for Lsi53c895a {
             BAR_RAM => vec![region(RAM_SIZE as u64, true)],
             _ => Vec::new(),
         }
+    }
+    /// ISTAT0, which `sym53c8xx` reads twice per completion, in BAR0 and,
+    /// when its writes are waited, in BAR1. With posted writes the VMM
+    /// could answer a read before an INTF-clearing write it has not yet
+    /// delivered.
+    fn register_mirror(
+        &self,
+        bar: u8,
+    ) -> Option<(
+        Vec<crate::protocol::mpqemu::MirroredRegister>,
+        std::fs::File,
+    )> {
+        let mirror = self.mirror.as_ref()?;
+        let mirrored = match usize::from(bar) {
+            BAR_IO => true,
+            BAR_MMIO => !self.posted_register_writes,
+            _ => false,
+        };
+        if !mirrored {
+            return None;
+        }
+        let file = mirror
+            .file()
+            .inspect_err(|e| log::warn!("cannot share the register mirror: {e}"))
+            .ok()?;
+        let istat0 = crate::protocol::mpqemu::MirroredRegister {
+            offset: u64::from(ISTAT0),
+            size: 1,
+            page_offset: MIRROR_ISTAT0,
+        };
+        Some((vec![istat0], file))
     }
     fn summary(&self) -> Option<String> {
         let s = self.bus.stats;
@@ -1113,6 +1174,9 @@ mod tests {
             l.service_background();
         }
         assert!(l.waiting_reselect, "idle again after the INTFLY");
+        // The mirror had INTF before the line rose, so the VMM's copy of
+        // ISTAT agrees with the interrupt.
+        assert_ne!(mirrored_istat0(&l) & ISTAT0_INTF, 0);
         assert_ne!(read8(&mut l, ISTAT0) & ISTAT0_INTF, 0);
         let mut block = [0u8; 512];
         ram.memory
@@ -1126,8 +1190,38 @@ mod tests {
         assert_eq!(&resel[..3], &[0x80, 0x20, 0x05]);
         // The handler writes INTF back to clear it; the line drops.
         l.bar_write(BAR_MMIO as u8, u64::from(ISTAT0), &[ISTAT0_INTF]);
-        assert_eq!(read8(&mut l, ISTAT0) & ISTAT0_INTF, 0);
+        assert_eq!(mirrored_istat0(&l), read8(&mut l, ISTAT0));
+        assert_eq!(mirrored_istat0(&l) & ISTAT0_INTF, 0);
         assert!(!l.irq_level);
         std::fs::remove_file(path).unwrap();
+    }
+
+    /// ISTAT0 as the VMM would read it from the mirror page.
+    fn mirrored_istat0(l: &Lsi53c895a) -> u8 {
+        use std::os::unix::fs::FileExt;
+        let (registers, page) = l.register_mirror(BAR_MMIO as u8).unwrap();
+        assert_eq!(
+            (registers[0].offset, registers[0].size),
+            (u64::from(ISTAT0), 1)
+        );
+        let mut byte = [0u8; 1];
+        page.read_exact_at(&mut byte, u64::from(registers[0].page_offset))
+            .unwrap();
+        byte[0]
+    }
+
+    #[test]
+    fn istat_is_mirrored_only_where_register_writes_are_waited() {
+        let (mut l, _ram) = lsi(vec![]);
+        assert!(l.register_mirror(BAR_IO as u8).is_some());
+        assert!(l.register_mirror(BAR_RAM as u8).is_none());
+        l.bar_write(BAR_MMIO as u8, u64::from(ISTAT0), &[ISTAT0_SEM]);
+        assert_eq!(mirrored_istat0(&l), ISTAT0_SEM);
+        l.set_posted_register_writes(true);
+        assert!(l.register_mirror(BAR_MMIO as u8).is_none());
+        assert!(
+            l.register_mirror(BAR_IO as u8).is_some(),
+            "port writes are never posted"
+        );
     }
 }

@@ -40,6 +40,17 @@ const SUB_REGION_SIZE: usize = 40;
 const SUB_REGION_IOREGIONFD: u32 = 1;
 /// Sub-region flag: writes are posted (no response record).
 pub const SUB_REGION_POSTED_WRITES: u32 = 1;
+/// Our extension: which registers of a BAR the remote mirrors in a shared
+/// page, so that the VMM can answer reads of them without a round trip.
+/// Only sent to remotes of our own dialect.
+pub const CMD_REGISTER_MIRROR: i32 = 66;
+/// The answer: register records plus the page's memfd (none without records).
+pub const CMD_REGISTER_MIRROR_REPLY: i32 = 67;
+/// Registers one reply can name (16 bytes each after an 8-byte count).
+pub const MAX_MIRRORED_REGISTERS: usize = 8;
+const MIRRORED_REGISTER_SIZE: usize = 16;
+/// The mirror page's size; every register lies inside it.
+pub const MIRROR_PAGE_SIZE: u64 = 4096;
 
 const PCI_CONF_SIZE: usize = 12;
 const BAR_ACCESS_SIZE: usize = 24;
@@ -70,6 +81,10 @@ pub enum DecodeError {
         "ioregion sub-region {index} is malformed (empty, wrapping, unknown type or flags, or a bad fd index)"
     )]
     BadSubRegion { index: usize },
+    #[error(
+        "mirrored register {index} is malformed (size not 1, 2, 4 or 8, wrapping, or outside the page)"
+    )]
+    BadMirroredRegister { index: usize },
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -128,6 +143,25 @@ pub enum Message {
         regions: Vec<SubRegion>,
         fds: Vec<File>,
     },
+    /// Asks which registers of BAR `bar` the remote mirrors.
+    RegisterMirrorQuery {
+        bar: u32,
+    },
+    /// The answer: the registers, and the page's memfd if there are any.
+    RegisterMirror {
+        registers: Vec<MirroredRegister>,
+        fds: Vec<File>,
+    },
+}
+
+/// A register whose current value the remote keeps at `page_offset` of its
+/// mirror page. Reading it has no side effect, so a copy will do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MirroredRegister {
+    /// From the start of the BAR.
+    pub offset: u64,
+    pub size: u32,
+    pub page_offset: u32,
 }
 
 /// One range of a BAR served over ioregionfd.
@@ -188,6 +222,8 @@ impl Message {
             Message::BarInfo { .. } => CMD_BAR_INFO,
             Message::RegionIoFdsQuery { .. } => CMD_REGION_IO_FDS,
             Message::RegionIoFds { .. } => CMD_REGION_IO_FDS_REPLY,
+            Message::RegisterMirrorQuery { .. } => CMD_REGISTER_MIRROR,
+            Message::RegisterMirror { .. } => CMD_REGISTER_MIRROR_REPLY,
         }
     }
 
@@ -237,6 +273,18 @@ impl Message {
                     p.extend_from_slice(&r.flags.to_ne_bytes());
                     p.extend_from_slice(&[0; 4]);
                     p.extend_from_slice(&r.user_data.to_ne_bytes());
+                }
+                (p, fds.iter().collect())
+            }
+            Message::RegisterMirrorQuery { bar } => ([bar.to_ne_bytes(), [0; 4]].concat(), vec![]),
+            Message::RegisterMirror { registers, fds } => {
+                let mut p = Vec::with_capacity(8 + registers.len() * MIRRORED_REGISTER_SIZE);
+                p.extend_from_slice(&(registers.len() as u32).to_ne_bytes());
+                p.extend_from_slice(&[0; 4]);
+                for r in registers {
+                    p.extend_from_slice(&r.offset.to_ne_bytes());
+                    p.extend_from_slice(&r.size.to_ne_bytes());
+                    p.extend_from_slice(&r.page_offset.to_ne_bytes());
                 }
                 (p, fds.iter().collect())
             }
@@ -411,6 +459,44 @@ impl Message {
                     .collect::<Result<Vec<_>, _>>()?;
                 Ok(Message::RegionIoFds { regions, fds })
             }
+            CMD_REGISTER_MIRROR => {
+                want_size(8, "8")?;
+                want_fds(0, "none")?;
+                Ok(Message::RegisterMirrorQuery { bar: u32_at(0) })
+            }
+            CMD_REGISTER_MIRROR_REPLY => {
+                let count = if payload.len() >= 8 {
+                    u32_at(0) as usize
+                } else {
+                    usize::MAX
+                };
+                if count > MAX_MIRRORED_REGISTERS
+                    || payload.len() != 8 + count * MIRRORED_REGISTER_SIZE
+                {
+                    return Err(DecodeError::BadSize {
+                        cmd,
+                        size,
+                        expected: "8 + 16 per register, at most 8",
+                    });
+                }
+                want_fds(usize::from(count > 0), "one with registers, none without")?;
+                let registers = (0..count)
+                    .map(|i| {
+                        let o = 8 + i * MIRRORED_REGISTER_SIZE;
+                        let r = MirroredRegister {
+                            offset: u64_at(o),
+                            size: u32_at(o + 8),
+                            page_offset: u32_at(o + 12),
+                        };
+                        let ok = matches!(r.size, 1 | 2 | 4 | 8)
+                            && r.offset.checked_add(u64::from(r.size)).is_some()
+                            && u64::from(r.page_offset) + u64::from(r.size) <= MIRROR_PAGE_SIZE;
+                        ok.then_some(r)
+                            .ok_or(DecodeError::BadMirroredRegister { index: i })
+                    })
+                    .collect::<Result<Vec<_>, _>>()?;
+                Ok(Message::RegisterMirror { registers, fds })
+            }
             other => Err(DecodeError::UnknownCommand(other)),
         }
     }
@@ -421,8 +507,7 @@ pub fn parse_header(bytes: &[u8; HEADER_SIZE]) -> Result<(i32, usize), DecodeErr
     let cmd = i32::from_ne_bytes(bytes[0..4].try_into().expect("4 bytes"));
     let size = u64::from_ne_bytes(bytes[8..16].try_into().expect("8 bytes"));
     if !(0..=CMD_BAR_INFO).contains(&cmd)
-        && cmd != CMD_REGION_IO_FDS
-        && cmd != CMD_REGION_IO_FDS_REPLY
+        && !(CMD_REGION_IO_FDS..=CMD_REGISTER_MIRROR_REPLY).contains(&cmd)
     {
         return Err(DecodeError::UnknownCommand(cmd));
     }
@@ -540,6 +625,55 @@ mod tests {
         bad[28] = 2;
         assert!(Message::decode(65, &bad, vec![file()]).is_err());
         assert!(Message::decode(65, &[9, 0, 0, 0, 0, 0, 0, 0], vec![]).is_err());
+    }
+
+    #[test]
+    fn register_mirror_layout_and_validation() {
+        let enc = Message::RegisterMirrorQuery { bar: 1 }.encode();
+        assert_eq!(&enc.bytes[..4], &66i32.to_le_bytes());
+        assert_eq!(&enc.bytes[16..], &[1, 0, 0, 0, 0, 0, 0, 0]);
+        let istat = MirroredRegister {
+            offset: 0x14,
+            size: 1,
+            page_offset: 0x40,
+        };
+        let reply = Message::RegisterMirror {
+            registers: vec![istat],
+            fds: vec![file()],
+        };
+        let enc = reply.encode();
+        assert_eq!(enc.bytes.len(), 16 + 8 + 16);
+        let p = &enc.bytes[16..];
+        assert_eq!(&p[..8], &[1, 0, 0, 0, 0, 0, 0, 0]);
+        assert_eq!(&p[8..16], &0x14u64.to_le_bytes());
+        assert_eq!(&p[16..20], &1u32.to_le_bytes());
+        assert_eq!(&p[20..24], &0x40u32.to_le_bytes());
+        match Message::decode(67, p, vec![file()]).unwrap() {
+            Message::RegisterMirror { registers, fds } => {
+                assert_eq!(registers, vec![istat]);
+                assert_eq!(fds.len(), 1);
+            }
+            other => panic!("{other:?}"),
+        }
+        // No registers, no page.
+        assert!(matches!(
+            Message::decode(67, &[0; 8], vec![]).unwrap(),
+            Message::RegisterMirror { registers, .. } if registers.is_empty()
+        ));
+        assert!(Message::decode(67, &[0; 8], vec![file()]).is_err());
+        // Registers without their page; a size of 3; one past the page.
+        assert!(Message::decode(67, p, vec![]).is_err());
+        let mut bad = p.to_vec();
+        bad[16] = 3;
+        assert!(Message::decode(67, &bad, vec![file()]).is_err());
+        let mut bad = p.to_vec();
+        bad[20..24].copy_from_slice(&4096u32.to_le_bytes());
+        assert!(Message::decode(67, &bad, vec![file()]).is_err());
+        let mut hdr = [0u8; 16];
+        hdr[0] = 67;
+        assert!(parse_header(&hdr).is_ok());
+        hdr[0] = 68;
+        assert!(parse_header(&hdr).is_err());
     }
 
     #[test]

@@ -104,6 +104,8 @@ pub struct ProxyOptions {
     pub vcpus: usize,
     /// Watches the ranges with posted writes; None in tests that do not.
     pub watchdog: Option<Arc<PostedWriteWatchdog>>,
+    /// Use the remote's register mirror, if it offers one.
+    pub register_mirror: bool,
 }
 
 pub struct ProxyDevice {
@@ -232,6 +234,7 @@ fn fast_paths(
                 stats,
                 failed,
                 watchdog: options.watchdog.as_deref(),
+                register_mirror: options.register_mirror,
             },
         )
         .map_err(|source| ProxyError::IoRegion {
@@ -544,6 +547,8 @@ mod tests {
         resets: u32,
         /// The command register when the interrupt was last wired.
         wired_at_command: Option<u32>,
+        /// Mirrors BAR1's byte 0x14 and claims it at this offset of BAR1.
+        mirror: Option<(crate::remote::RegisterMirror, u64)>,
     }
 
     impl RemoteDevice for Scratch {
@@ -560,6 +565,24 @@ mod tests {
         fn bar_write(&mut self, _bar: u8, offset: u64, data: &[u8]) {
             let o = offset as usize;
             self.regs[o..o + data.len()].copy_from_slice(data);
+            if let Some((mirror, _)) = &self.mirror {
+                mirror.set(0, self.regs[0x14]);
+            }
+        }
+        fn register_mirror(
+            &self,
+            bar: u8,
+        ) -> Option<(
+            Vec<crate::protocol::mpqemu::MirroredRegister>,
+            std::fs::File,
+        )> {
+            let (mirror, claimed_at) = self.mirror.as_ref().filter(|_| bar == 1)?;
+            let register = crate::protocol::mpqemu::MirroredRegister {
+                offset: *claimed_at,
+                size: 1,
+                page_offset: 0,
+            };
+            Some((vec![register], mirror.file().unwrap()))
         }
         fn reset(&mut self) {
             self.resets += 1;
@@ -607,6 +630,7 @@ mod tests {
             regs: [0; 1024],
             resets: 0,
             wired_at_command: None,
+            mirror: None,
         }))
     }
 
@@ -641,6 +665,7 @@ mod tests {
                 ioregion,
                 vcpus: 2,
                 watchdog: None,
+                register_mirror: true,
             },
         )
         .unwrap();
@@ -795,6 +820,69 @@ mod tests {
         assert_eq!(get(&stats.errors), 0);
     }
 
+    /// A mirrored register's reads are answered in the VMM, from the page
+    /// the remote updated before it answered the write.
+    #[test]
+    fn mirrored_register_reads_stay_in_the_vmm() {
+        use crate::bus::SharedBusDevice;
+        use std::sync::atomic::Ordering;
+        let dev = scratch(256);
+        dev.lock().unwrap().mirror = Some((crate::remote::RegisterMirror::new().unwrap(), 0x14));
+        let (proxy, _, _) = connect_with(dev.clone(), Some(Dispatch::Userspace));
+        let stats = proxy.stats();
+        let waited = proxy.fast_paths[&1][0].clone();
+        let get = |c: &std::sync::atomic::AtomicU64| c.load(Ordering::Relaxed);
+        for value in [0x04u8, 0x0c, 0] {
+            waited.write(0x14, &[value]);
+            let mut byte = [0xffu8];
+            waited.read(0x14, &mut byte);
+            assert_eq!(byte, [value]);
+        }
+        assert_eq!(get(&stats.mirror_reads), 3);
+        assert_eq!(get(&stats.ioregion_reads), 0);
+        // Other registers and other sizes still ask the remote.
+        let mut word = [0u8; 2];
+        waited.read(0x14, &mut word);
+        waited.read(0x15, &mut word[..1]);
+        assert_eq!(get(&stats.ioregion_reads), 2);
+    }
+
+    /// A remote that claims a mirror for a register with posted writes
+    /// (or outside its ranges) is refused at connect.
+    #[test]
+    fn a_mirror_over_posted_writes_is_refused() {
+        for claimed_at in [0x210, 0x150] {
+            let dev = scratch(256);
+            dev.lock().unwrap().mirror =
+                Some((crate::remote::RegisterMirror::new().unwrap(), claimed_at));
+            let (a, b) = UnixStream::pair().unwrap();
+            let remote: Arc<Mutex<dyn RemoteDevice>> = dev;
+            std::thread::spawn(move || {
+                let _ = server::serve(Channel::new(b), remote);
+            });
+            let ram = GuestRam::new(64 << 20).unwrap();
+            let refused = ProxyDevice::connect(
+                "liar".into(),
+                Channel::new(a),
+                &ram,
+                &no_kvm,
+                16,
+                FailFlag::default(),
+                &ProxyOptions {
+                    dialect: Dialect::Vmm,
+                    ioregion: Some(Dispatch::Userspace),
+                    vcpus: 1,
+                    watchdog: None,
+                    register_mirror: true,
+                },
+            );
+            let Err(e) = refused else {
+                panic!("a mirror at {claimed_at:#x} was accepted")
+            };
+            assert!(e.to_string().contains("mirrored register"), "{e}");
+        }
+    }
+
     #[test]
     fn a_dead_remotes_registers_read_zero_and_its_config_space_all_ones() {
         let dev = scratch(256);
@@ -928,6 +1016,7 @@ mod tests {
                 ioregion: None,
                 vcpus: 1,
                 watchdog: None,
+                register_mirror: true,
             },
         )
         .err()

@@ -18,6 +18,7 @@ use std::time::Instant;
 use kvm_ioctls::VmFd;
 
 use super::device::{CUT_OFF_NOTE, CUT_OFF_REGISTERS, FailFlag};
+use super::mirror::{BarMirror, MirrorError, MirrorPage, RangeMirror, check_registers};
 use super::stats::{DeviceStats, bump};
 use super::watchdog::PostedWriteWatchdog;
 use crate::bus::SharedBusDevice;
@@ -57,6 +58,14 @@ pub enum IoRegionError {
     Inconsistent { bar: usize, vcpu: usize },
     #[error("BAR{bar}: a region fd is not a SOCK_SEQPACKET socket")]
     NotSeqpacket { bar: usize },
+    #[error("BAR{bar}: expected a register-mirror reply, got command {cmd}")]
+    UnexpectedMirrorReply { bar: usize, cmd: i32 },
+    #[error("BAR{bar}: {source}")]
+    Mirror {
+        bar: usize,
+        #[source]
+        source: MirrorError,
+    },
 }
 
 /// One BAR range served over ioregion fds.
@@ -76,6 +85,8 @@ pub struct IoRegionPath {
     failed: FailFlag,
     /// One per fd: how long its posted writes have gone untaken.
     stalls: Mutex<Vec<StallClock>>,
+    /// Registers whose reads the remote's mirror page answers.
+    mirror: Option<RangeMirror>,
 }
 
 impl IoRegionPath {
@@ -134,6 +145,12 @@ impl SharedBusDevice for IoRegionPath {
     fn read(&self, offset: u64, data: &mut [u8]) {
         if self.failed.is_failed() {
             data.fill(CUT_OFF_REGISTERS);
+            return;
+        }
+        if let Some(mirror) = &self.mirror
+            && mirror.read(offset, data)
+        {
+            bump(&self.stats.mirror_reads);
             return;
         }
         match self.fd().read(offset, data) {
@@ -222,6 +239,8 @@ pub struct Negotiation<'a> {
     pub failed: &'a FailFlag,
     /// Looks after the ranges with posted writes.
     pub watchdog: Option<&'a PostedWriteWatchdog>,
+    /// Ask for the remote's register mirror.
+    pub register_mirror: bool,
 }
 
 /// Asks the remote for each BAR's ioregion ranges, one fd per vCPU, and
@@ -272,6 +291,12 @@ pub fn negotiate(
             }
         }
         let Some(layout) = layout else { continue };
+        let mirror = match n.dispatch {
+            Dispatch::Userspace if n.register_mirror => ask_for_mirror(channel, bar, &layout)?,
+            Dispatch::Userspace => None,
+            // KVM serves the ranges itself; no read reaches us.
+            Dispatch::Kernel(_) => None,
+        };
         let mut bar_paths = Vec::new();
         for (r, fds) in layout.iter().zip(fds_by_region) {
             let kernel = match n.dispatch {
@@ -312,6 +337,7 @@ pub fn negotiate(
                 stats: n.stats.clone(),
                 failed: n.failed.clone(),
                 stalls: Mutex::new(stalls),
+                mirror: mirror.as_ref().and_then(|m| m.range(r.offset, r.size)),
             });
             if path.posted
                 && let Some(watchdog) = n.watchdog
@@ -333,6 +359,41 @@ pub fn negotiate(
         }
     }
     Ok(paths)
+}
+
+/// Asks which registers of BAR `bar` the remote mirrors, and maps its page
+/// if it names any. They must lie in `layout`'s ranges with waited writes.
+fn ask_for_mirror(
+    channel: &mut Channel,
+    bar: usize,
+    layout: &[SubRegion],
+) -> Result<Option<BarMirror>, IoRegionError> {
+    let reply = channel
+        .exchange(&Message::RegisterMirrorQuery { bar: bar as u32 })
+        .map_err(|source| IoRegionError::Channel { bar, source })?;
+    let (registers, fds) = match reply {
+        Message::RegisterMirror { registers, fds } => (registers, fds),
+        other => {
+            return Err(IoRegionError::UnexpectedMirrorReply {
+                bar,
+                cmd: other.command(),
+            });
+        }
+    };
+    let Some(file) = fds.first() else {
+        return Ok(None);
+    };
+    let mirror_err = |source| IoRegionError::Mirror { bar, source };
+    let ranges: Vec<(u64, u64, bool)> = layout
+        .iter()
+        .map(|r| (r.offset, r.size, r.flags & SUB_REGION_POSTED_WRITES != 0))
+        .collect();
+    check_registers(&registers, &ranges).map_err(mirror_err)?;
+    let page = MirrorPage::map(file).map_err(mirror_err)?;
+    Ok(Some(BarMirror {
+        page: Arc::new(page),
+        registers,
+    }))
 }
 
 /// Sorted `regions` must lie inside a BAR of `bar_size` bytes, not overlap,

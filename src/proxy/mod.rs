@@ -3,6 +3,7 @@
 
 pub mod device;
 pub mod ioregion;
+pub mod mirror;
 pub mod remote;
 pub mod spec;
 pub mod stats;

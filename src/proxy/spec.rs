@@ -57,6 +57,9 @@ pub struct RemoteDevSpec {
     pub ioregionfd: IoRegionMode,
     /// Spawn the remote again when it dies (only for remotes we spawn).
     pub restart: bool,
+    /// Answer reads of the registers the remote mirrors from its page
+    /// (`register-mirror=off` asks the remote every time, for comparison).
+    pub register_mirror: bool,
 }
 
 fn on_off(key: &str, value: &str) -> Result<bool, String> {
@@ -81,6 +84,7 @@ impl FromStr for RemoteDevSpec {
         let mut restart = false;
         let mut user = None;
         let mut posted_register_writes = false;
+        let mut register_mirror = true;
         for (i, item) in text.split(',').filter(|s| !s.is_empty()).enumerate() {
             if i == 0 && item == "lsi" {
                 lsi = true;
@@ -140,6 +144,7 @@ impl FromStr for RemoteDevSpec {
                     user = Some(value.to_string())
                 }
                 "restart" => restart = on_off(key, value)?,
+                "register-mirror" => register_mirror = on_off(key, value)?,
                 "register-writes" if lsi => {
                     posted_register_writes = match value {
                         "posted" => true,
@@ -184,11 +189,15 @@ impl FromStr for RemoteDevSpec {
                 return Err("ioregionfd= needs a remote of our own (lsi or proto=vmm)".into());
             }
         };
+        if !register_mirror && dialect == Dialect::Qemu {
+            return Err("register-mirror= needs a remote of our own (lsi or proto=vmm)".into());
+        }
         Ok(RemoteDevSpec {
             endpoint,
             dialect,
             ioregionfd,
             restart,
+            register_mirror,
         })
     }
 }
@@ -259,6 +268,17 @@ mod tests {
         let err = |t: &str| t.parse::<RemoteDevSpec>().unwrap_err();
         assert!(err("socket=x,ioregionfd=auto").contains("our own"));
         assert!(err("lsi,ioregionfd=fast").contains("ioregionfd=fast"));
+    }
+
+    #[test]
+    fn the_register_mirror_is_on_unless_turned_off() {
+        let mirror = |t: &str| t.parse::<RemoteDevSpec>().unwrap().register_mirror;
+        assert!(mirror("lsi"));
+        assert!(!mirror("lsi,register-mirror=off"));
+        assert!(!mirror("socket=x,proto=vmm,register-mirror=off"));
+        let err = |t: &str| t.parse::<RemoteDevSpec>().unwrap_err();
+        assert!(err("socket=x,register-mirror=off").contains("our own"));
+        assert!(err("lsi,register-mirror=later").contains("register-mirror=later"));
     }
 
     #[test]

@@ -11,6 +11,8 @@ pub struct DeviceStats {
     pub ioregion_writes: AtomicU64,
     /// Of `ioregion_writes`, those that did not wait for the device.
     pub posted_writes: AtomicU64,
+    /// Reads answered from the remote's register mirror page.
+    pub mirror_reads: AtomicU64,
     pub errors: AtomicU64,
     /// Ranges KVM serves itself (kernel path): their accesses never reach
     /// us, so they cannot be counted here.
@@ -27,12 +29,13 @@ impl DeviceStats {
         let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
         let mut line = format!(
             "remote {name}: BAR accesses over messages {} reads / {} writes, over ioregion fds \
-             {} reads / {} writes ({} posted), {} errors",
+             {} reads / {} writes ({} posted), {} reads from the register mirror, {} errors",
             get(&self.message_reads),
             get(&self.message_writes),
             get(&self.ioregion_reads),
             get(&self.ioregion_writes),
             get(&self.posted_writes),
+            get(&self.mirror_reads),
             get(&self.errors),
         );
         let kernel = get(&self.kernel_regions);
@@ -56,10 +59,11 @@ mod tests {
         bump(&s.ioregion_writes);
         bump(&s.ioregion_writes);
         bump(&s.posted_writes);
+        bump(&s.mirror_reads);
         assert_eq!(
             s.line("#0"),
             "remote #0: BAR accesses over messages 1 reads / 0 writes, over ioregion fds \
-             0 reads / 2 writes (1 posted), 0 errors"
+             0 reads / 2 writes (1 posted), 1 reads from the register mirror, 0 errors"
         );
     }
 }

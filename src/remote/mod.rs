@@ -6,6 +6,7 @@ pub mod cli;
 pub mod ioregions;
 pub mod irq;
 pub mod memory;
+pub mod mirror;
 pub mod sandbox;
 pub mod server;
 pub mod user;
@@ -15,6 +16,7 @@ use crate::pci::ConfigSpace;
 pub use ioregions::IoRegionSpec;
 pub use irq::{InterruptLine, SharedIrq};
 pub use memory::RemoteMemory;
+pub use mirror::RegisterMirror;
 
 /// A PCI device model living in a remote process.
 pub trait RemoteDevice: Send {
@@ -37,6 +39,19 @@ pub trait RemoteDevice: Send {
     /// Ranges of BAR `bar` to serve over ioregionfd rather than messages.
     fn ioregions(&self, _bar: u8) -> Vec<IoRegionSpec> {
         Vec::new()
+    }
+    /// Registers of BAR `bar` whose values the device keeps in a mirror
+    /// page, with the page's memfd. Only registers whose reads have no
+    /// side effect and whose writes the VMM waits for may be named: the
+    /// VMM answers reads of them from the page.
+    fn register_mirror(
+        &self,
+        _bar: u8,
+    ) -> Option<(
+        Vec<crate::protocol::mpqemu::MirroredRegister>,
+        std::fs::File,
+    )> {
+        None
     }
     /// One line on what the device did, logged when the remote exits.
     fn summary(&self) -> Option<String> {

@@ -108,6 +108,9 @@ fn allowed() -> Result<Rules, SandboxError> {
         (libc::SYS_close, any()),
         // The logger asks whether stderr is a terminal (isatty) per line.
         (libc::SYS_ioctl, arg_eq(1, libc::TCGETS)?),
+        // A copy of the register mirror's memfd for the VMM (a dup grants
+        // nothing new).
+        (libc::SYS_fcntl, arg_eq(1, libc::F_DUPFD_CLOEXEC as u64)?),
         // New ioregion fds; only pairs, never a socket to elsewhere.
         (libc::SYS_socketpair, arg_eq(0, libc::AF_UNIX as u64)?),
         // Disk I/O.

@@ -71,6 +71,16 @@ pub fn handle(
         return Ok(Some(Message::RegionIoFds { regions, fds }));
     }
     let mut dev = device.lock().expect("device lock poisoned");
+    if let Message::RegisterMirrorQuery { bar } = msg {
+        let mirror = u8::try_from(bar)
+            .ok()
+            .and_then(|bar| dev.register_mirror(bar));
+        let (registers, fds) = match mirror {
+            Some((registers, file)) => (registers, vec![file]),
+            None => (vec![], vec![]),
+        };
+        return Ok(Some(Message::RegisterMirror { registers, fds }));
+    }
     Ok(match msg {
         Message::SyncSysmem { regions, fds } => {
             dev.set_memory(RemoteMemory::map(&regions, fds)?);
@@ -127,8 +137,12 @@ pub fn handle(
         // No BAR is served over ioregionfd (yet): the answer QEMU's RFC
         // defines for "use the message path".
         Message::BarInfo { .. } => Some(Message::Ret(Some(RET_ERROR))),
-        Message::Ret(_) | Message::RegionIoFds { .. } => return Err(ServerError::UnexpectedRet),
-        Message::RegionIoFdsQuery { .. } => unreachable!("answered above"),
+        Message::Ret(_) | Message::RegionIoFds { .. } | Message::RegisterMirror { .. } => {
+            return Err(ServerError::UnexpectedRet);
+        }
+        Message::RegionIoFdsQuery { .. } | Message::RegisterMirrorQuery { .. } => {
+            unreachable!("answered above")
+        }
     })
 }
 

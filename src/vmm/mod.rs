@@ -285,6 +285,7 @@ fn add_remote_devices(
                 ioregion: dispatch[index].clone(),
                 vcpus,
                 watchdog: Some(watchdog.clone()),
+                register_mirror: spec.register_mirror,
             },
         ) {
             Ok(d) => d,

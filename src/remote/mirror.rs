@@ -1,0 +1,118 @@
+//! The remote's side of the register mirror: a page of shared memory where
+//! the device keeps the current value of registers that are read often and
+//! have no read side effect. The VMM maps the same page read-only and
+//! answers the guest's reads of those registers from it, saving a round
+//! trip to this process (see `proxy::mirror`).
+//!
+//! The page is a memfd sealed against resizing, so the VMM can map it
+//! without fearing a SIGBUS from a remote that truncates it later.
+
+use std::fs::File;
+use std::os::fd::{AsRawFd, FromRawFd};
+use std::sync::atomic::{AtomicU8, Ordering};
+
+use crate::protocol::mpqemu::MIRROR_PAGE_SIZE;
+
+#[derive(Debug, thiserror::Error)]
+pub enum MirrorError {
+    #[error("creating the mirror page: {0}")]
+    Create(#[source] std::io::Error),
+    #[error("sizing or sealing the mirror page: {0}")]
+    Seal(#[source] std::io::Error),
+    #[error("mapping the mirror page: {0}")]
+    Map(#[source] std::io::Error),
+}
+
+/// One mirror page, writable here.
+pub struct RegisterMirror {
+    file: File,
+    page: *mut u8,
+}
+
+// SAFETY: the page is only ever accessed through atomics.
+unsafe impl Send for RegisterMirror {}
+unsafe impl Sync for RegisterMirror {}
+
+impl RegisterMirror {
+    pub fn new() -> Result<Self, MirrorError> {
+        let last = || std::io::Error::last_os_error();
+        // SAFETY: memfd_create with a NUL-terminated name.
+        let fd = unsafe {
+            libc::memfd_create(
+                c"vmm-register-mirror".as_ptr(),
+                libc::MFD_CLOEXEC | libc::MFD_ALLOW_SEALING,
+            )
+        };
+        if fd < 0 {
+            return Err(MirrorError::Create(last()));
+        }
+        // SAFETY: a new fd that nothing else owns.
+        let file = unsafe { File::from_raw_fd(fd) };
+        file.set_len(MIRROR_PAGE_SIZE).map_err(MirrorError::Seal)?;
+        let seals = libc::F_SEAL_SHRINK | libc::F_SEAL_GROW | libc::F_SEAL_SEAL;
+        // SAFETY: fcntl on our own fd.
+        if unsafe { libc::fcntl(file.as_raw_fd(), libc::F_ADD_SEALS, seals) } < 0 {
+            return Err(MirrorError::Seal(last()));
+        }
+        // SAFETY: a fresh shared mapping of a file we sized above.
+        let page = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                MIRROR_PAGE_SIZE as usize,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_SHARED,
+                file.as_raw_fd(),
+                0,
+            )
+        };
+        if page == libc::MAP_FAILED {
+            return Err(MirrorError::Map(last()));
+        }
+        Ok(RegisterMirror {
+            file,
+            page: page.cast(),
+        })
+    }
+
+    /// The memfd, to send to the VMM.
+    pub fn file(&self) -> std::io::Result<File> {
+        self.file.try_clone()
+    }
+
+    /// Publishes one byte. Callers publish before anything that lets the
+    /// guest see the change another way (a reply, an interrupt).
+    pub fn set(&self, page_offset: usize, value: u8) {
+        assert!(page_offset < MIRROR_PAGE_SIZE as usize);
+        // SAFETY: inside the mapping, which lives as long as `self`; u8
+        // atomics have no alignment needs.
+        let cell = unsafe { AtomicU8::from_ptr(self.page.add(page_offset)) };
+        cell.store(value, Ordering::Release);
+    }
+}
+
+impl Drop for RegisterMirror {
+    fn drop(&mut self) {
+        // SAFETY: the mapping made in `new`, unmapped once.
+        unsafe { libc::munmap(self.page.cast(), MIRROR_PAGE_SIZE as usize) };
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::FileExt;
+
+    #[test]
+    fn the_page_is_sealed_and_shows_what_was_set() {
+        let mirror = RegisterMirror::new().unwrap();
+        mirror.set(0x14, 0x04);
+        let file = mirror.file().unwrap();
+        let mut byte = [0u8; 1];
+        file.read_exact_at(&mut byte, 0x14).unwrap();
+        assert_eq!(byte, [0x04]);
+        assert!(file.set_len(0).is_err(), "it cannot shrink");
+        // SAFETY: fcntl on our own fd.
+        let seals = unsafe { libc::fcntl(file.as_raw_fd(), libc::F_GET_SEALS) };
+        assert_ne!(seals & libc::F_SEAL_SHRINK, 0);
+    }
+}
