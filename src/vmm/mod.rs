@@ -256,6 +256,9 @@ fn add_remote_devices(
         vm.register_irqfd_with_resample(irqfd, resamplefd, gsi)
     };
     let mut plugged: Vec<PluggedRemote> = Vec::new();
+    if specs.is_empty() {
+        return Ok(plugged);
+    }
     let watchdog =
         PostedWriteWatchdog::start().map_err(io_err("start the posted-write watchdog"))?;
     for (index, spec) in specs.iter().enumerate() {
