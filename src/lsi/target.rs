@@ -54,6 +54,9 @@ enum Leave {
     Bus,
 }
 
+/// The most DATA OUT room taken up front, whatever the CDB says.
+const MAX_DATA_OUT_RESERVE: usize = 1 << 20;
+
 /// DATA IN bytes waiting for the initiator's block moves. A 128 KiB read
 /// leaves in 32 moves; taking each as a slice copy is a memcpy, where
 /// draining a VecDeque moved the bytes one at a time (121 us against 14 us
@@ -366,6 +369,10 @@ impl ScsiBus {
                 match cmd.direction(crate::scsi::disk::BLOCK_SIZE) {
                     DataDirection::ToDevice(len) if len > 0 => {
                         c.data_out_len = len as usize;
+                        // Room for the data at once instead of five
+                        // regrowths for 128 KiB; capped, since the length
+                        // is the guest's word.
+                        c.data_out.reserve(c.data_out_len.min(MAX_DATA_OUT_RESERVE));
                         c.phase = PHASE_DATA_OUT;
                     }
                     _ => self.start(),
