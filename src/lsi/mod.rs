@@ -668,13 +668,7 @@ impl RemoteDevice for Lsi53c895a {
     /// when its writes are waited, in BAR1. With posted writes the VMM
     /// could answer a read before an INTF-clearing write it has not yet
     /// delivered.
-    fn register_mirror(
-        &self,
-        bar: u8,
-    ) -> Option<(
-        Vec<crate::protocol::mpqemu::MirroredRegister>,
-        std::fs::File,
-    )> {
+    fn register_mirror(&self, bar: u8) -> Option<crate::remote::MirrorOffer> {
         let mirror = self.mirror.as_ref()?;
         let mirrored = match usize::from(bar) {
             BAR_IO => true,
@@ -684,7 +678,7 @@ impl RemoteDevice for Lsi53c895a {
         if !mirrored {
             return None;
         }
-        let file = mirror
+        let page = mirror
             .file()
             .inspect_err(|e| log::warn!("cannot share the register mirror: {e}"))
             .ok()?;
@@ -693,7 +687,10 @@ impl RemoteDevice for Lsi53c895a {
             size: 1,
             page_offset: MIRROR_ISTAT0,
         };
-        Some((vec![istat0], file))
+        Some(crate::remote::MirrorOffer {
+            registers: vec![istat0],
+            page,
+        })
     }
     fn summary(&self) -> Option<String> {
         let s = self.bus.stats;
@@ -1199,13 +1196,13 @@ mod tests {
     /// ISTAT0 as the VMM would read it from the mirror page.
     fn mirrored_istat0(l: &Lsi53c895a) -> u8 {
         use std::os::unix::fs::FileExt;
-        let (registers, page) = l.register_mirror(BAR_MMIO as u8).unwrap();
-        assert_eq!(
-            (registers[0].offset, registers[0].size),
-            (u64::from(ISTAT0), 1)
-        );
+        let offer = l.register_mirror(BAR_MMIO as u8).unwrap();
+        let istat0 = offer.registers[0];
+        assert_eq!((istat0.offset, istat0.size), (u64::from(ISTAT0), 1));
         let mut byte = [0u8; 1];
-        page.read_exact_at(&mut byte, u64::from(registers[0].page_offset))
+        offer
+            .page
+            .read_exact_at(&mut byte, u64::from(istat0.page_offset))
             .unwrap();
         byte[0]
     }

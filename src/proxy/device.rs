@@ -569,20 +569,17 @@ mod tests {
                 mirror.set(0, self.regs[0x14]);
             }
         }
-        fn register_mirror(
-            &self,
-            bar: u8,
-        ) -> Option<(
-            Vec<crate::protocol::mpqemu::MirroredRegister>,
-            std::fs::File,
-        )> {
+        fn register_mirror(&self, bar: u8) -> Option<crate::remote::MirrorOffer> {
             let (mirror, claimed_at) = self.mirror.as_ref().filter(|_| bar == 1)?;
             let register = crate::protocol::mpqemu::MirroredRegister {
                 offset: *claimed_at,
                 size: 1,
                 page_offset: 0,
             };
-            Some((vec![register], mirror.file().unwrap()))
+            Some(crate::remote::MirrorOffer {
+                registers: vec![register],
+                page: mirror.file().unwrap(),
+            })
         }
         fn reset(&mut self) {
             self.resets += 1;
@@ -646,6 +643,13 @@ mod tests {
         dev: Arc<Mutex<Scratch>>,
         ioregion: Option<Dispatch>,
     ) -> (ProxyDevice, FailFlag, std::thread::JoinHandle<()>) {
+        try_connect_with(dev, ioregion).unwrap()
+    }
+
+    fn try_connect_with(
+        dev: Arc<Mutex<Scratch>>,
+        ioregion: Option<Dispatch>,
+    ) -> Result<(ProxyDevice, FailFlag, std::thread::JoinHandle<()>), ProxyError> {
         let (a, b) = UnixStream::pair().unwrap();
         let remote: Arc<Mutex<dyn RemoteDevice>> = dev;
         let server = std::thread::spawn(move || {
@@ -667,9 +671,8 @@ mod tests {
                 watchdog: None,
                 register_mirror: true,
             },
-        )
-        .unwrap();
-        (proxy, failed, server)
+        )?;
+        Ok((proxy, failed, server))
     }
 
     #[test]
@@ -855,28 +858,7 @@ mod tests {
             let dev = scratch(256);
             dev.lock().unwrap().mirror =
                 Some((crate::remote::RegisterMirror::new().unwrap(), claimed_at));
-            let (a, b) = UnixStream::pair().unwrap();
-            let remote: Arc<Mutex<dyn RemoteDevice>> = dev;
-            std::thread::spawn(move || {
-                let _ = server::serve(Channel::new(b), remote);
-            });
-            let ram = GuestRam::new(64 << 20).unwrap();
-            let refused = ProxyDevice::connect(
-                "liar".into(),
-                Channel::new(a),
-                &ram,
-                &no_kvm,
-                16,
-                FailFlag::default(),
-                &ProxyOptions {
-                    dialect: Dialect::Vmm,
-                    ioregion: Some(Dispatch::Userspace),
-                    vcpus: 1,
-                    watchdog: None,
-                    register_mirror: true,
-                },
-            );
-            let Err(e) = refused else {
+            let Err(e) = try_connect_with(dev, Some(Dispatch::Userspace)) else {
                 panic!("a mirror at {claimed_at:#x} was accepted")
             };
             assert!(e.to_string().contains("mirrored register"), "{e}");

@@ -23,6 +23,13 @@ pub enum MirrorError {
     Map(#[source] std::io::Error),
 }
 
+/// What a device tells the VMM it mirrors in one BAR.
+pub struct MirrorOffer {
+    pub registers: Vec<crate::protocol::mpqemu::MirroredRegister>,
+    /// The page's memfd.
+    pub page: File,
+}
+
 /// One mirror page, writable here.
 pub struct RegisterMirror {
     file: File,

@@ -16,7 +16,7 @@ use crate::pci::ConfigSpace;
 pub use ioregions::IoRegionSpec;
 pub use irq::{InterruptLine, SharedIrq};
 pub use memory::RemoteMemory;
-pub use mirror::RegisterMirror;
+pub use mirror::{MirrorOffer, RegisterMirror};
 
 /// A PCI device model living in a remote process.
 pub trait RemoteDevice: Send {
@@ -44,13 +44,7 @@ pub trait RemoteDevice: Send {
     /// page, with the page's memfd. Only registers whose reads have no
     /// side effect and whose writes the VMM waits for may be named: the
     /// VMM answers reads of them from the page.
-    fn register_mirror(
-        &self,
-        _bar: u8,
-    ) -> Option<(
-        Vec<crate::protocol::mpqemu::MirroredRegister>,
-        std::fs::File,
-    )> {
+    fn register_mirror(&self, _bar: u8) -> Option<MirrorOffer> {
         None
     }
     /// One line on what the device did, logged when the remote exits.

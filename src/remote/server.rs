@@ -76,7 +76,7 @@ pub fn handle(
             .ok()
             .and_then(|bar| dev.register_mirror(bar));
         let (registers, fds) = match mirror {
-            Some((registers, file)) => (registers, vec![file]),
+            Some(offer) => (offer.registers, vec![offer.page]),
             None => (vec![], vec![]),
         };
         return Ok(Some(Message::RegisterMirror { registers, fds }));
