@@ -182,6 +182,7 @@ fn by_default_the_registers_go_over_ioregion_fds() {
     // posted.
     o.assert_contains("BAR1 0x0..0x80 over ioregion fds (userspace path, 1 fds)\n");
     o.assert_contains("BAR2 0x0..0x2000 over ioregion fds (userspace path, 1 fds, posted writes)");
+    o.assert_contains("reads of BAR1 0x14 (1 bytes) are answered from its register mirror");
     let [
         msg_reads,
         _,

@@ -292,7 +292,9 @@ pub fn negotiate(
         }
         let Some(layout) = layout else { continue };
         let mirror = match n.dispatch {
-            Dispatch::Userspace if n.register_mirror => ask_for_mirror(channel, bar, &layout)?,
+            Dispatch::Userspace if n.register_mirror => {
+                ask_for_mirror(channel, n.name, bar, &layout)?
+            }
             Dispatch::Userspace => None,
             // KVM serves the ranges itself; no read reaches us.
             Dispatch::Kernel(_) => None,
@@ -365,6 +367,7 @@ pub fn negotiate(
 /// if it names any. They must lie in `layout`'s ranges with waited writes.
 fn ask_for_mirror(
     channel: &mut Channel,
+    name: &str,
     bar: usize,
     layout: &[SubRegion],
 ) -> Result<Option<BarMirror>, IoRegionError> {
@@ -390,6 +393,14 @@ fn ask_for_mirror(
         .collect();
     check_registers(&registers, &ranges).map_err(mirror_err)?;
     let page = MirrorPage::map(file).map_err(mirror_err)?;
+    let named: Vec<String> = registers
+        .iter()
+        .map(|r| format!("{:#x} ({} bytes)", r.offset, r.size))
+        .collect();
+    log::info!(
+        "remote {name}: reads of BAR{bar} {} are answered from its register mirror",
+        named.join(", ")
+    );
     Ok(Some(BarMirror {
         page: Arc::new(page),
         registers,
