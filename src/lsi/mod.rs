@@ -634,7 +634,6 @@ impl RemoteDevice for Lsi53c895a {
     }
     fn reset(&mut self) {
         self.soft_reset();
-        self.publish_mirror();
     }
     fn background_fd(&self) -> Option<std::os::fd::RawFd> {
         Some(self.bus.completion_fd())

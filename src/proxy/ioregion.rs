@@ -18,7 +18,7 @@ use std::time::Instant;
 use kvm_ioctls::VmFd;
 
 use super::device::{CUT_OFF_NOTE, CUT_OFF_REGISTERS, FailFlag};
-use super::mirror::{BarMirror, MirrorError, MirrorPage, RangeMirror, check_registers};
+use super::mirror::{BarMirror, MirrorError, RangeMirror, check_registers, map_page};
 use super::stats::{DeviceStats, bump};
 use super::watchdog::PostedWriteWatchdog;
 use crate::bus::SharedBusDevice;
@@ -392,7 +392,7 @@ fn ask_for_mirror(
         .map(|r| (r.offset, r.size, r.flags & SUB_REGION_POSTED_WRITES != 0))
         .collect();
     check_registers(&registers, &ranges).map_err(mirror_err)?;
-    let page = MirrorPage::map(file).map_err(mirror_err)?;
+    let page = map_page(file).map_err(mirror_err)?;
     let named: Vec<String> = registers
         .iter()
         .map(|r| format!("{:#x} ({} bytes)", r.offset, r.size))

@@ -12,8 +12,8 @@
 use std::fs::File;
 use std::os::fd::AsRawFd;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU8, Ordering};
 
+use crate::protocol::mirror_page::MirrorPage;
 use crate::protocol::mpqemu::{MIRROR_PAGE_SIZE, MirroredRegister};
 
 #[derive(Debug, thiserror::Error)]
@@ -30,67 +30,22 @@ pub enum MirrorError {
     },
 }
 
-/// The remote's mirror page, read-only.
-pub struct MirrorPage {
-    page: *const u8,
-}
-
-// SAFETY: the page is only ever read through atomics.
-unsafe impl Send for MirrorPage {}
-unsafe impl Sync for MirrorPage {}
-
-impl MirrorPage {
-    pub fn map(file: &File) -> Result<Self, MirrorError> {
-        // SAFETY: fcntl on a file we own.
-        let seals = unsafe { libc::fcntl(file.as_raw_fd(), libc::F_GET_SEALS) };
-        if seals < 0 {
-            return Err(MirrorError::NotSealed("it takes no seals"));
-        }
-        if seals & libc::F_SEAL_SHRINK == 0 {
-            return Err(MirrorError::NotSealed("it can still shrink"));
-        }
-        let len = file.metadata().map_err(MirrorError::Map)?.len();
-        if len < MIRROR_PAGE_SIZE {
-            return Err(MirrorError::NotSealed("it is too short"));
-        }
-        // SAFETY: a fresh read-only shared mapping of a file that cannot
-        // shrink below the mapped length.
-        let page = unsafe {
-            libc::mmap(
-                std::ptr::null_mut(),
-                MIRROR_PAGE_SIZE as usize,
-                libc::PROT_READ,
-                libc::MAP_SHARED,
-                file.as_raw_fd(),
-                0,
-            )
-        };
-        if page == libc::MAP_FAILED {
-            return Err(MirrorError::Map(std::io::Error::last_os_error()));
-        }
-        Ok(MirrorPage {
-            page: page.cast_const().cast(),
-        })
+/// Maps the remote's mirror page read-only, once it is known that the
+/// page cannot shrink under us.
+pub fn map_page(file: &File) -> Result<MirrorPage, MirrorError> {
+    // SAFETY: fcntl on a file we own.
+    let seals = unsafe { libc::fcntl(file.as_raw_fd(), libc::F_GET_SEALS) };
+    if seals < 0 {
+        return Err(MirrorError::NotSealed("it takes no seals"));
     }
-
-    fn read(&self, page_offset: u32, data: &mut [u8]) {
-        for (i, byte) in data.iter_mut().enumerate() {
-            let at = page_offset as usize + i;
-            assert!(at < MIRROR_PAGE_SIZE as usize);
-            // SAFETY: inside the mapping, which lives as long as `self`.
-            // The remote stores with Release before it replies or raises
-            // the interrupt that led the guest here.
-            let cell = unsafe { AtomicU8::from_ptr(self.page.add(at).cast_mut()) };
-            *byte = cell.load(Ordering::Acquire);
-        }
+    if seals & libc::F_SEAL_SHRINK == 0 {
+        return Err(MirrorError::NotSealed("it can still shrink"));
     }
-}
-
-impl Drop for MirrorPage {
-    fn drop(&mut self) {
-        // SAFETY: the mapping made in `map`, unmapped once.
-        unsafe { libc::munmap(self.page.cast_mut().cast(), MIRROR_PAGE_SIZE as usize) };
+    let len = file.metadata().map_err(MirrorError::Map)?.len();
+    if len < MIRROR_PAGE_SIZE {
+        return Err(MirrorError::NotSealed("it is too short"));
     }
+    MirrorPage::map(file, false).map_err(MirrorError::Map)
 }
 
 /// The mirrored registers of one BAR, by offset in the BAR.
@@ -135,7 +90,9 @@ impl RangeMirror {
         else {
             return false;
         };
-        self.page.read(r.page_offset, data);
+        for (i, byte) in data.iter_mut().enumerate() {
+            *byte = self.page.load(r.page_offset as usize + i);
+        }
         true
     }
 }
@@ -180,7 +137,7 @@ mod tests {
     #[test]
     fn reads_of_a_mirrored_register_come_from_the_remotes_page() {
         let remote = RegisterMirror::new().unwrap();
-        let page = Arc::new(MirrorPage::map(&remote.file().unwrap()).unwrap());
+        let page = Arc::new(map_page(&remote.file().unwrap()).unwrap());
         let bar = BarMirror {
             page,
             registers: vec![register(0x14, 1, 8), register(0x300, 1, 9)],
@@ -208,10 +165,7 @@ mod tests {
     #[test]
     fn an_unsealed_or_short_page_is_refused() {
         let plain = tempfile_of(4096);
-        assert!(matches!(
-            MirrorPage::map(&plain),
-            Err(MirrorError::NotSealed(_))
-        ));
+        assert!(matches!(map_page(&plain), Err(MirrorError::NotSealed(_))));
         // SAFETY: memfd_create with a NUL-terminated name.
         let fd = unsafe {
             libc::memfd_create(
@@ -229,7 +183,7 @@ mod tests {
             0
         );
         assert!(matches!(
-            MirrorPage::map(&short),
+            map_page(&short),
             Err(MirrorError::NotSealed("it is too short"))
         ));
     }

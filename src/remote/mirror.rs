@@ -9,8 +9,8 @@
 
 use std::fs::File;
 use std::os::fd::{AsRawFd, FromRawFd};
-use std::sync::atomic::{AtomicU8, Ordering};
 
+use crate::protocol::mirror_page::MirrorPage;
 use crate::protocol::mpqemu::MIRROR_PAGE_SIZE;
 
 #[derive(Debug, thiserror::Error)]
@@ -33,12 +33,8 @@ pub struct MirrorOffer {
 /// One mirror page, writable here.
 pub struct RegisterMirror {
     file: File,
-    page: *mut u8,
+    page: MirrorPage,
 }
-
-// SAFETY: the page is only ever accessed through atomics.
-unsafe impl Send for RegisterMirror {}
-unsafe impl Sync for RegisterMirror {}
 
 impl RegisterMirror {
     pub fn new() -> Result<Self, MirrorError> {
@@ -61,24 +57,8 @@ impl RegisterMirror {
         if unsafe { libc::fcntl(file.as_raw_fd(), libc::F_ADD_SEALS, seals) } < 0 {
             return Err(MirrorError::Seal(last()));
         }
-        // SAFETY: a fresh shared mapping of a file we sized above.
-        let page = unsafe {
-            libc::mmap(
-                std::ptr::null_mut(),
-                MIRROR_PAGE_SIZE as usize,
-                libc::PROT_READ | libc::PROT_WRITE,
-                libc::MAP_SHARED,
-                file.as_raw_fd(),
-                0,
-            )
-        };
-        if page == libc::MAP_FAILED {
-            return Err(MirrorError::Map(last()));
-        }
-        Ok(RegisterMirror {
-            file,
-            page: page.cast(),
-        })
+        let page = MirrorPage::map(&file, true).map_err(MirrorError::Map)?;
+        Ok(RegisterMirror { file, page })
     }
 
     /// The memfd, to send to the VMM.
@@ -89,18 +69,7 @@ impl RegisterMirror {
     /// Publishes one byte. Callers publish before anything that lets the
     /// guest see the change another way (a reply, an interrupt).
     pub fn set(&self, page_offset: usize, value: u8) {
-        assert!(page_offset < MIRROR_PAGE_SIZE as usize);
-        // SAFETY: inside the mapping, which lives as long as `self`; u8
-        // atomics have no alignment needs.
-        let cell = unsafe { AtomicU8::from_ptr(self.page.add(page_offset)) };
-        cell.store(value, Ordering::Release);
-    }
-}
-
-impl Drop for RegisterMirror {
-    fn drop(&mut self) {
-        // SAFETY: the mapping made in `new`, unmapped once.
-        unsafe { libc::munmap(self.page.cast(), MIRROR_PAGE_SIZE as usize) };
+        self.page.store(page_offset, value);
     }
 }
 

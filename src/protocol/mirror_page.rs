@@ -1,0 +1,72 @@
+//! The register mirror's page as both sides map it: one page of a memfd,
+//! shared, accessed byte by byte through atomics. The remote maps it
+//! writable and stores register values (Release) before it replies or
+//! raises an interrupt; the VMM maps it read-only and loads them (Acquire).
+
+use std::fs::File;
+use std::os::fd::AsRawFd;
+use std::sync::atomic::{AtomicU8, Ordering};
+
+use super::mpqemu::MIRROR_PAGE_SIZE;
+
+pub struct MirrorPage {
+    page: *mut u8,
+    writable: bool,
+}
+
+// SAFETY: the page is only ever accessed through atomics.
+unsafe impl Send for MirrorPage {}
+unsafe impl Sync for MirrorPage {}
+
+impl MirrorPage {
+    /// Maps the first MIRROR_PAGE_SIZE bytes of `file`, which must be at
+    /// least that long and unable to shrink (or a later access would fault).
+    pub fn map(file: &File, writable: bool) -> std::io::Result<Self> {
+        let prot = if writable {
+            libc::PROT_READ | libc::PROT_WRITE
+        } else {
+            libc::PROT_READ
+        };
+        // SAFETY: a fresh shared mapping; the caller vouches for the length.
+        let page = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                MIRROR_PAGE_SIZE as usize,
+                prot,
+                libc::MAP_SHARED,
+                file.as_raw_fd(),
+                0,
+            )
+        };
+        if page == libc::MAP_FAILED {
+            return Err(std::io::Error::last_os_error());
+        }
+        Ok(MirrorPage {
+            page: page.cast(),
+            writable,
+        })
+    }
+
+    fn cell(&self, at: usize) -> &AtomicU8 {
+        assert!(at < MIRROR_PAGE_SIZE as usize);
+        // SAFETY: inside the mapping, which lives as long as `self`; u8
+        // atomics have no alignment needs.
+        unsafe { AtomicU8::from_ptr(self.page.add(at)) }
+    }
+
+    pub fn load(&self, at: usize) -> u8 {
+        self.cell(at).load(Ordering::Acquire)
+    }
+
+    pub fn store(&self, at: usize, value: u8) {
+        assert!(self.writable, "the mirror page is mapped read-only");
+        self.cell(at).store(value, Ordering::Release);
+    }
+}
+
+impl Drop for MirrorPage {
+    fn drop(&mut self) {
+        // SAFETY: the mapping made in `map`, unmapped once.
+        unsafe { libc::munmap(self.page.cast(), MIRROR_PAGE_SIZE as usize) };
+    }
+}
