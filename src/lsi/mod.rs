@@ -508,7 +508,10 @@ impl Lsi53c895a {
             self.r.istat0 |= ISTAT0_SRST;
             return;
         }
-        self.r.istat0 = (self.r.istat0 & !ISTAT0_SRST) | (val & (ISTAT0_SIGP | ISTAT0_SEM));
+        // The chip latches the upper four bits from every write, so writing
+        // them as 0 is how a driver lets go of SEM, withdraws SIGP and ends
+        // an abort or reset; INTF below is the only write-one-to-clear bit.
+        self.r.istat0 = (self.r.istat0 & !ISTAT0_WRITABLE) | (val & ISTAT0_WRITABLE);
         if val & ISTAT0_ABRT != 0 {
             self.dma_interrupt(DSTAT_ABRT);
         }
@@ -935,6 +938,58 @@ mod tests {
         assert_eq!(read8(&mut l, DSTAT), DSTAT_DFE);
         l.bar_write(BAR_MMIO as u8, u64::from(ISTAT0), &[ISTAT0_SIGP]);
         assert_eq!(l.r.dsps, 2);
+    }
+
+    /// `sym53c8xx` sets SEM to hold SCRIPTS off during recovery and
+    /// writes ISTAT without it to let them go; a SEM that only ever got
+    /// set made its START script stop itself for good.
+    #[test]
+    fn istat_writes_set_and_clear_sem_sigp_and_abrt() {
+        let (mut l, _ram) = lsi(vec![]);
+        l.bar_write(
+            BAR_MMIO as u8,
+            u64::from(ISTAT0),
+            &[ISTAT0_SEM | ISTAT0_SIGP],
+        );
+        assert_eq!(read8(&mut l, ISTAT0), ISTAT0_SEM | ISTAT0_SIGP);
+        assert_eq!(mirrored_istat0(&l), ISTAT0_SEM | ISTAT0_SIGP);
+        l.bar_write(BAR_MMIO as u8, u64::from(ISTAT0), &[0]);
+        assert_eq!(read8(&mut l, ISTAT0), 0);
+        assert_eq!(mirrored_istat0(&l), 0, "the mirror page agrees");
+        // Each bit follows the written value on its own.
+        l.bar_write(
+            BAR_MMIO as u8,
+            u64::from(ISTAT0),
+            &[ISTAT0_SEM | ISTAT0_SIGP],
+        );
+        l.bar_write(BAR_MMIO as u8, u64::from(ISTAT0), &[ISTAT0_SIGP]);
+        assert_eq!(read8(&mut l, ISTAT0), ISTAT0_SIGP);
+        assert_eq!(mirrored_istat0(&l), ISTAT0_SIGP);
+        // ABRT aborts at once and reads back set until the driver writes
+        // ISTAT without it (sym_soft_reset polls, then writes 0).
+        l.bar_write(BAR_MMIO as u8, u64::from(ISTAT0), &[ISTAT0_ABRT]);
+        let istat = read8(&mut l, ISTAT0);
+        assert_eq!(istat, ISTAT0_ABRT | ISTAT0_DIP);
+        assert_eq!(mirrored_istat0(&l), istat);
+        assert_eq!(read8(&mut l, DSTAT), DSTAT_DFE | DSTAT_ABRT);
+        l.bar_write(BAR_MMIO as u8, u64::from(ISTAT0), &[0]);
+        assert_eq!(read8(&mut l, ISTAT0), 0);
+        assert_eq!(mirrored_istat0(&l), 0);
+    }
+
+    /// INTF is write-one-to-clear; DIP and SIP follow DSTAT and SIST, not
+    /// what the driver writes.
+    #[test]
+    fn istat_writes_leave_intf_dip_and_sip_alone_unless_intf_is_written() {
+        let (mut l, _ram) = lsi(vec![]);
+        l.r.istat0 |= ISTAT0_INTF;
+        l.r.dstat = DSTAT_SIR;
+        l.update_irq();
+        l.bar_write(BAR_MMIO as u8, u64::from(ISTAT0), &[ISTAT0_SIP]);
+        assert_eq!(read8(&mut l, ISTAT0), ISTAT0_INTF | ISTAT0_DIP);
+        l.bar_write(BAR_MMIO as u8, u64::from(ISTAT0), &[ISTAT0_INTF]);
+        assert_eq!(read8(&mut l, ISTAT0), ISTAT0_DIP);
+        assert_eq!(mirrored_istat0(&l), ISTAT0_DIP);
     }
 
     #[test]

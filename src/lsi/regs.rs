@@ -89,6 +89,8 @@ pub const ISTAT0_CON: u8 = 0x08;
 pub const ISTAT0_INTF: u8 = 0x04;
 pub const ISTAT0_SIP: u8 = 0x02;
 pub const ISTAT0_DIP: u8 = 0x01;
+/// The ISTAT0 bits that take the value of each write (the rest are status).
+pub const ISTAT0_WRITABLE: u8 = ISTAT0_ABRT | ISTAT0_SRST | ISTAT0_SIGP | ISTAT0_SEM;
 pub const ISTAT1_SRUN: u8 = 0x02;
 
 pub const DSTAT_DFE: u8 = 0x80;
