@@ -72,3 +72,11 @@ pack_cpio() {
     (cd "$1" && find . -print0 | LC_ALL=C sort -z | cpio --null -o -H newc --quiet) | gzip -1 > "$2.tmp"
     mv "$2.tmp" "$2"
 }
+
+# True when the rig's kernel log $1 shows that kernel itself failed: a
+# panic, an oops or BUG, a soft or hard lockup, an RCU stall, a hung task.
+# An L2 guest's messages never reach this log (ci/rig.sh keeps them apart).
+L1_DEATH_SIGNS='Kernel panic|BUG: |Oops|soft lockup|hard LOCKUP|rcu: INFO: rcu_.* detected stall|self-detected stall|blocked for more than|general protection fault|stack guard page'
+l1_died() {
+    [ -f "$1" ] && grep -qE "$L1_DEATH_SIGNS" "$1"
+}

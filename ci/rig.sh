@@ -4,29 +4,43 @@
 # shell script inside it with the static vmm and the test guest at hand:
 #   /rig/vmm, /rig/guest/bzImage, /rig/guest/initramfs.cpio.gz, /rig/extra/...
 #
-# Usage: ci/rig.sh [--timeout SECS] [--with-qemu] [--extra FILE]... [--kvm-modules DIR] SCRIPT
+# Usage: ci/rig.sh [--timeout SECS] [--cpus N] [--l1-log FILE] [--with-qemu] [--extra FILE]...
+#                  [--kvm-modules DIR] SCRIPT
 # --with-qemu adds Debian's qemu-system-x86_64 (the interop peer and baseline)
 # and /rig/pairexec (ci/tools/pairexec.c) to launch its multiprocess mode.
 # --kvm-modules DIR loads DIR/kvm.ko and DIR/kvm-amd.ko (ci/build-kvm-ioregion.sh)
 # instead of Debian's, and boots the kernel they were built for.
-# Streams the rig's console to stdout and exits with the script's status.
+# --cpus N gives the rig N CPUs (default $VMM_RIG_CPUS, else 1: see below).
+# --l1-log FILE keeps the rig's own kernel log (its console, on a second
+# serial port, so nothing a script prints can be mistaken for it).
+# Streams the script's output to stdout and exits with the script's status.
+#
+# One CPU by default: with two, QEMU's TCG (7.2 and 10.0) kills or locks up
+# the rig's own kernel under nested disk load (stack guard page hit in a
+# vCPU thread inside KVM_RUN, soft lockups of both CPUs), and QEMU's own
+# in-process LSI fails there as ours does. The README's rig section has
+# the measurements.
 set -euo pipefail
 . "$(dirname "$0")/lib.sh"
 
 timeout=600
+cpus=${VMM_RIG_CPUS:-1}
+l1_log=
 extras=()
 with_qemu=0
 kvm_modules=
 while [ $# -gt 1 ]; do
     case "$1" in
         --timeout) timeout=$2; shift 2 ;;
+        --cpus) cpus=$2; shift 2 ;;
+        --l1-log) l1_log=$2; shift 2 ;;
         --with-qemu) with_qemu=1; shift ;;
         --extra) extras+=("$2"); shift 2 ;;
         --kvm-modules) kvm_modules=$2; shift 2 ;;
         *) die "unknown option $1" ;;
     esac
 done
-[ $# -eq 1 ] && [ -f "$1" ] || die "usage: ci/rig.sh [--timeout SECS] [--with-qemu] [--extra FILE]... [--kvm-modules DIR] SCRIPT"
+[ $# -eq 1 ] && [ -f "$1" ] || die "usage: ci/rig.sh [--timeout SECS] [--cpus N] [--l1-log FILE] [--with-qemu] [--extra FILE]... [--kvm-modules DIR] SCRIPT"
 script=$1
 
 ensure_packages qemu-system-x86 busybox-static cpio kmod gzip
@@ -85,17 +99,29 @@ overlays=()
 cat "$base" "${overlays[@]}" "$payload" > "$work/initrd.cpio.gz"
 
 status=$work/status
+[ -n "$l1_log" ] || l1_log=$work/l1.log
+: > "$l1_log"
+log "rig: $(qemu-system-x86_64 --version | head -n 1), $cpus CPU(s), L1 kernel $kver"
 set +e
+# ttyS0 carries the script's output (rig-init sends it there), ttyS1 the
+# rig kernel's console: a panic of the rig's own kernel lands only in
+# $l1_log, an L2 guest's only on ttyS0.
 timeout --foreground -k 10 "$timeout" qemu-system-x86_64 \
-    -accel tcg,thread=multi -cpu EPYC,-xsave -smp 2 -m 4G \
-    -nodefaults -display none -serial stdio -no-reboot \
+    -accel tcg,thread=multi -cpu EPYC,-xsave -smp "$cpus" -m 4G \
+    -nodefaults -display none -serial stdio -serial "file:$l1_log" -no-reboot \
     -kernel "$kdir/root/boot/vmlinuz-$kver" -initrd "$work/initrd.cpio.gz" \
-    -append "console=ttyS0 quiet panic=-1 transparent_hugepage=never" \
+    -append "console=ttyS1 loglevel=5 panic=-1 transparent_hugepage=never" \
     </dev/null 2> >(grep -v "TCG doesn't support requested feature" >&2) |
     tee "$status" | sed -u 's/\r$//'
 qemu_rc=${PIPESTATUS[0]}
 set -e
 rc=$(sed -n 's/^RIG-EXIT: \([0-9]*\).*/\1/p' "$status" | tail -n 1)
+# The rig's own kernel failing is the rig's fault, not the script's: say so
+# with its last words, wherever it happened.
+if l1_died "$l1_log"; then
+    log "the rig's own kernel failed; its console ends:"
+    tail -n 60 "$l1_log" | sed 's/^/L1: /' >&2
+fi
 if [ -z "$rc" ]; then
     [ "$qemu_rc" -eq 124 ] && die "the rig timed out after ${timeout}s"
     die "the rig ended without reporting the script's status (qemu exit $qemu_rc)"

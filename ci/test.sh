@@ -19,6 +19,18 @@ guest/build.sh >/dev/null
 VMM_STATIC_BIN=$(ci/build-static.sh)
 export VMM_STATIC_BIN
 
+# Every second rig boot (allowed only when the rig's own kernel failed) is
+# announced where it happens and listed here at the end, pass or fail.
+export VMM_RIG_RETRY_LOG=$VMM_BUILD/rig-retries.log
+rm -f "$VMM_RIG_RETRY_LOG"
+report_retries() {
+    local n=0
+    [ -f "$VMM_RIG_RETRY_LOG" ] && n=$(wc -l < "$VMM_RIG_RETRY_LOG")
+    log "rig retries in this run: $n (a retry only follows a failure of the rig's own kernel)"
+    [ "$n" -eq 0 ] || sed 's/^/  retry: /' "$VMM_RIG_RETRY_LOG" >&2
+}
+trap report_retries EXIT
+
 log "unit and end-to-end tests"
 start=$(date +%s)
 cargo test --locked -- --test-threads 1

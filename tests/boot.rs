@@ -71,7 +71,7 @@ fn guest_reaches_init_and_reboot_exits_zero() {
     o.assert_contains("VMM-GUEST: booted");
     o.assert_contains("VMM-GUEST: rebooting");
     o.assert_contains("guest reset through the i8042");
-    o.assert_contains("vmm exited 0");
+    o.assert_exited("vmm", 0);
     assert_eq!(o.status, 0);
 }
 
@@ -79,7 +79,7 @@ fn guest_reaches_init_and_reboot_exits_zero() {
 fn two_vcpus_are_seen_by_the_guest() {
     let Some(o) = outcome("cpus") else { return };
     o.assert_contains("VMM-GUEST: cpus=2 online=0-1");
-    o.assert_contains("vmm exited 0");
+    o.assert_exited("vmm", 0);
 }
 
 #[test]
@@ -89,7 +89,7 @@ fn stdin_reaches_the_guest_shell() {
     // The shell computed this from what we typed; the echo of our input
     // only contains the unexpanded expression.
     o.assert_contains("hello-42");
-    o.assert_contains("vmm exited 0");
+    o.assert_exited("vmm", 0);
 }
 
 #[test]
@@ -98,7 +98,7 @@ fn memory_above_the_mmio_hole_is_usable() {
         return;
     };
     o.assert_contains("VMM-GUEST: cpus=1");
-    o.assert_contains("vmm exited 0");
+    o.assert_exited("vmm", 0);
 }
 
 #[test]
@@ -107,7 +107,7 @@ fn garbage_kernel_fails_with_a_clear_error() {
         return;
     };
     o.assert_contains("is not a bzImage or ELF kernel");
-    o.assert_contains("vmm exited 1");
+    o.assert_exited("vmm", 1);
     assert!(!o.output.contains("panicked"), "{}", o.output);
 }
 

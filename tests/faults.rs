@@ -165,7 +165,7 @@ fn a_frozen_remote_times_out_on_the_region_fd_and_the_vmm_still_stops() {
     );
     o.assert_contains("the device is cut off: its registers read as zeros");
     // 128 + SIGTERM: the VMM honoured the signal instead of hanging.
-    o.assert_contains("vmm exited 143");
+    o.assert_exited("vmm", 143);
 }
 
 #[test]
@@ -176,7 +176,7 @@ fn a_frozen_remote_times_out_on_the_control_socket_and_the_vmm_still_stops() {
     o.assert_contains("freezing remote");
     o.assert_contains("did not answer within 10s");
     o.assert_contains("the device is cut off: its registers read as zeros");
-    o.assert_contains("vmm exited 143");
+    o.assert_exited("vmm", 143);
 }
 
 /// A remote killed mid-I/O: the death logged with its exit status, the
@@ -197,7 +197,7 @@ fn a_killed_remote_fails_the_guests_io_and_the_guest_reboots() {
     o.assert_contains("Device offlined");
     o.assert_contains("Input/output error");
     o.assert_contains("VMM-GUEST: rebooting");
-    o.assert_contains("vmm exited 0");
+    o.assert_exited("vmm", 0);
 }
 
 #[test]
@@ -211,7 +211,7 @@ fn a_killed_remote_is_restarted_and_no_completed_write_is_lost() {
     // The driver recovered the new controller through its own resets, and
     // fio's verify pass read back every block it had seen written.
     o.assert_contains("VMM-GUEST: fio done: ok");
-    o.assert_contains("vmm exited 0");
+    o.assert_exited("vmm", 0);
 }
 
 #[test]
@@ -229,7 +229,7 @@ fn a_full_host_file_system_fails_the_writes_with_sense_and_reads_go_on() {
         !o.output.contains("closed its connection"),
         "the remote kept running"
     );
-    o.assert_contains("vmm exited 0");
+    o.assert_exited("vmm", 0);
 }
 
 #[test]
@@ -239,9 +239,9 @@ fn an_image_on_a_read_only_file_system_needs_readonly_on() {
     };
     o.assert_contains("cannot open disk image /tmp/rofs/r.img: Read-only file system");
     o.assert_contains("exited during setup (exit status: 1)");
-    o.assert_contains("read-write: vmm exited 1");
+    o.assert_exited("read-write: vmm", 1);
     o.assert_contains("VMM-GUEST: write refused");
-    o.assert_contains("readonly=on: vmm exited 0");
+    o.assert_exited("readonly=on: vmm", 0);
 }
 
 #[test]
@@ -266,5 +266,5 @@ fn a_hostile_guest_gets_error_interrupts_and_the_disk_back() {
         !o.output.contains("blocked syscall"),
         "nothing outside the sandbox"
     );
-    o.assert_contains("vmm exited 0");
+    o.assert_exited("vmm", 0);
 }

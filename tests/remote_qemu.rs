@@ -106,7 +106,7 @@ fn qemu_remote_lsi_disk_is_found_and_written_byte_exact() {
     o.assert_contains("PCI 1000:0012 class 010000, INTA# on GSI 16");
     o.assert_contains("sym0: <895a> rev 0x0 at pci 0000:00:01.0 irq 16");
     o.assert_pattern_landed();
-    o.assert_contains("vmm exited 0");
+    o.assert_exited("vmm", 0);
     o.assert_nothing_left_running();
 }
 
@@ -116,7 +116,7 @@ fn fio_verify_passes_on_the_qemu_remote_disk() {
         return;
     };
     o.assert_contains("VMM-GUEST: fio done: ok");
-    o.assert_contains("vmm exited 0");
+    o.assert_exited("vmm", 0);
 }
 
 #[test]
@@ -129,7 +129,7 @@ fn two_remotes_get_their_own_slots_and_disks() {
     // One controller per remote, in slot order: host 0 is the first remote.
     o.assert_contains("VMM-GUEST: disk 0:0:0:0 131072 sectors");
     o.assert_contains("VMM-GUEST: disk 1:0:0:0 65536 sectors");
-    o.assert_contains("vmm exited 0");
+    o.assert_exited("vmm", 0);
     o.assert_nothing_left_running();
 }
 
@@ -142,7 +142,7 @@ fn killed_remote_is_noticed_and_the_guest_can_still_reboot() {
     o.assert_contains("closed its connection (process exit: signal: 9 (SIGKILL))");
     o.assert_contains("VMM-GUEST: vendor after: ffff");
     o.assert_contains("VMM-GUEST: rebooting");
-    o.assert_contains("vmm exited 0");
+    o.assert_exited("vmm", 0);
     o.assert_nothing_left_running();
 }
 
@@ -152,7 +152,7 @@ fn qemu_proxy_drives_our_lsi_remote() {
         return;
     };
     o.assert_pattern_landed();
-    o.assert_contains("qemu exited 0");
+    o.assert_exited("qemu", 0);
 }
 
 #[test]
@@ -161,5 +161,5 @@ fn unreachable_remote_is_a_clear_error() {
         return;
     };
     o.assert_contains("cannot connect to remote socket /tmp/nothing-here");
-    o.assert_contains("vmm exited 1");
+    o.assert_exited("vmm", 1);
 }
