@@ -31,8 +31,9 @@ pub enum BusError {
     NotFound(u64),
 }
 
+/// What a range of the bus forwards to.
 #[derive(Clone)]
-enum Target {
+pub enum Target {
     Locked(Arc<Mutex<dyn BusDevice>>),
     Shared(Arc<dyn SharedBusDevice>),
 }
@@ -41,6 +42,27 @@ enum Target {
 struct Entry {
     len: u64,
     device: Target,
+}
+
+fn insert_into(
+    ranges: &mut BTreeMap<u64, Entry>,
+    device: Target,
+    base: u64,
+    len: u64,
+) -> Result<(), BusError> {
+    if len == 0 || base.checked_add(len - 1).is_none() {
+        return Err(BusError::InvalidRange { base, len });
+    }
+    let end = base + (len - 1);
+    // The nearest range starting at or below our end is the only one
+    // that can overlap us, because ranges never overlap each other.
+    if let Some((&other, entry)) = ranges.range(..=end).next_back()
+        && other + (entry.len - 1) >= base
+    {
+        return Err(BusError::Overlap { base, len, other });
+    }
+    ranges.insert(base, Entry { len, device });
+    Ok(())
 }
 
 #[derive(Default)]
@@ -72,20 +94,8 @@ impl Bus {
     }
 
     fn insert_target(&self, device: Target, base: u64, len: u64) -> Result<(), BusError> {
-        if len == 0 || base.checked_add(len - 1).is_none() {
-            return Err(BusError::InvalidRange { base, len });
-        }
         let mut ranges = self.ranges.write().expect("bus lock poisoned");
-        let end = base + (len - 1);
-        // The nearest range starting at or below our end is the only one
-        // that can overlap us, because ranges never overlap each other.
-        if let Some((&other, entry)) = ranges.range(..=end).next_back()
-            && other + (entry.len - 1) >= base
-        {
-            return Err(BusError::Overlap { base, len, other });
-        }
-        ranges.insert(base, Entry { len, device });
-        Ok(())
+        insert_into(&mut ranges, device, base, len)
     }
 
     pub fn remove(&self, base: u64) -> Result<(), BusError> {
@@ -94,6 +104,25 @@ impl Bus {
             .remove(&base)
             .map(|_| ())
             .ok_or(BusError::NotFound(base))
+    }
+
+    /// Removes the devices starting at `remove` and inserts `insert`
+    /// (base, length, device) in one step: an access sees either the old
+    /// devices or the new ones, never the gap between a remove and an
+    /// insert. All or nothing: on error the bus is left as it was.
+    pub fn replace(&self, remove: &[u64], insert: Vec<(u64, u64, Target)>) -> Result<(), BusError> {
+        let mut ranges = self.ranges.write().expect("bus lock poisoned");
+        // Worked on a copy so that a failure half-way leaves nothing
+        // changed; the maps hold a few dozen Arcs at most.
+        let mut next = ranges.clone();
+        for base in remove {
+            next.remove(base).ok_or(BusError::NotFound(*base))?;
+        }
+        for (base, len, device) in insert {
+            insert_into(&mut next, device, base, len)?;
+        }
+        *ranges = next;
+        Ok(())
     }
 
     /// The device covering `addr` and the offset of `addr` inside it.
@@ -230,6 +259,31 @@ mod tests {
         assert!(bus.insert(dev(), u64::MAX, 2).is_err());
         bus.insert(dev(), 0xf0, 0x10).unwrap();
         bus.insert(dev(), 0x110, 0x10).unwrap();
+    }
+
+    #[test]
+    fn replace_is_all_or_nothing() {
+        let bus = Bus::new();
+        let dev = || Target::Locked(Arc::new(Mutex::new(Probe::default())));
+        bus.insert(Arc::new(Mutex::new(Probe::default())), 0x100, 0x10)
+            .unwrap();
+        bus.insert(Arc::new(Mutex::new(Probe::default())), 0x200, 0x10)
+            .unwrap();
+        let clash = vec![(0x100, 0x8, dev()), (0x1f8, 0x10, dev())];
+        assert!(matches!(
+            bus.replace(&[0x100], clash),
+            Err(BusError::Overlap { other: 0x200, .. })
+        ));
+        assert!(matches!(
+            bus.replace(&[0x300], vec![]),
+            Err(BusError::NotFound(0x300))
+        ));
+        let mut data = [0u8; 1];
+        assert!(bus.read(0x10f, &mut data), "left as it was");
+        bus.replace(&[0x100], vec![(0x100, 0x8, dev()), (0x108, 0x8, dev())])
+            .unwrap();
+        assert!(bus.read(0x10f, &mut data));
+        assert_eq!(data, [7], "the second half now starts at 0x108");
     }
 
     #[test]

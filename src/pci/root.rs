@@ -7,7 +7,8 @@ use std::sync::{Arc, Mutex};
 
 use super::config::{COMMAND_IO, COMMAND_MEMORY, REG_BAR0, REG_COMMAND, REG_ROM};
 use super::{ActiveBar, BarFastPath, BarKind, PciDevice};
-use crate::bus::{BusDevice, BusError};
+use crate::bus::{BusDevice, BusError, SharedBusDevice, Target};
+use crate::proxy::device::CUT_OFF_REGISTERS;
 use crate::vmm::layout;
 use crate::vmm::vcpu::Buses;
 
@@ -57,6 +58,19 @@ impl BusDevice for BarWindow {
     }
 }
 
+/// Stands on the bus for a fast path's range while KVM's registration of
+/// it changes hands (see `PciRoot::swap_bar`), answering as a cut-off
+/// device does: an exit that lands there reads zeros, not the all ones a
+/// status-polling driver would spin on, and its writes go nowhere.
+struct Handover;
+
+impl SharedBusDevice for Handover {
+    fn read(&self, _offset: u64, data: &mut [u8]) {
+        data.fill(CUT_OFF_REGISTERS);
+    }
+    fn write(&self, _offset: u64, _data: &[u8]) {}
+}
+
 /// How one mapped BAR sits on the bus.
 #[derive(Default)]
 struct MappedBar {
@@ -64,6 +78,8 @@ struct MappedBar {
     on_bus: Vec<u64>,
     /// Fast paths attached, to detach when the BAR goes.
     attached: Vec<Arc<dyn BarFastPath>>,
+    /// (offset, size) inside the BAR of the fast paths KVM serves.
+    in_kernel: Vec<(u64, u64)>,
 }
 
 /// (offset, size, fast path or None for the device's own window).
@@ -188,14 +204,123 @@ impl PciRoot {
         Ok(())
     }
 
-    /// Takes slot `slot`'s BARs off the buses and maps them again, asking
-    /// the device afresh for its fast paths (a restarted remote brings new
-    /// ioregion fds).
+    /// Maps slot `slot`'s BARs again, asking the device afresh for its
+    /// fast paths (a restarted remote brings new ioregion fds). A BAR that
+    /// stays where it is changes pieces without leaving the bus: a vCPU
+    /// access in the middle must not read the all ones of nothing mapped.
     pub fn remap(&mut self, slot: usize) {
+        let Some(device) = self.slots[slot].clone() else {
+            return;
+        };
+        let wanted = device.lock().expect("pci device lock").active_bars();
+        let mut kept = Vec::new();
         for bar in self.mapped.remove(&slot).unwrap_or_default() {
-            self.unmap_bar(slot, &bar);
+            if !wanted.contains(&bar) {
+                self.unmap_bar(slot, &bar);
+                continue;
+            }
+            match self.swap_bar(slot, &device, bar) {
+                Ok(()) => kept.push(bar),
+                Err(e) => log::warn!("PCI 00:{slot:02x}.0 BAR{} not mapped: {e}", bar.index),
+            }
         }
+        self.mapped.insert(slot, kept);
         self.sync_bars(slot);
+    }
+
+    /// Replaces a mapped BAR's pieces with ones built from the device's
+    /// current fast paths, in one bus operation. A range KVM serves for the
+    /// old fast path cannot be registered for the new one until the old
+    /// registration is gone, and exits there in between reach the bus: a
+    /// `Handover` covers it until the new fast path is attached.
+    fn swap_bar(
+        &mut self,
+        slot: usize,
+        device: &SharedDevice,
+        bar: ActiveBar,
+    ) -> Result<(), BusError> {
+        let old = self
+            .pieces
+            .remove(&(slot, usize::from(bar.index)))
+            .unwrap_or_default();
+        let fast = device
+            .lock()
+            .expect("pci device lock")
+            .bar_fast_paths(usize::from(bar.index));
+        let in_old_kernel = |offset: u64, len: u64| {
+            old.in_kernel
+                .iter()
+                .any(|&(o, l)| o < offset + len && offset < o + l)
+        };
+        let mut next = MappedBar::default();
+        let mut inserts = Vec::new();
+        let mut later = Vec::new();
+        for (offset, len, path) in bar_pieces(bar.size, fast) {
+            let addr = bar.addr + offset;
+            let target = match path {
+                None => Target::Locked(Arc::new(Mutex::new(BarWindow {
+                    device: device.clone(),
+                    bar,
+                    base: offset,
+                }))),
+                Some(path) if in_old_kernel(offset, len) => {
+                    later.push((offset, len, path));
+                    Target::Shared(Arc::new(Handover))
+                }
+                Some(path) => {
+                    let shared = path.clone().attach(bar.addr);
+                    next.attached.push(path);
+                    match shared {
+                        Some(shared) => Target::Shared(shared),
+                        None => {
+                            next.in_kernel.push((offset, len));
+                            continue;
+                        }
+                    }
+                }
+            };
+            inserts.push((addr, len, target));
+            next.on_bus.push(addr);
+        }
+        if let Err(e) = self.bus_for(bar.kind).replace(&old.on_bus, inserts) {
+            // The bus is as it was: the old pieces go the usual way, and
+            // the new fast paths never reached it.
+            self.release(bar, old);
+            for path in next.attached {
+                path.detach(bar.addr);
+            }
+            return Err(e);
+        }
+        for path in old.attached {
+            path.detach(bar.addr);
+        }
+        let mut handed_over = Vec::new();
+        let mut inserts = Vec::new();
+        for (offset, len, path) in later {
+            let addr = bar.addr + offset;
+            let shared = path.clone().attach(bar.addr);
+            next.attached.push(path);
+            handed_over.push(addr);
+            match shared {
+                Some(shared) => inserts.push((addr, len, Target::Shared(shared))),
+                None => {
+                    next.on_bus.retain(|&a| a != addr);
+                    next.in_kernel.push((offset, len));
+                }
+            }
+        }
+        if !handed_over.is_empty()
+            && let Err(e) = self.bus_for(bar.kind).replace(&handed_over, inserts)
+        {
+            // Cannot happen (the same ranges); the stand-ins stay and the
+            // range reads as a cut-off device's.
+            log::warn!("BAR{} at {:#x}: handover failed: {e}", bar.index, bar.addr);
+            next.on_bus.extend(handed_over);
+            next.on_bus.sort_unstable();
+            next.on_bus.dedup();
+        }
+        self.pieces.insert((slot, usize::from(bar.index)), next);
+        Ok(())
     }
 
     /// Brings the buses in line with the BARs slot `slot` decodes now.
@@ -260,7 +385,10 @@ impl PciRoot {
                     done.attached.push(path);
                     match shared {
                         Some(shared) => self.bus_for(bar.kind).insert_shared(shared, addr, len),
-                        None => continue, // KVM serves it
+                        None => {
+                            done.in_kernel.push((offset, len));
+                            continue;
+                        }
                     }
                 }
                 None => {
@@ -418,6 +546,20 @@ mod tests {
     struct FastRange {
         kernel: bool,
         log: Mutex<Vec<String>>,
+        /// When set, what the MMIO bus answers at the range as KVM takes
+        /// it (attach) and gives it up (detach): where an exit lands then.
+        watch: Mutex<Option<Arc<Buses>>>,
+        seen: Mutex<Vec<(bool, [u8; 2])>>,
+    }
+
+    impl FastRange {
+        fn look(&self, bar_addr: u64) {
+            if let Some(buses) = &*self.watch.lock().unwrap() {
+                let mut d = [0xaa; 2];
+                let mapped = buses.mmio.read(bar_addr + 0x40, &mut d);
+                self.seen.lock().unwrap().push((mapped, d));
+            }
+        }
     }
 
     impl BarFastPath for FastRange {
@@ -429,6 +571,7 @@ mod tests {
                 .lock()
                 .unwrap()
                 .push(format!("attach {bar_addr:#x}"));
+            self.look(bar_addr);
             if self.kernel { None } else { Some(self) }
         }
         fn detach(&self, bar_addr: u64) {
@@ -436,6 +579,7 @@ mod tests {
                 .lock()
                 .unwrap()
                 .push(format!("detach {bar_addr:#x}"));
+            self.look(bar_addr);
         }
     }
 
@@ -675,6 +819,96 @@ mod tests {
             "KVM serves the new range"
         );
         assert!(buses.mmio.read(bar1, &mut d), "the rest is mapped again");
+        assert_eq!(d, [1; 2]);
+    }
+
+    /// A vCPU reading the BAR while a restarted remote's BARs are mapped
+    /// again never finds it gone: all ones is what a cut-off device's
+    /// registers must not read as.
+    #[test]
+    fn remap_never_leaves_the_bar_unmapped() {
+        use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+        use std::time::{Duration, Instant};
+        let (buses, mut io, dev) = setup_with(Some(Arc::new(FastRange::default())));
+        let bar0 = u64::from(cfg_read(&mut io, 1, 4) & !3);
+        let bar1 = u64::from(cfg_read(&mut io, 1, 5));
+        let stop = Arc::new(AtomicBool::new(false));
+        let reads = Arc::new(AtomicU64::new(0));
+        let reader = {
+            let (buses, stop, reads) = (buses.clone(), stop.clone(), reads.clone());
+            std::thread::spawn(move || {
+                let mut gaps = Vec::new();
+                while !stop.load(Ordering::Relaxed) && gaps.is_empty() {
+                    for (bus, addr) in [
+                        (&buses.mmio, bar1),
+                        (&buses.mmio, bar1 + 0x40),
+                        (&buses.mmio, bar1 + 0x80),
+                        (&buses.pio, bar0),
+                    ] {
+                        let mut d = [0u8; 2];
+                        if !bus.read(addr, &mut d) {
+                            gaps.push(addr);
+                        }
+                    }
+                    reads.fetch_add(1, Ordering::Relaxed);
+                }
+                gaps
+            })
+        };
+        let t0 = Instant::now();
+        let mut remaps = 0;
+        while !reader.is_finished() && (remaps < 20_000 || reads.load(Ordering::Relaxed) < 1000) {
+            dev.lock().unwrap().fast = Some(Arc::new(FastRange::default()));
+            io.root.lock().unwrap().remap(1);
+            remaps += 1;
+            if t0.elapsed() > Duration::from_secs(5) {
+                break;
+            }
+        }
+        stop.store(true, Ordering::Relaxed);
+        let gaps = reader.join().unwrap();
+        assert!(
+            gaps.is_empty(),
+            "found nothing mapped at {gaps:#x?} ({remaps} remaps)"
+        );
+        assert!(reads.load(Ordering::Relaxed) > 0);
+    }
+
+    /// On the kernel path the old registration must leave KVM before the
+    /// new one can enter; exits in between find zeros, as from a device
+    /// that is cut off, not all ones.
+    #[test]
+    fn remap_covers_the_range_while_kvm_changes_hands() {
+        let old_path = Arc::new(FastRange {
+            kernel: true,
+            ..Default::default()
+        });
+        let (buses, mut io, dev) = setup_with(Some(old_path.clone()));
+        let bar1 = u64::from(cfg_read(&mut io, 1, 5));
+        let new_path = Arc::new(FastRange {
+            kernel: true,
+            ..Default::default()
+        });
+        *old_path.watch.lock().unwrap() = Some(buses.clone());
+        *new_path.watch.lock().unwrap() = Some(buses.clone());
+        dev.lock().unwrap().fast = Some(new_path.clone());
+        io.root.lock().unwrap().remap(1);
+        assert_eq!(
+            *old_path.seen.lock().unwrap(),
+            vec![(true, [0; 2])],
+            "as KVM lets go"
+        );
+        assert_eq!(
+            *new_path.seen.lock().unwrap(),
+            vec![(true, [0; 2])],
+            "until KVM takes it"
+        );
+        let mut d = [0u8; 2];
+        assert!(
+            !buses.mmio.read(bar1 + 0x40, &mut d),
+            "KVM serves the new range"
+        );
+        assert!(buses.mmio.read(bar1 + 0x3e, &mut d));
         assert_eq!(d, [1; 2]);
     }
 
