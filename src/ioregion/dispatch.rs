@@ -1,7 +1,7 @@
 //! The userspace ioregionfd path: a VMM vCPU thread that took an MMIO/PIO
 //! exit for a region sends the same 32-byte command record KVM would have
-//! sent and waits for the response, so the device process cannot tell the
-//! two paths apart.
+//! sent and waits for the response, so the device process serves both
+//! paths with one code path.
 //!
 //! Ordering: a device sees accesses in the order they were sent on one fd,
 //! and a response carries no request id, so only one command may be in
@@ -9,8 +9,15 @@
 //! threads sharing one `RegionFd` take turns, and a read queued behind
 //! posted writes reaches the device after them. The lock does not cover
 //! other writers: do not register the same fd with KVM
-//! (`KVM_SET_IOREGION`) while this path uses it, and give all regions of a
-//! device the same `RegionFd` if their accesses must stay ordered.
+//! (`KVM_SET_IOREGION`) while this path uses it.
+//!
+//! Across fds, order comes from a number instead: every command sent
+//! here carries the next number of one VM-wide sequence
+//! ([`next_sequence`]), taken under the fd's lock just before the send. A
+//! device process serves one fd per vCPU per range, and the number is
+//! what lets it apply posted writes that one vCPU sent to two ranges, or
+//! that two vCPUs sent one after the other, in the order they were issued
+//! (`remote::ioregions`). KVM's records carry none.
 //!
 //! Unlike KVM's path, this one has a timeout, so a hung device process
 //! fails the access instead of hanging the vCPU forever.
@@ -59,6 +66,23 @@ pub enum DispatchError {
         #[source]
         source: io::Error,
     },
+}
+
+/// The VM-wide count behind [`next_sequence`]. One counter for every
+/// vCPU: an access that the guest ordered after another (on another vCPU,
+/// through memory) takes its number after the first one's send returned,
+/// so it gets a larger one.
+static SEQUENCE: AtomicU64 = AtomicU64::new(0);
+
+/// The next sequence number for a command record: never 0 (no sequence),
+/// counting modulo 2^48 (see [`wire::sequence_precedes`]).
+pub fn next_sequence() -> u64 {
+    loop {
+        let n = SEQUENCE.fetch_add(1, Ordering::SeqCst).wrapping_add(1) & wire::SEQUENCE_MASK;
+        if n != 0 {
+            return n;
+        }
+    }
 }
 
 /// What happened to a write.
@@ -161,9 +185,11 @@ impl RegionFd {
 
     /// Reads `data.len()` bytes (1, 2, 4 or 8) at `offset` in the region.
     pub fn read(&self, offset: u64, data: &mut [u8]) -> Result<(), DispatchError> {
-        let cmd = Cmd::read(self.user_data, offset, data.len())
+        let mut cmd = Cmd::read(self.user_data, offset, data.len())
             .map_err(|_| DispatchError::AccessSize(data.len()))?;
         let mut state = self.lock()?;
+        // Under the lock, so the numbers on one fd rise in queue order.
+        cmd.sequence = next_sequence();
         let deadline = Instant::now() + self.timeout;
         self.send(&cmd.encode(), deadline)?;
         let resp = self.await_response(&mut state, &cmd, deadline)?;
@@ -173,9 +199,10 @@ impl RegionFd {
 
     /// Writes `data` (1, 2, 4 or 8 bytes) at `offset` in the region.
     pub fn write(&self, offset: u64, data: &[u8]) -> Result<WriteKind, DispatchError> {
-        let cmd = Cmd::write(self.user_data, offset, data, !self.posted_writes)
+        let mut cmd = Cmd::write(self.user_data, offset, data, !self.posted_writes)
             .map_err(|_| DispatchError::AccessSize(data.len()))?;
         let mut state = self.lock()?;
+        cmd.sequence = next_sequence();
         let deadline = Instant::now() + self.timeout;
         self.send(&cmd.encode(), deadline)?;
         if !cmd.response {
@@ -330,7 +357,13 @@ mod tests {
         }
         for (cmd, size) in remote.join().unwrap().iter().zip(SIZES) {
             let want = Cmd::read(5, 0x40 + size as u64, size).unwrap();
-            assert_eq!(*cmd, want);
+            assert_eq!(
+                *cmd,
+                Cmd {
+                    sequence: cmd.sequence,
+                    ..want
+                }
+            );
         }
     }
 
@@ -383,6 +416,24 @@ mod tests {
             .collect();
         let writes = [0, 4, 8].map(|o| (Access::Write, o));
         assert_eq!(order, [&writes[..], &[(Access::Read, 12)]].concat());
+    }
+
+    #[test]
+    fn every_command_carries_a_rising_sequence_number() {
+        let (posted, dev_posted) = pair(true);
+        let (waited, dev_waited) = pair(false);
+        let remote = remote(dev_waited, 2, |_| 0);
+        posted.write(0, &[1]).unwrap();
+        waited.write(0, &[2]).unwrap();
+        posted.write(0, &[3]).unwrap();
+        waited.read(0, &mut [0u8; 4]).unwrap();
+        let on_posted: Vec<u64> = (0..2).map(|_| recv_cmd(&dev_posted).sequence).collect();
+        let on_waited: Vec<u64> = remote.join().unwrap().iter().map(|c| c.sequence).collect();
+        let issued = [on_posted[0], on_waited[0], on_posted[1], on_waited[1]];
+        assert!(issued.iter().all(|s| *s != 0), "{issued:?}");
+        for w in issued.windows(2) {
+            assert!(wire::sequence_precedes(w[0], w[1]), "{issued:?}");
+        }
     }
 
     #[test]

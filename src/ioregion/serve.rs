@@ -101,7 +101,23 @@ pub enum Incoming {
 /// Receives one record into `buf` (at least RECV_BUF_SIZE bytes), blocking
 /// or not. Empty records from a live peer are skipped.
 pub fn receive(fd: BorrowedFd<'_>, buf: &mut [u8], block: bool) -> Result<Incoming, ServeError> {
-    let flags = if block { 0 } else { libc::MSG_DONTWAIT };
+    receive_with(fd, buf, if block { 0 } else { libc::MSG_DONTWAIT })
+}
+
+/// Copies the next record into `buf` without taking it off `fd`, and
+/// without blocking: a server that owes an order across several fds looks
+/// at what each holds before it applies anything, and leaves the rest
+/// queued where the VMM's watchdog can see them waiting. Empty records
+/// from a live peer are taken and skipped.
+pub fn peek(fd: BorrowedFd<'_>, buf: &mut [u8]) -> Result<Incoming, ServeError> {
+    receive_with(fd, buf, libc::MSG_DONTWAIT | libc::MSG_PEEK)
+}
+
+fn receive_with(
+    fd: BorrowedFd<'_>,
+    buf: &mut [u8],
+    flags: libc::c_int,
+) -> Result<Incoming, ServeError> {
     loop {
         return match recv_record(fd, buf, flags) {
             // 0 is a hang-up, or an empty record from a live peer, which
@@ -110,6 +126,13 @@ pub fn receive(fd: BorrowedFd<'_>, buf: &mut [u8], block: bool) -> Result<Incomi
                 Ok(true) => Ok(Incoming::Closed(ServeEnd::PeerClosed)),
                 Ok(false) => {
                     log::warn!("ioregion: ignoring an empty record");
+                    if flags & libc::MSG_PEEK != 0 {
+                        // Peeking leaves it at the head: take it.
+                        recv_record(fd, buf, libc::MSG_DONTWAIT).map_err(|e| ServeError::Io {
+                            op: "recv",
+                            source: e,
+                        })?;
+                    }
                     continue;
                 }
                 Err(e) => Err(ServeError::Io {
@@ -320,6 +343,24 @@ mod tests {
         assert_eq!(Resp::decode(&buf[..32]).unwrap().data, 7);
         drop(vmm);
         assert_eq!(server.join().unwrap(), ServeEnd::PeerClosed);
+    }
+
+    #[test]
+    fn peek_leaves_the_record_queued_and_skips_empty_ones() {
+        let (vmm, dev) = socket_pair().unwrap();
+        let mut buf = [0u8; RECV_BUF_SIZE];
+        assert_eq!(peek(dev.as_fd(), &mut buf).unwrap(), Incoming::Nothing);
+        send_record(vmm.as_fd(), &[], 0).unwrap();
+        send_record(vmm.as_fd(), &[7; 32], 0).unwrap();
+        for _ in 0..2 {
+            assert_eq!(peek(dev.as_fd(), &mut buf).unwrap(), Incoming::Record(32));
+        }
+        let got = receive(dev.as_fd(), &mut buf, false).unwrap();
+        assert_eq!((got, buf[0]), (Incoming::Record(32), 7));
+        assert_eq!(peek(dev.as_fd(), &mut buf).unwrap(), Incoming::Nothing);
+        drop(vmm);
+        let closed = Incoming::Closed(ServeEnd::PeerClosed);
+        assert_eq!(peek(dev.as_fd(), &mut buf).unwrap(), closed);
     }
 
     #[test]

@@ -13,13 +13,21 @@
 //! | ------ | ---------------------------------------------------------- |
 //! | 0      | cmd: 0 = read, 1 = write                                   |
 //! | 1      | bits 0-3 size exponent (0=1B .. 3=8B), bit 4 response wanted |
-//! | 2..8   | zero padding                                               |
+//! | 2..8   | sequence number, 48 bits little-endian; 0 = none           |
 //! | 8..16  | user_data (from the region registration)                   |
 //! | 16..24 | offset from the start of the region                        |
 //! | 24..32 | data: write value in the low bytes, rest zero; 0 for reads |
 //!
 //! Response record: bytes 0..8 data (read value in the low bytes), then 24
 //! bytes of zero padding.
+//!
+//! The sequence number is ours, not the RFC's: there bytes 2..8 are
+//! padding, and KVM (including our module in kernel/) writes them as zero.
+//! Our vCPU threads stamp every record they send with the next value of
+//! one VM-wide counter ([`Cmd::sequence`]), so a device process that
+//! serves several fds can put posted writes back into the order the vCPUs
+//! issued them (see `remote::ioregions`). A reader that ignores the
+//! padding, as the RFC's readers do, is unaffected.
 
 /// Length of both records.
 pub const RECORD_SIZE: usize = 32;
@@ -28,6 +36,10 @@ const CMD_READ: u8 = 0;
 const CMD_WRITE: u8 = 1;
 const SIZE_EXPONENT_MASK: u8 = 0x0f;
 const RESPONSE_BIT: u8 = 1 << 4;
+/// Where the sequence number sits, and how wide it is.
+const SEQUENCE_BYTES: std::ops::Range<usize> = 2..8;
+/// Sequence numbers count modulo 2^48, skipping 0.
+pub const SEQUENCE_MASK: u64 = (1 << 48) - 1;
 
 /// Why a record could not be built or decoded.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -63,6 +75,9 @@ pub struct Cmd {
     pub user_data: u64,
     pub offset: u64,
     pub data: u64,
+    /// The sender's sequence number (48 bits), 0 when it has none: records
+    /// KVM writes, and those the constructors make.
+    pub sequence: u64,
 }
 
 /// The size exponent of a 1, 2, 4 or 8 byte access.
@@ -120,6 +135,7 @@ impl Cmd {
             user_data,
             offset,
             data: 0,
+            sequence: 0,
         })
     }
 
@@ -139,6 +155,7 @@ impl Cmd {
             user_data,
             offset,
             data: data_from_bytes(data),
+            sequence: 0,
         })
     }
 
@@ -165,6 +182,7 @@ impl Cmd {
             Access::Write => CMD_WRITE,
         };
         rec[1] = exponent | if self.response { RESPONSE_BIT } else { 0 };
+        rec[SEQUENCE_BYTES].copy_from_slice(&(self.sequence & SEQUENCE_MASK).to_le_bytes()[..6]);
         rec[8..16].copy_from_slice(&self.user_data.to_le_bytes());
         rec[16..24].copy_from_slice(&self.offset.to_le_bytes());
         let data = mask_to_size(self.data, 1 << exponent);
@@ -174,9 +192,9 @@ impl Cmd {
 
     /// Parses one record.
     ///
-    /// Padding bytes and the reserved bits 5-7 of byte 1 are not checked, so
-    /// a sender that puts something there in a later revision still gets
-    /// served. `data` is masked to the access size, so a handler never sees
+    /// The padding bytes and the reserved bits 5-7 of byte 1 are not
+    /// checked, so a sender that puts something there in a later revision
+    /// still gets served. `data` is masked to the access size, so a handler never sees
     /// bytes the guest did not write.
     pub fn decode(bytes: &[u8]) -> Result<Cmd, WireError> {
         if bytes.len() != RECORD_SIZE {
@@ -203,6 +221,7 @@ impl Cmd {
             user_data: u64_at(bytes, 8),
             offset: u64_at(bytes, 16),
             data: mask_to_size(u64_at(bytes, 24), size),
+            sequence: sequence_of(bytes).unwrap_or(0),
         })
     }
 
@@ -212,6 +231,25 @@ impl Cmd {
     pub fn wants_response(bytes: &[u8]) -> bool {
         bytes.len() >= 2 && bytes[1] & RESPONSE_BIT != 0
     }
+}
+
+/// The sequence number of a raw record, valid or not (so that even a
+/// record that will not decode keeps its place); None if it carries none
+/// or is too short to.
+pub fn sequence_of(bytes: &[u8]) -> Option<u64> {
+    let raw = bytes.get(SEQUENCE_BYTES)?;
+    let mut le = [0u8; 8];
+    le[..6].copy_from_slice(raw);
+    Some(u64::from_le_bytes(le)).filter(|s| *s != 0)
+}
+
+/// Whether sequence number `a` was given out before `b`. They count modulo
+/// 2^48, so this compares along the shorter way round the circle: right
+/// for any two numbers given out less than 2^47 apart, which records that
+/// are queued at the same time always are.
+pub fn sequence_precedes(a: u64, b: u64) -> bool {
+    let ahead = b.wrapping_sub(a) & SEQUENCE_MASK;
+    ahead != 0 && ahead < 1 << 47
 }
 
 /// The device's answer to a read or a non-posted write.
@@ -307,19 +345,44 @@ mod tests {
             user_data: 0,
             offset: 0,
             data: 0xffff_ff42,
+            sequence: 0,
         };
         assert_eq!(&cmd.encode()[24..32], &[0x42, 0, 0, 0, 0, 0, 0, 0]);
     }
 
     #[test]
-    fn decode_masks_data_and_ignores_padding() {
+    fn decode_masks_data_and_ignores_reserved_bits() {
         let mut b = cmd_bytes(1, 0x11, 7, 8, [0x42, 0x99, 0x99, 0, 0, 0, 0, 0x99]);
-        b[2..8].copy_from_slice(&[0xee; 6]);
         b[1] |= 0xe0;
         let cmd = Cmd::decode(&b).unwrap();
         assert_eq!(cmd.data, 0x9942);
         assert_eq!(cmd.size, 2);
         assert!(cmd.response);
+    }
+
+    #[test]
+    fn the_sequence_number_rides_in_bytes_2_to_8() {
+        let mut cmd = Cmd::write(3, 0x10, &[7], false).unwrap();
+        cmd.sequence = 0x0000_a1b2_c3d4_e5f6;
+        let rec = cmd.encode();
+        assert_eq!(&rec[2..8], &[0xf6, 0xe5, 0xd4, 0xc3, 0xb2, 0xa1]);
+        assert_eq!(Cmd::decode(&rec).unwrap(), cmd);
+        assert_eq!(sequence_of(&rec), Some(0xa1b2_c3d4_e5f6));
+        // What KVM writes: zero padding, no sequence.
+        let kernel = cmd_bytes(1, 0x00, 3, 0x10, [7, 0, 0, 0, 0, 0, 0, 0]);
+        assert_eq!(sequence_of(&kernel), None);
+        assert_eq!(Cmd::decode(&kernel).unwrap().sequence, 0);
+        assert_eq!(sequence_of(&kernel[..5]), None, "too short to carry one");
+    }
+
+    #[test]
+    fn sequence_numbers_compare_across_the_wrap() {
+        assert!(sequence_precedes(1, 2));
+        assert!(!sequence_precedes(2, 1));
+        assert!(!sequence_precedes(5, 5));
+        assert!(sequence_precedes(SEQUENCE_MASK - 1, SEQUENCE_MASK));
+        assert!(sequence_precedes(SEQUENCE_MASK, 1), "1 follows the wrap");
+        assert!(!sequence_precedes(1, SEQUENCE_MASK));
     }
 
     #[test]
