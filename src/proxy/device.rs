@@ -124,6 +124,77 @@ pub struct ProxyDevice {
     /// Registered with KVM once; a restarted remote gets them again.
     irqfd: EventFd,
     resamplefd: EventFd,
+    /// While a restarted remote's handshake runs on a copy of the config
+    /// space: the config writes since the copy, latest per (register,
+    /// offset, width), in order, BARs and command register included.
+    since_takeover: Option<Vec<(usize, usize, Vec<u8>)>>,
+}
+
+/// What a restarted remote is given, copied from the device when the
+/// takeover began, so that the handshake runs without the device's lock.
+pub struct Takeover {
+    predecessor: String,
+    sysmem: Sysmem,
+    config: ConfigSpace,
+    written: Vec<(usize, usize, Vec<u8>)>,
+    options: ProxyOptions,
+    stats: Arc<DeviceStats>,
+}
+
+/// A remote that passed the handshake, for `complete_takeover`.
+pub struct Successor {
+    name: String,
+    channel: Channel,
+    failed: FailFlag,
+    fast_paths: HashMap<usize, Vec<Arc<IoRegionPath>>>,
+    replayed: usize,
+}
+
+impl Takeover {
+    /// The slow part, up to some 40 round trips: the remote on `channel`
+    /// must be the same device; it gets guest RAM, a reset, the config
+    /// space as of the copy and its ioregion fds.
+    pub fn handshake(self, name: String, mut channel: Channel) -> Result<Successor, ProxyError> {
+        share_ram(&mut channel, &name, &self.sysmem)?;
+        let config = probe_config(&mut channel, &name)?;
+        let same = |reg| config.read(reg) == self.config.read(reg);
+        if !same(REG_ID) || !same(REG_CLASS) || config.bar_specs() != self.config.bar_specs() {
+            return Err(ProxyError::NotTheSameDevice { name });
+        }
+        channel
+            .request(&Message::DeviceReset)
+            .map_err(channel_err(&name, "resetting the device"))?;
+        // BARs first, then the rest in the order the guest last wrote them.
+        let replay_err = channel_err(&name, "replaying config space");
+        for (bar, _) in self.config.bar_specs() {
+            let value = self.config.read(REG_BAR0 + bar);
+            ProxyDevice::cfg_write(&mut channel, REG_BAR0 + bar, 0, &value.to_le_bytes())
+                .map_err(&replay_err)?;
+        }
+        for (reg, offset, data) in &self.written {
+            ProxyDevice::cfg_write(&mut channel, *reg, *offset, data).map_err(&replay_err)?;
+        }
+        let failed = FailFlag::default();
+        let fast_paths = fast_paths(
+            &mut channel,
+            &name,
+            &self.config,
+            &self.options,
+            &self.stats,
+            &failed,
+        )?;
+        log::debug!(
+            "remote {name}: handshake done, taking over from {}",
+            self.predecessor
+        );
+        Ok(Successor {
+            name,
+            channel,
+            failed,
+            fast_paths,
+            replayed: self.written.len(),
+        })
+    }
 }
 
 /// Guest RAM as SYNC_SYSMEM hands it out.
@@ -340,6 +411,7 @@ impl ProxyDevice {
             written: Vec::new(),
             irqfd,
             resamplefd,
+            since_takeover: None,
         })
     }
 
@@ -349,50 +421,82 @@ impl ProxyDevice {
     /// this remote failed. The caller remaps the BARs, because the ioregion
     /// fds are new, and then calls `wire_interrupt`: last, so that a remote
     /// that raises its interrupt at once finds the guest's view complete.
-    pub fn reconnect(
-        &mut self,
-        name: String,
-        mut channel: Channel,
-    ) -> Result<FailFlag, ProxyError> {
-        share_ram(&mut channel, &name, &self.sysmem)?;
-        let mut config = probe_config(&mut channel, &name)?;
-        let same = |reg| config.read(reg) == self.config.read(reg);
-        if !same(REG_ID) || !same(REG_CLASS) || config.bar_specs() != self.config.bar_specs() {
-            return Err(ProxyError::NotTheSameDevice { name });
+    /// `begin_takeover`, `Takeover::handshake` and `complete_takeover` do
+    /// the same in steps, so the handshake need not hold the device's lock.
+    pub fn reconnect(&mut self, name: String, channel: Channel) -> Result<FailFlag, ProxyError> {
+        let successor = self.begin_takeover()?.handshake(name, channel);
+        match successor {
+            Ok(successor) => self.complete_takeover(successor),
+            Err(e) => {
+                self.abandon_takeover();
+                Err(e)
+            }
         }
-        channel
-            .request(&Message::DeviceReset)
-            .map_err(channel_err(&name, "resetting the device"))?;
-        // BARs first, then the rest in the order the guest last wrote them.
+    }
+
+    /// Copies what a restarted remote is given, and from now on notes the
+    /// config writes the guest makes until `complete_takeover` replays them
+    /// (or `abandon_takeover`).
+    pub fn begin_takeover(&mut self) -> Result<Takeover, ProxyError> {
+        let memfd = self
+            .sysmem
+            .memfd
+            .try_clone()
+            .map_err(|source| ProxyError::Irq {
+                name: self.name.clone(),
+                source,
+            })?;
+        self.since_takeover = Some(Vec::new());
+        Ok(Takeover {
+            predecessor: self.name.clone(),
+            sysmem: Sysmem {
+                regions: self.sysmem.regions.clone(),
+                memfd,
+            },
+            config: self.config.clone(),
+            written: self.written.clone(),
+            options: self.options.clone(),
+            stats: self.stats.clone(),
+        })
+    }
+
+    /// Puts the remote that passed the handshake behind the device. The
+    /// config writes the guest made meanwhile go to it first (a few round
+    /// trips at most, usually none): it only has the copy taken when the
+    /// takeover began.
+    pub fn complete_takeover(&mut self, successor: Successor) -> Result<FailFlag, ProxyError> {
+        let Successor {
+            name,
+            mut channel,
+            failed,
+            fast_paths,
+            replayed,
+        } = successor;
+        let meanwhile = self.since_takeover.take().unwrap_or_default();
         let replay_err = channel_err(&name, "replaying config space");
-        for (bar, _) in self.config.bar_specs() {
-            let value = self.config.read(REG_BAR0 + bar);
-            Self::cfg_write(&mut channel, REG_BAR0 + bar, 0, &value.to_le_bytes())
-                .map_err(&replay_err)?;
-            config.write(REG_BAR0 + bar, 0, &value.to_le_bytes());
+        for (reg, offset, data) in &meanwhile {
+            if let Err(e) = Self::cfg_write(&mut channel, *reg, *offset, data) {
+                // Its region fds are not used, but the watchdog knows them.
+                failed.fail();
+                return Err(replay_err(e));
+            }
         }
-        for (reg, offset, data) in &self.written {
-            Self::cfg_write(&mut channel, *reg, *offset, data).map_err(&replay_err)?;
-        }
-        let failed = FailFlag::default();
-        let fast_paths = fast_paths(
-            &mut channel,
-            &name,
-            &self.config,
-            &self.options,
-            &self.stats,
-            &failed,
-        )?;
         log::info!(
-            "remote {name}: took over from {} ({} config writes replayed)",
+            "remote {name}: took over from {} ({replayed} config writes replayed, {} more made \
+             during the handshake)",
             self.name,
-            self.written.len()
+            meanwhile.len()
         );
         self.name = name;
         self.channel = channel;
         self.failed = failed.clone();
         self.fast_paths = fast_paths;
         Ok(failed)
+    }
+
+    /// The takeover failed: stop noting config writes for it.
+    pub fn abandon_takeover(&mut self) {
+        self.since_takeover = None;
     }
 
     /// Hands the remote the device's interrupt (after `reconnect`).
@@ -454,10 +558,15 @@ impl PciDevice for ProxyDevice {
 
     fn write_config(&mut self, reg: usize, offset: usize, data: &[u8]) {
         self.config.write(reg, offset, data);
+        let note = |log: &mut Vec<(usize, usize, Vec<u8>)>| {
+            log.retain(|(r, o, d)| (*r, *o, d.len()) != (reg, offset, data.len()));
+            log.push((reg, offset, data.to_vec()));
+        };
         if !is_local(reg) {
-            self.written
-                .retain(|(r, o, d)| (*r, *o, d.len()) != (reg, offset, data.len()));
-            self.written.push((reg, offset, data.to_vec()));
+            note(&mut self.written);
+        }
+        if let Some(meanwhile) = &mut self.since_takeover {
+            note(meanwhile);
         }
         let mut val = [0u8; 4];
         val[..data.len()].copy_from_slice(data);
@@ -533,22 +642,26 @@ impl PciDevice for ProxyDevice {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::remote::{RemoteDevice, RemoteMemory, SharedIrq, server};
     use std::os::unix::net::UnixStream;
     use std::sync::Mutex;
+    use std::sync::mpsc::{Receiver, Sender};
 
     /// A remote device with a 256-byte I/O BAR and a 1 KiB memory BAR of
     /// plain registers.
-    struct Scratch {
-        config: ConfigSpace,
-        regs: [u8; 1024],
+    pub(crate) struct Scratch {
+        pub(crate) config: ConfigSpace,
+        pub(crate) regs: [u8; 1024],
         resets: u32,
         /// The command register when the interrupt was last wired.
-        wired_at_command: Option<u32>,
+        pub(crate) wired_at_command: Option<u32>,
         /// Mirrors BAR1's byte 0x14 and claims it at this offset of BAR1.
         mirror: Option<(crate::remote::RegisterMirror, u64)>,
+        /// A reset says so on the first and then waits for the second: a
+        /// remote that is slow in the middle of the handshake.
+        pub(crate) reset_gate: Option<(Sender<()>, Receiver<()>)>,
     }
 
     impl RemoteDevice for Scratch {
@@ -583,6 +696,10 @@ mod tests {
         }
         fn reset(&mut self) {
             self.resets += 1;
+            if let Some((reached, release)) = &self.reset_gate {
+                let _ = reached.send(());
+                let _ = release.recv();
+            }
         }
         fn set_memory(&mut self, _memory: RemoteMemory) {}
         fn set_interrupt(&mut self, _line: SharedIrq) {
@@ -602,7 +719,7 @@ mod tests {
         }
     }
 
-    fn scratch(io_size: u64) -> Arc<Mutex<Scratch>> {
+    pub(crate) fn scratch(io_size: u64) -> Arc<Mutex<Scratch>> {
         let mut config = ConfigSpace::new(0x1000, 0x0012, 0x010000, 1);
         config
             .set_bar(
@@ -628,6 +745,7 @@ mod tests {
             resets: 0,
             wired_at_command: None,
             mirror: None,
+            reset_gate: None,
         }))
     }
 
@@ -639,7 +757,7 @@ mod tests {
         connect_with(dev, None)
     }
 
-    fn connect_with(
+    pub(crate) fn connect_with(
         dev: Arc<Mutex<Scratch>>,
         ioregion: Option<Dispatch>,
     ) -> (ProxyDevice, FailFlag, std::thread::JoinHandle<()>) {
@@ -883,7 +1001,7 @@ mod tests {
         assert_eq!(proxy.read_config(REG_ID), u32::MAX, "no device");
     }
 
-    fn serve(dev: Arc<Mutex<Scratch>>) -> (Channel, std::thread::JoinHandle<()>) {
+    pub(crate) fn serve(dev: Arc<Mutex<Scratch>>) -> (Channel, std::thread::JoinHandle<()>) {
         let (a, b) = UnixStream::pair().unwrap();
         let remote: Arc<Mutex<dyn RemoteDevice>> = dev;
         let server = std::thread::spawn(move || {

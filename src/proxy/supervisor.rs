@@ -18,6 +18,7 @@ use super::device::{CUT_OFF_NOTE, FailFlag, ProxyDevice, ProxyError};
 use super::remote::{self, RemoteError, RemoteProcess, SharedChild};
 use super::spec::RemoteDevSpec;
 use crate::pci::root::PciRoot;
+use crate::protocol::channel::Channel;
 
 /// A remote that keeps dying is not started a sixth time.
 pub const MAX_RESTARTS: u32 = 5;
@@ -133,30 +134,13 @@ impl RemoteWatcher {
             }
         };
         let name = process.name.clone();
-        // The PCI root's lock first, as a guest config access takes them,
-        // so no BAR moves while the device changes hands.
-        let mut pci = r.pci.lock().expect("pci root lock");
-        let reconnected = r
-            .device
-            .lock()
-            .expect("proxy lock")
-            .reconnect(name.clone(), process.channel);
-        let failed = match reconnected {
+        let failed = match take_over(&r.device, &r.pci, r.slot, name.clone(), process.channel) {
             Ok(f) => f,
             Err(e) => {
-                drop(pci);
                 remote::stop_child(&name, &self.child, false);
                 return Err(e.into());
             }
         };
-        pci.remap(r.slot);
-        drop(pci);
-        let wired = r.device.lock().expect("proxy lock").wire_interrupt();
-        if let Err(e) = wired {
-            failed.fail();
-            remote::stop_child(&name, &self.child, false);
-            return Err(e.into());
-        }
         log::warn!(
             "remote {name} took over the device ({} of at most {MAX_RESTARTS} restarts)",
             r.done
@@ -166,6 +150,47 @@ impl RemoteWatcher {
         self.failed = failed;
         Ok(())
     }
+}
+
+/// Puts the new remote on `channel` behind `device` in slot `slot`: the
+/// handshake, the BARs mapped again with its ioregion fds and, last, its
+/// interrupt. Returns the flag that marks the new remote failed.
+///
+/// The handshake (tens of round trips, each allowed the request timeout)
+/// runs on a copy of the device's state without the PCI root's or the
+/// device's lock: vCPUs touching config space or the cut-off device's
+/// BARs meanwhile get their answers at once, not when it is over. What
+/// the guest writes to config space meanwhile is replayed under the locks.
+fn take_over(
+    device: &Arc<Mutex<ProxyDevice>>,
+    pci: &Arc<Mutex<PciRoot>>,
+    slot: usize,
+    name: String,
+    channel: Channel,
+) -> Result<FailFlag, ProxyError> {
+    let takeover = device.lock().expect("proxy lock").begin_takeover()?;
+    let successor = match takeover.handshake(name, channel) {
+        Ok(s) => s,
+        Err(e) => {
+            device.lock().expect("proxy lock").abandon_takeover();
+            return Err(e);
+        }
+    };
+    // The PCI root's lock first, as a guest config access takes them,
+    // so no BAR moves while the device changes hands.
+    let mut pci = pci.lock().expect("pci root lock");
+    let failed = device
+        .lock()
+        .expect("proxy lock")
+        .complete_takeover(successor)?;
+    pci.remap(slot);
+    drop(pci);
+    let wired = device.lock().expect("proxy lock").wire_interrupt();
+    if let Err(e) = wired {
+        failed.fail();
+        return Err(e);
+    }
+    Ok(failed)
 }
 
 impl MutEventSubscriber for RemoteWatcher {
@@ -203,5 +228,112 @@ impl MutEventSubscriber for RemoteWatcher {
         if let Err(e) = ops.add(Events::new(&self.socket, WATCHED)) {
             log::error!("cannot watch remote {}: {e}", self.name);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::bus::BusDevice;
+    use crate::pci::config::{REG_BAR0, REG_COMMAND};
+    use crate::pci::root::PciConfigIo;
+    use crate::proxy::device::tests::{connect_with, scratch, serve};
+    use crate::proxy::ioregion::Dispatch;
+    use std::sync::mpsc;
+
+    fn select(io: &mut PciConfigIo, reg: usize) {
+        let address = 0x8000_0000u32 | 1 << 11 | (reg as u32) << 2;
+        io.write(0, &address.to_le_bytes());
+    }
+
+    fn cfg_read(io: &mut PciConfigIo, reg: usize) -> u32 {
+        select(io, reg);
+        let mut d = [0u8; 4];
+        io.read(4, &mut d);
+        u32::from_le_bytes(d)
+    }
+
+    fn cfg_write(io: &mut PciConfigIo, reg: usize, offset: usize, data: &[u8]) {
+        select(io, reg);
+        io.write(4 + offset as u64, data);
+    }
+
+    /// While a new remote is slow in the handshake, the guest's config
+    /// accesses to the device go through (they used to wait for the whole
+    /// handshake), and what it programs then reaches the new remote.
+    #[test]
+    fn a_slow_handshake_holds_neither_the_pci_root_nor_the_device() {
+        use std::time::Duration;
+        let (proxy, old_failed, _old_server) =
+            connect_with(scratch(256), Some(Dispatch::Userspace));
+        let buses = Arc::new(crate::vmm::vcpu::Buses::default());
+        let pci = Arc::new(Mutex::new(PciRoot::new(buses.clone())));
+        let device = Arc::new(Mutex::new(proxy));
+        {
+            let mut root = pci.lock().unwrap();
+            assert_eq!(root.add(device.clone(), 1).unwrap(), 1);
+            root.assign_resources().unwrap();
+        }
+        let mut io = PciConfigIo::new(pci.clone());
+        let old_bar1 = u64::from(cfg_read(&mut io, REG_BAR0 + 1));
+        old_failed.fail(); // as the watcher does when the remote hangs up
+
+        let fresh = scratch(256);
+        let (reached_tx, reached) = mpsc::channel();
+        let (release, release_rx) = mpsc::channel();
+        fresh.lock().unwrap().reset_gate = Some((reached_tx, release_rx));
+        let (channel, _server) = serve(fresh.clone());
+        let handing_over = {
+            let (device, pci) = (device.clone(), pci.clone());
+            std::thread::spawn(move || take_over(&device, &pci, 1, "second".into(), channel))
+        };
+        reached
+            .recv_timeout(Duration::from_secs(10))
+            .expect("the handshake reaches the reset");
+
+        // The guest, meanwhile: moves BAR1 and sets the latency timer.
+        let (done_tx, done) = mpsc::channel();
+        let guest = std::thread::spawn(move || {
+            let bar0 = cfg_read(&mut io, REG_BAR0);
+            cfg_write(&mut io, REG_COMMAND, 0, &[0, 0]);
+            cfg_write(&mut io, REG_BAR0 + 1, 0, &0xd000_0000u32.to_le_bytes());
+            cfg_write(&mut io, 3, 1, &[0x40]);
+            cfg_write(&mut io, REG_COMMAND, 0, &[0x07, 0]);
+            let _ = done_tx.send(bar0);
+        });
+        let in_time = done.recv_timeout(Duration::from_secs(3));
+        release.send(()).unwrap();
+        let failed = handing_over.join().unwrap().unwrap();
+        guest.join().unwrap();
+        assert!(in_time.is_ok(), "config accesses waited for the handshake");
+        assert_ne!(
+            in_time.unwrap(),
+            u32::MAX,
+            "the BAR reads from the proxy's copy"
+        );
+        assert!(!failed.is_failed());
+
+        let remote = fresh.lock().unwrap();
+        assert_eq!(
+            remote.config.bar_addr(1),
+            Some(0xd000_0000),
+            "the BAR moved"
+        );
+        assert_eq!(remote.config.read(REG_COMMAND) & 0xffff, 0x07);
+        assert_eq!(remote.config.read(3) >> 8 & 0xff, 0x40);
+        assert_eq!(remote.wired_at_command.map(|c| c & 0xffff), Some(0x07));
+        drop(remote);
+        let mut d = [0u8; 1];
+        assert!(!buses.mmio.read(old_bar1, &mut d), "nothing left behind");
+        assert!(
+            buses.mmio.write(0xd000_0010, &[0x11]),
+            "over a new region fd"
+        );
+        assert!(
+            buses.mmio.write(0xd000_0100, &[0x22]),
+            "over the new socket"
+        );
+        let remote = fresh.lock().unwrap();
+        assert_eq!((remote.regs[0x10], remote.regs[0x100]), (0x11, 0x22));
     }
 }
