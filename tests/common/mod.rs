@@ -154,6 +154,8 @@ const END: &str = "=== SCENARIO-END ";
 const RIG_PROCESSES: &str = "vmm qemu-system-x86_64 pairexec";
 
 /// The script that runs every scenario in turn and frames its output.
+/// A scenario writes to a file that `tail -f` streams: a process it left
+/// running cannot hold the stream open, and the file is there to search.
 /// With `sweep`, leftovers of each scenario are named in its output
 /// ("left running: ...") and killed.
 fn batch_script(
@@ -170,17 +172,40 @@ fn batch_script(
         "export VMM={vmm} KERNEL={guest}/bzImage INITRD={guest}/initramfs.cpio.gz REPO={repo} \
          PAIREXEC={pairexec}\n"
     ));
+    if sweep.is_some() {
+        s.push_str(RIG_TRACE_SETUP);
+    }
     for sc in scenarios {
         s.push_str(&format!(
             "echo '{BEGIN}{name} ==='\ncat > /tmp/scenario-{name}.sh <<'VMM_SCENARIO_EOF'\n{script}\nVMM_SCENARIO_EOF\n\
-             timeout -k 10 {timeout_s} sh /tmp/scenario-{name}.sh 2>&1\nrc=$?\n{sweep}echo \"{END}{name} rc=$rc ===\"\n",
+             : > /tmp/scenario.out; tail -n +1 -f /tmp/scenario.out & tailer=$!\n\
+             timeout -k 10 {timeout_s} sh /tmp/scenario-{name}.sh > /tmp/scenario.out 2>&1\nrc=$?\n\
+             {sweep}sleep 1.5; kill $tailer; wait $tailer 2>/dev/null\n{trace}echo \"{END}{name} rc=$rc ===\"\n",
             name = sc.name,
             script = sc.script,
             sweep = sweep.map(sweep_script).unwrap_or_default(),
+            trace = if sweep.is_some() { RIG_TRACE_TAIL } else { "" },
         ));
     }
     s
 }
+
+/// In the rig, the rig kernel keeps a small ring of KVM's view of the
+/// guest (exits, injected interrupts, nested exits), so that a scenario
+/// that fails shows what KVM saw last.
+const RIG_TRACE_SETUP: &str = "T=/sys/kernel/tracing\n\
+    mount -t tracefs nodev $T 2>/dev/null\n\
+    if [ -w $T/set_event ]; then echo 512 > $T/buffer_size_kb; \
+    echo 'kvm:kvm_exit kvm:kvm_inj_virq kvm:kvm_nested_vmexit' > $T/set_event; echo 1 > $T/tracing_on; \
+    else echo 'rig: no tracefs, no KVM trace on failures'; fi\n";
+
+/// After a scenario: a failed one (non-zero status, a triple fault, a
+/// guest lockup or a timeout in its output) prints the tail of that ring;
+/// the ring starts empty for the next one.
+const RIG_TRACE_TAIL: &str = "if [ -r $T/trace ]; then \
+    if [ \"$rc\" != 0 ] || grep -qE 'triple fault|soft lockup|Kernel panic|did not answer|timed out' /tmp/scenario.out; then \
+    echo '--- the rig kernel KVM trace, last 150 events'; grep -v '^#' $T/trace | tail -n 150; echo '--- end of KVM trace'; fi; \
+    echo > $T/trace; fi\n";
 
 /// Shell lines that name and kill the processes in `names` that are still
 /// running, then wait up to 10 s for them to be gone (and their files
@@ -620,4 +645,29 @@ fn run_rig(
         console: String::from_utf8_lossy(&bytes).into_owned(),
         stalled,
     }
+}
+
+#[test]
+fn a_batch_streams_each_scenarios_output_and_status() {
+    let scenarios = [
+        Scenario {
+            name: "a",
+            script: "echo one\necho two >&2\nexit 3".into(),
+        },
+        Scenario {
+            name: "b",
+            // A process left running must not hold the batch up.
+            script: "sleep 30 &\necho three".into(),
+        },
+    ];
+    let all: Vec<&Scenario> = scenarios.iter().collect();
+    let script = batch_script(&all, "vmm", "/guest", "/repo", "pairexec", 20, None);
+    let started = std::time::Instant::now();
+    let out = Command::new("sh").arg("-c").arg(script).output().unwrap();
+    assert!(started.elapsed().as_secs() < 15, "the batch waited for a leftover");
+    let r = parse_batch(&String::from_utf8_lossy(&out.stdout));
+    assert_eq!(r["a"].output, "one\ntwo\n");
+    assert_eq!(r["a"].status, 3);
+    assert_eq!(r["b"].output, "three\n");
+    assert_eq!(r["b"].status, 0);
 }

@@ -1,0 +1,100 @@
+#!/usr/bin/env python3
+"""Reads ci/soak.sh's console log and the rig kernel's log, and prints the
+soak table: one row per configuration and scenario, one column per way a
+run can end. Usage: soak-table.py CONSOLE L1LOG RUNS CONFIGS SCENARIOS"""
+import re
+import statistics
+import sys
+
+L1_DEATH = re.compile(
+    r"Kernel panic|BUG: |Oops|soft lockup|hard LOCKUP|detected stall|"
+    r"blocked for more than|general protection fault|stack guard page")
+GUEST_LOCKUP = re.compile(
+    r"Kernel panic|soft lockup|BUG: |Oops|rcu: INFO|detected stall|hung_task|"
+    r"blocked for more than")
+COLUMNS = ["runs", "ok", "stalled", "triple fault / reset", "guest panic or lockup",
+           "verify failure", "other failure", "rig died / not run"]
+
+
+def classify(text, rc):
+    """The column a finished run belongs in, and a short reason."""
+    if "VMM-GUEST: fio done: FAILED" in text:
+        return "verify failure", "fio verify failed"
+    m = GUEST_LOCKUP.search(text)
+    if m:
+        line = next(l for l in text.splitlines() if m.group(0) in l)
+        return "guest panic or lockup", line.strip()[:120]
+    if "triple fault" in text:
+        return "triple fault / reset", "triple fault"
+    if rc == 124:
+        return "stalled", "ran into its time limit"
+    if "VMM-GUEST: fio done: ok" in text and rc == 0:
+        return "ok", ""
+    if "VMM-GUEST: booted" in text and "VMM-GUEST: rebooting" not in text and rc == 0:
+        return "triple fault / reset", "the guest reset without finishing"
+    return "other failure", f"exit status {rc}"
+
+
+def main():
+    console, l1, runs, configs, scenarios = sys.argv[1:6]
+    runs = int(runs)
+    configs = configs.split(",")
+    scenarios = scenarios.split(",")
+    text = open(console, errors="replace").read().replace("\r", "")
+    l1_text = open(l1, errors="replace").read() if l1 else ""
+    counts = {}
+    secs = {}
+    notes = []
+    current = None
+    body = []
+    for line in text.splitlines():
+        m = re.match(r"SOAK-RUN: (\S+) (\S+) (\d+)", line)
+        if m:
+            current, body = m.groups(), []
+            continue
+        m = re.match(r"SOAK-END: (\S+) (\S+) (\d+) rc=(\d+) secs=(\d+)", line)
+        if m and current:
+            key = (m.group(1), m.group(2))
+            out = "\n".join(body)
+            if "SOAK-NOT-APPLICABLE" in out:
+                counts.setdefault(key, None)
+            else:
+                col, why = classify(out, int(m.group(4)))
+                row = counts.setdefault(key, {c: 0 for c in COLUMNS}) or {}
+                row["runs"] += 1
+                row[col] += 1
+                if col == "ok":
+                    secs.setdefault(key, []).append(int(m.group(5)))
+                else:
+                    notes.append(f"{key[0]} {key[1]} round {m.group(3)}: {col}: {why} "
+                                 f"({m.group(5)} s)")
+            current = None
+            continue
+        if current:
+            body.append(line)
+    print("| configuration | scenario | " + " | ".join(COLUMNS) + " | median s (ok) |")
+    print("|---|---|" + "---:|" * (len(COLUMNS) + 1))
+    for scenario in scenarios:
+        for config in configs:
+            key = (config, scenario)
+            if key in counts and counts[key] is None:
+                continue
+            row = counts.get(key) or {c: 0 for c in COLUMNS}
+            row["rig died / not run"] = runs - row["runs"]
+            row["runs"] = runs
+            med = statistics.median(secs[key]) if key in secs else "-"
+            print(f"| {config} | {scenario} | "
+                  + " | ".join(str(row[c]) for c in COLUMNS) + f" | {med} |")
+    print()
+    death = next((l.strip() for l in l1_text.splitlines() if L1_DEATH.search(l)), None)
+    print("The rig's own kernel: " + (f"failed: `{death}`" if death else "no failure in its log") + ".")
+    if "SOAK-DONE" not in text:
+        print("The rig ended before the soak did: runs not reached count as 'rig died / not run'.")
+    if notes:
+        print()
+        print("Failures:")
+        for n in notes:
+            print(f"- {n}")
+
+
+main()

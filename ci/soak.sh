@@ -1,0 +1,195 @@
+#!/usr/bin/env bash
+# Soak: runs each scenario N times per configuration, interleaved (round 1
+# of every configuration and scenario, then round 2, ...), in the KVM test
+# rig (or directly on hardware KVM), and prints how each run ended:
+#   ok, stalled (ran into its time limit), triple fault, guest panic or
+#   lockup, verify failure, other failure (with its exit status), and rig
+#   died (the rig's own kernel failed, or the rig stopped before the run
+#   ended: every run it did not reach counts as not run).
+# A benchmark, not a test: it exits 0 whenever it could produce the table.
+#
+# Configurations:
+#   ours         our VMM and LSI remote, defaults
+#   ours-posted  register-writes=posted
+#   ours-kernel  ioregionfd=kernel (boots the rig on our KVM_SET_IOREGION
+#                modules, ci/build-kvm-ioregion.sh; implies --kvm-modules)
+#   qemu         QEMU's in-process lsi53c895a (Debian's QEMU in the rig)
+#   qemu-mp      QEMU multiprocess: x-pci-proxy-dev + x-remote LSI
+# Scenarios (the guest has 512 MiB; the disk is a 256 MiB image in tmpfs):
+#   fio2      2 vCPUs, fio randwrite 4k, 32 MiB, iodepth 16, crc32c verify
+#   fio1      the same on 1 vCPU
+#   restart   ours only: fio2's job on 1 vCPU, the remote is killed
+#             mid-I/O and restart=on brings a new one; the guest must finish
+#             with fio verify passing
+#
+# usage: ci/soak.sh [--runs N] [--configs a,b] [--scenarios a,b]
+#                   [--timeout SECS] [--cpus N] [--kvm-modules] [--out DIR]
+set -euo pipefail
+. "$(dirname "$0")/lib.sh"
+cd "$VMM_ROOT"
+
+runs=3
+configs="ours,ours-posted,qemu,qemu-mp"
+scenarios="fio2,fio1,restart"
+per_run=400
+cpus=${VMM_RIG_CPUS:-1}
+kvm_modules=0
+out=""
+while [ $# -gt 0 ]; do
+    case "$1" in
+        --runs) runs=$2; shift 2 ;;
+        --configs) configs=$2; shift 2 ;;
+        --scenarios) scenarios=$2; shift 2 ;;
+        --timeout) per_run=$2; shift 2 ;;
+        --cpus) cpus=$2; shift 2 ;;
+        --kvm-modules) kvm_modules=1; shift ;;
+        --out) out=$2; shift 2 ;;
+        -h|--help) sed -n '2,27p' "$0"; exit 0 ;;
+        *) die "unknown option $1 (see --help)" ;;
+    esac
+done
+case ",$configs," in *,ours-kernel,*) kvm_modules=1 ;; esac
+[ -n "$out" ] || out=$VMM_BUILD/soak/soak-$(date +%Y%m%d-%H%M%S)
+mkdir -p "$out"
+ensure_packages qemu-system-x86 busybox-static cpio kmod gzip python3
+
+if [ -e /dev/kvm ] && [ ! -e /sys/module/kvm_pvm ] && grep -qwE 'vmx|svm' /proc/cpuinfo; then
+    where="hardware KVM"
+else
+    where="the KVM test rig"
+fi
+
+# One run: $1 config, $2 scenario. Prints the guest's and the VMM's output;
+# its exit status is the run's.
+body=$(cat <<'SCRIPT'
+fio_cmdline="console=ttyS0 quiet vmm.run=fio-verify vmm.fio=verify-long"
+guest="-kernel $GUEST/bzImage -initrd $GUEST/initramfs.cpio.gz"
+qemu_vm="qemu-system-x86_64 -accel kvm -cpu host -m 512M -nodefaults -display none -serial stdio -no-reboot"
+ours() { # $1 vCPUs, $2 extra --remote-dev keys
+    $VMM --kernel $GUEST/bzImage --initrd $GUEST/initramfs.cpio.gz --cmdline "$fio_cmdline" \
+        --cpus "$1" --mem 512M --log-level info --remote-dev "lsi,disk=$img$2" </dev/null 2>&1
+}
+one_run() {
+    config=$1 scenario=$2
+    img=$WORK/soak.img
+    rm -f "$img"; dd if=/dev/zero of="$img" bs=1M count=256 2>/dev/null
+    case $scenario in
+        fio2) n=2 ;;
+        fio1) n=1 ;;
+        restart) n=1 ;;
+    esac
+    if [ "$scenario" = restart ]; then
+        case $config in
+            ours) extra=",restart=on" ;;
+            ours-posted) extra=",restart=on,ioregionfd=userspace,register-writes=posted" ;;
+            ours-kernel) extra=",restart=on,ioregionfd=kernel" ;;
+            *) echo "SOAK-NOT-APPLICABLE"; return 0 ;;
+        esac
+        ours 1 "$extra" > $WORK/vmm.log &
+        vmm=$!
+        i=0; while [ $i -lt 120 ] && ! grep -q 'disk found' $WORK/vmm.log; do sleep 1; i=$((i + 1)); done
+        sleep 5
+        remote=$(sed -n 's/.*(lsi, pid \([0-9]*\)).*/\1/p' $WORK/vmm.log | head -n 1)
+        echo "killing remote $remote"
+        kill -KILL "$remote"
+        wait $vmm
+        rc=$?
+        cat $WORK/vmm.log
+        return $rc
+    fi
+    case $config in
+        ours) ours $n "" ;;
+        ours-posted) ours $n ",ioregionfd=userspace,register-writes=posted" ;;
+        ours-kernel) ours $n ",ioregionfd=kernel" ;;
+        qemu) $qemu_vm -smp $n $guest -append "$fio_cmdline" -device lsi53c895a,id=lsi0 \
+                -drive id=d0,file=$img,format=raw,if=none -device scsi-hd,drive=d0,bus=lsi0.0 </dev/null 2>&1 ;;
+        qemu-mp) $PAIREXEC "LSI_DISK=$img exec $EXTRA/ci/qemu-remote-lsi.sh" \
+                "exec $qemu_vm -smp $n -object memory-backend-memfd,id=mem,size=512M -numa node,memdev=mem $guest -append '$fio_cmdline' -device x-pci-proxy-dev,id=lsi0,fd=4" </dev/null 2>&1 ;;
+        *) echo "SOAK-UNKNOWN-CONFIG: $config"; return 2 ;;
+    esac
+}
+for round in $(seq $RUNS); do
+    for scenario in $(echo "$SCENARIOS" | tr ',' ' '); do
+        for config in $(echo "$CONFIGS" | tr ',' ' '); do
+            echo "SOAK-RUN: $config $scenario $round"
+            start=$(date +%s)
+            # Each run in its own shell under a time limit; whatever it
+            # left running is killed before the next one.
+            ( one_run "$config" "$scenario" ) > $WORK/run.log 2>&1 &
+            runner=$!
+            ( sleep $PER_RUN; kill -TERM $runner 2>/dev/null; sleep 10; kill -KILL $runner 2>/dev/null ) &
+            limiter=$!
+            wait $runner
+            rc=$?
+            pkill -P $limiter 2>/dev/null; kill $limiter 2>/dev/null
+            # The limiter's TERM reached the runner: a stall.
+            [ $(( $(date +%s) - start )) -ge $PER_RUN ] && rc=124
+            for p in $(pidof vmm qemu-system-x86_64 pairexec); do kill -9 $p 2>/dev/null; done
+            cat $WORK/run.log
+            echo "SOAK-END: $config $scenario $round rc=$rc secs=$(( $(date +%s) - start ))"
+        done
+    done
+done
+echo "SOAK-DONE"
+SCRIPT
+)
+
+nruns=$(( runs * $(echo "$configs" | tr ',' '\n' | wc -l) * $(echo "$scenarios" | tr ',' '\n' | wc -l) ))
+log "$nruns runs of at most ${per_run}s in $where; results in $out"
+
+progress() {
+    local n=0
+    while IFS= read -r line; do
+        line=${line%$'\r'}
+        printf '%s\n' "$line"
+        case "$line" in
+            SOAK-RUN:*) n=$((n + 1)); log "[$n/$nruns] ${line#SOAK-RUN: }" ;;
+            SOAK-END:*) log "    ${line#SOAK-END: }" ;;
+        esac
+    done
+}
+
+vars="RUNS=$runs CONFIGS=$configs SCENARIOS=$scenarios PER_RUN=$per_run"
+if [ "$where" = "hardware KVM" ]; then
+    cargo build --release --locked
+    guest=$(guest/build.sh)
+    pairexec=$VMM_BUILD/tools/pairexec
+    mkdir -p "$(dirname "$pairexec")"
+    gcc -static -O2 -o "$pairexec" ci/tools/pairexec.c
+    work=$(mktemp -d)
+    trap 'rm -rf "$work"' EXIT
+    (export $vars WORK=$work VMM=$VMM_ROOT/target/release/vmm GUEST=$guest EXTRA=$VMM_ROOT PAIREXEC=$pairexec
+     bash -c "$body") | progress > "$out/console.log"
+    : > "$out/l1.log"
+    rig_desc="hardware KVM, $(uname -r)"
+else
+    script=$(mktemp)
+    trap 'rm -f "$script"' EXIT
+    {
+        echo "export $vars WORK=/tmp VMM=/rig/vmm GUEST=/rig/guest EXTRA=/rig/extra PAIREXEC=/rig/pairexec"
+        echo 'echo "SOAK-RIG: L1 $(uname -r), kvm_amd $(for p in npt nested vgif avic; do printf "%s=%s " $p "$(cat /sys/module/kvm_amd/parameters/$p 2>/dev/null)"; done)"'
+        printf '%s\n' "$body"
+    } > "$script"
+    modules=()
+    [ "$kvm_modules" -eq 1 ] && modules=(--kvm-modules "$(ci/build-kvm-ioregion.sh)")
+    set +e
+    ci/rig.sh --with-qemu "${modules[@]}" --cpus "$cpus" --l1-log "$out/l1.log" \
+        --timeout $(( 300 + nruns * (per_run + 20) )) --extra "$VMM_ROOT/ci" "$script" |
+        progress > "$out/console.log"
+    set -e
+    rig_desc="$(qemu-system-x86_64 --version | head -n 1), -cpu EPYC,-xsave -smp $cpus -m 4G, $(sed -n 's/^SOAK-RIG: //p' "$out/console.log" | tr -d '\r' | head -n 1)"
+fi
+
+{
+    echo "# Soak: how each run ended"
+    echo
+    echo "- Date: $(date -u +%Y-%m-%d)"
+    echo "- Where: $where ($rig_desc)"
+    echo "- Guest kernel: $(basename "$(readlink -f "$VMM_BUILD/guest/bzImage")") from $(ls "$VMM_BUILD/kernel" | head -n 1)"
+    echo "- Command: \`ci/soak.sh --runs $runs --configs $configs --scenarios $scenarios --timeout $per_run --cpus $cpus$([ "$kvm_modules" -eq 1 ] && echo ' --kvm-modules')\`"
+    echo "- Commit: $(git rev-parse --short HEAD)$(git diff --quiet || echo ' (with local changes)')"
+    echo
+    python3 ci/soak-table.py "$out/console.log" "$out/l1.log" "$runs" "$configs" "$scenarios"
+} > "$out/table.md"
+cat "$out/table.md"
+log "table, console and the rig kernel's log: $out"
