@@ -5,6 +5,7 @@ pub mod boot;
 pub mod console;
 pub mod cpuid;
 pub mod host;
+pub mod kick;
 pub mod layout;
 pub mod memory;
 pub mod mptable;
@@ -15,6 +16,7 @@ pub mod vcpu;
 
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use event_manager::{EventManager, EventOps, Events, MutEventSubscriber, SubscriberOps};
 use kvm_bindings::{
@@ -35,8 +37,16 @@ use crate::proxy::spec::IoRegionMode;
 use crate::proxy::spec::RemoteDevSpec;
 use crate::proxy::supervisor::{self, RemoteWatcher, Restart};
 use crate::proxy::watchdog::PostedWriteWatchdog;
+use kick::VcpuThreads;
 use stop::{StopReason, StopSignal};
 use vcpu::Buses;
+
+/// How long the vCPUs get to leave KVM_RUN after their kick before the
+/// remotes are stopped, so that no access of theirs finds a remote gone.
+const VCPU_KICK_WAIT: Duration = Duration::from_secs(1);
+/// How long a vCPU still in an access once the remotes are gone (which
+/// fails any access to them at once) gets to return.
+const VCPU_EXIT_WAIT: Duration = Duration::from_secs(5);
 
 /// Everything needed to build and boot a VM, independent of the CLI.
 #[derive(Debug, Clone)]
@@ -97,6 +107,8 @@ pub enum VmmError {
     },
     #[error("event loop failed: {0:?}")]
     EventLoop(event_manager::Error),
+    #[error(transparent)]
+    Kick(#[from] kick::KickError),
 }
 
 fn kvm_err(what: &'static str) -> impl FnOnce(kvm_ioctls::Error) -> VmmError {
@@ -149,11 +161,52 @@ fn register_memory(vm: &VmFd, ram: &memory::GuestRam) -> Result<(), VmmError> {
             memory_size: region.len(),
             userspace_addr: region.as_ptr() as u64,
         };
-        // SAFETY: the mapping outlives the VM: `ram` is kept alive by `run`
-        // for as long as any vCPU runs.
+        // SAFETY: `run` unmaps `ram` only after every vCPU thread has
+        // returned and these slots are deleted (`release_ram`).
         unsafe { vm.set_user_memory_region(mapping) }.map_err(kvm_err("map guest RAM"))?;
     }
     Ok(())
+}
+
+/// Deletes the memory slots `register_memory` made.
+fn unregister_memory(vm: &VmFd, ram: &memory::GuestRam) -> Result<(), VmmError> {
+    use vm_memory::{GuestMemoryBackend, GuestMemoryRegion};
+    for (slot, region) in ram.memory.iter().enumerate() {
+        let mapping = kvm_userspace_memory_region {
+            slot: slot as u32,
+            flags: 0,
+            guest_phys_addr: region.start_addr().0,
+            memory_size: 0,
+            userspace_addr: region.as_ptr() as u64,
+        };
+        // SAFETY: a size of 0 deletes the slot; KVM holds no reference to
+        // the mapping afterwards.
+        unsafe { vm.set_user_memory_region(mapping) }.map_err(kvm_err("drop a guest RAM slot"))?;
+    }
+    Ok(())
+}
+
+/// Unmaps guest RAM once no vCPU can enter the guest again: every vCPU
+/// thread has returned (taking its vCPU fd with it) and KVM has dropped
+/// the slots. Otherwise the mapping stays until the process exits: a vCPU
+/// still in KVM_RUN would write guest stores into whatever the kernel
+/// mapped at those addresses next.
+fn release_ram(vm: &VmFd, ram: memory::GuestRam, threads: &VcpuThreads) {
+    let running = threads.names();
+    if !running.is_empty() {
+        log::warn!(
+            "{} did not stop; guest RAM stays mapped until the process exits",
+            running.join(", ")
+        );
+        std::mem::forget(ram);
+        return;
+    }
+    if let Err(e) = unregister_memory(vm, &ram) {
+        log::warn!("{e}; guest RAM stays mapped until the process exits");
+        std::mem::forget(ram);
+        return;
+    }
+    drop(ram);
 }
 
 /// Builds the legacy devices and puts them on the port bus.
@@ -456,12 +509,39 @@ pub fn run(config: &VmConfig) -> Result<StopReason, VmmError> {
         events.add_subscriber(r.watcher.clone() as Subscriber);
     }
 
-    for (id, vcpu) in vcpus.into_iter().enumerate() {
-        vcpu::spawn(id as u8, vcpu, buses.clone(), stop.clone())
-            .map_err(io_err("start a vCPU thread"))?;
+    let mut threads = VcpuThreads::new()?;
+    let outcome = run_vcpus(&mut threads, vcpus, &buses, &stop, &serial, &mut events);
+    drop(raw_mode);
+    if config.stats && outcome.is_ok() {
+        print_stats();
     }
+    // Whatever ended the run, no vCPU may outlive guest RAM's mapping.
+    threads.kick_all();
+    threads.join(VCPU_KICK_WAIT);
+    for r in &remotes {
+        r.watcher.lock().expect("watcher lock").hang_up();
+    }
+    for r in &remotes {
+        remote::stop_child(&r.name, &r.child, true);
+    }
+    threads.join(VCPU_EXIT_WAIT);
+    release_ram(&vm, ram, &threads);
+    outcome
+}
 
-    let reason = loop {
+/// Starts the vCPUs and runs the event loop until a stop is requested.
+fn run_vcpus(
+    threads: &mut VcpuThreads,
+    vcpus: Vec<kvm_ioctls::VcpuFd>,
+    buses: &Arc<Buses>,
+    stop: &Arc<StopSignal>,
+    serial: &Arc<Mutex<serial::SerialDevice>>,
+    events: &mut EventManager<Subscriber>,
+) -> Result<StopReason, VmmError> {
+    for (id, vcpu) in vcpus.into_iter().enumerate() {
+        vcpu::spawn(threads, id as u8, vcpu, buses.clone(), stop.clone())?;
+    }
+    loop {
         // Poll briefly while console input waits for the guest to take it.
         let timeout = if serial.lock().expect("serial lock").has_pending_input() {
             10
@@ -472,22 +552,8 @@ pub fn run(config: &VmConfig) -> Result<StopReason, VmmError> {
             .run_with_timeout(timeout)
             .map_err(VmmError::EventLoop)?;
         if let Some(reason) = stop.reason() {
-            break reason;
+            return Ok(reason);
         }
         serial.lock().expect("serial lock").flush_input();
-    };
-    drop(raw_mode);
-    if config.stats {
-        print_stats();
     }
-    for r in &remotes {
-        r.watcher.lock().expect("watcher lock").hang_up();
-    }
-    for r in &remotes {
-        remote::stop_child(&r.name, &r.child, true);
-    }
-    // vCPU threads may still be inside KVM_RUN; the process exit ends them,
-    // and guest RAM (`ram`) stays mapped until then.
-    std::mem::forget(ram);
-    Ok(reason)
 }

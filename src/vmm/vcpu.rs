@@ -1,10 +1,10 @@
 //! vCPU threads and what they do with each KVM exit.
 
 use std::sync::Arc;
-use std::thread::JoinHandle;
 
 use kvm_ioctls::{VcpuExit, VcpuFd};
 
+use super::kick::{self, KickError, VcpuThreads};
 use super::stop::{StopReason, StopSignal};
 use crate::bus::Bus;
 
@@ -121,48 +121,65 @@ pub fn current_vcpu() -> usize {
     CURRENT_VCPU.with(|c| c.get())
 }
 
-/// Runs vCPU `id` until the VM stops.
+/// Runs vCPU `id` until the VM stops, as one of `threads`, which stops it.
 pub fn spawn(
+    threads: &mut VcpuThreads,
     id: u8,
     mut vcpu: VcpuFd,
     buses: Arc<Buses>,
     stop: Arc<StopSignal>,
-) -> std::io::Result<JoinHandle<()>> {
-    std::thread::Builder::new()
-        .name(format!("vcpu{id}"))
-        .spawn(move || {
-            CURRENT_VCPU.with(|c| c.set(usize::from(id)));
-            loop {
-                let action = match vcpu.run() {
-                    Ok(exit) => {
-                        let internal = matches!(exit, VcpuExit::InternalError);
-                        match handle_exit(exit, &buses) {
-                            VcpuAction::Fault(what) if internal => {
-                                let detail = internal_error_detail(&mut vcpu);
-                                VcpuAction::Fault(format!("{what} ({detail})"))
-                            }
-                            action => action,
+) -> Result<(), KickError> {
+    threads.spawn(format!("vcpu{id}"), move |stopping, run_mask| {
+        CURRENT_VCPU.with(|c| c.set(usize::from(id)));
+        if let Err(e) = kick::set_kvm_signal_mask(&vcpu, &run_mask) {
+            // Without it a kick could not end KVM_RUN, and the exit could
+            // not wait for this vCPU before unmapping guest RAM.
+            stop.request(StopReason::VcpuFault(format!(
+                "vCPU {id}: KVM_SET_SIGNAL_MASK failed: {e}"
+            )));
+            return;
+        }
+        loop {
+            let action = match vcpu.run() {
+                Ok(exit) => {
+                    let internal = matches!(exit, VcpuExit::InternalError);
+                    match handle_exit(exit, &buses) {
+                        VcpuAction::Fault(what) if internal => {
+                            let detail = internal_error_detail(&mut vcpu);
+                            VcpuAction::Fault(format!("{what} ({detail})"))
                         }
-                    }
-                    Err(e) if e.errno() == libc::EINTR || e.errno() == libc::EAGAIN => {
-                        VcpuAction::Continue
-                    }
-                    Err(e) => VcpuAction::Fault(format!("KVM_RUN failed: {e}")),
-                };
-                match action {
-                    VcpuAction::Continue => {}
-                    VcpuAction::Stop(reason) => {
-                        stop.request(reason);
-                        return;
-                    }
-                    VcpuAction::Fault(what) => {
-                        let state = describe_state(&vcpu);
-                        stop.request(StopReason::VcpuFault(format!("vCPU {id}: {what}: {state}")));
-                        return;
+                        action => action,
                     }
                 }
+                Err(e) if e.errno() == libc::EINTR => {
+                    if stopping.is_set() {
+                        return;
+                    }
+                    kick::discard_kicks();
+                    // The flag goes up before the kick: if the one just
+                    // discarded was ours, the flag shows it now.
+                    if stopping.is_set() {
+                        return;
+                    }
+                    VcpuAction::Continue
+                }
+                Err(e) if e.errno() == libc::EAGAIN => VcpuAction::Continue,
+                Err(e) => VcpuAction::Fault(format!("KVM_RUN failed: {e}")),
+            };
+            match action {
+                VcpuAction::Continue => {}
+                VcpuAction::Stop(reason) => {
+                    stop.request(reason);
+                    return;
+                }
+                VcpuAction::Fault(what) => {
+                    let state = describe_state(&vcpu);
+                    stop.request(StopReason::VcpuFault(format!("vCPU {id}: {what}: {state}")));
+                    return;
+                }
             }
-        })
+        }
+    })
 }
 
 #[cfg(test)]
@@ -233,6 +250,38 @@ mod tests {
             handle_exit(VcpuExit::SystemEvent(SYSTEM_EVENT_SHUTDOWN, &[]), &buses),
             VcpuAction::Stop(StopReason::GuestShutdown)
         );
+    }
+
+    /// A real vCPU blocked in KVM_RUN: an application processor waiting
+    /// for INIT/SIPI, which never comes. The kick must end its thread.
+    #[test]
+    fn a_kicked_vcpu_leaves_kvm_run_and_its_thread_is_joined() {
+        let vm = match kvm_ioctls::Kvm::new().and_then(|kvm| kvm.create_vm()) {
+            Ok(vm) => vm,
+            Err(e) => {
+                eprintln!("skipping: cannot create a VM: {e}");
+                return;
+            }
+        };
+        vm.create_irq_chip().unwrap();
+        let vcpu = vm.create_vcpu(1).unwrap();
+        let stop = Arc::new(StopSignal::new().unwrap());
+        let mut threads = VcpuThreads::new().unwrap();
+        spawn(
+            &mut threads,
+            1,
+            vcpu,
+            Arc::new(Buses::default()),
+            stop.clone(),
+        )
+        .unwrap();
+        // Time to get into KVM_RUN; a kick that came earlier would wait
+        // for it there, so this only makes the test harder.
+        std::thread::sleep(std::time::Duration::from_millis(200));
+        assert_eq!(threads.names(), ["vcpu1"], "{:?}", stop.reason());
+        threads.kick_all();
+        assert_eq!(threads.join(std::time::Duration::from_secs(10)), 0);
+        assert_eq!(stop.reason(), None, "a kick is not a fault");
     }
 
     #[test]
