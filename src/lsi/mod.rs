@@ -2,6 +2,7 @@
 //! SCRIPTS processor (scripts.rs) and the SCSI bus with its targets
 //! (target.rs). Linux's sym53c8xx driver runs it.
 
+mod dma_log;
 pub mod regs;
 pub mod scripts;
 pub mod target;
@@ -127,6 +128,8 @@ pub struct Lsi53c895a {
     /// ISTAT0 for the VMM to read without asking us; None if the page
     /// could not be made (the VMM then asks every time).
     mirror: Option<RegisterMirror>,
+    /// The last DMA writes into guest memory, for state dumps.
+    pub(crate) dma_log: dma_log::DmaLog,
 }
 
 /// Where ISTAT0 sits in the mirror page.
@@ -173,6 +176,7 @@ impl Lsi53c895a {
             selection_timeout: false,
             instruction_limit: scripts::MAX_INSTRUCTIONS_PER_RUN,
             irq_level: false,
+            dma_log: dma_log::DmaLog::default(),
             mirror: RegisterMirror::new()
                 .inspect_err(|e| log::warn!("no register mirror, ISTAT reads go the long way: {e}"))
                 .ok(),
@@ -694,6 +698,38 @@ impl RemoteDevice for Lsi53c895a {
             page,
         })
     }
+    fn state_dump(&self) -> Option<String> {
+        let r = &self.r;
+        let scripts = if self.running {
+            "running"
+        } else if self.waiting_reselect {
+            "waiting for reselection"
+        } else {
+            "stopped"
+        };
+        Some(format!(
+            "lsi: ISTAT0 {:#04x} ISTAT1 {:#04x} DSTAT {:#04x} SIST0 {:#04x} SIST1 {:#04x} \
+             DIEN {:#04x} SIEN0 {:#04x} SIEN1 {:#04x} DSP {:#010x} DSPS {:#010x} DSA {:#010x} \
+             DCMD {:#04x} DBC {:#x}; SCRIPTS {scripts}; interrupt {}; SCSI: {}; \
+             last DMA writes into guest memory (oldest first): {}",
+            r.istat0,
+            r.istat1,
+            r.dstat,
+            r.sist0,
+            r.sist1,
+            r.dien,
+            r.sien0,
+            r.sien1,
+            r.dsp,
+            r.dsps,
+            r.dsa,
+            r.dcmd,
+            r.dbc,
+            if self.irq_level { "raised" } else { "clear" },
+            self.bus.describe(),
+            self.dma_log.describe(std::time::Instant::now())
+        ))
+    }
     fn summary(&self) -> Option<String> {
         let s = self.bus.stats;
         Some(format!(
@@ -1040,6 +1076,21 @@ mod tests {
             .unwrap();
         assert_eq!(tail, [0, 0], "GOOD status, COMMAND COMPLETE");
         assert!(!l.bus.connected(), "the target left the bus");
+        // A state dump shows where SCRIPTS stopped and the DMA writes of
+        // the data, status and message bytes, oldest first.
+        let dump = l.state_dump().unwrap();
+        assert!(dump.contains("DSPS 0x00000007"), "{dump}");
+        assert!(dump.contains("SCRIPTS stopped"), "{dump}");
+        assert!(
+            dump.contains("bus free; 0 command(s) on the disks"),
+            "{dump}"
+        );
+        let writes = dump.split("oldest first): ").nth(1).unwrap();
+        assert!(writes.starts_with("0xa100+0x24 ("), "{dump}");
+        assert!(
+            writes.contains("0xa200+0x1 (") && writes.contains("0xa201+0x1 ("),
+            "{dump}"
+        );
         std::fs::remove_file(path).unwrap();
     }
 

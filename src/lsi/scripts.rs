@@ -112,6 +112,7 @@ impl Lsi53c895a {
                         self.dma_interrupt(DSTAT_BF);
                         return false;
                     }
+                    self.dma_log.record(a, n);
                     i += n;
                     continue;
                 }

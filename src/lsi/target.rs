@@ -204,6 +204,23 @@ impl ScsiBus {
         self.conn.as_ref().and_then(|c| c.msg_in.front().copied())
     }
 
+    /// For a state dump: who holds the bus, in which phase, and what is
+    /// off it.
+    pub fn describe(&self) -> String {
+        let conn = match &self.conn {
+            Some(c) => format!(
+                "connected to {:?} in phase {}, CDB {:02x?}",
+                c.nexus, c.phase, c.cdb
+            ),
+            None => "bus free".into(),
+        };
+        format!(
+            "{conn}; {} command(s) on the disks, {} waiting to reselect",
+            self.in_flight.len(),
+            self.ready.len()
+        )
+    }
+
     /// Commands off the bus: running on the disk or waiting to reselect.
     pub fn queued(&self) -> usize {
         self.in_flight.len() + self.ready.len()

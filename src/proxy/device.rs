@@ -771,7 +771,7 @@ pub(crate) mod tests {
         let (a, b) = UnixStream::pair().unwrap();
         let remote: Arc<Mutex<dyn RemoteDevice>> = dev;
         let server = std::thread::spawn(move || {
-            let _ = server::serve(Channel::new(b), remote);
+            let _ = server::serve(Channel::new(b), remote, None);
         });
         let ram = GuestRam::new(64 << 20).unwrap();
         let failed = FailFlag::default();
@@ -1005,7 +1005,7 @@ pub(crate) mod tests {
         let (a, b) = UnixStream::pair().unwrap();
         let remote: Arc<Mutex<dyn RemoteDevice>> = dev;
         let server = std::thread::spawn(move || {
-            let _ = server::serve(Channel::new(b), remote);
+            let _ = server::serve(Channel::new(b), remote, None);
         });
         (Channel::new(a), server)
     }

@@ -1,6 +1,7 @@
 //! `vmm remote lsi ...`: run a remote device process by hand (under
 //! another user, in a sandbox) or as the VMM's co-spawned child.
 
+use super::dump::DumpSignal;
 use std::os::fd::FromRawFd;
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::PathBuf;
@@ -126,6 +127,15 @@ pub fn run(kind: RemoteKind) -> Result<(), RemoteCliError> {
         register_writes,
         ..
     } = kind;
+    // Before any thread exists, so that none of them takes the signal's
+    // default action (the end of the process).
+    let dump = match DumpSignal::new() {
+        Ok(d) => Some(d),
+        Err(e) => {
+            log::warn!("no state dumps on SIGUSR2: {e}");
+            None
+        }
+    };
     // Users are looked up and the filter compiled before anything is
     // opened, so a mistake there costs nothing.
     let sandbox = Sandbox::new(&SandboxOptions {
@@ -188,7 +198,7 @@ pub fn run(kind: RemoteKind) -> Result<(), RemoteCliError> {
     // Everything is open and the disk workers run: from here on the
     // remote only serves.
     sandbox.apply()?;
-    let served = server::serve(Channel::new(sock), device.clone());
+    let served = server::serve(Channel::new(sock), device.clone(), dump);
     if let Some(summary) = device.lock().expect("device lock poisoned").summary() {
         log::info!("{summary}");
     }

@@ -3,6 +3,7 @@
 //! its interrupt raised through an irqfd.
 
 pub mod cli;
+pub mod dump;
 pub mod ioregions;
 pub mod irq;
 pub mod memory;
@@ -45,6 +46,11 @@ pub trait RemoteDevice: Send {
     /// side effect and whose writes the VMM waits for may be named: the
     /// VMM answers reads of them from the page.
     fn register_mirror(&self, _bar: u8) -> Option<MirrorOffer> {
+        None
+    }
+    /// The device's state for a dump (`kill -USR2`): registers, what it is
+    /// doing, its recent DMA.
+    fn state_dump(&self) -> Option<String> {
         None
     }
     /// One line on what the device did, logged when the remote exits.

@@ -2,6 +2,7 @@
 //! device model, reply. A malformed message or a dead peer ends the loop
 //! with a clear error instead of a panic.
 
+use super::dump::DumpSignal;
 use std::sync::{Arc, Mutex};
 
 use super::{InterruptLine, RemoteDevice, RemoteMemory, ioregions};
@@ -147,9 +148,12 @@ pub fn handle(
 }
 
 /// Serves requests until the proxy disconnects (Ok) or misbehaves (Err).
+/// With `dump`, a `kill -USR2` logs the device's and the interrupt line's
+/// state.
 pub fn serve(
     mut channel: Channel,
     device: Arc<Mutex<dyn RemoteDevice>>,
+    mut dump: Option<DumpSignal>,
 ) -> Result<(), ServerError> {
     use std::os::fd::AsRawFd;
     let irq = Arc::new(Mutex::new(InterruptLine::default()));
@@ -168,6 +172,7 @@ pub fn serve(
             pollfd(Some(channel.socket().as_raw_fd())),
             pollfd(resample),
             pollfd(background),
+            pollfd(dump.as_ref().map(DumpSignal::raw_fd)),
         ];
         // SAFETY: `fds` is a valid array of pollfds for the whole call.
         let n = unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, -1) };
@@ -189,6 +194,17 @@ pub fn serve(
                 .lock()
                 .expect("device lock poisoned")
                 .service_background();
+        }
+        if fds[3].revents & libc::POLLIN != 0 && dump.as_mut().is_some_and(DumpSignal::take) {
+            let level = irq.lock().expect("irq lock poisoned").level();
+            let state = device.lock().expect("device lock poisoned").state_dump();
+            log::warn!(
+                "state dump: interrupt line {}; {}",
+                if level { "high" } else { "low" },
+                state
+                    .as_deref()
+                    .unwrap_or("the device keeps no state to dump")
+            );
         }
         if fds[0].revents == 0 {
             continue;
