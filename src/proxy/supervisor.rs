@@ -321,8 +321,10 @@ mod tests {
         );
         assert_eq!(remote.config.read(REG_COMMAND) & 0xffff, 0x07);
         assert_eq!(remote.config.read(3) >> 8 & 0xff, 0x40);
-        assert_eq!(remote.wired_at_command.map(|c| c & 0xffff), Some(0x07));
         drop(remote);
+        // SET_IRQFD has no reply: the remote wires the line in its own time.
+        let wired = wait_for(|| fresh.lock().unwrap().wired_at_command);
+        assert_eq!(wired.map(|c| c & 0xffff), Some(0x07));
         let mut d = [0u8; 1];
         assert!(!buses.mmio.read(old_bar1, &mut d), "nothing left behind");
         assert!(
@@ -333,7 +335,24 @@ mod tests {
             buses.mmio.write(0xd000_0100, &[0x22]),
             "over the new socket"
         );
-        let remote = fresh.lock().unwrap();
-        assert_eq!((remote.regs[0x10], remote.regs[0x100]), (0x11, 0x22));
+        let regs = wait_for(|| {
+            let remote = fresh.lock().unwrap();
+            Some((remote.regs[0x10], remote.regs[0x100])).filter(|r| *r == (0x11, 0x22))
+        });
+        assert_eq!(regs, Some((0x11, 0x22)));
+    }
+
+    /// Polls `probe` for up to 5 s until it returns Some.
+    fn wait_for<T>(mut probe: impl FnMut() -> Option<T>) -> Option<T> {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        loop {
+            if let Some(v) = probe() {
+                return Some(v);
+            }
+            if std::time::Instant::now() > deadline {
+                return None;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
     }
 }
