@@ -12,6 +12,9 @@ L1_DEATH = re.compile(
 GUEST_LOCKUP = re.compile(
     r"Kernel panic|soft lockup|BUG: |Oops|rcu: INFO|detected stall|hung_task|"
     r"blocked for more than")
+# The fio job of every scenario: 32 MiB of 4k writes, then as many reads
+# to verify them.
+IOS_PER_RUN = 2 * (32 << 20) // 4096
 COLUMNS = ["runs", "ok", "stalled", "triple fault / reset", "guest panic or lockup",
            "verify failure", "other failure", "rig died / not run"]
 
@@ -44,6 +47,7 @@ def main():
     l1_text = open(l1, errors="replace").read() if l1 else ""
     counts = {}
     secs = {}
+    kvm = {}
     notes = []
     current = None
     body = []
@@ -65,6 +69,11 @@ def main():
                 row[col] += 1
                 if col == "ok":
                     secs.setdefault(key, []).append(int(m.group(5)))
+                    counts_line = next((l for l in body if l.startswith("SOAK-KVM: ")), "")
+                    stats = dict(kv.split("=") for kv in counts_line[10:].split() if "=" in kv)
+                    if stats and key[1] != "restart":
+                        kvm.setdefault(key, []).append(
+                            (int(stats.get("exits", 0)), int(stats.get("irq_injections", 0))))
                 else:
                     notes.append(f"{key[0]} {key[1]} round {m.group(3)}: {col}: {why} "
                                  f"({m.group(5)} s)")
@@ -72,8 +81,9 @@ def main():
             continue
         if current:
             body.append(line)
-    print("| configuration | scenario | " + " | ".join(COLUMNS) + " | median s (ok) |")
-    print("|---|---|" + "---:|" * (len(COLUMNS) + 1))
+    print("| configuration | scenario | " + " | ".join(COLUMNS)
+          + " | median s (ok) | KVM exits per I/O | interrupts injected per I/O |")
+    print("|---|---|" + "---:|" * (len(COLUMNS) + 3))
     for scenario in scenarios:
         for config in configs:
             key = (config, scenario)
@@ -83,9 +93,15 @@ def main():
             row["rig died / not run"] = runs - row["runs"]
             row["runs"] = runs
             med = statistics.median(secs[key]) if key in secs else "-"
+            exits = inj = "-"
+            if kvm.get(key):
+                exits = f"{statistics.median(e for e, _ in kvm[key]) / IOS_PER_RUN:.1f}"
+                inj = f"{statistics.median(i for _, i in kvm[key]) / IOS_PER_RUN:.2f}"
             print(f"| {config} | {scenario} | "
-                  + " | ".join(str(row[c]) for c in COLUMNS) + f" | {med} |")
+                  + " | ".join(str(row[c]) for c in COLUMNS) + f" | {med} | {exits} | {inj} |")
     print()
+    print(f"Per I/O: KVM's global counters over each ok run, divided by the job's "
+          f"{IOS_PER_RUN} I/Os (boot and shutdown included; medians).")
     death = next((l.strip() for l in l1_text.splitlines() if L1_DEATH.search(l)), None)
     print("The rig's own kernel: " + (f"failed: `{death}`" if death else "no failure in its log") + ".")
     if "SOAK-DONE" not in text:

@@ -108,10 +108,29 @@ one_run() {
         *) echo "SOAK-UNKNOWN-CONFIG: $config"; return 2 ;;
     esac
 }
+# KVM's own counters (the rig kernel's debugfs, or the host's), for the
+# cost of a run: exits and injected interrupts, whatever process caused them.
+mount -t debugfs nodev /sys/kernel/debug 2>/dev/null
+KVM_STATS="exits irq_injections irq_exits io_exits mmio_exits halt_exits"
+kvm_counts() {
+    for f in $KVM_STATS; do printf '%s ' "$(cat /sys/kernel/debug/kvm/$f 2>/dev/null || echo 0)"; done
+}
+kvm_delta() {
+    set -- $1 $2
+    n=$(echo $KVM_STATS | wc -w)
+    out=""; i=1
+    for f in $KVM_STATS; do
+        eval "a=\${$i}; b=\${$((i + n))}"
+        out="$out$f=$((b - a)) "
+        i=$((i + 1))
+    done
+    echo "$out"
+}
 for round in $(seq $RUNS); do
     for scenario in $(echo "$SCENARIOS" | tr ',' ' '); do
         for config in $(echo "$CONFIGS" | tr ',' ' '); do
             echo "SOAK-RUN: $config $scenario $round"
+            kvm_before=$(kvm_counts)
             start=$(date +%s)
             # Each run in its own shell under a time limit; whatever it
             # left running is killed before the next one.
@@ -126,6 +145,7 @@ for round in $(seq $RUNS); do
             [ $(( $(date +%s) - start )) -ge $PER_RUN ] && rc=124
             for p in $(pidof vmm qemu-system-x86_64 pairexec); do kill -9 $p 2>/dev/null; done
             cat $WORK/run.log
+            echo "SOAK-KVM: $(kvm_delta "$kvm_before" "$(kvm_counts)")"
             echo "SOAK-END: $config $scenario $round rc=$rc secs=$(( $(date +%s) - start ))"
         done
     done
