@@ -18,7 +18,13 @@ use crate::vmm::mptable::MAX_CPUS;
     version,
     about = "A small, fast KVM virtual machine monitor",
     after_help = "The guest's serial console is stdout; stdin is its input. On a terminal, \
-                  Ctrl-A x quits. A guest reboot or poweroff ends the VMM with exit code 0."
+                  Ctrl-A x quits. A guest reboot or poweroff ends the VMM with exit code 0.\n\n\
+                  Signals: SIGINT, SIGTERM and SIGHUP stop the VM; `kill -USR1` prints the remote \
+                  devices' access counters; `kill -USR2` logs a state dump (lines starting \
+                  \"state dump:\": each vCPU's state, registers, pending events, LAPIC IRR/ISR and \
+                  last 64 device accesses, and the IOAPIC's pins) without stopping the VM, and \
+                  passes the signal on to the remotes of ours, which log their own. A vCPU fault \
+                  (triple fault) logs the same dump before the VMM exits."
 )]
 pub struct Cli {
     /// Linux kernel (bzImage) to boot.

@@ -128,8 +128,9 @@ pub fn set_kvm_signal_mask(vcpu: &kvm_ioctls::VcpuFd, mask: &RunMask) -> io::Res
 }
 
 /// Takes kicks pending on this thread without a stop behind them, so that
-/// KVM_RUN does not keep returning EINTR for them. (Ours always come with
-/// the stop flag set; this is for one sent from outside the process.)
+/// KVM_RUN does not keep returning EINTR for them: a state dump's request
+/// (answered once KVM_RUN has returned) or one sent from outside the
+/// process.
 pub fn discard_kicks() {
     let set = kick_set();
     let zero = libc::timespec {
@@ -207,6 +208,24 @@ impl VcpuThreads {
                 log::warn!("cannot kick {name}: {}", io::Error::from_raw_os_error(rc));
             }
         }
+    }
+
+    /// Kicks thread `name` out of KVM_RUN without asking it to stop (a
+    /// state dump's request); false if it is not running.
+    pub fn kick(&self, name: &str) -> bool {
+        let Some((_, handle)) = self.running.iter().find(|(n, _)| n == name) else {
+            return false;
+        };
+        if handle.is_finished() {
+            return false;
+        }
+        // SAFETY: as in `kick_all`: the thread is not joined yet.
+        let rc = unsafe { libc::pthread_kill(handle.as_pthread_t(), kick_signal()) };
+        if rc != 0 && rc != libc::ESRCH {
+            log::warn!("cannot kick {name}: {}", io::Error::from_raw_os_error(rc));
+            return false;
+        }
+        rc == 0
     }
 
     /// Joins the threads that return within `timeout`; returns how many

@@ -4,6 +4,7 @@
 pub mod boot;
 pub mod console;
 pub mod cpuid;
+pub mod dump;
 pub mod host;
 pub mod kick;
 pub mod layout;
@@ -15,6 +16,7 @@ pub mod stop;
 pub mod vcpu;
 
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -33,8 +35,8 @@ use crate::pci::root::{self as pci_root, PciConfigIo, PciRoot};
 use crate::proxy::device::{FailFlag, ProxyDevice, ProxyOptions};
 use crate::proxy::ioregion::Dispatch;
 use crate::proxy::remote::{self, SharedChild};
-use crate::proxy::spec::IoRegionMode;
 use crate::proxy::spec::RemoteDevSpec;
+use crate::proxy::spec::{Dialect, IoRegionMode};
 use crate::proxy::supervisor::{self, RemoteWatcher, Restart};
 use crate::proxy::watchdog::PostedWriteWatchdog;
 use kick::VcpuThreads;
@@ -244,7 +246,39 @@ struct PluggedRemote {
     stats: Arc<crate::proxy::stats::DeviceStats>,
     irq: mptable::PciIrq,
     child: SharedChild,
+    /// Ours: it logs a state dump on SIGUSR2 (another program might die of it).
+    dumps: bool,
     watcher: Arc<Mutex<RemoteWatcher>>,
+}
+
+/// Asks each remote of ours that we spawned for its state dump; they log
+/// it on the same stderr.
+fn forward_dump(remotes: &[PluggedRemote]) -> impl Fn() + Send + use<> {
+    let children: Vec<(String, SharedChild)> = remotes
+        .iter()
+        .filter(|r| r.dumps)
+        .map(|r| (r.name.clone(), r.child.clone()))
+        .collect();
+    move || {
+        for (name, child) in &children {
+            let mut child = child.lock().expect("child lock");
+            let Some(child) = child.as_mut() else {
+                continue;
+            };
+            // Only while not reaped: a reaped pid may belong to anyone.
+            if !matches!(child.try_wait(), Ok(None)) {
+                continue;
+            }
+            // SAFETY: plain kill(2) on our own unreaped child's pid; the
+            // lock keeps it from being reaped meanwhile.
+            if unsafe { libc::kill(child.id() as i32, dump::DUMP_SIGNAL) } != 0 {
+                log::warn!(
+                    "state dump: cannot signal remote {name}: {}",
+                    std::io::Error::last_os_error()
+                );
+            }
+        }
+    }
 }
 
 /// Opens each remote, connects a proxy to it and plugs it into its own
@@ -383,6 +417,7 @@ fn add_remote_devices(
                 ioapic_pin: gsi,
             },
             child,
+            dumps: spec.dialect == Dialect::Vmm,
             watcher: Arc::new(Mutex::new(watcher)),
         });
     }
@@ -493,11 +528,27 @@ pub fn run(config: &VmConfig) -> Result<StopReason, VmmError> {
 
     let raw_mode = crate::terminal::RawModeGuard::new(libc::STDIN_FILENO)
         .map_err(io_err("put the terminal in raw mode"))?;
+    let dump = StateDump {
+        vm: vm.clone(),
+        slots: (0..config.cpus).map(|_| Arc::default()).collect(),
+        wanted: Arc::new(AtomicBool::new(false)),
+        forward: Box::new(forward_dump(&remotes)),
+    };
     let mut events: EventManager<Subscriber> = EventManager::new().map_err(VmmError::EventLoop)?;
     events.add_subscriber(Arc::new(Mutex::new(StopWatcher(stop.clone()))));
+    let want_dump = {
+        let wanted = dump.wanted.clone();
+        // The loop takes the dump after the handler returns: it needs the
+        // vCPU threads to kick them.
+        move || wanted.store(true, Ordering::SeqCst)
+    };
     events.add_subscriber(Arc::new(Mutex::new(
-        signals::SignalHandler::new(stop.clone(), Box::new(print_stats.clone()))
-            .map_err(io_err("create a signalfd"))?,
+        signals::SignalHandler::new(
+            stop.clone(),
+            Box::new(print_stats.clone()),
+            Box::new(want_dump),
+        )
+        .map_err(io_err("create a signalfd"))?,
     )));
     events.add_subscriber(Arc::new(Mutex::new(console::StdinConsole::new(
         serial.clone(),
@@ -510,7 +561,15 @@ pub fn run(config: &VmConfig) -> Result<StopReason, VmmError> {
     }
 
     let mut threads = VcpuThreads::new()?;
-    let outcome = run_vcpus(&mut threads, vcpus, &buses, &stop, &serial, &mut events);
+    let outcome = run_vcpus(
+        &mut threads,
+        vcpus,
+        &buses,
+        &stop,
+        &serial,
+        &mut events,
+        &dump,
+    );
     drop(raw_mode);
     if config.stats && outcome.is_ok() {
         print_stats();
@@ -529,6 +588,28 @@ pub fn run(config: &VmConfig) -> Result<StopReason, VmmError> {
     outcome
 }
 
+/// What a state dump needs, and the flag SIGUSR2 raises.
+struct StateDump {
+    vm: Arc<VmFd>,
+    slots: Vec<Arc<dump::VcpuDumpSlot>>,
+    wanted: Arc<AtomicBool>,
+    forward: Box<dyn Fn()>,
+}
+
+impl StateDump {
+    fn log(&self, why: &str, threads: &VcpuThreads) {
+        dump::log_dump(
+            why,
+            &self.vm,
+            &self.slots,
+            |i| {
+                threads.kick(&format!("vcpu{i}"));
+            },
+            &*self.forward,
+        );
+    }
+}
+
 /// Starts the vCPUs and runs the event loop until a stop is requested.
 fn run_vcpus(
     threads: &mut VcpuThreads,
@@ -537,9 +618,17 @@ fn run_vcpus(
     stop: &Arc<StopSignal>,
     serial: &Arc<Mutex<serial::SerialDevice>>,
     events: &mut EventManager<Subscriber>,
+    dump: &StateDump,
 ) -> Result<StopReason, VmmError> {
     for (id, vcpu) in vcpus.into_iter().enumerate() {
-        vcpu::spawn(threads, id as u8, vcpu, buses.clone(), stop.clone())?;
+        vcpu::spawn(
+            threads,
+            id as u8,
+            vcpu,
+            buses.clone(),
+            stop.clone(),
+            dump.slots[id].clone(),
+        )?;
     }
     loop {
         // Poll briefly while console input waits for the guest to take it.
@@ -552,7 +641,15 @@ fn run_vcpus(
             .run_with_timeout(timeout)
             .map_err(VmmError::EventLoop)?;
         if let Some(reason) = stop.reason() {
+            // While the other vCPUs still run and the remotes are up: the
+            // evidence of a crash, before the exit tears it down.
+            if let StopReason::VcpuFault(_) = &reason {
+                dump.log("a vCPU faulted; the VMM exits after this dump", threads);
+            }
             return Ok(reason);
+        }
+        if dump.wanted.swap(false, Ordering::SeqCst) {
+            dump.log("SIGUSR2; the VM keeps running", threads);
         }
         serial.lock().expect("serial lock").flush_input();
     }

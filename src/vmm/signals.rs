@@ -1,5 +1,7 @@
-//! Termination signals as events: blocked in every thread and read from a
-//! signalfd by the main loop, so a signal can never interrupt a lock holder.
+//! Termination signals, SIGUSR1 (counters) and SIGUSR2 (state dump) as
+//! events: blocked in every thread and read from a signalfd by the main
+//! loop, so a signal can never interrupt a lock holder (nor end the process
+//! by its default action).
 
 use std::fs::File;
 use std::io::Read;
@@ -14,6 +16,8 @@ use super::stop::{StopReason, StopSignal};
 const STOP_SIGNALS: [libc::c_int; 3] = [libc::SIGINT, libc::SIGTERM, libc::SIGHUP];
 /// Asks for the device counters without stopping anything.
 const REPORT_SIGNAL: libc::c_int = libc::SIGUSR1;
+/// Asks for a state dump without stopping anything.
+const DUMP_SIGNAL: libc::c_int = super::dump::DUMP_SIGNAL;
 /// Size of `struct signalfd_siginfo`.
 const SIGINFO_SIZE: usize = 128;
 
@@ -26,12 +30,14 @@ fn stop_set() -> libc::sigset_t {
             libc::sigaddset(&mut set, s);
         }
         libc::sigaddset(&mut set, REPORT_SIGNAL);
+        libc::sigaddset(&mut set, DUMP_SIGNAL);
         set
     }
 }
 
-/// Blocks the stop signals in the calling thread and every thread it spawns
-/// afterwards; call before creating any thread.
+/// Blocks the stop, report and dump signals in the calling thread and
+/// every thread it spawns afterwards; call before creating any thread, or
+/// a SIGUSR2 delivered to one that does not block it ends the VMM.
 pub fn block_stop_signals() -> std::io::Result<()> {
     let set = stop_set();
     // SAFETY: `set` is a valid sigset; the old mask is not needed.
@@ -46,11 +52,17 @@ pub struct SignalHandler {
     fd: File,
     stop: Arc<StopSignal>,
     report: Box<dyn Fn() + Send>,
+    dump: Box<dyn Fn() + Send>,
 }
 
 impl SignalHandler {
-    /// `report` runs on SIGUSR1; the other signals stop the VM.
-    pub fn new(stop: Arc<StopSignal>, report: Box<dyn Fn() + Send>) -> std::io::Result<Self> {
+    /// `report` runs on SIGUSR1 and `dump` on SIGUSR2; the other signals
+    /// stop the VM.
+    pub fn new(
+        stop: Arc<StopSignal>,
+        report: Box<dyn Fn() + Send>,
+        dump: Box<dyn Fn() + Send>,
+    ) -> std::io::Result<Self> {
         let set = stop_set();
         // SAFETY: `set` is valid; -1 asks for a new fd.
         let fd = unsafe { libc::signalfd(-1, &set, libc::SFD_CLOEXEC | libc::SFD_NONBLOCK) };
@@ -59,7 +71,12 @@ impl SignalHandler {
         }
         // SAFETY: signalfd returned a new fd that we own.
         let fd = unsafe { File::from_raw_fd(fd) };
-        Ok(SignalHandler { fd, stop, report })
+        Ok(SignalHandler {
+            fd,
+            stop,
+            report,
+            dump,
+        })
     }
 }
 
@@ -70,6 +87,10 @@ impl MutEventSubscriber for SignalHandler {
             let signo = i32::from_ne_bytes(info[0..4].try_into().expect("4 bytes"));
             if signo == REPORT_SIGNAL {
                 (self.report)();
+                continue;
+            }
+            if signo == DUMP_SIGNAL {
+                (self.dump)();
                 continue;
             }
             log::info!("received signal {signo}, stopping the VM");

@@ -4,6 +4,7 @@ use std::sync::Arc;
 
 use kvm_ioctls::{VcpuExit, VcpuFd};
 
+use super::dump::{self, AccessRing, VcpuDumpSlot};
 use super::kick::{self, KickError, VcpuThreads};
 use super::stop::{StopReason, StopSignal};
 use crate::bus::Bus;
@@ -29,32 +30,56 @@ pub enum VcpuAction {
     Fault(String),
 }
 
+/// What a vCPU thread keeps for state dumps: the slot it answers in, and
+/// its own access ring (no lock: only this thread touches it).
+#[derive(Default)]
+pub struct DumpState {
+    pub slot: Arc<VcpuDumpSlot>,
+    pub ring: AccessRing,
+}
+
+/// The message for a triple fault. The registers KVM reports after it are
+/// useless for finding the crash, which has misled readers before.
+pub const TRIPLE_FAULT: &str = "triple fault (KVM_EXIT_SHUTDOWN); the registers that follow are \
+     the post-reset state KVM reports after a shutdown intercept (KVM reinitialises the VMCB), \
+     so they do not show where the guest died";
+
 /// Handles one exit. A free function over plain data so tests can feed it
 /// synthetic exits without KVM.
-pub fn handle_exit(exit: VcpuExit, buses: &Buses) -> VcpuAction {
+pub fn handle_exit(exit: VcpuExit, buses: &Buses, dump: &mut DumpState) -> VcpuAction {
     match exit {
         VcpuExit::IoIn(port, data) => {
-            if !buses.pio.read(u64::from(port), data) {
+            let port = u64::from(port);
+            dump.slot.accessing(true, port);
+            if !buses.pio.read(port, data) {
                 log::trace!("unhandled port read {port:#x} ({} bytes)", data.len());
             }
+            dump.ring.record(true, false, port, data);
             VcpuAction::Continue
         }
         VcpuExit::IoOut(port, data) => {
-            if !buses.pio.write(u64::from(port), data) {
+            let port = u64::from(port);
+            dump.slot.accessing(true, port);
+            if !buses.pio.write(port, data) {
                 log::trace!("unhandled port write {port:#x} = {data:x?}");
             }
+            dump.ring.record(true, true, port, data);
             VcpuAction::Continue
         }
         VcpuExit::MmioRead(addr, data) => {
+            dump.slot.accessing(false, addr);
             if !buses.mmio.read(addr, data) {
                 log::debug!("unhandled MMIO read {addr:#x} ({} bytes)", data.len());
             }
+            dump.ring.record(false, false, addr, data);
             VcpuAction::Continue
         }
         VcpuExit::MmioWrite(addr, data) => {
+            dump.slot.accessing(false, addr);
             if !buses.mmio.write(addr, data) {
                 log::debug!("unhandled MMIO write {addr:#x} = {data:x?}");
             }
+            dump.ring.record(false, true, addr, data);
             VcpuAction::Continue
         }
         VcpuExit::SystemEvent(SYSTEM_EVENT_RESET, _) => VcpuAction::Stop(StopReason::GuestReset),
@@ -68,7 +93,7 @@ pub fn handle_exit(exit: VcpuExit, buses: &Buses) -> VcpuAction {
             log::warn!("ignoring KVM system event {kind} {data:x?}");
             VcpuAction::Continue
         }
-        VcpuExit::Shutdown => VcpuAction::Fault("triple fault".into()),
+        VcpuExit::Shutdown => VcpuAction::Fault(TRIPLE_FAULT.into()),
         VcpuExit::FailEntry(reason, cpu) => VcpuAction::Fault(format!(
             "KVM entry failure (hardware reason {reason:#x} on cpu {cpu})"
         )),
@@ -102,6 +127,24 @@ fn describe_state(vcpu: &VcpuFd) -> String {
     line
 }
 
+/// This vCPU's part of a state dump; only its own thread may ask KVM.
+fn vcpu_report(vcpu: &VcpuFd, ring: &AccessRing) -> Vec<String> {
+    let mut lines = match vcpu.get_regs() {
+        Ok(regs) => dump::format_regs(&regs, vcpu.get_sregs().ok().as_ref()),
+        Err(e) => vec![format!("regs: unavailable: {e}")],
+    };
+    lines.push(match vcpu.get_vcpu_events() {
+        Ok(events) => dump::format_events(&events),
+        Err(e) => format!("events: unavailable: {e}"),
+    });
+    lines.push(match vcpu.get_lapic() {
+        Ok(lapic) => dump::format_lapic(&lapic.regs.map(|b| b as u8)),
+        Err(e) => format!("lapic: unavailable: {e}"),
+    });
+    lines.extend(ring.lines(dump::now_ns()));
+    lines
+}
+
 /// KVM's sub-error code for an internal error, read from the shared run page.
 fn internal_error_detail(vcpu: &mut VcpuFd) -> String {
     let run = vcpu.get_kvm_run();
@@ -128,58 +171,98 @@ pub fn spawn(
     mut vcpu: VcpuFd,
     buses: Arc<Buses>,
     stop: Arc<StopSignal>,
+    slot: Arc<VcpuDumpSlot>,
 ) -> Result<(), KickError> {
     threads.spawn(format!("vcpu{id}"), move |stopping, run_mask| {
-        CURRENT_VCPU.with(|c| c.set(usize::from(id)));
-        if let Err(e) = kick::set_kvm_signal_mask(&vcpu, &run_mask) {
-            // Without it a kick could not end KVM_RUN, and the exit could
-            // not wait for this vCPU before unmapping guest RAM.
-            stop.request(StopReason::VcpuFault(format!(
-                "vCPU {id}: KVM_SET_SIGNAL_MASK failed: {e}"
-            )));
-            return;
-        }
-        loop {
-            let action = match vcpu.run() {
-                Ok(exit) => {
-                    let internal = matches!(exit, VcpuExit::InternalError);
-                    match handle_exit(exit, &buses) {
-                        VcpuAction::Fault(what) if internal => {
-                            let detail = internal_error_detail(&mut vcpu);
-                            VcpuAction::Fault(format!("{what} ({detail})"))
-                        }
-                        action => action,
+        let mut dump = DumpState {
+            slot,
+            ring: AccessRing::default(),
+        };
+        run_vcpu(
+            id, &mut vcpu, &buses, &stop, &stopping, &run_mask, &mut dump,
+        );
+        dump.slot.exited();
+    })
+}
+
+fn run_vcpu(
+    id: u8,
+    vcpu: &mut VcpuFd,
+    buses: &Buses,
+    stop: &StopSignal,
+    stopping: &kick::StopFlag,
+    run_mask: &kick::RunMask,
+    dump: &mut DumpState,
+) {
+    CURRENT_VCPU.with(|c| c.set(usize::from(id)));
+    if let Err(e) = kick::set_kvm_signal_mask(vcpu, run_mask) {
+        // Without it a kick could not end KVM_RUN, and the exit could
+        // not wait for this vCPU before unmapping guest RAM.
+        stop.request(StopReason::VcpuFault(format!(
+            "vCPU {id}: KVM_SET_SIGNAL_MASK failed: {e}"
+        )));
+        return;
+    }
+    loop {
+        dump.slot.entering_run();
+        let result = vcpu.run();
+        dump.slot.left_run();
+        let action = match result {
+            Ok(exit) => {
+                let internal = matches!(exit, VcpuExit::InternalError);
+                match handle_exit(exit, buses, dump) {
+                    VcpuAction::Fault(what) if internal => {
+                        let detail = internal_error_detail(vcpu);
+                        VcpuAction::Fault(format!("{what} ({detail})"))
                     }
-                }
-                Err(e) if e.errno() == libc::EINTR => {
-                    if stopping.is_set() {
-                        return;
-                    }
-                    kick::discard_kicks();
-                    // The flag goes up before the kick: if the one just
-                    // discarded was ours, the flag shows it now.
-                    if stopping.is_set() {
-                        return;
-                    }
-                    VcpuAction::Continue
-                }
-                Err(e) if e.errno() == libc::EAGAIN => VcpuAction::Continue,
-                Err(e) => VcpuAction::Fault(format!("KVM_RUN failed: {e}")),
-            };
-            match action {
-                VcpuAction::Continue => {}
-                VcpuAction::Stop(reason) => {
-                    stop.request(reason);
-                    return;
-                }
-                VcpuAction::Fault(what) => {
-                    let state = describe_state(&vcpu);
-                    stop.request(StopReason::VcpuFault(format!("vCPU {id}: {what}: {state}")));
-                    return;
+                    action => action,
                 }
             }
+            Err(e) if e.errno() == libc::EINTR => {
+                if stopping.is_set() {
+                    return;
+                }
+                kick::discard_kicks();
+                // The flag goes up before the kick: if the one just
+                // discarded was ours, the flag shows it now.
+                if stopping.is_set() {
+                    return;
+                }
+                VcpuAction::Continue
+            }
+            Err(e) if e.errno() == libc::EAGAIN => VcpuAction::Continue,
+            Err(e) => VcpuAction::Fault(format!("KVM_RUN failed: {e}")),
+        };
+        match action {
+            VcpuAction::Continue => {
+                if dump.slot.take_request() {
+                    dump.slot.answer(vcpu_report(vcpu, &dump.ring));
+                }
+            }
+            VcpuAction::Stop(reason) => {
+                stop.request(reason);
+                return;
+            }
+            VcpuAction::Fault(what) => {
+                let state = describe_state(vcpu);
+                // The dump the main loop logs before exiting shows it,
+                // as this thread's last report.
+                let mut report = vcpu_report(vcpu, &dump.ring);
+                if what == TRIPLE_FAULT {
+                    report.insert(
+                        0,
+                        "after a triple fault: the registers are KVM's post-reset state, \
+                         not where the guest died"
+                            .into(),
+                    );
+                }
+                dump.slot.answer(report);
+                dump.slot.exited();
+                stop.request(StopReason::VcpuFault(format!("vCPU {id}: {what}: {state}")));
+                return;
+            }
         }
-    })
+    }
 }
 
 #[cfg(test)]
@@ -215,12 +298,20 @@ mod tests {
     fn port_io_reaches_the_pio_bus() {
         let buses = buses();
         assert_eq!(
-            handle_exit(VcpuExit::IoOut(0x80, &[0x42]), &buses),
+            handle_exit(
+                VcpuExit::IoOut(0x80, &[0x42]),
+                &buses,
+                &mut DumpState::default()
+            ),
             VcpuAction::Continue
         );
         let mut data = [0u8; 1];
         assert_eq!(
-            handle_exit(VcpuExit::IoIn(0x80, &mut data), &buses),
+            handle_exit(
+                VcpuExit::IoIn(0x80, &mut data),
+                &buses,
+                &mut DumpState::default()
+            ),
             VcpuAction::Continue
         );
         assert_eq!(data, [0x42]);
@@ -230,24 +321,73 @@ mod tests {
     fn mmio_reaches_the_mmio_bus_and_unmapped_reads_are_ones() {
         let buses = buses();
         let mut data = [0u8; 4];
-        handle_exit(VcpuExit::MmioRead(0xd000_0010, &mut data), &buses);
+        handle_exit(
+            VcpuExit::MmioRead(0xd000_0010, &mut data),
+            &buses,
+            &mut DumpState::default(),
+        );
         assert_eq!(data, [0x22; 4]);
-        handle_exit(VcpuExit::MmioRead(0xe000_0000, &mut data), &buses);
+        handle_exit(
+            VcpuExit::MmioRead(0xe000_0000, &mut data),
+            &buses,
+            &mut DumpState::default(),
+        );
         assert_eq!(data, [0xff; 4]);
         let mut port = [0u8; 2];
-        handle_exit(VcpuExit::IoIn(0x1234, &mut port), &buses);
+        handle_exit(
+            VcpuExit::IoIn(0x1234, &mut port),
+            &buses,
+            &mut DumpState::default(),
+        );
         assert_eq!(port, [0xff; 2]);
+    }
+
+    #[test]
+    fn device_accesses_are_recorded_with_the_value_read_or_written() {
+        let buses = buses();
+        let mut dump = DumpState::default();
+        handle_exit(
+            VcpuExit::MmioWrite(0xd000_0004, &[1, 2, 3, 4]),
+            &buses,
+            &mut dump,
+        );
+        let mut data = [0u8; 2];
+        handle_exit(
+            VcpuExit::MmioRead(0xd000_0008, &mut data),
+            &buses,
+            &mut dump,
+        );
+        handle_exit(VcpuExit::IoOut(0x3f8, b"A"), &buses, &mut dump);
+        let got = dump.ring.accesses();
+        assert_eq!(got.len(), 2);
+        assert_eq!(
+            (got[0].addr, got[0].value, got[0].write),
+            (0xd000_0004, 0x0403_0201, true)
+        );
+        assert_eq!(
+            (got[1].addr, got[1].value, got[1].size),
+            (0xd000_0008, 0x0101, 2)
+        );
+        assert!(!got[1].write && !got[1].pio);
     }
 
     #[test]
     fn guest_power_events_stop_the_vm() {
         let buses = buses();
         assert_eq!(
-            handle_exit(VcpuExit::SystemEvent(SYSTEM_EVENT_RESET, &[]), &buses),
+            handle_exit(
+                VcpuExit::SystemEvent(SYSTEM_EVENT_RESET, &[]),
+                &buses,
+                &mut DumpState::default()
+            ),
             VcpuAction::Stop(StopReason::GuestReset)
         );
         assert_eq!(
-            handle_exit(VcpuExit::SystemEvent(SYSTEM_EVENT_SHUTDOWN, &[]), &buses),
+            handle_exit(
+                VcpuExit::SystemEvent(SYSTEM_EVENT_SHUTDOWN, &[]),
+                &buses,
+                &mut DumpState::default()
+            ),
             VcpuAction::Stop(StopReason::GuestShutdown)
         );
     }
@@ -273,6 +413,7 @@ mod tests {
             vcpu,
             Arc::new(Buses::default()),
             stop.clone(),
+            Arc::default(),
         )
         .unwrap();
         // Time to get into KVM_RUN; a kick that came earlier would wait
@@ -288,17 +429,20 @@ mod tests {
     fn faults_are_reported() {
         let buses = buses();
         assert_eq!(
-            handle_exit(VcpuExit::Shutdown, &buses),
-            VcpuAction::Fault("triple fault".into())
+            handle_exit(VcpuExit::Shutdown, &buses, &mut DumpState::default()),
+            VcpuAction::Fault(TRIPLE_FAULT.into())
         );
         assert!(matches!(
-            handle_exit(VcpuExit::InternalError, &buses),
+            handle_exit(VcpuExit::InternalError, &buses, &mut DumpState::default()),
             VcpuAction::Fault(_)
         ));
         assert!(matches!(
-            handle_exit(VcpuExit::FailEntry(7, 0), &buses),
+            handle_exit(VcpuExit::FailEntry(7, 0), &buses, &mut DumpState::default()),
             VcpuAction::Fault(_)
         ));
-        assert_eq!(handle_exit(VcpuExit::Hlt, &buses), VcpuAction::Continue);
+        assert_eq!(
+            handle_exit(VcpuExit::Hlt, &buses, &mut DumpState::default()),
+            VcpuAction::Continue
+        );
     }
 }
