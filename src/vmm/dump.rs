@@ -419,24 +419,43 @@ pub fn format_regs(regs: &kvm_regs, sregs: Option<&kvm_sregs>) -> Vec<String> {
     vec![first, gprs]
 }
 
-/// KVM_GET_VCPU_EVENTS in one line.
+/// KVM_GET_VCPU_EVENTS in one line. Vector numbers only where an event
+/// is pending or injected: KVM leaves the last one's in place after.
 pub fn format_events(e: &kvm_vcpu_events) -> String {
     let x = &e.exception;
     let i = &e.interrupt;
     let n = &e.nmi;
-    let mut line = format!(
-        "events: exception pending={} injected={} nr={}",
-        x.pending, x.injected, x.nr
-    );
-    if x.has_error_code != 0 {
-        line.push_str(&format!(" error_code={:#x}", x.error_code));
-    }
-    line.push_str(&format!(
-        "; interrupt injected={} nr={:#x} soft={}; nmi pending={} injected={} masked={}; \
-         shadow={}",
-        i.injected, i.nr, i.soft, n.pending, n.injected, n.masked, i.shadow
-    ));
-    line
+    let exception = if x.pending != 0 || x.injected != 0 {
+        let mut s = format!(
+            "{} nr={}",
+            if x.pending != 0 {
+                "pending"
+            } else {
+                "injected"
+            },
+            x.nr
+        );
+        if x.has_error_code != 0 {
+            s.push_str(&format!(" error_code={:#x}", x.error_code));
+        }
+        s
+    } else {
+        "none".into()
+    };
+    let interrupt = if i.injected != 0 {
+        format!(
+            "injected vec={:#x}{}",
+            i.nr,
+            if i.soft != 0 { " soft" } else { "" }
+        )
+    } else {
+        "none".into()
+    };
+    format!(
+        "events: exception {exception}; interrupt {interrupt}; nmi pending={} injected={} \
+         masked={}; shadow={:#x}",
+        n.pending, n.injected, n.masked, i.shadow
+    )
 }
 
 /// IOAPIC pins in the in-kernel irqchip.
@@ -488,6 +507,9 @@ pub fn format_ioapic(irr: u32, entries: &[u64; IOAPIC_PINS]) -> String {
             if e.remote_irr { ",remote_irr" } else { "" },
             if pending { ",irr" } else { "" }
         ));
+    }
+    if pins.is_empty() {
+        return format!("ioapic: irr={irr:#x}, every pin masked and idle");
     }
     format!("ioapic: irr={irr:#x} pins {}", pins.join(" "))
 }
@@ -626,7 +648,7 @@ mod tests {
         );
         assert_eq!(
             format_ioapic(0, &[1u64 << 16; IOAPIC_PINS]),
-            "ioapic: irr=0x0 pins "
+            "ioapic: irr=0x0, every pin masked and idle"
         );
     }
 
@@ -746,6 +768,30 @@ mod tests {
         drop(kicks);
         drop((tx0, tx1));
         t0.join().unwrap();
+    }
+
+    #[test]
+    fn events_show_vectors_only_for_live_events() {
+        let mut e = kvm_vcpu_events::default();
+        // What KVM leaves behind after a delivered page fault.
+        e.exception.nr = 14;
+        e.exception.has_error_code = 1;
+        e.interrupt.nr = 0xec;
+        assert_eq!(
+            format_events(&e),
+            "events: exception none; interrupt none; nmi pending=0 injected=0 masked=0; \
+             shadow=0x0"
+        );
+        e.exception.pending = 1;
+        e.exception.error_code = 2;
+        e.interrupt.injected = 1;
+        e.nmi.masked = 1;
+        e.interrupt.shadow = 1;
+        assert_eq!(
+            format_events(&e),
+            "events: exception pending nr=14 error_code=0x2; interrupt injected vec=0xec; \
+             nmi pending=0 injected=0 masked=1; shadow=0x1"
+        );
     }
 
     #[test]

@@ -38,11 +38,12 @@ pub struct DumpState {
     pub ring: AccessRing,
 }
 
-/// The message for a triple fault. The registers KVM reports after it are
-/// useless for finding the crash, which has misled readers before.
-pub const TRIPLE_FAULT: &str = "triple fault (KVM_EXIT_SHUTDOWN); the registers that follow are \
-     the post-reset state KVM reports after a shutdown intercept (KVM reinitialises the VMCB), \
-     so they do not show where the guest died";
+/// The message for a triple fault. On AMD the registers KVM reports after
+/// it are useless for finding the crash, which has misled readers before.
+/// (Elsewhere they can be real: a PVM host reports the faulting rip.)
+pub const TRIPLE_FAULT: &str = "triple fault (KVM_EXIT_SHUTDOWN); on AMD hosts the registers \
+     that follow are the post-reset state KVM reports after a shutdown intercept (KVM \
+     reinitialises the VMCB), so they do not show where the guest died";
 
 /// Handles one exit. A free function over plain data so tests can feed it
 /// synthetic exits without KVM.
@@ -251,8 +252,8 @@ fn run_vcpu(
                 if what == TRIPLE_FAULT {
                     report.insert(
                         0,
-                        "after a triple fault: the registers are KVM's post-reset state, \
-                         not where the guest died"
+                        "after a triple fault: on AMD hosts the registers are KVM's \
+                         post-reset state, not where the guest died"
                             .into(),
                     );
                 }
@@ -423,6 +424,148 @@ mod tests {
         threads.kick_all();
         assert_eq!(threads.join(std::time::Duration::from_secs(10)), 0);
         assert_eq!(stop.reason(), None, "a kick is not a fault");
+    }
+
+    /// A VM with an in-kernel irqchip, or None (and a note) without KVM.
+    fn test_vm() -> Option<kvm_ioctls::VmFd> {
+        match kvm_ioctls::Kvm::new().and_then(|kvm| kvm.create_vm()) {
+            Ok(vm) => {
+                vm.create_irq_chip().unwrap();
+                Some(vm)
+            }
+            Err(e) => {
+                eprintln!("skipping: cannot create a VM: {e}");
+                None
+            }
+        }
+    }
+
+    /// A real vCPU blocked in KVM_RUN (an AP waiting for its SIPI) answers
+    /// a dump request with its registers and LAPIC, and runs on.
+    #[test]
+    fn a_vcpu_in_kvm_run_answers_a_dump_request_and_runs_on() {
+        let Some(vm) = test_vm() else { return };
+        let vcpu = vm.create_vcpu(1).unwrap();
+        let stop = Arc::new(StopSignal::new().unwrap());
+        let slot: Arc<VcpuDumpSlot> = Arc::default();
+        let mut threads = VcpuThreads::new().unwrap();
+        spawn(
+            &mut threads,
+            1,
+            vcpu,
+            Arc::new(Buses::default()),
+            stop.clone(),
+            slot.clone(),
+        )
+        .unwrap();
+        std::thread::sleep(std::time::Duration::from_millis(200));
+        let slots = [slot];
+        let lines = dump::collect_vcpus(
+            &slots,
+            |_| assert!(threads.kick("vcpu1")),
+            std::time::Duration::from_secs(5),
+        );
+        assert!(
+            lines[0].starts_with("vCPU 0: in KVM_RUN for "),
+            "{lines:#?}"
+        );
+        // The architectural INIT state of an AP.
+        assert!(
+            lines[1].starts_with("vCPU 0: regs: rip=0xfff0 ") && lines[1].contains(" cs=0xf000 "),
+            "{lines:#?}"
+        );
+        assert!(lines[3].starts_with("vCPU 0: events: "), "{lines:#?}");
+        assert!(lines[4].starts_with("vCPU 0: lapic: "), "{lines:#?}");
+        assert_eq!(
+            lines[5],
+            "vCPU 0: last 0 of 0 device accesses (0 COM1 accesses not recorded):"
+        );
+        // Back in KVM_RUN, not stopped.
+        std::thread::sleep(std::time::Duration::from_millis(100));
+        let again = dump::collect_vcpus(
+            &slots,
+            |_| assert!(threads.kick("vcpu1")),
+            std::time::Duration::from_secs(5),
+        );
+        assert!(
+            again[0].starts_with("vCPU 0: in KVM_RUN for "),
+            "{again:#?}"
+        );
+        assert!(again[0].ends_with(", 1 exits"), "{again:#?}");
+        assert_eq!(threads.names(), ["vcpu1"]);
+        assert_eq!(stop.reason(), None);
+        threads.kick_all();
+        assert_eq!(threads.join(std::time::Duration::from_secs(10)), 0);
+    }
+
+    /// A real triple fault: long mode (as the boot vCPU starts) with an
+    /// empty IDT, then `ud2`. The vCPU leaves its last report, says its
+    /// registers are post-reset, and stops the VM. (Long mode, not real
+    /// mode: PVM hosts deliver real-mode exceptions past an IVT's limit.)
+    #[test]
+    fn a_triple_fault_leaves_a_report_and_stops_the_vm() {
+        let Some(vm) = test_vm() else { return };
+        let ram = crate::vmm::memory::GuestRam::new(64 << 20).unwrap();
+        crate::vmm::register_memory(&vm, &ram).unwrap();
+        {
+            use vm_memory::{Bytes, GuestAddress};
+            ram.memory
+                .write_slice(&[0x0f, 0x0b], GuestAddress(CODE))
+                .unwrap();
+        }
+        const CODE: u64 = 0x10_0000;
+        let vcpu = vm.create_vcpu(0).unwrap();
+        crate::vmm::regs::setup_sregs(&ram.memory, &vcpu).unwrap();
+        crate::vmm::regs::setup_regs(&vcpu, CODE).unwrap();
+        let mut sregs = vcpu.get_sregs().unwrap();
+        sregs.idt.limit = 0;
+        vcpu.set_sregs(&sregs).unwrap();
+        let stop = Arc::new(StopSignal::new().unwrap());
+        let slot: Arc<VcpuDumpSlot> = Arc::default();
+        let mut threads = VcpuThreads::new().unwrap();
+        spawn(
+            &mut threads,
+            0,
+            vcpu,
+            Arc::new(Buses::default()),
+            stop.clone(),
+            slot.clone(),
+        )
+        .unwrap();
+        if threads.join(std::time::Duration::from_secs(10)) != 0 {
+            let lines = dump::collect_vcpus(
+                std::slice::from_ref(&slot),
+                |_| {
+                    threads.kick("vcpu0");
+                },
+                std::time::Duration::from_secs(2),
+            );
+            threads.kick_all();
+            threads.join(std::time::Duration::from_secs(10));
+            panic!("no triple fault: {lines:#?}");
+        }
+        let reason = stop.reason();
+        assert!(
+            matches!(&reason, Some(StopReason::VcpuFault(what))
+                if what.starts_with(&format!("vCPU 0: {TRIPLE_FAULT}: rip="))),
+            "{reason:?}"
+        );
+        let lines = dump::collect_vcpus(&[slot], |_| panic!("kicked"), Default::default());
+        assert!(
+            lines[0].starts_with("vCPU 0: thread ended for "),
+            "{lines:#?}"
+        );
+        assert!(
+            lines[1].starts_with("vCPU 0: its last report, from "),
+            "{lines:#?}"
+        );
+        assert!(
+            lines[2].starts_with("vCPU 0: after a triple fault: "),
+            "{lines:#?}"
+        );
+        assert!(lines[3].starts_with("vCPU 0: regs: rip="), "{lines:#?}");
+        drop(vm);
+        drop(ram);
     }
 
     #[test]
