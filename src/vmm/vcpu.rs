@@ -36,6 +36,8 @@ pub enum VcpuAction {
 pub struct DumpState {
     pub slot: Arc<VcpuDumpSlot>,
     pub ring: AccessRing,
+    /// When the exit being handled left KVM_RUN.
+    pub exit_ns: u64,
 }
 
 /// The message for a triple fault. On AMD the registers KVM reports after
@@ -55,7 +57,7 @@ pub fn handle_exit(exit: VcpuExit, buses: &Buses, dump: &mut DumpState) -> VcpuA
             if !buses.pio.read(port, data) {
                 log::trace!("unhandled port read {port:#x} ({} bytes)", data.len());
             }
-            dump.ring.record(true, false, port, data);
+            dump.ring.record(dump.exit_ns, true, false, port, data);
             VcpuAction::Continue
         }
         VcpuExit::IoOut(port, data) => {
@@ -64,7 +66,7 @@ pub fn handle_exit(exit: VcpuExit, buses: &Buses, dump: &mut DumpState) -> VcpuA
             if !buses.pio.write(port, data) {
                 log::trace!("unhandled port write {port:#x} = {data:x?}");
             }
-            dump.ring.record(true, true, port, data);
+            dump.ring.record(dump.exit_ns, true, true, port, data);
             VcpuAction::Continue
         }
         VcpuExit::MmioRead(addr, data) => {
@@ -72,7 +74,7 @@ pub fn handle_exit(exit: VcpuExit, buses: &Buses, dump: &mut DumpState) -> VcpuA
             if !buses.mmio.read(addr, data) {
                 log::debug!("unhandled MMIO read {addr:#x} ({} bytes)", data.len());
             }
-            dump.ring.record(false, false, addr, data);
+            dump.ring.record(dump.exit_ns, false, false, addr, data);
             VcpuAction::Continue
         }
         VcpuExit::MmioWrite(addr, data) => {
@@ -80,7 +82,7 @@ pub fn handle_exit(exit: VcpuExit, buses: &Buses, dump: &mut DumpState) -> VcpuA
             if !buses.mmio.write(addr, data) {
                 log::debug!("unhandled MMIO write {addr:#x} = {data:x?}");
             }
-            dump.ring.record(false, true, addr, data);
+            dump.ring.record(dump.exit_ns, false, true, addr, data);
             VcpuAction::Continue
         }
         VcpuExit::SystemEvent(SYSTEM_EVENT_RESET, _) => VcpuAction::Stop(StopReason::GuestReset),
@@ -177,7 +179,7 @@ pub fn spawn(
     threads.spawn(format!("vcpu{id}"), move |stopping, run_mask| {
         let mut dump = DumpState {
             slot,
-            ring: AccessRing::default(),
+            ..Default::default()
         };
         run_vcpu(
             id, &mut vcpu, &buses, &stop, &stopping, &run_mask, &mut dump,
@@ -207,7 +209,7 @@ fn run_vcpu(
     loop {
         dump.slot.entering_run();
         let result = vcpu.run();
-        dump.slot.left_run();
+        dump.exit_ns = dump.slot.left_run();
         let action = match result {
             Ok(exit) => {
                 let internal = matches!(exit, VcpuExit::InternalError);
