@@ -80,8 +80,9 @@ impl SignalHandler {
     }
 }
 
-impl MutEventSubscriber for SignalHandler {
-    fn process(&mut self, _events: Events, _ops: &mut EventOps) {
+impl SignalHandler {
+    /// Reads every pending signal from the fd and acts on it.
+    fn take_pending(&mut self) {
         let mut info = [0u8; SIGINFO_SIZE];
         while let Ok(SIGINFO_SIZE) = self.fd.read(&mut info) {
             let signo = i32::from_ne_bytes(info[0..4].try_into().expect("4 bytes"));
@@ -97,10 +98,76 @@ impl MutEventSubscriber for SignalHandler {
             self.stop.request(StopReason::Signal(signo));
         }
     }
+}
+
+impl MutEventSubscriber for SignalHandler {
+    fn process(&mut self, _events: Events, _ops: &mut EventOps) {
+        self.take_pending();
+    }
 
     fn init(&mut self, ops: &mut EventOps) {
         if let Err(e) = ops.add(Events::new_raw(self.fd.as_raw_fd(), EventSet::IN)) {
             log::error!("cannot watch for signals: {e}");
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    /// Sends `signo` to the calling thread only, so the other tests'
+    /// threads never see it.
+    fn signal_this_thread(signo: libc::c_int) {
+        // SAFETY: tgkill to this very thread, which blocks the signal.
+        let rc = unsafe {
+            libc::syscall(
+                libc::SYS_tgkill,
+                libc::getpid(),
+                libc::syscall(libc::SYS_gettid),
+                signo,
+            )
+        };
+        assert_eq!(rc, 0);
+    }
+
+    #[test]
+    fn usr2_asks_for_a_dump_and_neither_stops_nor_kills_the_vmm() {
+        // A thread of its own: the mask is per thread.
+        std::thread::spawn(|| {
+            block_stop_signals().unwrap();
+            let stop = Arc::new(StopSignal::new().unwrap());
+            let dumps = Arc::new(AtomicUsize::new(0));
+            let reports = Arc::new(AtomicUsize::new(0));
+            let mut handler = {
+                let dumps = dumps.clone();
+                let reports = reports.clone();
+                SignalHandler::new(
+                    stop.clone(),
+                    Box::new(move || {
+                        reports.fetch_add(1, Ordering::SeqCst);
+                    }),
+                    Box::new(move || {
+                        dumps.fetch_add(1, Ordering::SeqCst);
+                    }),
+                )
+                .unwrap()
+            };
+            // Unblocked, its default action would end the test binary.
+            signal_this_thread(libc::SIGUSR2);
+            handler.take_pending();
+            assert_eq!(dumps.load(Ordering::SeqCst), 1);
+            assert_eq!(reports.load(Ordering::SeqCst), 0);
+            assert_eq!(stop.reason(), None);
+            signal_this_thread(libc::SIGUSR1);
+            signal_this_thread(libc::SIGTERM);
+            handler.take_pending();
+            assert_eq!(dumps.load(Ordering::SeqCst), 1);
+            assert_eq!(reports.load(Ordering::SeqCst), 1);
+            assert_eq!(stop.reason(), Some(StopReason::Signal(libc::SIGTERM)));
+        })
+        .join()
+        .unwrap();
     }
 }
