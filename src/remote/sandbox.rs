@@ -110,7 +110,16 @@ fn allowed() -> Result<Rules, SandboxError> {
         (libc::SYS_ioctl, arg_eq(1, libc::TCGETS)?),
         // A copy of the register mirror's memfd for the VMM (a dup grants
         // nothing new).
-        (libc::SYS_fcntl, arg_eq(1, libc::F_DUPFD_CLOEXEC as u64)?),
+        // Debug builds of std also check that an fd is open before they
+        // close it (F_GETFD): harmless, and without it a debug remote dies
+        // at its first close.
+        (
+            libc::SYS_fcntl,
+            vec![
+                cond(1, SeccompCmpOp::Eq, libc::F_DUPFD_CLOEXEC as u64)?,
+                cond(1, SeccompCmpOp::Eq, libc::F_GETFD as u64)?,
+            ],
+        ),
         // New ioregion fds; only pairs, never a socket to elsewhere.
         (libc::SYS_socketpair, arg_eq(0, libc::AF_UNIX as u64)?),
         // Disk I/O.
@@ -512,6 +521,36 @@ mod tests {
             ended.stderr.contains(&format!(
                 "vmm-remote: seccomp: blocked syscall {}",
                 libc::SYS_getcwd
+            )),
+            "{}",
+            ended.stderr
+        );
+    }
+
+    /// Debug builds of std look at an fd (F_GETFD) before closing it; any
+    /// other fcntl but the dup is still stopped.
+    #[test]
+    fn fcntl_allows_only_getfd_and_the_dup() {
+        let sandbox = sandbox();
+        let ended = in_child(|| {
+            sandbox.confine(false).expect("confine");
+            // SAFETY: fcntl on stderr, which is open.
+            let getfd = unsafe { libc::fcntl(libc::STDERR_FILENO, libc::F_GETFD) };
+            say(if getfd >= 0 {
+                b"getfd ok\n"
+            } else {
+                b"getfd FAILED\n"
+            });
+            // SAFETY: as above; the filter stops it.
+            unsafe { libc::fcntl(libc::STDERR_FILENO, libc::F_SETFD, libc::FD_CLOEXEC) };
+            say(b"setfd was not stopped\n");
+        });
+        assert_eq!(exited(&ended), Some(BLOCKED_EXIT), "{}", ended.stderr);
+        assert!(ended.stderr.starts_with("getfd ok\n"), "{}", ended.stderr);
+        assert!(
+            ended.stderr.contains(&format!(
+                "vmm-remote: seccomp: blocked syscall {}",
+                libc::SYS_fcntl
             )),
             "{}",
             ended.stderr
