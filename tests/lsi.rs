@@ -99,6 +99,23 @@ fn scenarios() -> Vec<Scenario> {
                 )
             ),
         },
+        // kill -USR2 in the middle of fio: the VMM and the remote log
+        // their state, and the guest carries on.
+        Scenario {
+            name: "lsi-state-dump",
+            script: format!(
+                "{}$VMM --kernel $KERNEL --initrd $INITRD --cmdline 'console=ttyS0 quiet vmm.run=fio-verify vmm.fio=verify-long' \
+                 --cpus 2 --log-level info --remote-dev lsi,disk=/tmp/a.img </dev/null > /tmp/vmm.log 2>&1 &\n\
+                 vmm=$!\n\
+                 i=0; while [ $i -lt 120 ] && ! grep -q 'disk found' /tmp/vmm.log; do sleep 1; i=$((i + 1)); done\n\
+                 sleep 3\n\
+                 for p in $(pidof vmm); do kill -USR2 $p; done\n\
+                 wait $vmm\n\
+                 echo \"vmm exited $?\"\n\
+                 cat /tmp/vmm.log",
+                image("a.img", 256)
+            ),
+        },
         Scenario {
             name: "lsi-kernel-ioregion",
             script: vmm("disk-pattern", "lsi,ioregionfd=kernel"),
@@ -257,6 +274,27 @@ fn two_vcpus_survive_sustained_fio_verify_and_the_data_lands() {
     assert!(!o.output.contains("triple fault"), "{}", o.output);
     let [.., errors] = stats(o);
     assert_eq!(errors, 0);
+}
+
+#[test]
+fn sigusr2_dumps_the_vmm_and_remote_state_and_the_guest_goes_on() {
+    let Some(o) = outcome("lsi-state-dump") else {
+        return;
+    };
+    o.assert_contains("state dump: SIGUSR2; the VM keeps running");
+    // Each vCPU answered from its own thread, with registers and LAPIC.
+    for cpu in 0..2 {
+        o.assert_contains(&format!("state dump: vCPU {cpu}: regs: rip="));
+        o.assert_contains(&format!("state dump: vCPU {cpu}: lapic: tpr="));
+    }
+    o.assert_contains("state dump: ioapic: ");
+    // The remote's own view, from its process.
+    o.assert_contains("vmm-remote: [WARN] state dump: interrupt line ");
+    o.assert_contains("lsi: ISTAT0 0x");
+    o.assert_contains("last DMA writes into guest memory (oldest first): 0x");
+    assert!(!o.output.contains("did not answer"), "{}", o.output);
+    o.assert_contains("VMM-GUEST: fio done: ok");
+    o.assert_exited("vmm", 0);
 }
 
 #[test]

@@ -179,15 +179,36 @@ fn batch_script(
         s.push_str(&format!(
             "echo '{BEGIN}{name} ==='\ncat > /tmp/scenario-{name}.sh <<'VMM_SCENARIO_EOF'\n{script}\nVMM_SCENARIO_EOF\n\
              : > /tmp/scenario.out; tail -n +1 -f /tmp/scenario.out & tailer=$!\n\
-             timeout -k 10 {timeout_s} sh /tmp/scenario-{name}.sh > /tmp/scenario.out 2>&1\nrc=$?\n\
-             {sweep}sleep 1.5; kill $tailer; wait $tailer 2>/dev/null\n{trace}echo \"{END}{name} rc=$rc ===\"\n",
+             {dumper}timeout -k 10 {timeout_s} sh /tmp/scenario-{name}.sh > /tmp/scenario.out 2>&1\nrc=$?\n\
+             {undumper}{sweep}sleep 1.5; kill $tailer; wait $tailer 2>/dev/null\n{trace}echo \"{END}{name} rc=$rc ===\"\n",
             name = sc.name,
             script = sc.script,
             sweep = sweep.map(sweep_script).unwrap_or_default(),
             trace = if sweep.is_some() { RIG_TRACE_TAIL } else { "" },
+            dumper = if sweep.is_some() {
+                dump_before_timeout(timeout_s)
+            } else {
+                String::new()
+            },
+            undumper = if sweep.is_some() {
+                "pkill -P $dumper 2>/dev/null; kill $dumper 2>/dev/null\n"
+            } else {
+                ""
+            },
         ));
     }
     s
+}
+
+/// In the rig: 15 s before a scenario's time limit, every vmm process (the
+/// VMM and its remotes) is asked for a state dump (`kill -USR2`), so a
+/// scenario that is about to be killed leaves its evidence.
+fn dump_before_timeout(timeout_s: u32) -> String {
+    format!(
+        "( sleep {}; echo 'harness: 15 s before the time limit, asking every vmm process for a state dump' \
+         >> /tmp/scenario.out; for p in $(pidof vmm); do kill -USR2 $p; done ) & dumper=$!\n",
+        timeout_s.saturating_sub(15)
+    )
 }
 
 /// In the rig, the rig kernel keeps a small ring of KVM's view of the
@@ -664,7 +685,10 @@ fn a_batch_streams_each_scenarios_output_and_status() {
     let script = batch_script(&all, "vmm", "/guest", "/repo", "pairexec", 20, None);
     let started = std::time::Instant::now();
     let out = Command::new("sh").arg("-c").arg(script).output().unwrap();
-    assert!(started.elapsed().as_secs() < 15, "the batch waited for a leftover");
+    assert!(
+        started.elapsed().as_secs() < 15,
+        "the batch waited for a leftover"
+    );
     let r = parse_batch(&String::from_utf8_lossy(&out.stdout));
     assert_eq!(r["a"].output, "one\ntwo\n");
     assert_eq!(r["a"].status, 3);
