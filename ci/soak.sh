@@ -7,6 +7,7 @@
 #   died (the rig's own kernel failed, or the rig stopped before the run
 #   ended: every run it did not reach counts as not run).
 # A benchmark, not a test: it exits 0 whenever it could produce the table.
+# The table and the logs (compressed) are kept under resources/soak/.
 #
 # Configurations:
 #   ours         our VMM and LSI remote, defaults
@@ -212,4 +213,9 @@ fi
     python3 ci/soak-table.py "$out/console.log" "$out/l1.log" "$runs" "$configs" "$scenarios"
 } > "$out/table.md"
 cat "$out/table.md"
-log "table, console and the rig kernel's log: $out"
+# The record: the table and its logs, compressed, under resources/soak.
+record=$VMM_ROOT/resources/soak/$(date -u +%Y-%m-%d-%H%M)-soak
+mkdir -p "$(dirname "$record")"
+cp "$out/table.md" "$record.md"
+tar -C "$out" -czf "$record-logs.tar.gz" console.log l1.log
+log "table, console and the rig kernel's log: $out; kept as $record.md and $record-logs.tar.gz"
