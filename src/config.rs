@@ -12,19 +12,99 @@ fn parse_remote_dev(text: &str) -> Result<RemoteDevSpec, String> {
 }
 use crate::vmm::mptable::MAX_CPUS;
 
+/// The examples `vmm --help` shows, as argv, so a test can parse every one
+/// of them: the help must never show a command that does not work.
+/// `vmm remote ...` lines are parsed by the remote's own parser.
+pub const EXAMPLES: &[(&str, &[&[&str]])] = &[
+    (
+        "Boot a kernel with an initramfs on two vCPUs:",
+        &[&[
+            "vmm",
+            "--kernel",
+            "bzImage",
+            "--initrd",
+            "initramfs.cpio.gz",
+            "--cpus",
+            "2",
+        ]],
+    ),
+    (
+        "Add our LSI SCSI controller in its own process, with a disk image, and print its counters at exit:",
+        &[&[
+            "vmm",
+            "--kernel",
+            "bzImage",
+            "--initrd",
+            "initramfs.cpio.gz",
+            "--remote-dev",
+            "lsi,disk=disk.img",
+            "--stats",
+        ]],
+    ),
+    (
+        "Connect to a remote started by hand (e.g. under another user); proto=vmm tells the VMM it is ours:",
+        &[
+            &[
+                "vmm",
+                "remote",
+                "lsi",
+                "--socket",
+                "/run/lsi.sock",
+                "--disk",
+                "disk.img",
+            ],
+            &[
+                "vmm",
+                "--kernel",
+                "bzImage",
+                "--initrd",
+                "initramfs.cpio.gz",
+                "--remote-dev",
+                "socket=/run/lsi.sock,proto=vmm",
+            ],
+        ],
+    ),
+    (
+        "Have KVM itself serve the LSI's registers (needs KVM_SET_IOREGION: kernel/, ci/build-kvm-ioregion.sh):",
+        &[&[
+            "vmm",
+            "--kernel",
+            "bzImage",
+            "--initrd",
+            "initramfs.cpio.gz",
+            "--remote-dev",
+            "lsi,disk=disk.img,ioregionfd=kernel",
+        ]],
+    ),
+];
+
+fn after_help() -> String {
+    let mut text = String::from(
+        "The guest's serial console is stdout; stdin is its input. On a terminal, \
+         Ctrl-A x quits. A guest reboot or poweroff ends the VMM with exit code 0.\n\n\
+         Signals: SIGINT, SIGTERM and SIGHUP stop the VM; `kill -USR1` prints the remote \
+         devices' access counters; `kill -USR2` logs a state dump (lines starting \
+         \"state dump:\": each vCPU's state, registers, pending events, LAPIC IRR/ISR and \
+         last 64 device accesses, and the IOAPIC's pins) without stopping the VM, and \
+         passes the signal on to the remotes of ours, which log their own. A vCPU fault \
+         (triple fault) logs the same dump before the VMM exits.\n\nEXAMPLES:\n",
+    );
+    for (what, commands) in EXAMPLES {
+        text.push_str(&format!("  {what}\n"));
+        for argv in *commands {
+            text.push_str(&format!("    {}\n", argv.join(" ")));
+        }
+    }
+    text.pop();
+    text
+}
+
 #[derive(Debug, Parser)]
 #[command(
     name = "vmm",
     version,
     about = "A small, fast KVM virtual machine monitor",
-    after_help = "The guest's serial console is stdout; stdin is its input. On a terminal, \
-                  Ctrl-A x quits. A guest reboot or poweroff ends the VMM with exit code 0.\n\n\
-                  Signals: SIGINT, SIGTERM and SIGHUP stop the VM; `kill -USR1` prints the remote \
-                  devices' access counters; `kill -USR2` logs a state dump (lines starting \
-                  \"state dump:\": each vCPU's state, registers, pending events, LAPIC IRR/ISR and \
-                  last 64 device accesses, and the IOAPIC's pins) without stopping the VM, and \
-                  passes the signal on to the remotes of ours, which log their own. A vCPU fault \
-                  (triple fault) logs the same dump before the VMM exits."
+    after_help = after_help()
 )]
 pub struct Cli {
     /// Linux kernel (bzImage) to boot.
@@ -138,5 +218,26 @@ mod tests {
         let cfg = cli.vm_config();
         assert_eq!((cfg.mem_size, cfg.cpus), (1 << 30, 4));
         assert_eq!(cfg.cmdline.as_deref(), Some("console=ttyS0 quiet"));
+    }
+
+    #[test]
+    fn every_example_in_the_help_parses() {
+        use clap::CommandFactory;
+        let help = Cli::command().render_long_help().to_string();
+        for (what, commands) in EXAMPLES {
+            assert!(help.contains(what), "{what} is not in the help");
+            for argv in *commands {
+                assert!(
+                    help.contains(&argv.join(" ")),
+                    "{argv:?} is not in the help"
+                );
+                if argv.get(1) == Some(&"remote") {
+                    crate::remote::cli::RemoteCli::try_parse_from(&argv[1..])
+                        .unwrap_or_else(|e| panic!("{argv:?}: {e}"));
+                } else {
+                    Cli::try_parse_from(*argv).unwrap_or_else(|e| panic!("{argv:?}: {e}"));
+                }
+            }
+        }
     }
 }
