@@ -87,7 +87,9 @@ fn after_help() -> String {
          \"state dump:\": each vCPU's state, registers, pending events, LAPIC IRR/ISR and \
          last 64 device accesses, and the IOAPIC's pins) without stopping the VM, and \
          passes the signal on to the remotes of ours, which log their own. A vCPU fault \
-         (triple fault) logs the same dump before the VMM exits.\n\nEXAMPLES:\n",
+         (triple fault) logs the same dump before the VMM exits.\n\n\
+         `--remote-dev help` lists the keys of each remote kind and their defaults.\n\n\
+         EXAMPLES:\n",
     );
     for (what, commands) in EXAMPLES {
         text.push_str(&format!("  {what}\n"));
@@ -133,7 +135,7 @@ pub struct Cli {
     /// waited; posted is experimental), `sandbox=off` and `user=NAME|UID[:GID]`; `restart=on`
     /// respawns a co-spawned remote that dies. `register-mirror=off` makes every
     /// register read ask the remote, even those it mirrors in a shared page (default on).
-    /// Repeat for more devices.
+    /// Repeat for more devices; `--remote-dev help` lists every key.
     #[arg(long = "remote-dev", value_name = "SPEC", value_parser = parse_remote_dev)]
     pub remote_devs: Vec<RemoteDevSpec>,
     /// Log level: error, warn, info, debug or trace (default: RUST_LOG, else warn).
@@ -156,6 +158,16 @@ impl Cli {
             stats: self.stats,
         }
     }
+}
+
+/// Whether the command line asks for `--remote-dev help`. Checked before
+/// clap parses, so it works without `--kernel`, like `vmm --help`.
+pub fn asks_for_remote_dev_help<S: AsRef<str>>(args: &[S]) -> bool {
+    args.iter().enumerate().any(|(i, arg)| match arg.as_ref() {
+        "--remote-dev=help" => true,
+        "--remote-dev" => args.get(i + 1).is_some_and(|next| next.as_ref() == "help"),
+        _ => false,
+    })
 }
 
 /// Parses "512M", "2G", "65536K" or "1024" (MiB) into bytes.
@@ -218,6 +230,20 @@ mod tests {
         let cfg = cli.vm_config();
         assert_eq!((cfg.mem_size, cfg.cpus), (1 << 30, 4));
         assert_eq!(cfg.cmdline.as_deref(), Some("console=ttyS0 quiet"));
+    }
+
+    #[test]
+    fn remote_dev_help_is_spotted_anywhere() {
+        assert!(asks_for_remote_dev_help(&["vmm", "--remote-dev", "help"]));
+        assert!(asks_for_remote_dev_help(&[
+            "vmm",
+            "--kernel",
+            "k",
+            "--remote-dev=help"
+        ]));
+        assert!(!asks_for_remote_dev_help(&["vmm", "--remote-dev", "lsi"]));
+        assert!(!asks_for_remote_dev_help(&["vmm", "--remote-dev"]));
+        assert!(!asks_for_remote_dev_help(&["vmm", "help"]));
     }
 
     #[test]

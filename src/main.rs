@@ -30,6 +30,11 @@ fn main() {
         }
         return;
     }
+    let args: Vec<String> = std::env::args().collect();
+    if vmm::config::asks_for_remote_dev_help(&args) {
+        print!("{}", vmm::proxy::spec::help_text());
+        return;
+    }
     let cli = Cli::parse();
     init_logging(cli.log_level.as_deref(), "vmm");
     match vmm::vmm::run(&cli.vm_config()) {

@@ -62,6 +62,171 @@ pub struct RemoteDevSpec {
     pub register_mirror: bool,
 }
 
+/// Which remotes a `--remote-dev` key applies to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Applies {
+    /// Says where the remote is; give exactly one.
+    Where,
+    /// Only `lsi`.
+    Lsi,
+    /// Remotes of ours: `lsi`, or any endpoint with `proto=vmm`.
+    Ours,
+    /// Remotes the VMM spawns itself: `lsi`, `exec=`.
+    Spawned,
+    Any,
+}
+
+/// One `--remote-dev` key as `--remote-dev help` shows it.
+#[derive(Debug)]
+pub struct KeyHelp {
+    pub key: &'static str,
+    /// The values it takes, `a|b` or a placeholder; empty for the bare
+    /// word `lsi`.
+    pub values: &'static str,
+    pub default: &'static str,
+    pub applies: Applies,
+    pub meaning: &'static str,
+}
+
+/// Every key the parser accepts. The parser refuses keys missing here, so
+/// `--remote-dev help` cannot fall behind it.
+pub const KEYS: &[KeyHelp] = &[
+    KeyHelp {
+        key: "lsi",
+        values: "",
+        default: "-",
+        applies: Applies::Where,
+        meaning: "co-spawn our LSI 53C895A SCSI controller (`vmm remote lsi`); must come first",
+    },
+    KeyHelp {
+        key: "exec",
+        values: "PATH",
+        default: "-",
+        applies: Applies::Where,
+        meaning: "spawn PATH with the control socket as fd 3 (QEMU's remote: ci/qemu-remote-lsi.sh)",
+    },
+    KeyHelp {
+        key: "socket",
+        values: "PATH",
+        default: "-",
+        applies: Applies::Where,
+        meaning: "connect to a remote listening there (`vmm remote lsi --socket PATH ...`)",
+    },
+    KeyHelp {
+        key: "fd",
+        values: "N",
+        default: "-",
+        applies: Applies::Where,
+        meaning: "use an inherited, connected socket (N above 2)",
+    },
+    KeyHelp {
+        key: "disk",
+        values: "PATH",
+        default: "a sparse 1 GiB scratch image in a temporary directory",
+        applies: Applies::Lsi,
+        meaning: "raw disk image on the next SCSI id (0, 1, ...); repeat for more disks",
+    },
+    KeyHelp {
+        key: "readonly",
+        values: "on|off",
+        default: "off",
+        applies: Applies::Lsi,
+        meaning: "present the disks write-protected",
+    },
+    KeyHelp {
+        key: "sandbox",
+        values: "on|off",
+        default: "on",
+        applies: Applies::Lsi,
+        meaning: "seccomp and no_new_privs in the remote once its disks are open; off for debugging",
+    },
+    KeyHelp {
+        key: "user",
+        values: "NAME|UID[:GID]",
+        default: "none (the user the VMM runs as)",
+        applies: Applies::Lsi,
+        meaning: "a remote started as root becomes this user once its disks are open",
+    },
+    KeyHelp {
+        key: "register-writes",
+        values: "waited|posted",
+        default: "waited",
+        applies: Applies::Lsi,
+        meaning: "posted: vCPUs do not wait for register writes over region fds (experimental)",
+    },
+    KeyHelp {
+        key: "proto",
+        values: "qemu|vmm",
+        default: "vmm for lsi, else qemu",
+        applies: Applies::Any,
+        meaning: "the remote's dialect: vmm for ours (region fds, register mirror), qemu for QEMU's",
+    },
+    KeyHelp {
+        key: "ioregionfd",
+        values: "auto|kernel|userspace|off",
+        default: "auto",
+        applies: Applies::Ours,
+        meaning: "BAR accesses go over region fds served by KVM (kernel, needs \
+                  KVM_SET_IOREGION) or vCPU threads (userspace); auto: kernel if it can; off: messages",
+    },
+    KeyHelp {
+        key: "register-mirror",
+        values: "on|off",
+        default: "on",
+        applies: Applies::Ours,
+        meaning: "answer reads of the registers the remote mirrors from its shared page",
+    },
+    KeyHelp {
+        key: "restart",
+        values: "on|off",
+        default: "off",
+        applies: Applies::Spawned,
+        meaning: "spawn the remote again when it dies, at most 5 times",
+    },
+];
+
+/// What `--remote-dev help` prints.
+pub fn help_text() -> String {
+    let mut text = String::from(
+        "--remote-dev SPEC adds a PCI device served by another process; repeat it for more.\n\
+         SPEC is comma-separated: where the remote is, then KEY=VALUE options.\n\
+         Example: --remote-dev lsi,disk=disk.img,ioregionfd=userspace\n",
+    );
+    let groups = [
+        (Applies::Where, "Where the remote is (exactly one):"),
+        (Applies::Lsi, "Options for lsi:"),
+        (
+            Applies::Ours,
+            "Options for remotes of ours (lsi, or proto=vmm):",
+        ),
+        (
+            Applies::Spawned,
+            "Options for remotes the VMM spawns (lsi, exec=):",
+        ),
+        (Applies::Any, "Options for any remote:"),
+    ];
+    for (applies, title) in groups {
+        text.push_str(&format!("\n{title}\n"));
+        for k in KEYS.iter().filter(|k| k.applies == applies) {
+            let syntax = if k.values.is_empty() {
+                k.key.to_string()
+            } else {
+                format!("{}={}", k.key, k.values)
+            };
+            let meaning = k.meaning.split_whitespace().collect::<Vec<_>>().join(" ");
+            if applies == Applies::Where {
+                text.push_str(&format!("  {syntax:<13} {meaning}\n"));
+            } else {
+                text.push_str(&format!(
+                    "  {syntax:<37} default: {}\n      {meaning}\n",
+                    k.default
+                ));
+            }
+        }
+    }
+    text
+}
+
 fn on_off(key: &str, value: &str) -> Result<bool, String> {
     match value {
         "on" | "true" | "yes" => Ok(true),
@@ -94,6 +259,11 @@ impl FromStr for RemoteDevSpec {
             let (key, value) = item
                 .split_once('=')
                 .ok_or_else(|| format!("'{item}' is not a known device type (lsi) or key=value"))?;
+            if !KEYS.iter().any(|k| k.key == key && !k.values.is_empty()) {
+                return Err(format!(
+                    "unknown key '{key}' (`--remote-dev help` lists the keys)"
+                ));
+            }
             let set = |e: &mut Option<Endpoint>, v: Endpoint| {
                 if e.replace(v).is_some() {
                     Err("give only one of socket=, fd= and exec=".to_string())
@@ -156,7 +326,11 @@ impl FromStr for RemoteDevSpec {
                         }
                     }
                 }
-                other => return Err(format!("unknown key '{other}'")),
+                other => {
+                    return Err(format!(
+                        "unknown key '{other}' for this remote: it is for lsi only"
+                    ));
+                }
             }
         }
         if lsi {
@@ -310,6 +484,52 @@ mod tests {
             }
         ));
         assert!(err("socket=x,user=nobody").contains("unknown key"));
+    }
+
+    #[test]
+    fn the_help_lists_every_key_the_parser_accepts() {
+        let help = help_text();
+        for k in KEYS {
+            let syntax = if k.values.is_empty() {
+                k.key.to_string()
+            } else {
+                format!("{}={}", k.key, k.values)
+            };
+            assert!(help.contains(&syntax), "{syntax} is not in the help");
+        }
+        // Each key in the table reaches the parser's own handling of it:
+        // a value it rejects gets a complaint about that key, not
+        // "unknown key".
+        for k in KEYS.iter().filter(|k| !k.values.is_empty()) {
+            let spec = format!("lsi,{}=\u{1}", k.key);
+            if let Err(e) = spec.parse::<RemoteDevSpec>() {
+                assert!(!e.contains("unknown key"), "{spec}: {e}");
+            }
+        }
+        let err = |t: &str| t.parse::<RemoteDevSpec>().unwrap_err();
+        assert!(err("lsi,colour=red").contains("--remote-dev help"));
+    }
+
+    #[test]
+    fn the_help_shows_the_parsers_defaults() {
+        let lsi: RemoteDevSpec = "lsi".parse().unwrap();
+        let mut checked = 0;
+        for k in KEYS {
+            if k.values.split('|').any(|v| v == k.default) {
+                let spec = format!("lsi,{}={}", k.key, k.default);
+                assert_eq!(spec.parse::<RemoteDevSpec>(), Ok(lsi.clone()), "{spec}");
+                checked += 1;
+            }
+        }
+        assert_eq!(checked, 6);
+        assert_eq!("lsi,proto=vmm".parse::<RemoteDevSpec>(), Ok(lsi));
+        let socket: RemoteDevSpec = "socket=x".parse().unwrap();
+        assert_eq!("socket=x,proto=qemu".parse::<RemoteDevSpec>(), Ok(socket));
+        let help = help_text();
+        let scratch_gib = crate::remote::cli::SCRATCH_DISK_SIZE >> 30;
+        assert!(help.contains(&format!("sparse {scratch_gib} GiB scratch")));
+        let restarts = crate::proxy::supervisor::MAX_RESTARTS;
+        assert!(help.contains(&format!("at most {restarts} times")));
     }
 
     #[test]
