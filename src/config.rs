@@ -88,7 +88,8 @@ fn after_help() -> String {
          last 64 device accesses, and the IOAPIC's pins) without stopping the VM, and \
          passes the signal on to the remotes of ours, which log their own. A vCPU fault \
          (triple fault) logs the same dump before the VMM exits.\n\n\
-         `--remote-dev help` lists the keys of each remote kind and their defaults.\n\n\
+         `--remote-dev help` lists the keys of each remote kind and their defaults; \
+         `vmm host-check` says what this host offers and whether the LSI remote can run here.\n\n\
          EXAMPLES:\n",
     );
     for (what, commands) in EXAMPLES {

@@ -2,6 +2,8 @@ use clap::Parser;
 
 use vmm::config::Cli;
 
+mod host_check;
+
 fn init_logging(level: Option<&str>, name: &'static str) {
     let mut builder = env_logger::Builder::new();
     builder.filter_level(log::LevelFilter::Warn);
@@ -31,6 +33,11 @@ fn main() {
         return;
     }
     let args: Vec<String> = std::env::args().collect();
+    // Like `remote`, before clap: `vmm host-check` needs no --kernel.
+    if args.get(1).map(String::as_str) == Some("host-check") {
+        init_logging(None, "vmm");
+        std::process::exit(host_check::main(&args[2..]));
+    }
     if vmm::config::asks_for_remote_dev_help(&args) {
         print!("{}", vmm::proxy::spec::help_text());
         return;
