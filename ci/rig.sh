@@ -4,7 +4,7 @@
 # shell script inside it with the static vmm and the test guest at hand:
 #   /rig/vmm, /rig/guest/bzImage, /rig/guest/initramfs.cpio.gz, /rig/extra/...
 #
-# Usage: ci/rig.sh [--timeout SECS] [--cpus N] [--l1-log FILE] [--with-qemu] [--extra FILE]...
+# Usage: ci/rig.sh [--timeout SECS] [--cpus N] [--l1-log FILE] [--monitor SOCK] [--with-qemu] [--extra FILE]...
 #                  [--kvm-modules DIR] SCRIPT
 # --with-qemu adds Debian's qemu-system-x86_64 (the interop peer and baseline)
 # and /rig/pairexec (ci/tools/pairexec.c) to launch its multiprocess mode.
@@ -13,6 +13,9 @@
 # --cpus N gives the rig N CPUs (default $VMM_RIG_CPUS, else 1: see below).
 # --l1-log FILE keeps the rig's own kernel log (its console, on a second
 # serial port, so nothing a script prints can be mistaken for it).
+# --monitor SOCK opens QEMU's monitor there while the rig runs, and links
+# the rig kernel's System.map at SOCK.map (the rig kernel runs with
+# nokaslr), for ci/rig-where.py to say where a silent rig's CPU is.
 # Streams the script's output to stdout and exits with the script's status.
 #
 # One CPU by default: with two, QEMU's TCG (7.2 and 10.0) kills or locks up
@@ -26,6 +29,7 @@ set -euo pipefail
 timeout=600
 cpus=${VMM_RIG_CPUS:-1}
 l1_log=
+monitor=
 extras=()
 with_qemu=0
 kvm_modules=
@@ -34,13 +38,14 @@ while [ $# -gt 1 ]; do
         --timeout) timeout=$2; shift 2 ;;
         --cpus) cpus=$2; shift 2 ;;
         --l1-log) l1_log=$2; shift 2 ;;
+        --monitor) monitor=$2; shift 2 ;;
         --with-qemu) with_qemu=1; shift ;;
         --extra) extras+=("$2"); shift 2 ;;
         --kvm-modules) kvm_modules=$2; shift 2 ;;
         *) die "unknown option $1" ;;
     esac
 done
-[ $# -eq 1 ] && [ -f "$1" ] || die "usage: ci/rig.sh [--timeout SECS] [--cpus N] [--l1-log FILE] [--with-qemu] [--extra FILE]... [--kvm-modules DIR] SCRIPT"
+[ $# -eq 1 ] && [ -f "$1" ] || die "usage: ci/rig.sh [--timeout SECS] [--cpus N] [--l1-log FILE] [--monitor SOCK] [--with-qemu] [--extra FILE]... [--kvm-modules DIR] SCRIPT"
 script=$1
 
 ensure_packages qemu-system-x86 busybox-static cpio kmod gzip
@@ -100,6 +105,8 @@ cat "$base" "${overlays[@]}" "$payload" > "$work/initrd.cpio.gz"
 
 status=$work/status
 [ -n "$l1_log" ] || l1_log=$work/l1.log
+[ -n "$monitor" ] || monitor=$work/monitor.sock
+ln -sf "$kdir/root/boot/System.map-$kver" "$monitor.map"
 : > "$l1_log"
 log "rig: $(qemu-system-x86_64 --version | head -n 1), $cpus CPU(s), L1 kernel $kver"
 set +e
@@ -109,8 +116,9 @@ set +e
 timeout --foreground -k 10 "$timeout" qemu-system-x86_64 \
     -accel tcg,thread=multi -cpu EPYC,-xsave -smp "$cpus" -m 4G \
     -nodefaults -display none -serial stdio -serial "file:$l1_log" -no-reboot \
+    -monitor "unix:$monitor,server,nowait" \
     -kernel "$kdir/root/boot/vmlinuz-$kver" -initrd "$work/initrd.cpio.gz" \
-    -append "console=ttyS1 loglevel=5 panic=-1 transparent_hugepage=never" \
+    -append "console=ttyS1 loglevel=5 panic=-1 transparent_hugepage=never nokaslr" \
     </dev/null 2> >(grep -v "TCG doesn't support requested feature" >&2) |
     tee "$status" | sed -u 's/\r$//'
 qemu_rc=${PIPESTATUS[0]}

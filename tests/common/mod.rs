@@ -429,6 +429,11 @@ fn run_in_rig(scenarios: &[Scenario], timeout_s: u32, with_qemu: bool) -> String
         // wall time the rig itself has stopped making progress.
         let stall = std::time::Duration::from_secs(u64::from(timeout_s) + 120);
         let run = run_rig(&path, &l1_path, total, stall, with_qemu);
+        if let Some(where_) = &run.rig_cpu {
+            notice(&format!(
+                "where the rig's CPU was when it went silent:\n{where_}"
+            ));
+        }
         let _ = std::fs::remove_file(&path);
         let l1_log = std::fs::read_to_string(&l1_path).unwrap_or_default();
         let _ = std::fs::remove_file(&l1_path);
@@ -462,8 +467,9 @@ fn run_in_rig(scenarios: &[Scenario], timeout_s: u32, with_qemu: bool) -> String
             unfinished.join(", ")
         );
         output.push_str(&format!(
-            "\n{what}\nthe rig kernel's log ends:\n{}\n",
-            tail(&l1_log, 60)
+            "\n{what}\nthe rig kernel's log ends:\n{}\n{}",
+            tail(&l1_log, 60),
+            run.rig_cpu.as_deref().unwrap_or_default()
         ));
         match death {
             Some(_) if attempt == 1 => {
@@ -562,6 +568,9 @@ fn tail(text: &str, lines: usize) -> String {
 struct RigRun {
     console: String,
     stalled: Option<String>,
+    /// What ci/rig-where.py said of the rig's CPU before a stalled rig
+    /// was stopped.
+    rig_cpu: Option<String>,
 }
 
 impl RigRun {
@@ -591,6 +600,8 @@ fn run_rig(
     let mut rig = Command::new(repo_root().join("ci/rig.sh"));
     rig.args(["--timeout", &total.to_string()]);
     rig.arg("--l1-log").arg(l1_log);
+    let monitor = l1_log.with_extension("monitor");
+    rig.arg("--monitor").arg(&monitor);
     if with_qemu {
         rig.arg("--with-qemu");
     }
@@ -626,6 +637,7 @@ fn run_rig(
     let mut scanned = 0;
     let mut running: Option<(String, Instant)> = None;
     let mut stalled = None;
+    let mut rig_cpu = None;
     loop {
         match rx.recv_timeout(std::time::Duration::from_secs(1)) {
             Ok(chunk) => {
@@ -655,6 +667,18 @@ fn run_rig(
                  inside the rig, so the rig had stopped and the watchdog ended it",
                 since.elapsed().as_secs()
             ));
+            // Before it goes: where the rig's CPU is (a spin, an idle
+            // hlt, the nested guest), from QEMU's monitor.
+            let map = format!("{}.map", monitor.display());
+            rig_cpu = Command::new(repo_root().join("ci/rig-where.py"))
+                .arg(&monitor)
+                .arg(&map)
+                .output()
+                .ok()
+                .map(|o| {
+                    String::from_utf8_lossy(&o.stdout).into_owned()
+                        + &String::from_utf8_lossy(&o.stderr)
+                });
             // The whole group: rig.sh (whose exit trap cleans up), its
             // timeout and QEMU.
             let group = format!("-{}", child.id());
@@ -662,9 +686,12 @@ fn run_rig(
         }
     }
     let _ = child.wait();
+    let _ = std::fs::remove_file(&monitor);
+    let _ = std::fs::remove_file(format!("{}.map", monitor.display()));
     RigRun {
         console: String::from_utf8_lossy(&bytes).into_owned(),
         stalled,
+        rig_cpu,
     }
 }
 
