@@ -394,10 +394,11 @@ fn batch_output_parses_into_scenarios() {
 
 /// Runs the batch in the rig. A scenario's failure is the test's failure,
 /// whatever it was: a timeout, a guest that triple-faulted or locked up,
-/// a wrong result. The one exception is the rig's own kernel failing (a
-/// panic, oops or lockup in its log, which ci/rig.sh keeps apart from
-/// everything the scenarios print): then the scenarios it did not finish
-/// get one more rig boot, announced on the test's real stderr (libtest
+/// a wrong result. The one exception is the rig itself failing: its own
+/// kernel's panic, oops or lockup in its log (which ci/rig.sh keeps apart
+/// from everything the scenarios print), or the whole rig frozen, so that
+/// not even a scenario's own timeout inside it fired. Then the scenarios
+/// it did not finish get one more rig boot, announced on the test's real stderr (libtest
 /// does not capture it, so CI's log shows it) and counted in the retry log
 /// that ci/test.sh sums up at the end.
 fn run_in_rig(scenarios: &[Scenario], timeout_s: u32, with_qemu: bool) -> String {
@@ -455,14 +456,22 @@ fn run_in_rig(scenarios: &[Scenario], timeout_s: u32, with_qemu: bool) -> String
         if unfinished.is_empty() {
             break;
         }
-        let death = l1_death(&l1_log);
+        // The rig itself failed when its kernel says so, or when it froze
+        // whole: nothing inside it ran any more, not even the scenario's
+        // own `timeout` (which ends a scenario whose guest hangs, inside a
+        // rig that still runs), for 120 s past that timeout. Then the
+        // monitor's registers (rig_cpu) are the evidence.
+        let death = l1_death(&l1_log)
+            .map(|d| format!("its own kernel said \"{d}\""))
+            .or_else(|| {
+                run.stalled
+                    .as_ref()
+                    .map(|s| format!("the whole rig froze ({s})"))
+            });
         let what = format!(
             "the KVM test rig went down (boot {attempt} of at most 2): {}; {} scenario(s) \
              unfinished: {}",
-            death
-                .as_ref()
-                .map(|d| format!("its own kernel said \"{d}\""))
-                .unwrap_or_else(|| run.why_it_ended()),
+            death.clone().unwrap_or_else(|| run.why_it_ended()),
             unfinished.len(),
             unfinished.join(", ")
         );
@@ -474,9 +483,10 @@ fn run_in_rig(scenarios: &[Scenario], timeout_s: u32, with_qemu: bool) -> String
         match death {
             Some(_) if attempt == 1 => {
                 report_retry(&format!(
-                    "{what}\nRIG RETRY: the rig's own kernel failed, so they get one more rig boot. \
-                     Its log ends:\n{}",
-                    tail(&l1_log, 40)
+                    "{what}\nRIG RETRY: the rig itself failed, so they get one more rig boot. \
+                     Its kernel's log ends:\n{}\n{}",
+                    tail(&l1_log, 40),
+                    run.rig_cpu.as_deref().unwrap_or_default()
                 ));
             }
             _ => {
@@ -485,7 +495,7 @@ fn run_in_rig(scenarios: &[Scenario], timeout_s: u32, with_qemu: bool) -> String
                 notice(&format!(
                     "{what}\nno retry: {}",
                     if attempt == 1 {
-                        "the rig's own kernel shows no failure"
+                        "the rig's own kernel shows no failure and the rig did not freeze"
                     } else {
                         "this was the second boot"
                     }
