@@ -92,6 +92,10 @@ def main():
         if n == 0:
             for line in regs.splitlines():
                 print("rig-where:   " + line.rstrip())
+            # The instructions it is stuck on, decoded by QEMU through the
+            # current page tables (the nested guest's, if it runs).
+            for line in ask(sock, "x/6i $pc").splitlines():
+                print("rig-where:   code: " + line.rstrip())
         time.sleep(1)
 
 
