@@ -26,7 +26,7 @@ rm -f "$VMM_RIG_RETRY_LOG"
 report_retries() {
     local n=0
     [ -f "$VMM_RIG_RETRY_LOG" ] && n=$(wc -l < "$VMM_RIG_RETRY_LOG")
-    log "rig retries in this run: $n (a retry only follows a failure of the rig's own kernel)"
+    log "rig retries in this run: $n (a retry only follows a failure of the rig itself: its kernel failed, or it froze whole)"
     [ "$n" -eq 0 ] || sed 's/^/  retry: /' "$VMM_RIG_RETRY_LOG" >&2
 }
 trap report_retries EXIT
