@@ -71,7 +71,9 @@ def main():
                     secs.setdefault(key, []).append(int(m.group(5)))
                     counts_line = next((l for l in body if l.startswith("SOAK-KVM: ")), "")
                     stats = dict(kv.split("=") for kv in counts_line[10:].split() if "=" in kv)
-                    if stats and key[1] != "restart":
+                    # KVM's debugfs sums over the VMs alive when read:
+                    # zero before and after a run means no reading.
+                    if stats and int(stats.get("exits", 0)) > 0 and key[1] != "restart":
                         kvm.setdefault(key, []).append(
                             (int(stats.get("exits", 0)), int(stats.get("irq_injections", 0))))
                 else:

@@ -109,29 +109,34 @@ one_run() {
         *) echo "SOAK-UNKNOWN-CONFIG: $config"; return 2 ;;
     esac
 }
-# KVM's own counters (the rig kernel's debugfs, or the host's), for the
-# cost of a run: exits and injected interrupts, whatever process caused them.
+# KVM's own counters, for the cost of a run: exits and injected
+# interrupts. The rig kernel's debugfs keeps them per VM, and only while
+# the VM lives (its global files sum over the VMs alive when read), so a
+# sampler copies every VM's counters once a second and the run's figures
+# are the last copies, summed over the VMs it made.
 mount -t debugfs nodev /sys/kernel/debug 2>/dev/null
 KVM_STATS="exits irq_injections irq_exits io_exits mmio_exits halt_exits"
-kvm_counts() {
-    for f in $KVM_STATS; do printf '%s ' "$(cat /sys/kernel/debug/kvm/$f 2>/dev/null || echo 0)"; done
-}
-kvm_delta() {
-    set -- $1 $2
-    n=$(echo $KVM_STATS | wc -w)
-    out=""; i=1
-    for f in $KVM_STATS; do
-        eval "a=\${$i}; b=\${$((i + n))}"
-        out="$out$f=$((b - a)) "
-        i=$((i + 1))
+kvm_sampler() {
+    while :; do
+        for d in /sys/kernel/debug/kvm/*-*; do
+            [ -f "$d/exits" ] || continue
+            line=""
+            for f in $KVM_STATS; do line="$line$f=$(cat "$d/$f" 2>/dev/null || echo 0) "; done
+            echo "$line" > "$WORK/kvm-sample.$(basename "$d")"
+        done
+        sleep 1
     done
-    echo "$out"
+}
+kvm_sums() {
+    cat $WORK/kvm-sample.* 2>/dev/null | tr ' ' '\n' |
+        awk -F= 'NF == 2 { s[$1] += $2 } END { for (k in s) printf "%s=%d ", k, s[k] }'
 }
 for round in $(seq $RUNS); do
     for scenario in $(echo "$SCENARIOS" | tr ',' ' '); do
         for config in $(echo "$CONFIGS" | tr ',' ' '); do
             echo "SOAK-RUN: $config $scenario $round"
-            kvm_before=$(kvm_counts)
+            rm -f $WORK/kvm-sample.*
+            kvm_sampler & sampler=$!
             start=$(date +%s)
             # Each run in its own shell under a time limit; whatever it
             # left running is killed before the next one.
@@ -146,7 +151,8 @@ for round in $(seq $RUNS); do
             [ $(( $(date +%s) - start )) -ge $PER_RUN ] && rc=124
             for p in $(pidof vmm qemu-system-x86_64 pairexec); do kill -9 $p 2>/dev/null; done
             cat $WORK/run.log
-            echo "SOAK-KVM: $(kvm_delta "$kvm_before" "$(kvm_counts)")"
+            kill $sampler 2>/dev/null; wait $sampler 2>/dev/null
+            echo "SOAK-KVM: $(kvm_sums)"
             echo "SOAK-END: $config $scenario $round rc=$rc secs=$(( $(date +%s) - start ))"
         done
     done
