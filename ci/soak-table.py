@@ -102,7 +102,7 @@ def main():
             print(f"| {config} | {scenario} | "
                   + " | ".join(str(row[c]) for c in COLUMNS) + f" | {med} | {exits} | {inj} |")
     print()
-    print(f"Per I/O: KVM's global counters over each ok run, divided by the job's "
+    print(f"Per I/O: KVM's counters of the run's VM (sampled each second while it lived), divided by the job's "
           f"{IOS_PER_RUN} I/Os (boot and shutdown included; medians).")
     death = next((l.strip() for l in l1_text.splitlines() if L1_DEATH.search(l)), None)
     print("The rig's own kernel: " + (f"failed: `{death}`" if death else "no failure in its log") + ".")
