@@ -13,5 +13,6 @@ pub mod protocol;
 pub mod proxy;
 pub mod remote;
 pub mod scsi;
+pub mod signals;
 pub mod terminal;
 pub mod vmm;

@@ -7,13 +7,12 @@
 //! is itself stuck says nothing, which is evidence too.
 
 use std::fs::File;
-use std::io::Read;
-use std::os::fd::{AsRawFd, FromRawFd, RawFd};
+use std::os::fd::{AsRawFd, RawFd};
+
+use crate::signals;
 
 /// The signal that asks for a state dump, in the VMM and in remotes.
 pub const DUMP_SIGNAL: libc::c_int = libc::SIGUSR2;
-/// Size of `struct signalfd_siginfo`.
-const SIGINFO_SIZE: usize = 128;
 
 /// A signalfd that becomes readable when `DUMP_SIGNAL` arrives.
 pub struct DumpSignal {
@@ -24,27 +23,10 @@ impl DumpSignal {
     /// Blocks `DUMP_SIGNAL` in the calling thread (and the threads it
     /// spawns later: call before any) and opens the signalfd.
     pub fn new() -> std::io::Result<Self> {
-        // SAFETY: sigemptyset initialises the zeroed set; sigaddset adds a
-        // valid signal.
-        let set = unsafe {
-            let mut set: libc::sigset_t = std::mem::zeroed();
-            libc::sigemptyset(&mut set);
-            libc::sigaddset(&mut set, DUMP_SIGNAL);
-            set
-        };
-        // SAFETY: `set` is a valid sigset; the old mask is not needed.
-        let rc = unsafe { libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut()) };
-        if rc != 0 {
-            return Err(std::io::Error::from_raw_os_error(rc));
-        }
-        // SAFETY: `set` is valid; -1 asks for a new fd.
-        let fd = unsafe { libc::signalfd(-1, &set, libc::SFD_CLOEXEC | libc::SFD_NONBLOCK) };
-        if fd < 0 {
-            return Err(std::io::Error::last_os_error());
-        }
-        // SAFETY: signalfd returned a new fd that we own.
+        let set = signals::set_of(&[DUMP_SIGNAL]);
+        signals::block(&set)?;
         Ok(DumpSignal {
-            fd: unsafe { File::from_raw_fd(fd) },
+            fd: signals::signalfd(&set)?,
         })
     }
 
@@ -54,9 +36,8 @@ impl DumpSignal {
 
     /// Consumes the pending signals; true if there was at least one.
     pub fn take(&mut self) -> bool {
-        let mut info = [0u8; SIGINFO_SIZE];
         let mut any = false;
-        while let Ok(SIGINFO_SIZE) = self.fd.read(&mut info) {
+        while signals::next(&mut self.fd).is_some() {
             any = true;
         }
         any

@@ -4,48 +4,32 @@
 //! by its default action).
 
 use std::fs::File;
-use std::io::Read;
-use std::os::fd::{AsRawFd, FromRawFd};
+use std::os::fd::AsRawFd;
 use std::sync::Arc;
 
 use event_manager::{EventOps, Events, MutEventSubscriber};
 use vmm_sys_util::epoll::EventSet;
 
 use super::stop::{StopReason, StopSignal};
+use crate::signals;
 
 const STOP_SIGNALS: [libc::c_int; 3] = [libc::SIGINT, libc::SIGTERM, libc::SIGHUP];
 /// Asks for the device counters without stopping anything.
 const REPORT_SIGNAL: libc::c_int = libc::SIGUSR1;
 /// Asks for a state dump without stopping anything.
 const DUMP_SIGNAL: libc::c_int = super::dump::DUMP_SIGNAL;
-/// Size of `struct signalfd_siginfo`.
-const SIGINFO_SIZE: usize = 128;
 
 fn stop_set() -> libc::sigset_t {
-    // SAFETY: sigemptyset initialises the zeroed set; sigaddset adds valid signals.
-    unsafe {
-        let mut set: libc::sigset_t = std::mem::zeroed();
-        libc::sigemptyset(&mut set);
-        for s in STOP_SIGNALS {
-            libc::sigaddset(&mut set, s);
-        }
-        libc::sigaddset(&mut set, REPORT_SIGNAL);
-        libc::sigaddset(&mut set, DUMP_SIGNAL);
-        set
-    }
+    let mut all = STOP_SIGNALS.to_vec();
+    all.extend([REPORT_SIGNAL, DUMP_SIGNAL]);
+    signals::set_of(&all)
 }
 
 /// Blocks the stop, report and dump signals in the calling thread and
 /// every thread it spawns afterwards; call before creating any thread, or
 /// a SIGUSR2 delivered to one that does not block it ends the VMM.
 pub fn block_stop_signals() -> std::io::Result<()> {
-    let set = stop_set();
-    // SAFETY: `set` is a valid sigset; the old mask is not needed.
-    let rc = unsafe { libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut()) };
-    if rc != 0 {
-        return Err(std::io::Error::from_raw_os_error(rc));
-    }
-    Ok(())
+    signals::block(&stop_set())
 }
 
 pub struct SignalHandler {
@@ -63,14 +47,7 @@ impl SignalHandler {
         report: Box<dyn Fn() + Send>,
         dump: Box<dyn Fn() + Send>,
     ) -> std::io::Result<Self> {
-        let set = stop_set();
-        // SAFETY: `set` is valid; -1 asks for a new fd.
-        let fd = unsafe { libc::signalfd(-1, &set, libc::SFD_CLOEXEC | libc::SFD_NONBLOCK) };
-        if fd < 0 {
-            return Err(std::io::Error::last_os_error());
-        }
-        // SAFETY: signalfd returned a new fd that we own.
-        let fd = unsafe { File::from_raw_fd(fd) };
+        let fd = signals::signalfd(&stop_set())?;
         Ok(SignalHandler {
             fd,
             stop,
@@ -83,9 +60,7 @@ impl SignalHandler {
 impl SignalHandler {
     /// Reads every pending signal from the fd and acts on it.
     fn take_pending(&mut self) {
-        let mut info = [0u8; SIGINFO_SIZE];
-        while let Ok(SIGINFO_SIZE) = self.fd.read(&mut info) {
-            let signo = i32::from_ne_bytes(info[0..4].try_into().expect("4 bytes"));
+        while let Some(signo) = signals::next(&mut self.fd) {
             if signo == REPORT_SIGNAL {
                 (self.report)();
                 continue;
