@@ -11,6 +11,9 @@
 # --kvm-modules DIR loads DIR/kvm.ko and DIR/kvm-amd.ko (ci/build-kvm-ioregion.sh)
 # instead of Debian's, and boots the kernel they were built for.
 # --cpus N gives the rig N CPUs (default $VMM_RIG_CPUS, else 1: see below).
+# To try other rigs: VMM_RIG_QEMU names the outer QEMU (ci/fetch-qemu.sh
+# fetches another suite's), VMM_RIG_CPU its -cpu model (default EPYC,-xsave),
+# VMM_RIG_APPEND more words for the rig kernel's command line.
 # --l1-log FILE keeps the rig's own kernel log (its console, on a second
 # serial port, so nothing a script prints can be mistaken for it).
 # --monitor SOCK opens QEMU's monitor there while the rig runs, and links
@@ -28,6 +31,8 @@ set -euo pipefail
 
 timeout=600
 cpus=${VMM_RIG_CPUS:-1}
+qemu=${VMM_RIG_QEMU:-qemu-system-x86_64}
+cpu_model=${VMM_RIG_CPU:-EPYC,-xsave}
 l1_log=
 monitor=
 extras=()
@@ -108,17 +113,17 @@ status=$work/status
 [ -n "$monitor" ] || monitor=$work/monitor.sock
 ln -sf "$kdir/root/boot/System.map-$kver" "$monitor.map"
 : > "$l1_log"
-log "rig: $(qemu-system-x86_64 --version | head -n 1), $cpus CPU(s), L1 kernel $kver"
+log "rig: $("$qemu" --version | head -n 1), -cpu $cpu_model, $cpus CPU(s), L1 kernel $kver${VMM_RIG_APPEND:+ with $VMM_RIG_APPEND}"
 set +e
 # ttyS0 carries the script's output (rig-init sends it there), ttyS1 the
 # rig kernel's console: a panic of the rig's own kernel lands only in
 # $l1_log, an L2 guest's only on ttyS0.
-timeout --foreground -k 10 "$timeout" qemu-system-x86_64 \
-    -accel tcg,thread=multi -cpu EPYC,-xsave -smp "$cpus" -m 4G \
+timeout --foreground -k 10 "$timeout" "$qemu" \
+    -accel tcg,thread=multi -cpu "$cpu_model" -smp "$cpus" -m 4G \
     -nodefaults -display none -serial stdio -serial "file:$l1_log" -no-reboot \
     -monitor "unix:$monitor,server,nowait" \
     -kernel "$kdir/root/boot/vmlinuz-$kver" -initrd "$work/initrd.cpio.gz" \
-    -append "console=ttyS1 loglevel=5 panic=-1 transparent_hugepage=never nokaslr" \
+    -append "console=ttyS1 loglevel=5 panic=-1 transparent_hugepage=never nokaslr ${VMM_RIG_APPEND:-}" \
     </dev/null 2> >(grep -v "TCG doesn't support requested feature" >&2) |
     tee "$status" | sed -u 's/\r$//'
 qemu_rc=${PIPESTATUS[0]}

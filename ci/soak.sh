@@ -204,7 +204,7 @@ else
         --timeout $(( 300 + nruns * (per_run + 20) )) --extra "$VMM_ROOT/ci" "$script" |
         progress > "$out/console.log"
     set -e
-    rig_desc="$(qemu-system-x86_64 --version | head -n 1), -cpu EPYC,-xsave -smp $cpus -m 4G, $(sed -n 's/^SOAK-RIG: //p' "$out/console.log" | tr -d '\r' | head -n 1)"
+    rig_desc="$("${VMM_RIG_QEMU:-qemu-system-x86_64}" --version | head -n 1), -cpu ${VMM_RIG_CPU:-EPYC,-xsave} -smp $cpus -m 4G${VMM_RIG_APPEND:+, rig kernel with $VMM_RIG_APPEND}, $(sed -n 's/^SOAK-RIG: //p' "$out/console.log" | tr -d '\r' | head -n 1)"
 fi
 
 {
