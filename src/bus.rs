@@ -21,6 +21,29 @@ pub trait SharedBusDevice: Send + Sync {
     fn write(&self, offset: u64, data: &[u8]);
 }
 
+/// The two address spaces a vCPU exit can target.
+#[derive(Default)]
+pub struct Buses {
+    pub pio: Bus,
+    pub mmio: Bus,
+}
+
+thread_local! {
+    static CURRENT_VCPU: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
+}
+
+/// The index of the vCPU whose access the calling thread is dispatching (0
+/// outside vCPU threads), so devices can keep per-vCPU state such as
+/// ioregion fds without a lock.
+pub fn current_vcpu() -> usize {
+    CURRENT_VCPU.with(|c| c.get())
+}
+
+/// Called once by each vCPU thread before its first access.
+pub fn set_current_vcpu(index: usize) {
+    CURRENT_VCPU.with(|c| c.set(index));
+}
+
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum BusError {
     #[error("bus range {base:#x}+{len:#x} is empty or wraps around")]

@@ -11,10 +11,10 @@ use vm_memory::{Bytes, GuestAddress};
 use crate::ioregion::{Cmd, Resp};
 use crate::lsi::Lsi53c895a;
 use crate::lsi::regs::*;
+use crate::memory::GuestRam;
 use crate::protocol::mpqemu::{self, Message};
 use crate::remote::{RemoteDevice, RemoteMemory};
 use crate::scsi::ScsiDisk;
-use crate::vmm::memory::GuestRam;
 
 /// A control message as it would arrive: 16-byte header, then payload.
 pub fn mpqemu_message(data: &[u8]) {

@@ -262,7 +262,7 @@ fn check_ioregion(kvm: Option<&Kvm>) -> Check {
         }
     };
     // The address the VMM probes at too; this VM has nothing there.
-    use vmm::vmm::layout::{PCI_MMIO_SIZE, PCI_MMIO_START};
+    use vmm::layout::{PCI_MMIO_SIZE, PCI_MMIO_START};
     let scratch = PCI_MMIO_START + PCI_MMIO_SIZE - 0x1000;
     match vmm::ioregion::probe(&vm, scratch) {
         vmm::ioregion::Probe::Available => Check::ok(

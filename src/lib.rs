@@ -7,7 +7,11 @@ pub mod devices;
 #[doc(hidden)]
 pub mod fuzzing;
 pub mod ioregion;
+#[cfg(test)]
+mod layering;
+pub mod layout;
 pub mod lsi;
+pub mod memory;
 pub mod pci;
 pub mod protocol;
 pub mod proxy;

@@ -3,10 +3,8 @@
 //! CPU reset command that `reboot=k` uses, which ends the VM.
 
 use std::collections::VecDeque;
-use std::sync::Arc;
 
 use crate::bus::BusDevice;
-use crate::vmm::stop::{StopReason, StopSignal};
 
 /// Ports 0x60 (data) and 0x64 (status/command) as one range from 0x60.
 pub const I8042_BASE: u64 = 0x60;
@@ -38,16 +36,19 @@ const CMD_RESET_CPU: u8 = 0xfe;
 const SELF_TEST_PASSED: u8 = 0x55;
 
 pub struct I8042 {
-    stop: Arc<StopSignal>,
+    /// Ends the VM: the machine, not this device, knows how.
+    reset: Box<dyn FnMut() + Send>,
+    reset_requested: bool,
     control: u8,
     expecting_ctr: bool,
     output: VecDeque<u8>,
 }
 
 impl I8042 {
-    pub fn new(stop: Arc<StopSignal>) -> Self {
+    pub fn new(reset: impl FnMut() + Send + 'static) -> Self {
         I8042 {
-            stop,
+            reset: Box::new(reset),
+            reset_requested: false,
             control: 0,
             expecting_ctr: false,
             output: VecDeque::new(),
@@ -80,10 +81,11 @@ impl I8042 {
             CMD_AUX_LOOP => self.output.push_back(0),
             CMD_RESET_CPU => {
                 // Linux sends the reset command several times; report it once.
-                if self.stop.reason().is_none() {
+                if !self.reset_requested {
                     log::info!("guest reset through the i8042");
+                    self.reset_requested = true;
                 }
-                self.stop.request(StopReason::GuestReset);
+                (self.reset)();
             }
             other => log::trace!("i8042 command {other:#x} ignored"),
         }
@@ -116,6 +118,8 @@ impl BusDevice for I8042 {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicUsize, Ordering};
 
     fn read(dev: &mut I8042, offset: u64) -> u8 {
         let mut b = [0u8];
@@ -125,14 +129,13 @@ mod tests {
 
     #[test]
     fn status_is_idle_so_wait_loops_end() {
-        let stop = Arc::new(StopSignal::new().unwrap());
-        let mut dev = I8042::new(stop);
+        let mut dev = I8042::new(|| {});
         assert_eq!(read(&mut dev, COMMAND_OFFSET) & 0x03, 0);
     }
 
     #[test]
     fn self_test_and_control_register_round_trip() {
-        let mut dev = I8042::new(Arc::new(StopSignal::new().unwrap()));
+        let mut dev = I8042::new(|| {});
         dev.write(COMMAND_OFFSET, &[CMD_SELF_TEST]);
         assert_eq!(read(&mut dev, COMMAND_OFFSET) & STATUS_OUTPUT_FULL, 1);
         assert_eq!(read(&mut dev, DATA_OFFSET), SELF_TEST_PASSED);
@@ -145,7 +148,7 @@ mod tests {
 
     #[test]
     fn aux_probe_is_answered_at_once_with_no_port() {
-        let mut dev = I8042::new(Arc::new(StopSignal::new().unwrap()));
+        let mut dev = I8042::new(|| {});
         dev.write(COMMAND_OFFSET, &[CMD_AUX_LOOP]);
         dev.write(DATA_OFFSET, &[0x5a]);
         let status = read(&mut dev, COMMAND_OFFSET);
@@ -159,7 +162,7 @@ mod tests {
 
     #[test]
     fn port_disable_commands_show_in_the_control_register() {
-        let mut dev = I8042::new(Arc::new(StopSignal::new().unwrap()));
+        let mut dev = I8042::new(|| {});
         dev.write(COMMAND_OFFSET, &[CMD_AUX_DISABLE]);
         dev.write(COMMAND_OFFSET, &[CMD_KBD_DISABLE]);
         dev.write(COMMAND_OFFSET, &[CMD_READ_CTR]);
@@ -175,9 +178,12 @@ mod tests {
 
     #[test]
     fn reset_command_stops_the_vm() {
-        let stop = Arc::new(StopSignal::new().unwrap());
-        let mut dev = I8042::new(stop.clone());
+        let resets = Arc::new(AtomicUsize::new(0));
+        let counted = resets.clone();
+        let mut dev = I8042::new(move || {
+            counted.fetch_add(1, Ordering::SeqCst);
+        });
         dev.write(COMMAND_OFFSET, &[CMD_RESET_CPU]);
-        assert_eq!(stop.reason(), Some(StopReason::GuestReset));
+        assert_eq!(resets.load(Ordering::SeqCst), 1);
     }
 }

@@ -751,7 +751,7 @@ impl RemoteDevice for Lsi53c895a {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::vmm::memory::GuestRam;
+    use crate::memory::GuestRam;
     use vm_memory::{Bytes, GuestAddress};
 
     const BAR1: u64 = 0xc000_0000;

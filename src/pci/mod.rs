@@ -43,3 +43,10 @@ pub trait PciDevice: Send {
         Vec::new()
     }
 }
+
+/// What a cut-off device's BAR reads return, byte by byte. Not the all
+/// ones of a PCI master abort: an interrupt handler that loops while a
+/// status register shows work pending (sym53c8xx's loops on ISTAT) spins
+/// for ever on all ones and takes its CPU with it, while zeros read as
+/// "nothing pending" and leave recovery to the driver's command timeouts.
+pub const CUT_OFF_REGISTERS: u8 = 0;

@@ -6,11 +6,10 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
 use super::config::{COMMAND_IO, COMMAND_MEMORY, REG_BAR0, REG_COMMAND, REG_ROM};
-use super::{ActiveBar, BarFastPath, BarKind, PciDevice};
+use super::{ActiveBar, BarFastPath, BarKind, CUT_OFF_REGISTERS, PciDevice};
+use crate::bus::Buses;
 use crate::bus::{BusDevice, BusError, SharedBusDevice, Target};
-use crate::proxy::device::CUT_OFF_REGISTERS;
-use crate::vmm::layout;
-use crate::vmm::vcpu::Buses;
+use crate::layout;
 
 pub const CONFIG_PORT_BASE: u64 = 0xcf8;
 pub const CONFIG_PORT_LEN: u64 = 8;

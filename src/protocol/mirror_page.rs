@@ -16,6 +16,7 @@ pub struct MirrorPage {
 
 // SAFETY: the page is only ever accessed through atomics.
 unsafe impl Send for MirrorPage {}
+// SAFETY: as for Send: shared access goes through atomics only.
 unsafe impl Sync for MirrorPage {}
 
 impl MirrorPage {

@@ -11,21 +11,21 @@
 use std::collections::HashMap;
 use std::fs::File;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 
 use vmm_sys_util::eventfd::{EFD_NONBLOCK, EventFd};
 
+use crate::memory::GuestRam;
 use crate::pci::config::{
     ConfigSpace, NUM_BARS, REG_BAR0, REG_CLASS, REG_ID, REG_INTERRUPT, REG_ROM,
 };
 use crate::pci::{ActiveBar, BarFastPath, BarKind, BarSpec, PciDevice};
 use crate::protocol::channel::{Channel, ChannelError};
 use crate::protocol::mpqemu::{Message, RET_ERROR, SysmemRegion};
+use crate::proxy::cut_off::{CUT_OFF_NOTE, CUT_OFF_REGISTERS, FailFlag};
 use crate::proxy::ioregion::{Dispatch, IoRegionError, IoRegionPath, Negotiation};
 use crate::proxy::spec::Dialect;
 use crate::proxy::stats::{DeviceStats, bump};
 use crate::proxy::watchdog::PostedWriteWatchdog;
-use crate::vmm::memory::GuestRam;
 
 const BAR_IO_BIT: u32 = 0x1;
 const BAR_MEM_TYPE_64: u32 = 0x4;
@@ -68,31 +68,6 @@ pub enum ProxyError {
 /// Registers an (irqfd, resamplefd) pair for a GSI with KVM; a function so
 /// tests can stand in for KVM.
 pub type IrqRegistrar<'a> = dyn Fn(&EventFd, &EventFd, u32) -> Result<(), kvm_ioctls::Error> + 'a;
-
-/// What a cut-off device's BAR reads return, byte by byte. Not the all
-/// ones of a PCI master abort: an interrupt handler that loops while a
-/// status register shows work pending (sym53c8xx's loops on ISTAT) spins
-/// for ever on all ones and takes its CPU with it, while zeros read as
-/// "nothing pending" and leave recovery to the driver's command timeouts.
-pub const CUT_OFF_REGISTERS: u8 = 0;
-
-/// How the log says what a cut-off device looks like to the guest.
-pub const CUT_OFF_NOTE: &str = "the device is cut off: its registers read as zeros";
-
-/// Shared "this remote is gone" flag; set by the proxy or the supervisor.
-#[derive(Clone, Debug, Default)]
-pub struct FailFlag(Arc<AtomicBool>);
-
-impl FailFlag {
-    /// Marks the device failed; returns true for the first caller only.
-    pub fn fail(&self) -> bool {
-        !self.0.swap(true, Ordering::SeqCst)
-    }
-
-    pub fn is_failed(&self) -> bool {
-        self.0.load(Ordering::SeqCst)
-    }
-}
 
 /// How a proxy talks to its remote beyond plain QEMU multiprocess.
 #[derive(Clone)]
@@ -908,7 +883,7 @@ pub(crate) mod tests {
         assert_eq!(proxy.bar_fast_paths(1).len(), 2);
         assert!(proxy.bar_fast_paths(0).is_empty());
         let stats = proxy.stats();
-        let buses = Arc::new(crate::vmm::vcpu::Buses::default());
+        let buses = Arc::new(crate::bus::Buses::default());
         let mut root = PciRoot::new(buses.clone());
         root.add(Arc::new(Mutex::new(proxy)), 1).unwrap();
         root.assign_resources().unwrap();

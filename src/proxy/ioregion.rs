@@ -17,16 +17,16 @@ use std::time::Instant;
 
 use kvm_ioctls::VmFd;
 
-use super::device::{CUT_OFF_NOTE, CUT_OFF_REGISTERS, FailFlag};
+use super::cut_off::{CUT_OFF_NOTE, CUT_OFF_REGISTERS, FailFlag};
 use super::mirror::{BarMirror, MirrorError, RangeMirror, check_registers, map_page};
 use super::stats::{DeviceStats, bump};
-use super::watchdog::PostedWriteWatchdog;
+use super::watchdog::{PostedWriteWatchdog, PostedWrites};
 use crate::bus::SharedBusDevice;
+use crate::bus::current_vcpu;
 use crate::ioregion::{self, KernelRegion, RegionFd, StallClock, WriteKind};
 use crate::pci::{BarFastPath, BarKind, ConfigSpace};
 use crate::protocol::channel::{Channel, ChannelError};
 use crate::protocol::mpqemu::{Message, SUB_REGION_POSTED_WRITES, SubRegion};
-use crate::vmm::vcpu::current_vcpu;
 
 /// Where ioregion accesses are dispatched, decided once per VM.
 #[derive(Clone)]
@@ -96,28 +96,6 @@ impl IoRegionPath {
         self.posted && self.in_kernel.lock().expect("ioregion lock").is_none()
     }
 
-    /// Cuts the device off if one of its fds has had posted writes queued
-    /// and untaken for the fd's timeout. Called about once a second.
-    pub fn check_posted_writes(&self, now: Instant) {
-        if !self.posts_writes_from_userspace() || self.failed.is_failed() {
-            return;
-        }
-        let mut stalls = self.stalls.lock().expect("ioregion lock");
-        for (fd, clock) in self.fds.iter().zip(stalls.iter_mut()) {
-            let backlog = match fd.backlog() {
-                Ok(b) => b,
-                Err(e) => {
-                    log::warn!("{}: cannot look at the posted-write queue: {e}", self.label);
-                    return;
-                }
-            };
-            if clock.observe(backlog, now) >= fd.timeout() {
-                self.fault(ioregion::DispatchError::PostedStalled(fd.timeout()));
-                return;
-            }
-        }
-    }
-
     fn fd(&self) -> &RegionFd {
         &self.fds[current_vcpu() % self.fds.len()]
     }
@@ -137,6 +115,30 @@ impl IoRegionPath {
             fd: self.fds[0].as_fd().as_raw_fd(),
             pio: self.pio,
             posted_writes: self.posted,
+        }
+    }
+}
+
+impl PostedWrites for IoRegionPath {
+    /// Cuts the device off if one of its fds has had posted writes queued
+    /// and untaken for the fd's timeout. Called about once a second.
+    fn check_posted_writes(&self, now: Instant) {
+        if !self.posts_writes_from_userspace() || self.failed.is_failed() {
+            return;
+        }
+        let mut stalls = self.stalls.lock().expect("ioregion lock");
+        for (fd, clock) in self.fds.iter().zip(stalls.iter_mut()) {
+            let backlog = match fd.backlog() {
+                Ok(b) => b,
+                Err(e) => {
+                    log::warn!("{}: cannot look at the posted-write queue: {e}", self.label);
+                    return;
+                }
+            };
+            if clock.observe(backlog, now) >= fd.timeout() {
+                self.fault(ioregion::DispatchError::PostedStalled(fd.timeout()));
+                return;
+            }
         }
     }
 }

@@ -178,10 +178,8 @@ mod tests {
         let short = unsafe { <File as std::os::fd::FromRawFd>::from_raw_fd(fd) };
         short.set_len(100).unwrap();
         // SAFETY: fcntl on our own fd.
-        assert_eq!(
-            unsafe { libc::fcntl(fd, libc::F_ADD_SEALS, libc::F_SEAL_SHRINK) },
-            0
-        );
+        let sealed = unsafe { libc::fcntl(fd, libc::F_ADD_SEALS, libc::F_SEAL_SHRINK) };
+        assert_eq!(sealed, 0);
         assert!(matches!(
             map_page(&short),
             Err(MirrorError::NotSealed("it is too short"))

@@ -4,6 +4,9 @@
 use std::path::PathBuf;
 use std::str::FromStr;
 
+/// `restart=on` starts a remote that keeps dying at most this many times.
+pub const MAX_RESTARTS: u32 = 5;
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Endpoint {
     /// Connect to a listening UNIX socket.
@@ -528,7 +531,7 @@ mod tests {
         let help = help_text();
         let scratch_gib = crate::remote::cli::SCRATCH_DISK_SIZE >> 30;
         assert!(help.contains(&format!("sparse {scratch_gib} GiB scratch")));
-        let restarts = crate::proxy::supervisor::MAX_RESTARTS;
+        let restarts = MAX_RESTARTS;
         assert!(help.contains(&format!("at most {restarts} times")));
     }
 

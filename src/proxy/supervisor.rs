@@ -14,14 +14,12 @@ use std::time::Duration;
 use event_manager::{EventOps, Events, MutEventSubscriber};
 use vmm_sys_util::epoll::EventSet;
 
-use super::device::{CUT_OFF_NOTE, FailFlag, ProxyDevice, ProxyError};
+use super::cut_off::{CUT_OFF_NOTE, FailFlag};
+use super::device::{ProxyDevice, ProxyError};
 use super::remote::{self, RemoteError, RemoteProcess, SharedChild};
-use super::spec::RemoteDevSpec;
+use super::spec::{MAX_RESTARTS, RemoteDevSpec};
 use crate::pci::root::PciRoot;
 use crate::protocol::channel::Channel;
-
-/// A remote that keeps dying is not started a sixth time.
-pub const MAX_RESTARTS: u32 = 5;
 
 #[derive(Debug, thiserror::Error)]
 pub enum RestartError {
@@ -266,7 +264,7 @@ mod tests {
         use std::time::Duration;
         let (proxy, old_failed, _old_server) =
             connect_with(scratch(256), Some(Dispatch::Userspace));
-        let buses = Arc::new(crate::vmm::vcpu::Buses::default());
+        let buses = Arc::new(crate::bus::Buses::default());
         let pci = Arc::new(Mutex::new(PciRoot::new(buses.clone())));
         let device = Arc::new(Mutex::new(proxy));
         {

@@ -7,7 +7,11 @@
 use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant};
 
-use super::ioregion::IoRegionPath;
+/// A queue of posted writes that the watchdog looks at.
+pub trait PostedWrites: Send + Sync {
+    /// Cuts the device off if its process stopped taking the writes.
+    fn check_posted_writes(&self, now: Instant);
+}
 
 /// How often the queues are looked at.
 pub const INTERVAL: Duration = Duration::from_secs(1);
@@ -15,7 +19,7 @@ pub const INTERVAL: Duration = Duration::from_secs(1);
 #[derive(Default)]
 pub struct PostedWriteWatchdog {
     /// Weak: a path dropped when its remote is replaced drops out here too.
-    paths: Mutex<Vec<Weak<IoRegionPath>>>,
+    paths: Mutex<Vec<Weak<dyn PostedWrites>>>,
 }
 
 impl PostedWriteWatchdog {
@@ -37,16 +41,17 @@ impl PostedWriteWatchdog {
         Ok(watchdog)
     }
 
-    pub fn watch(&self, path: &Arc<IoRegionPath>) {
+    pub fn watch(&self, path: &Arc<impl PostedWrites + 'static>) {
+        let path: Arc<dyn PostedWrites> = path.clone();
         self.paths
             .lock()
             .expect("watchdog lock")
-            .push(Arc::downgrade(path));
+            .push(Arc::downgrade(&path));
     }
 
     /// One round over the live paths.
     pub fn check(&self, now: Instant) {
-        let live: Vec<Arc<IoRegionPath>> = {
+        let live: Vec<Arc<dyn PostedWrites>> = {
             let mut paths = self.paths.lock().expect("watchdog lock");
             paths.retain(|p| p.strong_count() > 0);
             paths.iter().filter_map(Weak::upgrade).collect()

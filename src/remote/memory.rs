@@ -81,7 +81,7 @@ impl RemoteMemory {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::vmm::memory::GuestRam;
+    use crate::memory::GuestRam;
 
     #[test]
     fn remote_sees_the_vmm_ram_and_refuses_outside() {

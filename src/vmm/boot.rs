@@ -10,7 +10,7 @@ use vm_memory::{
     Address, ByteValued, Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryMmap, ReadVolatile,
 };
 
-use super::layout;
+use crate::layout;
 
 const ELF_MAGIC: [u8; 4] = *b"\x7fELF";
 const E820_RAM: u32 = 1;
@@ -306,7 +306,7 @@ mod tests {
 
     #[test]
     fn garbage_kernel_is_refused() {
-        let ram = super::super::memory::GuestRam::new(64 << 20).unwrap();
+        let ram = crate::memory::GuestRam::new(64 << 20).unwrap();
         let dir = std::env::temp_dir().join(format!("vmm-boot-test-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         let path = dir.join("garbage");
@@ -351,7 +351,7 @@ mod tests {
 
     #[test]
     fn an_elf_kernel_loads_at_its_address_and_starts_at_its_entry() {
-        let ram = super::super::memory::GuestRam::new(64 << 20).unwrap();
+        let ram = crate::memory::GuestRam::new(64 << 20).unwrap();
         let path = std::env::temp_dir().join(format!("vmm-elf-test-{}", std::process::id()));
         std::fs::write(&path, tiny_elf(&[0xf4, 0xeb, 0xfd])).unwrap(); // hlt; jmp
         let cmdline = build_cmdline(Some("r 0xc000005c 10")).unwrap();

@@ -7,8 +7,6 @@ pub mod cpuid;
 pub mod dump;
 pub mod host;
 pub mod kick;
-pub mod layout;
-pub mod memory;
 pub mod mptable;
 pub mod regs;
 pub mod signals;
@@ -28,20 +26,22 @@ use kvm_ioctls::{Kvm, VmFd};
 use vmm_sys_util::epoll::EventSet;
 use vmm_sys_util::eventfd::{EFD_NONBLOCK, EventFd};
 
+use crate::bus::Buses;
 use crate::devices::{i8042, rtc, serial};
 use crate::ioregion::Probe;
 use crate::pci::host_bridge::HostBridge;
 use crate::pci::root::{self as pci_root, PciConfigIo, PciRoot};
-use crate::proxy::device::{FailFlag, ProxyDevice, ProxyOptions};
+use crate::proxy::cut_off::FailFlag;
+use crate::proxy::device::{ProxyDevice, ProxyOptions};
 use crate::proxy::ioregion::Dispatch;
 use crate::proxy::remote::{self, SharedChild};
 use crate::proxy::spec::RemoteDevSpec;
 use crate::proxy::spec::{Dialect, IoRegionMode};
 use crate::proxy::supervisor::{self, RemoteWatcher, Restart};
 use crate::proxy::watchdog::PostedWriteWatchdog;
+use crate::{layout, memory};
 use kick::VcpuThreads;
 use stop::{StopReason, StopSignal};
-use vcpu::Buses;
 
 /// How long the vCPUs get to leave KVM_RUN after their kick before the
 /// remotes are stopped, so that no access of theirs finds a remote gone.
@@ -228,7 +228,10 @@ fn add_legacy_devices(
         .pio
         .insert(serial.clone(), serial::COM1_BASE, serial::COM1_LEN)?;
     buses.pio.insert(
-        Arc::new(Mutex::new(i8042::I8042::new(stop.clone()))),
+        Arc::new(Mutex::new(i8042::I8042::new({
+            let stop = stop.clone();
+            move || stop.request(StopReason::GuestReset)
+        }))),
         i8042::I8042_BASE,
         i8042::I8042_LEN,
     )?;

@@ -3,7 +3,7 @@
 
 use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 
-use super::layout;
+use crate::layout;
 
 const SPEC_REV: u8 = 4;
 const APIC_VERSION: u8 = 0x14;

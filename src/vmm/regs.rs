@@ -7,7 +7,7 @@ use kvm_bindings::{
 use kvm_ioctls::VcpuFd;
 use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 
-use super::layout;
+use crate::layout;
 
 #[derive(Debug, thiserror::Error)]
 pub enum RegsError {

@@ -7,19 +7,12 @@ use kvm_ioctls::{VcpuExit, VcpuFd};
 use super::dump::{self, AccessRing, VcpuDumpSlot};
 use super::kick::{self, KickError, VcpuThreads};
 use super::stop::{StopReason, StopSignal};
-use crate::bus::Bus;
+use crate::bus::Buses;
 
 /// KVM_SYSTEM_EVENT types.
 const SYSTEM_EVENT_SHUTDOWN: u32 = 1;
 const SYSTEM_EVENT_RESET: u32 = 2;
 const SYSTEM_EVENT_CRASH: u32 = 3;
-
-/// The two address spaces a vCPU exit can target.
-#[derive(Default)]
-pub struct Buses {
-    pub pio: Bus,
-    pub mmio: Bus,
-}
 
 /// What the vCPU loop does after an exit.
 #[derive(Debug, PartialEq, Eq)]
@@ -157,16 +150,6 @@ fn internal_error_detail(vcpu: &mut VcpuFd) -> String {
     format!("suberror {}", internal.suberror)
 }
 
-thread_local! {
-    static CURRENT_VCPU: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
-}
-
-/// The index of the vCPU the calling thread runs (0 outside vCPU threads),
-/// so devices can keep per-vCPU state such as ioregion fds without a lock.
-pub fn current_vcpu() -> usize {
-    CURRENT_VCPU.with(|c| c.get())
-}
-
 /// Runs vCPU `id` until the VM stops, as one of `threads`, which stops it.
 pub fn spawn(
     threads: &mut VcpuThreads,
@@ -197,7 +180,7 @@ fn run_vcpu(
     run_mask: &kick::RunMask,
     dump: &mut DumpState,
 ) {
-    CURRENT_VCPU.with(|c| c.set(usize::from(id)));
+    crate::bus::set_current_vcpu(usize::from(id));
     if let Err(e) = kick::set_kvm_signal_mask(vcpu, run_mask) {
         // Without it a kick could not end KVM_RUN, and the exit could
         // not wait for this vCPU before unmapping guest RAM.
@@ -507,7 +490,7 @@ mod tests {
     #[test]
     fn a_triple_fault_leaves_a_report_and_stops_the_vm() {
         let Some(vm) = test_vm() else { return };
-        let ram = crate::vmm::memory::GuestRam::new(64 << 20).unwrap();
+        let ram = crate::memory::GuestRam::new(64 << 20).unwrap();
         crate::vmm::register_memory(&vm, &ram).unwrap();
         {
             use vm_memory::{Bytes, GuestAddress};

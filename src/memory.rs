@@ -8,7 +8,7 @@ use std::sync::Arc;
 use vm_memory::mmap::MmapRegionError;
 use vm_memory::{FileOffset, GuestAddress, GuestMemoryMmap, GuestRegionMmap, MmapRegion};
 
-use super::layout;
+use crate::layout;
 
 #[derive(Debug, thiserror::Error)]
 pub enum MemoryError {
