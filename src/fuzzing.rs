@@ -8,12 +8,12 @@ use std::sync::{Arc, Mutex, OnceLock};
 
 use vm_memory::{Bytes, GuestAddress};
 
+use crate::device_model::{DeviceMemory, DeviceModel};
 use crate::ioregion::{Cmd, Resp};
 use crate::lsi::Lsi53c895a;
 use crate::lsi::regs::*;
 use crate::memory::GuestRam;
 use crate::protocol::mpqemu::{self, Message};
-use crate::remote::{RemoteDevice, RemoteMemory};
 use crate::scsi::ScsiDisk;
 
 /// A control message as it would arrive: 16-byte header, then payload.
@@ -86,7 +86,7 @@ fn chip() -> &'static Mutex<Chip> {
         let mut lsi = Lsi53c895a::new(vec![scratch_disk()]).expect("an LSI");
         lsi.set_instruction_limit(10_000);
         let memfd = ram.memfd.try_clone().expect("memfd");
-        lsi.set_memory(RemoteMemory::map(&ram.sysmem_regions(), vec![memfd]).expect("map"));
+        lsi.set_memory(DeviceMemory::map(&ram.sysmem_regions(), vec![memfd]).expect("map"));
         let config = lsi.config_mut();
         config.set_bar_addr(crate::lsi::BAR_MMIO, 0xc000_0000);
         config.set_bar_addr(crate::lsi::BAR_RAM, 0xc000_2000);

@@ -3,6 +3,7 @@
 
 pub mod bus;
 pub mod config;
+pub mod device_model;
 pub mod devices;
 #[doc(hidden)]
 pub mod fuzzing;
@@ -12,6 +13,7 @@ mod layering;
 pub mod layout;
 pub mod lsi;
 pub mod memory;
+pub mod mirror;
 pub mod pci;
 pub mod protocol;
 pub mod proxy;

@@ -9,8 +9,8 @@ pub mod target;
 
 use std::sync::Arc;
 
+use crate::device_model::{DeviceMemory, DeviceModel, RegisterMirror, SharedIrq};
 use crate::pci::{BarKind, BarSpec, ConfigSpace};
-use crate::remote::{RegisterMirror, RemoteDevice, RemoteMemory, SharedIrq};
 use crate::scsi::ScsiDisk;
 use crate::scsi::pool::{DEFAULT_WORKERS, IoPool, PoolError};
 use regs::*;
@@ -107,7 +107,7 @@ pub struct Registers {
 
 pub struct Lsi53c895a {
     config: ConfigSpace,
-    pub(crate) memory: RemoteMemory,
+    pub(crate) memory: DeviceMemory,
     irq: Option<SharedIrq>,
     pub(crate) r: Registers,
     pub(crate) ram: Box<[u8; RAM_SIZE]>,
@@ -164,7 +164,7 @@ impl Lsi53c895a {
         config.set_reg(crate::pci::config::REG_SUBSYSTEM, 0x1000_1af4);
         let mut lsi = Lsi53c895a {
             config,
-            memory: RemoteMemory::default(),
+            memory: DeviceMemory::default(),
             irq: None,
             r: Registers::default(),
             ram: Box::new([0; RAM_SIZE]),
@@ -600,7 +600,7 @@ impl Lsi53c895a {
     }
 }
 
-impl RemoteDevice for Lsi53c895a {
+impl DeviceModel for Lsi53c895a {
     fn config(&self) -> &ConfigSpace {
         &self.config
     }
@@ -656,8 +656,8 @@ impl RemoteDevice for Lsi53c895a {
     /// posted`, experimental). The remote applies posted
     /// writes before any later access of the guest's (read, message, or
     /// interrupt acknowledgement). Port I/O writes are never posted.
-    fn ioregions(&self, bar: u8) -> Vec<crate::remote::IoRegionSpec> {
-        let region = |size, posted_writes| crate::remote::IoRegionSpec {
+    fn ioregions(&self, bar: u8) -> Vec<crate::device_model::IoRegionSpec> {
+        let region = |size, posted_writes| crate::device_model::IoRegionSpec {
             offset: 0,
             size,
             posted_writes,
@@ -674,7 +674,7 @@ impl RemoteDevice for Lsi53c895a {
     /// when its writes are waited, in BAR1. With posted writes the VMM
     /// could answer a read before an INTF-clearing write it has not yet
     /// delivered.
-    fn register_mirror(&self, bar: u8) -> Option<crate::remote::MirrorOffer> {
+    fn register_mirror(&self, bar: u8) -> Option<crate::device_model::MirrorOffer> {
         let mirror = self.mirror.as_ref()?;
         let mirrored = match usize::from(bar) {
             BAR_IO => true,
@@ -693,7 +693,7 @@ impl RemoteDevice for Lsi53c895a {
             size: 1,
             page_offset: MIRROR_ISTAT0,
         };
-        Some(crate::remote::MirrorOffer {
+        Some(crate::device_model::MirrorOffer {
             registers: vec![istat0],
             page,
         })
@@ -737,7 +737,7 @@ impl RemoteDevice for Lsi53c895a {
             s.commands, s.disconnected, s.max_queued
         ))
     }
-    fn set_memory(&mut self, memory: RemoteMemory) {
+    fn set_memory(&mut self, memory: DeviceMemory) {
         self.memory = memory;
     }
     fn set_interrupt(&mut self, line: SharedIrq) {
@@ -763,7 +763,7 @@ mod tests {
         let ram = GuestRam::new(64 << 20).unwrap();
         let mut lsi = Lsi53c895a::new(disks).unwrap();
         let regions = ram.sysmem_regions();
-        lsi.set_memory(RemoteMemory::map(&regions, vec![ram.memfd.try_clone().unwrap()]).unwrap());
+        lsi.set_memory(DeviceMemory::map(&regions, vec![ram.memfd.try_clone().unwrap()]).unwrap());
         lsi.config_mut().set_bar_addr(BAR_MMIO, BAR1);
         lsi.config_mut().set_bar_addr(BAR_RAM, BAR2);
         lsi.config_mut()

@@ -2,5 +2,4 @@
 //! process. Defined once here and used by both sides.
 
 pub mod channel;
-pub mod mirror_page;
 pub mod mpqemu;

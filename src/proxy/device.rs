@@ -619,7 +619,8 @@ impl PciDevice for ProxyDevice {
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
-    use crate::remote::{RemoteDevice, RemoteMemory, SharedIrq, server};
+    use crate::device_model::{DeviceMemory, DeviceModel, SharedIrq};
+    use crate::remote::server;
     use std::os::unix::net::UnixStream;
     use std::sync::Mutex;
     use std::sync::mpsc::{Receiver, Sender};
@@ -633,13 +634,13 @@ pub(crate) mod tests {
         /// The command register when the interrupt was last wired.
         pub(crate) wired_at_command: Option<u32>,
         /// Mirrors BAR1's byte 0x14 and claims it at this offset of BAR1.
-        mirror: Option<(crate::remote::RegisterMirror, u64)>,
+        mirror: Option<(crate::device_model::RegisterMirror, u64)>,
         /// A reset says so on the first and then waits for the second: a
         /// remote that is slow in the middle of the handshake.
         pub(crate) reset_gate: Option<(Sender<()>, Receiver<()>)>,
     }
 
-    impl RemoteDevice for Scratch {
+    impl DeviceModel for Scratch {
         fn config(&self) -> &ConfigSpace {
             &self.config
         }
@@ -657,14 +658,14 @@ pub(crate) mod tests {
                 mirror.set(0, self.regs[0x14]);
             }
         }
-        fn register_mirror(&self, bar: u8) -> Option<crate::remote::MirrorOffer> {
+        fn register_mirror(&self, bar: u8) -> Option<crate::device_model::MirrorOffer> {
             let (mirror, claimed_at) = self.mirror.as_ref().filter(|_| bar == 1)?;
             let register = crate::protocol::mpqemu::MirroredRegister {
                 offset: *claimed_at,
                 size: 1,
                 page_offset: 0,
             };
-            Some(crate::remote::MirrorOffer {
+            Some(crate::device_model::MirrorOffer {
                 registers: vec![register],
                 page: mirror.file().unwrap(),
             })
@@ -676,13 +677,13 @@ pub(crate) mod tests {
                 let _ = release.recv();
             }
         }
-        fn set_memory(&mut self, _memory: RemoteMemory) {}
+        fn set_memory(&mut self, _memory: DeviceMemory) {}
         fn set_interrupt(&mut self, _line: SharedIrq) {
             self.wired_at_command = Some(self.config.read(crate::pci::config::REG_COMMAND));
         }
         /// Two ranges of BAR1 over region fds; the rest over messages.
-        fn ioregions(&self, bar: u8) -> Vec<crate::remote::IoRegionSpec> {
-            let spec = |offset, posted_writes| crate::remote::IoRegionSpec {
+        fn ioregions(&self, bar: u8) -> Vec<crate::device_model::IoRegionSpec> {
+            let spec = |offset, posted_writes| crate::device_model::IoRegionSpec {
                 offset,
                 size: 0x100,
                 posted_writes,
@@ -744,7 +745,7 @@ pub(crate) mod tests {
         ioregion: Option<Dispatch>,
     ) -> Result<(ProxyDevice, FailFlag, std::thread::JoinHandle<()>), ProxyError> {
         let (a, b) = UnixStream::pair().unwrap();
-        let remote: Arc<Mutex<dyn RemoteDevice>> = dev;
+        let remote: Arc<Mutex<dyn DeviceModel>> = dev;
         let server = std::thread::spawn(move || {
             let _ = server::serve(Channel::new(b), remote, None);
         });
@@ -923,7 +924,8 @@ pub(crate) mod tests {
         use crate::bus::SharedBusDevice;
         use std::sync::atomic::Ordering;
         let dev = scratch(256);
-        dev.lock().unwrap().mirror = Some((crate::remote::RegisterMirror::new().unwrap(), 0x14));
+        dev.lock().unwrap().mirror =
+            Some((crate::device_model::RegisterMirror::new().unwrap(), 0x14));
         let (proxy, _, _) = connect_with(dev.clone(), Some(Dispatch::Userspace));
         let stats = proxy.stats();
         let waited = proxy.fast_paths[&1][0].clone();
@@ -949,8 +951,10 @@ pub(crate) mod tests {
     fn a_mirror_over_posted_writes_is_refused() {
         for claimed_at in [0x210, 0x150] {
             let dev = scratch(256);
-            dev.lock().unwrap().mirror =
-                Some((crate::remote::RegisterMirror::new().unwrap(), claimed_at));
+            dev.lock().unwrap().mirror = Some((
+                crate::device_model::RegisterMirror::new().unwrap(),
+                claimed_at,
+            ));
             let Err(e) = try_connect_with(dev, Some(Dispatch::Userspace)) else {
                 panic!("a mirror at {claimed_at:#x} was accepted")
             };
@@ -978,7 +982,7 @@ pub(crate) mod tests {
 
     pub(crate) fn serve(dev: Arc<Mutex<Scratch>>) -> (Channel, std::thread::JoinHandle<()>) {
         let (a, b) = UnixStream::pair().unwrap();
-        let remote: Arc<Mutex<dyn RemoteDevice>> = dev;
+        let remote: Arc<Mutex<dyn DeviceModel>> = dev;
         let server = std::thread::spawn(move || {
             let _ = server::serve(Channel::new(b), remote, None);
         });
@@ -1057,11 +1061,11 @@ pub(crate) mod tests {
             )
             .unwrap();
         let (a, b) = UnixStream::pair().unwrap();
-        let remote: Arc<Mutex<dyn RemoteDevice>> = dev;
+        let remote: Arc<Mutex<dyn DeviceModel>> = dev;
         std::thread::spawn(move || {
             let mut ch = Channel::new(b);
             // Answer everything like the server would, but lie about BAR0.
-            let irq = Arc::new(Mutex::new(crate::remote::InterruptLine::default()));
+            let irq = Arc::new(Mutex::new(crate::device_model::InterruptLine::default()));
             let hub = Arc::default();
             while let Ok(msg) = ch.recv() {
                 let lie = matches!(msg, Message::PciCfgRead { addr: 0x10, .. });

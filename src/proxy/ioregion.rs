@@ -18,12 +18,12 @@ use std::time::Instant;
 use kvm_ioctls::VmFd;
 
 use super::cut_off::{CUT_OFF_NOTE, CUT_OFF_REGISTERS, FailFlag};
-use super::mirror::{BarMirror, MirrorError, RangeMirror, check_registers, map_page};
 use super::stats::{DeviceStats, bump};
 use super::watchdog::{PostedWriteWatchdog, PostedWrites};
 use crate::bus::SharedBusDevice;
 use crate::bus::current_vcpu;
 use crate::ioregion::{self, KernelRegion, RegionFd, StallClock, WriteKind};
+use crate::mirror::reader::{BarMirror, MirrorError, RangeMirror, check_registers, map_page};
 use crate::pci::{BarFastPath, BarKind, ConfigSpace};
 use crate::protocol::channel::{Channel, ChannelError};
 use crate::protocol::mpqemu::{Message, SUB_REGION_POSTED_WRITES, SubRegion};

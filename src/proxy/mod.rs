@@ -4,7 +4,6 @@
 pub mod cut_off;
 pub mod device;
 pub mod ioregion;
-pub mod mirror;
 pub mod remote;
 pub mod spec;
 pub mod stats;

@@ -10,8 +10,9 @@ use std::sync::{Arc, Mutex};
 use clap::{Parser, Subcommand};
 
 use super::sandbox::{Sandbox, SandboxError, SandboxOptions};
+use super::server;
 use super::user::UserSpec;
-use super::{RemoteDevice, server};
+use crate::device_model::DeviceModel;
 use crate::lsi::Lsi53c895a;
 use crate::protocol::channel::Channel;
 use crate::scsi::ScsiDisk;

@@ -34,7 +34,7 @@ use std::fs::File;
 use std::os::fd::{AsFd, OwnedFd};
 use std::sync::{Arc, Mutex};
 
-use super::RemoteDevice;
+use crate::device_model::{DeviceModel, IoRegionSpec};
 use crate::ioregion::serve::{
     ERROR_DATA, Incoming, RECV_BUF_SIZE, ServeError, answer, peek, receive, socket_pair,
     wait_readable,
@@ -42,18 +42,8 @@ use crate::ioregion::serve::{
 use crate::ioregion::{Access, Cmd, wire};
 use crate::protocol::mpqemu::{MAX_SUB_REGIONS, SUB_REGION_POSTED_WRITES, SubRegion};
 
-/// A range of a BAR the device wants served over ioregionfd.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct IoRegionSpec {
-    /// From the start of the BAR.
-    pub offset: u64,
-    pub size: u64,
-    /// Writes here have no side effect that the writer must wait for.
-    pub posted_writes: bool,
-}
-
 type Handler = Arc<dyn Fn(&Cmd) -> u64 + Send + Sync>;
-type SharedDevice = Arc<Mutex<dyn RemoteDevice>>;
+type SharedDevice = Arc<Mutex<dyn DeviceModel>>;
 
 struct PostedEnd {
     fd: Arc<OwnedFd>,
@@ -327,9 +317,9 @@ fn serve_posted(hub: &Hub, fd: &Arc<OwnedFd>) -> Result<(), ServeError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::device_model::{DeviceMemory, SharedIrq};
     use crate::ioregion::RegionFd;
     use crate::pci::ConfigSpace;
-    use crate::remote::{RemoteMemory, SharedIrq};
     use std::os::fd::OwnedFd;
 
     /// A BAR of 16 bytes; writing offset 8 "starts" work that snapshots
@@ -340,7 +330,7 @@ mod tests {
         snapshots: Vec<[u8; 8]>,
     }
 
-    impl RemoteDevice for Scratch {
+    impl DeviceModel for Scratch {
         fn config(&self) -> &ConfigSpace {
             &self.config
         }
@@ -360,7 +350,7 @@ mod tests {
             }
         }
         fn reset(&mut self) {}
-        fn set_memory(&mut self, _memory: RemoteMemory) {}
+        fn set_memory(&mut self, _memory: DeviceMemory) {}
         fn set_interrupt(&mut self, _line: SharedIrq) {}
         fn ioregions(&self, _bar: u8) -> Vec<IoRegionSpec> {
             vec![
@@ -429,7 +419,7 @@ mod tests {
         writes: Vec<(u64, u8)>,
     }
 
-    impl RemoteDevice for Journal {
+    impl DeviceModel for Journal {
         fn config(&self) -> &ConfigSpace {
             &self.config
         }
@@ -446,7 +436,7 @@ mod tests {
             self.writes.extend(data.iter().map(|b| (offset, *b)));
         }
         fn reset(&mut self) {}
-        fn set_memory(&mut self, _memory: RemoteMemory) {}
+        fn set_memory(&mut self, _memory: DeviceMemory) {}
         fn set_interrupt(&mut self, _line: SharedIrq) {}
         fn ioregions(&self, _bar: u8) -> Vec<IoRegionSpec> {
             let posted = |offset| IoRegionSpec {

@@ -1,60 +1,11 @@
-//! The remote side: a device process serving one PCI device over the
-//! mpqemu control protocol, with guest RAM mapped from the VMM's memfd and
-//! its interrupt raised through an irqfd.
+//! The remote side: a device process serving one device model
+//! (`device_model::DeviceModel`) over the mpqemu control protocol, with
+//! guest RAM mapped from the VMM's memfd and its interrupt raised through an
+//! irqfd.
 
 pub mod cli;
 pub mod dump;
 pub mod ioregions;
-pub mod irq;
-pub mod memory;
-pub mod mirror;
 pub mod sandbox;
 pub mod server;
 pub mod user;
-
-use crate::pci::ConfigSpace;
-
-pub use ioregions::IoRegionSpec;
-pub use irq::{InterruptLine, SharedIrq};
-pub use memory::RemoteMemory;
-pub use mirror::{MirrorOffer, RegisterMirror};
-
-/// A PCI device model living in a remote process.
-pub trait RemoteDevice: Send {
-    fn config(&self) -> &ConfigSpace;
-    fn config_mut(&mut self) -> &mut ConfigSpace;
-    /// `offset` is relative to the start of BAR `bar`.
-    fn bar_read(&mut self, bar: u8, offset: u64, data: &mut [u8]);
-    fn bar_write(&mut self, bar: u8, offset: u64, data: &[u8]);
-    fn reset(&mut self);
-    /// Guest RAM changed (SYNC_SYSMEM).
-    fn set_memory(&mut self, memory: RemoteMemory);
-    /// The interrupt line was wired (SET_IRQFD).
-    fn set_interrupt(&mut self, line: SharedIrq);
-    /// Readable when work the device started in the background (disk I/O)
-    /// has results; the server then calls `service_background`.
-    fn background_fd(&self) -> Option<std::os::fd::RawFd> {
-        None
-    }
-    fn service_background(&mut self) {}
-    /// Ranges of BAR `bar` to serve over ioregionfd rather than messages.
-    fn ioregions(&self, _bar: u8) -> Vec<IoRegionSpec> {
-        Vec::new()
-    }
-    /// Registers of BAR `bar` whose values the device keeps in a mirror
-    /// page, with the page's memfd. Only registers whose reads have no
-    /// side effect and whose writes the VMM waits for may be named: the
-    /// VMM answers reads of them from the page.
-    fn register_mirror(&self, _bar: u8) -> Option<MirrorOffer> {
-        None
-    }
-    /// The device's state for a dump (`kill -USR2`): registers, what it is
-    /// doing, its recent DMA.
-    fn state_dump(&self) -> Option<String> {
-        None
-    }
-    /// One line on what the device did, logged when the remote exits.
-    fn summary(&self) -> Option<String> {
-        None
-    }
-}

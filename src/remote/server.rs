@@ -5,7 +5,8 @@
 use super::dump::DumpSignal;
 use std::sync::{Arc, Mutex};
 
-use super::{InterruptLine, RemoteDevice, RemoteMemory, ioregions};
+use super::ioregions;
+use crate::device_model::{DeviceMemory, DeviceModel, InterruptLine};
 use crate::pci::BarKind;
 use crate::protocol::channel::{Channel, ChannelError};
 use crate::protocol::mpqemu::{Message, RET_ERROR};
@@ -15,7 +16,7 @@ pub enum ServerError {
     #[error("control connection: {0}")]
     Channel(#[from] ChannelError),
     #[error("guest RAM: {0}")]
-    Memory(#[from] super::memory::MemoryError),
+    Memory(#[from] crate::device_model::memory::MemoryError),
     #[error("the proxy sent a reply (RET) where a request belongs")]
     UnexpectedRet,
     #[error("poll failed: {0}")]
@@ -25,7 +26,7 @@ pub enum ServerError {
 }
 
 /// Reads `len` config bytes starting at byte `addr` (which may cross dwords).
-pub fn config_read(device: &dyn RemoteDevice, addr: u32, len: u32) -> u64 {
+pub fn config_read(device: &dyn DeviceModel, addr: u32, len: u32) -> u64 {
     let config = device.config();
     (0..len).fold(0u64, |acc, i| {
         let a = (addr + i) as usize;
@@ -34,7 +35,7 @@ pub fn config_read(device: &dyn RemoteDevice, addr: u32, len: u32) -> u64 {
     })
 }
 
-pub fn config_write(device: &mut dyn RemoteDevice, addr: u32, val: u32, len: u32) {
+pub fn config_write(device: &mut dyn DeviceModel, addr: u32, val: u32, len: u32) {
     let bytes = val.to_le_bytes();
     for i in 0..len as usize {
         let a = addr as usize + i;
@@ -43,7 +44,7 @@ pub fn config_write(device: &mut dyn RemoteDevice, addr: u32, val: u32, len: u32
 }
 
 /// The BAR and offset an absolute-address access falls in, if entirely inside one.
-fn locate(device: &dyn RemoteDevice, addr: u64, size: u32, memory: bool) -> Option<(u8, u64)> {
+fn locate(device: &dyn DeviceModel, addr: u64, size: u32, memory: bool) -> Option<(u8, u64)> {
     let kind = if memory { BarKind::Memory } else { BarKind::Io };
     device.config().active_bars().into_iter().find_map(|bar| {
         let inside = bar.kind == kind
@@ -55,7 +56,7 @@ fn locate(device: &dyn RemoteDevice, addr: u64, size: u32, memory: bool) -> Opti
 
 /// Applies one request and returns the reply to send, if any.
 pub fn handle(
-    device: &Arc<Mutex<dyn RemoteDevice>>,
+    device: &Arc<Mutex<dyn DeviceModel>>,
     irq: &Arc<Mutex<InterruptLine>>,
     hub: &Arc<ioregions::Hub>,
     msg: Message,
@@ -84,7 +85,7 @@ pub fn handle(
     }
     Ok(match msg {
         Message::SyncSysmem { regions, fds } => {
-            dev.set_memory(RemoteMemory::map(&regions, fds)?);
+            dev.set_memory(DeviceMemory::map(&regions, fds)?);
             None
         }
         Message::PciCfgRead { addr, len } => {
@@ -152,7 +153,7 @@ pub fn handle(
 /// state.
 pub fn serve(
     mut channel: Channel,
-    device: Arc<Mutex<dyn RemoteDevice>>,
+    device: Arc<Mutex<dyn DeviceModel>>,
     mut dump: Option<DumpSignal>,
 ) -> Result<(), ServerError> {
     use std::os::fd::AsRawFd;

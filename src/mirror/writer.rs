@@ -2,7 +2,7 @@
 //! the device keeps the current value of registers that are read often and
 //! have no read side effect. The VMM maps the same page read-only and
 //! answers the guest's reads of those registers from it, saving a round
-//! trip to this process (see `proxy::mirror`).
+//! trip to this process (see `mirror::reader`).
 //!
 //! The page is a memfd sealed against resizing, so the VMM can map it
 //! without fearing a SIGBUS from a remote that truncates it later.
@@ -10,7 +10,7 @@
 use std::fs::File;
 use std::os::fd::{AsRawFd, FromRawFd};
 
-use crate::protocol::mirror_page::MirrorPage;
+use crate::mirror::page::MirrorPage;
 use crate::protocol::mpqemu::MIRROR_PAGE_SIZE;
 
 #[derive(Debug, thiserror::Error)]

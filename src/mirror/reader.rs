@@ -1,4 +1,4 @@
-//! The VMM's side of the register mirror (see `remote::mirror`): the
+//! The VMM's side of the register mirror (see `mirror::writer`): the
 //! remote's page, mapped read-only, and the registers of one ioregion
 //! range whose reads it answers.
 //!
@@ -13,7 +13,7 @@ use std::fs::File;
 use std::os::fd::AsRawFd;
 use std::sync::Arc;
 
-use crate::protocol::mirror_page::MirrorPage;
+use crate::mirror::page::MirrorPage;
 use crate::protocol::mpqemu::{MIRROR_PAGE_SIZE, MirroredRegister};
 
 #[derive(Debug, thiserror::Error)]
@@ -124,7 +124,7 @@ pub fn check_registers(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::remote::RegisterMirror;
+    use crate::device_model::RegisterMirror;
 
     fn register(offset: u64, size: u32, page_offset: u32) -> MirroredRegister {
         MirroredRegister {

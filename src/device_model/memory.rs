@@ -25,11 +25,11 @@ pub enum MemoryError {
 }
 
 #[derive(Clone, Default)]
-pub struct RemoteMemory {
+pub struct DeviceMemory {
     memory: Option<Arc<GuestMemoryMmap>>,
 }
 
-impl RemoteMemory {
+impl DeviceMemory {
     pub fn map(regions: &[SysmemRegion], fds: Vec<File>) -> Result<Self, MemoryError> {
         let mut mapped = Vec::with_capacity(regions.len());
         for (r, fd) in regions.iter().zip(fds) {
@@ -45,7 +45,7 @@ impl RemoteMemory {
             mapped.push(Arc::new(region));
         }
         let memory = GuestMemoryMmap::from_arc_regions(mapped).map_err(|_| MemoryError::Overlap)?;
-        Ok(RemoteMemory {
+        Ok(DeviceMemory {
             memory: Some(Arc::new(memory)),
         })
     }
@@ -87,7 +87,7 @@ mod tests {
     fn remote_sees_the_vmm_ram_and_refuses_outside() {
         let ram = GuestRam::new(64 << 20).unwrap();
         let regions = ram.sysmem_regions();
-        let remote = RemoteMemory::map(&regions, vec![ram.memfd.try_clone().unwrap()]).unwrap();
+        let remote = DeviceMemory::map(&regions, vec![ram.memfd.try_clone().unwrap()]).unwrap();
         ram.memory
             .write_slice(b"from the vmm", GuestAddress(0x10_0000))
             .unwrap();
@@ -105,6 +105,6 @@ mod tests {
             "straddles the end"
         );
         assert!(remote.write(0xfee0_0000, b"x").is_err());
-        assert!(RemoteMemory::default().read(0, &mut buf).is_err());
+        assert!(DeviceMemory::default().read(0, &mut buf).is_err());
     }
 }
