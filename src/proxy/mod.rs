@@ -1,6 +1,7 @@
 //! The proxy: a PCI device in the VMM whose function lives in another
 //! process, reached over the mpqemu control protocol.
 
+pub mod connect;
 pub mod cut_off;
 pub mod device;
 pub mod ioregion;

@@ -14,8 +14,9 @@ use std::time::Duration;
 use event_manager::{EventOps, Events, MutEventSubscriber};
 use vmm_sys_util::epoll::EventSet;
 
+use super::connect::ProxyError;
 use super::cut_off::{CUT_OFF_NOTE, FailFlag};
-use super::device::{ProxyDevice, ProxyError};
+use super::device::ProxyDevice;
 use super::remote::{self, RemoteError, RemoteProcess, SharedChild};
 use super::spec::{MAX_RESTARTS, RemoteDevSpec};
 use crate::pci::root::PciRoot;

@@ -31,8 +31,9 @@ use crate::devices::{i8042, rtc, serial};
 use crate::ioregion::Probe;
 use crate::pci::host_bridge::HostBridge;
 use crate::pci::root::{self as pci_root, PciConfigIo, PciRoot};
+use crate::proxy::connect::ProxyOptions;
 use crate::proxy::cut_off::FailFlag;
-use crate::proxy::device::{ProxyDevice, ProxyOptions};
+use crate::proxy::device::ProxyDevice;
 use crate::proxy::ioregion::Dispatch;
 use crate::proxy::remote::{self, SharedChild};
 use crate::proxy::spec::RemoteDevSpec;
@@ -88,7 +89,7 @@ pub enum VmmError {
     #[error(transparent)]
     Remote(#[from] remote::RemoteError),
     #[error(transparent)]
-    Proxy(#[from] crate::proxy::device::ProxyError),
+    Proxy(#[from] crate::proxy::connect::ProxyError),
     #[error(
         "remote #{index} asks for ioregionfd=kernel, but this kernel has no KVM_SET_IOREGION \
          ({source}); no mainline kernel does. Use ioregionfd=auto or ioregionfd=userspace"

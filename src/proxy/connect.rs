@@ -1,0 +1,318 @@
+//! Connecting a proxy to its remote: the handshake that learns the
+//! remote's identity and BARs, gives it guest RAM and its interrupt fds and
+//! sets up its ioregion ranges; and the same for a restarted remote taking
+//! over a device whose config space the guest has already programmed.
+
+use std::collections::HashMap;
+use std::fs::File;
+use std::sync::Arc;
+
+use vmm_sys_util::eventfd::EventFd;
+
+use crate::pci::config::{ConfigSpace, NUM_BARS, REG_BAR0, REG_CLASS, REG_ID};
+use crate::pci::{BarKind, BarSpec};
+use crate::protocol::channel::{Channel, ChannelError};
+use crate::protocol::mpqemu::{Message, RET_ERROR, SysmemRegion};
+use crate::proxy::cut_off::FailFlag;
+use crate::proxy::ioregion::{Dispatch, IoRegionError, IoRegionPath, Negotiation};
+use crate::proxy::spec::Dialect;
+use crate::proxy::stats::DeviceStats;
+use crate::proxy::watchdog::PostedWriteWatchdog;
+
+const BAR_IO_BIT: u32 = 0x1;
+const BAR_MEM_TYPE_64: u32 = 0x4;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ProxyError {
+    #[error("remote {name}: {what}: {source}")]
+    Channel {
+        name: String,
+        what: &'static str,
+        #[source]
+        source: ChannelError,
+    },
+    #[error("remote {name} reports no PCI device (vendor id {vendor:#06x})")]
+    NoDevice { name: String, vendor: u16 },
+    #[error("remote {name} claims an impossible BAR{bar} (sizing read back {raw:#010x})")]
+    BadBar { name: String, bar: usize, raw: u32 },
+    #[error("remote {name}: cannot set up its interrupt or RAM fds: {source}")]
+    Irq {
+        name: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("remote {name}: {source}")]
+    IoRegion {
+        name: String,
+        #[source]
+        source: IoRegionError,
+    },
+    #[error("remote {name} is not the device it replaces (other identity or BARs)")]
+    NotTheSameDevice { name: String },
+    #[error("remote {name}: KVM refused its irqfd: {source}")]
+    Irqfd {
+        name: String,
+        #[source]
+        source: kvm_ioctls::Error,
+    },
+}
+
+/// Registers an (irqfd, resamplefd) pair for a GSI with KVM; a function so
+/// tests can stand in for KVM.
+pub type IrqRegistrar<'a> = dyn Fn(&EventFd, &EventFd, u32) -> Result<(), kvm_ioctls::Error> + 'a;
+
+/// How a proxy talks to its remote beyond plain QEMU multiprocess.
+#[derive(Clone)]
+pub struct ProxyOptions {
+    pub dialect: Dialect,
+    /// None: every BAR access goes over messages (ioregionfd=off).
+    pub ioregion: Option<Dispatch>,
+    /// One ioregion fd per vCPU per range.
+    pub vcpus: usize,
+    /// Watches the ranges with posted writes; None in tests that do not.
+    pub watchdog: Option<Arc<PostedWriteWatchdog>>,
+    /// Use the remote's register mirror, if it offers one.
+    pub register_mirror: bool,
+}
+
+/// What a restarted remote is given, copied from the device when the
+/// takeover began, so that the handshake runs without the device's lock.
+pub struct Takeover {
+    pub(super) predecessor: String,
+    pub(super) sysmem: Sysmem,
+    pub(super) config: ConfigSpace,
+    pub(super) written: Vec<(usize, usize, Vec<u8>)>,
+    pub(super) options: ProxyOptions,
+    pub(super) stats: Arc<DeviceStats>,
+}
+
+/// A remote that passed the handshake, for `complete_takeover`.
+pub struct Successor {
+    pub(super) name: String,
+    pub(super) channel: Channel,
+    pub(super) failed: FailFlag,
+    pub(super) fast_paths: HashMap<usize, Vec<Arc<IoRegionPath>>>,
+    pub(super) replayed: usize,
+}
+
+impl Takeover {
+    /// The slow part, up to some 40 round trips: the remote on `channel`
+    /// must be the same device; it gets guest RAM, a reset, the config
+    /// space as of the copy and its ioregion fds.
+    pub fn handshake(self, name: String, mut channel: Channel) -> Result<Successor, ProxyError> {
+        share_ram(&mut channel, &name, &self.sysmem)?;
+        let config = probe_config(&mut channel, &name)?;
+        let same = |reg| config.read(reg) == self.config.read(reg);
+        if !same(REG_ID) || !same(REG_CLASS) || config.bar_specs() != self.config.bar_specs() {
+            return Err(ProxyError::NotTheSameDevice { name });
+        }
+        channel
+            .request(&Message::DeviceReset)
+            .map_err(channel_err(&name, "resetting the device"))?;
+        // BARs first, then the rest in the order the guest last wrote them.
+        let replay_err = channel_err(&name, "replaying config space");
+        for (bar, _) in self.config.bar_specs() {
+            let value = self.config.read(REG_BAR0 + bar);
+            cfg_write(&mut channel, REG_BAR0 + bar, 0, &value.to_le_bytes())
+                .map_err(&replay_err)?;
+        }
+        for (reg, offset, data) in &self.written {
+            cfg_write(&mut channel, *reg, *offset, data).map_err(&replay_err)?;
+        }
+        let failed = FailFlag::default();
+        let fast_paths = fast_paths(
+            &mut channel,
+            &name,
+            &self.config,
+            &self.options,
+            &self.stats,
+            &failed,
+        )?;
+        log::debug!(
+            "remote {name}: handshake done, taking over from {}",
+            self.predecessor
+        );
+        Ok(Successor {
+            name,
+            channel,
+            failed,
+            fast_paths,
+            replayed: self.written.len(),
+        })
+    }
+}
+
+/// Guest RAM as SYNC_SYSMEM hands it out.
+pub(super) struct Sysmem {
+    pub(super) regions: Vec<SysmemRegion>,
+    pub(super) memfd: File,
+}
+
+pub(super) fn channel_err(
+    name: &str,
+    what: &'static str,
+) -> impl Fn(ChannelError) -> ProxyError + use<> {
+    let name = name.to_string();
+    move |source| ProxyError::Channel {
+        name: name.clone(),
+        what,
+        source,
+    }
+}
+
+pub(super) fn share_ram(
+    channel: &mut Channel,
+    name: &str,
+    sysmem: &Sysmem,
+) -> Result<(), ProxyError> {
+    let fds: Vec<File> = sysmem
+        .regions
+        .iter()
+        .map(|_| sysmem.memfd.try_clone())
+        .collect::<Result<_, _>>()
+        .map_err(|source| ProxyError::Irq {
+            name: name.to_string(),
+            source,
+        })?;
+    channel
+        .send(&Message::SyncSysmem {
+            regions: sysmem.regions.clone(),
+            fds,
+        })
+        .map_err(channel_err(name, "sharing guest RAM"))
+}
+
+/// Reads the remote's identity and sizes its BARs, leaving them as they were.
+pub(super) fn probe_config(channel: &mut Channel, name: &str) -> Result<ConfigSpace, ProxyError> {
+    let err = channel_err(name, "reading config space");
+    let cfg_read = |ch: &mut Channel, reg: usize| -> Result<u32, ProxyError> {
+        let v = ch
+            .request(&Message::PciCfgRead {
+                addr: reg as u32 * 4,
+                len: 4,
+            })
+            .map_err(&err)?;
+        Ok(v.unwrap_or(RET_ERROR) as u32)
+    };
+    let id = cfg_read(channel, REG_ID)?;
+    let vendor = id as u16;
+    if vendor == 0xffff || vendor == 0 {
+        return Err(ProxyError::NoDevice {
+            name: name.to_string(),
+            vendor,
+        });
+    }
+    let class = cfg_read(channel, REG_CLASS)?;
+    let mut config = ConfigSpace::new(vendor, (id >> 16) as u16, class >> 8, class as u8);
+    let sizing_err = channel_err(name, "sizing a BAR");
+    for bar in 0..NUM_BARS {
+        let reg = REG_BAR0 + bar;
+        let original = cfg_read(channel, reg)?;
+        cfg_write(channel, reg, 0, &[0xff; 4]).map_err(&sizing_err)?;
+        let raw = cfg_read(channel, reg)?;
+        cfg_write(channel, reg, 0, &original.to_le_bytes()).map_err(&sizing_err)?;
+        if raw == 0 || raw == u32::MAX {
+            continue;
+        }
+        let (kind, mask) = if raw & BAR_IO_BIT != 0 {
+            (BarKind::Io, !0x3u32)
+        } else {
+            (BarKind::Memory, !0xfu32)
+        };
+        if kind == BarKind::Memory && raw & BAR_MEM_TYPE_64 != 0 {
+            log::warn!("remote {name}: 64-bit BAR{bar} is not supported; left unmapped");
+            continue;
+        }
+        let size = u64::from((!(raw & mask)).wrapping_add(1));
+        config
+            .set_bar(bar, BarSpec { kind, size })
+            .map_err(|_| ProxyError::BadBar {
+                name: name.to_string(),
+                bar,
+                raw,
+            })?;
+        log::info!("remote {name}: BAR{bar} {kind:?} {size:#x} bytes");
+    }
+    Ok(config)
+}
+
+/// Region fds are our extension: a plain QEMU remote would drop the
+/// connection on the query, so only ours is asked.
+pub(super) fn fast_paths(
+    channel: &mut Channel,
+    name: &str,
+    config: &ConfigSpace,
+    options: &ProxyOptions,
+    stats: &Arc<DeviceStats>,
+    failed: &FailFlag,
+) -> Result<HashMap<usize, Vec<Arc<IoRegionPath>>>, ProxyError> {
+    let paths = match (&options.ioregion, options.dialect) {
+        (Some(dispatch), Dialect::Vmm) => crate::proxy::ioregion::negotiate(
+            channel,
+            &Negotiation {
+                name,
+                config,
+                vcpus: options.vcpus,
+                dispatch,
+                stats,
+                failed,
+                watchdog: options.watchdog.as_deref(),
+                register_mirror: options.register_mirror,
+            },
+        )
+        .map_err(|source| ProxyError::IoRegion {
+            name: name.to_string(),
+            source,
+        })?,
+        _ => HashMap::new(),
+    };
+    if paths.is_empty() {
+        log::info!("remote {name}: every BAR access goes over control-socket messages");
+    }
+    Ok(paths)
+}
+
+/// Hands the remote its interrupt: it raises `irqfd` and learns from
+/// `resamplefd` that the guest acknowledged a level interrupt.
+pub(super) fn wire_irq(
+    channel: &mut Channel,
+    name: &str,
+    irqfd: &EventFd,
+    resamplefd: &EventFd,
+) -> Result<(), ProxyError> {
+    let as_file = |e: &EventFd| {
+        e.try_clone()
+            .map(|c| {
+                use std::os::fd::{FromRawFd, IntoRawFd};
+                // SAFETY: the clone's fd is ours alone; File takes it over.
+                unsafe { File::from_raw_fd(c.into_raw_fd()) }
+            })
+            .map_err(|source| ProxyError::Irq {
+                name: name.to_string(),
+                source,
+            })
+    };
+    channel
+        .send(&Message::SetIrqfd {
+            irqfd: as_file(irqfd)?,
+            resamplefd: as_file(resamplefd)?,
+        })
+        .map_err(channel_err(name, "wiring the interrupt"))
+}
+
+/// One config-space write, as the remote's PCI_CONFIG_WRITE.
+pub(super) fn cfg_write(
+    ch: &mut Channel,
+    reg: usize,
+    offset: usize,
+    data: &[u8],
+) -> Result<(), ChannelError> {
+    let mut val = [0u8; 4];
+    val[..data.len()].copy_from_slice(data);
+    ch.request(&Message::PciCfgWrite {
+        addr: (reg * 4 + offset) as u32,
+        val: u32::from_le_bytes(val),
+        len: data.len() as u32,
+    })?;
+    Ok(())
+}
