@@ -11,6 +11,9 @@
 //!   hosts them (neither `remote::` nor `proxy::`).
 //! - everything else (`bus`, `pci`, `ioregion`, `protocol`, `devices`, ...).
 //!
+//! It also holds every source file to at most `MAX_CODE_LINES` lines of code
+//! before its tests: a file that grows past that has more than one job.
+//!
 //! `KNOWN` lists the violations that the tree still has; the test fails both
 //! on a new one and on one that is gone but still listed, so the list only
 //! ever shrinks, one commit at a time.
@@ -21,6 +24,9 @@ use std::path::{Path, PathBuf};
 /// Violations still in the tree (see the structure issue): each line as the
 /// test prints it.
 const KNOWN: &[&str] = &[];
+
+/// Lines of code a file may have before its `#[cfg(test)]` module.
+const MAX_CODE_LINES: usize = 600;
 
 /// A module path (`["proxy", "device"]`) for each library source file.
 fn library_files(src: &Path) -> BTreeMap<Vec<String>, PathBuf> {
@@ -328,6 +334,28 @@ fn imports_follow_the_layers_and_close_no_circle() {
     assert!(
         new.is_empty() && gone.is_empty(),
         "new layering violations (fix them): {new:#?}\nfixed but still in KNOWN (remove them): {gone:#?}"
+    );
+}
+
+#[test]
+fn no_file_has_more_than_one_job() {
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
+    let mut files = library_files(&src).into_values().collect::<Vec<_>>();
+    files.extend(["main.rs", "host_check.rs"].map(|f| src.join(f)));
+    let long: Vec<String> = files
+        .iter()
+        .filter_map(|path| {
+            let source = std::fs::read_to_string(path).unwrap();
+            let code = source
+                .lines()
+                .take_while(|line| !line.starts_with("#[cfg(test)]"))
+                .count();
+            (code > MAX_CODE_LINES).then(|| format!("{}: {code} lines", path.display()))
+        })
+        .collect();
+    assert!(
+        long.is_empty(),
+        "files over {MAX_CODE_LINES} lines of code (split them by job): {long:#?}"
     );
 }
 

@@ -9,6 +9,8 @@ pub mod host;
 pub mod kick;
 pub mod mptable;
 pub mod regs;
+mod remotes;
+use remotes::{add_remote_devices, forward_dump};
 pub mod signals;
 pub mod stop;
 pub mod vcpu;
@@ -28,18 +30,10 @@ use vmm_sys_util::eventfd::{EFD_NONBLOCK, EventFd};
 
 use crate::bus::Buses;
 use crate::devices::{i8042, rtc, serial};
-use crate::ioregion::Probe;
 use crate::pci::host_bridge::HostBridge;
 use crate::pci::root::{self as pci_root, PciConfigIo, PciRoot};
-use crate::proxy::connect::ProxyOptions;
-use crate::proxy::cut_off::FailFlag;
-use crate::proxy::device::ProxyDevice;
-use crate::proxy::ioregion::Dispatch;
-use crate::proxy::remote::{self, SharedChild};
+use crate::proxy::remote::{self};
 use crate::proxy::spec::RemoteDevSpec;
-use crate::proxy::spec::{Dialect, IoRegionMode};
-use crate::proxy::supervisor::{self, RemoteWatcher, Restart};
-use crate::proxy::watchdog::PostedWriteWatchdog;
 use crate::{layout, memory};
 use kick::VcpuThreads;
 use stop::{StopReason, StopSignal};
@@ -242,190 +236,6 @@ fn add_legacy_devices(
         rtc::RTC_LEN,
     )?;
     Ok(serial)
-}
-
-/// A remote device plugged into the PCI bus.
-struct PluggedRemote {
-    name: String,
-    stats: Arc<crate::proxy::stats::DeviceStats>,
-    irq: mptable::PciIrq,
-    child: SharedChild,
-    /// Ours: it logs a state dump on SIGUSR2 (another program might die of it).
-    dumps: bool,
-    watcher: Arc<Mutex<RemoteWatcher>>,
-}
-
-/// Asks each remote of ours that we spawned for its state dump; they log
-/// it on the same stderr.
-fn forward_dump(remotes: &[PluggedRemote]) -> impl Fn() + Send + use<> {
-    let children: Vec<(String, SharedChild)> = remotes
-        .iter()
-        .filter(|r| r.dumps)
-        .map(|r| (r.name.clone(), r.child.clone()))
-        .collect();
-    move || {
-        for (name, child) in &children {
-            let mut child = child.lock().expect("child lock");
-            let Some(child) = child.as_mut() else {
-                continue;
-            };
-            // Only while not reaped: a reaped pid may belong to anyone.
-            if !matches!(child.try_wait(), Ok(None)) {
-                continue;
-            }
-            // SAFETY: plain kill(2) on our own unreaped child's pid; the
-            // lock keeps it from being reaped meanwhile.
-            if unsafe { libc::kill(child.id() as i32, dump::DUMP_SIGNAL) } != 0 {
-                log::warn!(
-                    "state dump: cannot signal remote {name}: {}",
-                    std::io::Error::last_os_error()
-                );
-            }
-        }
-    }
-}
-
-/// Opens each remote, connects a proxy to it and plugs it into its own
-/// slot, whose INTA# gets its own IOAPIC input.
-/// Resolves each device's `ioregionfd=` against what KVM offers, probing
-/// KVM_SET_IOREGION once by trying it: the capability numbers its patches
-/// used now mean other things, so KVM_CHECK_EXTENSION cannot tell.
-fn ioregion_dispatch(
-    vm: &Arc<VmFd>,
-    specs: &[RemoteDevSpec],
-) -> Result<Vec<Option<Dispatch>>, VmmError> {
-    let wants =
-        |s: &RemoteDevSpec| matches!(s.ioregionfd, IoRegionMode::Auto | IoRegionMode::Kernel);
-    let probe = if specs.iter().any(wants) {
-        // The top page of the PCI window: BARs are placed from the bottom.
-        let scratch = layout::PCI_MMIO_START + layout::PCI_MMIO_SIZE - 0x1000;
-        let probe = crate::ioregion::probe(vm.as_ref(), scratch);
-        match probe {
-            Probe::Available => log::info!("KVM_SET_IOREGION works: KVM serves ioregions itself"),
-            Probe::Unavailable { errno } => log::info!(
-                "KVM has no KVM_SET_IOREGION ({}; no mainline kernel does): ioregions are \
-                 served from vCPU threads (userspace path)",
-                std::io::Error::from_raw_os_error(errno)
-            ),
-        }
-        Some(probe)
-    } else {
-        None
-    };
-    specs
-        .iter()
-        .enumerate()
-        .map(|(index, spec)| {
-            Ok(match (spec.ioregionfd, &probe) {
-                (IoRegionMode::Off, _) => None,
-                (IoRegionMode::Userspace, _) => Some(Dispatch::Userspace),
-                (_, Some(Probe::Available)) => Some(Dispatch::Kernel(vm.clone())),
-                (IoRegionMode::Kernel, Some(Probe::Unavailable { errno })) => {
-                    return Err(VmmError::NoKernelIoRegion {
-                        index,
-                        source: std::io::Error::from_raw_os_error(*errno),
-                    });
-                }
-                _ => Some(Dispatch::Userspace),
-            })
-        })
-        .collect()
-}
-
-fn add_remote_devices(
-    vm: &Arc<VmFd>,
-    ram: &memory::GuestRam,
-    pci: &Arc<Mutex<PciRoot>>,
-    specs: &[RemoteDevSpec],
-    vcpus: usize,
-) -> Result<Vec<PluggedRemote>, VmmError> {
-    if specs.len() > pci_root::MAX_PCI_DEVICES {
-        return Err(VmmError::TooManyRemotes(specs.len()));
-    }
-    let dispatch = ioregion_dispatch(vm, specs)?;
-    let register = |irqfd: &EventFd, resamplefd: &EventFd, gsi: u32| {
-        vm.register_irqfd_with_resample(irqfd, resamplefd, gsi)
-    };
-    let mut plugged: Vec<PluggedRemote> = Vec::new();
-    if specs.is_empty() {
-        return Ok(plugged);
-    }
-    let watchdog =
-        PostedWriteWatchdog::start().map_err(io_err("start the posted-write watchdog"))?;
-    for (index, spec) in specs.iter().enumerate() {
-        let slot = index + 1;
-        let gsi = PciRoot::slot_gsi(slot);
-        let process = remote::open(spec, index)?;
-        // A remote that stops answering is only cut off, even with
-        // restart=on: killing it from the failing access so that a new one
-        // takes over hung the supervisor's restart once in CI (see the
-        // issue notes, commit 3e2bf93 for that code).
-        let failed = FailFlag::default();
-        let socket = supervisor::socket_of(&process).map_err(io_err("watch a remote's socket"))?;
-        let remote::RemoteProcess {
-            name,
-            channel,
-            child,
-        } = process;
-        let device = match ProxyDevice::connect(
-            name.clone(),
-            channel,
-            ram,
-            &register,
-            gsi,
-            failed.clone(),
-            &ProxyOptions {
-                dialect: spec.dialect,
-                ioregion: dispatch[index].clone(),
-                vcpus,
-                watchdog: Some(watchdog.clone()),
-                register_mirror: spec.register_mirror,
-            },
-        ) {
-            Ok(d) => d,
-            Err(e) => {
-                // A remote that failed at startup said why on stderr; its
-                // exit status ties that message to this error.
-                let exited = child
-                    .lock()
-                    .expect("child lock")
-                    .as_mut()
-                    .and_then(|c| remote::reap(c, std::time::Duration::from_millis(500)));
-                if let Some(status) = exited {
-                    log::error!("remote {name} exited during setup ({status})");
-                }
-                remote::stop_child(&name, &child, false);
-                for p in &plugged {
-                    remote::stop_child(&p.name, &p.child, false);
-                }
-                return Err(e.into());
-            }
-        };
-        let stats = device.stats();
-        let device = Arc::new(Mutex::new(device));
-        let got = pci
-            .lock()
-            .expect("pci root lock")
-            .add(device.clone(), slot)?;
-        debug_assert_eq!(got, slot);
-        let restart = spec
-            .restart
-            .then(|| Restart::new(spec.clone(), index, device, pci.clone(), slot));
-        let watcher = RemoteWatcher::new(name.clone(), socket, child.clone(), failed, restart);
-        plugged.push(PluggedRemote {
-            name,
-            stats,
-            irq: mptable::PciIrq {
-                slot: slot as u8,
-                pin: 1,
-                ioapic_pin: gsi,
-            },
-            child,
-            dumps: spec.dialect == Dialect::Vmm,
-            watcher: Arc::new(Mutex::new(watcher)),
-        });
-    }
-    Ok(plugged)
 }
 
 fn create_vcpus(
