@@ -101,11 +101,6 @@ impl GuestRam {
             })
             .collect()
     }
-
-    /// Size of RAM below the MMIO hole.
-    pub fn low_size(&self) -> u64 {
-        self.regions[0].size
-    }
 }
 
 fn create_memfd(name: &str) -> Result<File, MemoryError> {

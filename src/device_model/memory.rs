@@ -72,10 +72,6 @@ impl DeviceMemory {
         let mem = self.memory.as_ref().ok_or_else(out)?;
         mem.write_slice(buf, GuestAddress(addr)).map_err(|_| out())
     }
-
-    pub fn is_mapped(&self) -> bool {
-        self.memory.is_some()
-    }
 }
 
 #[cfg(test)]

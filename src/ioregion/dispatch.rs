@@ -161,14 +161,6 @@ impl RegionFd {
         self
     }
 
-    pub fn user_data(&self) -> u64 {
-        self.user_data
-    }
-
-    pub fn posted_writes(&self) -> bool {
-        self.posted_writes
-    }
-
     pub fn timeout(&self) -> Duration {
         self.timeout
     }

@@ -35,7 +35,6 @@ impl Sense {
     /// No space left to write (ENOSPC on the image's file system).
     pub const SPACE_EXHAUSTED: Sense = Sense::new(KEY_DATA_PROTECT, 0x27, 0x07);
     pub const MISCOMPARE: Sense = Sense::new(KEY_MISCOMPARE, 0x1d, 0);
-    pub const RESET_OCCURRED: Sense = Sense::new(KEY_UNIT_ATTENTION, 0x29, 0);
     pub const INTERNAL_FAILURE: Sense = Sense::new(KEY_HARDWARE_ERROR, 0x44, 0);
     pub const ABORTED: Sense = Sense::new(KEY_ABORTED_COMMAND, 0, 0);
 
