@@ -4,7 +4,6 @@
 
 use std::fmt;
 use std::io::Write;
-use std::os::fd::{AsRawFd, FromRawFd};
 
 use kvm_ioctls::{Cap, Kvm};
 
@@ -315,24 +314,8 @@ fn check_irqfd_resample(kvm: Option<&Kvm>) -> Check {
 fn check_memfd_sealing() -> Check {
     const NAME: &str = "memfd sealing";
     let detail = || -> std::io::Result<()> {
-        // SAFETY: memfd_create with a NUL-terminated name; no memory is
-        // handed to the kernel otherwise.
-        let fd = unsafe {
-            libc::memfd_create(
-                c"vmm-host-check".as_ptr(),
-                libc::MFD_CLOEXEC | libc::MFD_ALLOW_SEALING,
-            )
-        };
-        if fd < 0 {
-            return Err(std::io::Error::last_os_error());
-        }
-        // SAFETY: a new fd that nothing else owns; File closes it.
-        let file = unsafe { std::fs::File::from_raw_fd(fd) };
-        // SAFETY: fcntl on our own open fd, with an integer argument.
-        if unsafe { libc::fcntl(file.as_raw_fd(), libc::F_ADD_SEALS, libc::F_SEAL_SHRINK) } < 0 {
-            return Err(std::io::Error::last_os_error());
-        }
-        Ok(())
+        let file = vmm::sys::memfd(c"vmm-host-check", true)?;
+        vmm::sys::add_seals(&file, libc::F_SEAL_SHRINK)
     };
     match detail() {
         Ok(()) => Check::ok(NAME, false, "MFD_ALLOW_SEALING and F_SEAL_SHRINK work"),

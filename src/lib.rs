@@ -20,5 +20,6 @@ pub mod proxy;
 pub mod remote;
 pub mod scsi;
 pub mod signals;
+pub mod sys;
 pub mod terminal;
 pub mod vmm;

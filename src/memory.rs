@@ -2,7 +2,6 @@
 //! can map the very same pages later.
 
 use std::fs::File;
-use std::os::fd::FromRawFd;
 use std::sync::Arc;
 
 use vm_memory::mmap::MmapRegionError;
@@ -105,13 +104,7 @@ impl GuestRam {
 
 fn create_memfd(name: &str) -> Result<File, MemoryError> {
     let name = std::ffi::CString::new(name).expect("memfd name has no NUL");
-    // SAFETY: `name` is a valid NUL-terminated string; the flags are constants.
-    let fd = unsafe { libc::memfd_create(name.as_ptr(), libc::MFD_CLOEXEC) };
-    if fd < 0 {
-        return Err(MemoryError::Memfd(std::io::Error::last_os_error()));
-    }
-    // SAFETY: `fd` was just returned by memfd_create and nothing else owns it.
-    Ok(unsafe { File::from_raw_fd(fd) })
+    crate::sys::memfd(&name, false).map_err(MemoryError::Memfd)
 }
 
 #[cfg(test)]

@@ -10,7 +10,6 @@
 //! overtake a write still queued for the remote and see its old value.
 
 use std::fs::File;
-use std::os::fd::AsRawFd;
 use std::sync::Arc;
 
 use crate::mirror::page::MirrorPage;
@@ -33,11 +32,9 @@ pub enum MirrorError {
 /// Maps the remote's mirror page read-only, once it is known that the
 /// page cannot shrink under us.
 pub fn map_page(file: &File) -> Result<MirrorPage, MirrorError> {
-    // SAFETY: fcntl on a file we own.
-    let seals = unsafe { libc::fcntl(file.as_raw_fd(), libc::F_GET_SEALS) };
-    if seals < 0 {
+    let Ok(seals) = crate::sys::seals(file) else {
         return Err(MirrorError::NotSealed("it takes no seals"));
-    }
+    };
     if seals & libc::F_SEAL_SHRINK == 0 {
         return Err(MirrorError::NotSealed("it can still shrink"));
     }
@@ -166,20 +163,9 @@ mod tests {
     fn an_unsealed_or_short_page_is_refused() {
         let plain = tempfile_of(4096);
         assert!(matches!(map_page(&plain), Err(MirrorError::NotSealed(_))));
-        // SAFETY: memfd_create with a NUL-terminated name.
-        let fd = unsafe {
-            libc::memfd_create(
-                c"short".as_ptr(),
-                libc::MFD_ALLOW_SEALING | libc::MFD_CLOEXEC,
-            )
-        };
-        assert!(fd >= 0);
-        // SAFETY: a new fd nobody else owns.
-        let short = unsafe { <File as std::os::fd::FromRawFd>::from_raw_fd(fd) };
+        let short = crate::sys::memfd(c"short", true).unwrap();
         short.set_len(100).unwrap();
-        // SAFETY: fcntl on our own fd.
-        let sealed = unsafe { libc::fcntl(fd, libc::F_ADD_SEALS, libc::F_SEAL_SHRINK) };
-        assert_eq!(sealed, 0);
+        crate::sys::add_seals(&short, libc::F_SEAL_SHRINK).unwrap();
         assert!(matches!(
             map_page(&short),
             Err(MirrorError::NotSealed("it is too short"))
@@ -187,11 +173,7 @@ mod tests {
     }
 
     fn tempfile_of(len: u64) -> File {
-        // SAFETY: memfd_create with a NUL-terminated name.
-        let fd = unsafe { libc::memfd_create(c"plain".as_ptr(), libc::MFD_CLOEXEC) };
-        assert!(fd >= 0);
-        // SAFETY: a new fd nobody else owns.
-        let file = unsafe { <File as std::os::fd::FromRawFd>::from_raw_fd(fd) };
+        let file = crate::sys::memfd(c"plain", false).unwrap();
         file.set_len(len).unwrap();
         file
     }

@@ -8,10 +8,10 @@
 //! without fearing a SIGBUS from a remote that truncates it later.
 
 use std::fs::File;
-use std::os::fd::{AsRawFd, FromRawFd};
 
 use crate::mirror::page::MirrorPage;
 use crate::protocol::mpqemu::MIRROR_PAGE_SIZE;
+use crate::sys;
 
 #[derive(Debug, thiserror::Error)]
 pub enum MirrorError {
@@ -38,25 +38,10 @@ pub struct RegisterMirror {
 
 impl RegisterMirror {
     pub fn new() -> Result<Self, MirrorError> {
-        let last = || std::io::Error::last_os_error();
-        // SAFETY: memfd_create with a NUL-terminated name.
-        let fd = unsafe {
-            libc::memfd_create(
-                c"vmm-register-mirror".as_ptr(),
-                libc::MFD_CLOEXEC | libc::MFD_ALLOW_SEALING,
-            )
-        };
-        if fd < 0 {
-            return Err(MirrorError::Create(last()));
-        }
-        // SAFETY: a new fd that nothing else owns.
-        let file = unsafe { File::from_raw_fd(fd) };
+        let file = sys::memfd(c"vmm-register-mirror", true).map_err(MirrorError::Create)?;
         file.set_len(MIRROR_PAGE_SIZE).map_err(MirrorError::Seal)?;
         let seals = libc::F_SEAL_SHRINK | libc::F_SEAL_GROW | libc::F_SEAL_SEAL;
-        // SAFETY: fcntl on our own fd.
-        if unsafe { libc::fcntl(file.as_raw_fd(), libc::F_ADD_SEALS, seals) } < 0 {
-            return Err(MirrorError::Seal(last()));
-        }
+        sys::add_seals(&file, seals).map_err(MirrorError::Seal)?;
         let page = MirrorPage::map(&file, true).map_err(MirrorError::Map)?;
         Ok(RegisterMirror { file, page })
     }
@@ -87,8 +72,7 @@ mod tests {
         file.read_exact_at(&mut byte, 0x14).unwrap();
         assert_eq!(byte, [0x04]);
         assert!(file.set_len(0).is_err(), "it cannot shrink");
-        // SAFETY: fcntl on our own fd.
-        let seals = unsafe { libc::fcntl(file.as_raw_fd(), libc::F_GET_SEALS) };
+        let seals = sys::seals(&file).unwrap();
         assert_ne!(seals & libc::F_SEAL_SHRINK, 0);
     }
 }

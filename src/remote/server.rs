@@ -10,6 +10,7 @@ use crate::device_model::{DeviceMemory, DeviceModel, InterruptLine};
 use crate::pci::BarKind;
 use crate::protocol::channel::{Channel, ChannelError};
 use crate::protocol::mpqemu::{Message, RET_ERROR};
+use crate::sys;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ServerError {
@@ -164,25 +165,17 @@ pub fn serve(
     let background = device.lock().expect("device lock poisoned").background_fd();
     loop {
         let resample = irq.lock().expect("irq lock poisoned").resample_fd();
-        let pollfd = |fd: Option<i32>| libc::pollfd {
-            fd: fd.unwrap_or(-1),
-            events: libc::POLLIN,
-            revents: 0,
-        };
+        let pollfd = sys::pollin;
         let mut fds = [
             pollfd(Some(channel.socket().as_raw_fd())),
             pollfd(resample),
             pollfd(background),
             pollfd(dump.as_ref().map(DumpSignal::raw_fd)),
         ];
-        // SAFETY: `fds` is a valid array of pollfds for the whole call.
-        let n = unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, -1) };
-        if n < 0 {
-            let e = std::io::Error::last_os_error();
-            if e.kind() == std::io::ErrorKind::Interrupted {
-                continue;
-            }
-            return Err(ServerError::Poll(e));
+        match sys::poll(&mut fds, -1) {
+            Ok(_) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(ServerError::Poll(e)),
         }
         if fds[1].revents & libc::POLLIN != 0 {
             // The guest acknowledged the interrupt after its last register

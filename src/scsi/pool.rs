@@ -154,13 +154,7 @@ mod tests {
         let mut got = Vec::new();
         while got.len() < n {
             assert!(Instant::now() < deadline, "completions never arrived");
-            let mut pfd = libc::pollfd {
-                fd: pool.completion_fd(),
-                events: libc::POLLIN,
-                revents: 0,
-            };
-            // SAFETY: one valid pollfd for the duration of the call.
-            unsafe { libc::poll(&mut pfd, 1, 100) };
+            let _ = crate::sys::poll(&mut [crate::sys::pollin(Some(pool.completion_fd()))], 100);
             got.extend(pool.take_completions());
         }
         got

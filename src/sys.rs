@@ -1,0 +1,99 @@
+//! System calls that the standard library does not wrap (memfds, seals,
+//! poll), each behind a safe function, so that their `unsafe` lives here and
+//! not at every call site.
+
+use std::ffi::CStr;
+use std::fs::File;
+use std::io;
+use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd};
+
+/// A new memfd, close-on-exec; `sealable` allows `add_seals` on it later.
+pub fn memfd(name: &CStr, sealable: bool) -> io::Result<File> {
+    let flags = libc::MFD_CLOEXEC | if sealable { libc::MFD_ALLOW_SEALING } else { 0 };
+    // SAFETY: `name` is NUL-terminated and outlives the call; no other
+    // memory is handed to the kernel.
+    let fd = unsafe { libc::memfd_create(name.as_ptr(), flags) };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: `fd` was just returned by memfd_create and nothing else owns it.
+    Ok(unsafe { File::from_raw_fd(fd) })
+}
+
+/// Adds `seals` (`libc::F_SEAL_*`) to a memfd created sealable.
+pub fn add_seals(file: &File, seals: libc::c_int) -> io::Result<()> {
+    // SAFETY: fcntl on an fd that `file` keeps open, with an integer argument.
+    if unsafe { libc::fcntl(file.as_raw_fd(), libc::F_ADD_SEALS, seals) } < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// The seals on `file`; an error for a file that takes none (not a memfd).
+pub fn seals(file: &File) -> io::Result<libc::c_int> {
+    // SAFETY: fcntl on an fd that `file` keeps open, with no argument.
+    let seals = unsafe { libc::fcntl(file.as_raw_fd(), libc::F_GET_SEALS) };
+    if seals < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(seals)
+}
+
+/// A pollfd waiting for input on `fd`, or an entry poll ignores (`None`).
+pub fn pollin(fd: Option<libc::c_int>) -> libc::pollfd {
+    libc::pollfd {
+        fd: fd.unwrap_or(-1),
+        events: libc::POLLIN,
+        revents: 0,
+    }
+}
+
+/// poll(2): how many entries have events; EINTR comes back as an error of
+/// kind `Interrupted` for the caller to decide.
+pub fn poll(fds: &mut [libc::pollfd], timeout_ms: libc::c_int) -> io::Result<usize> {
+    // SAFETY: `fds` is a valid, exclusively borrowed array of pollfds for the
+    // whole call, and its length is passed with it.
+    let n = unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, timeout_ms) };
+    if n < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(n as usize)
+}
+
+/// Whether `fd` becomes readable within `timeout_ms`.
+pub fn wait_readable(fd: BorrowedFd<'_>, timeout_ms: libc::c_int) -> io::Result<bool> {
+    let mut fds = [pollin(Some(fd.as_raw_fd()))];
+    Ok(poll(&mut fds, timeout_ms)? == 1 && fds[0].revents & libc::POLLIN != 0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Write;
+    use std::os::fd::AsFd;
+
+    #[test]
+    fn a_sealed_memfd_cannot_shrink() {
+        let mut file = memfd(c"sys-test", true).unwrap();
+        file.write_all(&[1; 4096]).unwrap();
+        add_seals(&file, libc::F_SEAL_SHRINK).unwrap();
+        assert!(file.set_len(100).is_err());
+        assert_eq!(
+            seals(&file).unwrap() & libc::F_SEAL_SHRINK,
+            libc::F_SEAL_SHRINK
+        );
+        let plain = memfd(c"sys-test-plain", false).unwrap();
+        assert!(add_seals(&plain, libc::F_SEAL_SHRINK).is_err());
+    }
+
+    #[test]
+    fn poll_sees_input_and_times_out_without_it() {
+        let (mut a, b) = std::os::unix::net::UnixStream::pair().unwrap();
+        assert!(!wait_readable(b.as_fd(), 0).unwrap());
+        a.write_all(b"x").unwrap();
+        assert!(wait_readable(b.as_fd(), 1000).unwrap());
+        let mut fds = [pollin(None), pollin(Some(b.as_raw_fd()))];
+        assert_eq!(poll(&mut fds, 0).unwrap(), 1);
+        assert_eq!(fds[0].revents, 0, "a negative fd is ignored");
+    }
+}
