@@ -80,3 +80,19 @@ L1_DEATH_SIGNS='Kernel panic|BUG: |Oops|soft lockup|hard LOCKUP|rcu: INFO: rcu_.
 l1_died() {
     [ -f "$1" ] && grep -qE "$L1_DEATH_SIGNS" "$1"
 }
+
+# The rig that tests, benchmarks and soaks use unless told otherwise
+# (README, "the KVM test rig", has the measurements behind it): two CPUs,
+# sid's QEMU as the outer emulator (ci/fetch-qemu.sh), and the rig kernel
+# ticking from the HPET instead of its local APIC timer (nolapic_timer).
+# VMM_RIG_QEMU=system uses the host's qemu-system-x86_64 instead;
+# VMM_RIG_APPEND= (empty) boots the rig kernel without nolapic_timer.
+rig_defaults() {
+    : "${VMM_RIG_CPUS:=2}"
+    : "${VMM_RIG_APPEND=nolapic_timer}"
+    case "${VMM_RIG_QEMU:-}" in
+        "") VMM_RIG_QEMU=$("$VMM_ROOT/ci/fetch-qemu.sh" sid) ;;
+        system) VMM_RIG_QEMU=qemu-system-x86_64 ;;
+    esac
+    export VMM_RIG_CPUS VMM_RIG_APPEND VMM_RIG_QEMU
+}

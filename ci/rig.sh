@@ -11,9 +11,10 @@
 # --kvm-modules DIR loads DIR/kvm.ko and DIR/kvm-amd.ko (ci/build-kvm-ioregion.sh)
 # instead of Debian's, and boots the kernel they were built for.
 # --cpus N gives the rig N CPUs (default $VMM_RIG_CPUS, else 1: see below).
-# To try other rigs: VMM_RIG_QEMU names the outer QEMU (ci/fetch-qemu.sh
-# fetches another suite's), VMM_RIG_CPU its -cpu model (default EPYC,-xsave),
-# VMM_RIG_APPEND more words for the rig kernel's command line.
+# The defaults are ci/lib.sh's rig_defaults. To try other rigs:
+# VMM_RIG_QEMU names the outer QEMU (ci/fetch-qemu.sh fetches another
+# suite's; "system" is the host's), VMM_RIG_CPU its -cpu model (default
+# EPYC,-xsave), VMM_RIG_APPEND the rig kernel's extra command line.
 # --l1-log FILE keeps the rig's own kernel log (its console, on a second
 # serial port, so nothing a script prints can be mistaken for it).
 # --monitor SOCK opens QEMU's monitor there while the rig runs, and links
@@ -21,17 +22,13 @@
 # nokaslr), for ci/rig-where.py to say where a silent rig's CPU is.
 # Streams the script's output to stdout and exits with the script's status.
 #
-# One CPU by default: with two, QEMU's TCG (7.2 and 10.0) kills or locks up
-# the rig's own kernel under nested disk load (stack guard page hit in a
-# vCPU thread inside KVM_RUN, soft lockups of both CPUs), and QEMU's own
-# in-process LSI fails there as ours does. The README's rig section has
-# the measurements.
 set -euo pipefail
 . "$(dirname "$0")/lib.sh"
+rig_defaults
 
 timeout=600
-cpus=${VMM_RIG_CPUS:-1}
-qemu=${VMM_RIG_QEMU:-qemu-system-x86_64}
+cpus=$VMM_RIG_CPUS
+qemu=$VMM_RIG_QEMU
 cpu_model=${VMM_RIG_CPU:-EPYC,-xsave}
 l1_log=
 monitor=
@@ -123,7 +120,7 @@ timeout --foreground -k 10 "$timeout" "$qemu" \
     -nodefaults -display none -serial stdio -serial "file:$l1_log" -no-reboot \
     -monitor "unix:$monitor,server,nowait" \
     -kernel "$kdir/root/boot/vmlinuz-$kver" -initrd "$work/initrd.cpio.gz" \
-    -append "console=ttyS1 loglevel=5 panic=-1 transparent_hugepage=never nokaslr ${VMM_RIG_APPEND:-}" \
+    -append "console=ttyS1 loglevel=5 panic=-1 transparent_hugepage=never nokaslr $VMM_RIG_APPEND" \
     </dev/null 2> >(grep -v "TCG doesn't support requested feature" >&2) |
     tee "$status" | sed -u 's/\r$//'
 qemu_rc=${PIPESTATUS[0]}

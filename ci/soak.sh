@@ -28,12 +28,13 @@
 set -euo pipefail
 . "$(dirname "$0")/lib.sh"
 cd "$VMM_ROOT"
+rig_defaults
 
 runs=3
 configs="ours,ours-posted,qemu,qemu-mp"
 scenarios="fio2,fio1,restart"
 per_run=400
-cpus=${VMM_RIG_CPUS:-1}
+cpus=$VMM_RIG_CPUS
 kvm_modules=0
 out=""
 while [ $# -gt 0 ]; do
@@ -204,7 +205,7 @@ else
         --timeout $(( 300 + nruns * (per_run + 20) )) --extra "$VMM_ROOT/ci" "$script" |
         progress > "$out/console.log"
     set -e
-    rig_desc="$("${VMM_RIG_QEMU:-qemu-system-x86_64}" --version | head -n 1), -cpu ${VMM_RIG_CPU:-EPYC,-xsave} -smp $cpus -m 4G${VMM_RIG_APPEND:+, rig kernel with $VMM_RIG_APPEND}, $(sed -n 's/^SOAK-RIG: //p' "$out/console.log" | tr -d '\r' | head -n 1)"
+    rig_desc="$("$VMM_RIG_QEMU" --version | head -n 1), -cpu ${VMM_RIG_CPU:-EPYC,-xsave} -smp $cpus -m 4G${VMM_RIG_APPEND:+, rig kernel with $VMM_RIG_APPEND}, $(sed -n 's/^SOAK-RIG: //p' "$out/console.log" | tr -d '\r' | head -n 1)"
 fi
 
 {
