@@ -25,7 +25,7 @@ pub fn mpqemu_message(data: &[u8]) {
         let _ = Message::decode(cmd, &payload[..size.min(payload.len())], Vec::new());
     }
     // Every command number against the same payload, too.
-    for cmd in [0, 1, 2, 3, 4, 5, 6, 7, 8, 64, 65] {
+    for &cmd in mpqemu::COMMANDS {
         let _ = Message::decode(cmd, payload, Vec::new());
     }
 }

@@ -52,6 +52,23 @@ const MIRRORED_REGISTER_SIZE: usize = 16;
 /// The mirror page's size; every register lies inside it.
 pub const MIRROR_PAGE_SIZE: u64 = 4096;
 
+/// Every command this module decodes: QEMU's, the RFC's and ours.
+pub const COMMANDS: &[i32] = &[
+    CMD_SYNC_SYSMEM,
+    CMD_RET,
+    CMD_PCI_CFGWRITE,
+    CMD_PCI_CFGREAD,
+    CMD_BAR_WRITE,
+    CMD_BAR_READ,
+    CMD_SET_IRQFD,
+    CMD_DEVICE_RESET,
+    CMD_BAR_INFO,
+    CMD_REGION_IO_FDS,
+    CMD_REGION_IO_FDS_REPLY,
+    CMD_REGISTER_MIRROR,
+    CMD_REGISTER_MIRROR_REPLY,
+];
+
 const PCI_CONF_SIZE: usize = 12;
 const BAR_ACCESS_SIZE: usize = 24;
 
@@ -506,9 +523,7 @@ impl Message {
 pub fn parse_header(bytes: &[u8; HEADER_SIZE]) -> Result<(i32, usize), DecodeError> {
     let cmd = i32::from_ne_bytes(bytes[0..4].try_into().expect("4 bytes"));
     let size = u64::from_ne_bytes(bytes[8..16].try_into().expect("8 bytes"));
-    if !(0..=CMD_BAR_INFO).contains(&cmd)
-        && !(CMD_REGION_IO_FDS..=CMD_REGISTER_MIRROR_REPLY).contains(&cmd)
-    {
+    if !COMMANDS.contains(&cmd) {
         return Err(DecodeError::UnknownCommand(cmd));
     }
     if size > MAX_PAYLOAD as u64 {
@@ -746,6 +761,21 @@ mod tests {
         match roundtrip(&sysmem, vec![file(), file()]) {
             Message::SyncSysmem { regions, .. } => assert_eq!(regions[1].offset, 0xc000_0000),
             other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn the_command_list_is_what_decode_knows() {
+        for cmd in -1i32..=80 {
+            let mut header = [0u8; HEADER_SIZE];
+            header[..4].copy_from_slice(&cmd.to_ne_bytes());
+            let known = parse_header(&header).is_ok();
+            let decodes = !matches!(
+                Message::decode(cmd, &[], vec![]),
+                Err(DecodeError::UnknownCommand(_))
+            );
+            assert_eq!(known, COMMANDS.contains(&cmd), "header of command {cmd}");
+            assert_eq!(decodes, known, "decode of command {cmd}");
         }
     }
 
