@@ -21,6 +21,35 @@ pub const COMMAND_INTX_DISABLE: u16 = 0x400;
 const BAR_IO: u32 = 0x1;
 const BAR_IO_ADDR_MASK: u32 = !0x3;
 const BAR_MEM_ADDR_MASK: u32 = !0xf;
+const BAR_MEM_TYPE_64: u32 = 0x4;
+
+/// What a BAR says when read back after the sizing write of all ones.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SizedBar {
+    /// Not implemented (reads back zero, or all ones from a missing device).
+    Absent,
+    /// A 64-bit memory BAR, which spans two registers.
+    Memory64,
+    Sized(BarSpec),
+}
+
+/// Decodes a sizing read-back: the kind from the low bits, the size from
+/// the address bits that stayed zero.
+pub fn sized_bar(raw: u32) -> SizedBar {
+    if raw == 0 || raw == u32::MAX {
+        return SizedBar::Absent;
+    }
+    let (kind, mask) = if raw & BAR_IO != 0 {
+        (BarKind::Io, BAR_IO_ADDR_MASK)
+    } else {
+        (BarKind::Memory, BAR_MEM_ADDR_MASK)
+    };
+    if kind == BarKind::Memory && raw & BAR_MEM_TYPE_64 != 0 {
+        return SizedBar::Memory64;
+    }
+    let size = u64::from((!(raw & mask)).wrapping_add(1));
+    SizedBar::Sized(BarSpec { kind, size })
+}
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum BarKind {
@@ -239,6 +268,17 @@ mod tests {
         c.write(REG_BAR0 + 3, 0, &[0xff; 4]);
         assert_eq!(c.read(REG_BAR0 + 3), 0, "unimplemented BAR");
         assert_eq!(c.read(REG_ROM), 0);
+        // And the read-backs decode to what was set.
+        for bar in 0..4 {
+            c.write(REG_BAR0 + bar, 0, &[0xff; 4]);
+            let expected = match c.bar_spec(bar) {
+                Some(spec) => SizedBar::Sized(spec),
+                None => SizedBar::Absent,
+            };
+            assert_eq!(sized_bar(c.read(REG_BAR0 + bar)), expected, "BAR{bar}");
+        }
+        assert_eq!(sized_bar(0xffff_f00c), SizedBar::Memory64);
+        assert_eq!(sized_bar(u32::MAX), SizedBar::Absent);
     }
 
     #[test]

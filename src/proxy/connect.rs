@@ -9,8 +9,8 @@ use std::sync::Arc;
 
 use vmm_sys_util::eventfd::EventFd;
 
-use crate::pci::config::{ConfigSpace, NUM_BARS, REG_BAR0, REG_CLASS, REG_ID};
-use crate::pci::{BarKind, BarSpec};
+use crate::pci::config::{ConfigSpace, NUM_BARS, REG_BAR0, REG_CLASS, REG_ID, SizedBar, sized_bar};
+use crate::pci::BarSpec;
 use crate::protocol::channel::{Channel, ChannelError};
 use crate::protocol::mpqemu::{Message, RET_ERROR, SysmemRegion};
 use crate::proxy::cut_off::FailFlag;
@@ -18,9 +18,6 @@ use crate::proxy::ioregion::{Dispatch, IoRegionError, IoRegionPath, Negotiation}
 use crate::proxy::spec::Dialect;
 use crate::proxy::stats::DeviceStats;
 use crate::proxy::watchdog::PostedWriteWatchdog;
-
-const BAR_IO_BIT: u32 = 0x1;
-const BAR_MEM_TYPE_64: u32 = 0x4;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ProxyError {
@@ -211,19 +208,14 @@ pub(super) fn probe_config(channel: &mut Channel, name: &str) -> Result<ConfigSp
         cfg_write(channel, reg, 0, &[0xff; 4]).map_err(&sizing_err)?;
         let raw = cfg_read(channel, reg)?;
         cfg_write(channel, reg, 0, &original.to_le_bytes()).map_err(&sizing_err)?;
-        if raw == 0 || raw == u32::MAX {
-            continue;
-        }
-        let (kind, mask) = if raw & BAR_IO_BIT != 0 {
-            (BarKind::Io, !0x3u32)
-        } else {
-            (BarKind::Memory, !0xfu32)
+        let BarSpec { kind, size } = match sized_bar(raw) {
+            SizedBar::Absent => continue,
+            SizedBar::Memory64 => {
+                log::warn!("remote {name}: 64-bit BAR{bar} is not supported; left unmapped");
+                continue;
+            }
+            SizedBar::Sized(spec) => spec,
         };
-        if kind == BarKind::Memory && raw & BAR_MEM_TYPE_64 != 0 {
-            log::warn!("remote {name}: 64-bit BAR{bar} is not supported; left unmapped");
-            continue;
-        }
-        let size = u64::from((!(raw & mask)).wrapping_add(1));
         config
             .set_bar(bar, BarSpec { kind, size })
             .map_err(|_| ProxyError::BadBar {
