@@ -9,8 +9,8 @@ use std::sync::Arc;
 
 use vmm_sys_util::eventfd::EventFd;
 
-use crate::pci::config::{ConfigSpace, NUM_BARS, REG_BAR0, REG_CLASS, REG_ID, SizedBar, sized_bar};
 use crate::pci::BarSpec;
+use crate::pci::config::{ConfigSpace, NUM_BARS, REG_BAR0, REG_CLASS, REG_ID, SizedBar, sized_bar};
 use crate::protocol::channel::{Channel, ChannelError};
 use crate::protocol::mpqemu::{Message, RET_ERROR, SysmemRegion};
 use crate::proxy::cut_off::FailFlag;

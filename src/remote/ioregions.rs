@@ -75,13 +75,9 @@ fn handler(device: SharedDevice, bar: u8, spec: IoRegionSpec) -> Handler {
         let offset = spec.offset + cmd.offset;
         let mut dev = device.lock().expect("device lock poisoned");
         match cmd.access {
-            Access::Read => {
-                let mut data = [0u8; 8];
-                dev.bar_read(bar, offset, &mut data[..size]);
-                u64::from_le_bytes(data)
-            }
+            Access::Read => dev.bar_read_value(bar, offset, size),
             Access::Write => {
-                dev.bar_write(bar, offset, &cmd.data.to_le_bytes()[..size]);
+                dev.bar_write_value(bar, offset, size, cmd.data);
                 cmd.data
             }
         }

@@ -98,11 +98,7 @@ pub fn handle(
         }
         Message::BarRead { addr, size, memory } => {
             let value = match locate(&*dev, addr, size, memory) {
-                Some((bar, offset)) => {
-                    let mut data = [0u8; 8];
-                    dev.bar_read(bar, offset, &mut data[..size as usize]);
-                    u64::from_le_bytes(data)
-                }
+                Some((bar, offset)) => dev.bar_read_value(bar, offset, size as usize),
                 None => {
                     log::warn!("BAR read at {addr:#x} ({size} bytes) hits no BAR");
                     RET_ERROR
@@ -118,7 +114,7 @@ pub fn handle(
         } => {
             let ret = match locate(&*dev, addr, size, memory) {
                 Some((bar, offset)) => {
-                    dev.bar_write(bar, offset, &val.to_le_bytes()[..size as usize]);
+                    dev.bar_write_value(bar, offset, size as usize, val);
                     0
                 }
                 None => {
