@@ -382,26 +382,9 @@ mod tests {
     /// for INIT/SIPI, which never comes. The kick must end its thread.
     #[test]
     fn a_kicked_vcpu_leaves_kvm_run_and_its_thread_is_joined() {
-        let vm = match kvm_ioctls::Kvm::new().and_then(|kvm| kvm.create_vm()) {
-            Ok(vm) => vm,
-            Err(e) => {
-                eprintln!("skipping: cannot create a VM: {e}");
-                return;
-            }
-        };
-        vm.create_irq_chip().unwrap();
-        let vcpu = vm.create_vcpu(1).unwrap();
-        let stop = Arc::new(StopSignal::new().unwrap());
+        let Some(vm) = test_vm() else { return };
         let mut threads = VcpuThreads::new().unwrap();
-        spawn(
-            &mut threads,
-            1,
-            vcpu,
-            Arc::new(Buses::default()),
-            stop.clone(),
-            Arc::default(),
-        )
-        .unwrap();
+        let (stop, _) = spawn_test_vcpu(&mut threads, 1, vm.create_vcpu(1).unwrap());
         // Time to get into KVM_RUN; a kick that came earlier would wait
         // for it there, so this only makes the test harder.
         std::thread::sleep(std::time::Duration::from_millis(200));
@@ -409,6 +392,20 @@ mod tests {
         threads.kick_all();
         assert_eq!(threads.join(std::time::Duration::from_secs(10)), 0);
         assert_eq!(stop.reason(), None, "a kick is not a fault");
+    }
+
+    /// Runs `vcpu` as vCPU `id` of `threads` on empty buses: its stop
+    /// signal and dump slot.
+    fn spawn_test_vcpu(
+        threads: &mut VcpuThreads,
+        id: u8,
+        vcpu: VcpuFd,
+    ) -> (Arc<StopSignal>, Arc<VcpuDumpSlot>) {
+        let stop = Arc::new(StopSignal::new().unwrap());
+        let slot: Arc<VcpuDumpSlot> = Arc::default();
+        let buses = Arc::new(Buses::default());
+        spawn(threads, id, vcpu, buses, stop.clone(), slot.clone()).unwrap();
+        (stop, slot)
     }
 
     /// A VM with an in-kernel irqchip, or None (and a note) without KVM.
@@ -430,19 +427,8 @@ mod tests {
     #[test]
     fn a_vcpu_in_kvm_run_answers_a_dump_request_and_runs_on() {
         let Some(vm) = test_vm() else { return };
-        let vcpu = vm.create_vcpu(1).unwrap();
-        let stop = Arc::new(StopSignal::new().unwrap());
-        let slot: Arc<VcpuDumpSlot> = Arc::default();
         let mut threads = VcpuThreads::new().unwrap();
-        spawn(
-            &mut threads,
-            1,
-            vcpu,
-            Arc::new(Buses::default()),
-            stop.clone(),
-            slot.clone(),
-        )
-        .unwrap();
+        let (stop, slot) = spawn_test_vcpu(&mut threads, 1, vm.create_vcpu(1).unwrap());
         std::thread::sleep(std::time::Duration::from_millis(200));
         let slots = [slot];
         let lines = dump::collect_vcpus(
@@ -505,18 +491,8 @@ mod tests {
         let mut sregs = vcpu.get_sregs().unwrap();
         sregs.idt.limit = 0;
         vcpu.set_sregs(&sregs).unwrap();
-        let stop = Arc::new(StopSignal::new().unwrap());
-        let slot: Arc<VcpuDumpSlot> = Arc::default();
         let mut threads = VcpuThreads::new().unwrap();
-        spawn(
-            &mut threads,
-            0,
-            vcpu,
-            Arc::new(Buses::default()),
-            stop.clone(),
-            slot.clone(),
-        )
-        .unwrap();
+        let (stop, slot) = spawn_test_vcpu(&mut threads, 0, vcpu);
         if threads.join(std::time::Duration::from_secs(10)) != 0 {
             let lines = dump::collect_vcpus(
                 std::slice::from_ref(&slot),
