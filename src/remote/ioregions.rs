@@ -318,15 +318,19 @@ mod tests {
     use crate::pci::ConfigSpace;
     use std::os::fd::OwnedFd;
 
-    /// A BAR of 16 bytes; writing offset 8 "starts" work that snapshots
+    /// A BAR of 16 bytes in two regions, 0..8 with posted writes and 8..16
+    /// with posted writes or not. It logs every byte written, in the order
+    /// it sees them, and a write to offset 8 "starts" work that snapshots
     /// bytes 0..8, which must hold every posted write sent before.
-    struct Scratch {
+    struct Bank {
         config: ConfigSpace,
         mem: [u8; 16],
+        second_posted: bool,
+        writes: Vec<(u64, u8)>,
         snapshots: Vec<[u8; 8]>,
     }
 
-    impl DeviceModel for Scratch {
+    impl DeviceModel for Bank {
         fn config(&self) -> &ConfigSpace {
             &self.config
         }
@@ -340,6 +344,7 @@ mod tests {
         fn bar_write(&mut self, _bar: u8, offset: u64, data: &[u8]) {
             let o = offset as usize;
             self.mem[o..o + data.len()].copy_from_slice(data);
+            self.writes.extend(data.iter().map(|b| (offset, *b)));
             if o == 8 {
                 self.snapshots
                     .push(self.mem[..8].try_into().expect("8 bytes"));
@@ -358,26 +363,28 @@ mod tests {
                 IoRegionSpec {
                     offset: 8,
                     size: 8,
-                    posted_writes: false,
+                    posted_writes: self.second_posted,
                 },
             ]
         }
     }
 
-    /// The scratch device, the same device as the hub serves it, and its hub.
-    fn scratch_device() -> (Arc<Mutex<Scratch>>, SharedDevice, Arc<Hub>) {
-        let scratch = Arc::new(Mutex::new(Scratch {
+    /// The bank, the same device as the hub serves it, and its hub.
+    fn bank(second_posted: bool) -> (Arc<Mutex<Bank>>, SharedDevice, Arc<Hub>) {
+        let bank = Arc::new(Mutex::new(Bank {
             config: ConfigSpace::new(0x1234, 0x5678, 0, 0),
             mem: [0; 16],
+            second_posted,
+            writes: Vec::new(),
             snapshots: Vec::new(),
         }));
-        let device: SharedDevice = scratch.clone();
-        (scratch, device, Arc::new(Hub::default()))
+        let device: SharedDevice = bank.clone();
+        (bank, device, Arc::new(Hub::default()))
     }
 
     #[test]
     fn accesses_after_posted_writes_on_other_fds_see_them() {
-        let (scratch, device, hub) = scratch_device();
+        let (scratch, device, hub) = bank(false);
         // Two vCPUs: vCPU 0 posts the data, vCPU 1 starts the work.
         let (r0, f0) = open(&device, &hub, 1, 0).unwrap();
         let (r1, f1) = open(&device, &hub, 1, 1).unwrap();
@@ -407,53 +414,6 @@ mod tests {
         assert_eq!(back, [0xff; 4]);
     }
 
-    /// Two regions with posted writes (0..8 and 8..16) that log every
-    /// byte written, in the order the device sees them.
-    struct Journal {
-        config: ConfigSpace,
-        mem: [u8; 16],
-        writes: Vec<(u64, u8)>,
-    }
-
-    impl DeviceModel for Journal {
-        fn config(&self) -> &ConfigSpace {
-            &self.config
-        }
-        fn config_mut(&mut self) -> &mut ConfigSpace {
-            &mut self.config
-        }
-        fn bar_read(&mut self, _bar: u8, offset: u64, data: &mut [u8]) {
-            let o = offset as usize;
-            data.copy_from_slice(&self.mem[o..o + data.len()]);
-        }
-        fn bar_write(&mut self, _bar: u8, offset: u64, data: &[u8]) {
-            let o = offset as usize;
-            self.mem[o..o + data.len()].copy_from_slice(data);
-            self.writes.extend(data.iter().map(|b| (offset, *b)));
-        }
-        fn reset(&mut self) {}
-        fn set_memory(&mut self, _memory: DeviceMemory) {}
-        fn set_interrupt(&mut self, _line: SharedIrq) {}
-        fn ioregions(&self, _bar: u8) -> Vec<IoRegionSpec> {
-            let posted = |offset| IoRegionSpec {
-                offset,
-                size: 8,
-                posted_writes: true,
-            };
-            vec![posted(0), posted(8)]
-        }
-    }
-
-    fn journal_device() -> (Arc<Mutex<Journal>>, SharedDevice, Arc<Hub>) {
-        let journal = Arc::new(Mutex::new(Journal {
-            config: ConfigSpace::new(0x1234, 0x5678, 0, 0),
-            mem: [0; 16],
-            writes: Vec::new(),
-        }));
-        let device: SharedDevice = journal.clone();
-        (journal, device, Arc::new(Hub::default()))
-    }
-
     /// The VMM's ends of one vCPU's two posted regions.
     fn posted_pair(device: &SharedDevice, hub: &Arc<Hub>, vcpu: u32) -> (RegionFd, RegionFd) {
         let (r, f) = open(device, hub, 1, vcpu).unwrap();
@@ -466,7 +426,7 @@ mod tests {
 
     #[test]
     fn posted_writes_of_one_vcpu_to_two_regions_apply_in_issue_order() {
-        let (journal, device, hub) = journal_device();
+        let (journal, device, hub) = bank(true);
         let (a, b) = posted_pair(&device, &hub, 0);
         // Holding the ordering point keeps every serving thread from taking
         // a record until all five are queued, so whichever thread goes
@@ -488,7 +448,7 @@ mod tests {
     #[test]
     fn posted_writes_ordered_across_vcpus_apply_in_that_order() {
         for _ in 0..20 {
-            let (journal, device, hub) = journal_device();
+            let (journal, device, hub) = bank(true);
             let (a0, _) = posted_pair(&device, &hub, 0);
             let (a1, _) = posted_pair(&device, &hub, 1);
             let held = hub.posted.lock().unwrap();
@@ -505,7 +465,7 @@ mod tests {
     /// 0..4 of each region, vCPU 1 in 4..8) reach the device in its order.
     #[test]
     fn racing_posted_writes_keep_each_vcpus_order() {
-        let (journal, device, hub) = journal_device();
+        let (journal, device, hub) = bank(true);
         let vcpus: Vec<_> = (0..2u32)
             .map(|vcpu| {
                 let (a, b) = posted_pair(&device, &hub, vcpu);
@@ -548,7 +508,7 @@ mod tests {
     #[test]
     fn records_without_a_sequence_number_are_served_in_fd_order() {
         use std::io::{Read, Write};
-        let (journal, device, hub) = journal_device();
+        let (journal, device, hub) = bank(true);
         let (r, f) = open(&device, &hub, 1, 0).unwrap();
         // One write() or read() on a SOCK_SEQPACKET socket is one record.
         let mut fd = f[r[0].fd_index as usize].try_clone().unwrap();
@@ -567,7 +527,7 @@ mod tests {
 
     #[test]
     fn drain_all_applies_every_posted_write_sent_before() {
-        let (scratch, device, hub) = scratch_device();
+        let (scratch, device, hub) = bank(false);
         let (r, f) = open(&device, &hub, 1, 0).unwrap();
         let posted = RegionFd::new(
             OwnedFd::from(f[0].try_clone().unwrap()),
