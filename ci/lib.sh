@@ -76,9 +76,11 @@ pack_cpio() {
 # True when the rig's kernel log $1 shows that kernel itself failed: a
 # panic, an oops or BUG, a soft or hard lockup, an RCU stall, a hung task.
 # An L2 guest's messages never reach this log (ci/rig.sh keeps them apart).
-L1_DEATH_SIGNS='Kernel panic|BUG: |Oops|soft lockup|hard LOCKUP|rcu: INFO: rcu_.* detected stall|self-detected stall|blocked for more than|general protection fault|stack guard page'
+# ci/l1-death-signs.txt: one fixed string per line, shared with the test
+# harness (tests/common) and ci/soak-table.py.
+L1_DEATH_SIGNS=$VMM_ROOT/ci/l1-death-signs.txt
 l1_died() {
-    [ -f "$1" ] && grep -qE "$L1_DEATH_SIGNS" "$1"
+    [ -f "$1" ] && grep -qF -f "$L1_DEATH_SIGNS" "$1"
 }
 
 # The rig that tests, benchmarks and soaks use unless told otherwise

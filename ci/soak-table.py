@@ -2,13 +2,15 @@
 """Reads ci/soak.sh's console log and the rig kernel's log, and prints the
 soak table: one row per configuration and scenario, one column per way a
 run can end. Usage: soak-table.py CONSOLE L1LOG RUNS CONFIGS SCENARIOS"""
+import os
 import re
 import statistics
 import sys
 
-L1_DEATH = re.compile(
-    r"Kernel panic|BUG: |Oops|soft lockup|hard LOCKUP|detected stall|"
-    r"blocked for more than|general protection fault|stack guard page")
+# The signs that the rig's own kernel failed, shared with ci/lib.sh and the
+# test harness: one fixed string per line.
+with open(os.path.join(os.path.dirname(os.path.abspath(__file__)), "l1-death-signs.txt")) as f:
+    L1_DEATH = re.compile("|".join(re.escape(l.rstrip("\n")) for l in f if l.strip()))
 GUEST_LOCKUP = re.compile(
     r"Kernel panic|soft lockup|BUG: |Oops|rcu: INFO|detected stall|hung_task|"
     r"blocked for more than")

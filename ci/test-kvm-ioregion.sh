@@ -51,7 +51,7 @@ for attempt in 1 2; do
     set -e
     [ "$rc" -eq 0 ] && break
     l1_died "$work/l1.log" || break
-    sign=$(grep -m 1 -E "$L1_DEATH_SIGNS" "$work/l1.log")
+    sign=$(grep -m 1 -F -f "$L1_DEATH_SIGNS" "$work/l1.log")
     [ "$attempt" -eq 2 ] && die "the rig's own kernel failed twice: $sign"
     log "RIG RETRY: the rig's own kernel failed ($sign); booting it once more"
     [ -z "${VMM_RIG_RETRY_LOG:-}" ] || echo "ci/test-kvm-ioregion.sh: $sign" >> "$VMM_RIG_RETRY_LOG"

@@ -507,24 +507,14 @@ fn run_in_rig(scenarios: &[Scenario], timeout_s: u32, with_qemu: bool) -> String
     output
 }
 
-/// Signs in the rig kernel's own log that it failed (ci/lib.sh has the
-/// same list for the shell scripts); the first line that shows one.
+/// Signs in the rig kernel's own log that it failed, one per line (shared
+/// with ci/lib.sh and ci/soak-table.py); the first line that shows one.
 fn l1_death(l1_log: &str) -> Option<String> {
-    const SIGNS: [&str; 10] = [
-        "Kernel panic",
-        "BUG: ",
-        "Oops",
-        "soft lockup",
-        "hard LOCKUP",
-        "detected stall",
-        "self-detected stall",
-        "blocked for more than",
-        "general protection fault",
-        "stack guard page",
-    ];
+    const SIGNS: &str = include_str!("../../ci/l1-death-signs.txt");
+    let signs: Vec<&str> = SIGNS.lines().filter(|s| !s.trim().is_empty()).collect();
     l1_log
         .lines()
-        .find(|l| SIGNS.iter().any(|s| l.contains(s)))
+        .find(|l| signs.iter().any(|s| l.contains(s)))
         .map(|l| l.trim().to_string())
 }
 
