@@ -8,16 +8,15 @@ mod model;
 mod regfile;
 pub mod regs;
 pub mod scripts;
-pub mod target;
 
 use std::sync::Arc;
 
 use crate::device_model::{DeviceMemory, RegisterMirror, SharedIrq};
 use crate::pci::{BarKind, BarSpec, ConfigSpace};
 use crate::scsi::ScsiDisk;
+use crate::scsi::bus::ScsiBus;
 use crate::scsi::pool::{DEFAULT_WORKERS, IoPool, PoolError};
 use regs::*;
-use target::ScsiBus;
 
 pub const VENDOR_LSI: u16 = 0x1000;
 pub const DEVICE_53C895A: u16 = 0x0012;
@@ -29,8 +28,7 @@ pub const MMIO_SIZE: u64 = 0x400;
 pub const RAM_SIZE: usize = 0x2000;
 /// Registers live in the first 128 bytes of BAR0 and BAR1.
 pub const REGISTER_FILE_SIZE: u64 = 0x80;
-/// SCSI ids 0..=6 can hold disks; 7 is the controller's own.
-pub const MAX_TARGETS: usize = 7;
+pub use crate::scsi::bus::MAX_TARGETS;
 
 /// The chip's registers that are plain storage, plus its internal state.
 #[derive(Default)]

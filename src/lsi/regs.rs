@@ -130,10 +130,7 @@ pub const CCNTL1_EN64TIBMV: u8 = 0x02;
 /// SMODE = LVD and LCKFRQ: the clock quadrupler reports lock at once.
 pub const STEST4_VALUE: u8 = 0xe0;
 
-/// SCSI bus phases as in SSTAT1/SBCL bits 2:0.
-pub const PHASE_DATA_OUT: u8 = 0;
-pub const PHASE_DATA_IN: u8 = 1;
-pub const PHASE_COMMAND: u8 = 2;
-pub const PHASE_STATUS: u8 = 3;
-pub const PHASE_MSG_OUT: u8 = 6;
-pub const PHASE_MSG_IN: u8 = 7;
+/// SCSI bus phases, as SSTAT1 and SBCL show them in bits 2:0.
+pub use crate::scsi::bus::{
+    PHASE_COMMAND, PHASE_DATA_IN, PHASE_DATA_OUT, PHASE_MSG_IN, PHASE_MSG_OUT, PHASE_STATUS,
+};

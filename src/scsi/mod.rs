@@ -1,6 +1,9 @@
-//! A SCSI disk target for Linux's `sd`: command parsing, sense data and
-//! block I/O on a raw image file. Independent of the controller in front.
+//! SCSI: the bus a controller drives (selection, messages, phases,
+//! disconnect and reselection), and the disk target for Linux's `sd`
+//! (command parsing, sense data, block I/O on a raw image file).
+//! Independent of the controller in front.
 
+pub mod bus;
 pub mod cdb;
 pub mod disk;
 pub mod pool;

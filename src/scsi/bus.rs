@@ -1,6 +1,6 @@
-//! The SCSI bus behind the controller and the target side of each
+//! The SCSI bus behind a controller and the target side of each
 //! connection: selection, messages, command, data, status, and
-//! disconnect/reselect.
+//! disconnect/reselect. The controller (the LSI) drives it phase by phase.
 //!
 //! Commands that wait on the disk run on the I/O pool while their target
 //! is off the bus, when the initiator allowed that in its IDENTIFY: the
@@ -12,9 +12,19 @@
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 
-use super::regs::*;
-use crate::scsi::pool::{Completion, IoPool, Job};
-use crate::scsi::{DataDirection, STATUS_CHECK_CONDITION, STATUS_GOOD, ScsiDisk, Sense};
+use super::pool::{Completion, IoPool, Job};
+use super::{DataDirection, STATUS_CHECK_CONDITION, STATUS_GOOD, ScsiDisk, Sense};
+
+/// SCSI ids 0..=6 can hold disks; 7 is the controller's own.
+pub const MAX_TARGETS: usize = 7;
+
+/// SCSI bus phases, by the MSG, C/D and I/O signals (bits 2, 1, 0).
+pub const PHASE_DATA_OUT: u8 = 0;
+pub const PHASE_DATA_IN: u8 = 1;
+pub const PHASE_COMMAND: u8 = 2;
+pub const PHASE_STATUS: u8 = 3;
+pub const PHASE_MSG_OUT: u8 = 6;
+pub const PHASE_MSG_IN: u8 = 7;
 
 const MSG_COMMAND_COMPLETE: u8 = 0x00;
 const MSG_EXTENDED: u8 = 0x01;
@@ -172,7 +182,7 @@ pub struct BusStats {
 impl ScsiBus {
     pub fn new(disks: Vec<Arc<ScsiDisk>>, pool: IoPool) -> Self {
         let mut targets: Vec<Option<Arc<ScsiDisk>>> = disks.into_iter().map(Some).collect();
-        targets.resize(super::MAX_TARGETS, None);
+        targets.resize(MAX_TARGETS, None);
         ScsiBus {
             targets,
             conn: None,
