@@ -1,11 +1,14 @@
 //! System calls that the standard library does not wrap (memfds, seals,
-//! poll), each behind a safe function, so that their `unsafe` lives here and
-//! not at every call site.
+//! poll, socket options, signals to a pid), each behind a safe function, so
+//! that their `unsafe` lives here and not at every call site.
 
 use std::ffi::CStr;
 use std::fs::File;
 use std::io;
-use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd};
+use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, IntoRawFd};
+use std::time::Duration;
+
+use vmm_sys_util::eventfd::EventFd;
 
 /// A new memfd, close-on-exec; `sealable` allows `add_seals` on it later.
 pub fn memfd(name: &CStr, sealable: bool) -> io::Result<File> {
@@ -66,6 +69,78 @@ pub fn wait_readable(fd: BorrowedFd<'_>, timeout_ms: libc::c_int) -> io::Result<
     Ok(poll(&mut fds, timeout_ms)? == 1 && fds[0].revents & libc::POLLIN != 0)
 }
 
+/// The socket's type (`libc::SOCK_STREAM`, `SOCK_SEQPACKET`, ...).
+pub fn socket_type(fd: BorrowedFd<'_>) -> io::Result<libc::c_int> {
+    let mut kind: libc::c_int = 0;
+    let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
+    // SAFETY: getsockopt writes at most `len` bytes into `kind`, which
+    // lives across the call.
+    let ret = unsafe {
+        libc::getsockopt(
+            fd.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_TYPE,
+            (&mut kind as *mut libc::c_int).cast(),
+            &mut len,
+        )
+    };
+    if ret != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(kind)
+}
+
+/// Bounds every blocking recv on the socket by `timeout` (SO_RCVTIMEO).
+pub fn set_recv_timeout(fd: BorrowedFd<'_>, timeout: Duration) -> io::Result<()> {
+    let tv = libc::timeval {
+        tv_sec: timeout.as_secs() as libc::time_t,
+        tv_usec: timeout.subsec_micros() as libc::suseconds_t,
+    };
+    // SAFETY: setsockopt reads one timeval from a valid pointer.
+    let rc = unsafe {
+        libc::setsockopt(
+            fd.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_RCVTIMEO,
+            (&tv as *const libc::timeval).cast(),
+            std::mem::size_of::<libc::timeval>() as libc::socklen_t,
+        )
+    };
+    if rc != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// Shuts a socket down both ways: the peer reads end of file.
+pub fn shutdown(fd: BorrowedFd<'_>) -> io::Result<()> {
+    // SAFETY: shutdown(2) on an open fd; no memory is involved.
+    if unsafe { libc::shutdown(fd.as_raw_fd(), libc::SHUT_RDWR) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// Sends `signal` to process `pid`. The caller makes sure the pid is still
+/// the process it means (not reaped, so not reused).
+pub fn kill(pid: u32, signal: libc::c_int) -> io::Result<()> {
+    let pid =
+        libc::pid_t::try_from(pid).map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
+    // SAFETY: kill(2) takes plain integers.
+    if unsafe { libc::kill(pid, signal) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// A second handle on an eventfd, as a File (to hand to another process or
+/// to read and write with std's traits).
+pub fn eventfd_file(event: &EventFd) -> io::Result<File> {
+    let clone = event.try_clone()?;
+    // SAFETY: the clone's fd is ours alone and the File takes it over.
+    Ok(unsafe { File::from_raw_fd(clone.into_raw_fd()) })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -95,5 +170,21 @@ mod tests {
         let mut fds = [pollin(None), pollin(Some(b.as_raw_fd()))];
         assert_eq!(poll(&mut fds, 0).unwrap(), 1);
         assert_eq!(fds[0].revents, 0, "a negative fd is ignored");
+        assert_eq!(socket_type(b.as_fd()).unwrap(), libc::SOCK_STREAM);
+        shutdown(a.as_fd()).unwrap();
+        set_recv_timeout(b.as_fd(), Duration::from_millis(10)).unwrap();
+    }
+
+    #[test]
+    fn an_eventfd_file_shares_the_counter_and_kill_checks_the_pid() {
+        use std::io::Read;
+        let event = EventFd::new(0).unwrap();
+        let mut file = eventfd_file(&event).unwrap();
+        event.write(3).unwrap();
+        let mut count = [0u8; 8];
+        file.read_exact(&mut count).unwrap();
+        assert_eq!(u64::from_ne_bytes(count), 3);
+        kill(std::process::id(), 0).unwrap();
+        assert!(kill(u32::MAX, 0).is_err());
     }
 }

@@ -67,9 +67,7 @@ mod tests {
     use vmm_sys_util::eventfd::{EFD_NONBLOCK, EventFd};
 
     fn file(e: &EventFd) -> File {
-        use std::os::fd::{FromRawFd, IntoRawFd};
-        // SAFETY: the clone's fd is handed to the File alone.
-        unsafe { File::from_raw_fd(e.try_clone().unwrap().into_raw_fd()) }
+        crate::sys::eventfd_file(e).unwrap()
     }
 
     #[test]

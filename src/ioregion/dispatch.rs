@@ -23,7 +23,7 @@
 //! fails the access instead of hanging the vCPU forever.
 
 use std::io;
-use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant};
@@ -137,26 +137,10 @@ impl RegionFd {
     /// it answers or closes its end.)
     pub fn with_timeout(mut self, timeout: Duration) -> Self {
         self.timeout = timeout;
-        let tv = libc::timeval {
-            tv_sec: timeout.as_secs() as libc::time_t,
-            tv_usec: timeout.subsec_micros() as libc::suseconds_t,
-        };
-        // SAFETY: setsockopt reads one timeval from a valid pointer.
-        let rc = unsafe {
-            libc::setsockopt(
-                self.fd.as_raw_fd(),
-                libc::SOL_SOCKET,
-                libc::SO_RCVTIMEO,
-                (&tv as *const libc::timeval).cast(),
-                std::mem::size_of::<libc::timeval>() as libc::socklen_t,
-            )
-        };
-        self.bounded_recv = rc == 0;
-        if rc != 0 {
-            log::warn!(
-                "ioregion: cannot set a receive timeout ({}); waiting with poll instead",
-                io::Error::last_os_error()
-            );
+        let set = crate::sys::set_recv_timeout(self.fd.as_fd(), timeout);
+        self.bounded_recv = set.is_ok();
+        if let Err(e) = set {
+            log::warn!("ioregion: cannot set a receive timeout ({e}); waiting with poll instead");
         }
         self
     }

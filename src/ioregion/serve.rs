@@ -58,24 +58,11 @@ pub fn serve(fd: OwnedFd, mut handler: impl FnMut(&Cmd) -> u64) -> Result<ServeE
 
 /// Blocks until `fd` has a record or a hang-up; false on a spurious wakeup.
 pub fn wait_readable(fd: BorrowedFd<'_>) -> Result<bool, ServeError> {
-    let mut pfd = libc::pollfd {
-        fd: fd.as_raw_fd(),
-        events: libc::POLLIN,
-        revents: 0,
-    };
-    // SAFETY: one valid pollfd for the duration of the call.
-    let n = unsafe { libc::poll(&mut pfd, 1, -1) };
-    if n < 0 {
-        let e = io::Error::last_os_error();
-        if e.kind() == io::ErrorKind::Interrupted {
-            return Ok(false);
-        }
-        return Err(ServeError::Io {
-            op: "poll",
-            source: e,
-        });
+    match crate::sys::poll(&mut [crate::sys::pollin(Some(fd.as_raw_fd()))], -1) {
+        Ok(n) => Ok(n > 0),
+        Err(e) if e.kind() == io::ErrorKind::Interrupted => Ok(false),
+        Err(source) => Err(ServeError::Io { op: "poll", source }),
     }
-    Ok(n > 0)
 }
 
 /// How a `drain` ended.

@@ -273,16 +273,10 @@ pub(super) fn wire_irq(
     resamplefd: &EventFd,
 ) -> Result<(), ProxyError> {
     let as_file = |e: &EventFd| {
-        e.try_clone()
-            .map(|c| {
-                use std::os::fd::{FromRawFd, IntoRawFd};
-                // SAFETY: the clone's fd is ours alone; File takes it over.
-                unsafe { File::from_raw_fd(c.into_raw_fd()) }
-            })
-            .map_err(|source| ProxyError::Irq {
-                name: name.to_string(),
-                source,
-            })
+        crate::sys::eventfd_file(e).map_err(|source| ProxyError::Irq {
+            name: name.to_string(),
+            source,
+        })
     };
     channel
         .send(&Message::SetIrqfd {

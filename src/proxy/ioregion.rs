@@ -216,19 +216,7 @@ impl BarFastPath for IoRegionPath {
 }
 
 fn is_seqpacket(fd: &OwnedFd) -> bool {
-    let mut kind: libc::c_int = 0;
-    let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
-    // SAFETY: getsockopt writes at most `len` bytes into `kind`.
-    let ret = unsafe {
-        libc::getsockopt(
-            fd.as_raw_fd(),
-            libc::SOL_SOCKET,
-            libc::SO_TYPE,
-            (&mut kind as *mut libc::c_int).cast(),
-            &mut len,
-        )
-    };
-    ret == 0 && kind == libc::SOCK_SEQPACKET
+    crate::sys::socket_type(fd.as_fd()).is_ok_and(|kind| kind == libc::SOCK_SEQPACKET)
 }
 
 /// Everything `negotiate` needs besides the channel.

@@ -7,7 +7,7 @@
 //! handling (for the LSI, Linux's resets reload SCRIPTS and retry).
 
 use std::fs::File;
-use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::fd::{AsFd, OwnedFd};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -108,8 +108,8 @@ impl RemoteWatcher {
     /// Closes the control connection both ways: the remote sees end of
     /// file, finishes what it was doing and exits.
     pub fn hang_up(&self) {
-        // SAFETY: shutdown(2) on a socket fd we own; errors are harmless.
-        unsafe { libc::shutdown(self.socket.as_raw_fd(), libc::SHUT_RDWR) };
+        // Errors are harmless: the remote may have closed it already.
+        let _ = crate::sys::shutdown(self.socket.as_fd());
     }
 
     /// Spawns the remote again and connects the device to it.

@@ -51,13 +51,10 @@ pub(super) fn forward_dump(remotes: &[PluggedRemote]) -> impl Fn() + Send + use<
             if !matches!(child.try_wait(), Ok(None)) {
                 continue;
             }
-            // SAFETY: plain kill(2) on our own unreaped child's pid; the
-            // lock keeps it from being reaped meanwhile.
-            if unsafe { libc::kill(child.id() as i32, dump::DUMP_SIGNAL) } != 0 {
-                log::warn!(
-                    "state dump: cannot signal remote {name}: {}",
-                    std::io::Error::last_os_error()
-                );
+            // Our own unreaped child: the lock keeps it from being reaped
+            // (and its pid reused) meanwhile.
+            if let Err(e) = crate::sys::kill(child.id(), dump::DUMP_SIGNAL) {
+                log::warn!("state dump: cannot signal remote {name}: {e}");
             }
         }
     }
