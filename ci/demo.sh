@@ -8,6 +8,8 @@
 #
 # Usage: ci/demo.sh [--cpus N] [--disk IMG] [--ioregionfd auto|kernel|userspace|off]
 #                   [--register-writes waited|posted]
+# In the rig, --disk IMG is copied into the rig's memory (4 GiB in all) and
+# the guest writes to that copy: keep it small there.
 set -euo pipefail
 . "$(dirname "$0")/lib.sh"
 cd "$VMM_ROOT"
