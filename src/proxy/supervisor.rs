@@ -5,14 +5,20 @@
 //! ioregion fds and, last, the interrupt. The guest's driver sees a
 //! controller that lost its state and recovers it through its own error
 //! handling (for the LSI, Linux's resets reload SCRIPTS and retry).
+//!
+//! A restart runs on a thread of its own: its handshake is tens of round
+//! trips, each allowed the request timeout, and the event loop meanwhile
+//! keeps serving the console, signals and the other remotes.
 
 use std::fs::File;
-use std::os::fd::{AsFd, OwnedFd};
-use std::sync::{Arc, Mutex};
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, mpsc};
 use std::time::Duration;
 
 use event_manager::{EventOps, Events, MutEventSubscriber};
 use vmm_sys_util::epoll::EventSet;
+use vmm_sys_util::eventfd::{EFD_NONBLOCK, EventFd};
 
 use super::connect::ProxyError;
 use super::cut_off::{CUT_OFF_NOTE, FailFlag};
@@ -32,6 +38,10 @@ pub enum RestartError {
     Proxy(#[from] ProxyError),
     #[error("cannot watch its new socket: {0}")]
     Watch(#[source] std::io::Error),
+    #[error("the VM is stopping")]
+    Stopping,
+    #[error("cannot start the restart thread: {0}")]
+    Thread(#[source] std::io::Error),
 }
 
 /// What it takes to put a new remote behind a device.
@@ -70,7 +80,26 @@ pub struct RemoteWatcher {
     socket: File,
     child: SharedChild,
     failed: FailFlag,
+    /// None while a restart runs on its thread, which holds it.
     restart: Option<Restart>,
+    restarting: Option<Restarting>,
+    /// Set by `hang_up`: a restart in flight gives up instead of
+    /// handing the device to a remote nobody will stop.
+    closing: Arc<AtomicBool>,
+}
+
+/// A restart running on its own thread: it sends its outcome and then
+/// signals `done`, which the event loop watches.
+struct Restarting {
+    done: EventFd,
+    outcome: mpsc::Receiver<(Restart, Result<Restarted, RestartError>)>,
+}
+
+/// A remote that took over the device.
+struct Restarted {
+    name: String,
+    socket: File,
+    failed: FailFlag,
 }
 
 const WATCHED: EventSet = EventSet::READ_HANG_UP
@@ -97,6 +126,8 @@ impl RemoteWatcher {
             child,
             failed,
             restart,
+            restarting: None,
+            closing: Arc::default(),
         }
     }
 
@@ -108,47 +139,119 @@ impl RemoteWatcher {
     /// Closes the control connection both ways: the remote sees end of
     /// file, finishes what it was doing and exits.
     pub fn hang_up(&self) {
+        self.closing.store(true, Ordering::SeqCst);
         // Errors are harmless: the remote may have closed it already.
         let _ = crate::sys::shutdown(self.socket.as_fd());
     }
 
-    /// Spawns the remote again and connects the device to it.
-    fn restart(&mut self) -> Result<(), RestartError> {
-        let Some(r) = self.restart.as_mut() else {
+    /// Starts the restart on its own thread; `finish_restart` takes its
+    /// outcome when the thread signals.
+    fn start_restart(&mut self, ops: &mut EventOps) -> Result<(), RestartError> {
+        let Some(mut r) = self.restart.take() else {
             return Ok(());
         };
-        if r.done >= MAX_RESTARTS {
-            return Err(RestartError::GaveUp(r.done));
+        let done = EventFd::new(EFD_NONBLOCK).map_err(RestartError::Thread)?;
+        let wake = done.try_clone().map_err(RestartError::Thread)?;
+        let (send, outcome) = mpsc::channel();
+        let (old, child, closing) = (self.name.clone(), self.child.clone(), self.closing.clone());
+        let spawned = std::thread::Builder::new()
+            .name("restart".into())
+            .spawn(move || {
+                let result = restart(&mut r, &old, &child, &closing);
+                let _ = send.send((r, result));
+                let _ = wake.write(1);
+            });
+        if let Err(e) = spawned {
+            return Err(RestartError::Thread(e));
         }
-        r.done += 1;
-        // One that only closed its socket is stopped before it is replaced.
-        remote::stop_child(&self.name, &self.child, false);
-        let process = remote::open(&r.spec, r.index)?;
-        *self.child.lock().expect("child lock") = process.child.lock().expect("child lock").take();
-        let socket = match socket_of(&process) {
-            Ok(s) => s,
-            Err(e) => {
-                remote::stop_child(&process.name, &self.child, false);
-                return Err(RestartError::Watch(e));
-            }
-        };
-        let name = process.name.clone();
-        let failed = match take_over(&r.device, &r.pci, r.slot, name.clone(), process.channel) {
-            Ok(f) => f,
-            Err(e) => {
-                remote::stop_child(&name, &self.child, false);
-                return Err(e.into());
-            }
-        };
-        log::warn!(
-            "remote {name} took over the device ({} of at most {MAX_RESTARTS} restarts)",
-            r.done
-        );
-        self.name = name;
-        self.socket = socket;
-        self.failed = failed;
+        if let Err(e) = ops.add(Events::new(&done, EventSet::IN)) {
+            // The outcome still arrives; only its wake-up would be missed.
+            log::error!("cannot watch the restart of remote {}: {e}", self.name);
+        }
+        self.restarting = Some(Restarting { done, outcome });
         Ok(())
     }
+
+    /// The restart thread is done: the new remote is watched from now on,
+    /// or the device stays cut off.
+    fn finish_restart(&mut self, ops: &mut EventOps) {
+        let Some(restarting) = self.restarting.take() else {
+            return;
+        };
+        let _ = ops.remove(Events::new(&restarting.done, EventSet::IN));
+        let Ok((r, outcome)) = restarting.outcome.recv() else {
+            log::error!(
+                "remote {}: the restart thread died; {CUT_OFF_NOTE}",
+                self.name
+            );
+            return;
+        };
+        let done = r.done;
+        self.restart = Some(r);
+        match outcome {
+            Ok(new) => {
+                log::warn!(
+                    "remote {} took over the device ({done} of at most {MAX_RESTARTS} restarts)",
+                    new.name
+                );
+                self.name = new.name;
+                self.socket = new.socket;
+                self.failed = new.failed;
+                if let Err(e) = ops.add(Events::new(&self.socket, WATCHED)) {
+                    log::error!("cannot watch remote {}: {e}", self.name);
+                }
+            }
+            Err(e) => log::error!("remote {} not restarted: {e}; {CUT_OFF_NOTE}", self.name),
+        }
+    }
+}
+
+/// Spawns the remote again and connects the device to it; `old` is the
+/// name of the one that died, `child` where its process is kept.
+fn restart(
+    r: &mut Restart,
+    old: &str,
+    child: &SharedChild,
+    closing: &AtomicBool,
+) -> Result<Restarted, RestartError> {
+    if r.done >= MAX_RESTARTS {
+        return Err(RestartError::GaveUp(r.done));
+    }
+    r.done += 1;
+    // One that only closed its socket is stopped before it is replaced.
+    remote::stop_child(old, child, false);
+    if closing.load(Ordering::SeqCst) {
+        return Err(RestartError::Stopping);
+    }
+    let process = remote::open(&r.spec, r.index)?;
+    *child.lock().expect("child lock") = process.child.lock().expect("child lock").take();
+    let name = process.name.clone();
+    let socket = match socket_of(&process) {
+        Ok(s) => s,
+        Err(e) => {
+            remote::stop_child(&name, child, false);
+            return Err(RestartError::Watch(e));
+        }
+    };
+    let failed = match take_over(&r.device, &r.pci, r.slot, name.clone(), process.channel) {
+        Ok(f) => f,
+        Err(e) => {
+            remote::stop_child(&name, child, false);
+            return Err(e.into());
+        }
+    };
+    // The VM began to stop during the handshake: its exit may already have
+    // stopped the children it knew of.
+    if closing.load(Ordering::SeqCst) {
+        failed.fail();
+        remote::stop_child(&name, child, false);
+        return Err(RestartError::Stopping);
+    }
+    Ok(Restarted {
+        name,
+        socket,
+        failed,
+    })
 }
 
 /// Puts the new remote on `channel` behind `device` in slot `slot`: the
@@ -193,7 +296,15 @@ fn take_over(
 }
 
 impl MutEventSubscriber for RemoteWatcher {
-    fn process(&mut self, _events: Events, ops: &mut EventOps) {
+    fn process(&mut self, events: Events, ops: &mut EventOps) {
+        if self
+            .restarting
+            .as_ref()
+            .is_some_and(|r| events.fd() == r.done.as_raw_fd())
+        {
+            self.finish_restart(ops);
+            return;
+        }
         let _ = ops.remove(Events::empty(&self.socket));
         let first = self.failed.fail();
         let status = self.child.lock().expect("child lock").as_mut().map(|c| {
@@ -210,16 +321,8 @@ impl MutEventSubscriber for RemoteWatcher {
             return;
         }
         log::error!("remote {} {what}; restarting it", self.name);
-        let old = self.name.clone();
-        match self.restart() {
-            Ok(()) => {
-                if let Err(e) = ops.add(Events::new(&self.socket, WATCHED)) {
-                    log::error!("cannot watch remote {}: {e}", self.name);
-                }
-            }
-            Err(e) => {
-                log::error!("remote {old} not restarted: {e}; {CUT_OFF_NOTE}")
-            }
+        if let Err(e) = self.start_restart(ops) {
+            log::error!("remote {} not restarted: {e}; {CUT_OFF_NOTE}", self.name);
         }
     }
 
@@ -339,6 +442,98 @@ mod tests {
             Some((remote.regs[0x10], remote.regs[0x100])).filter(|r| *r == (0x11, 0x22))
         });
         assert_eq!(regs, Some((0x11, 0x22)));
+    }
+
+    /// The event loop goes on while a new remote is slow in the handshake
+    /// (it used to run the restart itself and stop for all of it), and
+    /// watches the new remote once the restart is done.
+    #[test]
+    fn a_restart_runs_off_the_event_loop() {
+        use crate::proxy::spec::{Dialect, Endpoint, IoRegionMode};
+        use event_manager::{EventManager, SubscriberOps};
+        use std::os::unix::net::{UnixListener, UnixStream};
+        use std::sync::atomic::AtomicUsize;
+        type Subscriber = Arc<Mutex<dyn MutEventSubscriber + Send>>;
+
+        let (proxy, old_failed, _old_server) =
+            connect_with(scratch(256), Some(Dispatch::Userspace));
+        let buses = Arc::new(crate::bus::Buses::default());
+        let pci = Arc::new(Mutex::new(PciRoot::new(buses)));
+        let device = Arc::new(Mutex::new(proxy));
+        {
+            let mut root = pci.lock().unwrap();
+            assert_eq!(root.add(device.clone(), 1).unwrap(), 1);
+            root.assign_resources().unwrap();
+        }
+        // The new remote: a listener that serves a device whose reset
+        // waits for the test.
+        let dir = std::env::temp_dir().join(format!("vmm-restart-test-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("remote.sock");
+        let listener = UnixListener::bind(&path).unwrap();
+        let fresh = scratch(256);
+        let (reached_tx, reached) = mpsc::channel();
+        let (release, release_rx) = mpsc::channel();
+        fresh.lock().unwrap().reset_gate = Some((reached_tx, release_rx));
+        let remote: Arc<Mutex<dyn crate::device_model::DeviceModel>> = fresh.clone();
+        std::thread::spawn(move || {
+            let (stream, _) = listener.accept().unwrap();
+            let _ = crate::remote::server::serve(Channel::new(stream), remote, None);
+        });
+        let spec = RemoteDevSpec {
+            endpoint: Endpoint::Socket(path),
+            dialect: Dialect::Vmm,
+            ioregionfd: IoRegionMode::Userspace,
+            restart: true,
+            register_mirror: true,
+        };
+        // What the watcher sees of the old remote: a socket that hangs up.
+        let (watched, old_end) = UnixStream::pair().unwrap();
+        let watcher = Arc::new(Mutex::new(RemoteWatcher::new(
+            "first".into(),
+            File::from(OwnedFd::from(watched)),
+            Arc::default(),
+            old_failed,
+            Some(Restart::new(spec, 0, device, pci, 1)),
+        )));
+        let rounds = Arc::new(AtomicUsize::new(0));
+        let stop = Arc::new(AtomicBool::new(false));
+        let event_loop = {
+            let (watcher, rounds, stop) = (watcher.clone(), rounds.clone(), stop.clone());
+            std::thread::spawn(move || {
+                let mut events: EventManager<Subscriber> = EventManager::new().unwrap();
+                events.add_subscriber(watcher);
+                while !stop.load(Ordering::SeqCst) {
+                    events.run_with_timeout(20).unwrap();
+                    rounds.fetch_add(1, Ordering::SeqCst);
+                }
+            })
+        };
+        drop(old_end);
+        reached
+            .recv_timeout(Duration::from_secs(10))
+            .expect("the new remote's handshake reaches the reset");
+        let before = rounds.load(Ordering::SeqCst);
+        std::thread::sleep(Duration::from_millis(300));
+        let during = rounds.load(Ordering::SeqCst) - before;
+        release.send(()).unwrap();
+        let took_over = wait_for(|| {
+            let name = watcher.lock().unwrap().name().to_string();
+            (name != "first").then_some(name)
+        });
+        stop.store(true, Ordering::SeqCst);
+        event_loop.join().unwrap();
+        let _ = std::fs::remove_dir_all(&dir);
+        assert!(
+            during >= 3,
+            "the event loop stood still during the handshake ({during} rounds)"
+        );
+        assert!(
+            took_over.is_some_and(|n| n.starts_with("#0 (")),
+            "the new remote is watched"
+        );
+        assert!(!watcher.lock().unwrap().failed.is_failed());
     }
 
     /// Polls `probe` for up to 5 s until it returns Some.
