@@ -84,17 +84,17 @@ l1_died() {
 }
 
 # The rig that tests, benchmarks and soaks use unless told otherwise
-# (README, "the KVM test rig", has the measurements behind it): two CPUs,
-# sid's QEMU as the outer emulator (ci/fetch-qemu.sh), and the rig kernel
-# ticking from the HPET instead of its local APIC timer (nolapic_timer).
-# VMM_RIG_QEMU=system uses the host's qemu-system-x86_64 instead;
+# (README, "the KVM test rig", has the measurements behind it): one CPU,
+# the host's QEMU as the outer emulator, and the rig kernel ticking from the
+# HPET instead of its local APIC timer (nolapic_timer).
+# VMM_RIG_QEMU=sid (or trixie) fetches that suite's QEMU (ci/fetch-qemu.sh);
 # VMM_RIG_APPEND= (empty) boots the rig kernel without nolapic_timer.
 rig_defaults() {
-    : "${VMM_RIG_CPUS:=2}"
+    : "${VMM_RIG_CPUS:=1}"
     : "${VMM_RIG_APPEND=nolapic_timer}"
-    case "${VMM_RIG_QEMU:-}" in
-        "") VMM_RIG_QEMU=$("$VMM_ROOT/ci/fetch-qemu.sh" sid) ;;
+    case "${VMM_RIG_QEMU:-system}" in
         system) VMM_RIG_QEMU=qemu-system-x86_64 ;;
+        sid | trixie | bookworm-backports) VMM_RIG_QEMU=$("$VMM_ROOT/ci/fetch-qemu.sh" "$VMM_RIG_QEMU") ;;
     esac
     export VMM_RIG_CPUS VMM_RIG_APPEND VMM_RIG_QEMU
 }

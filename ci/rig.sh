@@ -12,9 +12,10 @@
 # instead of Debian's, and boots the kernel they were built for.
 # --cpus N gives the rig N CPUs (default $VMM_RIG_CPUS, else 1: see below).
 # The defaults are ci/lib.sh's rig_defaults. To try other rigs:
-# VMM_RIG_QEMU names the outer QEMU (ci/fetch-qemu.sh fetches another
-# suite's; "system" is the host's), VMM_RIG_CPU its -cpu model (default
-# EPYC,-xsave), VMM_RIG_APPEND the rig kernel's extra command line.
+# VMM_RIG_QEMU names the outer QEMU (a path, "system" for the host's, or
+# sid/trixie/bookworm-backports for that suite's, fetched by
+# ci/fetch-qemu.sh), VMM_RIG_CPU its -cpu model (default EPYC,-xsave),
+# VMM_RIG_APPEND the rig kernel's extra command line.
 # --l1-log FILE keeps the rig's own kernel log (its console, on a second
 # serial port, so nothing a script prints can be mistaken for it).
 # --monitor SOCK opens QEMU's monitor there while the rig runs, and links
