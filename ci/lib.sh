@@ -85,13 +85,15 @@ l1_died() {
 
 # The rig that tests, benchmarks and soaks use unless told otherwise
 # (README, "the KVM test rig", has the measurements behind it): one CPU,
-# the host's QEMU as the outer emulator, and the rig kernel ticking from the
-# HPET instead of its local APIC timer (nolapic_timer).
+# the host's QEMU as the outer emulator, and the rig kernel on a periodic
+# tick (nohz=off highres=off): QEMU re-arms a periodic timer itself, so a
+# timer interrupt it loses costs one tick, where a lost one-shot interrupt
+# left the rig kernel waiting for ever.
 # VMM_RIG_QEMU=sid (or trixie) fetches that suite's QEMU (ci/fetch-qemu.sh);
-# VMM_RIG_APPEND= (empty) boots the rig kernel without nolapic_timer.
+# VMM_RIG_APPEND= (empty) boots the rig kernel with its usual one-shot tick.
 rig_defaults() {
     : "${VMM_RIG_CPUS:=1}"
-    : "${VMM_RIG_APPEND=nolapic_timer}"
+    : "${VMM_RIG_APPEND=nohz=off highres=off}"
     case "${VMM_RIG_QEMU:-system}" in
         system) VMM_RIG_QEMU=qemu-system-x86_64 ;;
         sid | trixie | bookworm-backports) VMM_RIG_QEMU=$("$VMM_ROOT/ci/fetch-qemu.sh" "$VMM_RIG_QEMU") ;;
