@@ -21,6 +21,12 @@ pub trait SharedBusDevice: Send + Sync {
     fn write(&self, offset: u64, data: &[u8]);
 }
 
+/// Whether `len` bytes at `offset` lie inside a range of `size` bytes
+/// (no overflow at the top of the address space).
+pub fn fits(offset: u64, len: u64, size: u64) -> bool {
+    offset.checked_add(len).is_some_and(|end| end <= size)
+}
+
 /// The two address spaces a vCPU exit can target.
 #[derive(Default)]
 pub struct Buses {
@@ -154,7 +160,7 @@ impl Bus {
         let (&base, entry) = ranges.range(..=addr).next_back()?;
         let offset = addr - base;
         // The whole access must fall inside the device.
-        if offset.checked_add(size as u64)? > entry.len {
+        if !fits(offset, size as u64, entry.len) {
             return None;
         }
         Some((entry.device.clone(), offset))
@@ -203,6 +209,14 @@ impl Bus {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn fits_checks_the_end_without_overflow() {
+        assert!(fits(0, 4, 4));
+        assert!(fits(4, 0, 4));
+        assert!(!fits(1, 4, 4));
+        assert!(!fits(u64::MAX, 2, u64::MAX));
+    }
 
     /// Remembers the last write and answers reads with offset-tagged bytes.
     #[derive(Default)]

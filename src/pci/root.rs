@@ -93,7 +93,7 @@ fn bar_pieces(size: u64, mut fast: Vec<Arc<dyn BarFastPath>>) -> Vec<Piece> {
     let mut at = 0u64;
     for f in fast {
         let (offset, len) = f.range();
-        let fits = len > 0 && offset >= at && offset.checked_add(len).is_some_and(|e| e <= size);
+        let fits = len > 0 && offset >= at && crate::bus::fits(offset, len, size);
         if !fits {
             log::warn!(
                 "ioregion {offset:#x}+{len:#x} does not fit its BAR; left on the message path"

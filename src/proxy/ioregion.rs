@@ -414,7 +414,7 @@ fn check_layout(
     let mut end = 0u64;
     let mut used = vec![false; fds.len()];
     for r in regions {
-        if r.offset.checked_add(r.size).is_none_or(|e| e > bar_size) {
+        if !crate::bus::fits(r.offset, r.size, bar_size) {
             return Err(bad(r, "does not fit in the BAR"));
         }
         if r.offset < end {

@@ -60,11 +60,7 @@ pub struct Hub {
 fn handler(device: SharedDevice, bar: u8, spec: IoRegionSpec) -> Handler {
     Arc::new(move |cmd: &Cmd| {
         let size = usize::from(cmd.size);
-        let inside = cmd
-            .offset
-            .checked_add(size as u64)
-            .is_some_and(|end| end <= spec.size);
-        if !inside {
+        if !crate::bus::fits(cmd.offset, size as u64, spec.size) {
             log::warn!(
                 "ioregion BAR{bar}+{:#x}: access at {:#x} ({size} bytes) is outside the region",
                 spec.offset,

@@ -50,7 +50,7 @@ fn locate(device: &dyn DeviceModel, addr: u64, size: u32, memory: bool) -> Optio
     device.config().active_bars().into_iter().find_map(|bar| {
         let inside = bar.kind == kind
             && addr >= bar.addr
-            && addr.checked_add(u64::from(size))? <= bar.addr + bar.size;
+            && crate::bus::fits(addr - bar.addr, u64::from(size), bar.size);
         inside.then_some((bar.index, addr - bar.addr))
     })
 }
