@@ -95,7 +95,7 @@ impl DeviceModel for Lsi53c895a {
             .file()
             .inspect_err(|e| log::warn!("cannot share the register mirror: {e}"))
             .ok()?;
-        let istat0 = crate::protocol::mpqemu::MirroredRegister {
+        let istat0 = crate::protocol::extensions::MirroredRegister {
             offset: u64::from(ISTAT0),
             size: 1,
             page_offset: MIRROR_ISTAT0,

@@ -7,7 +7,7 @@ use std::fs::File;
 use std::os::fd::AsRawFd;
 use std::sync::atomic::{AtomicU8, Ordering};
 
-use crate::protocol::mpqemu::MIRROR_PAGE_SIZE;
+use crate::protocol::extensions::MIRROR_PAGE_SIZE;
 
 pub struct MirrorPage {
     page: *mut u8,

@@ -13,7 +13,7 @@ use std::fs::File;
 use std::sync::Arc;
 
 use crate::mirror::page::MirrorPage;
-use crate::protocol::mpqemu::{MIRROR_PAGE_SIZE, MirroredRegister};
+use crate::protocol::extensions::{MIRROR_PAGE_SIZE, MirroredRegister};
 
 #[derive(Debug, thiserror::Error)]
 pub enum MirrorError {

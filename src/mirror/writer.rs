@@ -10,7 +10,7 @@
 use std::fs::File;
 
 use crate::mirror::page::MirrorPage;
-use crate::protocol::mpqemu::MIRROR_PAGE_SIZE;
+use crate::protocol::extensions::MIRROR_PAGE_SIZE;
 use crate::sys;
 
 #[derive(Debug, thiserror::Error)]
@@ -25,7 +25,7 @@ pub enum MirrorError {
 
 /// What a device tells the VMM it mirrors in one BAR.
 pub struct MirrorOffer {
-    pub registers: Vec<crate::protocol::mpqemu::MirroredRegister>,
+    pub registers: Vec<crate::protocol::extensions::MirroredRegister>,
     /// The page's memfd.
     pub page: File,
 }

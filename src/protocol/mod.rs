@@ -2,4 +2,6 @@
 //! process. Defined once here and used by both sides.
 
 pub mod channel;
+pub mod decode;
+pub mod extensions;
 pub mod mpqemu;

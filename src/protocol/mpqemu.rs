@@ -5,6 +5,13 @@
 
 use std::fs::File;
 
+pub use super::decode::DecodeError;
+use super::decode::Payload;
+use super::extensions::{
+    self, CMD_REGION_IO_FDS, CMD_REGION_IO_FDS_REPLY, CMD_REGISTER_MIRROR,
+    CMD_REGISTER_MIRROR_REPLY, MirroredRegister, SubRegion,
+};
+
 pub const HEADER_SIZE: usize = 16;
 /// The largest payload (SyncSysmemMsg).
 pub const MAX_PAYLOAD: usize = 192;
@@ -26,32 +33,6 @@ pub const CMD_DEVICE_RESET: i32 = 7;
 /// From QEMU's ioregionfd RFC (never merged): only sent to remotes known to
 /// support it.
 pub const CMD_BAR_INFO: i32 = 8;
-/// Our extension, after vfio-user's GET_REGION_IO_FDS: which sub-ranges of
-/// a BAR the remote serves over ioregionfd, with the remote's fds for one
-/// vCPU. Only sent to remotes of our own dialect.
-pub const CMD_REGION_IO_FDS: i32 = 64;
-/// The answer to CMD_REGION_IO_FDS: sub-region records plus their fds.
-pub const CMD_REGION_IO_FDS_REPLY: i32 = 65;
-/// Sub-regions one reply can carry (40 bytes each after an 8-byte count).
-pub const MAX_SUB_REGIONS: usize = 4;
-const SUB_REGION_SIZE: usize = 40;
-/// Sub-region type: served over ioregionfd records (vfio-user also has
-/// ioeventfd sub-regions, which we do not use).
-const SUB_REGION_IOREGIONFD: u32 = 1;
-/// Sub-region flag: writes are posted (no response record).
-pub const SUB_REGION_POSTED_WRITES: u32 = 1;
-/// Our extension: which registers of a BAR the remote mirrors in a shared
-/// page, so that the VMM can answer reads of them without a round trip.
-/// Only sent to remotes of our own dialect.
-pub const CMD_REGISTER_MIRROR: i32 = 66;
-/// The answer: register records plus the page's memfd (none without records).
-pub const CMD_REGISTER_MIRROR_REPLY: i32 = 67;
-/// Registers one reply can name (16 bytes each after an 8-byte count).
-pub const MAX_MIRRORED_REGISTERS: usize = 8;
-const MIRRORED_REGISTER_SIZE: usize = 16;
-/// The mirror page's size; every register lies inside it.
-pub const MIRROR_PAGE_SIZE: u64 = 4096;
-
 /// Every command this module decodes: QEMU's, the RFC's and ours.
 pub const COMMANDS: &[i32] = &[
     CMD_SYNC_SYSMEM,
@@ -71,38 +52,6 @@ pub const COMMANDS: &[i32] = &[
 
 const PCI_CONF_SIZE: usize = 12;
 const BAR_ACCESS_SIZE: usize = 24;
-
-#[derive(Debug, thiserror::Error, PartialEq, Eq)]
-pub enum DecodeError {
-    #[error("unknown command {0}")]
-    UnknownCommand(i32),
-    #[error("command {cmd} with a {size}-byte payload (expected {expected})")]
-    BadSize {
-        cmd: i32,
-        size: u64,
-        expected: &'static str,
-    },
-    #[error("command {cmd} with {got} fds (expected {expected})")]
-    BadFds {
-        cmd: i32,
-        got: usize,
-        expected: &'static str,
-    },
-    #[error("access size {0} is not 1, 2, 4 or 8")]
-    BadAccessSize(u32),
-    #[error("config access at {addr:#x} of {len} bytes is outside the 256-byte config space")]
-    BadConfigAccess { addr: u32, len: i32 },
-    #[error("RAM region {index} is empty or wraps around")]
-    BadRegion { index: usize },
-    #[error(
-        "ioregion sub-region {index} is malformed (empty, wrapping, unknown type or flags, or a bad fd index)"
-    )]
-    BadSubRegion { index: usize },
-    #[error(
-        "mirrored register {index} is malformed (size not 1, 2, 4 or 8, wrapping, or outside the page)"
-    )]
-    BadMirroredRegister { index: usize },
-}
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct SysmemRegion {
@@ -169,28 +118,6 @@ pub enum Message {
         registers: Vec<MirroredRegister>,
         fds: Vec<File>,
     },
-}
-
-/// A register whose current value the remote keeps at `page_offset` of its
-/// mirror page. Reading it has no side effect, so a copy will do.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct MirroredRegister {
-    /// From the start of the BAR.
-    pub offset: u64,
-    pub size: u32,
-    pub page_offset: u32,
-}
-
-/// One range of a BAR served over ioregionfd.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct SubRegion {
-    /// From the start of the BAR.
-    pub offset: u64,
-    pub size: u64,
-    pub fd_index: u32,
-    pub flags: u32,
-    /// Echoed in every command record on the fd.
-    pub user_data: u64,
 }
 
 /// A message as bytes plus the fds to send with it.
@@ -278,32 +205,13 @@ impl Message {
             Message::RegionIoFdsQuery { bar, vcpu } => {
                 ([bar.to_ne_bytes(), vcpu.to_ne_bytes()].concat(), vec![])
             }
-            Message::RegionIoFds { regions, fds } => {
-                let mut p = Vec::with_capacity(8 + regions.len() * SUB_REGION_SIZE);
-                p.extend_from_slice(&(regions.len() as u32).to_ne_bytes());
-                p.extend_from_slice(&[0; 4]);
-                for r in regions {
-                    p.extend_from_slice(&r.offset.to_ne_bytes());
-                    p.extend_from_slice(&r.size.to_ne_bytes());
-                    p.extend_from_slice(&r.fd_index.to_ne_bytes());
-                    p.extend_from_slice(&SUB_REGION_IOREGIONFD.to_ne_bytes());
-                    p.extend_from_slice(&r.flags.to_ne_bytes());
-                    p.extend_from_slice(&[0; 4]);
-                    p.extend_from_slice(&r.user_data.to_ne_bytes());
-                }
-                (p, fds.iter().collect())
-            }
+            Message::RegionIoFds { regions, fds } => (
+                extensions::encode_sub_regions(regions),
+                fds.iter().collect(),
+            ),
             Message::RegisterMirrorQuery { bar } => ([bar.to_ne_bytes(), [0; 4]].concat(), vec![]),
             Message::RegisterMirror { registers, fds } => {
-                let mut p = Vec::with_capacity(8 + registers.len() * MIRRORED_REGISTER_SIZE);
-                p.extend_from_slice(&(registers.len() as u32).to_ne_bytes());
-                p.extend_from_slice(&[0; 4]);
-                for r in registers {
-                    p.extend_from_slice(&r.offset.to_ne_bytes());
-                    p.extend_from_slice(&r.size.to_ne_bytes());
-                    p.extend_from_slice(&r.page_offset.to_ne_bytes());
-                }
-                (p, fds.iter().collect())
+                (extensions::encode_mirrored(registers), fds.iter().collect())
             }
         };
         Encoded {
@@ -315,31 +223,12 @@ impl Message {
     /// Validates and decodes one message. `fds` are owned and dropped
     /// (closed) when the message is refused.
     pub fn decode(cmd: i32, payload: &[u8], fds: Vec<File>) -> Result<Message, DecodeError> {
-        let size = payload.len() as u64;
-        let want_size = |expected: usize, name: &'static str| {
-            if payload.len() == expected {
-                Ok(())
-            } else {
-                Err(DecodeError::BadSize {
-                    cmd,
-                    size,
-                    expected: name,
-                })
-            }
-        };
-        let want_fds = |n: usize, name: &'static str| {
-            if fds.len() == n {
-                Ok(())
-            } else {
-                Err(DecodeError::BadFds {
-                    cmd,
-                    got: fds.len(),
-                    expected: name,
-                })
-            }
-        };
-        let u32_at = |o: usize| u32::from_ne_bytes(payload[o..o + 4].try_into().expect("4 bytes"));
-        let u64_at = |o: usize| u64::from_ne_bytes(payload[o..o + 8].try_into().expect("8 bytes"));
+        let p = Payload::new(cmd, payload, fds.len());
+        let size = p.size();
+        let want_size = |expected, name| p.want_size(expected, name);
+        let want_fds = |n, name| p.want_fds(n, name);
+        let u32_at = |o| p.u32_at(o);
+        let u64_at = |o| p.u64_at(o);
         match cmd {
             CMD_SYNC_SYSMEM => {
                 want_size(MAX_PAYLOAD, "192")?;
@@ -442,38 +331,7 @@ impl Message {
                 })
             }
             CMD_REGION_IO_FDS_REPLY => {
-                let count = if payload.len() >= 8 {
-                    u32_at(0) as usize
-                } else {
-                    usize::MAX
-                };
-                if count > MAX_SUB_REGIONS || payload.len() != 8 + count * SUB_REGION_SIZE {
-                    return Err(DecodeError::BadSize {
-                        cmd,
-                        size,
-                        expected: "8 + 40 per sub-region, at most 4",
-                    });
-                }
-                want_fds(count, "one per sub-region")?;
-                let regions = (0..count)
-                    .map(|i| {
-                        let o = 8 + i * SUB_REGION_SIZE;
-                        let r = SubRegion {
-                            offset: u64_at(o),
-                            size: u64_at(o + 8),
-                            fd_index: u32_at(o + 16),
-                            flags: u32_at(o + 24),
-                            user_data: u64_at(o + 32),
-                        };
-                        let ok = r.size > 0
-                            && r.offset.checked_add(r.size).is_some()
-                            && (r.fd_index as usize) < count
-                            && u32_at(o + 20) == SUB_REGION_IOREGIONFD
-                            && r.flags & !SUB_REGION_POSTED_WRITES == 0;
-                        ok.then_some(r)
-                            .ok_or(DecodeError::BadSubRegion { index: i })
-                    })
-                    .collect::<Result<Vec<_>, _>>()?;
+                let regions = extensions::decode_sub_regions(&p)?;
                 Ok(Message::RegionIoFds { regions, fds })
             }
             CMD_REGISTER_MIRROR => {
@@ -482,36 +340,7 @@ impl Message {
                 Ok(Message::RegisterMirrorQuery { bar: u32_at(0) })
             }
             CMD_REGISTER_MIRROR_REPLY => {
-                let count = if payload.len() >= 8 {
-                    u32_at(0) as usize
-                } else {
-                    usize::MAX
-                };
-                if count > MAX_MIRRORED_REGISTERS
-                    || payload.len() != 8 + count * MIRRORED_REGISTER_SIZE
-                {
-                    return Err(DecodeError::BadSize {
-                        cmd,
-                        size,
-                        expected: "8 + 16 per register, at most 8",
-                    });
-                }
-                want_fds(usize::from(count > 0), "one with registers, none without")?;
-                let registers = (0..count)
-                    .map(|i| {
-                        let o = 8 + i * MIRRORED_REGISTER_SIZE;
-                        let r = MirroredRegister {
-                            offset: u64_at(o),
-                            size: u32_at(o + 8),
-                            page_offset: u32_at(o + 12),
-                        };
-                        let ok = matches!(r.size, 1 | 2 | 4 | 8)
-                            && r.offset.checked_add(u64::from(r.size)).is_some()
-                            && u64::from(r.page_offset) + u64::from(r.size) <= MIRROR_PAGE_SIZE;
-                        ok.then_some(r)
-                            .ok_or(DecodeError::BadMirroredRegister { index: i })
-                    })
-                    .collect::<Result<Vec<_>, _>>()?;
+                let registers = extensions::decode_mirrored(&p)?;
                 Ok(Message::RegisterMirror { registers, fds })
             }
             other => Err(DecodeError::UnknownCommand(other)),
@@ -539,6 +368,7 @@ pub fn parse_header(bytes: &[u8; HEADER_SIZE]) -> Result<(i32, usize), DecodeErr
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::protocol::extensions::SUB_REGION_POSTED_WRITES;
 
     fn roundtrip(msg: &Message, fds: Vec<File>) -> Message {
         let enc = msg.encode();

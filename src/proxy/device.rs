@@ -374,7 +374,7 @@ pub(crate) mod tests {
         }
         fn register_mirror(&self, bar: u8) -> Option<crate::device_model::MirrorOffer> {
             let (mirror, claimed_at) = self.mirror.as_ref().filter(|_| bar == 1)?;
-            let register = crate::protocol::mpqemu::MirroredRegister {
+            let register = crate::protocol::extensions::MirroredRegister {
                 offset: *claimed_at,
                 size: 1,
                 page_offset: 0,

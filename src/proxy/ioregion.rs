@@ -26,7 +26,8 @@ use crate::ioregion::{self, KernelRegion, RegionFd, StallClock, WriteKind};
 use crate::mirror::reader::{BarMirror, MirrorError, RangeMirror, check_registers, map_page};
 use crate::pci::{BarFastPath, BarKind, ConfigSpace};
 use crate::protocol::channel::{Channel, ChannelError};
-use crate::protocol::mpqemu::{Message, SUB_REGION_POSTED_WRITES, SubRegion};
+use crate::protocol::extensions::{SUB_REGION_POSTED_WRITES, SubRegion};
+use crate::protocol::mpqemu::Message;
 
 /// Where ioregion accesses are dispatched, decided once per VM.
 #[derive(Clone)]

@@ -40,7 +40,7 @@ use crate::ioregion::serve::{
     wait_readable,
 };
 use crate::ioregion::{Access, Cmd, wire};
-use crate::protocol::mpqemu::{MAX_SUB_REGIONS, SUB_REGION_POSTED_WRITES, SubRegion};
+use crate::protocol::extensions::{MAX_SUB_REGIONS, SUB_REGION_POSTED_WRITES, SubRegion};
 
 type Handler = Arc<dyn Fn(&Cmd) -> u64 + Send + Sync>;
 type SharedDevice = Arc<Mutex<dyn DeviceModel>>;
