@@ -290,7 +290,7 @@ mod tests {
     const BAR1: u64 = 0xc000_0000;
     const BAR2: u64 = 0xc000_2000;
 
-    /// An LSI with 1 MiB of guest RAM shared with a GuestRam we can poke,
+    /// An LSI with 64 MiB of guest RAM shared with a GuestRam we can poke,
     /// BARs placed and decoding.
     fn lsi(disks: Vec<Arc<ScsiDisk>>) -> (Lsi53c895a, GuestRam) {
         let ram = GuestRam::new(64 << 20).unwrap();

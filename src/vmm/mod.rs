@@ -1,5 +1,6 @@
-//! The virtual machine: KVM setup, guest memory, boot, devices, vCPUs and
-//! the main event loop.
+//! The virtual machine: KVM setup, guest RAM registration, boot, the
+//! legacy devices, the remote devices (`remotes.rs`), vCPUs and the main
+//! event loop.
 
 pub mod boot;
 pub mod console;
