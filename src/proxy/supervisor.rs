@@ -8,7 +8,8 @@
 //!
 //! A restart runs on a thread of its own: its handshake is tens of round
 //! trips, each allowed the request timeout, and the event loop meanwhile
-//! keeps serving the console, signals and the other remotes.
+//! keeps serving the console, signals and the other remotes. That thread
+//! lives as long as the watcher (see `Restarter`).
 
 use std::fs::File;
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
@@ -83,9 +84,38 @@ pub struct RemoteWatcher {
     /// None while a restart runs on its thread, which holds it.
     restart: Option<Restart>,
     restarting: Option<Restarting>,
+    /// Started at the first restart.
+    restarter: Option<Restarter>,
     /// Set by `hang_up`: a restart in flight gives up instead of
     /// handing the device to a remote nobody will stop.
     closing: Arc<AtomicBool>,
+}
+
+/// The thread that runs a remote's restarts, one after another, for as long
+/// as its watcher lives. Not a thread per restart: a remote is spawned with
+/// PR_SET_PDEATHSIG, which the kernel fires when the *thread* that spawned
+/// it ends, so each new remote would be killed as soon as it took over.
+struct Restarter {
+    jobs: mpsc::Sender<Box<dyn FnOnce() + Send>>,
+}
+
+impl Restarter {
+    fn start() -> std::io::Result<Self> {
+        let (jobs, queue) = mpsc::channel::<Box<dyn FnOnce() + Send>>();
+        std::thread::Builder::new()
+            .name("restart".into())
+            .spawn(move || {
+                for job in queue {
+                    job();
+                }
+            })?;
+        Ok(Restarter { jobs })
+    }
+
+    /// False when the thread is gone.
+    fn run(&self, job: impl FnOnce() + Send + 'static) -> bool {
+        self.jobs.send(Box::new(job)).is_ok()
+    }
 }
 
 /// A restart running on its own thread: it sends its outcome and then
@@ -127,6 +157,7 @@ impl RemoteWatcher {
             failed,
             restart,
             restarting: None,
+            restarter: None,
             closing: Arc::default(),
         }
     }
@@ -154,15 +185,20 @@ impl RemoteWatcher {
         let wake = done.try_clone().map_err(RestartError::Thread)?;
         let (send, outcome) = mpsc::channel();
         let (old, child, closing) = (self.name.clone(), self.child.clone(), self.closing.clone());
-        let spawned = std::thread::Builder::new()
-            .name("restart".into())
-            .spawn(move || {
-                let result = restart(&mut r, &old, &child, &closing);
-                let _ = send.send((r, result));
-                let _ = wake.write(1);
-            });
-        if let Err(e) = spawned {
-            return Err(RestartError::Thread(e));
+        if self.restarter.is_none() {
+            self.restarter = Some(Restarter::start().map_err(RestartError::Thread)?);
+        }
+        let restarter = self.restarter.as_ref().expect("started above");
+        let queued = restarter.run(move || {
+            let result = restart(&mut r, &old, &child, &closing);
+            let _ = send.send((r, result));
+            let _ = wake.write(1);
+        });
+        if !queued {
+            self.restarter = None;
+            return Err(RestartError::Thread(std::io::Error::other(
+                "the restart thread is gone",
+            )));
         }
         if let Err(e) = ops.add(Events::new(&done, EventSet::IN)) {
             // The outcome still arrives; only its wake-up would be missed.
@@ -534,6 +570,26 @@ mod tests {
             "the new remote is watched"
         );
         assert!(!watcher.lock().unwrap().failed.is_failed());
+    }
+
+    /// A remote spawned by a restart outlives the restart: it dies with the
+    /// thread that spawned it (PR_SET_PDEATHSIG), which must not end there.
+    #[test]
+    fn a_remote_spawned_by_a_restart_outlives_it() {
+        let restarter = Restarter::start().unwrap();
+        let (spawned, child) = mpsc::channel();
+        assert!(restarter.run(move || {
+            let (_socket, child) =
+                remote::spawn(std::path::Path::new("/bin/sleep"), &["30".into()]).unwrap();
+            spawned.send(child).unwrap();
+        }));
+        let mut child = child.recv_timeout(Duration::from_secs(5)).unwrap();
+        // The job is over; a thread per job would have ended with it.
+        std::thread::sleep(Duration::from_millis(300));
+        let status = child.try_wait().unwrap();
+        let _ = child.kill();
+        let _ = child.wait();
+        assert_eq!(status, None, "the remote died with the job's end");
     }
 
     /// Polls `probe` for up to 5 s until it returns Some.
