@@ -93,10 +93,11 @@ l1_died() {
 # VMM_RIG_APPEND= (empty) boots the rig kernel with its usual one-shot tick.
 rig_defaults() {
     : "${VMM_RIG_CPUS:=1}"
+    : "${VMM_RIG_CPU:=EPYC,-xsave}"
     : "${VMM_RIG_APPEND=nohz=off highres=off}"
     case "${VMM_RIG_QEMU:-system}" in
         system) VMM_RIG_QEMU=qemu-system-x86_64 ;;
         sid | trixie | bookworm-backports) VMM_RIG_QEMU=$("$VMM_ROOT/ci/fetch-qemu.sh" "$VMM_RIG_QEMU") ;;
     esac
-    export VMM_RIG_CPUS VMM_RIG_APPEND VMM_RIG_QEMU
+    export VMM_RIG_CPUS VMM_RIG_CPU VMM_RIG_APPEND VMM_RIG_QEMU
 }

@@ -10,7 +10,7 @@
 # and /rig/pairexec (ci/tools/pairexec.c) to launch its multiprocess mode.
 # --kvm-modules DIR loads DIR/kvm.ko and DIR/kvm-amd.ko (ci/build-kvm-ioregion.sh)
 # instead of Debian's, and boots the kernel they were built for.
-# --cpus N gives the rig N CPUs (default $VMM_RIG_CPUS, else 1: see below).
+# --cpus N gives the rig N CPUs (default $VMM_RIG_CPUS, from rig_defaults).
 # The defaults are ci/lib.sh's rig_defaults. To try other rigs:
 # VMM_RIG_QEMU names the outer QEMU (a path, "system" for the host's, or
 # sid/trixie/bookworm-backports for that suite's, fetched by
@@ -30,7 +30,7 @@ rig_defaults
 timeout=600
 cpus=$VMM_RIG_CPUS
 qemu=$VMM_RIG_QEMU
-cpu_model=${VMM_RIG_CPU:-EPYC,-xsave}
+cpu_model=$VMM_RIG_CPU
 l1_log=
 monitor=
 extras=()

@@ -205,7 +205,7 @@ else
         --timeout $(( 300 + nruns * (per_run + 20) )) --extra "$VMM_ROOT/ci" "$script" |
         progress > "$out/console.log"
     set -e
-    rig_desc="$("$VMM_RIG_QEMU" --version | head -n 1), -cpu ${VMM_RIG_CPU:-EPYC,-xsave} -smp $cpus -m 4G${VMM_RIG_APPEND:+, rig kernel with $VMM_RIG_APPEND}, $(sed -n 's/^SOAK-RIG: //p' "$out/console.log" | tr -d '\r' | head -n 1)"
+    rig_desc="$("$VMM_RIG_QEMU" --version | head -n 1), -cpu $VMM_RIG_CPU -smp $cpus -m 4G${VMM_RIG_APPEND:+, rig kernel with $VMM_RIG_APPEND}, $(sed -n 's/^SOAK-RIG: //p' "$out/console.log" | tr -d '\r' | head -n 1)"
 fi
 
 {
