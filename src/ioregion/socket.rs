@@ -158,25 +158,17 @@ fn wait_until(fd: BorrowedFd<'_>, events: i16, deadline: Instant) -> io::Result<
             .as_micros()
             .div_ceil(1000)
             .min(libc::c_int::MAX as u128) as libc::c_int;
-        let mut pfd = libc::pollfd {
+        let mut pfd = [libc::pollfd {
             fd: fd.as_raw_fd(),
             events,
             revents: 0,
-        };
-        // SAFETY: `pfd` is one valid pollfd, and we pass a count of 1.
-        let n = unsafe { libc::poll(&mut pfd, 1, ms) };
-        if n > 0 {
-            return Ok(Some(pfd.revents));
-        }
-        if n == 0 {
-            if Instant::now() >= deadline {
-                return Ok(None);
-            }
-            continue;
-        }
-        let err = io::Error::last_os_error();
-        if err.kind() != io::ErrorKind::Interrupted {
-            return Err(err);
+        }];
+        match crate::sys::poll(&mut pfd, ms) {
+            Ok(0) if Instant::now() >= deadline => return Ok(None),
+            Ok(0) => {}
+            Ok(_) => return Ok(Some(pfd[0].revents)),
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
         }
     }
 }

@@ -210,8 +210,8 @@ pub fn stop_child(name: &str, child: &SharedChild, hung_up: bool) {
     if hung_up && reap(&mut child, GRACEFUL_EXIT).is_some() {
         return;
     }
-    // SAFETY: plain kill(2) on our own child's pid.
-    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    // Our own child, not yet reaped: its pid is still its own.
+    let _ = crate::sys::kill(child.id(), libc::SIGTERM);
     if reap(&mut child, Duration::from_secs(2)).is_none() {
         log::warn!("remote {name} ignored SIGTERM; killing it");
         let _ = child.kill();
