@@ -5,14 +5,14 @@
 //!
 //! No mainline kernel implements this. We keep the definitions so a
 //! patched kernel can be used and so the probe can tell the two apart; the
-//! userspace path in `dispatch` is what runs everywhere else.
+//! userspace path in `vmm_end` is what runs everywhere else.
 
 use std::io;
 use std::os::fd::{AsRawFd, RawFd};
 
 use vmm_sys_util::ioctl::ioctl_with_ref;
 
-use super::socket::socket_pair;
+use super::wire::socket_pair;
 
 /// `KVM_IOREGION_PIO`: the range is in I/O port space rather than MMIO.
 pub const KVM_IOREGION_PIO: u32 = 1 << 0;

@@ -2,35 +2,35 @@
 //! fixed 32-byte records on a socket the device process reads, instead of
 //! as mpqemu messages on its control socket.
 //!
-//! There are two ways a record reaches the device, and the device cannot
-//! tell which one sent it, so it has a single code path ([`serve()`]):
+//! One guest access, end to end:
 //!
-//! - **Kernel path** ([`kernel`]): the VMM registers the range with
-//!   `KVM_SET_IOREGION`, and KVM writes the command to the fd itself and
-//!   blocks the vCPU in the kernel until the response arrives; the VMM's
-//!   vCPU thread never leaves `KVM_RUN`. This ioctl was proposed (RFC v3,
-//!   2021) but never merged: no mainline kernel has it, so [`probe`] tries
-//!   it and the VMM falls back when it fails.
-//! - **Userspace path** ([`dispatch`]): the access exits to the VMM as a
-//!   normal MMIO/PIO exit and the vCPU thread writes the same record to the
-//!   same fd and waits for the response ([`RegionFd`]), with a timeout that
-//!   the kernel path lacks.
+//! - [`vmm_end`]: the VMM's vCPU thread took an MMIO/PIO exit for the range
+//!   ([`IoRegionPath`]); it answers a mirrored register from the device's
+//!   page, or writes the record to its own region fd ([`RegionFd`]) and
+//!   waits for the response, with a timeout.
+//! - [`kernel`]: where the kernel has `KVM_SET_IOREGION`, KVM writes the
+//!   same record to the fd itself and blocks the vCPU in the kernel until
+//!   the response arrives; the vCPU thread never leaves `KVM_RUN`. The ioctl
+//!   was proposed (RFC v3, 2021) but never merged: no mainline kernel has
+//!   it, so [`probe`] tries it and the VMM falls back to `vmm_end`.
+//! - [`device_end`]: in the device process, one thread per fd receives the
+//!   record, applies it to the device model in the order the guest issued
+//!   it, and answers when asked. It cannot tell which path sent a record.
+//! - [`wire`]: the record's layout, byte by byte, and whole-record I/O on
+//!   the SOCK_SEQPACKET pair ([`socket_pair`]) that keeps record boundaries.
 //!
 //! Records on one fd are processed in order and a response carries no
 //! request id, so each fd has at most one command awaiting an answer and
-//! only one of the two paths may use an fd at a time. The record layout is
-//! in [`wire`]; the fd is one end of a SOCK_SEQPACKET pair
-//! ([`socket_pair`]) so records keep their boundaries.
+//! only one of the two paths may use an fd at a time.
 
-pub mod backlog;
-pub mod dispatch;
+pub mod device_end;
 pub mod kernel;
-pub mod serve;
-mod socket;
+pub mod vmm_end;
 pub mod wire;
 
-pub use backlog::{Backlog, StallClock};
-pub use dispatch::{DEFAULT_TIMEOUT, DispatchError, RegionFd, WriteKind};
+pub use device_end::{ERROR_DATA, ServeEnd, ServeError};
 pub use kernel::{KernelError, KernelRegion, Probe, assign, deassign, probe};
-pub use serve::{ERROR_DATA, ServeEnd, ServeError, serve, socket_pair};
-pub use wire::{Access, Cmd, RECORD_SIZE, Resp, WireError};
+pub use vmm_end::{
+    Backlog, DEFAULT_TIMEOUT, DispatchError, IoRegionPath, RegionFd, StallClock, WriteKind,
+};
+pub use wire::{Access, Cmd, RECORD_SIZE, Resp, WireError, socket_pair};

@@ -1,10 +1,9 @@
-//! LSI 53C895A SCSI controller: its state and interrupt logic here, the
-//! register file (regfile.rs), the SCRIPTS processor (scripts.rs), the SCSI
-//! bus with its targets (target.rs), and how it presents itself as a device
-//! model (model.rs). Linux's sym53c8xx driver runs it.
+//! LSI 53C895A SCSI controller: its state and interrupt logic here; the
+//! device model the host sees and the register file behind it
+//! (regfile.rs); the SCRIPTS processor (scripts.rs). The SCSI bus and the
+//! disks on it are `crate::scsi`'s. Linux's sym53c8xx driver runs it.
 
 mod dma_log;
-mod model;
 mod regfile;
 pub mod regs;
 pub mod scripts;

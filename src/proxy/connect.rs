@@ -9,12 +9,13 @@ use std::sync::Arc;
 
 use vmm_sys_util::eventfd::EventFd;
 
+use crate::ioregion::IoRegionPath;
 use crate::pci::BarSpec;
 use crate::pci::config::{ConfigSpace, NUM_BARS, REG_BAR0, REG_CLASS, REG_ID, SizedBar, sized_bar};
 use crate::protocol::channel::{Channel, ChannelError};
 use crate::protocol::mpqemu::{Message, RET_ERROR, SysmemRegion};
 use crate::proxy::cut_off::FailFlag;
-use crate::proxy::ioregion::{Dispatch, IoRegionError, IoRegionPath, Negotiation};
+use crate::proxy::ioregion_setup::{Dispatch, IoRegionError, Negotiation};
 use crate::proxy::spec::Dialect;
 use crate::proxy::stats::DeviceStats;
 use crate::proxy::watchdog::PostedWriteWatchdog;
@@ -239,7 +240,7 @@ pub(super) fn fast_paths(
     failed: &FailFlag,
 ) -> Result<HashMap<usize, Vec<Arc<IoRegionPath>>>, ProxyError> {
     let paths = match (&options.ioregion, options.dialect) {
-        (Some(dispatch), Dialect::Vmm) => crate::proxy::ioregion::negotiate(
+        (Some(dispatch), Dialect::Vmm) => crate::proxy::ioregion_setup::negotiate(
             channel,
             &Negotiation {
                 name,

@@ -17,6 +17,7 @@ use super::connect::{
     IrqRegistrar, ProxyError, ProxyOptions, Successor, Sysmem, Takeover, cfg_write, channel_err,
     fast_paths, probe_config, share_ram, wire_irq,
 };
+use crate::ioregion::IoRegionPath;
 use crate::memory::GuestRam;
 use crate::pci::config::{
     ConfigSpace, NUM_BARS, REG_BAR0, REG_CLASS, REG_ID, REG_INTERRUPT, REG_ROM,
@@ -25,7 +26,6 @@ use crate::pci::{ActiveBar, BarFastPath, BarKind, BarSpec, PciDevice};
 use crate::protocol::channel::Channel;
 use crate::protocol::mpqemu::Message;
 use crate::proxy::cut_off::{CUT_OFF_NOTE, CUT_OFF_REGISTERS, FailFlag};
-use crate::proxy::ioregion::IoRegionPath;
 use crate::proxy::stats::{DeviceStats, bump};
 
 pub struct ProxyDevice {
@@ -331,7 +331,7 @@ impl PciDevice for ProxyDevice {
 pub(crate) mod tests {
     use super::*;
     use crate::device_model::{DeviceMemory, DeviceModel, SharedIrq};
-    use crate::proxy::ioregion::Dispatch;
+    use crate::proxy::ioregion_setup::Dispatch;
     use crate::proxy::spec::Dialect;
     use crate::proxy::watchdog::PostedWriteWatchdog;
     use crate::remote::server;

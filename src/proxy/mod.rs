@@ -4,7 +4,7 @@
 pub mod connect;
 pub mod cut_off;
 pub mod device;
-pub mod ioregion;
+pub mod ioregion_setup;
 pub mod remote;
 pub mod spec;
 pub mod stats;

@@ -376,7 +376,7 @@ mod tests {
     use crate::pci::config::{REG_BAR0, REG_COMMAND};
     use crate::pci::root::PciConfigIo;
     use crate::proxy::device::tests::{connect_with, scratch, serve};
-    use crate::proxy::ioregion::Dispatch;
+    use crate::proxy::ioregion_setup::Dispatch;
     use std::sync::mpsc;
 
     fn select(io: &mut PciConfigIo, reg: usize) {

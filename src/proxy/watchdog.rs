@@ -1,6 +1,6 @@
 //! One VMM thread that looks at every region fd with posted writes once a
 //! second and cuts off a device whose process has stopped taking them (see
-//! `ioregion::backlog`). vCPUs that only post writes never wait on the
+//! `ioregion::vmm_end`). vCPUs that only post writes never wait on the
 //! device, so without this a frozen device would go unnoticed until the
 //! guest next reads one of its registers.
 

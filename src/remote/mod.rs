@@ -5,7 +5,6 @@
 
 pub mod cli;
 pub mod dump;
-pub mod ioregions;
 pub mod sandbox;
 pub mod server;
 pub mod user;

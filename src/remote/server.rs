@@ -5,8 +5,8 @@
 use super::dump::DumpSignal;
 use std::sync::{Arc, Mutex};
 
-use super::ioregions;
 use crate::device_model::{DeviceMemory, DeviceModel, InterruptLine};
+use crate::ioregion::device_end as ioregions;
 use crate::pci::BarKind;
 use crate::protocol::channel::{Channel, ChannelError};
 use crate::protocol::mpqemu::{Message, RET_ERROR};

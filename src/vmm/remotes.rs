@@ -12,7 +12,7 @@ use crate::pci::root::{self as pci_root, PciRoot};
 use crate::proxy::connect::ProxyOptions;
 use crate::proxy::cut_off::FailFlag;
 use crate::proxy::device::ProxyDevice;
-use crate::proxy::ioregion::Dispatch;
+use crate::proxy::ioregion_setup::Dispatch;
 use crate::proxy::remote::{self, SharedChild};
 use crate::proxy::spec::RemoteDevSpec;
 use crate::proxy::spec::{Dialect, IoRegionMode};

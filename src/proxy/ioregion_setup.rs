@@ -1,30 +1,23 @@
-//! The proxy's side of ioregionfd: asking the remote which BAR ranges it
-//! serves over region fds (one fd per vCPU per range), checking what it
-//! claims, and dispatching guest accesses there without the proxy's lock
-//! or its control socket.
-//!
-//! Each range becomes a [`BarFastPath`]: the PCI root maps it on the bus
-//! wherever the guest puts the BAR. On the kernel path it registers the
-//! range with KVM_SET_IOREGION instead, and the vCPU never leaves the
-//! kernel for it; on the userspace path the vCPU thread that took the exit
-//! writes the record to its own fd.
+//! Setting up a proxy device's ioregion fds: asking the remote which BAR
+//! ranges it serves over region fds (one fd per vCPU per range) and which
+//! registers it mirrors, and checking what it claims before any guest
+//! access goes there. Each checked range becomes an
+//! [`IoRegionPath`](crate::ioregion::IoRegionPath), which the PCI root maps
+//! on the bus wherever the guest puts the BAR.
 
 use std::collections::HashMap;
 use std::fs::File;
-use std::os::fd::{AsFd, AsRawFd, OwnedFd};
-use std::sync::{Arc, Mutex};
-use std::time::Instant;
+use std::os::fd::{AsFd, OwnedFd};
+use std::sync::Arc;
 
 use kvm_ioctls::VmFd;
 
-use super::cut_off::{CUT_OFF_NOTE, CUT_OFF_REGISTERS, FailFlag};
+use super::cut_off::FailFlag;
 use super::stats::{DeviceStats, bump};
-use super::watchdog::{PostedWriteWatchdog, PostedWrites};
-use crate::bus::SharedBusDevice;
-use crate::bus::current_vcpu;
-use crate::ioregion::{self, KernelRegion, RegionFd, StallClock, WriteKind};
-use crate::mirror::reader::{BarMirror, MirrorError, RangeMirror, check_registers, map_page};
-use crate::pci::{BarFastPath, BarKind, ConfigSpace};
+use super::watchdog::PostedWriteWatchdog;
+use crate::ioregion::{IoRegionPath, RegionFd};
+use crate::mirror::reader::{BarMirror, MirrorError, check_registers, map_page};
+use crate::pci::{BarKind, ConfigSpace};
 use crate::protocol::channel::{Channel, ChannelError};
 use crate::protocol::extensions::{SUB_REGION_POSTED_WRITES, SubRegion};
 use crate::protocol::mpqemu::Message;
@@ -67,153 +60,6 @@ pub enum IoRegionError {
         #[source]
         source: MirrorError,
     },
-}
-
-/// One BAR range served over ioregion fds.
-pub struct IoRegionPath {
-    label: String,
-    offset: u64,
-    size: u64,
-    pio: bool,
-    posted: bool,
-    user_data: u64,
-    /// Indexed by vCPU.
-    fds: Vec<RegionFd>,
-    kernel: Option<Arc<VmFd>>,
-    /// Guest addresses KVM holds this range at (kernel path).
-    in_kernel: Mutex<Option<u64>>,
-    stats: Arc<DeviceStats>,
-    failed: FailFlag,
-    /// One per fd: how long its posted writes have gone untaken.
-    stalls: Mutex<Vec<StallClock>>,
-    /// Registers whose reads the remote's mirror page answers.
-    mirror: Option<RangeMirror>,
-}
-
-impl IoRegionPath {
-    /// Whether this range's writes are posted and served from vCPU
-    /// threads, the case where a stalled device goes unseen by the vCPUs.
-    pub fn posts_writes_from_userspace(&self) -> bool {
-        self.posted && self.in_kernel.lock().expect("ioregion lock").is_none()
-    }
-
-    fn fd(&self) -> &RegionFd {
-        &self.fds[current_vcpu() % self.fds.len()]
-    }
-
-    fn fault(&self, e: ioregion::DispatchError) {
-        bump(&self.stats.errors);
-        if self.failed.fail() {
-            log::error!("{}: {e}; {CUT_OFF_NOTE}", self.label);
-        }
-    }
-
-    fn kernel_region(&self, bar_addr: u64) -> KernelRegion {
-        KernelRegion {
-            guest_paddr: bar_addr + self.offset,
-            size: self.size,
-            user_data: self.user_data,
-            fd: self.fds[0].as_fd().as_raw_fd(),
-            pio: self.pio,
-            posted_writes: self.posted,
-        }
-    }
-}
-
-impl PostedWrites for IoRegionPath {
-    /// Cuts the device off if one of its fds has had posted writes queued
-    /// and untaken for the fd's timeout. Called about once a second.
-    fn check_posted_writes(&self, now: Instant) {
-        if !self.posts_writes_from_userspace() || self.failed.is_failed() {
-            return;
-        }
-        let mut stalls = self.stalls.lock().expect("ioregion lock");
-        for (fd, clock) in self.fds.iter().zip(stalls.iter_mut()) {
-            let backlog = match fd.backlog() {
-                Ok(b) => b,
-                Err(e) => {
-                    log::warn!("{}: cannot look at the posted-write queue: {e}", self.label);
-                    return;
-                }
-            };
-            if clock.observe(backlog, now) >= fd.timeout() {
-                self.fault(ioregion::DispatchError::PostedStalled(fd.timeout()));
-                return;
-            }
-        }
-    }
-}
-
-impl SharedBusDevice for IoRegionPath {
-    fn read(&self, offset: u64, data: &mut [u8]) {
-        if self.failed.is_failed() {
-            data.fill(CUT_OFF_REGISTERS);
-            return;
-        }
-        if let Some(mirror) = &self.mirror
-            && mirror.read(offset, data)
-        {
-            bump(&self.stats.mirror_reads);
-            return;
-        }
-        match self.fd().read(offset, data) {
-            Ok(()) => bump(&self.stats.ioregion_reads),
-            Err(e) => {
-                data.fill(CUT_OFF_REGISTERS);
-                self.fault(e);
-            }
-        }
-    }
-
-    fn write(&self, offset: u64, data: &[u8]) {
-        if self.failed.is_failed() {
-            return;
-        }
-        match self.fd().write(offset, data) {
-            Ok(kind) => {
-                bump(&self.stats.ioregion_writes);
-                if kind == WriteKind::Posted {
-                    bump(&self.stats.posted_writes);
-                }
-            }
-            Err(e) => self.fault(e),
-        }
-    }
-}
-
-impl BarFastPath for IoRegionPath {
-    fn range(&self) -> (u64, u64) {
-        (self.offset, self.size)
-    }
-
-    fn attach(self: Arc<Self>, bar_addr: u64) -> Option<Arc<dyn SharedBusDevice>> {
-        if let Some(vm) = &self.kernel {
-            match ioregion::assign(vm.as_ref(), &self.kernel_region(bar_addr)) {
-                Ok(()) => {
-                    *self.in_kernel.lock().expect("ioregion lock") = Some(bar_addr);
-                    return None;
-                }
-                Err(e) => log::error!(
-                    "{}: KVM refused the ioregion ({e}); serving it from vCPU threads",
-                    self.label
-                ),
-            }
-        }
-        Some(self)
-    }
-
-    fn detach(&self, bar_addr: u64) {
-        let mut in_kernel = self.in_kernel.lock().expect("ioregion lock");
-        if *in_kernel != Some(bar_addr) {
-            return;
-        }
-        *in_kernel = None;
-        if let Some(vm) = &self.kernel
-            && let Err(e) = ioregion::deassign(vm.as_ref(), &self.kernel_region(bar_addr))
-        {
-            log::error!("{}: KVM could not drop the ioregion: {e}", self.label);
-        }
-    }
 }
 
 fn is_seqpacket(fd: &OwnedFd) -> bool {
@@ -316,23 +162,19 @@ pub fn negotiate(
                     ""
                 }
             );
-            let stalls = fds.iter().map(|_| StallClock::default()).collect();
-            let path = Arc::new(IoRegionPath {
-                label: format!("remote {} BAR{bar}+{:#x}", n.name, r.offset),
-                offset: r.offset,
-                size: r.size,
-                pio: spec.kind == BarKind::Io,
-                posted: r.flags & SUB_REGION_POSTED_WRITES != 0,
-                user_data: r.user_data,
-                fds,
-                kernel,
-                in_kernel: Mutex::new(None),
-                stats: n.stats.clone(),
-                failed: n.failed.clone(),
-                stalls: Mutex::new(stalls),
-                mirror: mirror.as_ref().and_then(|m| m.range(r.offset, r.size)),
-            });
-            if path.posted
+            let path = Arc::new(
+                IoRegionPath::new(
+                    format!("remote {} BAR{bar}+{:#x}", n.name, r.offset),
+                    r,
+                    spec.kind == BarKind::Io,
+                    fds,
+                    kernel,
+                    n.stats.clone(),
+                    n.failed.clone(),
+                )
+                .with_mirror(mirror.as_ref().and_then(|m| m.range(r.offset, r.size))),
+            );
+            if path.posts_writes()
                 && let Some(watchdog) = n.watchdog
             {
                 watchdog.watch(&path);

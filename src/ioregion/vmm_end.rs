@@ -1,7 +1,13 @@
-//! The userspace ioregionfd path: a VMM vCPU thread that took an MMIO/PIO
-//! exit for a region sends the same 32-byte command record KVM would have
-//! sent and waits for the response, so the device process serves both
-//! paths with one code path.
+//! The VMM's end of a region fd: what a vCPU thread does with a guest
+//! access to a BAR range that a remote serves over ioregion fds.
+//!
+//! [`IoRegionPath`] is the range as the PCI bus sees it: a read of a
+//! mirrored register is answered from the remote's page, any other access
+//! goes to this vCPU's [`RegionFd`], and a failure cuts the device off. On
+//! the kernel path it registers the range with KVM_SET_IOREGION instead,
+//! and no exit reaches us. [`RegionFd`] sends the same 32-byte record KVM
+//! would have sent and waits for the response, so the device process
+//! serves both paths alike (`device_end`).
 //!
 //! Ordering: a device sees accesses in the order they were sent on one fd,
 //! and a response carries no request id, so only one command may be in
@@ -17,20 +23,228 @@
 //! device process serves one fd per vCPU per range, and the number is
 //! what lets it apply posted writes that one vCPU sent to two ranges, or
 //! that two vCPUs sent one after the other, in the order they were issued
-//! (`remote::ioregions`). KVM's records carry none.
+//! (`device_end`). KVM's records carry none.
 //!
 //! Unlike KVM's path, this one has a timeout, so a hung device process
 //! fails the access instead of hanging the vCPU forever.
+//!
+//! A device process that stops taking posted writes must be noticed: a
+//! posted write returns as soon as it is queued, so nobody waits on it: without
+//! a look at the queue, a frozen device would only be found out at the
+//! next access that waits for an answer, which for a driver that posts
+//! its doorbell and sleeps until an interrupt can be minutes away.
+//!
+//! Each record sent on a unix socket stays charged to the sender
+//! (SIOCOUTQ) until the receiver has taken it. So a queue that is not
+//! empty, has not shrunk and has had nothing added since the last look
+//! is standing still; [`StallClock`] measures for how long.
 
 use std::io;
-use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
-use super::backlog::{self, Backlog};
-use super::socket::{RECV_BUF_SIZE, Received, peer_hung_up, recv_before, recv_record, send_before};
-use super::wire::{self, Cmd, RECORD_SIZE, Resp, WireError};
+use kvm_ioctls::VmFd;
+
+use super::kernel::{self, KernelRegion};
+use super::wire::{
+    self, Cmd, RECORD_SIZE, RECV_BUF_SIZE, Received, Resp, WireError, peer_hung_up, recv_before,
+    recv_record, send_before,
+};
+use crate::bus::{SharedBusDevice, current_vcpu};
+use crate::mirror::reader::RangeMirror;
+use crate::pci::BarFastPath;
+use crate::protocol::extensions::{SUB_REGION_POSTED_WRITES, SubRegion};
+use crate::proxy::cut_off::{CUT_OFF_NOTE, CUT_OFF_REGISTERS, FailFlag};
+use crate::proxy::stats::{DeviceStats, bump};
+use crate::proxy::watchdog::PostedWrites;
+
+/// One BAR range served over ioregion fds.
+pub struct IoRegionPath {
+    label: String,
+    offset: u64,
+    size: u64,
+    pio: bool,
+    posted: bool,
+    user_data: u64,
+    /// Indexed by vCPU.
+    fds: Vec<RegionFd>,
+    kernel: Option<Arc<VmFd>>,
+    /// Guest addresses KVM holds this range at (kernel path).
+    in_kernel: Mutex<Option<u64>>,
+    stats: Arc<DeviceStats>,
+    failed: FailFlag,
+    /// One per fd: how long its posted writes have gone untaken.
+    stalls: Mutex<Vec<StallClock>>,
+    /// Registers whose reads the remote's mirror page answers.
+    mirror: Option<RangeMirror>,
+}
+
+impl IoRegionPath {
+    /// The range `range` of a BAR, served over `fds` (one per vCPU) on the
+    /// userspace path, or registered with `kernel` when KVM serves it.
+    pub fn new(
+        label: String,
+        range: &SubRegion,
+        pio: bool,
+        fds: Vec<RegionFd>,
+        kernel: Option<Arc<VmFd>>,
+        stats: Arc<DeviceStats>,
+        failed: FailFlag,
+    ) -> Self {
+        let stalls = fds.iter().map(|_| StallClock::default()).collect();
+        IoRegionPath {
+            label,
+            offset: range.offset,
+            size: range.size,
+            pio,
+            posted: range.flags & SUB_REGION_POSTED_WRITES != 0,
+            user_data: range.user_data,
+            fds,
+            kernel,
+            in_kernel: Mutex::new(None),
+            stats,
+            failed,
+            stalls: Mutex::new(stalls),
+            mirror: None,
+        }
+    }
+
+    /// Reads of `mirror`'s registers are answered from the remote's page.
+    pub fn with_mirror(mut self, mirror: Option<RangeMirror>) -> Self {
+        self.mirror = mirror;
+        self
+    }
+
+    pub fn posts_writes(&self) -> bool {
+        self.posted
+    }
+
+    /// Whether this range's writes are posted and served from vCPU
+    /// threads, the case where a stalled device goes unseen by the vCPUs.
+    pub fn posts_writes_from_userspace(&self) -> bool {
+        self.posted && self.in_kernel.lock().expect("ioregion lock").is_none()
+    }
+
+    fn fd(&self) -> &RegionFd {
+        &self.fds[current_vcpu() % self.fds.len()]
+    }
+
+    fn fault(&self, e: DispatchError) {
+        bump(&self.stats.errors);
+        if self.failed.fail() {
+            log::error!("{}: {e}; {CUT_OFF_NOTE}", self.label);
+        }
+    }
+
+    fn kernel_region(&self, bar_addr: u64) -> KernelRegion {
+        KernelRegion {
+            guest_paddr: bar_addr + self.offset,
+            size: self.size,
+            user_data: self.user_data,
+            fd: self.fds[0].as_fd().as_raw_fd(),
+            pio: self.pio,
+            posted_writes: self.posted,
+        }
+    }
+}
+
+impl PostedWrites for IoRegionPath {
+    /// Cuts the device off if one of its fds has had posted writes queued
+    /// and untaken for the fd's timeout. Called about once a second.
+    fn check_posted_writes(&self, now: Instant) {
+        if !self.posts_writes_from_userspace() || self.failed.is_failed() {
+            return;
+        }
+        let mut stalls = self.stalls.lock().expect("ioregion lock");
+        for (fd, clock) in self.fds.iter().zip(stalls.iter_mut()) {
+            let backlog = match fd.backlog() {
+                Ok(b) => b,
+                Err(e) => {
+                    log::warn!("{}: cannot look at the posted-write queue: {e}", self.label);
+                    return;
+                }
+            };
+            if clock.observe(backlog, now) >= fd.timeout() {
+                self.fault(DispatchError::PostedStalled(fd.timeout()));
+                return;
+            }
+        }
+    }
+}
+
+impl SharedBusDevice for IoRegionPath {
+    fn read(&self, offset: u64, data: &mut [u8]) {
+        if self.failed.is_failed() {
+            data.fill(CUT_OFF_REGISTERS);
+            return;
+        }
+        if let Some(mirror) = &self.mirror
+            && mirror.read(offset, data)
+        {
+            bump(&self.stats.mirror_reads);
+            return;
+        }
+        match self.fd().read(offset, data) {
+            Ok(()) => bump(&self.stats.ioregion_reads),
+            Err(e) => {
+                data.fill(CUT_OFF_REGISTERS);
+                self.fault(e);
+            }
+        }
+    }
+
+    fn write(&self, offset: u64, data: &[u8]) {
+        if self.failed.is_failed() {
+            return;
+        }
+        match self.fd().write(offset, data) {
+            Ok(kind) => {
+                bump(&self.stats.ioregion_writes);
+                if kind == WriteKind::Posted {
+                    bump(&self.stats.posted_writes);
+                }
+            }
+            Err(e) => self.fault(e),
+        }
+    }
+}
+
+impl BarFastPath for IoRegionPath {
+    fn range(&self) -> (u64, u64) {
+        (self.offset, self.size)
+    }
+
+    fn attach(self: Arc<Self>, bar_addr: u64) -> Option<Arc<dyn SharedBusDevice>> {
+        if let Some(vm) = &self.kernel {
+            match kernel::assign(vm.as_ref(), &self.kernel_region(bar_addr)) {
+                Ok(()) => {
+                    *self.in_kernel.lock().expect("ioregion lock") = Some(bar_addr);
+                    return None;
+                }
+                Err(e) => log::error!(
+                    "{}: KVM refused the ioregion ({e}); serving it from vCPU threads",
+                    self.label
+                ),
+            }
+        }
+        Some(self)
+    }
+
+    fn detach(&self, bar_addr: u64) {
+        let mut in_kernel = self.in_kernel.lock().expect("ioregion lock");
+        if *in_kernel != Some(bar_addr) {
+            return;
+        }
+        *in_kernel = None;
+        if let Some(vm) = &self.kernel
+            && let Err(e) = kernel::deassign(vm.as_ref(), &self.kernel_region(bar_addr))
+        {
+            log::error!("{}: KVM could not drop the ioregion: {e}", self.label);
+        }
+    }
+}
 
 /// How long a vCPU waits for a device by default: generous, since a device
 /// may do real I/O in a register access, but finite.
@@ -154,7 +368,7 @@ impl RegionFd {
         // The count first: a write sent in between then shows as a change.
         let posted_sent = self.posted_sent.load(Ordering::Relaxed);
         Ok(Backlog {
-            unread_bytes: backlog::unread_bytes(self.fd.as_fd())?,
+            unread_bytes: unread_bytes(self.fd.as_fd())?,
             posted_sent,
         })
     }
@@ -273,10 +487,59 @@ fn map_io(op: &'static str, e: io::Error) -> DispatchError {
     }
 }
 
+/// One look at a region fd's queue of posted writes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Backlog {
+    /// Bytes sent and not yet taken by the device process (SIOCOUTQ).
+    pub unread_bytes: usize,
+    /// Posted writes sent on the fd so far.
+    pub posted_sent: u64,
+}
+
+/// The bytes queued on `fd` that its peer has not read yet.
+pub fn unread_bytes(fd: BorrowedFd<'_>) -> io::Result<usize> {
+    let mut queued: libc::c_int = 0;
+    // SAFETY: SIOCOUTQ (TIOCOUTQ) writes one int through a valid pointer.
+    let rc = unsafe { libc::ioctl(fd.as_raw_fd(), libc::TIOCOUTQ, &mut queued) };
+    if rc < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(queued.max(0) as usize)
+}
+
+/// Looks further apart than this do not vouch for the time between them:
+/// the watcher itself was not running (the whole VMM stopped with SIGSTOP,
+/// a host under load), so the device may well have been stopped too.
+pub const MAX_GAP: Duration = Duration::from_secs(3);
+
+/// How long a region fd's backlog has stood still.
+#[derive(Debug, Default)]
+pub struct StallClock {
+    last: Option<(Backlog, Instant)>,
+    /// When the backlog was first seen as it still is; None while empty.
+    since: Option<Instant>,
+}
+
+impl StallClock {
+    /// Records a look taken at `now`; returns for how long the backlog
+    /// has been queued and untouched (zero when it is empty or moving).
+    pub fn observe(&mut self, backlog: Backlog, now: Instant) -> Duration {
+        let unchanged = self.last.is_some_and(|(seen, at)| {
+            seen == backlog && now.saturating_duration_since(at) <= MAX_GAP
+        });
+        self.last = Some((backlog, now));
+        if backlog.unread_bytes == 0 {
+            self.since = None;
+        } else if !unchanged || self.since.is_none() {
+            self.since = Some(now);
+        }
+        self.since.map_or(Duration::ZERO, |t| now - t)
+    }
+}
+
 #[cfg(test)]
 mod tests {
-    use super::super::socket::{recv_record, send_record, socket_pair};
-    use super::super::wire::Access;
+    use super::super::wire::{Access, send_record, socket_pair};
     use super::*;
     use std::sync::Arc;
     use std::thread;
@@ -505,5 +768,63 @@ mod tests {
             w.join().unwrap();
         }
         remote.join().unwrap();
+    }
+}
+
+#[cfg(test)]
+mod backlog_tests {
+    use super::*;
+    use crate::ioregion::socket_pair;
+    use std::os::fd::AsFd;
+
+    fn look(unread_bytes: usize, posted_sent: u64) -> Backlog {
+        Backlog {
+            unread_bytes,
+            posted_sent,
+        }
+    }
+
+    #[test]
+    fn only_a_queue_that_stands_still_counts() {
+        let t0 = Instant::now();
+        let s = Duration::from_secs;
+        let mut clock = StallClock::default();
+        assert_eq!(clock.observe(look(0, 0), t0), s(0), "empty");
+        assert_eq!(clock.observe(look(64, 2), t0 + s(1)), s(0), "new records");
+        assert_eq!(clock.observe(look(64, 2), t0 + s(2)), s(1), "untouched");
+        assert_eq!(clock.observe(look(64, 2), t0 + s(4)), s(3));
+        assert_eq!(clock.observe(look(32, 2), t0 + s(5)), s(0), "one taken");
+        assert_eq!(clock.observe(look(32, 2), t0 + s(7)), s(2));
+        assert_eq!(clock.observe(look(32, 3), t0 + s(8)), s(0), "one more sent");
+        assert_eq!(clock.observe(look(0, 3), t0 + s(9)), s(0), "drained");
+        assert_eq!(clock.observe(look(0, 3), t0 + s(10)), s(0), "idle");
+        // A gap in the looks (the VMM was stopped) starts the count afresh.
+        assert_eq!(clock.observe(look(32, 4), t0 + s(11)), s(0));
+        assert_eq!(clock.observe(look(32, 4), t0 + s(30)), s(0), "after a gap");
+        assert_eq!(clock.observe(look(32, 4), t0 + s(31)), s(1));
+    }
+
+    #[test]
+    fn unread_bytes_fall_when_the_peer_reads() {
+        let (ours, theirs) = socket_pair().unwrap();
+        assert_eq!(unread_bytes(ours.as_fd()).unwrap(), 0);
+        let record = [7u8; 32];
+        // SAFETY: send/recv on valid fds with valid buffers.
+        unsafe {
+            assert_eq!(
+                libc::send(ours.as_raw_fd(), record.as_ptr().cast(), 32, 0),
+                32
+            );
+        }
+        assert!(unread_bytes(ours.as_fd()).unwrap() >= 32);
+        let mut buf = [0u8; 32];
+        // SAFETY: as above.
+        unsafe {
+            assert_eq!(
+                libc::recv(theirs.as_raw_fd(), buf.as_mut_ptr().cast(), 32, 0),
+                32
+            );
+        }
+        assert_eq!(unread_bytes(ours.as_fd()).unwrap(), 0);
     }
 }
