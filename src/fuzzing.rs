@@ -8,7 +8,7 @@ use std::sync::{Arc, Mutex, OnceLock};
 
 use vm_memory::{Bytes, GuestAddress};
 
-use crate::device_model::{DeviceMemory, DeviceModel};
+use crate::device_model::{DeviceMemory, DeviceModel, PciDevice};
 use crate::ioregion::{Cmd, Resp};
 use crate::lsi::Lsi53c895a;
 use crate::lsi::regs::*;

@@ -7,7 +7,7 @@ pub mod irq;
 pub mod memory;
 
 pub use crate::mirror::{MirrorOffer, RegisterMirror};
-use crate::pci::ConfigSpace;
+pub use crate::pci::PciDevice;
 pub use irq::{InterruptLine, SharedIrq};
 pub use memory::DeviceMemory;
 
@@ -22,24 +22,9 @@ pub struct IoRegionSpec {
 }
 
 /// A PCI device model, whatever process hosts it and whichever protocol
-/// reaches it.
-pub trait DeviceModel: Send {
-    fn config(&self) -> &ConfigSpace;
-    fn config_mut(&mut self) -> &mut ConfigSpace;
-    /// `offset` is relative to the start of BAR `bar`.
-    fn bar_read(&mut self, bar: u8, offset: u64, data: &mut [u8]);
-    fn bar_write(&mut self, bar: u8, offset: u64, data: &[u8]);
-    /// A read of `size` bytes (1 to 8) as the little-endian value every
-    /// transport carries.
-    fn bar_read_value(&mut self, bar: u8, offset: u64, size: usize) -> u64 {
-        let mut data = [0u8; 8];
-        self.bar_read(bar, offset, &mut data[..size.min(8)]);
-        u64::from_le_bytes(data)
-    }
-    /// A write of the low `size` bytes (1 to 8) of `value`.
-    fn bar_write_value(&mut self, bar: u8, offset: u64, size: usize, value: u64) {
-        self.bar_write(bar, offset, &value.to_le_bytes()[..size.min(8)]);
-    }
+/// reaches it: the guest's view of it is [`PciDevice`], and this is what its
+/// host gives it and asks of it besides.
+pub trait DeviceModel: PciDevice {
     fn reset(&mut self);
     /// Guest RAM changed (SYNC_SYSMEM).
     fn set_memory(&mut self, memory: DeviceMemory);

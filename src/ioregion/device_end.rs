@@ -669,7 +669,7 @@ mod ordering_tests {
     use super::*;
     use crate::device_model::{DeviceMemory, SharedIrq};
     use crate::ioregion::RegionFd;
-    use crate::pci::ConfigSpace;
+    use crate::pci::{ConfigSpace, PciDevice};
     use std::os::fd::OwnedFd;
 
     /// A BAR of 16 bytes in two regions, 0..8 with posted writes and 8..16
@@ -684,7 +684,7 @@ mod ordering_tests {
         snapshots: Vec<[u8; 8]>,
     }
 
-    impl DeviceModel for Bank {
+    impl PciDevice for Bank {
         fn config(&self) -> &ConfigSpace {
             &self.config
         }
@@ -704,6 +704,9 @@ mod ordering_tests {
                     .push(self.mem[..8].try_into().expect("8 bytes"));
             }
         }
+    }
+
+    impl DeviceModel for Bank {
         fn reset(&mut self) {}
         fn set_memory(&mut self, _memory: DeviceMemory) {}
         fn set_interrupt(&mut self, _line: SharedIrq) {}

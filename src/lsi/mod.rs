@@ -282,7 +282,7 @@ impl Lsi53c895a {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::device_model::DeviceModel;
+    use crate::device_model::{DeviceModel, PciDevice};
     use crate::memory::GuestRam;
     use vm_memory::{Bytes, GuestAddress};
 

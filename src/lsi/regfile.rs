@@ -6,7 +6,9 @@
 use super::Lsi53c895a;
 use super::regs::*;
 use super::{BAR_IO, BAR_MMIO, BAR_RAM, RAM_SIZE, REGISTER_FILE_SIZE};
-use crate::device_model::{DeviceMemory, DeviceModel, IoRegionSpec, MirrorOffer, SharedIrq};
+use crate::device_model::{
+    DeviceMemory, DeviceModel, IoRegionSpec, MirrorOffer, PciDevice, SharedIrq,
+};
 use crate::pci::ConfigSpace;
 
 /// Where ISTAT0 sits in the mirror page.
@@ -23,7 +25,7 @@ pub(super) fn set_byte(v: &mut u32, i: u8, b: u8) {
     *v = (*v & !(0xff << shift)) | (u32::from(b) << shift);
 }
 
-impl DeviceModel for Lsi53c895a {
+impl PciDevice for Lsi53c895a {
     fn config(&self) -> &ConfigSpace {
         &self.config
     }
@@ -62,6 +64,9 @@ impl DeviceModel for Lsi53c895a {
             _ => {}
         }
     }
+}
+
+impl DeviceModel for Lsi53c895a {
     fn reset(&mut self) {
         self.soft_reset();
     }

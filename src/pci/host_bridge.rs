@@ -1,7 +1,7 @@
 //! The host bridge at 00:00.0, which Linux's conf1 probe looks for.
 
+use super::PciDevice;
 use super::config::ConfigSpace;
-use super::{ActiveBar, BarSpec, PciDevice};
 
 /// Intel vendor id with the device id cloud-hypervisor also uses for its
 /// virtual host bridge: no Linux quirk matches it.
@@ -28,23 +28,14 @@ impl Default for HostBridge {
 }
 
 impl PciDevice for HostBridge {
-    fn read_config(&mut self, reg: usize) -> u32 {
-        self.config.read(reg)
+    fn config(&self) -> &ConfigSpace {
+        &self.config
     }
-    fn write_config(&mut self, reg: usize, offset: usize, data: &[u8]) {
-        self.config.write(reg, offset, data)
+    fn config_mut(&mut self) -> &mut ConfigSpace {
+        &mut self.config
     }
-    fn bar_specs(&self) -> Vec<(usize, BarSpec)> {
-        self.config.bar_specs()
-    }
-    fn place_bar(&mut self, index: usize, addr: u64) {
-        self.config.set_bar_addr(index, addr)
-    }
-    fn active_bars(&self) -> Vec<ActiveBar> {
-        Vec::new()
-    }
-    fn read_bar(&mut self, _bar: &ActiveBar, _offset: u64, data: &mut [u8]) {
+    fn bar_read(&mut self, _bar: u8, _offset: u64, data: &mut [u8]) {
         data.fill(0xff)
     }
-    fn write_bar(&mut self, _bar: &ActiveBar, _offset: u64, _data: &[u8]) {}
+    fn bar_write(&mut self, _bar: u8, _offset: u64, _data: &[u8]) {}
 }

@@ -24,21 +24,48 @@ pub trait BarFastPath: Send + Sync {
     fn detach(&self, bar_addr: u64);
 }
 
-/// A device on the PCI bus. Config accesses arrive as dword register
-/// indexes; BAR accesses carry the BAR's current guest address too, because
-/// an out-of-process device names accesses by absolute address.
+/// A PCI function as the guest sees it: its config space and its BARs.
+///
+/// The one device trait of both sides of the wire. A device model
+/// implements it (the LSI, in its own process); the VMM's proxy implements
+/// it by forwarding each access to the process that hosts the model; the
+/// remote's loops serve any implementor; the PCI root maps any implementor
+/// on the buses. A BAR access names the BAR and the offset in it, not a
+/// guest address: a transport that needs the address (mpqemu's) looks up
+/// where the guest put the BAR.
 pub trait PciDevice: Send {
-    fn read_config(&mut self, reg: usize) -> u32;
-    fn write_config(&mut self, reg: usize, offset: usize, data: &[u8]);
-    /// BARs the device implements, for firmware-style placement before boot.
-    fn bar_specs(&self) -> Vec<(usize, BarSpec)>;
-    /// Places a BAR and enables decoding, as firmware does before boot.
-    fn place_bar(&mut self, index: usize, addr: u64);
-    /// BARs decoding right now.
-    fn active_bars(&self) -> Vec<ActiveBar>;
-    fn read_bar(&mut self, bar: &ActiveBar, offset: u64, data: &mut [u8]);
-    fn write_bar(&mut self, bar: &ActiveBar, offset: u64, data: &[u8]);
-    /// Sub-ranges of BAR `index` that bypass this device's lock.
+    /// The config space as this side keeps it: identity, BAR sizes and
+    /// where the guest put them.
+    fn config(&self) -> &ConfigSpace;
+    fn config_mut(&mut self) -> &mut ConfigSpace;
+    /// Dword `reg` of config space.
+    fn read_config(&mut self, reg: usize) -> u32 {
+        self.config().read(reg)
+    }
+    /// `data` at byte `offset` of dword `reg`.
+    fn write_config(&mut self, reg: usize, offset: usize, data: &[u8]) {
+        self.config_mut().write(reg, offset, data)
+    }
+    /// Places a BAR, as firmware does before boot.
+    fn place_bar(&mut self, index: usize, addr: u64) {
+        self.config_mut().set_bar_addr(index, addr)
+    }
+    /// `offset` is from the start of BAR `bar`.
+    fn bar_read(&mut self, bar: u8, offset: u64, data: &mut [u8]);
+    fn bar_write(&mut self, bar: u8, offset: u64, data: &[u8]);
+    /// A read of `size` bytes (1 to 8) as the little-endian value every
+    /// transport carries.
+    fn bar_read_value(&mut self, bar: u8, offset: u64, size: usize) -> u64 {
+        let mut data = [0u8; 8];
+        self.bar_read(bar, offset, &mut data[..size.min(8)]);
+        u64::from_le_bytes(data)
+    }
+    /// A write of the low `size` bytes (1 to 8) of `value`.
+    fn bar_write_value(&mut self, bar: u8, offset: u64, size: usize, value: u64) {
+        self.bar_write(bar, offset, &value.to_le_bytes()[..size.min(8)]);
+    }
+    /// Sub-ranges of BAR `index` that bypass this device's lock (a proxy's
+    /// ranges served over ioregion fds).
     fn bar_fast_paths(&self, _index: usize) -> Vec<Arc<dyn BarFastPath>> {
         Vec::new()
     }

@@ -44,16 +44,18 @@ struct BarWindow {
 
 impl BusDevice for BarWindow {
     fn read(&mut self, offset: u64, data: &mut [u8]) {
-        self.device
-            .lock()
-            .expect("pci device lock")
-            .read_bar(&self.bar, self.base + offset, data)
+        self.device.lock().expect("pci device lock").bar_read(
+            self.bar.index,
+            self.base + offset,
+            data,
+        )
     }
     fn write(&mut self, offset: u64, data: &[u8]) {
-        self.device
-            .lock()
-            .expect("pci device lock")
-            .write_bar(&self.bar, self.base + offset, data)
+        self.device.lock().expect("pci device lock").bar_write(
+            self.bar.index,
+            self.base + offset,
+            data,
+        )
     }
 }
 
@@ -179,7 +181,7 @@ impl PciRoot {
             };
             let mut dev = device.lock().expect("pci device lock");
             let mut command = 0u16;
-            for (index, spec) in dev.bar_specs() {
+            for (index, spec) in dev.config().bar_specs() {
                 let (window, align, enable) = match spec.kind {
                     BarKind::Io => (&mut io, spec.size, COMMAND_IO),
                     // Page alignment lets each memory BAR be handed out
@@ -211,7 +213,11 @@ impl PciRoot {
         let Some(device) = self.slots[slot].clone() else {
             return;
         };
-        let wanted = device.lock().expect("pci device lock").active_bars();
+        let wanted = device
+            .lock()
+            .expect("pci device lock")
+            .config()
+            .active_bars();
         let mut kept = Vec::new();
         for bar in self.mapped.remove(&slot).unwrap_or_default() {
             if !wanted.contains(&bar) {
@@ -327,7 +333,11 @@ impl PciRoot {
         let Some(device) = self.slots[slot].clone() else {
             return;
         };
-        let wanted = device.lock().expect("pci device lock").active_bars();
+        let wanted = device
+            .lock()
+            .expect("pci device lock")
+            .config()
+            .active_bars();
         let old = self.mapped.remove(&slot).unwrap_or_default();
         if old == wanted {
             self.mapped.insert(slot, old);
@@ -628,27 +638,18 @@ mod tests {
     }
 
     impl PciDevice for TestDevice {
-        fn read_config(&mut self, reg: usize) -> u32 {
-            self.config.read(reg)
+        fn config(&self) -> &ConfigSpace {
+            &self.config
         }
-        fn write_config(&mut self, reg: usize, offset: usize, data: &[u8]) {
-            self.config.write(reg, offset, data)
+        fn config_mut(&mut self) -> &mut ConfigSpace {
+            &mut self.config
         }
-        fn bar_specs(&self) -> Vec<(usize, BarSpec)> {
-            self.config.bar_specs()
+        fn bar_read(&mut self, bar: u8, _offset: u64, data: &mut [u8]) {
+            data.fill(bar)
         }
-        fn place_bar(&mut self, index: usize, addr: u64) {
-            self.config.set_bar_addr(index, addr)
-        }
-        fn active_bars(&self) -> Vec<ActiveBar> {
-            self.config.active_bars()
-        }
-        fn read_bar(&mut self, bar: &ActiveBar, _offset: u64, data: &mut [u8]) {
-            data.fill(bar.index)
-        }
-        fn write_bar(&mut self, bar: &ActiveBar, offset: u64, data: &[u8]) {
-            self.writes
-                .push((bar.index, bar.addr, offset, data.to_vec()))
+        fn bar_write(&mut self, bar: u8, offset: u64, data: &[u8]) {
+            let addr = self.config.bar_addr(usize::from(bar)).unwrap();
+            self.writes.push((bar, addr, offset, data.to_vec()))
         }
         fn bar_fast_paths(&self, index: usize) -> Vec<Arc<dyn BarFastPath>> {
             match (&self.fast, index) {

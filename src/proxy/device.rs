@@ -22,7 +22,7 @@ use crate::memory::GuestRam;
 use crate::pci::config::{
     ConfigSpace, NUM_BARS, REG_BAR0, REG_CLASS, REG_ID, REG_INTERRUPT, REG_ROM,
 };
-use crate::pci::{ActiveBar, BarFastPath, BarKind, BarSpec, PciDevice};
+use crate::pci::{BarFastPath, BarKind, PciDevice};
 use crate::protocol::channel::Channel;
 use crate::protocol::mpqemu::Message;
 use crate::proxy::cut_off::{CUT_OFF_NOTE, CUT_OFF_REGISTERS, FailFlag};
@@ -210,6 +210,15 @@ impl ProxyDevice {
         self.stats.clone()
     }
 
+    /// The guest address of `offset` in BAR `bar`, as mpqemu names an
+    /// access, and whether the BAR is memory (not I/O) space.
+    fn bar_address(&self, bar: u8, offset: u64) -> Option<(u64, bool)> {
+        let index = usize::from(bar);
+        let spec = self.config.bar_spec(index)?;
+        let base = self.config.bar_addr(index)?;
+        Some((base + offset, spec.kind == BarKind::Memory))
+    }
+
     /// Runs a request unless the remote is already cut off; a failure cuts it off.
     fn request(&mut self, msg: &Message, what: &str) -> Option<u64> {
         if self.failed.is_failed() {
@@ -266,8 +275,12 @@ impl PciDevice for ProxyDevice {
         );
     }
 
-    fn bar_specs(&self) -> Vec<(usize, BarSpec)> {
-        self.config.bar_specs()
+    fn config(&self) -> &ConfigSpace {
+        &self.config
+    }
+
+    fn config_mut(&mut self) -> &mut ConfigSpace {
+        &mut self.config
     }
 
     fn place_bar(&mut self, index: usize, addr: u64) {
@@ -275,20 +288,18 @@ impl PciDevice for ProxyDevice {
         self.write_config(REG_BAR0 + index, 0, &(addr as u32).to_le_bytes());
     }
 
-    fn active_bars(&self) -> Vec<ActiveBar> {
-        self.config.active_bars()
-    }
-
-    fn read_bar(&mut self, bar: &ActiveBar, offset: u64, data: &mut [u8]) {
+    fn bar_read(&mut self, bar: u8, offset: u64, data: &mut [u8]) {
         bump(&self.stats.message_reads);
-        let value = self.request(
-            &Message::BarRead {
-                addr: bar.addr + offset,
-                size: data.len() as u32,
-                memory: bar.kind == BarKind::Memory,
-            },
-            "BAR read",
-        );
+        let value = self.bar_address(bar, offset).and_then(|(addr, memory)| {
+            self.request(
+                &Message::BarRead {
+                    addr,
+                    size: data.len() as u32,
+                    memory,
+                },
+                "BAR read",
+            )
+        });
         let Some(value) = value else {
             data.fill(CUT_OFF_REGISTERS);
             return;
@@ -298,17 +309,20 @@ impl PciDevice for ProxyDevice {
         data[..n].copy_from_slice(&bytes[..n]);
     }
 
-    fn write_bar(&mut self, bar: &ActiveBar, offset: u64, data: &[u8]) {
+    fn bar_write(&mut self, bar: u8, offset: u64, data: &[u8]) {
         bump(&self.stats.message_writes);
+        let Some((addr, memory)) = self.bar_address(bar, offset) else {
+            return;
+        };
         let mut val = [0u8; 8];
         let n = data.len().min(8);
         val[..n].copy_from_slice(&data[..n]);
         self.request(
             &Message::BarWrite {
-                addr: bar.addr + offset,
+                addr,
                 val: u64::from_le_bytes(val),
                 size: n as u32,
-                memory: bar.kind == BarKind::Memory,
+                memory,
             },
             "BAR write",
         );
@@ -331,6 +345,7 @@ impl PciDevice for ProxyDevice {
 pub(crate) mod tests {
     use super::*;
     use crate::device_model::{DeviceMemory, DeviceModel, SharedIrq};
+    use crate::pci::BarSpec;
     use crate::proxy::ioregion_setup::Dispatch;
     use crate::proxy::spec::Dialect;
     use crate::proxy::watchdog::PostedWriteWatchdog;
@@ -354,7 +369,7 @@ pub(crate) mod tests {
         pub(crate) reset_gate: Option<(Sender<()>, Receiver<()>)>,
     }
 
-    impl DeviceModel for Scratch {
+    impl PciDevice for Scratch {
         fn config(&self) -> &ConfigSpace {
             &self.config
         }
@@ -372,6 +387,9 @@ pub(crate) mod tests {
                 mirror.set(0, self.regs[0x14]);
             }
         }
+    }
+
+    impl DeviceModel for Scratch {
         fn register_mirror(&self, bar: u8) -> Option<crate::device_model::MirrorOffer> {
             let (mirror, claimed_at) = self.mirror.as_ref().filter(|_| bar == 1)?;
             let register = crate::protocol::extensions::MirroredRegister {
@@ -489,7 +507,7 @@ pub(crate) mod tests {
         let (mut proxy, _, _) = connect(dev.clone());
         assert_eq!(proxy.read_config(REG_ID), 0x0012_1000);
         assert_eq!(
-            proxy.bar_specs(),
+            proxy.config().bar_specs(),
             vec![
                 (
                     0,
@@ -524,6 +542,7 @@ pub(crate) mod tests {
         proxy.place_bar(1, 0xc000_1000);
         proxy.write_config(crate::pci::config::REG_COMMAND, 0, &[0x03, 0]);
         let bar = proxy
+            .config()
             .active_bars()
             .into_iter()
             .find(|b| b.index == 1)
@@ -533,14 +552,53 @@ pub(crate) mod tests {
             Some(0xc000_1000),
             "remote moved too"
         );
-        proxy.write_bar(&bar, 0x34, &0xdead_beef_u32.to_le_bytes());
+        proxy.bar_write(bar.index, 0x34, &0xdead_beef_u32.to_le_bytes());
         assert_eq!(
             &dev.lock().unwrap().regs[0x34..0x38],
             &0xdead_beef_u32.to_le_bytes()
         );
         let mut data = [0u8; 2];
-        proxy.read_bar(&bar, 0x36, &mut data);
+        proxy.bar_read(bar.index, 0x36, &mut data);
         assert_eq!(data, [0xad, 0xde]);
+    }
+
+    /// One device trait on both sides of the wire: the same config and BAR
+    /// accesses, made through `PciDevice`, read the same from a model in
+    /// this process as from a proxy for its twin in a served remote.
+    #[test]
+    fn a_proxy_reads_as_the_model_it_forwards_to() {
+        use crate::pci::config::REG_COMMAND;
+        let local = scratch(256);
+        let (mut proxy, _, _) = connect(scratch(256));
+        let mut local = local.lock().unwrap();
+        let devices: [&mut dyn PciDevice; 2] = [&mut *local, &mut proxy];
+        let mut seen = Vec::new();
+        for dev in devices {
+            dev.place_bar(1, 0xc000_1000);
+            dev.write_config(REG_COMMAND, 0, &[0x03, 0]);
+            dev.bar_write(1, 0x10, &0x1234_5678_u32.to_le_bytes());
+            dev.bar_write_value(1, 0x12, 1, 0xab);
+            let mut word = [0u8; 4];
+            dev.bar_read(1, 0x10, &mut word);
+            seen.push((
+                dev.read_config(REG_ID),
+                dev.read_config(REG_BAR0 + 1),
+                dev.read_config(REG_COMMAND) & 0x3,
+                word,
+                dev.bar_read_value(1, 0x11, 2),
+            ));
+        }
+        assert_eq!(
+            seen[0],
+            (
+                0x0012_1000,
+                0xc000_1000,
+                0x3,
+                [0x78, 0x56, 0xab, 0x12],
+                0xab56
+            )
+        );
+        assert_eq!(seen[1], seen[0], "the proxy differs from the model");
     }
 
     /// A remote that stops taking posted writes is cut off by the
@@ -682,14 +740,14 @@ pub(crate) mod tests {
         let (mut proxy, failed, server) = connect(dev);
         proxy.place_bar(1, 0xc000_0000);
         proxy.write_config(crate::pci::config::REG_COMMAND, 0, &[0x02, 0]);
-        let bar = proxy.active_bars()[0];
+        let bar = proxy.config().active_bars()[0];
         // Make the server exit: an unexpected RET is a protocol error.
         proxy.channel.send(&Message::Ret(Some(0))).unwrap();
         server.join().unwrap();
-        proxy.read_bar(&bar, 0, &mut [0xaa; 4]);
+        proxy.bar_read(bar.index, 0, &mut [0xaa; 4]);
         assert!(failed.is_failed());
         let mut data = [0xaa; 4];
-        proxy.read_bar(&bar, 0, &mut data);
+        proxy.bar_read(bar.index, 0, &mut data);
         assert_eq!(data, [0; 4], "nothing pending, so no handler spins");
         assert_eq!(proxy.read_config(REG_ID), u32::MAX, "no device");
     }
@@ -714,8 +772,8 @@ pub(crate) mod tests {
         proxy.write_config(REG_COMMAND, 0, &[0x06, 0]);
         proxy.channel.send(&Message::Ret(Some(0))).unwrap();
         server.join().unwrap();
-        let bar = proxy.active_bars()[0];
-        proxy.read_bar(&bar, 0, &mut [0u8; 4]);
+        let bar = proxy.config().active_bars()[0];
+        proxy.bar_read(bar.index, 0, &mut [0u8; 4]);
         assert!(failed.is_failed());
 
         let fresh = scratch(256);
@@ -740,11 +798,12 @@ pub(crate) mod tests {
         assert_eq!(wired.map(|c| c & 0xffff), Some(0x06), "after the replay");
         assert_eq!(proxy.bar_fast_paths(1).len(), 2, "new region fds");
         let bar1 = proxy
+            .config()
             .active_bars()
             .into_iter()
             .find(|b| b.index == 1)
             .unwrap();
-        proxy.write_bar(&bar1, 0x100, &[0x5a]);
+        proxy.bar_write(bar1.index, 0x100, &[0x5a]);
         assert_eq!(fresh.lock().unwrap().regs[0x100], 0x5a);
     }
 

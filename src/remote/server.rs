@@ -27,11 +27,10 @@ pub enum ServerError {
 }
 
 /// Reads `len` config bytes starting at byte `addr` (which may cross dwords).
-pub fn config_read(device: &dyn DeviceModel, addr: u32, len: u32) -> u64 {
-    let config = device.config();
+pub fn config_read(device: &mut dyn DeviceModel, addr: u32, len: u32) -> u64 {
     (0..len).fold(0u64, |acc, i| {
         let a = (addr + i) as usize;
-        let byte = (config.read(a / 4) >> ((a % 4) * 8)) & 0xff;
+        let byte = (device.read_config(a / 4) >> ((a % 4) * 8)) & 0xff;
         acc | (u64::from(byte) << (i * 8))
     })
 }
@@ -40,7 +39,7 @@ pub fn config_write(device: &mut dyn DeviceModel, addr: u32, val: u32, len: u32)
     let bytes = val.to_le_bytes();
     for i in 0..len as usize {
         let a = addr as usize + i;
-        device.config_mut().write(a / 4, a % 4, &bytes[i..=i]);
+        device.write_config(a / 4, a % 4, &bytes[i..=i]);
     }
 }
 
@@ -90,7 +89,7 @@ pub fn handle(
             None
         }
         Message::PciCfgRead { addr, len } => {
-            Some(Message::Ret(Some(config_read(&*dev, addr, len))))
+            Some(Message::Ret(Some(config_read(&mut *dev, addr, len))))
         }
         Message::PciCfgWrite { addr, val, len } => {
             config_write(&mut *dev, addr, val, len);
