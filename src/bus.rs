@@ -27,6 +27,23 @@ pub fn fits(offset: u64, len: u64, size: u64) -> bool {
     offset.checked_add(len).is_some_and(|end| end <= size)
 }
 
+/// The value of an access of up to 8 bytes: its bytes, little-endian, in
+/// the low bytes of a u64, the way every transport carries it.
+pub fn data_from_bytes(bytes: &[u8]) -> u64 {
+    let mut le = [0u8; 8];
+    let n = bytes.len().min(8);
+    le[..n].copy_from_slice(&bytes[..n]);
+    u64::from_le_bytes(le)
+}
+
+/// Copies the low `out.len()` bytes (at most 8) of `data` into `out`,
+/// little-endian: the inverse of [`data_from_bytes`].
+pub fn data_to_bytes(data: u64, out: &mut [u8]) {
+    let le = data.to_le_bytes();
+    let n = out.len().min(8);
+    out[..n].copy_from_slice(&le[..n]);
+}
+
 /// The two address spaces a vCPU exit can target.
 #[derive(Default)]
 pub struct Buses {

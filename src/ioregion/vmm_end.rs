@@ -383,7 +383,7 @@ impl RegionFd {
         let deadline = Instant::now() + self.timeout;
         self.send(&cmd.encode(), deadline)?;
         let resp = self.await_response(&mut state, &cmd, deadline)?;
-        wire::data_to_bytes(resp.data, data);
+        crate::bus::data_to_bytes(resp.data, data);
         Ok(())
     }
 
@@ -619,7 +619,7 @@ mod tests {
             assert_eq!(cmd.access, Access::Write);
             assert_eq!(usize::from(cmd.size), size);
             assert_eq!(cmd.offset, size as u64 * 0x100);
-            assert_eq!(cmd.data, wire::data_from_bytes(&value[..size]));
+            assert_eq!(cmd.data, crate::bus::data_from_bytes(&value[..size]));
             assert!(cmd.response);
         }
     }

@@ -102,23 +102,6 @@ pub fn size_exponent(size: usize) -> Result<u8, WireError> {
     }
 }
 
-/// Packs up to 8 little-endian bytes into the low bytes of a u64, the way
-/// the records carry values of any access size.
-pub fn data_from_bytes(bytes: &[u8]) -> u64 {
-    let mut le = [0u8; 8];
-    let n = bytes.len().min(8);
-    le[..n].copy_from_slice(&bytes[..n]);
-    u64::from_le_bytes(le)
-}
-
-/// Copies the low `out.len()` bytes (at most 8) of `data` into `out`,
-/// little-endian: the inverse of [`data_from_bytes`].
-pub fn data_to_bytes(data: u64, out: &mut [u8]) {
-    let le = data.to_le_bytes();
-    let n = out.len().min(8);
-    out[..n].copy_from_slice(&le[..n]);
-}
-
 /// Keeps only the low `size` bytes of `data`: the record promises zeros
 /// above the access size.
 pub fn mask_to_size(data: u64, size: u8) -> u64 {
@@ -165,7 +148,7 @@ impl Cmd {
             response,
             user_data,
             offset,
-            data: data_from_bytes(data),
+            data: crate::bus::data_from_bytes(data),
             sequence: 0,
         })
     }
@@ -607,10 +590,10 @@ mod tests {
     fn data_helpers_round_trip_each_size() {
         for size in [1usize, 2, 4, 8] {
             let bytes: Vec<u8> = (1..=size as u8).collect();
-            let data = data_from_bytes(&bytes);
+            let data = crate::bus::data_from_bytes(&bytes);
             assert_eq!(data, mask_to_size(0x0807_0605_0403_0201, size as u8));
             let mut out = vec![0u8; size];
-            data_to_bytes(data, &mut out);
+            crate::bus::data_to_bytes(data, &mut out);
             assert_eq!(out, bytes);
         }
     }

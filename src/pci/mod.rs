@@ -58,7 +58,7 @@ pub trait PciDevice: Send {
     fn bar_read_value(&mut self, bar: u8, offset: u64, size: usize) -> u64 {
         let mut data = [0u8; 8];
         self.bar_read(bar, offset, &mut data[..size.min(8)]);
-        u64::from_le_bytes(data)
+        crate::bus::data_from_bytes(&data)
     }
     /// A write of the low `size` bytes (1 to 8) of `value`.
     fn bar_write_value(&mut self, bar: u8, offset: u64, size: usize, value: u64) {

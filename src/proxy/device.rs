@@ -304,9 +304,7 @@ impl PciDevice for ProxyDevice {
             data.fill(CUT_OFF_REGISTERS);
             return;
         };
-        let bytes = value.to_le_bytes();
-        let n = data.len().min(8);
-        data[..n].copy_from_slice(&bytes[..n]);
+        crate::bus::data_to_bytes(value, data);
     }
 
     fn bar_write(&mut self, bar: u8, offset: u64, data: &[u8]) {
@@ -314,14 +312,11 @@ impl PciDevice for ProxyDevice {
         let Some((addr, memory)) = self.bar_address(bar, offset) else {
             return;
         };
-        let mut val = [0u8; 8];
-        let n = data.len().min(8);
-        val[..n].copy_from_slice(&data[..n]);
         self.request(
             &Message::BarWrite {
                 addr,
-                val: u64::from_le_bytes(val),
-                size: n as u32,
+                val: crate::bus::data_from_bytes(data),
+                size: data.len().min(8) as u32,
                 memory,
             },
             "BAR write",

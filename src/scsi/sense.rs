@@ -9,11 +9,9 @@ pub struct Sense {
 }
 
 pub const KEY_NO_SENSE: u8 = 0x00;
-pub const KEY_NOT_READY: u8 = 0x02;
 pub const KEY_MEDIUM_ERROR: u8 = 0x03;
 pub const KEY_HARDWARE_ERROR: u8 = 0x04;
 pub const KEY_ILLEGAL_REQUEST: u8 = 0x05;
-pub const KEY_UNIT_ATTENTION: u8 = 0x06;
 pub const KEY_DATA_PROTECT: u8 = 0x07;
 pub const KEY_ABORTED_COMMAND: u8 = 0x0b;
 pub const KEY_MISCOMPARE: u8 = 0x0e;
