@@ -368,7 +368,7 @@ impl RegionFd {
         // The count first: a write sent in between then shows as a change.
         let posted_sent = self.posted_sent.load(Ordering::Relaxed);
         Ok(Backlog {
-            unread_bytes: unread_bytes(self.fd.as_fd())?,
+            unread_bytes: crate::sys::unread_bytes(self.fd.as_fd())?,
             posted_sent,
         })
     }
@@ -494,17 +494,6 @@ pub struct Backlog {
     pub unread_bytes: usize,
     /// Posted writes sent on the fd so far.
     pub posted_sent: u64,
-}
-
-/// The bytes queued on `fd` that its peer has not read yet.
-pub fn unread_bytes(fd: BorrowedFd<'_>) -> io::Result<usize> {
-    let mut queued: libc::c_int = 0;
-    // SAFETY: SIOCOUTQ (TIOCOUTQ) writes one int through a valid pointer.
-    let rc = unsafe { libc::ioctl(fd.as_raw_fd(), libc::TIOCOUTQ, &mut queued) };
-    if rc < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    Ok(queued.max(0) as usize)
 }
 
 /// Looks further apart than this do not vouch for the time between them:
@@ -774,8 +763,6 @@ mod tests {
 #[cfg(test)]
 mod backlog_tests {
     use super::*;
-    use crate::ioregion::socket_pair;
-    use std::os::fd::AsFd;
 
     fn look(unread_bytes: usize, posted_sent: u64) -> Backlog {
         Backlog {
@@ -802,29 +789,5 @@ mod backlog_tests {
         assert_eq!(clock.observe(look(32, 4), t0 + s(11)), s(0));
         assert_eq!(clock.observe(look(32, 4), t0 + s(30)), s(0), "after a gap");
         assert_eq!(clock.observe(look(32, 4), t0 + s(31)), s(1));
-    }
-
-    #[test]
-    fn unread_bytes_fall_when_the_peer_reads() {
-        let (ours, theirs) = socket_pair().unwrap();
-        assert_eq!(unread_bytes(ours.as_fd()).unwrap(), 0);
-        let record = [7u8; 32];
-        // SAFETY: send/recv on valid fds with valid buffers.
-        unsafe {
-            assert_eq!(
-                libc::send(ours.as_raw_fd(), record.as_ptr().cast(), 32, 0),
-                32
-            );
-        }
-        assert!(unread_bytes(ours.as_fd()).unwrap() >= 32);
-        let mut buf = [0u8; 32];
-        // SAFETY: as above.
-        unsafe {
-            assert_eq!(
-                libc::recv(theirs.as_raw_fd(), buf.as_mut_ptr().cast(), 32, 0),
-                32
-            );
-        }
-        assert_eq!(unread_bytes(ours.as_fd()).unwrap(), 0);
     }
 }

@@ -37,7 +37,7 @@
 //! oversized record is detected instead of silently cut to size.
 
 use std::io;
-use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
+use std::os::fd::{AsRawFd, BorrowedFd, OwnedFd};
 use std::time::Instant;
 
 /// Length of both records.
@@ -278,22 +278,7 @@ pub const RECV_BUF_SIZE: usize = 64;
 /// leak into processes we spawn. One end goes to the device process, the
 /// other is used by the VMM (or handed to KVM).
 pub fn socket_pair() -> io::Result<(OwnedFd, OwnedFd)> {
-    let mut fds = [-1; 2];
-    // SAFETY: `fds` is a valid array of two ints for socketpair to fill.
-    let ret = unsafe {
-        libc::socketpair(
-            libc::AF_UNIX,
-            libc::SOCK_SEQPACKET | libc::SOCK_CLOEXEC,
-            0,
-            fds.as_mut_ptr(),
-        )
-    };
-    if ret < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    // SAFETY: socketpair succeeded, so both fds are open and owned by nobody else.
-    let pair = unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
-    Ok(pair)
+    crate::sys::seqpacket_pair()
 }
 
 /// Sends one record. MSG_NOSIGNAL turns a closed peer into EPIPE instead of
@@ -302,28 +287,17 @@ pub fn socket_pair() -> io::Result<(OwnedFd, OwnedFd)> {
 /// through, so EAGAIN reaches the caller.
 pub fn send_record(fd: BorrowedFd<'_>, record: &[u8], flags: libc::c_int) -> io::Result<()> {
     loop {
-        // SAFETY: the pointer and length describe `record`, which outlives the call.
-        let n = unsafe {
-            libc::send(
-                fd.as_raw_fd(),
-                record.as_ptr().cast(),
-                record.len(),
-                flags | libc::MSG_NOSIGNAL,
-            )
-        };
-        if n >= 0 {
+        match crate::sys::send(fd, record, flags | libc::MSG_NOSIGNAL) {
             // SEQPACKET sends are all or nothing; anything else is a kernel surprise.
-            if n as usize != record.len() {
+            Ok(n) if n != record.len() => {
                 return Err(io::Error::other(format!(
                     "sent {n} of {} bytes of a record",
                     record.len()
                 )));
             }
-            return Ok(());
-        }
-        let err = io::Error::last_os_error();
-        if err.kind() != io::ErrorKind::Interrupted {
-            return Err(err);
+            Ok(_) => return Ok(()),
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
         }
     }
 }
@@ -333,22 +307,9 @@ pub fn send_record(fd: BorrowedFd<'_>, record: &[u8], flags: libc::c_int) -> io:
 /// (or sent an empty record). EINTR is retried.
 pub fn recv_record(fd: BorrowedFd<'_>, buf: &mut [u8], flags: libc::c_int) -> io::Result<usize> {
     loop {
-        // SAFETY: the pointer and length describe `buf`, which outlives the call;
-        // with MSG_TRUNC the kernel still writes at most `buf.len()` bytes.
-        let n = unsafe {
-            libc::recv(
-                fd.as_raw_fd(),
-                buf.as_mut_ptr().cast(),
-                buf.len(),
-                flags | libc::MSG_TRUNC,
-            )
-        };
-        if n >= 0 {
-            return Ok(n as usize);
-        }
-        let err = io::Error::last_os_error();
-        if err.kind() != io::ErrorKind::Interrupted {
-            return Err(err);
+        match crate::sys::recv(fd, buf, flags | libc::MSG_TRUNC) {
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            result => return result,
         }
     }
 }

@@ -1,9 +1,8 @@
 //! Reaching a remote device process: spawning it with a socketpair,
 //! connecting to its socket or adopting an inherited fd; and stopping it.
 
-use std::os::fd::{AsFd, AsRawFd, FromRawFd};
+use std::os::fd::{AsFd, AsRawFd};
 use std::os::unix::net::UnixStream;
-use std::os::unix::process::CommandExt;
 use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -45,37 +44,6 @@ pub struct RemoteProcess {
     pub child: SharedChild,
 }
 
-fn is_socket(fd: i32) -> bool {
-    // SAFETY: fstat only writes into `st`.
-    let mut st: libc::stat = unsafe { std::mem::zeroed() };
-    // SAFETY: as above; a bad fd just fails.
-    unsafe { libc::fstat(fd, &mut st) == 0 && st.st_mode & libc::S_IFMT == libc::S_IFSOCK }
-}
-
-/// Makes `socket` the child's fd 3 and nothing else: no other inherited
-/// fds, no blocked signals, its own process group (terminal signals go to
-/// the VMM, which stops its remotes itself), and death with the VMM.
-fn prepare_child(cmd: &mut Command, socket: i32) {
-    // SAFETY: runs between fork and exec and only makes async-signal-safe
-    // system calls on integers it owns.
-    unsafe {
-        cmd.pre_exec(move || {
-            if socket != REMOTE_SOCKET_FD && libc::dup2(socket, REMOTE_SOCKET_FD) < 0 {
-                return Err(std::io::Error::last_os_error());
-            }
-            let flags = libc::fcntl(REMOTE_SOCKET_FD, libc::F_GETFD);
-            libc::fcntl(REMOTE_SOCKET_FD, libc::F_SETFD, flags & !libc::FD_CLOEXEC);
-            libc::syscall(libc::SYS_close_range, REMOTE_SOCKET_FD + 1, u32::MAX, 0);
-            let mut set: libc::sigset_t = std::mem::zeroed();
-            libc::sigemptyset(&mut set);
-            libc::pthread_sigmask(libc::SIG_SETMASK, &set, std::ptr::null_mut());
-            libc::setpgid(0, 0);
-            libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
-            Ok(())
-        });
-    }
-}
-
 /// Spawns `program` with its end of a new socketpair as fd 3.
 pub fn spawn(
     program: &std::path::Path,
@@ -93,7 +61,9 @@ pub fn spawn(
         }
         Err(e) => log::warn!("remote stdout stays on ours: {e}"),
     }
-    prepare_child(&mut cmd, theirs.as_raw_fd());
+    // Its own process group: terminal signals go to the VMM, which stops
+    // its remotes itself.
+    crate::sys::prepare_child(&mut cmd, theirs.as_raw_fd(), REMOTE_SOCKET_FD);
     let child = cmd.spawn().map_err(|source| RemoteError::Spawn {
         path: program.to_owned(),
         source,
@@ -112,12 +82,8 @@ pub fn open(spec: &RemoteDevSpec, index: usize) -> Result<RemoteProcess, RemoteE
             (sock, None, format!("#{index} ({})", path.display()))
         }
         Endpoint::Fd(fd) => {
-            if !is_socket(*fd) {
-                return Err(RemoteError::NotASocket(*fd));
-            }
-            // SAFETY: the user handed this fd to us on the command line and
-            // nothing else in the process uses it.
-            let sock = unsafe { UnixStream::from_raw_fd(*fd) };
+            // The user handed this fd to us on the command line, for this.
+            let sock = crate::sys::adopt_socket(*fd).ok_or(RemoteError::NotASocket(*fd))?;
             (sock, None, format!("#{index} (fd {fd})"))
         }
         Endpoint::Exec(path) => {

@@ -2,8 +2,7 @@
 //! another user, in a sandbox) or as the VMM's co-spawned child.
 
 use super::dump::DumpSignal;
-use std::os::fd::FromRawFd;
-use std::os::unix::net::{UnixListener, UnixStream};
+use std::os::unix::net::UnixListener;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 
@@ -168,18 +167,8 @@ pub fn run(kind: RemoteKind) -> Result<(), RemoteCliError> {
         })
         .collect::<Result<Vec<_>, RemoteCliError>>()?;
     let sock = match (fd, socket) {
-        (Some(fd), _) => {
-            // SAFETY: fstat only fills `st`.
-            let mut st: libc::stat = unsafe { std::mem::zeroed() };
-            // SAFETY: as above; a bad fd simply fails.
-            let is_sock = unsafe { libc::fstat(fd, &mut st) } == 0
-                && st.st_mode & libc::S_IFMT == libc::S_IFSOCK;
-            if !is_sock {
-                return Err(RemoteCliError::NotASocket(fd));
-            }
-            // SAFETY: the fd was handed to us for this purpose and is a socket.
-            unsafe { UnixStream::from_raw_fd(fd) }
-        }
+        // The fd was handed to us for this purpose.
+        (Some(fd), _) => crate::sys::adopt_socket(fd).ok_or(RemoteCliError::NotASocket(fd))?,
         (None, Some(path)) => {
             let err = |source| RemoteCliError::Socket {
                 path: path.clone(),

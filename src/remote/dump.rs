@@ -23,7 +23,7 @@ impl DumpSignal {
     /// Blocks `DUMP_SIGNAL` in the calling thread (and the threads it
     /// spawns later: call before any) and opens the signalfd.
     pub fn new() -> std::io::Result<Self> {
-        let set = signals::set_of(&[DUMP_SIGNAL]);
+        let set = signals::SigSet::of(&[DUMP_SIGNAL]);
         signals::block(&set)?;
         Ok(DumpSignal {
             fd: signals::signalfd(&set)?,

@@ -11,7 +11,6 @@
 //! dead device and cut it off.
 
 use std::io;
-use std::os::unix::thread::JoinHandleExt;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::thread::JoinHandle;
@@ -20,6 +19,8 @@ use std::time::{Duration, Instant};
 use kvm_bindings::{KVMIO, kvm_signal_mask};
 use vmm_sys_util::ioctl::ioctl_with_ref;
 use vmm_sys_util::ioctl_iow_nr;
+
+use crate::sys::signal::{self, SigSet};
 
 ioctl_iow_nr!(KVM_SET_SIGNAL_MASK, KVMIO, 0x8b, kvm_signal_mask);
 
@@ -40,17 +41,9 @@ pub fn kick_signal() -> libc::c_int {
     libc::SIGRTMIN()
 }
 
-fn kick_set() -> libc::sigset_t {
-    // SAFETY: sigemptyset initialises the zeroed set; sigaddset adds a valid signal.
-    unsafe {
-        let mut set: libc::sigset_t = std::mem::zeroed();
-        libc::sigemptyset(&mut set);
-        libc::sigaddset(&mut set, kick_signal());
-        set
-    }
+fn kick_set() -> SigSet {
+    SigSet::of(&[kick_signal()])
 }
-
-extern "C" fn on_kick(_signo: libc::c_int) {}
 
 /// A handler that does nothing, rather than the default action (ending the
 /// process), for the one case where the kick is delivered: a wait that,
@@ -58,19 +51,7 @@ extern "C" fn on_kick(_signo: libc::c_int) {}
 fn install_handler() -> Result<(), KickError> {
     static INSTALLED: OnceLock<Result<(), i32>> = OnceLock::new();
     let installed = INSTALLED.get_or_init(|| {
-        // SAFETY: a zeroed sigaction is a valid starting point; we fill in
-        // a handler that is async-signal-safe (it does nothing).
-        let mut action: libc::sigaction = unsafe { std::mem::zeroed() };
-        action.sa_sigaction = on_kick as *const () as libc::sighandler_t;
-        // No SA_RESTART: a wait the kick interrupts must return.
-        action.sa_flags = 0;
-        // SAFETY: installs a handler for a signal this program owns.
-        if unsafe { libc::sigaction(kick_signal(), &action, std::ptr::null_mut()) } != 0 {
-            return Err(io::Error::last_os_error()
-                .raw_os_error()
-                .unwrap_or(libc::EINVAL));
-        }
-        Ok(())
+        signal::interrupt_only(kick_signal()).map_err(|e| e.raw_os_error().unwrap_or(libc::EINVAL))
     });
     installed.map_err(|errno| KickError::Handler(io::Error::from_raw_os_error(errno)))
 }
@@ -90,11 +71,11 @@ impl StopFlag {
 /// with the kick let through (the stop signals stay blocked, or the
 /// kernel would deliver them to a vCPU thread and end the process).
 #[derive(Clone, Copy)]
-pub struct RunMask(libc::sigset_t);
+pub struct RunMask(SigSet);
 
 impl RunMask {
     pub fn as_sigset(&self) -> &libc::sigset_t {
-        &self.0
+        self.0.as_raw()
     }
 }
 
@@ -104,8 +85,7 @@ pub fn set_kvm_signal_mask(vcpu: &kvm_ioctls::VcpuFd, mask: &RunMask) -> io::Res
     // n - 1; built from sigismember rather than from libc's layout.
     let mut bits = 0u64;
     for signo in 1..=64 {
-        // SAFETY: sigismember reads a valid, initialised set.
-        if unsafe { libc::sigismember(&mask.0, signo) } == 1 {
+        if mask.0.contains(signo) {
             bits |= 1 << (signo - 1);
         }
     }
@@ -132,14 +112,7 @@ pub fn set_kvm_signal_mask(vcpu: &kvm_ioctls::VcpuFd, mask: &RunMask) -> io::Res
 /// (answered once KVM_RUN has returned) or one sent from outside the
 /// process.
 pub fn discard_kicks() {
-    let set = kick_set();
-    let zero = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: sigtimedwait with a valid set, no siginfo wanted, and a zero
-    // timeout, so it never blocks.
-    while unsafe { libc::sigtimedwait(&set, std::ptr::null_mut(), &zero) } > 0 {}
+    signal::take_pending(&kick_set());
 }
 
 /// The running vCPU threads.
@@ -166,27 +139,18 @@ impl VcpuThreads {
         name: String,
         body: impl FnOnce(StopFlag, RunMask) + Send + 'static,
     ) -> Result<(), KickError> {
-        let kick = kick_set();
-        // SAFETY: sigemptyset initialises the zeroed set that pthread_sigmask fills in.
-        let mut old: libc::sigset_t = unsafe { std::mem::zeroed() };
-        // SAFETY: `old` is initialised before use.
-        unsafe { libc::sigemptyset(&mut old) };
         // The new thread inherits the caller's mask, so block it here for
         // the spawn and restore it after.
-        // SAFETY: valid sets; `old` receives the caller's mask.
-        let rc = unsafe { libc::pthread_sigmask(libc::SIG_BLOCK, &kick, &mut old) };
-        if rc != 0 {
-            return Err(KickError::Mask(io::Error::from_raw_os_error(rc)));
-        }
+        let old = signal::block(&kick_set()).map_err(KickError::Mask)?;
         let mut run = old;
-        // SAFETY: `run` is a valid set.
-        unsafe { libc::sigdelset(&mut run, kick_signal()) };
+        run.remove(kick_signal());
         let stop = self.stop.clone();
         let spawned = std::thread::Builder::new()
             .name(name.clone())
             .spawn(move || body(stop, RunMask(run)));
-        // SAFETY: restores the mask read above.
-        unsafe { libc::pthread_sigmask(libc::SIG_SETMASK, &old, std::ptr::null_mut()) };
+        if let Err(e) = signal::set_mask(&old) {
+            log::warn!("cannot restore the signal mask after starting {name}: {e}");
+        }
         self.running
             .push((name, spawned.map_err(KickError::Spawn)?));
         Ok(())
@@ -201,11 +165,11 @@ impl VcpuThreads {
             if handle.is_finished() {
                 continue;
             }
-            // SAFETY: the thread is not joined yet (we hold its handle), so
-            // its pthread_t is valid even if it has returned since.
-            let rc = unsafe { libc::pthread_kill(handle.as_pthread_t(), kick_signal()) };
-            if rc != 0 && rc != libc::ESRCH {
-                log::warn!("cannot kick {name}: {}", io::Error::from_raw_os_error(rc));
+            match signal::signal_thread(handle, kick_signal()) {
+                Err(e) if e.raw_os_error() != Some(libc::ESRCH) => {
+                    log::warn!("cannot kick {name}: {e}")
+                }
+                _ => {}
             }
         }
     }
@@ -219,13 +183,14 @@ impl VcpuThreads {
         if handle.is_finished() {
             return false;
         }
-        // SAFETY: as in `kick_all`: the thread is not joined yet.
-        let rc = unsafe { libc::pthread_kill(handle.as_pthread_t(), kick_signal()) };
-        if rc != 0 && rc != libc::ESRCH {
-            log::warn!("cannot kick {name}: {}", io::Error::from_raw_os_error(rc));
-            return false;
+        match signal::signal_thread(handle, kick_signal()) {
+            Ok(()) => true,
+            Err(e) if e.raw_os_error() == Some(libc::ESRCH) => false,
+            Err(e) => {
+                log::warn!("cannot kick {name}: {e}");
+                false
+            }
         }
-        rc == 0
     }
 
     /// Joins the threads that return within `timeout`; returns how many

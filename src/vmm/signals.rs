@@ -19,17 +19,17 @@ const REPORT_SIGNAL: libc::c_int = libc::SIGUSR1;
 /// Asks for a state dump without stopping anything.
 const DUMP_SIGNAL: libc::c_int = super::dump::DUMP_SIGNAL;
 
-fn stop_set() -> libc::sigset_t {
+fn stop_set() -> signals::SigSet {
     let mut all = STOP_SIGNALS.to_vec();
     all.extend([REPORT_SIGNAL, DUMP_SIGNAL]);
-    signals::set_of(&all)
+    signals::SigSet::of(&all)
 }
 
 /// Blocks the stop, report and dump signals in the calling thread and
 /// every thread it spawns afterwards; call before creating any thread, or
 /// a SIGUSR2 delivered to one that does not block it ends the VMM.
 pub fn block_stop_signals() -> std::io::Result<()> {
-    signals::block(&stop_set())
+    signals::block(&stop_set()).map(drop)
 }
 
 pub struct SignalHandler {

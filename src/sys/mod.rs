@@ -1,11 +1,17 @@
 //! System calls that the standard library does not wrap (memfds, seals,
-//! poll, socket options, signals to a pid), each behind a safe function, so
-//! that their `unsafe` lives here and not at every call site.
+//! poll, sockets and their options, a child's setup before exec, signals),
+//! each behind a safe function, so that their `unsafe` lives here and not
+//! at every call site. KVM's own ioctls stay with the code that drives KVM.
+
+pub mod signal;
 
 use std::ffi::CStr;
 use std::fs::File;
 use std::io;
-use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, IntoRawFd};
+use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, IntoRawFd, OwnedFd, RawFd};
+use std::os::unix::net::UnixStream;
+use std::os::unix::process::CommandExt;
+use std::process::Command;
 use std::time::Duration;
 
 use vmm_sys_util::eventfd::EventFd;
@@ -141,6 +147,106 @@ pub fn eventfd_file(event: &EventFd) -> io::Result<File> {
     Ok(unsafe { File::from_raw_fd(clone.into_raw_fd()) })
 }
 
+/// A connected SOCK_SEQPACKET pair, close-on-exec so the ends do not leak
+/// into processes we spawn.
+pub fn seqpacket_pair() -> io::Result<(OwnedFd, OwnedFd)> {
+    let mut fds = [-1; 2];
+    // SAFETY: `fds` is a valid array of two ints for socketpair to fill.
+    let ret = unsafe {
+        libc::socketpair(
+            libc::AF_UNIX,
+            libc::SOCK_SEQPACKET | libc::SOCK_CLOEXEC,
+            0,
+            fds.as_mut_ptr(),
+        )
+    };
+    if ret < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: socketpair succeeded, so both fds are open and owned by nobody else.
+    Ok(unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) })
+}
+
+/// send(2): how many bytes of `buf` went out. One call, EINTR included.
+pub fn send(fd: BorrowedFd<'_>, buf: &[u8], flags: libc::c_int) -> io::Result<usize> {
+    // SAFETY: the pointer and length describe `buf`, which outlives the call.
+    let n = unsafe { libc::send(fd.as_raw_fd(), buf.as_ptr().cast(), buf.len(), flags) };
+    if n < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(n as usize)
+}
+
+/// recv(2): the length it returns, which with MSG_TRUNC can exceed
+/// `buf.len()` (the kernel still writes at most `buf.len()` bytes). One
+/// call, EINTR included.
+pub fn recv(fd: BorrowedFd<'_>, buf: &mut [u8], flags: libc::c_int) -> io::Result<usize> {
+    // SAFETY: the pointer and length describe `buf`, which outlives the call.
+    let n = unsafe { libc::recv(fd.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len(), flags) };
+    if n < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(n as usize)
+}
+
+/// The bytes queued on socket `fd` that its peer has not read yet
+/// (SIOCOUTQ).
+pub fn unread_bytes(fd: BorrowedFd<'_>) -> io::Result<usize> {
+    let mut queued: libc::c_int = 0;
+    // SAFETY: SIOCOUTQ (TIOCOUTQ) writes one int through a valid pointer.
+    let rc = unsafe { libc::ioctl(fd.as_raw_fd(), libc::TIOCOUTQ, &mut queued) };
+    if rc < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(queued.max(0) as usize)
+}
+
+/// Whether fd number `fd` is open and a socket.
+pub fn is_socket(fd: RawFd) -> bool {
+    // SAFETY: fstat only writes into `st`; a bad fd just fails.
+    unsafe {
+        let mut st: libc::stat = std::mem::zeroed();
+        libc::fstat(fd, &mut st) == 0 && st.st_mode & libc::S_IFMT == libc::S_IFSOCK
+    }
+}
+
+/// Takes over socket `fd`, which this process was handed (inherited, or
+/// named on its command line) for that purpose; None if it is not an open
+/// socket. The caller names each such fd once.
+pub fn adopt_socket(fd: RawFd) -> Option<UnixStream> {
+    if !is_socket(fd) {
+        return None;
+    }
+    // SAFETY: an open socket that the process was given for this use, and
+    // that nothing else in it owns (the caller's contract).
+    Some(unsafe { UnixStream::from_raw_fd(fd) })
+}
+
+/// Sets `cmd` up so the child keeps `socket` as fd `as_fd` and no other
+/// inherited fd, starts with no blocked signals, leads a process group of
+/// its own (terminal signals go to its parent, which stops it itself), and
+/// dies with the thread that spawns it (PR_SET_PDEATHSIG).
+pub fn prepare_child(cmd: &mut Command, socket: RawFd, as_fd: RawFd) {
+    // SAFETY: runs between fork and exec and only makes async-signal-safe
+    // system calls on integers it owns.
+    unsafe {
+        cmd.pre_exec(move || {
+            if socket != as_fd && libc::dup2(socket, as_fd) < 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            let flags = libc::fcntl(as_fd, libc::F_GETFD);
+            libc::fcntl(as_fd, libc::F_SETFD, flags & !libc::FD_CLOEXEC);
+            libc::syscall(libc::SYS_close_range, as_fd + 1, u32::MAX, 0);
+            let mut set: libc::sigset_t = std::mem::zeroed();
+            libc::sigemptyset(&mut set);
+            libc::pthread_sigmask(libc::SIG_SETMASK, &set, std::ptr::null_mut());
+            libc::setpgid(0, 0);
+            libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+            Ok(())
+        });
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -186,5 +292,22 @@ mod tests {
         assert_eq!(u64::from_ne_bytes(count), 3);
         kill(std::process::id(), 0).unwrap();
         assert!(kill(u32::MAX, 0).is_err());
+    }
+
+    #[test]
+    fn seqpacket_records_and_their_backlog() {
+        let (a, b) = seqpacket_pair().unwrap();
+        assert_eq!(socket_type(a.as_fd()).unwrap(), libc::SOCK_SEQPACKET);
+        assert!(is_socket(a.as_raw_fd()) && !is_socket(-1));
+        assert_eq!(send(a.as_fd(), &[7; 32], 0).unwrap(), 32);
+        assert!(unread_bytes(a.as_fd()).unwrap() >= 32);
+        let mut small = [0u8; 8];
+        assert_eq!(recv(b.as_fd(), &mut small, libc::MSG_TRUNC).unwrap(), 32);
+        assert_eq!(small, [7; 8]);
+        assert_eq!(unread_bytes(a.as_fd()).unwrap(), 0);
+        let err = recv(b.as_fd(), &mut small, libc::MSG_DONTWAIT).unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::WouldBlock);
+        let file = File::open("/dev/null").unwrap();
+        assert!(!is_socket(file.as_raw_fd()));
     }
 }
