@@ -22,4 +22,5 @@ pub mod scsi;
 pub mod signals;
 pub mod sys;
 pub mod terminal;
+pub mod vfio_user;
 pub mod vmm;
