@@ -1,13 +1,10 @@
 //! Sending and receiving mpqemu messages with their fds over a stream
 //! socket.
 
-use std::fs::File;
-use std::io::{Read, Write};
-use std::os::fd::{AsRawFd, FromRawFd, RawFd};
+use std::io::Read;
+use std::os::fd::{AsRawFd, RawFd};
 use std::os::unix::net::UnixStream;
 use std::time::Duration;
-
-use vmm_sys_util::sock_ctrl_msg::ScmSocket;
 
 use super::mpqemu::{self, DecodeError, HEADER_SIZE, MAX_FDS, Message};
 
@@ -32,10 +29,6 @@ impl From<std::io::Error> for ChannelError {
             _ => ChannelError::Io(e),
         }
     }
-}
-
-fn sys_err(e: vmm_sys_util::errno::Error) -> std::io::Error {
-    std::io::Error::from_raw_os_error(e.errno())
 }
 
 pub struct Channel {
@@ -66,16 +59,7 @@ impl Channel {
     pub fn send(&mut self, msg: &Message) -> Result<(), ChannelError> {
         let enc = msg.encode();
         let fds: Vec<RawFd> = enc.fds.iter().map(|f| f.as_raw_fd()).collect();
-        if fds.is_empty() {
-            self.sock.write_all(&enc.bytes)?;
-            return Ok(());
-        }
-        // The fds ride on the first chunk; the rest of a short write follows plainly.
-        let sent = self
-            .sock
-            .send_with_fds(&[&enc.bytes[..]], &fds)
-            .map_err(sys_err)?;
-        self.sock.write_all(&enc.bytes[sent..])?;
+        crate::sys::send_with_fds(&self.sock, &enc.bytes, &fds)?;
         Ok(())
     }
 
@@ -100,19 +84,7 @@ impl Channel {
 
     fn recv_inner(&mut self) -> Result<Message, ChannelError> {
         let mut header = [0u8; HEADER_SIZE];
-        let mut raw_fds = [-1 as RawFd; MAX_FDS];
-        let mut iov = [libc::iovec {
-            iov_base: header.as_mut_ptr().cast(),
-            iov_len: HEADER_SIZE,
-        }];
-        // SAFETY: the iovec points at `header`, which lives for this call.
-        let (got, nfds) =
-            unsafe { self.sock.recv_with_fds(&mut iov, &mut raw_fds) }.map_err(sys_err)?;
-        // SAFETY: recvmsg handed us these fds; we own them from here on.
-        let fds: Vec<File> = raw_fds[..nfds]
-            .iter()
-            .map(|&fd| unsafe { File::from_raw_fd(fd) })
-            .collect();
+        let (got, fds) = crate::sys::recv_with_fds(&self.sock, &mut header, MAX_FDS)?;
         if got == 0 {
             return Err(ChannelError::Closed);
         }
@@ -142,7 +114,8 @@ impl Channel {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::io::Seek;
+    use std::fs::File;
+    use std::io::{Seek, Write};
 
     #[test]
     fn messages_and_fds_cross_a_socketpair() {

@@ -222,6 +222,45 @@ pub fn adopt_socket(fd: RawFd) -> Option<UnixStream> {
     Some(unsafe { UnixStream::from_raw_fd(fd) })
 }
 
+/// Receives into `buf` from a stream socket, with up to `max_fds` fds
+/// that came alongside (SCM_RIGHTS); they are the caller's from here on.
+/// 0 bytes means the peer closed.
+pub fn recv_with_fds(
+    sock: &UnixStream,
+    buf: &mut [u8],
+    max_fds: usize,
+) -> io::Result<(usize, Vec<File>)> {
+    use vmm_sys_util::sock_ctrl_msg::ScmSocket;
+    let mut raw_fds = vec![-1 as RawFd; max_fds];
+    let mut iov = [libc::iovec {
+        iov_base: buf.as_mut_ptr().cast(),
+        iov_len: buf.len(),
+    }];
+    // SAFETY: the iovec points at `buf`, which lives for this call.
+    let (got, nfds) = unsafe { sock.recv_with_fds(&mut iov, &mut raw_fds) }
+        .map_err(|e| io::Error::from_raw_os_error(e.errno()))?;
+    // SAFETY: recvmsg handed us these fds and nothing else owns them.
+    let fds = raw_fds[..nfds]
+        .iter()
+        .map(|&fd| unsafe { File::from_raw_fd(fd) })
+        .collect();
+    Ok((got, fds))
+}
+
+/// Sends all of `bytes` on a stream socket, the fds with the first chunk.
+pub fn send_with_fds(sock: &UnixStream, bytes: &[u8], fds: &[RawFd]) -> io::Result<()> {
+    use std::io::Write;
+    use vmm_sys_util::sock_ctrl_msg::ScmSocket;
+    let mut sock = sock;
+    if fds.is_empty() {
+        return sock.write_all(bytes);
+    }
+    let sent = sock
+        .send_with_fds(&[bytes], fds)
+        .map_err(|e| io::Error::from_raw_os_error(e.errno()))?;
+    sock.write_all(&bytes[sent..])
+}
+
 /// Sets `cmd` up so the child keeps `socket` as fd `as_fd` and no other
 /// inherited fd, starts with no blocked signals, leads a process group of
 /// its own (terminal signals go to its parent, which stops it itself), and

@@ -24,7 +24,8 @@ const FLAG_NO_REPLY: u32 = 1 << 4;
 const FLAG_ERROR: u32 = 1 << 5;
 const KNOWN_FLAGS: u32 = TYPE_MASK | FLAG_NO_REPLY | FLAG_ERROR;
 
-/// The commands of protocol version 0.1, by number.
+/// The commands of the protocol, by number (14, DIRTY_PAGES, is gone from
+/// the specification).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 #[repr(u16)]
 pub enum Command {

@@ -8,9 +8,11 @@ use serde_json::{Map, Value, json};
 use super::WireError;
 use super::header::Command;
 
-/// The protocol version this implementation speaks.
+/// The protocol version this implementation speaks: 0.0, as QEMU's
+/// client proposes it (a server answers with a minor no higher than the
+/// client's).
 pub const MAJOR: u16 = 0;
-pub const MINOR: u16 = 1;
+pub const MINOR: u16 = 0;
 
 /// What a peer receives when it does not say: the protocol's defaults.
 pub const DEFAULT_MAX_MSG_FDS: u32 = 1;
@@ -193,7 +195,7 @@ mod tests {
             },
         };
         let bytes = v.encode();
-        assert_eq!(bytes[..4], [0, 0, 1, 0]);
+        assert_eq!(bytes[..4], [0, 0, 0, 0]);
         assert_eq!(*bytes.last().unwrap(), 0);
         assert_eq!(Version::decode(&bytes).unwrap(), v);
     }
