@@ -13,21 +13,40 @@ pub type SharedIrq = Arc<Mutex<InterruptLine>>;
 
 #[derive(Default)]
 pub struct InterruptLine {
-    fds: Option<(File, File)>,
+    /// Written to raise the line.
+    trigger: Option<File>,
+    /// Readable when the guest acknowledged the interrupt.
+    resample: Option<File>,
     level: bool,
+    /// A masked line raises nothing; unmasking raises it if still high.
+    masked: bool,
 }
 
 impl InterruptLine {
     pub fn new(irqfd: File, resamplefd: File) -> Self {
         InterruptLine {
-            fds: Some((irqfd, resamplefd)),
-            level: false,
+            trigger: Some(irqfd),
+            resample: Some(resamplefd),
+            ..InterruptLine::default()
         }
     }
 
+    /// Replaces the fd written to raise the line (None: raise nothing).
+    pub fn set_trigger(&mut self, trigger: Option<File>) {
+        self.trigger = trigger;
+    }
+
+    /// Replaces the fd that says the guest acknowledged the interrupt.
+    pub fn set_resample(&mut self, resample: Option<File>) {
+        self.resample = resample;
+    }
+
     fn pulse(&mut self) {
-        if let Some((irqfd, _)) = self.fds.as_mut()
-            && let Err(e) = irqfd.write_all(&1u64.to_ne_bytes())
+        if self.masked {
+            return;
+        }
+        if let Some(trigger) = self.trigger.as_mut()
+            && let Err(e) = trigger.write_all(&1u64.to_ne_bytes())
         {
             log::warn!("irqfd write failed: {e}");
         }
@@ -44,14 +63,27 @@ impl InterruptLine {
         self.level
     }
 
+    pub fn mask(&mut self) {
+        self.masked = true;
+    }
+
+    /// Lets the line through again, raising it if it is still high: what
+    /// an acknowledgement does too.
+    pub fn unmask(&mut self) {
+        self.masked = false;
+        if self.level {
+            self.pulse();
+        }
+    }
+
     /// The fd to poll for guest acknowledgements.
     pub fn resample_fd(&self) -> Option<RawFd> {
-        self.fds.as_ref().map(|(_, r)| r.as_raw_fd())
+        self.resample.as_ref().map(AsRawFd::as_raw_fd)
     }
 
     /// Called when the resamplefd is readable.
     pub fn resample(&mut self) {
-        if let Some((_, resample)) = self.fds.as_mut() {
+        if let Some(resample) = self.resample.as_mut() {
             let mut buf = [0u8; 8];
             let _ = resample.read(&mut buf);
         }
@@ -85,5 +117,21 @@ mod tests {
         resample.write(1).unwrap();
         line.resample();
         assert!(irq.read().is_err(), "not re-raised once low");
+    }
+
+    #[test]
+    fn a_masked_line_raises_nothing_until_unmasked() {
+        let irq = EventFd::new(EFD_NONBLOCK).unwrap();
+        let mut line = InterruptLine::default();
+        line.set_trigger(Some(file(&irq)));
+        line.mask();
+        line.set_level(true);
+        assert!(irq.read().is_err(), "masked");
+        line.unmask();
+        assert_eq!(irq.read().unwrap(), 1, "raised on unmask while high");
+        line.set_level(false);
+        line.unmask();
+        assert!(irq.read().is_err(), "not raised once low");
+        assert_eq!(line.resample_fd(), None);
     }
 }

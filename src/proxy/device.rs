@@ -354,7 +354,7 @@ pub(crate) mod tests {
     pub(crate) struct Scratch {
         pub(crate) config: ConfigSpace,
         pub(crate) regs: [u8; 1024],
-        resets: u32,
+        pub(crate) resets: u32,
         /// The command register when the interrupt was last wired.
         pub(crate) wired_at_command: Option<u32>,
         /// Mirrors BAR1's byte 0x14 and claims it at this offset of BAR1.
@@ -362,7 +362,14 @@ pub(crate) mod tests {
         /// A reset says so on the first and then waits for the second: a
         /// remote that is slow in the middle of the handshake.
         pub(crate) reset_gate: Option<(Sender<()>, Receiver<()>)>,
+        /// Guest RAM as last given, and the interrupt line once wired: a
+        /// write to BAR0's last byte sets the line's level.
+        pub(crate) memory: Option<DeviceMemory>,
+        irq: Option<SharedIrq>,
     }
+
+    /// BAR0's last byte, which drives the interrupt line.
+    pub(crate) const SCRATCH_IRQ_LEVEL: u64 = 0xff;
 
     impl PciDevice for Scratch {
         fn config(&self) -> &ConfigSpace {
@@ -375,9 +382,15 @@ pub(crate) mod tests {
             let o = offset as usize;
             data.copy_from_slice(&self.regs[o..o + data.len()]);
         }
-        fn bar_write(&mut self, _bar: u8, offset: u64, data: &[u8]) {
+        fn bar_write(&mut self, bar: u8, offset: u64, data: &[u8]) {
             let o = offset as usize;
             self.regs[o..o + data.len()].copy_from_slice(data);
+            if bar == 0
+                && offset == SCRATCH_IRQ_LEVEL
+                && let Some(irq) = &self.irq
+            {
+                irq.lock().unwrap().set_level(data[0] != 0);
+            }
             if let Some((mirror, _)) = &self.mirror {
                 mirror.set(0, self.regs[0x14]);
             }
@@ -404,9 +417,12 @@ pub(crate) mod tests {
                 let _ = release.recv();
             }
         }
-        fn set_memory(&mut self, _memory: DeviceMemory) {}
-        fn set_interrupt(&mut self, _line: SharedIrq) {
+        fn set_memory(&mut self, memory: DeviceMemory) {
+            self.memory = Some(memory);
+        }
+        fn set_interrupt(&mut self, line: SharedIrq) {
             self.wired_at_command = Some(self.config.read(crate::pci::config::REG_COMMAND));
+            self.irq = Some(line);
         }
         /// Two ranges of BAR1 over region fds; the rest over messages.
         fn ioregions(&self, bar: u8) -> Vec<crate::device_model::IoRegionSpec> {
@@ -449,6 +465,8 @@ pub(crate) mod tests {
             wired_at_command: None,
             mirror: None,
             reset_gate: None,
+            memory: None,
+            irq: None,
         }))
     }
 
@@ -474,7 +492,7 @@ pub(crate) mod tests {
         let (a, b) = UnixStream::pair().unwrap();
         let remote: Arc<Mutex<dyn DeviceModel>> = dev;
         let server = std::thread::spawn(move || {
-            let _ = server::serve(Channel::new(b), remote, None);
+            let _ = server::serve(&mut Channel::new(b), remote, None);
         });
         let ram = GuestRam::new(64 << 20).unwrap();
         let failed = FailFlag::default();
@@ -751,7 +769,7 @@ pub(crate) mod tests {
         let (a, b) = UnixStream::pair().unwrap();
         let remote: Arc<Mutex<dyn DeviceModel>> = dev;
         let server = std::thread::spawn(move || {
-            let _ = server::serve(Channel::new(b), remote, None);
+            let _ = server::serve(&mut Channel::new(b), remote, None);
         });
         (Channel::new(a), server)
     }

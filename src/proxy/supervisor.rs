@@ -515,7 +515,7 @@ mod tests {
         let remote: Arc<Mutex<dyn crate::device_model::DeviceModel>> = fresh.clone();
         std::thread::spawn(move || {
             let (stream, _) = listener.accept().unwrap();
-            let _ = crate::remote::server::serve(Channel::new(stream), remote, None);
+            let _ = crate::remote::server::serve(&mut Channel::new(stream), remote, None);
         });
         let spec = RemoteDevSpec {
             endpoint: Endpoint::Socket(path),

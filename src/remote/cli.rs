@@ -188,7 +188,7 @@ pub fn run(kind: RemoteKind) -> Result<(), RemoteCliError> {
     // Everything is open and the disk workers run: from here on the
     // remote only serves.
     sandbox.apply()?;
-    let served = server::serve(Channel::new(sock), device.clone(), dump);
+    let served = server::serve(&mut Channel::new(sock), device.clone(), dump);
     if let Some(summary) = device.lock().expect("device lock poisoned").summary() {
         log::info!("{summary}");
     }

@@ -1,6 +1,9 @@
-//! The remote's control loop: decode each mpqemu message, apply it to the
-//! device model, reply. A malformed message or a dead peer ends the loop
-//! with a clear error instead of a panic.
+//! The remote's control loop: wait for a request on the control socket,
+//! an interrupt acknowledgement, finished disk I/O or a dump signal, and
+//! serve it. The loop is the same whatever protocol the socket speaks
+//! ([`Control`]: mpqemu here, vfio-user in `crate::vfio_user::server`); a
+//! malformed message or a dead peer ends it with a clear error instead of a
+//! panic.
 
 use super::dump::DumpSignal;
 use std::sync::{Arc, Mutex};
@@ -24,6 +27,48 @@ pub enum ServerError {
     Poll(#[source] std::io::Error),
     #[error("cannot open ioregion fds: {0}")]
     IoRegion(#[source] std::io::Error),
+    #[error("the VMM's messages: {0}")]
+    Peer(#[source] Box<dyn std::error::Error + Send + Sync>),
+}
+
+/// What every request is served against: the device model, its interrupt
+/// line, and the ordering point of its region fds.
+pub struct DeviceLink {
+    pub device: Arc<Mutex<dyn DeviceModel>>,
+    pub irq: Arc<Mutex<InterruptLine>>,
+    pub hub: Arc<ioregions::Hub>,
+}
+
+/// A control protocol spoken on the remote's socket.
+pub trait Control {
+    /// The socket to wait on for requests.
+    fn socket_fd(&self) -> std::os::fd::RawFd;
+    /// Receives one request, applies it and answers it; false once the
+    /// peer has closed the connection.
+    fn serve_one(&mut self, link: &DeviceLink) -> Result<bool, ServerError>;
+}
+
+/// mpqemu, QEMU's multiprocess protocol with our extensions.
+impl Control for Channel {
+    fn socket_fd(&self) -> std::os::fd::RawFd {
+        use std::os::fd::AsRawFd;
+        self.socket().as_raw_fd()
+    }
+
+    fn serve_one(&mut self, link: &DeviceLink) -> Result<bool, ServerError> {
+        let msg = match self.recv() {
+            Ok(msg) => msg,
+            Err(ChannelError::Closed) => return Ok(false),
+            Err(e) => return Err(e.into()),
+        };
+        // PCI ordering: a config or BAR access by message comes after the
+        // posted writes the guest made before it.
+        link.hub.drain_all();
+        if let Some(reply) = handle(&link.device, &link.irq, &link.hub, msg)? {
+            self.send(&reply)?;
+        }
+        Ok(true)
+    }
 }
 
 /// Reads `len` config bytes starting at byte `addr` (which may cross dwords).
@@ -144,17 +189,20 @@ pub fn handle(
     })
 }
 
-/// Serves requests until the proxy disconnects (Ok) or misbehaves (Err).
+/// Serves requests until the VMM disconnects (Ok) or misbehaves (Err).
 /// With `dump`, a `kill -USR2` logs the device's and the interrupt line's
 /// state.
 pub fn serve(
-    mut channel: Channel,
+    control: &mut dyn Control,
     device: Arc<Mutex<dyn DeviceModel>>,
     mut dump: Option<DumpSignal>,
 ) -> Result<(), ServerError> {
-    use std::os::fd::AsRawFd;
-    let irq = Arc::new(Mutex::new(InterruptLine::default()));
-    let hub = Arc::new(ioregions::Hub::default());
+    let link = DeviceLink {
+        device,
+        irq: Arc::new(Mutex::new(InterruptLine::default())),
+        hub: Arc::new(ioregions::Hub::default()),
+    };
+    let (device, irq, hub) = (&link.device, &link.irq, &link.hub);
     // Fixed for the device's lifetime: asking once keeps the device lock,
     // which the ioregion threads use on every access, out of this loop.
     let background = device.lock().expect("device lock poisoned").background_fd();
@@ -162,7 +210,7 @@ pub fn serve(
         let resample = irq.lock().expect("irq lock poisoned").resample_fd();
         let pollfd = sys::pollin;
         let mut fds = [
-            pollfd(Some(channel.socket().as_raw_fd())),
+            pollfd(Some(control.socket_fd())),
             pollfd(resample),
             pollfd(background),
             pollfd(dump.as_ref().map(DumpSignal::raw_fd)),
@@ -195,19 +243,8 @@ pub fn serve(
                     .unwrap_or("the device keeps no state to dump")
             );
         }
-        if fds[0].revents == 0 {
-            continue;
-        }
-        let msg = match channel.recv() {
-            Ok(msg) => msg,
-            Err(ChannelError::Closed) => return Ok(()),
-            Err(e) => return Err(e.into()),
-        };
-        // PCI ordering: a config or BAR access by message comes after the
-        // posted writes the guest made before it.
-        hub.drain_all();
-        if let Some(reply) = handle(&device, &irq, &hub, msg)? {
-            channel.send(&reply)?;
+        if fds[0].revents != 0 && !control.serve_one(&link)? {
+            return Ok(());
         }
     }
 }

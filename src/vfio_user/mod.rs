@@ -8,9 +8,11 @@
 //! This module is the wire format alone; file descriptors travel beside
 //! the bytes (SCM_RIGHTS) and are the transport's business.
 
+pub mod connection;
 pub mod header;
 pub mod io_fds;
 pub mod messages;
+pub mod server;
 pub mod version;
 
 pub use header::{Command, HEADER_SIZE, Header, Kind};
