@@ -31,6 +31,10 @@ report_retries() {
 }
 trap report_retries EXIT
 
+log "QEMU with vfio-user-pci (Debian sid's, fetched privately) for tests/vfio_user.rs"
+VMM_QEMU_VFIO_USER=$(ci/fetch-qemu.sh sid)
+export VMM_QEMU_VFIO_USER
+
 log "unit and end-to-end tests"
 start=$(date +%s)
 cargo test --locked -- --test-threads 1

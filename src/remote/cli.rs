@@ -22,7 +22,13 @@ pub const SCRATCH_DISK_SIZE: u64 = 1 << 30;
 #[derive(Debug, Parser)]
 #[command(
     name = "vmm remote",
-    about = "Serve one PCI device to a VMM over the mpqemu protocol"
+    about = "Serve one PCI device to a VMM over the mpqemu or the vfio-user protocol",
+    after_help = "Examples:\n  \
+        vmm remote lsi --socket /tmp/lsi.sock --disk disk.img\n      \
+        serve a VMM started with --remote-dev socket=/tmp/lsi.sock\n  \
+        vmm remote lsi --protocol vfio-user --socket /tmp/lsi.sock --disk disk.img\n      \
+        serve QEMU: -device '{\"driver\":\"vfio-user-pci\",\"socket\":{\"type\":\"unix\",\"path\":\"/tmp/lsi.sock\"}}'\n      \
+        (guest RAM must be shareable: -object memory-backend-memfd,id=mem,size=1G -machine memory-backend=mem)"
 )]
 pub struct RemoteCli {
     #[command(subcommand)]
@@ -60,9 +66,21 @@ pub enum RemoteKind {
         /// writes are always waited for.
         #[arg(long, value_enum, default_value_t = RegisterWrites::Waited)]
         register_writes: RegisterWrites,
+        /// The protocol spoken on the control socket.
+        #[arg(long, value_enum, default_value_t = Protocol::Mpqemu)]
+        protocol: Protocol,
         #[arg(long, value_name = "LEVEL")]
         log_level: Option<String>,
     },
+}
+
+/// `--protocol`: what the control socket speaks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Protocol {
+    /// QEMU's multiprocess protocol with our extensions (what our VMM speaks).
+    Mpqemu,
+    /// vfio-user, as QEMU's vfio-user-pci speaks it.
+    VfioUser,
 }
 
 /// `--register-writes`: how the VMM delivers register writes.
@@ -125,6 +143,7 @@ pub fn run(kind: RemoteKind) -> Result<(), RemoteCliError> {
         user,
         no_sandbox,
         register_writes,
+        protocol,
         ..
     } = kind;
     // Before any thread exists, so that none of them takes the signal's
@@ -188,7 +207,14 @@ pub fn run(kind: RemoteKind) -> Result<(), RemoteCliError> {
     // Everything is open and the disk workers run: from here on the
     // remote only serves.
     sandbox.apply()?;
-    let served = server::serve(&mut Channel::new(sock), device.clone(), dump);
+    let served = match protocol {
+        Protocol::Mpqemu => server::serve(&mut Channel::new(sock), device.clone(), dump),
+        Protocol::VfioUser => server::serve(
+            &mut crate::vfio_user::server::Session::new(sock),
+            device.clone(),
+            dump,
+        ),
+    };
     if let Some(summary) = device.lock().expect("device lock poisoned").summary() {
         log::info!("{summary}");
     }

@@ -274,7 +274,7 @@ pub fn parse_batch(output: &str) -> HashMap<String, Outcome> {
     results
 }
 
-fn build_guest() -> PathBuf {
+pub fn build_guest() -> PathBuf {
     let out = Command::new(repo_root().join("guest/build.sh"))
         .stderr(Stdio::inherit())
         .output()
