@@ -5,6 +5,8 @@
 
 pub mod irq;
 pub mod memory;
+#[cfg(test)]
+pub mod scratch;
 
 pub use crate::mirror::{MirrorOffer, RegisterMirror};
 pub use crate::pci::PciDevice;

@@ -12,22 +12,21 @@ use vmm_sys_util::eventfd::EventFd;
 use crate::ioregion::IoRegionPath;
 use crate::pci::BarSpec;
 use crate::pci::config::{ConfigSpace, NUM_BARS, REG_BAR0, REG_CLASS, REG_ID, SizedBar, sized_bar};
-use crate::protocol::channel::{Channel, ChannelError};
-use crate::protocol::mpqemu::{Message, RET_ERROR, SysmemRegion};
+use crate::protocol::mpqemu::SysmemRegion;
 use crate::proxy::cut_off::FailFlag;
 use crate::proxy::ioregion_setup::{Dispatch, IoRegionError, Negotiation};
-use crate::proxy::spec::Dialect;
+use crate::proxy::link::{LinkError, RemoteLink};
 use crate::proxy::stats::DeviceStats;
 use crate::proxy::watchdog::PostedWriteWatchdog;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ProxyError {
     #[error("remote {name}: {what}: {source}")]
-    Channel {
+    Link {
         name: String,
         what: &'static str,
         #[source]
-        source: ChannelError,
+        source: LinkError,
     },
     #[error("remote {name} reports no PCI device (vendor id {vendor:#06x})")]
     NoDevice { name: String, vendor: u16 },
@@ -62,7 +61,6 @@ pub type IrqRegistrar<'a> = dyn Fn(&EventFd, &EventFd, u32) -> Result<(), kvm_io
 /// How a proxy talks to its remote beyond plain QEMU multiprocess.
 #[derive(Clone)]
 pub struct ProxyOptions {
-    pub dialect: Dialect,
     /// None: every BAR access goes over messages (ioregionfd=off).
     pub ioregion: Option<Dispatch>,
     /// One ioregion fd per vCPU per range.
@@ -87,39 +85,41 @@ pub struct Takeover {
 /// A remote that passed the handshake, for `complete_takeover`.
 pub struct Successor {
     pub(super) name: String,
-    pub(super) channel: Channel,
+    pub(super) link: Box<dyn RemoteLink>,
     pub(super) failed: FailFlag,
     pub(super) fast_paths: HashMap<usize, Vec<Arc<IoRegionPath>>>,
     pub(super) replayed: usize,
 }
 
 impl Takeover {
-    /// The slow part, up to some 40 round trips: the remote on `channel`
+    /// The slow part, up to some 40 round trips: the remote on `link`
     /// must be the same device; it gets guest RAM, a reset, the config
     /// space as of the copy and its ioregion fds.
-    pub fn handshake(self, name: String, mut channel: Channel) -> Result<Successor, ProxyError> {
-        share_ram(&mut channel, &name, &self.sysmem)?;
-        let config = probe_config(&mut channel, &name)?;
+    pub fn handshake(
+        self,
+        name: String,
+        mut link: Box<dyn RemoteLink>,
+    ) -> Result<Successor, ProxyError> {
+        share_ram(&mut *link, &name, &self.sysmem)?;
+        let config = probe_config(&mut *link, &name)?;
         let same = |reg| config.read(reg) == self.config.read(reg);
         if !same(REG_ID) || !same(REG_CLASS) || config.bar_specs() != self.config.bar_specs() {
             return Err(ProxyError::NotTheSameDevice { name });
         }
-        channel
-            .request(&Message::DeviceReset)
-            .map_err(channel_err(&name, "resetting the device"))?;
+        link.reset()
+            .map_err(link_err(&name, "resetting the device"))?;
         // BARs first, then the rest in the order the guest last wrote them.
-        let replay_err = channel_err(&name, "replaying config space");
+        let replay_err = link_err(&name, "replaying config space");
         for (bar, _) in self.config.bar_specs() {
             let value = self.config.read(REG_BAR0 + bar);
-            cfg_write(&mut channel, REG_BAR0 + bar, 0, &value.to_le_bytes())
-                .map_err(&replay_err)?;
+            cfg_write(&mut *link, REG_BAR0 + bar, 0, &value.to_le_bytes()).map_err(&replay_err)?;
         }
         for (reg, offset, data) in &self.written {
-            cfg_write(&mut channel, *reg, *offset, data).map_err(&replay_err)?;
+            cfg_write(&mut *link, *reg, *offset, data).map_err(&replay_err)?;
         }
         let failed = FailFlag::default();
         let fast_paths = fast_paths(
-            &mut channel,
+            &mut *link,
             &name,
             &self.config,
             &self.options,
@@ -132,7 +132,7 @@ impl Takeover {
         );
         Ok(Successor {
             name,
-            channel,
+            link,
             failed,
             fast_paths,
             replayed: self.written.len(),
@@ -146,12 +146,9 @@ pub(super) struct Sysmem {
     pub(super) memfd: File,
 }
 
-pub(super) fn channel_err(
-    name: &str,
-    what: &'static str,
-) -> impl Fn(ChannelError) -> ProxyError + use<> {
+pub(super) fn link_err(name: &str, what: &'static str) -> impl Fn(LinkError) -> ProxyError + use<> {
     let name = name.to_string();
-    move |source| ProxyError::Channel {
+    move |source| ProxyError::Link {
         name: name.clone(),
         what,
         source,
@@ -159,40 +156,24 @@ pub(super) fn channel_err(
 }
 
 pub(super) fn share_ram(
-    channel: &mut Channel,
+    link: &mut dyn RemoteLink,
     name: &str,
     sysmem: &Sysmem,
 ) -> Result<(), ProxyError> {
-    let fds: Vec<File> = sysmem
-        .regions
-        .iter()
-        .map(|_| sysmem.memfd.try_clone())
-        .collect::<Result<_, _>>()
-        .map_err(|source| ProxyError::Irq {
-            name: name.to_string(),
-            source,
-        })?;
-    channel
-        .send(&Message::SyncSysmem {
-            regions: sysmem.regions.clone(),
-            fds,
-        })
-        .map_err(channel_err(name, "sharing guest RAM"))
+    link.share_ram(&sysmem.regions, &sysmem.memfd)
+        .map_err(link_err(name, "sharing guest RAM"))
 }
 
 /// Reads the remote's identity and sizes its BARs, leaving them as they were.
-pub(super) fn probe_config(channel: &mut Channel, name: &str) -> Result<ConfigSpace, ProxyError> {
-    let err = channel_err(name, "reading config space");
-    let cfg_read = |ch: &mut Channel, reg: usize| -> Result<u32, ProxyError> {
-        let v = ch
-            .request(&Message::PciCfgRead {
-                addr: reg as u32 * 4,
-                len: 4,
-            })
-            .map_err(&err)?;
-        Ok(v.unwrap_or(RET_ERROR) as u32)
+pub(super) fn probe_config(
+    link: &mut dyn RemoteLink,
+    name: &str,
+) -> Result<ConfigSpace, ProxyError> {
+    let err = link_err(name, "reading config space");
+    let cfg_read = |link: &mut dyn RemoteLink, reg: usize| -> Result<u32, ProxyError> {
+        link.config_read(reg as u32 * 4, 4).map_err(&err)
     };
-    let id = cfg_read(channel, REG_ID)?;
+    let id = cfg_read(link, REG_ID)?;
     let vendor = id as u16;
     if vendor == 0xffff || vendor == 0 {
         return Err(ProxyError::NoDevice {
@@ -200,15 +181,15 @@ pub(super) fn probe_config(channel: &mut Channel, name: &str) -> Result<ConfigSp
             vendor,
         });
     }
-    let class = cfg_read(channel, REG_CLASS)?;
+    let class = cfg_read(link, REG_CLASS)?;
     let mut config = ConfigSpace::new(vendor, (id >> 16) as u16, class >> 8, class as u8);
-    let sizing_err = channel_err(name, "sizing a BAR");
+    let sizing_err = link_err(name, "sizing a BAR");
     for bar in 0..NUM_BARS {
         let reg = REG_BAR0 + bar;
-        let original = cfg_read(channel, reg)?;
-        cfg_write(channel, reg, 0, &[0xff; 4]).map_err(&sizing_err)?;
-        let raw = cfg_read(channel, reg)?;
-        cfg_write(channel, reg, 0, &original.to_le_bytes()).map_err(&sizing_err)?;
+        let original = cfg_read(link, reg)?;
+        cfg_write(link, reg, 0, &[0xff; 4]).map_err(&sizing_err)?;
+        let raw = cfg_read(link, reg)?;
+        cfg_write(link, reg, 0, &original.to_le_bytes()).map_err(&sizing_err)?;
         let BarSpec { kind, size } = match sized_bar(raw) {
             SizedBar::Absent => continue,
             SizedBar::Memory64 => {
@@ -229,19 +210,19 @@ pub(super) fn probe_config(channel: &mut Channel, name: &str) -> Result<ConfigSp
     Ok(config)
 }
 
-/// Region fds are our extension: a plain QEMU remote would drop the
-/// connection on the query, so only ours is asked.
+/// The BAR ranges the remote serves over region fds, checked; none when
+/// it has none (a plain QEMU remote) or `ioregionfd=off`.
 pub(super) fn fast_paths(
-    channel: &mut Channel,
+    link: &mut dyn RemoteLink,
     name: &str,
     config: &ConfigSpace,
     options: &ProxyOptions,
     stats: &Arc<DeviceStats>,
     failed: &FailFlag,
 ) -> Result<HashMap<usize, Vec<Arc<IoRegionPath>>>, ProxyError> {
-    let paths = match (&options.ioregion, options.dialect) {
-        (Some(dispatch), Dialect::Vmm) => crate::proxy::ioregion_setup::negotiate(
-            channel,
+    let paths = match &options.ioregion {
+        Some(dispatch) => crate::proxy::ioregion_setup::negotiate(
+            link,
             &Negotiation {
                 name,
                 config,
@@ -257,7 +238,7 @@ pub(super) fn fast_paths(
             name: name.to_string(),
             source,
         })?,
-        _ => HashMap::new(),
+        None => HashMap::new(),
     };
     if paths.is_empty() {
         log::info!("remote {name}: every BAR access goes over control-socket messages");
@@ -268,7 +249,7 @@ pub(super) fn fast_paths(
 /// Hands the remote its interrupt: it raises `irqfd` and learns from
 /// `resamplefd` that the guest acknowledged a level interrupt.
 pub(super) fn wire_irq(
-    channel: &mut Channel,
+    link: &mut dyn RemoteLink,
     name: &str,
     irqfd: &EventFd,
     resamplefd: &EventFd,
@@ -279,27 +260,16 @@ pub(super) fn wire_irq(
             source,
         })
     };
-    channel
-        .send(&Message::SetIrqfd {
-            irqfd: as_file(irqfd)?,
-            resamplefd: as_file(resamplefd)?,
-        })
-        .map_err(channel_err(name, "wiring the interrupt"))
+    link.wire_irq(as_file(irqfd)?, as_file(resamplefd)?)
+        .map_err(link_err(name, "wiring the interrupt"))
 }
 
-/// One config-space write, as the remote's PCI_CONFIG_WRITE.
+/// One config-space write: `data` at byte `offset` of dword `reg`.
 pub(super) fn cfg_write(
-    ch: &mut Channel,
+    link: &mut dyn RemoteLink,
     reg: usize,
     offset: usize,
     data: &[u8],
-) -> Result<(), ChannelError> {
-    let mut val = [0u8; 4];
-    val[..data.len()].copy_from_slice(data);
-    ch.request(&Message::PciCfgWrite {
-        addr: (reg * 4 + offset) as u32,
-        val: u32::from_le_bytes(val),
-        len: data.len() as u32,
-    })?;
-    Ok(())
+) -> Result<(), LinkError> {
+    link.config_write((reg * 4 + offset) as u32, data)
 }

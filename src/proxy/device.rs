@@ -14,23 +14,22 @@ use std::sync::Arc;
 use vmm_sys_util::eventfd::{EFD_NONBLOCK, EventFd};
 
 use super::connect::{
-    IrqRegistrar, ProxyError, ProxyOptions, Successor, Sysmem, Takeover, cfg_write, channel_err,
-    fast_paths, probe_config, share_ram, wire_irq,
+    IrqRegistrar, ProxyError, ProxyOptions, Successor, Sysmem, Takeover, cfg_write, fast_paths,
+    link_err, probe_config, share_ram, wire_irq,
 };
 use crate::ioregion::IoRegionPath;
 use crate::memory::GuestRam;
 use crate::pci::config::{
     ConfigSpace, NUM_BARS, REG_BAR0, REG_CLASS, REG_ID, REG_INTERRUPT, REG_ROM,
 };
-use crate::pci::{BarFastPath, BarKind, PciDevice};
-use crate::protocol::channel::Channel;
-use crate::protocol::mpqemu::Message;
+use crate::pci::{BarFastPath, PciDevice};
 use crate::proxy::cut_off::{CUT_OFF_NOTE, CUT_OFF_REGISTERS, FailFlag};
+use crate::proxy::link::{LinkError, PlacedBar, RemoteLink};
 use crate::proxy::stats::{DeviceStats, bump};
 
 pub struct ProxyDevice {
     name: String,
-    channel: Channel,
+    link: Box<dyn RemoteLink>,
     config: ConfigSpace,
     failed: FailFlag,
     fast_paths: HashMap<usize, Vec<Arc<IoRegionPath>>>,
@@ -59,7 +58,7 @@ impl ProxyDevice {
     /// BARs, wires its INTA# to `gsi` and resets it.
     pub fn connect(
         name: String,
-        mut channel: Channel,
+        mut link: Box<dyn RemoteLink>,
         ram: &GuestRam,
         register_irq: &IrqRegistrar<'_>,
         gsi: u8,
@@ -73,11 +72,11 @@ impl ProxyDevice {
                 source,
             })?,
         };
-        share_ram(&mut channel, &name, &sysmem)?;
-        let mut config = probe_config(&mut channel, &name)?;
+        share_ram(&mut *link, &name, &sysmem)?;
+        let mut config = probe_config(&mut *link, &name)?;
         config.set_interrupt(1, gsi);
         let stats = Arc::new(DeviceStats::default());
-        let fast_paths = fast_paths(&mut channel, &name, &config, options, &stats, &failed)?;
+        let fast_paths = fast_paths(&mut *link, &name, &config, options, &stats, &failed)?;
 
         let mk = || EventFd::new(EFD_NONBLOCK);
         let irq_err = |source| ProxyError::Irq {
@@ -90,10 +89,9 @@ impl ProxyDevice {
             name: name.clone(),
             source,
         })?;
-        wire_irq(&mut channel, &name, &irqfd, &resamplefd)?;
-        channel
-            .request(&Message::DeviceReset)
-            .map_err(channel_err(&name, "resetting the device"))?;
+        wire_irq(&mut *link, &name, &irqfd, &resamplefd)?;
+        link.reset()
+            .map_err(link_err(&name, "resetting the device"))?;
         let id = config.read(REG_ID);
         log::info!(
             "remote {name}: PCI {:04x}:{:04x} class {:06x}, INTA# on GSI {gsi}",
@@ -103,7 +101,7 @@ impl ProxyDevice {
         );
         Ok(ProxyDevice {
             name,
-            channel,
+            link,
             config,
             failed,
             fast_paths,
@@ -117,7 +115,7 @@ impl ProxyDevice {
         })
     }
 
-    /// Takes over a restarted remote on `channel`: the same device must
+    /// Takes over a restarted remote on `link`: the same device must
     /// answer, and it is given what its predecessor had (guest RAM and the
     /// config space the guest programmed). Returns the flag that now marks
     /// this remote failed. The caller remaps the BARs, because the ioregion
@@ -125,8 +123,12 @@ impl ProxyDevice {
     /// that raises its interrupt at once finds the guest's view complete.
     /// `begin_takeover`, `Takeover::handshake` and `complete_takeover` do
     /// the same in steps, so the handshake need not hold the device's lock.
-    pub fn reconnect(&mut self, name: String, channel: Channel) -> Result<FailFlag, ProxyError> {
-        let successor = self.begin_takeover()?.handshake(name, channel);
+    pub fn reconnect(
+        &mut self,
+        name: String,
+        link: Box<dyn RemoteLink>,
+    ) -> Result<FailFlag, ProxyError> {
+        let successor = self.begin_takeover()?.handshake(name, link);
         match successor {
             Ok(successor) => self.complete_takeover(successor),
             Err(e) => {
@@ -169,15 +171,15 @@ impl ProxyDevice {
     pub fn complete_takeover(&mut self, successor: Successor) -> Result<FailFlag, ProxyError> {
         let Successor {
             name,
-            mut channel,
+            mut link,
             failed,
             fast_paths,
             replayed,
         } = successor;
         let meanwhile = self.since_takeover.take().unwrap_or_default();
-        let replay_err = channel_err(&name, "replaying config space");
+        let replay_err = link_err(&name, "replaying config space");
         for (reg, offset, data) in &meanwhile {
-            if let Err(e) = cfg_write(&mut channel, *reg, *offset, data) {
+            if let Err(e) = cfg_write(&mut *link, *reg, *offset, data) {
                 // Its region fds are not used, but the watchdog knows them.
                 failed.fail();
                 return Err(replay_err(e));
@@ -190,7 +192,7 @@ impl ProxyDevice {
             meanwhile.len()
         );
         self.name = name;
-        self.channel = channel;
+        self.link = link;
         self.failed = failed.clone();
         self.fast_paths = fast_paths;
         Ok(failed)
@@ -203,29 +205,34 @@ impl ProxyDevice {
 
     /// Hands the remote the device's interrupt (after `reconnect`).
     pub fn wire_interrupt(&mut self) -> Result<(), ProxyError> {
-        wire_irq(&mut self.channel, &self.name, &self.irqfd, &self.resamplefd)
+        wire_irq(&mut *self.link, &self.name, &self.irqfd, &self.resamplefd)
     }
 
     pub fn stats(&self) -> Arc<DeviceStats> {
         self.stats.clone()
     }
 
-    /// The guest address of `offset` in BAR `bar`, as mpqemu names an
-    /// access, and whether the BAR is memory (not I/O) space.
-    fn bar_address(&self, bar: u8, offset: u64) -> Option<(u64, bool)> {
+    /// BAR `bar` as the guest placed it.
+    fn placed(&self, bar: u8) -> Option<PlacedBar> {
         let index = usize::from(bar);
-        let spec = self.config.bar_spec(index)?;
-        let base = self.config.bar_addr(index)?;
-        Some((base + offset, spec.kind == BarKind::Memory))
+        Some(PlacedBar {
+            index: bar,
+            kind: self.config.bar_spec(index)?.kind,
+            base: self.config.bar_addr(index)?,
+        })
     }
 
     /// Runs a request unless the remote is already cut off; a failure cuts it off.
-    fn request(&mut self, msg: &Message, what: &str) -> Option<u64> {
+    fn request<T>(
+        &mut self,
+        what: &str,
+        call: impl FnOnce(&mut dyn RemoteLink) -> Result<T, LinkError>,
+    ) -> Option<T> {
         if self.failed.is_failed() {
             return None;
         }
-        match self.channel.request(msg) {
-            Ok(v) => Some(v.unwrap_or(0)),
+        match call(&mut *self.link) {
+            Ok(v) => Some(v),
             Err(e) => {
                 if self.failed.fail() {
                     log::error!("remote {}: {what} failed ({e}); {CUT_OFF_NOTE}", self.name);
@@ -241,14 +248,8 @@ impl PciDevice for ProxyDevice {
         if is_local(reg) {
             return self.config.read(reg);
         }
-        self.request(
-            &Message::PciCfgRead {
-                addr: reg as u32 * 4,
-                len: 4,
-            },
-            "config read",
-        )
-        .map_or(u32::MAX, |v| v as u32)
+        self.request("config read", |link| link.config_read(reg as u32 * 4, 4))
+            .unwrap_or(u32::MAX)
     }
 
     fn write_config(&mut self, reg: usize, offset: usize, data: &[u8]) {
@@ -263,16 +264,7 @@ impl PciDevice for ProxyDevice {
         if let Some(meanwhile) = &mut self.since_takeover {
             note(meanwhile);
         }
-        let mut val = [0u8; 4];
-        val[..data.len()].copy_from_slice(data);
-        self.request(
-            &Message::PciCfgWrite {
-                addr: (reg * 4 + offset) as u32,
-                val: u32::from_le_bytes(val),
-                len: data.len() as u32,
-            },
-            "config write",
-        );
+        self.request("config write", |link| cfg_write(link, reg, offset, data));
     }
 
     fn config(&self) -> &ConfigSpace {
@@ -290,37 +282,19 @@ impl PciDevice for ProxyDevice {
 
     fn bar_read(&mut self, bar: u8, offset: u64, data: &mut [u8]) {
         bump(&self.stats.message_reads);
-        let value = self.bar_address(bar, offset).and_then(|(addr, memory)| {
-            self.request(
-                &Message::BarRead {
-                    addr,
-                    size: data.len() as u32,
-                    memory,
-                },
-                "BAR read",
-            )
+        let read = self.placed(bar).and_then(|placed| {
+            self.request("BAR read", |link| link.bar_read(placed, offset, data))
         });
-        let Some(value) = value else {
+        if read.is_none() {
             data.fill(CUT_OFF_REGISTERS);
-            return;
-        };
-        crate::bus::data_to_bytes(value, data);
+        }
     }
 
     fn bar_write(&mut self, bar: u8, offset: u64, data: &[u8]) {
         bump(&self.stats.message_writes);
-        let Some((addr, memory)) = self.bar_address(bar, offset) else {
-            return;
-        };
-        self.request(
-            &Message::BarWrite {
-                addr,
-                val: crate::bus::data_from_bytes(data),
-                size: data.len().min(8) as u32,
-                memory,
-            },
-            "BAR write",
-        );
+        if let Some(placed) = self.placed(bar) {
+            self.request("BAR write", |link| link.bar_write(placed, offset, data));
+        }
     }
 
     fn bar_fast_paths(&self, index: usize) -> Vec<Arc<dyn BarFastPath>> {
@@ -339,136 +313,18 @@ impl PciDevice for ProxyDevice {
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
-    use crate::device_model::{DeviceMemory, DeviceModel, SharedIrq};
-    use crate::pci::BarSpec;
+    use crate::device_model::DeviceModel;
+    pub(crate) use crate::device_model::scratch::{Scratch, scratch};
+    use crate::pci::{BarKind, BarSpec};
+    use crate::protocol::channel::Channel;
+    use crate::protocol::mpqemu::Message;
     use crate::proxy::ioregion_setup::Dispatch;
+    use crate::proxy::link::Mpqemu;
     use crate::proxy::spec::Dialect;
     use crate::proxy::watchdog::PostedWriteWatchdog;
     use crate::remote::server;
     use std::os::unix::net::UnixStream;
     use std::sync::Mutex;
-    use std::sync::mpsc::{Receiver, Sender};
-
-    /// A remote device with a 256-byte I/O BAR and a 1 KiB memory BAR of
-    /// plain registers.
-    pub(crate) struct Scratch {
-        pub(crate) config: ConfigSpace,
-        pub(crate) regs: [u8; 1024],
-        pub(crate) resets: u32,
-        /// The command register when the interrupt was last wired.
-        pub(crate) wired_at_command: Option<u32>,
-        /// Mirrors BAR1's byte 0x14 and claims it at this offset of BAR1.
-        mirror: Option<(crate::device_model::RegisterMirror, u64)>,
-        /// A reset says so on the first and then waits for the second: a
-        /// remote that is slow in the middle of the handshake.
-        pub(crate) reset_gate: Option<(Sender<()>, Receiver<()>)>,
-        /// Guest RAM as last given, and the interrupt line once wired: a
-        /// write to BAR0's last byte sets the line's level.
-        pub(crate) memory: Option<DeviceMemory>,
-        irq: Option<SharedIrq>,
-    }
-
-    /// BAR0's last byte, which drives the interrupt line.
-    pub(crate) const SCRATCH_IRQ_LEVEL: u64 = 0xff;
-
-    impl PciDevice for Scratch {
-        fn config(&self) -> &ConfigSpace {
-            &self.config
-        }
-        fn config_mut(&mut self) -> &mut ConfigSpace {
-            &mut self.config
-        }
-        fn bar_read(&mut self, _bar: u8, offset: u64, data: &mut [u8]) {
-            let o = offset as usize;
-            data.copy_from_slice(&self.regs[o..o + data.len()]);
-        }
-        fn bar_write(&mut self, bar: u8, offset: u64, data: &[u8]) {
-            let o = offset as usize;
-            self.regs[o..o + data.len()].copy_from_slice(data);
-            if bar == 0
-                && offset == SCRATCH_IRQ_LEVEL
-                && let Some(irq) = &self.irq
-            {
-                irq.lock().unwrap().set_level(data[0] != 0);
-            }
-            if let Some((mirror, _)) = &self.mirror {
-                mirror.set(0, self.regs[0x14]);
-            }
-        }
-    }
-
-    impl DeviceModel for Scratch {
-        fn register_mirror(&self, bar: u8) -> Option<crate::device_model::MirrorOffer> {
-            let (mirror, claimed_at) = self.mirror.as_ref().filter(|_| bar == 1)?;
-            let register = crate::protocol::extensions::MirroredRegister {
-                offset: *claimed_at,
-                size: 1,
-                page_offset: 0,
-            };
-            Some(crate::device_model::MirrorOffer {
-                registers: vec![register],
-                page: mirror.file().unwrap(),
-            })
-        }
-        fn reset(&mut self) {
-            self.resets += 1;
-            if let Some((reached, release)) = &self.reset_gate {
-                let _ = reached.send(());
-                let _ = release.recv();
-            }
-        }
-        fn set_memory(&mut self, memory: DeviceMemory) {
-            self.memory = Some(memory);
-        }
-        fn set_interrupt(&mut self, line: SharedIrq) {
-            self.wired_at_command = Some(self.config.read(crate::pci::config::REG_COMMAND));
-            self.irq = Some(line);
-        }
-        /// Two ranges of BAR1 over region fds; the rest over messages.
-        fn ioregions(&self, bar: u8) -> Vec<crate::device_model::IoRegionSpec> {
-            let spec = |offset, posted_writes| crate::device_model::IoRegionSpec {
-                offset,
-                size: 0x100,
-                posted_writes,
-            };
-            match bar {
-                1 => vec![spec(0, false), spec(0x200, true)],
-                _ => vec![],
-            }
-        }
-    }
-
-    pub(crate) fn scratch(io_size: u64) -> Arc<Mutex<Scratch>> {
-        let mut config = ConfigSpace::new(0x1000, 0x0012, 0x010000, 1);
-        config
-            .set_bar(
-                0,
-                BarSpec {
-                    kind: BarKind::Io,
-                    size: io_size,
-                },
-            )
-            .unwrap();
-        config
-            .set_bar(
-                1,
-                BarSpec {
-                    kind: BarKind::Memory,
-                    size: 1024,
-                },
-            )
-            .unwrap();
-        Arc::new(Mutex::new(Scratch {
-            config,
-            regs: [0; 1024],
-            resets: 0,
-            wired_at_command: None,
-            mirror: None,
-            reset_gate: None,
-            memory: None,
-            irq: None,
-        }))
-    }
 
     fn no_kvm(_: &EventFd, _: &EventFd, _: u32) -> Result<(), kvm_ioctls::Error> {
         Ok(())
@@ -498,13 +354,12 @@ pub(crate) mod tests {
         let failed = FailFlag::default();
         let proxy = ProxyDevice::connect(
             "test".into(),
-            Channel::new(a),
+            Box::new(Mpqemu::new(Channel::new(a), Dialect::Vmm)),
             &ram,
             &no_kvm,
             16,
             failed.clone(),
             &ProxyOptions {
-                dialect: Dialect::Vmm,
                 ioregion,
                 vcpus: 2,
                 watchdog: None,
@@ -755,7 +610,7 @@ pub(crate) mod tests {
         proxy.write_config(crate::pci::config::REG_COMMAND, 0, &[0x02, 0]);
         let bar = proxy.config().active_bars()[0];
         // Make the server exit: an unexpected RET is a protocol error.
-        proxy.channel.send(&Message::Ret(Some(0))).unwrap();
+        crate::sys::shutdown(std::os::fd::AsFd::as_fd(proxy.link.socket())).unwrap();
         server.join().unwrap();
         proxy.bar_read(bar.index, 0, &mut [0xaa; 4]);
         assert!(failed.is_failed());
@@ -765,13 +620,15 @@ pub(crate) mod tests {
         assert_eq!(proxy.read_config(REG_ID), u32::MAX, "no device");
     }
 
-    pub(crate) fn serve(dev: Arc<Mutex<Scratch>>) -> (Channel, std::thread::JoinHandle<()>) {
+    pub(crate) fn serve(
+        dev: Arc<Mutex<Scratch>>,
+    ) -> (Box<dyn RemoteLink>, std::thread::JoinHandle<()>) {
         let (a, b) = UnixStream::pair().unwrap();
         let remote: Arc<Mutex<dyn DeviceModel>> = dev;
         let server = std::thread::spawn(move || {
             let _ = server::serve(&mut Channel::new(b), remote, None);
         });
-        (Channel::new(a), server)
+        (Box::new(Mpqemu::new(Channel::new(a), Dialect::Vmm)), server)
     }
 
     #[test]
@@ -783,7 +640,7 @@ pub(crate) mod tests {
         proxy.write_config(REG_COMMAND, 0, &[0x07, 0]);
         proxy.write_config(3, 1, &[0x40]); // latency timer
         proxy.write_config(REG_COMMAND, 0, &[0x06, 0]);
-        proxy.channel.send(&Message::Ret(Some(0))).unwrap();
+        crate::sys::shutdown(std::os::fd::AsFd::as_fd(proxy.link.socket())).unwrap();
         server.join().unwrap();
         let bar = proxy.config().active_bars()[0];
         proxy.bar_read(bar.index, 0, &mut [0u8; 4]);
@@ -823,7 +680,7 @@ pub(crate) mod tests {
     #[test]
     fn another_device_cannot_take_over() {
         let (mut proxy, _, server) = connect(scratch(256));
-        proxy.channel.send(&Message::Ret(Some(0))).unwrap();
+        crate::sys::shutdown(std::os::fd::AsFd::as_fd(proxy.link.socket())).unwrap();
         server.join().unwrap();
         let (channel, _server) = serve(scratch(128));
         let err = proxy.reconnect("impostor".into(), channel).unwrap_err();
@@ -871,13 +728,12 @@ pub(crate) mod tests {
         let ram = GuestRam::new(64 << 20).unwrap();
         let err = ProxyDevice::connect(
             "liar".into(),
-            Channel::new(a),
+            Box::new(Mpqemu::new(Channel::new(a), Dialect::Qemu)),
             &ram,
             &no_kvm,
             16,
             FailFlag::default(),
             &ProxyOptions {
-                dialect: Dialect::Qemu,
                 ioregion: None,
                 vcpus: 1,
                 watchdog: None,

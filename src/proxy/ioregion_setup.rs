@@ -18,9 +18,8 @@ use super::watchdog::PostedWriteWatchdog;
 use crate::ioregion::{IoRegionPath, RegionFd};
 use crate::mirror::reader::{BarMirror, MirrorError, check_registers, map_page};
 use crate::pci::{BarKind, ConfigSpace};
-use crate::protocol::channel::{Channel, ChannelError};
 use crate::protocol::extensions::{SUB_REGION_POSTED_WRITES, SubRegion};
-use crate::protocol::mpqemu::Message;
+use crate::proxy::link::{LinkError, RemoteLink};
 
 /// Where ioregion accesses are dispatched, decided once per VM.
 #[derive(Clone)]
@@ -34,13 +33,11 @@ pub enum Dispatch {
 #[derive(Debug, thiserror::Error)]
 pub enum IoRegionError {
     #[error("asking about BAR{bar}'s ioregion fds: {source}")]
-    Channel {
+    Link {
         bar: usize,
         #[source]
-        source: ChannelError,
+        source: LinkError,
     },
-    #[error("BAR{bar}: expected a region-fd reply, got command {cmd}")]
-    UnexpectedReply { bar: usize, cmd: i32 },
     #[error("BAR{bar}: claims ioregion {offset:#x}+{size:#x}, which {why}")]
     BadRegion {
         bar: usize,
@@ -52,8 +49,6 @@ pub enum IoRegionError {
     Inconsistent { bar: usize, vcpu: usize },
     #[error("BAR{bar}: a region fd is not a SOCK_SEQPACKET socket")]
     NotSeqpacket { bar: usize },
-    #[error("BAR{bar}: expected a register-mirror reply, got command {cmd}")]
-    UnexpectedMirrorReply { bar: usize, cmd: i32 },
     #[error("BAR{bar}: {source}")]
     Mirror {
         bar: usize,
@@ -66,7 +61,7 @@ fn is_seqpacket(fd: &OwnedFd) -> bool {
     crate::sys::socket_type(fd.as_fd()).is_ok_and(|kind| kind == libc::SOCK_SEQPACKET)
 }
 
-/// Everything `negotiate` needs besides the channel.
+/// Everything `negotiate` needs besides the link.
 pub struct Negotiation<'a> {
     pub name: &'a str,
     pub config: &'a ConfigSpace,
@@ -84,7 +79,7 @@ pub struct Negotiation<'a> {
 /// checks its claims: ranges inside the BAR, disjoint, the same for every
 /// vCPU, each with a SOCK_SEQPACKET fd of its own.
 pub fn negotiate(
-    channel: &mut Channel,
+    link: &mut dyn RemoteLink,
     n: &Negotiation<'_>,
 ) -> Result<HashMap<usize, Vec<Arc<IoRegionPath>>>, IoRegionError> {
     let mut paths = HashMap::new();
@@ -92,20 +87,12 @@ pub fn negotiate(
         let mut layout: Option<Vec<SubRegion>> = None;
         let mut fds_by_region: Vec<Vec<RegionFd>> = Vec::new();
         for vcpu in 0..n.vcpus.max(1) {
-            let reply = channel
-                .exchange(&Message::RegionIoFdsQuery {
-                    bar: bar as u32,
-                    vcpu: vcpu as u32,
-                })
-                .map_err(|source| IoRegionError::Channel { bar, source })?;
-            let (mut regions, fds) = match reply {
-                Message::RegionIoFds { regions, fds } => (regions, fds),
-                other => {
-                    return Err(IoRegionError::UnexpectedReply {
-                        bar,
-                        cmd: other.command(),
-                    });
-                }
+            let reply = link
+                .region_fds(bar as u8, vcpu as u32)
+                .map_err(|source| IoRegionError::Link { bar, source })?;
+            // A remote without region fds: every access goes over messages.
+            let Some((mut regions, fds)) = reply else {
+                return Ok(HashMap::new());
             };
             regions.sort_by_key(|r| r.offset);
             check_layout(bar, spec.size, &regions, &fds)?;
@@ -129,9 +116,7 @@ pub fn negotiate(
         }
         let Some(layout) = layout else { continue };
         let mirror = match n.dispatch {
-            Dispatch::Userspace if n.register_mirror => {
-                ask_for_mirror(channel, n.name, bar, &layout)?
-            }
+            Dispatch::Userspace if n.register_mirror => ask_for_mirror(link, n.name, bar, &layout)?,
             Dispatch::Userspace => None,
             // KVM serves the ranges itself; no read reaches us.
             Dispatch::Kernel(_) => None,
@@ -199,24 +184,15 @@ pub fn negotiate(
 /// Asks which registers of BAR `bar` the remote mirrors, and maps its page
 /// if it names any. They must lie in `layout`'s ranges with waited writes.
 fn ask_for_mirror(
-    channel: &mut Channel,
+    link: &mut dyn RemoteLink,
     name: &str,
     bar: usize,
     layout: &[SubRegion],
 ) -> Result<Option<BarMirror>, IoRegionError> {
-    let reply = channel
-        .exchange(&Message::RegisterMirrorQuery { bar: bar as u32 })
-        .map_err(|source| IoRegionError::Channel { bar, source })?;
-    let (registers, fds) = match reply {
-        Message::RegisterMirror { registers, fds } => (registers, fds),
-        other => {
-            return Err(IoRegionError::UnexpectedMirrorReply {
-                bar,
-                cmd: other.command(),
-            });
-        }
-    };
-    let Some(file) = fds.first() else {
+    let offer = link
+        .register_mirror(bar as u8)
+        .map_err(|source| IoRegionError::Link { bar, source })?;
+    let Some((registers, file)) = offer else {
         return Ok(None);
     };
     let mirror_err = |source| IoRegionError::Mirror { bar, source };
@@ -225,7 +201,7 @@ fn ask_for_mirror(
         .map(|r| (r.offset, r.size, r.flags & SUB_REGION_POSTED_WRITES != 0))
         .collect();
     check_registers(&registers, &ranges).map_err(mirror_err)?;
-    let page = map_page(file).map_err(mirror_err)?;
+    let page = map_page(&file).map_err(mirror_err)?;
     let named: Vec<String> = registers
         .iter()
         .map(|r| format!("{:#x} ({} bytes)", r.offset, r.size))

@@ -5,6 +5,7 @@ pub mod connect;
 pub mod cut_off;
 pub mod device;
 pub mod ioregion_setup;
+pub mod link;
 pub mod remote;
 pub mod spec;
 pub mod stats;

@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 
 use super::spec::{Endpoint, RemoteDevSpec};
 use crate::protocol::channel::Channel;
+use crate::proxy::link::{Mpqemu, RemoteLink};
 
 /// The fd number a spawned remote finds its socket at.
 pub const REMOTE_SOCKET_FD: i32 = 3;
@@ -39,7 +40,7 @@ pub type SharedChild = Arc<Mutex<Option<Child>>>;
 
 pub struct RemoteProcess {
     pub name: String,
-    pub channel: Channel,
+    pub link: Box<dyn RemoteLink>,
     /// Set when we spawned the process ourselves.
     pub child: SharedChild,
 }
@@ -142,7 +143,7 @@ pub fn open(spec: &RemoteDevSpec, index: usize) -> Result<RemoteProcess, RemoteE
         .map_err(RemoteError::Socket)?;
     Ok(RemoteProcess {
         name,
-        channel,
+        link: Box::new(Mpqemu::new(channel, spec.dialect)),
         child: Arc::new(Mutex::new(child)),
     })
 }

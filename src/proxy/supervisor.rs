@@ -27,7 +27,7 @@ use super::device::ProxyDevice;
 use super::remote::{self, RemoteError, RemoteProcess, SharedChild};
 use super::spec::{MAX_RESTARTS, RemoteDevSpec};
 use crate::pci::root::PciRoot;
-use crate::protocol::channel::Channel;
+use crate::proxy::link::RemoteLink;
 
 #[derive(Debug, thiserror::Error)]
 pub enum RestartError {
@@ -138,7 +138,7 @@ const WATCHED: EventSet = EventSet::READ_HANG_UP
 
 /// A handle on the remote's control socket for watching it.
 pub fn socket_of(process: &RemoteProcess) -> std::io::Result<File> {
-    let socket: OwnedFd = process.channel.socket().try_clone()?.into();
+    let socket: OwnedFd = process.link.socket().try_clone()?.into();
     Ok(File::from(socket))
 }
 
@@ -269,7 +269,7 @@ fn restart(
             return Err(RestartError::Watch(e));
         }
     };
-    let failed = match take_over(&r.device, &r.pci, r.slot, name.clone(), process.channel) {
+    let failed = match take_over(&r.device, &r.pci, r.slot, name.clone(), process.link) {
         Ok(f) => f,
         Err(e) => {
             remote::stop_child(&name, child, false);
@@ -290,7 +290,7 @@ fn restart(
     })
 }
 
-/// Puts the new remote on `channel` behind `device` in slot `slot`: the
+/// Puts the new remote on `link` behind `device` in slot `slot`: the
 /// handshake, the BARs mapped again with its ioregion fds and, last, its
 /// interrupt. Returns the flag that marks the new remote failed.
 ///
@@ -304,10 +304,10 @@ fn take_over(
     pci: &Arc<Mutex<PciRoot>>,
     slot: usize,
     name: String,
-    channel: Channel,
+    link: Box<dyn RemoteLink>,
 ) -> Result<FailFlag, ProxyError> {
     let takeover = device.lock().expect("proxy lock").begin_takeover()?;
-    let successor = match takeover.handshake(name, channel) {
+    let successor = match takeover.handshake(name, link) {
         Ok(s) => s,
         Err(e) => {
             device.lock().expect("proxy lock").abandon_takeover();
@@ -515,7 +515,11 @@ mod tests {
         let remote: Arc<Mutex<dyn crate::device_model::DeviceModel>> = fresh.clone();
         std::thread::spawn(move || {
             let (stream, _) = listener.accept().unwrap();
-            let _ = crate::remote::server::serve(&mut Channel::new(stream), remote, None);
+            let _ = crate::remote::server::serve(
+                &mut crate::protocol::channel::Channel::new(stream),
+                remote,
+                None,
+            );
         });
         let spec = RemoteDevSpec {
             endpoint: Endpoint::Socket(path),

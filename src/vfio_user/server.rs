@@ -592,7 +592,7 @@ impl Control for Session {
 mod tests {
     use super::*;
     use crate::device_model::DeviceModel;
-    use crate::proxy::device::tests::{SCRATCH_IRQ_LEVEL, Scratch, scratch};
+    use crate::device_model::scratch::{SCRATCH_IRQ_LEVEL, Scratch, scratch};
     use crate::remote::server::serve;
     use std::io::Write;
     use std::os::unix::net::UnixStream;

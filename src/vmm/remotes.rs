@@ -137,20 +137,15 @@ pub(super) fn add_remote_devices(
         // issue notes, commit 3e2bf93 for that code).
         let failed = FailFlag::default();
         let socket = supervisor::socket_of(&process).map_err(io_err("watch a remote's socket"))?;
-        let remote::RemoteProcess {
-            name,
-            channel,
-            child,
-        } = process;
+        let remote::RemoteProcess { name, link, child } = process;
         let device = match ProxyDevice::connect(
             name.clone(),
-            channel,
+            link,
             ram,
             &register,
             gsi,
             failed.clone(),
             &ProxyOptions {
-                dialect: spec.dialect,
                 ioregion: dispatch[index].clone(),
                 vcpus,
                 watchdog: Some(watchdog.clone()),

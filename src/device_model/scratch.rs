@@ -1,0 +1,131 @@
+//! A test device: a 256-byte (or so) I/O BAR and a 1 KiB memory BAR of
+//! plain registers, offered over region fds and a register mirror, with
+//! an interrupt line driven by BAR0's last byte. The proxy's tests serve it
+//! over mpqemu, the vfio-user server's over vfio-user.
+
+use std::sync::mpsc::{Receiver, Sender};
+use std::sync::{Arc, Mutex};
+
+use crate::device_model::{DeviceMemory, DeviceModel, SharedIrq};
+use crate::pci::{BarKind, BarSpec, ConfigSpace, PciDevice};
+
+/// A remote device with a 256-byte I/O BAR and a 1 KiB memory BAR of
+/// plain registers.
+pub struct Scratch {
+    pub config: ConfigSpace,
+    pub regs: [u8; 1024],
+    pub resets: u32,
+    /// The command register when the interrupt was last wired.
+    pub wired_at_command: Option<u32>,
+    /// Mirrors BAR1's byte 0x14 and claims it at this offset of BAR1.
+    pub mirror: Option<(crate::device_model::RegisterMirror, u64)>,
+    /// A reset says so on the first and then waits for the second: a
+    /// remote that is slow in the middle of the handshake.
+    pub reset_gate: Option<(Sender<()>, Receiver<()>)>,
+    /// Guest RAM as last given, and the interrupt line once wired: a
+    /// write to BAR0's last byte sets the line's level.
+    pub memory: Option<DeviceMemory>,
+    pub irq: Option<SharedIrq>,
+}
+
+/// BAR0's last byte, which drives the interrupt line.
+pub const SCRATCH_IRQ_LEVEL: u64 = 0xff;
+
+impl PciDevice for Scratch {
+    fn config(&self) -> &ConfigSpace {
+        &self.config
+    }
+    fn config_mut(&mut self) -> &mut ConfigSpace {
+        &mut self.config
+    }
+    fn bar_read(&mut self, _bar: u8, offset: u64, data: &mut [u8]) {
+        let o = offset as usize;
+        data.copy_from_slice(&self.regs[o..o + data.len()]);
+    }
+    fn bar_write(&mut self, bar: u8, offset: u64, data: &[u8]) {
+        let o = offset as usize;
+        self.regs[o..o + data.len()].copy_from_slice(data);
+        if bar == 0
+            && offset == SCRATCH_IRQ_LEVEL
+            && let Some(irq) = &self.irq
+        {
+            irq.lock().unwrap().set_level(data[0] != 0);
+        }
+        if let Some((mirror, _)) = &self.mirror {
+            mirror.set(0, self.regs[0x14]);
+        }
+    }
+}
+
+impl DeviceModel for Scratch {
+    fn register_mirror(&self, bar: u8) -> Option<crate::device_model::MirrorOffer> {
+        let (mirror, claimed_at) = self.mirror.as_ref().filter(|_| bar == 1)?;
+        let register = crate::protocol::extensions::MirroredRegister {
+            offset: *claimed_at,
+            size: 1,
+            page_offset: 0,
+        };
+        Some(crate::device_model::MirrorOffer {
+            registers: vec![register],
+            page: mirror.file().unwrap(),
+        })
+    }
+    fn reset(&mut self) {
+        self.resets += 1;
+        if let Some((reached, release)) = &self.reset_gate {
+            let _ = reached.send(());
+            let _ = release.recv();
+        }
+    }
+    fn set_memory(&mut self, memory: DeviceMemory) {
+        self.memory = Some(memory);
+    }
+    fn set_interrupt(&mut self, line: SharedIrq) {
+        self.wired_at_command = Some(self.config.read(crate::pci::config::REG_COMMAND));
+        self.irq = Some(line);
+    }
+    /// Two ranges of BAR1 over region fds; the rest over messages.
+    fn ioregions(&self, bar: u8) -> Vec<crate::device_model::IoRegionSpec> {
+        let spec = |offset, posted_writes| crate::device_model::IoRegionSpec {
+            offset,
+            size: 0x100,
+            posted_writes,
+        };
+        match bar {
+            1 => vec![spec(0, false), spec(0x200, true)],
+            _ => vec![],
+        }
+    }
+}
+
+pub fn scratch(io_size: u64) -> Arc<Mutex<Scratch>> {
+    let mut config = ConfigSpace::new(0x1000, 0x0012, 0x010000, 1);
+    config
+        .set_bar(
+            0,
+            BarSpec {
+                kind: BarKind::Io,
+                size: io_size,
+            },
+        )
+        .unwrap();
+    config
+        .set_bar(
+            1,
+            BarSpec {
+                kind: BarKind::Memory,
+                size: 1024,
+            },
+        )
+        .unwrap();
+    Arc::new(Mutex::new(Scratch {
+        config,
+        regs: [0; 1024],
+        resets: 0,
+        wired_at_command: None,
+        mirror: None,
+        reset_gate: None,
+        memory: None,
+        irq: None,
+    }))
+}
