@@ -49,6 +49,26 @@ fn scenarios() -> Vec<Scenario> {
             ),
         },
         Scenario {
+            name: "lsi-vfio-user-pattern",
+            script: format!(
+                "{}{}\necho \"image md5 $(dd if=/tmp/a.img bs=4096 skip=256 count=16 2>/dev/null | md5sum)\"",
+                image("a.img", 64),
+                vmm("disk-pattern", "lsi,disk=/tmp/a.img,proto=vfio-user")
+            ),
+        },
+        Scenario {
+            name: "lsi-vfio-user-fio",
+            script: format!(
+                "{}{}",
+                image("a.img", 64),
+                vmm_with(
+                    "fio-verify",
+                    "lsi,disk=/tmp/a.img,proto=vfio-user",
+                    "--stats --cpus 2"
+                )
+            ),
+        },
+        Scenario {
             name: "lsi-fio-verify",
             script: format!(
                 "{}{}",
@@ -180,6 +200,35 @@ fn guest_driver_finds_the_disk_and_writes_land_in_the_image() {
     // The remote served all of it under its seccomp filter.
     o.assert_contains("vmm-remote: [INFO] remote sandboxed: seccomp (");
     assert!(!o.output.contains("blocked syscall"), "{}", o.output);
+}
+
+/// The same remote over vfio-user (`proto=vfio-user`): the VMM is the
+/// client, the remote the server.
+#[test]
+fn over_vfio_user_the_guest_finds_the_disk_and_writes_land_in_the_image() {
+    let Some(o) = outcome("lsi-vfio-user-pattern") else {
+        return;
+    };
+    o.assert_contains("vfio-user server: version 0.0, 9 regions, 5 interrupt types, resettable");
+    o.assert_contains("vmm-remote: [INFO] vfio-user client: version 0.0");
+    o.assert_pattern_landed();
+    o.assert_exited("vmm", 0);
+    assert!(!o.output.contains("blocked syscall"), "{}", o.output);
+}
+
+/// Two vCPUs, each with region fds of its own from DEVICE_GET_REGION_IO_FDS.
+#[test]
+fn over_vfio_user_fio_verify_passes_with_ioregion_fds() {
+    let Some(o) = outcome("lsi-vfio-user-fio") else {
+        return;
+    };
+    o.assert_contains("VMM-GUEST: fio done: ok");
+    o.assert_exited("vmm", 0);
+    o.assert_contains("BAR1 0x0..0x80 over ioregion fds (userspace path, 2 fds)\n");
+    let [_, _, io_reads, io_writes, _, mirror_reads, errors] = stats(o);
+    assert!(io_reads > 100 && io_writes > 100, "{}", o.output);
+    assert_eq!(mirror_reads, 0, "vfio-user has no register mirror");
+    assert_eq!(errors, 0);
 }
 
 #[test]

@@ -7,7 +7,7 @@ use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use super::spec::{Endpoint, RemoteDevSpec};
+use super::spec::{Dialect, Endpoint, RemoteDevSpec};
 use crate::protocol::channel::Channel;
 use crate::proxy::link::{Mpqemu, RemoteLink};
 
@@ -34,6 +34,12 @@ pub enum RemoteError {
     },
     #[error("cannot create the control socket: {0}")]
     Socket(#[source] std::io::Error),
+    #[error("remote {name}: the vfio-user handshake failed: {source}")]
+    Handshake {
+        name: String,
+        #[source]
+        source: crate::proxy::link::LinkError,
+    },
 }
 
 pub type SharedChild = Arc<Mutex<Option<Child>>>;
@@ -104,6 +110,10 @@ pub fn open(spec: &RemoteDevSpec, index: usize) -> Result<RemoteProcess, RemoteE
                 source,
             })?;
             let mut args: Vec<String> = ["remote", "lsi", "--fd", "3"].map(String::from).to_vec();
+            if spec.dialect == Dialect::VfioUser {
+                args.push("--protocol".into());
+                args.push("vfio-user".into());
+            }
             for d in disks {
                 args.push("--disk".into());
                 args.push(d.display().to_string());
@@ -137,13 +147,28 @@ pub fn open(spec: &RemoteDevSpec, index: usize) -> Result<RemoteProcess, RemoteE
         }
     };
     sock.set_nonblocking(false).map_err(RemoteError::Socket)?;
-    let mut channel = Channel::new(sock);
-    channel
-        .set_timeout(Some(REQUEST_TIMEOUT))
-        .map_err(RemoteError::Socket)?;
+    let link: Box<dyn RemoteLink> = if spec.dialect == Dialect::VfioUser {
+        let client = crate::vfio_user::client::Client::connect(sock, REQUEST_TIMEOUT);
+        match client {
+            Ok(client) => Box::new(client),
+            Err(source) => {
+                if let Some(mut child) = child {
+                    let _ = child.kill();
+                    let _ = child.wait();
+                }
+                return Err(RemoteError::Handshake { name, source });
+            }
+        }
+    } else {
+        let mut channel = Channel::new(sock);
+        channel
+            .set_timeout(Some(REQUEST_TIMEOUT))
+            .map_err(RemoteError::Socket)?;
+        Box::new(Mpqemu::new(channel, spec.dialect))
+    };
     Ok(RemoteProcess {
         name,
-        link: Box::new(Mpqemu::new(channel, spec.dialect)),
+        link,
         child: Arc::new(Mutex::new(child)),
     })
 }

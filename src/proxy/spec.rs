@@ -38,6 +38,8 @@ pub enum Dialect {
     Qemu,
     /// Our own remote: BAR_INFO and the ioregionfd extensions.
     Vmm,
+    /// vfio-user (any server; region fds where it offers them).
+    VfioUser,
 }
 
 /// How BARs the remote offers over ioregionfd are dispatched.
@@ -63,6 +65,13 @@ pub struct RemoteDevSpec {
     /// Answer reads of the registers the remote mirrors from its page
     /// (`register-mirror=off` asks the remote every time, for comparison).
     pub register_mirror: bool,
+}
+
+impl RemoteDevSpec {
+    /// Whether the remote is ours: it takes SIGUSR2 for a state dump.
+    pub fn ours(&self) -> bool {
+        self.dialect == Dialect::Vmm || matches!(self.endpoint, Endpoint::Lsi { .. })
+    }
 }
 
 /// Which remotes a `--remote-dev` key applies to.
@@ -159,10 +168,11 @@ pub const KEYS: &[KeyHelp] = &[
     },
     KeyHelp {
         key: "proto",
-        values: "qemu|vmm",
+        values: "qemu|vmm|vfio-user",
         default: "vmm for lsi, else qemu",
         applies: Applies::Any,
-        meaning: "the remote's dialect: vmm for ours (region fds, register mirror), qemu for QEMU's",
+        meaning: "the remote's protocol: mpqemu as ours speaks it (vmm: region fds, register \
+                  mirror) or as QEMU's does (qemu), or vfio-user (region fds, no mirror)",
     },
     KeyHelp {
         key: "ioregionfd",
@@ -291,7 +301,10 @@ impl FromStr for RemoteDevSpec {
                     dialect = match value {
                         "qemu" => Dialect::Qemu,
                         "vmm" => Dialect::Vmm,
-                        other => return Err(format!("proto={other}: expected qemu or vmm")),
+                        "vfio-user" => Dialect::VfioUser,
+                        other => {
+                            return Err(format!("proto={other}: expected qemu, vmm or vfio-user"));
+                        }
                     }
                 }
                 "ioregionfd" => {
@@ -358,8 +371,8 @@ impl FromStr for RemoteDevSpec {
             );
         }
         let ioregionfd = match (ioregionfd, dialect) {
-            (Some(mode), Dialect::Vmm) => mode,
-            (None, Dialect::Vmm) => IoRegionMode::Auto,
+            (Some(mode), Dialect::Vmm | Dialect::VfioUser) => mode,
+            (None, Dialect::Vmm | Dialect::VfioUser) => IoRegionMode::Auto,
             // A QEMU remote knows nothing of ioregion fds.
             (None | Some(IoRegionMode::Off), Dialect::Qemu) => IoRegionMode::Off,
             (Some(_), Dialect::Qemu) => {
@@ -382,6 +395,23 @@ impl FromStr for RemoteDevSpec {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn vfio_user_is_a_protocol_with_region_fds() {
+        let s: RemoteDevSpec = "lsi,proto=vfio-user".parse().unwrap();
+        assert_eq!(s.dialect, Dialect::VfioUser);
+        assert_eq!(s.ioregionfd, IoRegionMode::Auto);
+        assert!(s.ours());
+        let s: RemoteDevSpec = "socket=/run/spdk.sock,proto=vfio-user,ioregionfd=off"
+            .parse()
+            .unwrap();
+        assert_eq!(
+            (s.dialect, s.ioregionfd),
+            (Dialect::VfioUser, IoRegionMode::Off)
+        );
+        assert!(!s.ours(), "someone else's server gets no SIGUSR2");
+        assert!("lsi,proto=vfio".parse::<RemoteDevSpec>().is_err());
+    }
 
     #[test]
     fn endpoints_and_dialects_parse() {

@@ -8,6 +8,7 @@
 //! This module is the wire format alone; file descriptors travel beside
 //! the bytes (SCM_RIGHTS) and are the transport's business.
 
+pub mod client;
 pub mod connection;
 pub mod header;
 pub mod io_fds;

@@ -14,8 +14,8 @@ use crate::proxy::cut_off::FailFlag;
 use crate::proxy::device::ProxyDevice;
 use crate::proxy::ioregion_setup::Dispatch;
 use crate::proxy::remote::{self, SharedChild};
+use crate::proxy::spec::IoRegionMode;
 use crate::proxy::spec::RemoteDevSpec;
-use crate::proxy::spec::{Dialect, IoRegionMode};
 use crate::proxy::supervisor::{self, RemoteWatcher, Restart};
 use crate::proxy::watchdog::PostedWriteWatchdog;
 use crate::{layout, memory};
@@ -191,7 +191,7 @@ pub(super) fn add_remote_devices(
                 ioapic_pin: gsi,
             },
             child,
-            dumps: spec.dialect == Dialect::Vmm,
+            dumps: spec.ours(),
             watcher: Arc::new(Mutex::new(watcher)),
         });
     }

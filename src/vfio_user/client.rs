@@ -1,0 +1,478 @@
+//! The VMM's side of vfio-user: a proxy's link to a remote that speaks
+//! vfio-user (ours, `vmm remote lsi --protocol vfio-user`, or another
+//! server). Config space is region 7, BARs are regions 0 to 5, guest RAM
+//! goes over by DMA_MAP with the memfd, INTx by SET_IRQS with the irqfd
+//! (trigger) and the resamplefd (unmask), and region fds by
+//! DEVICE_GET_REGION_IO_FDS, asked once per vCPU. Every reply is checked
+//! against its request: a server that answers another id, another command
+//! or with the wrong shape is a failed link, which cuts the device off.
+
+use std::fs::File;
+use std::os::fd::{AsRawFd, RawFd};
+use std::os::unix::net::UnixStream;
+use std::time::Duration;
+
+use super::WireError;
+use super::connection::{Connection, ConnectionError};
+use super::header::{Command, Header, Kind};
+use super::io_fds::{self, IoFdKind, RegionIoFds};
+use super::messages::*;
+use super::version::{self, Capabilities, Version};
+use crate::protocol::extensions::{MirroredRegister, SUB_REGION_POSTED_WRITES, SubRegion};
+use crate::protocol::mpqemu::SysmemRegion;
+use crate::proxy::link::{LinkError, PlacedBar, RegionFds, RemoteLink};
+
+/// The largest reply we take: a region read of the largest transfer.
+const MAX_REPLY: usize = super::HEADER_SIZE + 16 + version::DEFAULT_MAX_DATA_XFER_SIZE as usize;
+/// Room offered for a region-fd reply; a server that needs more says so.
+const IO_FDS_ARGSZ: u32 = 16 + 8 * io_fds::ENTRY_SIZE as u32;
+
+pub struct Client {
+    conn: Connection,
+    id: u16,
+    /// What the server takes in one transfer.
+    max_transfer: u64,
+}
+
+fn wire(what: &'static str) -> impl Fn(WireError) -> LinkError {
+    move |e| LinkError::Unexpected {
+        what,
+        got: e.to_string(),
+    }
+}
+
+impl Client {
+    /// Says hello on `sock` and checks that the server is a PCI device.
+    pub fn connect(sock: UnixStream, timeout: Duration) -> Result<Self, LinkError> {
+        let mut conn = Connection::new(sock, MAX_REPLY);
+        conn.set_timeout(Some(timeout))
+            .map_err(|e| LinkError::VfioUser(ConnectionError::Io(e)))?;
+        let mut client = Client {
+            conn,
+            id: 0,
+            max_transfer: version::DEFAULT_MAX_DATA_XFER_SIZE,
+        };
+        let hello = Version {
+            major: version::MAJOR,
+            minor: version::MINOR,
+            caps: Capabilities {
+                max_msg_fds: super::connection::MAX_FDS as u32,
+                ..Capabilities::default()
+            },
+        };
+        let reply = client.call(Command::Version, &hello.encode(), &[], "VERSION")?;
+        let server = Version::decode(&reply.0).map_err(wire("VERSION"))?;
+        if server.major != version::MAJOR || server.minor > version::MINOR {
+            return Err(LinkError::Unexpected {
+                what: "VERSION",
+                got: format!("version {}.{}", server.major, server.minor),
+            });
+        }
+        client.max_transfer = server.caps.max_data_xfer_size.max(8);
+        let query = DeviceInfo {
+            argsz: DeviceInfo::SIZE as u32,
+            flags: 0,
+            num_regions: 0,
+            num_irqs: 0,
+        };
+        let reply = client.call(
+            Command::DeviceGetInfo,
+            &query.encode(),
+            &[],
+            "DEVICE_GET_INFO",
+        )?;
+        let info = DeviceInfo::decode(&reply.0).map_err(wire("DEVICE_GET_INFO"))?;
+        if info.flags & DEVICE_FLAGS_PCI == 0 || info.num_regions <= PCI_CONFIG_REGION {
+            return Err(LinkError::Unexpected {
+                what: "DEVICE_GET_INFO",
+                got: format!(
+                    "flags {:#x} and {} regions: not a PCI device",
+                    info.flags, info.num_regions
+                ),
+            });
+        }
+        log::info!(
+            "vfio-user server: version {}.{}, {} regions, {} interrupt types{}",
+            server.major,
+            server.minor,
+            info.num_regions,
+            info.num_irqs,
+            if info.flags & DEVICE_FLAGS_RESET != 0 {
+                ", resettable"
+            } else {
+                ""
+            }
+        );
+        Ok(client)
+    }
+
+    /// Sends a command and returns its reply's payload and fds; a refusal
+    /// (the error bit) is `Refused` with its errno.
+    fn call(
+        &mut self,
+        command: Command,
+        payload: &[u8],
+        fds: &[RawFd],
+        what: &'static str,
+    ) -> Result<(Vec<u8>, Vec<File>), LinkError> {
+        self.id = self.id.wrapping_add(1);
+        let header = Header {
+            id: self.id,
+            command: command as u16,
+            size: (super::HEADER_SIZE + payload.len()) as u32,
+            kind: Kind::Command { no_reply: false },
+        };
+        self.conn
+            .send(&header, payload, fds)
+            .map_err(|e| LinkError::VfioUser(e.into()))?;
+        let reply = self.conn.recv()?;
+        if reply.header.id != self.id || reply.header.command != command as u16 {
+            return Err(LinkError::Unexpected {
+                what,
+                got: format!(
+                    "a message with id {} for command {}",
+                    reply.header.id, reply.header.command
+                ),
+            });
+        }
+        match reply.header.kind {
+            Kind::Reply { error: None } => Ok((reply.payload, reply.fds)),
+            Kind::Reply { error: Some(errno) } => Err(LinkError::Refused { what, errno }),
+            Kind::Command { .. } => Err(LinkError::Unexpected {
+                what,
+                got: "a command where its reply belongs".into(),
+            }),
+        }
+    }
+
+    fn read(&mut self, region: u32, offset: u64, data: &mut [u8]) -> Result<(), LinkError> {
+        let count = data.len() as u32;
+        let request = RegionAccess {
+            offset,
+            region,
+            count,
+            data: Vec::new(),
+        };
+        let (payload, _) = self.call(Command::RegionRead, &request.encode(), &[], "REGION_READ")?;
+        let reply = RegionAccess::decode(Command::RegionRead, &payload, true, count)
+            .map_err(wire("REGION_READ"))?;
+        if (reply.offset, reply.region) != (offset, region) {
+            return Err(LinkError::Unexpected {
+                what: "REGION_READ",
+                got: format!("region {} at {:#x}", reply.region, reply.offset),
+            });
+        }
+        data.copy_from_slice(&reply.data);
+        Ok(())
+    }
+
+    fn write(&mut self, region: u32, offset: u64, data: &[u8]) -> Result<(), LinkError> {
+        let request = RegionAccess {
+            offset,
+            region,
+            count: data.len() as u32,
+            data: data.to_vec(),
+        };
+        let (payload, _) =
+            self.call(Command::RegionWrite, &request.encode(), &[], "REGION_WRITE")?;
+        RegionAccess::decode(Command::RegionWrite, &payload, false, data.len() as u32)
+            .map_err(wire("REGION_WRITE"))?;
+        Ok(())
+    }
+
+    fn set_irq(&mut self, action: u32, fd: &File) -> Result<(), LinkError> {
+        let set = SetIrqs {
+            flags: IRQ_SET_DATA_EVENTFD | action,
+            index: PCI_INTX_IRQ,
+            start: 0,
+            count: 1,
+            data: Vec::new(),
+        };
+        self.call(
+            Command::DeviceSetIrqs,
+            &set.encode(),
+            &[fd.as_raw_fd()],
+            "DEVICE_SET_IRQS",
+        )?;
+        Ok(())
+    }
+}
+
+impl RemoteLink for Client {
+    fn socket(&self) -> &UnixStream {
+        self.conn.socket()
+    }
+
+    fn share_ram(&mut self, regions: &[SysmemRegion], memfd: &File) -> Result<(), LinkError> {
+        for r in regions {
+            let map = DmaMap {
+                flags: DMA_READABLE | DMA_WRITABLE,
+                offset: r.offset,
+                address: r.gpa,
+                size: r.size,
+            };
+            self.call(
+                Command::DmaMap,
+                &map.encode(),
+                &[memfd.as_raw_fd()],
+                "DMA_MAP",
+            )?;
+        }
+        Ok(())
+    }
+
+    fn config_read(&mut self, addr: u32, len: u32) -> Result<u32, LinkError> {
+        let mut data = [0u8; 4];
+        let len = (len as usize).min(4);
+        self.read(PCI_CONFIG_REGION, u64::from(addr), &mut data[..len])?;
+        Ok(u32::from_le_bytes(data))
+    }
+
+    fn config_write(&mut self, addr: u32, data: &[u8]) -> Result<(), LinkError> {
+        self.write(PCI_CONFIG_REGION, u64::from(addr), data)
+    }
+
+    fn bar_read(&mut self, bar: PlacedBar, offset: u64, data: &mut [u8]) -> Result<(), LinkError> {
+        self.read(u32::from(bar.index), offset, data)
+    }
+
+    fn bar_write(&mut self, bar: PlacedBar, offset: u64, data: &[u8]) -> Result<(), LinkError> {
+        self.write(u32::from(bar.index), offset, data)
+    }
+
+    fn wire_irq(&mut self, irqfd: File, resamplefd: File) -> Result<(), LinkError> {
+        self.set_irq(IRQ_SET_ACTION_TRIGGER, &irqfd)?;
+        self.set_irq(IRQ_SET_ACTION_UNMASK, &resamplefd)
+    }
+
+    fn reset(&mut self) -> Result<(), LinkError> {
+        self.call(Command::DeviceReset, &[], &[], "DEVICE_RESET")?;
+        Ok(())
+    }
+
+    fn region_fds(&mut self, bar: u8, _vcpu: u32) -> Result<Option<RegionFds>, LinkError> {
+        let mut argsz = IO_FDS_ARGSZ;
+        let (payload, fds) = loop {
+            let query = io_fds::encode_query(u32::from(bar), argsz);
+            match self.call(
+                Command::DeviceGetRegionIoFds,
+                &query,
+                &[],
+                "DEVICE_GET_REGION_IO_FDS",
+            ) {
+                // A server without region fds: messages it is.
+                Err(LinkError::Refused { errno, .. })
+                    if [libc::ENOSYS, libc::ENOTSUP].contains(&(errno as i32)) =>
+                {
+                    return Ok(None);
+                }
+                Err(e) => return Err(e),
+                Ok((payload, fds)) => match RegionIoFds::decode(&payload) {
+                    Err(WireError::Truncated { needed, .. }) if needed > argsz => argsz = needed,
+                    Err(e) => return Err(wire("DEVICE_GET_REGION_IO_FDS")(e)),
+                    Ok(_) => break (payload, fds),
+                },
+            }
+        };
+        let reply = RegionIoFds::decode(&payload).map_err(wire("DEVICE_GET_REGION_IO_FDS"))?;
+        if reply.index != u32::from(bar) {
+            return Err(LinkError::Unexpected {
+                what: "DEVICE_GET_REGION_IO_FDS",
+                got: format!("the fds of region {}", reply.index),
+            });
+        }
+        let mut regions = Vec::new();
+        for r in reply.regions {
+            let IoFdKind::IoRegionFd { user_data } = r.kind else {
+                log::warn!(
+                    "vfio-user server offers an ioeventfd for BAR{bar}+{:#x}; \
+                     its accesses stay on messages",
+                    r.offset
+                );
+                continue;
+            };
+            regions.push(SubRegion {
+                offset: r.offset,
+                size: r.size,
+                fd_index: r.fd_index,
+                flags: if r.flags & io_fds::IOREGION_POSTED_WRITES != 0 {
+                    SUB_REGION_POSTED_WRITES
+                } else {
+                    0
+                },
+                user_data,
+            });
+        }
+        Ok(Some((regions, fds)))
+    }
+
+    /// vfio-user has no register mirror.
+    fn register_mirror(
+        &mut self,
+        _bar: u8,
+    ) -> Result<Option<(Vec<MirroredRegister>, File)>, LinkError> {
+        Ok(None)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::device_model::DeviceModel;
+    use crate::device_model::scratch::scratch;
+    use crate::memory::GuestRam;
+    use crate::pci::{BarKind, BarSpec, PciDevice};
+    use crate::proxy::connect::ProxyOptions;
+    use crate::proxy::cut_off::FailFlag;
+    use crate::proxy::device::ProxyDevice;
+    use crate::proxy::ioregion_setup::Dispatch;
+    use crate::remote::server::serve;
+    use crate::vfio_user::server::Session;
+    use std::sync::{Arc, Mutex};
+    use vmm_sys_util::eventfd::EventFd;
+
+    fn no_kvm(_: &EventFd, _: &EventFd, _: u32) -> Result<(), kvm_ioctls::Error> {
+        Ok(())
+    }
+
+    const TIMEOUT: Duration = Duration::from_secs(5);
+
+    /// A proxy in front of our vfio-user server, serving `Scratch`.
+    #[test]
+    fn a_proxy_over_vfio_user_probes_shares_wires_and_uses_region_fds() {
+        let dev = scratch(256);
+        let (a, b) = UnixStream::pair().unwrap();
+        let device: Arc<Mutex<dyn DeviceModel>> = dev.clone();
+        std::thread::spawn(move || serve(&mut Session::new(b), device, None));
+        let ram = GuestRam::new(64 << 20).unwrap();
+        let link = Client::connect(a, TIMEOUT).unwrap();
+        let mut proxy = ProxyDevice::connect(
+            "vfio-user".into(),
+            Box::new(link),
+            &ram,
+            &no_kvm,
+            16,
+            FailFlag::default(),
+            &ProxyOptions {
+                ioregion: Some(Dispatch::Userspace),
+                vcpus: 2,
+                watchdog: None,
+                register_mirror: true,
+            },
+        )
+        .unwrap();
+        let specs = proxy.config().bar_specs();
+        assert_eq!(
+            specs,
+            [
+                (
+                    0,
+                    BarSpec {
+                        kind: BarKind::Io,
+                        size: 256
+                    }
+                ),
+                (
+                    1,
+                    BarSpec {
+                        kind: BarKind::Memory,
+                        size: 1024
+                    }
+                ),
+            ]
+        );
+        {
+            let d = dev.lock().unwrap();
+            assert_eq!(d.resets, 1, "reset once");
+            assert!(d.irq.is_some(), "INTx wired");
+            assert!(d.memory.is_some(), "guest RAM shared");
+        }
+        proxy.place_bar(1, 0xc000_1000);
+        proxy.write_config(crate::pci::config::REG_COMMAND, 0, &[0x02, 0]);
+        assert_eq!(
+            dev.lock().unwrap().config.bar_addr(1),
+            Some(0xc000_1000),
+            "the server's config space follows"
+        );
+        proxy.bar_write(1, 0x120, &0xfeed_u16.to_le_bytes());
+        assert_eq!(proxy.bar_read_value(1, 0x120, 2), 0xfeed, "over messages");
+        let paths = proxy.bar_fast_paths(1);
+        assert_eq!(paths.len(), 2, "two ranges over region fds");
+        let waited = paths[0].clone().attach(0xc000_1000).unwrap();
+        waited.write(0x10, &[0x5a]);
+        let mut back = [0u8];
+        waited.read(0x10, &mut back);
+        assert_eq!(back, [0x5a]);
+        assert_eq!(dev.lock().unwrap().regs[0x10], 0x5a, "through a region fd");
+    }
+
+    /// A fake server: answers VERSION well, then runs `then` on the rest.
+    fn fake(then: impl FnOnce(&mut Connection) + Send + 'static) -> UnixStream {
+        let (a, b) = UnixStream::pair().unwrap();
+        std::thread::spawn(move || {
+            let mut conn = Connection::new(b, 1 << 20);
+            let hello = conn.recv().unwrap();
+            let v = Version {
+                major: 0,
+                minor: 0,
+                caps: Capabilities::default(),
+            }
+            .encode();
+            conn.send(&Header::reply_to(&hello.header, v.len()), &v, &[])
+                .unwrap();
+            then(&mut conn);
+        });
+        a
+    }
+
+    #[test]
+    fn a_reply_with_another_id_or_a_non_pci_device_is_refused() {
+        let sock = fake(|conn| {
+            let m = conn.recv().unwrap();
+            let mut h = Header::reply_to(&m.header, 16);
+            h.id = h.id.wrapping_add(7);
+            conn.send(&h, &[0; 16], &[]).unwrap();
+        });
+        let err = Client::connect(sock, TIMEOUT).err().unwrap();
+        assert!(err.to_string().contains("id"), "{err}");
+        let sock = fake(|conn| {
+            let m = conn.recv().unwrap();
+            let info = DeviceInfo {
+                argsz: 16,
+                flags: DEVICE_FLAGS_RESET,
+                num_regions: 9,
+                num_irqs: 5,
+            }
+            .encode();
+            conn.send(&Header::reply_to(&m.header, 16), &info, &[])
+                .unwrap();
+        });
+        let err = Client::connect(sock, TIMEOUT).err().unwrap();
+        assert!(err.to_string().contains("not a PCI device"), "{err}");
+    }
+
+    #[test]
+    fn a_server_without_region_fds_leaves_the_bar_on_messages() {
+        let sock = fake(|conn| {
+            let m = conn.recv().unwrap();
+            let info = DeviceInfo {
+                argsz: 16,
+                flags: DEVICE_FLAGS_PCI,
+                num_regions: 9,
+                num_irqs: 5,
+            }
+            .encode();
+            conn.send(&Header::reply_to(&m.header, 16), &info, &[])
+                .unwrap();
+            let m = conn.recv().unwrap();
+            conn.send(
+                &Header::error_reply_to(&m.header, libc::ENOSYS as u32),
+                &[],
+                &[],
+            )
+            .unwrap();
+        });
+        let mut client = Client::connect(sock, TIMEOUT).unwrap();
+        assert!(client.region_fds(1, 0).unwrap().is_none());
+    }
+}
