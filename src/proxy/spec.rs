@@ -111,6 +111,13 @@ pub const KEYS: &[KeyHelp] = &[
         meaning: "co-spawn our LSI 53C895A SCSI controller (`vmm remote lsi`); must come first",
     },
     KeyHelp {
+        key: "vfio-user",
+        values: "",
+        default: "-",
+        applies: Applies::Any,
+        meaning: "as the first word: the remote is a vfio-user server (the same as proto=vfio-user)",
+    },
+    KeyHelp {
         key: "exec",
         values: "PATH",
         default: "-",
@@ -210,7 +217,7 @@ pub fn help_text() -> String {
         (Applies::Lsi, "Options for lsi:"),
         (
             Applies::Ours,
-            "Options for remotes of ours (lsi, or proto=vmm):",
+            "Options for remotes of ours or over vfio-user (lsi, proto=vmm, proto=vfio-user):",
         ),
         (
             Applies::Spawned,
@@ -269,9 +276,14 @@ impl FromStr for RemoteDevSpec {
                 dialect = Dialect::Vmm;
                 continue;
             }
-            let (key, value) = item
-                .split_once('=')
-                .ok_or_else(|| format!("'{item}' is not a known device type (lsi) or key=value"))?;
+            // Any vfio-user server: the same as proto=vfio-user.
+            if i == 0 && item == "vfio-user" {
+                dialect = Dialect::VfioUser;
+                continue;
+            }
+            let (key, value) = item.split_once('=').ok_or_else(|| {
+                format!("'{item}' is not a known device type (lsi, vfio-user) or key=value")
+            })?;
             if !KEYS.iter().any(|k| k.key == key && !k.values.is_empty()) {
                 return Err(format!(
                     "unknown key '{key}' (`--remote-dev help` lists the keys)"
@@ -402,7 +414,7 @@ mod tests {
         assert_eq!(s.dialect, Dialect::VfioUser);
         assert_eq!(s.ioregionfd, IoRegionMode::Auto);
         assert!(s.ours());
-        let s: RemoteDevSpec = "socket=/run/spdk.sock,proto=vfio-user,ioregionfd=off"
+        let s: RemoteDevSpec = "vfio-user,socket=/run/spdk.sock,ioregionfd=off"
             .parse()
             .unwrap();
         assert_eq!(

@@ -26,7 +26,7 @@ pub const SCRATCH_DISK_SIZE: u64 = 1 << 30;
     after_help = "Examples:\n  \
         vmm remote lsi --socket /tmp/lsi.sock --disk disk.img\n      \
         serve a VMM started with --remote-dev socket=/tmp/lsi.sock\n  \
-        vmm remote lsi --protocol vfio-user --socket /tmp/lsi.sock --disk disk.img\n      \
+        vmm remote lsi --vfio-user /tmp/lsi.sock --disk disk.img\n      \
         serve QEMU: -device '{\"driver\":\"vfio-user-pci\",\"socket\":{\"type\":\"unix\",\"path\":\"/tmp/lsi.sock\"}}'\n      \
         (guest RAM must be shareable: -object memory-backend-memfd,id=mem,size=1G -machine memory-backend=mem)"
 )]
@@ -69,6 +69,9 @@ pub enum RemoteKind {
         /// The protocol spoken on the control socket.
         #[arg(long, value_enum, default_value_t = Protocol::Mpqemu)]
         protocol: Protocol,
+        /// Short for --protocol vfio-user --socket PATH.
+        #[arg(long, value_name = "PATH", conflicts_with_all = ["socket", "fd"])]
+        vfio_user: Option<PathBuf>,
         #[arg(long, value_name = "LEVEL")]
         log_level: Option<String>,
     },
@@ -143,9 +146,17 @@ pub fn run(kind: RemoteKind) -> Result<(), RemoteCliError> {
         user,
         no_sandbox,
         register_writes,
-        protocol,
+        mut protocol,
+        vfio_user,
         ..
     } = kind;
+    let socket = match vfio_user {
+        Some(path) => {
+            protocol = Protocol::VfioUser;
+            Some(path)
+        }
+        None => socket,
+    };
     // Before any thread exists, so that none of them takes the signal's
     // default action (the end of the process).
     let dump = match DumpSignal::new() {
