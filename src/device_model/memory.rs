@@ -20,6 +20,17 @@ pub enum MemoryError {
     },
     #[error("guest RAM regions overlap")]
     Overlap,
+    #[error(
+        "guest RAM region {gpa:#x}+{size:#x} needs bytes {offset:#x}..{end:#x} of its fd, \
+         which is {what}"
+    )]
+    BadFile {
+        gpa: u64,
+        size: u64,
+        offset: u64,
+        end: u64,
+        what: String,
+    },
     #[error("guest address {addr:#x}+{len:#x} is outside guest RAM")]
     OutOfRange { addr: u64, len: usize },
 }
@@ -33,6 +44,7 @@ impl DeviceMemory {
     pub fn map(regions: &[SysmemRegion], fds: Vec<File>) -> Result<Self, MemoryError> {
         let mut mapped = Vec::with_capacity(regions.len());
         for (r, fd) in regions.iter().zip(fds) {
+            check_file(r, &fd)?;
             let map_err = |source| MemoryError::Map {
                 gpa: r.gpa,
                 size: r.size,
@@ -74,6 +86,26 @@ impl DeviceMemory {
     }
 }
 
+/// A region's fd must be a regular file (a memfd is one) that holds all of
+/// the region: past its end a mapping faults (SIGBUS) on the first DMA.
+fn check_file(r: &SysmemRegion, fd: &File) -> Result<(), MemoryError> {
+    let end = r.offset.checked_add(r.size);
+    let bad = |what: String| MemoryError::BadFile {
+        gpa: r.gpa,
+        size: r.size,
+        offset: r.offset,
+        end: end.unwrap_or(u64::MAX),
+        what,
+    };
+    let len = crate::sys::regular_file_len(fd)
+        .map_err(|e| bad(format!("unreadable ({e})")))?
+        .ok_or_else(|| bad("not a regular file".into()))?;
+    match end {
+        Some(end) if end <= len => Ok(()),
+        _ => Err(bad(format!("{len:#x} bytes long"))),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -102,5 +134,33 @@ mod tests {
         );
         assert!(remote.write(0xfee0_0000, b"x").is_err());
         assert!(DeviceMemory::default().read(0, &mut buf).is_err());
+    }
+
+    #[test]
+    fn a_short_file_or_one_that_is_not_a_file_is_refused_before_mapping() {
+        let short = crate::sys::memfd(c"short", false).unwrap();
+        short.set_len(0x1000).unwrap();
+        let region = |offset, size| SysmemRegion {
+            gpa: 0,
+            size,
+            offset,
+        };
+        let e = DeviceMemory::map(&[region(0, 0x2000)], vec![short.try_clone().unwrap()])
+            .err()
+            .unwrap();
+        assert!(e.to_string().contains("0x1000 bytes long"), "{e}");
+        assert!(
+            DeviceMemory::map(&[region(0x800, 0x1000)], vec![short.try_clone().unwrap()]).is_err()
+        );
+        assert!(
+            DeviceMemory::map(&[region(u64::MAX, 2)], vec![short.try_clone().unwrap()]).is_err()
+        );
+        assert!(DeviceMemory::map(&[region(0, 0x1000)], vec![short]).is_ok());
+        let (sock, _peer) = std::os::unix::net::UnixStream::pair().unwrap();
+        let not_a_file = File::from(std::os::fd::OwnedFd::from(sock));
+        let e = DeviceMemory::map(&[region(0, 0x1000)], vec![not_a_file])
+            .err()
+            .unwrap();
+        assert!(e.to_string().contains("not a regular file"), "{e}");
     }
 }

@@ -126,6 +126,8 @@ fn allowed() -> Result<Rules, SandboxError> {
         (libc::SYS_pread64, any()),
         (libc::SYS_pwrite64, any()),
         (libc::SYS_fdatasync, any()),
+        // Sizes an fd it was handed (guest RAM) before mapping it.
+        (libc::SYS_fstat, any()),
         (libc::SYS_fsync, any()),
         // Memory: the allocator, thread stacks, guest RAM (SYNC_SYSMEM
         // maps memfds shared); never executable.

@@ -201,6 +201,23 @@ pub fn unread_bytes(fd: BorrowedFd<'_>) -> io::Result<usize> {
     Ok(queued.max(0) as usize)
 }
 
+/// Whether `file` is a regular file (a memfd is one), and its length: the
+/// fstat system call itself, the one the remote's seccomp filter allows
+/// for it (std's metadata() uses statx, glibc's fstat newfstatat, which
+/// also takes paths).
+pub fn regular_file_len(file: &File) -> io::Result<Option<u64>> {
+    // SAFETY: fstat only writes into `st`, which lives across the call.
+    let st = unsafe {
+        let mut st: libc::stat = std::mem::zeroed();
+        let st_ptr: *mut libc::stat = &mut st;
+        if libc::syscall(libc::SYS_fstat, file.as_raw_fd(), st_ptr) != 0 {
+            return Err(io::Error::last_os_error());
+        }
+        st
+    };
+    Ok((st.st_mode & libc::S_IFMT == libc::S_IFREG).then_some(st.st_size as u64))
+}
+
 /// Whether fd number `fd` is open and a socket.
 pub fn is_socket(fd: RawFd) -> bool {
     // SAFETY: fstat only writes into `st`; a bad fd just fails.
