@@ -406,6 +406,68 @@ mod tests {
         assert_eq!(dev.lock().unwrap().regs[0x10], 0x5a, "through a region fd");
     }
 
+    /// `Scratch`, but claiming a BAR1 range past the BAR's end.
+    struct Liar(crate::device_model::scratch::Scratch);
+
+    impl PciDevice for Liar {
+        fn config(&self) -> &crate::pci::ConfigSpace {
+            self.0.config()
+        }
+        fn config_mut(&mut self) -> &mut crate::pci::ConfigSpace {
+            self.0.config_mut()
+        }
+        fn bar_read(&mut self, bar: u8, offset: u64, data: &mut [u8]) {
+            self.0.bar_read(bar, offset, data)
+        }
+        fn bar_write(&mut self, bar: u8, offset: u64, data: &[u8]) {
+            self.0.bar_write(bar, offset, data)
+        }
+    }
+
+    impl DeviceModel for Liar {
+        fn reset(&mut self) {}
+        fn set_memory(&mut self, _memory: crate::device_model::DeviceMemory) {}
+        fn set_interrupt(&mut self, _line: crate::device_model::SharedIrq) {}
+        fn ioregions(&self, bar: u8) -> Vec<crate::device_model::IoRegionSpec> {
+            match bar {
+                1 => vec![crate::device_model::IoRegionSpec {
+                    offset: 0x380,
+                    size: 0x100,
+                    posted_writes: false,
+                }],
+                _ => vec![],
+            }
+        }
+    }
+
+    #[test]
+    fn a_server_claiming_region_fds_outside_its_bar_is_refused() {
+        let liar = Arc::new(Mutex::new(Liar(
+            Arc::into_inner(scratch(256)).unwrap().into_inner().unwrap(),
+        )));
+        let (a, b) = UnixStream::pair().unwrap();
+        let device: Arc<Mutex<dyn DeviceModel>> = liar;
+        std::thread::spawn(move || serve(&mut Session::new(b), device, None));
+        let ram = GuestRam::new(64 << 20).unwrap();
+        let err = ProxyDevice::connect(
+            "liar".into(),
+            Box::new(Client::connect(a, TIMEOUT).unwrap()),
+            &ram,
+            &no_kvm,
+            16,
+            FailFlag::default(),
+            &ProxyOptions {
+                ioregion: Some(Dispatch::Userspace),
+                vcpus: 1,
+                watchdog: None,
+                register_mirror: true,
+            },
+        )
+        .err()
+        .unwrap();
+        assert!(err.to_string().contains("does not fit in the BAR"), "{err}");
+    }
+
     /// A fake server: answers VERSION well, then runs `then` on the rest.
     fn fake(then: impl FnOnce(&mut Connection) + Send + 'static) -> UnixStream {
         let (a, b) = UnixStream::pair().unwrap();

@@ -852,6 +852,27 @@ mod tests {
             c.refused(Command::DmaUnmap as u16, &unmap.encode()),
             libc::ENOENT as u32
         );
+        // An fd shorter than the range it is said to hold: refused before
+        // any DMA could fault on it.
+        let short = DmaMap {
+            offset: 0x3000,
+            size: 0x2000,
+            ..map
+        };
+        let id = c.send(
+            Command::DmaMap as u16,
+            &short.encode(),
+            &[ram.as_raw_fd()],
+            false,
+        );
+        let m = c.conn.recv().unwrap();
+        assert_eq!(m.header.id, id);
+        assert_eq!(
+            m.header.kind,
+            Kind::Reply {
+                error: Some(libc::EINVAL as u32)
+            }
+        );
     }
 
     #[test]
