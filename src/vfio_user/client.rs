@@ -406,6 +406,54 @@ mod tests {
         assert_eq!(dev.lock().unwrap().regs[0x10], 0x5a, "through a region fd");
     }
 
+    fn served(dev: Arc<Mutex<crate::device_model::scratch::Scratch>>) -> Client {
+        let (a, b) = UnixStream::pair().unwrap();
+        let device: Arc<Mutex<dyn DeviceModel>> = dev;
+        std::thread::spawn(move || serve(&mut Session::new(b), device, None));
+        Client::connect(a, TIMEOUT).unwrap()
+    }
+
+    /// restart=on's takeover, over vfio-user: the new remote gets guest
+    /// RAM, a reset, the config space the guest programmed and its INTx.
+    #[test]
+    fn a_restarted_remote_over_vfio_user_gets_the_programmed_config_space() {
+        use crate::pci::config::REG_COMMAND;
+        let ram = GuestRam::new(64 << 20).unwrap();
+        let mut proxy = ProxyDevice::connect(
+            "first".into(),
+            Box::new(served(scratch(256))),
+            &ram,
+            &no_kvm,
+            16,
+            FailFlag::default(),
+            &ProxyOptions {
+                ioregion: Some(Dispatch::Userspace),
+                vcpus: 1,
+                watchdog: None,
+                register_mirror: true,
+            },
+        )
+        .unwrap();
+        proxy.place_bar(0, 0x1000);
+        proxy.place_bar(1, 0xc000_1000);
+        proxy.write_config(REG_COMMAND, 0, &[0x07, 0]);
+        proxy.write_config(3, 1, &[0x40]); // latency timer
+        let fresh = scratch(256);
+        let failed = proxy
+            .reconnect("second".into(), Box::new(served(fresh.clone())))
+            .unwrap();
+        proxy.wire_interrupt().unwrap();
+        assert!(!failed.is_failed());
+        let d = fresh.lock().unwrap();
+        assert_eq!(d.config.bar_addr(1), Some(0xc000_1000));
+        assert_eq!(d.config.read(REG_COMMAND) & 0xffff, 0x07);
+        assert_eq!(d.config.read(3) >> 8 & 0xff, 0x40);
+        assert_eq!(d.resets, 1);
+        assert!(d.memory.is_some() && d.irq.is_some());
+        drop(d);
+        assert_eq!(proxy.bar_fast_paths(1).len(), 2, "new region fds");
+    }
+
     /// `Scratch`, but claiming a BAR1 range past the BAR's end.
     struct Liar(crate::device_model::scratch::Scratch);
 
