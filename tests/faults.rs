@@ -133,6 +133,10 @@ fn scenarios() -> Vec<Scenario> {
             name: "killed-remote-restarted",
             script: killed_remote(",restart=on", "KILL"),
         },
+        Scenario {
+            name: "killed-remote-restarted-vfio-user",
+            script: killed_remote(",restart=on,proto=vfio-user", "KILL"),
+        },
     ]
 }
 
@@ -210,6 +214,21 @@ fn a_killed_remote_is_restarted_and_no_completed_write_is_lost() {
     o.assert_contains("took over the device (1 of at most 5 restarts)");
     // The driver recovered the new controller through its own resets, and
     // fio's verify pass read back every block it had seen written.
+    o.assert_contains("VMM-GUEST: fio done: ok");
+    o.assert_exited("vmm", 0);
+}
+
+/// The same over vfio-user: the new remote is a new vfio-user server, and
+/// the takeover gives it what the old one had.
+#[test]
+fn a_killed_vfio_user_remote_is_restarted_and_no_completed_write_is_lost() {
+    let Some(o) = outcome("killed-remote-restarted-vfio-user") else {
+        return;
+    };
+    o.assert_contains("killing remote");
+    o.assert_contains("vfio-user server: version 0.0");
+    o.assert_contains("process exit: signal: 9 (SIGKILL)); restarting it");
+    o.assert_contains("took over the device (1 of at most 5 restarts)");
     o.assert_contains("VMM-GUEST: fio done: ok");
     o.assert_exited("vmm", 0);
 }
