@@ -12,6 +12,8 @@
 #              (register-writes=waited, the default)
 #   ours-nomirror  ioregionfd=userspace, every register read asks the remote
 #              (register-mirror=off: no ISTAT reads from the shared page)
+#   ours-vfio-user  our VMM + our LSI remote over vfio-user (proto=vfio-user),
+#              region fds from DEVICE_GET_REGION_IO_FDS, ioregionfd=auto
 #   ours-kernel  ioregionfd=kernel: needs --kvm-modules (our KVM_SET_IOREGION,
 #              kernel/), which builds our kvm modules and boots the rig on them;
 #              there `ours` (ioregionfd=auto) takes the kernel path as well
@@ -49,7 +51,7 @@ while [ $# -gt 0 ]; do
         --out) out=$2; shift 2 ;;
         --pin) pin=$2; shift 2 ;;
         --kvm-modules) kvm_modules=1; shift ;;
-        -h|--help) sed -n '2,23p' "$0"; exit 0 ;;
+        -h|--help) sed -n '2,25p' "$0"; exit 0 ;;
         *) die "unknown option $1 (see --help)" ;;
     esac
 done
@@ -93,6 +95,8 @@ for round in \$(seq $rounds); do
                 --stats --remote-dev lsi,disk=\$img,ioregionfd=userspace,register-writes=waited </dev/null 2>&1 ;;
         ours-nomirror) $run \$VMM --kernel \$GUEST/bzImage --initrd \$GUEST/initramfs.cpio.gz --cmdline "\$cmdline" \
                 --stats --remote-dev lsi,disk=\$img,ioregionfd=userspace,register-mirror=off </dev/null 2>&1 ;;
+        ours-vfio-user) $run \$VMM --kernel \$GUEST/bzImage --initrd \$GUEST/initramfs.cpio.gz --cmdline "\$cmdline" \
+                --stats --remote-dev lsi,disk=\$img,proto=vfio-user </dev/null 2>&1 ;;
         ours-off) $run \$VMM --kernel \$GUEST/bzImage --initrd \$GUEST/initramfs.cpio.gz --cmdline "\$cmdline" \
                 --stats --remote-dev lsi,disk=\$img,ioregionfd=off </dev/null 2>&1 ;;
         qemu) $run \$qemu_vm \$guest -append "\$cmdline" -device lsi53c895a,id=lsi0 \

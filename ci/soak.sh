@@ -12,6 +12,7 @@
 # Configurations:
 #   ours         our VMM and LSI remote, defaults
 #   ours-posted  register-writes=posted
+#   ours-vfio-user  over vfio-user (proto=vfio-user), region fds
 #   ours-kernel  ioregionfd=kernel (boots the rig on our KVM_SET_IOREGION
 #                modules, ci/build-kvm-ioregion.sh; implies --kvm-modules)
 #   qemu         QEMU's in-process lsi53c895a (Debian's QEMU in the rig)
@@ -46,7 +47,7 @@ while [ $# -gt 0 ]; do
         --cpus) cpus=$2; shift 2 ;;
         --kvm-modules) kvm_modules=1; shift ;;
         --out) out=$2; shift 2 ;;
-        -h|--help) sed -n '2,27p' "$0"; exit 0 ;;
+        -h|--help) sed -n '2,28p' "$0"; exit 0 ;;
         *) die "unknown option $1 (see --help)" ;;
     esac
 done
@@ -85,6 +86,7 @@ one_run() {
             ours) extra=",restart=on" ;;
             ours-posted) extra=",restart=on,ioregionfd=userspace,register-writes=posted" ;;
             ours-kernel) extra=",restart=on,ioregionfd=kernel" ;;
+            ours-vfio-user) extra=",restart=on,proto=vfio-user" ;;
             *) echo "SOAK-NOT-APPLICABLE"; return 0 ;;
         esac
         ours 1 "$extra" > $WORK/vmm.log &
@@ -103,6 +105,7 @@ one_run() {
         ours) ours $n "" ;;
         ours-posted) ours $n ",ioregionfd=userspace,register-writes=posted" ;;
         ours-kernel) ours $n ",ioregionfd=kernel" ;;
+        ours-vfio-user) ours $n ",proto=vfio-user" ;;
         qemu) $qemu_vm -smp $n $guest -append "$fio_cmdline" -device lsi53c895a,id=lsi0 \
                 -drive id=d0,file=$img,format=raw,if=none -device scsi-hd,drive=d0,bus=lsi0.0 </dev/null 2>&1 ;;
         qemu-mp) $PAIREXEC "LSI_DISK=$img exec $EXTRA/ci/qemu-remote-lsi.sh" \
