@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # KVM_SET_IOREGION end to end: builds our kvm.ko/kvm-amd.ko
 # (ci/build-kvm-ioregion.sh) and the selftest (kernel/selftest), boots the
-# KVM test rig on those modules, runs the selftest, then runs the VMM once
-# with the LSI remote on the kernel ioregionfd path (fio-verify, --stats).
+# KVM test rig on those modules, runs the selftest, then runs the VMM twice
+# with the LSI remote on the kernel ioregionfd path (fio-verify, --stats),
+# over mpqemu and over vfio-user.
 #
 # Usage: ci/test-kvm-ioregion.sh [--no-vmm]
 # Exits non-zero if the selftest fails, or if the VMM run does not pass
@@ -36,6 +37,12 @@ if [ $run_vmm -eq 1 ]; then
         --cmdline 'console=ttyS0 quiet vmm.run=fio-verify' --log-level info --stats \\
         --remote-dev lsi,disk=/tmp/a.img,ioregionfd=kernel </dev/null
     echo "=== vmm exited \$?"
+    echo "=== vmm over vfio-user ioregionfd=kernel fio-verify"
+    dd if=/dev/zero of=/tmp/b.img bs=1M count=64 2>/dev/null
+    /rig/vmm --kernel /rig/guest/bzImage --initrd /rig/guest/initramfs.cpio.gz \\
+        --cmdline 'console=ttyS0 quiet vmm.run=fio-verify' --log-level info --stats \\
+        --remote-dev lsi,disk=/tmp/b.img,ioregionfd=kernel,proto=vfio-user </dev/null
+    echo "=== vmm over vfio-user exited \$?"
     dmesg | grep -i -E 'ioregion|kvm|BUG|WARN|Oops|hung' | tail -n 30
 fi
 exit \$st
@@ -61,9 +68,18 @@ grep -q "ALL PASSED" "$work/out.log" || die "the selftest did not report ALL PAS
 if [ $run_vmm -eq 1 ]; then
     # The VMM's kernel path: the probe finds the ioctl, the guest's fio
     # verify passes, and the counters show no ioregion access reaching us.
-    for want in "KVM_SET_IOREGION works" "fio done: ok" \
-        "over ioregion fds 0 reads / 0 writes" "3 ranges served by KVM itself" "=== vmm exited 0"; do
-        grep -q "$want" "$work/out.log" || die "VMM on the kernel ioregion path: no '$want' in the output"
+    # Each of the two runs, mpqemu and vfio-user, on its own part of the log.
+    sed -n '/=== vmm ioregionfd=kernel/,/=== vmm exited/p' "$work/out.log" > "$work/mpqemu.log"
+    sed -n '/=== vmm over vfio-user ioregionfd=kernel/,/=== vmm over vfio-user exited/p' \
+        "$work/out.log" > "$work/vfio-user.log"
+    for run in mpqemu vfio-user; do
+        for want in "KVM_SET_IOREGION works" "fio done: ok" \
+            "over ioregion fds 0 reads / 0 writes" "3 ranges served by KVM itself" "exited 0"; do
+            grep -q "$want" "$work/$run.log" ||
+                die "VMM on the kernel ioregion path over $run: no '$want' in the output"
+        done
     done
-    log "VMM on the kernel ioregion path: fio verify passed, no ioregion access reached the VMM"
+    grep -q "vfio-user server: version 0.0" "$work/vfio-user.log" ||
+        die "the second run did not speak vfio-user"
+    log "VMM on the kernel ioregion path, over mpqemu and over vfio-user: fio verify passed, no ioregion access reached the VMM"
 fi
