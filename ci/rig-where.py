@@ -96,6 +96,13 @@ def main():
             # current page tables (the nested guest's, if it runs).
             for line in ask(sock, "x/6i $pc").splitlines():
                 print("rig-where:   code: " + line.rstrip())
+            # A lost timer interrupt shows as the timer's vector (0xec,
+            # 236) pending in the LAPIC's IRR with nothing in service
+            # (resources/soak/2026-12-02-freeze-cause.md); the IOAPIC's
+            # entries name the vector of an HPET tick.
+            for command in ("info lapic", "info pic"):
+                for line in ask(sock, command).splitlines():
+                    print(f"rig-where:   {command[5:]}: " + line.rstrip())
         time.sleep(1)
 
 
