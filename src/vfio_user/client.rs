@@ -252,7 +252,7 @@ impl RemoteLink for Client {
 
     fn region_fds(&mut self, bar: u8, _vcpu: u32) -> Result<Option<RegionFds>, LinkError> {
         let mut argsz = IO_FDS_ARGSZ;
-        let (payload, fds) = loop {
+        let (reply, fds) = loop {
             let query = io_fds::encode_query(u32::from(bar), argsz);
             match self.call(
                 Command::DeviceGetRegionIoFds,
@@ -270,11 +270,10 @@ impl RemoteLink for Client {
                 Ok((payload, fds)) => match RegionIoFds::decode(&payload) {
                     Err(WireError::Truncated { needed, .. }) if needed > argsz => argsz = needed,
                     Err(e) => return Err(wire("DEVICE_GET_REGION_IO_FDS")(e)),
-                    Ok(_) => break (payload, fds),
+                    Ok(reply) => break (reply, fds),
                 },
             }
         };
-        let reply = RegionIoFds::decode(&payload).map_err(wire("DEVICE_GET_REGION_IO_FDS"))?;
         if reply.index != u32::from(bar) {
             return Err(LinkError::Unexpected {
                 what: "DEVICE_GET_REGION_IO_FDS",
@@ -341,26 +340,8 @@ mod tests {
     #[test]
     fn a_proxy_over_vfio_user_probes_shares_wires_and_uses_region_fds() {
         let dev = scratch(256);
-        let (a, b) = UnixStream::pair().unwrap();
-        let device: Arc<Mutex<dyn DeviceModel>> = dev.clone();
-        std::thread::spawn(move || serve(&mut Session::new(b), device, None));
         let ram = GuestRam::new(64 << 20).unwrap();
-        let link = Client::connect(a, TIMEOUT).unwrap();
-        let mut proxy = ProxyDevice::connect(
-            "vfio-user".into(),
-            Box::new(link),
-            &ram,
-            &no_kvm,
-            16,
-            FailFlag::default(),
-            &ProxyOptions {
-                ioregion: Some(Dispatch::Userspace),
-                vcpus: 2,
-                watchdog: None,
-                register_mirror: true,
-            },
-        )
-        .unwrap();
+        let mut proxy = proxy_for(served(dev.clone()), &ram, 2).unwrap();
         let specs = proxy.config().bar_specs();
         assert_eq!(
             specs,
@@ -406,11 +387,33 @@ mod tests {
         assert_eq!(dev.lock().unwrap().regs[0x10], 0x5a, "through a region fd");
     }
 
-    fn served(dev: Arc<Mutex<crate::device_model::scratch::Scratch>>) -> Client {
+    /// A client of our vfio-user server, serving `device` on a thread.
+    fn served(device: Arc<Mutex<dyn DeviceModel>>) -> Client {
         let (a, b) = UnixStream::pair().unwrap();
-        let device: Arc<Mutex<dyn DeviceModel>> = dev;
         std::thread::spawn(move || serve(&mut Session::new(b), device, None));
         Client::connect(a, TIMEOUT).unwrap()
+    }
+
+    /// A proxy in front of `link`, with region fds on the userspace path.
+    fn proxy_for(
+        link: Client,
+        ram: &GuestRam,
+        vcpus: usize,
+    ) -> Result<ProxyDevice, crate::proxy::connect::ProxyError> {
+        ProxyDevice::connect(
+            "vfio-user".into(),
+            Box::new(link),
+            ram,
+            &no_kvm,
+            16,
+            FailFlag::default(),
+            &ProxyOptions {
+                ioregion: Some(Dispatch::Userspace),
+                vcpus,
+                watchdog: None,
+                register_mirror: true,
+            },
+        )
     }
 
     /// restart=on's takeover, over vfio-user: the new remote gets guest
@@ -419,21 +422,7 @@ mod tests {
     fn a_restarted_remote_over_vfio_user_gets_the_programmed_config_space() {
         use crate::pci::config::REG_COMMAND;
         let ram = GuestRam::new(64 << 20).unwrap();
-        let mut proxy = ProxyDevice::connect(
-            "first".into(),
-            Box::new(served(scratch(256))),
-            &ram,
-            &no_kvm,
-            16,
-            FailFlag::default(),
-            &ProxyOptions {
-                ioregion: Some(Dispatch::Userspace),
-                vcpus: 1,
-                watchdog: None,
-                register_mirror: true,
-            },
-        )
-        .unwrap();
+        let mut proxy = proxy_for(served(scratch(256)), &ram, 1).unwrap();
         proxy.place_bar(0, 0x1000);
         proxy.place_bar(1, 0xc000_1000);
         proxy.write_config(REG_COMMAND, 0, &[0x07, 0]);
@@ -493,26 +482,8 @@ mod tests {
         let liar = Arc::new(Mutex::new(Liar(
             Arc::into_inner(scratch(256)).unwrap().into_inner().unwrap(),
         )));
-        let (a, b) = UnixStream::pair().unwrap();
-        let device: Arc<Mutex<dyn DeviceModel>> = liar;
-        std::thread::spawn(move || serve(&mut Session::new(b), device, None));
         let ram = GuestRam::new(64 << 20).unwrap();
-        let err = ProxyDevice::connect(
-            "liar".into(),
-            Box::new(Client::connect(a, TIMEOUT).unwrap()),
-            &ram,
-            &no_kvm,
-            16,
-            FailFlag::default(),
-            &ProxyOptions {
-                ioregion: Some(Dispatch::Userspace),
-                vcpus: 1,
-                watchdog: None,
-                register_mirror: true,
-            },
-        )
-        .err()
-        .unwrap();
+        let err = proxy_for(served(liar), &ram, 1).err().unwrap();
         assert!(err.to_string().contains("does not fit in the BAR"), "{err}");
     }
 

@@ -92,17 +92,28 @@ pub struct RegionIoFds {
     pub regions: Vec<SubRegion>,
 }
 
+/// The size of a reply with `count` entries, which its argsz says.
+pub fn reply_size(count: usize) -> u32 {
+    (HEAD + ENTRY_SIZE * count) as u32
+}
+
+/// A reply's fixed part alone: what a client that left too little room
+/// gets, with the argsz it needs, to ask again.
+pub fn encode_head(index: u32, count: usize) -> Vec<u8> {
+    let mut out = Vec::with_capacity(reply_size(count) as usize);
+    for v in [reply_size(count), 0, index, count as u32] {
+        out.extend_from_slice(&v.to_le_bytes());
+    }
+    out
+}
+
 impl RegionIoFds {
     /// The whole reply, which is what its argsz says; a client that took
     /// less (`max_reply`) gets the fixed part alone, with that argsz, and
     /// asks again.
     pub fn encode(&self, max_reply: u32) -> Vec<u8> {
-        let argsz = (HEAD + ENTRY_SIZE * self.regions.len()) as u32;
-        let mut out = Vec::with_capacity(argsz as usize);
-        for v in [argsz, 0, self.index, self.regions.len() as u32] {
-            out.extend_from_slice(&v.to_le_bytes());
-        }
-        if argsz > max_reply {
+        let mut out = encode_head(self.index, self.regions.len());
+        if reply_size(self.regions.len()) > max_reply {
             return out;
         }
         for r in &self.regions {

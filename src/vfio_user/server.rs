@@ -86,9 +86,6 @@ pub struct Session {
     /// The client's capabilities, once VERSION has been exchanged.
     client: Option<Capabilities>,
     maps: Vec<DmaMapping>,
-    /// The INTx trigger and unmask eventfds as last set.
-    trigger: Option<File>,
-    unmask: Option<File>,
 }
 
 impl Session {
@@ -97,8 +94,6 @@ impl Session {
             conn: Connection::new(sock, MAX_MESSAGE),
             client: None,
             maps: Vec::new(),
-            trigger: None,
-            unmask: None,
         }
     }
 
@@ -112,23 +107,16 @@ impl Session {
         if self.client.is_none() && command != Command::Version {
             return Err(refuse(libc::EINVAL, "a command before VERSION"));
         }
-        let no_fds = |fds: &[File]| {
-            if fds.is_empty() {
-                Ok(())
-            } else {
-                Err(refuse(libc::EINVAL, "fds where the command takes none"))
-            }
-        };
+        // Only DMA_MAP and SET_IRQS carry fds.
+        if !matches!(command, Command::DmaMap | Command::DeviceSetIrqs) && !m.fds.is_empty() {
+            return Err(refuse(libc::EINVAL, "fds where the command takes none"));
+        }
         let p = &m.payload[..];
         match command {
             Command::Version => unreachable!("answered by the session"),
             Command::DmaMap => self.dma_map(link, DmaMap::decode(p)?, m.fds),
-            Command::DmaUnmap => {
-                no_fds(&m.fds)?;
-                self.dma_unmap(link, DmaUnmap::decode(p)?)
-            }
+            Command::DmaUnmap => self.dma_unmap(link, DmaUnmap::decode(p)?),
             Command::DeviceGetInfo => {
-                no_fds(&m.fds)?;
                 DeviceInfo::decode(p)?;
                 let info = DeviceInfo {
                     argsz: DeviceInfo::SIZE as u32,
@@ -139,17 +127,14 @@ impl Session {
                 Ok((info.encode(), Vec::new()))
             }
             Command::DeviceGetRegionInfo => {
-                no_fds(&m.fds)?;
                 let query = RegionInfo::decode(p)?;
                 Ok((region_info(link, query.index)?.encode(), Vec::new()))
             }
             Command::DeviceGetRegionIoFds => {
-                no_fds(&m.fds)?;
                 let (index, argsz) = io_fds::decode_query(p)?;
                 region_io_fds(link, index, argsz)
             }
             Command::DeviceGetIrqInfo => {
-                no_fds(&m.fds)?;
                 let query = IrqInfo::decode(p)?;
                 let (flags, count) = match query.index {
                     PCI_INTX_IRQ => (
@@ -169,14 +154,12 @@ impl Session {
             }
             Command::DeviceSetIrqs => self.set_irqs(link, SetIrqs::decode(p)?, m.fds),
             Command::RegionRead | Command::RegionWrite => {
-                no_fds(&m.fds)?;
                 let write = command == Command::RegionWrite;
-                let max = self.max_transfer();
+                let max = version::DEFAULT_MAX_DATA_XFER_SIZE as u32;
                 let access = RegionAccess::decode(command, p, write, max)?;
                 region_access(link, access, write)
             }
             Command::RegionWriteMulti => {
-                no_fds(&m.fds)?;
                 let writes = decode_write_multi(p)?;
                 let mut dev = link.device.lock().expect("device lock poisoned");
                 for w in &writes {
@@ -186,7 +169,6 @@ impl Session {
                 Ok(((writes.len() as u64).to_le_bytes().to_vec(), Vec::new()))
             }
             Command::DeviceReset => {
-                no_fds(&m.fds)?;
                 if !p.is_empty() {
                     return Err(refuse(libc::EINVAL, "DEVICE_RESET with a payload"));
                 }
@@ -202,10 +184,6 @@ impl Session {
                 format!("{command:?} is not implemented by this server"),
             )),
         }
-    }
-
-    fn max_transfer(&self) -> u32 {
-        version::DEFAULT_MAX_DATA_XFER_SIZE as u32
     }
 
     fn version(&mut self, m: &Message) -> Result<Answer, SessionError> {
@@ -347,28 +325,19 @@ impl Session {
             IRQ_SET_DATA_BOOL => set.data.first().is_some_and(|&b| b != 0),
             _ => set.count == 1,
         };
-        let keep = |fd: &Option<File>| {
-            fd.as_ref()
-                .map(File::try_clone)
-                .transpose()
-                .map_err(|e| refuse(libc::ENOMEM, format!("cannot keep the fd: {e}")))
-        };
         let mut line = link.irq.lock().expect("irq lock poisoned");
         match (data, action) {
             (IRQ_SET_DATA_EVENTFD, IRQ_SET_ACTION_TRIGGER) => {
-                self.trigger = fds.pop();
-                line.set_trigger(keep(&self.trigger)?);
+                line.set_trigger(fds.pop());
             }
             (IRQ_SET_DATA_EVENTFD, IRQ_SET_ACTION_UNMASK) => {
-                self.unmask = fds.pop();
-                line.set_resample(keep(&self.unmask)?);
+                line.set_resample(fds.pop());
             }
             (IRQ_SET_DATA_EVENTFD, _) => {
                 return Err(refuse(libc::ENOTSUP, "no eventfd is signalled on masking"));
             }
             // DATA_NONE with count 0 disables the index.
             (IRQ_SET_DATA_NONE, IRQ_SET_ACTION_TRIGGER) if set.count == 0 => {
-                self.trigger = None;
                 line.set_trigger(None);
             }
             (_, IRQ_SET_ACTION_TRIGGER) => {
@@ -493,22 +462,10 @@ fn region_io_fds(link: &DeviceLink, index: u32, argsz: u32) -> Result<Answer, Re
             .is_some_and(|s| s.kind == BarKind::Io);
         (pio, dev.ioregions(bar).len())
     };
-    let needed = 16 + io_fds::ENTRY_SIZE * wanted.min(crate::protocol::extensions::MAX_SUB_REGIONS);
-    if needed > argsz as usize {
-        let head = RegionIoFds {
-            index,
-            regions: vec![
-                SubRegion {
-                    offset: 0,
-                    size: 0,
-                    fd_index: 0,
-                    flags: 0,
-                    kind: IoFdKind::IoRegionFd { user_data: 0 },
-                };
-                wanted
-            ],
-        };
-        return Ok((head.encode(argsz), Vec::new()));
+    // device_end::open serves at most this many ranges of a BAR.
+    let count = wanted.min(crate::protocol::extensions::MAX_SUB_REGIONS);
+    if io_fds::reply_size(count) > argsz {
+        return Ok((io_fds::encode_head(index, count), Vec::new()));
     }
     let (regions, fds) = device_end::open(&link.device, &link.hub, bar, 0)
         .map_err(|e| refuse(libc::ENOMEM, format!("cannot open region fds: {e}")))?;
