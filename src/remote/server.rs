@@ -71,21 +71,33 @@ impl Control for Channel {
     }
 }
 
-/// Reads `len` config bytes starting at byte `addr` (which may cross dwords).
-pub fn config_read(device: &mut dyn DeviceModel, addr: u32, len: u32) -> u64 {
-    (0..len).fold(0u64, |acc, i| {
-        let a = (addr + i) as usize;
-        let byte = (device.read_config(a / 4) >> ((a % 4) * 8)) & 0xff;
-        acc | (u64::from(byte) << (i * 8))
-    })
+/// Reads config space from byte `addr` into `out`, a byte at a time: an
+/// access of any length may cross dwords.
+pub fn read_config_bytes(device: &mut dyn DeviceModel, addr: usize, out: &mut [u8]) {
+    for (i, byte) in out.iter_mut().enumerate() {
+        let a = addr + i;
+        *byte = (device.read_config(a / 4) >> ((a % 4) * 8)) as u8;
+    }
 }
 
-pub fn config_write(device: &mut dyn DeviceModel, addr: u32, val: u32, len: u32) {
-    let bytes = val.to_le_bytes();
-    for i in 0..len as usize {
-        let a = addr as usize + i;
-        device.write_config(a / 4, a % 4, &bytes[i..=i]);
+/// Writes `data` to config space from byte `addr`, a byte at a time.
+pub fn write_config_bytes(device: &mut dyn DeviceModel, addr: usize, data: &[u8]) {
+    for (i, byte) in data.iter().enumerate() {
+        let a = addr + i;
+        device.write_config(a / 4, a % 4, std::slice::from_ref(byte));
     }
+}
+
+/// Reads `len` (1 to 8) config bytes starting at byte `addr`.
+pub fn config_read(device: &mut dyn DeviceModel, addr: u32, len: u32) -> u64 {
+    let mut bytes = [0u8; 8];
+    read_config_bytes(device, addr as usize, &mut bytes[..(len as usize).min(8)]);
+    u64::from_le_bytes(bytes)
+}
+
+/// Writes the low `len` (1 to 4) bytes of `val` at byte `addr`.
+pub fn config_write(device: &mut dyn DeviceModel, addr: u32, val: u32, len: u32) {
+    write_config_bytes(device, addr as usize, &val.to_le_bytes()[..len as usize]);
 }
 
 /// The BAR and offset an absolute-address access falls in, if entirely inside one.

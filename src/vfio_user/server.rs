@@ -25,7 +25,9 @@ use crate::ioregion::device_end;
 use crate::pci::BarKind;
 use crate::protocol::extensions::SUB_REGION_POSTED_WRITES;
 use crate::protocol::mpqemu::SysmemRegion;
-use crate::remote::server::{Control, DeviceLink, ServerError};
+use crate::remote::server::{
+    Control, DeviceLink, ServerError, read_config_bytes, write_config_bytes,
+};
 
 /// What we take in one message: a header, a region access's head and the
 /// largest transfer we announce.
@@ -422,15 +424,11 @@ fn region_access(
                 "an access past the end of config space",
             ));
         }
-        for i in 0..access.count as usize {
-            let at = access.offset as usize + i;
-            if write {
-                dev.write_config(at / 4, at % 4, &access.data[i..=i]);
-            } else {
-                access
-                    .data
-                    .push((dev.read_config(at / 4) >> ((at % 4) * 8)) as u8);
-            }
+        if write {
+            write_config_bytes(&mut *dev, access.offset as usize, &access.data);
+        } else {
+            access.data = vec![0; access.count as usize];
+            read_config_bytes(&mut *dev, access.offset as usize, &mut access.data);
         }
     } else {
         let bar = bar_index(&*dev, access.region, access.offset, len)?;
