@@ -121,7 +121,11 @@ fn scratch_disk() -> Arc<ScsiDisk> {
             .expect("create the fuzz disk");
         let _ = std::fs::remove_file(&path);
         file.set_len(1 << 20).expect("size the fuzz disk");
-        Arc::new(ScsiDisk::from_file(file, 2048, false, "FUZZ".into()))
+        Arc::new(ScsiDisk::from_file(
+            file,
+            2048,
+            crate::scsi::DiskOptions::new("FUZZ"),
+        ))
     })
     .clone()
 }

@@ -149,6 +149,20 @@ fn scenarios() -> Vec<Scenario> {
                 vmm("fs-read", "lsi,disk=/tmp/fs.img")
             ),
         },
+        // fstrim on ext4 and blkdiscard of a written range: the image (in
+        // the rig's tmpfs, fully allocated by dd) shrinks and the range is
+        // zeros on the host; then the same disk with discard=off.
+        Scenario {
+            name: "lsi-discard",
+            script: format!(
+                "{}echo \"image KiB before $(du -k /tmp/d.img | cut -f1)\"\n{}\n\
+                 echo \"image KiB after $(du -k /tmp/d.img | cut -f1)\"\n\
+                 echo \"range nonzero bytes $(dd if=/tmp/d.img bs=65536 skip=960 count=16 2>/dev/null | tr -d '\\000' | wc -c)\"\n{}",
+                image("d.img", 64),
+                vmm("discard", "lsi,disk=/tmp/d.img"),
+                vmm("discard", "lsi,disk=/tmp/d.img,discard=off")
+            ),
+        },
         Scenario {
             name: "lsi-two-disks",
             script: format!(
@@ -395,6 +409,50 @@ fn a_file_system_survives_a_reboot() {
     assert_eq!(features.len(), 8, "{features:?}");
     assert_ne!(features[0] & 0x04, 0, "no journal: {features:?}");
     assert_ne!(features[4] & 0x40, 0, "no extents: {features:?}");
+}
+
+/// Number after `prefix` on the line that has it.
+fn number_after(o: &Outcome, prefix: &str) -> u64 {
+    o.output
+        .lines()
+        .find_map(|l| l.strip_prefix(prefix))
+        .and_then(|rest| rest.split_whitespace().next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no '{prefix}N' in:\n{}", o.output))
+}
+
+#[test]
+fn fstrim_and_blkdiscard_give_space_back_and_read_as_zeros() {
+    let Some(o) = outcome("lsi-discard") else {
+        return;
+    };
+    // What sd made of READ CAPACITY(16), the Block Limits and the Logical
+    // Block Provisioning pages, and REPORT SUPPORTED OPERATION CODES.
+    o.assert_contains("VMM-GUEST: discard_max_bytes 2147483648");
+    o.assert_contains("VMM-GUEST: provisioning_mode unmap");
+    o.assert_contains("VMM-GUEST: zeroing_mode writesame_16_unmap");
+    let trimmed = number_after(o, "VMM-GUEST: fstrim: /mnt/disk: ");
+    assert!(
+        trimmed >= 24 << 20,
+        "fstrim trimmed {trimmed} bytes:\n{}",
+        o.output
+    );
+    o.assert_contains("VMM-GUEST: discarded range reads as zeros");
+    let before = number_after(o, "image KiB before ");
+    let after = number_after(o, "image KiB after ");
+    assert_eq!(before, 64 << 10, "dd allocated the whole image");
+    assert!(
+        after < 24 << 10,
+        "the image kept {after} KiB:\n{}",
+        o.output
+    );
+    o.assert_contains("range nonzero bytes 0");
+    // discard=off: sd sees no provisioning and blkdiscard is refused.
+    o.assert_contains("VMM-GUEST: discard_max_bytes 0");
+    o.assert_contains("VMM-GUEST: provisioning_mode full");
+    o.assert_contains("VMM-GUEST: blkdiscard refused");
+    assert_eq!(o.output.matches("vmm exited 0").count(), 2, "{}", o.output);
+    assert!(!o.output.contains("blocked syscall"), "{}", o.output);
 }
 
 #[test]

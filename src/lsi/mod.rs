@@ -567,7 +567,7 @@ mod tests {
             .unwrap()
             .set_len(1 << 20)
             .unwrap();
-        let disk = Arc::new(ScsiDisk::open(&path, false, "UNIT".into()).unwrap());
+        let disk = Arc::new(ScsiDisk::open(&path, crate::scsi::DiskOptions::new("UNIT")).unwrap());
         let (mut l, ram) = lsi(vec![disk]);
         ram.memory
             .write_slice(&[0x80], GuestAddress(0xa000))
@@ -634,7 +634,7 @@ mod tests {
         let path = std::env::temp_dir().join(format!("vmm-lsi-resel-{}.img", std::process::id()));
         let image: Vec<u8> = (0..8u8).flat_map(|b| [b; 512]).collect();
         std::fs::write(&path, image).unwrap();
-        let disk = Arc::new(ScsiDisk::open(&path, false, "UNIT".into()).unwrap());
+        let disk = Arc::new(ScsiDisk::open(&path, crate::scsi::DiskOptions::new("UNIT")).unwrap());
         let (mut l, ram) = lsi(vec![disk]);
         ram.memory
             .write_slice(&[0xc0, 0x20, 0x11], GuestAddress(0xa000))
@@ -720,7 +720,7 @@ mod tests {
         let path = std::env::temp_dir().join(format!("vmm-lsi-linux-{}.img", std::process::id()));
         let image: Vec<u8> = (0..8u8).flat_map(|b| [b ^ 0x5a; 512]).collect();
         std::fs::write(&path, image).unwrap();
-        let disk = Arc::new(ScsiDisk::open(&path, false, "UNIT".into()).unwrap());
+        let disk = Arc::new(ScsiDisk::open(&path, crate::scsi::DiskOptions::new("UNIT")).unwrap());
         let (mut l, ram) = lsi(vec![disk]);
 
         // sym_soft_reset: SRST, then clear it.

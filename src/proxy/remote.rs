@@ -101,6 +101,7 @@ pub fn open(spec: &RemoteDevSpec, index: usize) -> Result<RemoteProcess, RemoteE
         Endpoint::Lsi {
             disks,
             readonly,
+            discard,
             sandbox,
             user,
             posted_register_writes,
@@ -120,6 +121,10 @@ pub fn open(spec: &RemoteDevSpec, index: usize) -> Result<RemoteProcess, RemoteE
             }
             if *readonly {
                 args.push("--readonly".into());
+            }
+            if !*discard {
+                args.push("--discard".into());
+                args.push("off".into());
             }
             if !*sandbox {
                 args.push("--no-sandbox".into());

@@ -19,6 +19,8 @@ pub enum Endpoint {
     Lsi {
         disks: Vec<PathBuf>,
         readonly: bool,
+        /// UNMAP and WRITE SAME deallocate (holes in the image).
+        discard: bool,
         /// seccomp and no_new_privs in the remote (`sandbox=off` for
         /// debugging).
         sandbox: bool,
@@ -153,6 +155,13 @@ pub const KEYS: &[KeyHelp] = &[
         meaning: "present the disks write-protected",
     },
     KeyHelp {
+        key: "discard",
+        values: "on|off",
+        default: "on",
+        applies: Applies::Lsi,
+        meaning: "the disks take UNMAP (fstrim, blkdiscard): discarded blocks become holes in the image",
+    },
+    KeyHelp {
         key: "sandbox",
         values: "on|off",
         default: "on",
@@ -263,6 +272,7 @@ impl FromStr for RemoteDevSpec {
         let mut dialect = Dialect::Qemu;
         let mut disks = Vec::new();
         let mut readonly = false;
+        let mut discard = true;
         let mut sandbox = true;
         let mut lsi = false;
         let mut ioregionfd = None;
@@ -334,6 +344,7 @@ impl FromStr for RemoteDevSpec {
                 }
                 "disk" if lsi => disks.push(PathBuf::from(value)),
                 "readonly" if lsi => readonly = on_off(key, value)?,
+                "discard" if lsi => discard = on_off(key, value)?,
                 "sandbox" if lsi => sandbox = on_off(key, value)?,
                 "user" if lsi => {
                     if value.is_empty() {
@@ -368,6 +379,7 @@ impl FromStr for RemoteDevSpec {
             endpoint = Some(Endpoint::Lsi {
                 disks,
                 readonly,
+                discard,
                 sandbox,
                 user,
                 posted_register_writes,
@@ -447,6 +459,7 @@ mod tests {
             Endpoint::Lsi {
                 disks: vec!["a.img".into(), "b.img".into()],
                 readonly: true,
+                discard: true,
                 sandbox: true,
                 user: None,
                 posted_register_writes: false,
@@ -459,11 +472,15 @@ mod tests {
             Endpoint::Lsi {
                 disks: vec![],
                 readonly: false,
+                discard: true,
                 sandbox: true,
                 user: None,
                 posted_register_writes: false,
             }
         );
+        let s: RemoteDevSpec = "lsi,discard=off".parse().unwrap();
+        assert!(matches!(s.endpoint, Endpoint::Lsi { discard: false, .. }));
+        assert!("socket=x,discard=off".parse::<RemoteDevSpec>().is_err());
         let s: RemoteDevSpec = "lsi,sandbox=off".parse().unwrap();
         assert!(matches!(s.endpoint, Endpoint::Lsi { sandbox: false, .. }));
         assert!("lsi,sandbox=maybe".parse::<RemoteDevSpec>().is_err());
@@ -566,7 +583,7 @@ mod tests {
                 checked += 1;
             }
         }
-        assert_eq!(checked, 6);
+        assert_eq!(checked, 7);
         assert_eq!("lsi,proto=vmm".parse::<RemoteDevSpec>(), Ok(lsi));
         let socket: RemoteDevSpec = "socket=x".parse().unwrap();
         assert_eq!("socket=x,proto=qemu".parse::<RemoteDevSpec>(), Ok(socket));

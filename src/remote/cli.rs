@@ -14,7 +14,7 @@ use super::user::UserSpec;
 use crate::device_model::DeviceModel;
 use crate::lsi::Lsi53c895a;
 use crate::protocol::channel::Channel;
-use crate::scsi::ScsiDisk;
+use crate::scsi::{DiskOptions, ScsiDisk};
 
 /// Size of the scratch disk made when no image is given.
 pub const SCRATCH_DISK_SIZE: u64 = 1 << 30;
@@ -51,6 +51,11 @@ pub enum RemoteKind {
         /// Present the disks write-protected.
         #[arg(long)]
         readonly: bool,
+        /// Whether the disks take UNMAP and WRITE SAME with UNMAP (fstrim,
+        /// blkdiscard in the guest): discarded blocks become holes in the
+        /// image. Off: the disks say they cannot.
+        #[arg(long, value_enum, default_value_t = OnOff::On)]
+        discard: OnOff,
         /// When started as root, become this user once the disks and the
         /// socket are open (supplementary groups dropped; GID defaults to
         /// the user's primary group).
@@ -84,6 +89,12 @@ pub enum Protocol {
     Mpqemu,
     /// vfio-user, as QEMU's vfio-user-pci speaks it.
     VfioUser,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum OnOff {
+    On,
+    Off,
 }
 
 /// `--register-writes`: how the VMM delivers register writes.
@@ -143,6 +154,7 @@ pub fn run(kind: RemoteKind) -> Result<(), RemoteCliError> {
         socket,
         mut disks,
         readonly,
+        discard,
         user,
         no_sandbox,
         register_writes,
@@ -182,16 +194,22 @@ pub fn run(kind: RemoteKind) -> Result<(), RemoteCliError> {
         .iter()
         .enumerate()
         .map(|(i, p)| {
-            let disk = ScsiDisk::open(
-                p,
+            let options = DiskOptions {
                 readonly,
-                format!("VMM{:05}{i}", std::process::id() % 100_000),
-            )?;
+                discard: discard == OnOff::On,
+                serial: format!("VMM{:05}{i}", std::process::id() % 100_000),
+            };
+            let disk = ScsiDisk::open(p, options)?;
             log::info!(
-                "SCSI id {i}: {} ({} blocks{})",
+                "SCSI id {i}: {} ({} blocks{}{})",
                 p.display(),
                 disk.blocks(),
-                if readonly { ", read-only" } else { "" }
+                if readonly { ", read-only" } else { "" },
+                if discard == OnOff::Off {
+                    ", no discard"
+                } else {
+                    ""
+                }
             );
             Ok(Arc::new(disk))
         })

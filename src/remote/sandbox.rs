@@ -126,6 +126,14 @@ fn allowed() -> Result<Rules, SandboxError> {
         (libc::SYS_pread64, any()),
         (libc::SYS_pwrite64, any()),
         (libc::SYS_fdatasync, any()),
+        // UNMAP: holes in the image, and nothing else fallocate does.
+        (
+            libc::SYS_fallocate,
+            arg_eq(
+                1,
+                (libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE) as u64,
+            )?,
+        ),
         // Sizes an fd it was handed (guest RAM) before mapping it.
         (libc::SYS_fstat, any()),
         (libc::SYS_fsync, any()),
@@ -619,7 +627,11 @@ mod tests {
             .write(true)
             .open("/dev/full")
             .unwrap();
-        let disk = Arc::new(ScsiDisk::from_file(full, 1 << 16, false, "S".into()));
+        let disk = Arc::new(ScsiDisk::from_file(
+            full,
+            1 << 16,
+            crate::scsi::DiskOptions::new("S"),
+        ));
         let ended = in_child(|| {
             let pool = IoPool::new(4).expect("pool");
             sandbox.confine(false).expect("confine");
@@ -656,6 +668,43 @@ mod tests {
         });
         assert_eq!(exited(&ended), Some(0), "{}", ended.stderr);
         assert!(ended.stderr.contains("all done"));
+    }
+
+    /// UNMAP and WRITE SAME punch holes from inside the filter, on a
+    /// real file: the filter lets that fallocate through, and the hole is
+    /// there afterwards.
+    #[test]
+    fn discard_punches_holes_inside_the_filter() {
+        use crate::scsi::{DiskOptions, ScsiDisk};
+        let sandbox = sandbox();
+        let path =
+            std::env::temp_dir().join(format!("vmm-sandbox-unmap-{}.img", std::process::id()));
+        std::fs::write(&path, vec![0x5au8; 1 << 20]).unwrap();
+        let disk = ScsiDisk::open(&path, DiskOptions::new("S")).unwrap();
+        let ended = in_child(|| {
+            sandbox.confine(false).expect("confine");
+            // UNMAP of blocks 0..256 (the first 128 KiB).
+            let mut list = vec![0, 22, 0, 16, 0, 0, 0, 0];
+            list.extend_from_slice(&0u64.to_be_bytes());
+            list.extend_from_slice(&256u32.to_be_bytes());
+            list.extend_from_slice(&[0; 4]);
+            let unmap = disk.execute(0, &[0x42, 0, 0, 0, 0, 0, 0, 0, 24, 0], &list);
+            // WRITE SAME(10) with UNMAP, a zero block, over blocks 512..1024.
+            let ws = disk.execute(0, &[0x41, 0x08, 0, 0, 0x02, 0, 0, 0x02, 0, 0], &[0; 512]);
+            if unmap.is_ok() && ws.is_ok() {
+                say(b"discarded\n");
+            }
+        });
+        assert_eq!(exited(&ended), Some(0), "{}", ended.stderr);
+        assert!(ended.stderr.contains("discarded"), "{}", ended.stderr);
+        let file = std::fs::File::open(&path).unwrap();
+        assert_eq!(crate::sys::next_hole(&file, 0).unwrap(), 0, "a hole at 0");
+        let raw = std::fs::read(&path).unwrap();
+        assert!(raw[..128 << 10].iter().all(|&b| b == 0));
+        assert!(raw[128 << 10..256 << 10].iter().all(|&b| b == 0x5a));
+        assert!(raw[256 << 10..512 << 10].iter().all(|&b| b == 0));
+        assert!(raw[512 << 10..].iter().all(|&b| b == 0x5a));
+        std::fs::remove_file(path).unwrap();
     }
 
     #[test]

@@ -540,7 +540,7 @@ mod tests {
             std::env::temp_dir().join(format!("vmm-target-{name}-{}.img", std::process::id()));
         let image: Vec<u8> = (0..16u8).flat_map(|b| [b; 512]).collect();
         std::fs::write(&path, image).unwrap();
-        let disk = Arc::new(ScsiDisk::open(&path, false, "T".into()).unwrap());
+        let disk = Arc::new(ScsiDisk::open(&path, crate::scsi::DiskOptions::new("T")).unwrap());
         (ScsiBus::new(vec![disk], IoPool::new(2).unwrap()), path)
     }
 

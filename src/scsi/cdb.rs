@@ -46,7 +46,35 @@ pub enum Command {
     },
     SyncCache,
     StartStopUnit,
-    ReportSupportedOpcodes,
+    /// Accepted and ignored: a fixed disk has no medium to lock.
+    PreventAllowMediumRemoval,
+    /// One block of data (or zeros, with NDOB) written to every block of
+    /// the range; with `unmap`, the range may be deallocated instead when
+    /// that reads back the same.
+    WriteSame {
+        lba: u64,
+        blocks: u32,
+        unmap: bool,
+        ndob: bool,
+    },
+    /// Deallocate the block ranges in a parameter list of this length.
+    Unmap {
+        param_len: u32,
+    },
+    ReportSupportedOpcodes(OpcodeQuery),
+}
+
+/// REPORT SUPPORTED OPERATION CODES: all commands, or one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct OpcodeQuery {
+    /// Reporting options: 0 all, 1 one opcode, 2 one opcode and service
+    /// action, 3 one opcode with or without a service action.
+    pub options: u8,
+    /// Append a command timeouts descriptor to each entry.
+    pub rctd: bool,
+    pub opcode: u8,
+    pub service_action: u16,
+    pub alloc: u32,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -65,24 +93,34 @@ const OP_WRITE_6: u8 = 0x0a;
 const OP_INQUIRY: u8 = 0x12;
 const OP_MODE_SENSE_6: u8 = 0x1a;
 const OP_START_STOP_UNIT: u8 = 0x1b;
+const OP_PREVENT_ALLOW_MEDIUM_REMOVAL: u8 = 0x1e;
 const OP_READ_CAPACITY_10: u8 = 0x25;
 const OP_READ_10: u8 = 0x28;
 const OP_WRITE_10: u8 = 0x2a;
 const OP_VERIFY_10: u8 = 0x2f;
 const OP_SYNC_CACHE_10: u8 = 0x35;
+const OP_WRITE_SAME_10: u8 = 0x41;
+const OP_UNMAP: u8 = 0x42;
 const OP_MODE_SENSE_10: u8 = 0x5a;
 const OP_READ_16: u8 = 0x88;
 const OP_WRITE_16: u8 = 0x8a;
 const OP_VERIFY_16: u8 = 0x8f;
 const OP_SYNC_CACHE_16: u8 = 0x91;
-const OP_SERVICE_ACTION_IN_16: u8 = 0x9e;
-const SA_READ_CAPACITY_16: u8 = 0x10;
+const OP_WRITE_SAME_16: u8 = 0x93;
+pub(super) const OP_SERVICE_ACTION_IN_16: u8 = 0x9e;
+pub(super) const SA_READ_CAPACITY_16: u8 = 0x10;
 const OP_REPORT_LUNS: u8 = 0xa0;
-const OP_MAINTENANCE_IN: u8 = 0xa3;
+pub(super) const OP_MAINTENANCE_IN: u8 = 0xa3;
+pub(super) const SA_REPORT_SUPPORTED_OPCODES: u8 = 0x0c;
 const OP_READ_12: u8 = 0xa8;
 const OP_WRITE_12: u8 = 0xaa;
 
 const FUA: u8 = 0x08;
+/// WRITE SAME: the UNMAP bit, and NDOB (no data-out buffer: zeros).
+const WS_UNMAP: u8 = 0x08;
+const WS_NDOB: u8 = 0x01;
+/// UNMAP: ANCHOR, which asks for anchored (not deallocated) blocks.
+const UNMAP_ANCHOR: u8 = 0x01;
 
 /// Length of the CDB an opcode's group implies.
 pub fn cdb_len(opcode: u8) -> usize {
@@ -178,7 +216,43 @@ impl Command {
             }
             OP_SYNC_CACHE_10 | OP_SYNC_CACHE_16 => Command::SyncCache,
             OP_START_STOP_UNIT => Command::StartStopUnit,
-            OP_MAINTENANCE_IN => Command::ReportSupportedOpcodes,
+            OP_PREVENT_ALLOW_MEDIUM_REMOVAL => Command::PreventAllowMediumRemoval,
+            OP_WRITE_SAME_10 => Command::WriteSame {
+                lba: u64::from(be32(&cdb[2..])),
+                blocks: be16(&cdb[7..]),
+                unmap: cdb[1] & WS_UNMAP != 0,
+                // WRITE SAME(10) has no NDOB bit.
+                ndob: false,
+            },
+            OP_WRITE_SAME_16 => Command::WriteSame {
+                lba: be64(&cdb[2..]),
+                blocks: be32(&cdb[10..]),
+                unmap: cdb[1] & WS_UNMAP != 0,
+                ndob: cdb[1] & WS_NDOB != 0,
+            },
+            OP_UNMAP => {
+                if cdb[1] & UNMAP_ANCHOR != 0 {
+                    return Err(Sense::INVALID_FIELD);
+                }
+                Command::Unmap {
+                    param_len: be16(&cdb[7..]),
+                }
+            }
+            OP_MAINTENANCE_IN if cdb[1] & 0x1f == SA_REPORT_SUPPORTED_OPCODES => {
+                let options = cdb[2] & 0x07;
+                if options > 3 {
+                    return Err(Sense::INVALID_FIELD);
+                }
+                Command::ReportSupportedOpcodes(OpcodeQuery {
+                    options,
+                    rctd: cdb[2] & 0x80 != 0,
+                    opcode: cdb[3],
+                    service_action: be16(&cdb[4..]) as u16,
+                    alloc: be32(&cdb[6..]),
+                })
+            }
+            // A known opcode with a service action we do not have.
+            OP_MAINTENANCE_IN | OP_SERVICE_ACTION_IN_16 => return Err(Sense::INVALID_FIELD),
             _ => return Err(Sense::INVALID_OPCODE),
         })
     }
@@ -192,6 +266,8 @@ impl Command {
                 | Command::Write { .. }
                 | Command::Verify { .. }
                 | Command::SyncCache
+                | Command::WriteSame { .. }
+                | Command::Unmap { .. }
         )
     }
 
@@ -202,14 +278,18 @@ impl Command {
             Command::TestUnitReady
             | Command::SyncCache
             | Command::StartStopUnit
+            | Command::PreventAllowMediumRemoval
+            | Command::WriteSame { ndob: true, .. }
             | Command::Verify { bytchk: false, .. } => DataDirection::None,
+            Command::WriteSame { ndob: false, .. } => DataDirection::ToDevice(block_size),
+            Command::Unmap { param_len } => DataDirection::ToDevice(param_len),
             Command::RequestSense { alloc }
             | Command::Inquiry { alloc, .. }
             | Command::ReportLuns { alloc }
             | Command::ReadCapacity16 { alloc }
             | Command::ModeSense { alloc, .. } => DataDirection::FromDevice(alloc),
             Command::ReadCapacity10 => DataDirection::FromDevice(8),
-            Command::ReportSupportedOpcodes => DataDirection::None,
+            Command::ReportSupportedOpcodes(q) => DataDirection::FromDevice(q.alloc),
             Command::Read { blocks, .. } => DataDirection::FromDevice(bytes(blocks)),
             Command::Write { blocks, .. }
             | Command::Verify {
@@ -331,8 +411,60 @@ mod tests {
         sai[1] = 0x11;
         assert_eq!(
             Command::parse(&sai),
-            Err(Sense::INVALID_OPCODE),
-            "unknown service action"
+            Err(Sense::INVALID_FIELD),
+            "unknown service action of a known opcode"
+        );
+        assert_eq!(
+            Command::parse(&[0x42, 0x01, 0, 0, 0, 0, 0, 0, 24, 0]),
+            Err(Sense::INVALID_FIELD),
+            "anchored UNMAP"
+        );
+        let mut rsoc = [0u8; 12];
+        rsoc[0] = 0xa3;
+        rsoc[1] = 0x0c;
+        rsoc[2] = 0x04;
+        assert_eq!(
+            Command::parse(&rsoc),
+            Err(Sense::INVALID_FIELD),
+            "reporting option 4"
+        );
+    }
+
+    #[test]
+    fn discard_cdbs_decode() {
+        let ws10 = [0x41, 0x08, 0, 0, 0x10, 0, 0, 0, 8, 0];
+        assert_eq!(
+            Command::parse(&ws10),
+            Ok(Command::WriteSame {
+                lba: 0x1000,
+                blocks: 8,
+                unmap: true,
+                ndob: false
+            })
+        );
+        let mut ws16 = [0u8; 16];
+        ws16[0] = 0x93;
+        ws16[1] = 0x01;
+        ws16[2..10].copy_from_slice(&(1u64 << 33).to_be_bytes());
+        ws16[10..14].copy_from_slice(&0x10000u32.to_be_bytes());
+        let ws16 = Command::parse(&ws16).unwrap();
+        assert_eq!(
+            ws16,
+            Command::WriteSame {
+                lba: 1 << 33,
+                blocks: 0x10000,
+                unmap: false,
+                ndob: true
+            }
+        );
+        assert_eq!(ws16.direction(512), DataDirection::None, "NDOB: no data");
+        let unmap = Command::parse(&[0x42, 0, 0, 0, 0, 0, 0, 0, 24, 0]).unwrap();
+        assert_eq!(unmap, Command::Unmap { param_len: 24 });
+        assert_eq!(unmap.direction(512), DataDirection::ToDevice(24));
+        assert!(unmap.touches_medium());
+        assert_eq!(
+            Command::parse(&[0x1e, 0, 0, 0, 1, 0]),
+            Ok(Command::PreventAllowMediumRemoval)
         );
     }
 

@@ -1,11 +1,12 @@
 //! A SCSI direct-access device backed by a raw image file.
 
 use std::fs::{File, OpenOptions};
-use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
 use super::cdb::Command;
+use super::discard;
+use super::image::Image;
 use super::sense::Sense;
 
 pub const BLOCK_SIZE: u32 = 512;
@@ -29,10 +30,33 @@ pub enum DiskError {
     Unaligned { path: PathBuf, size: u64 },
 }
 
+/// How a disk presents itself.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DiskOptions {
+    pub readonly: bool,
+    /// Offer UNMAP and WRITE SAME's UNMAP bit, which give blocks the guest
+    /// no longer uses back to the host (holes in the image).
+    pub discard: bool,
+    pub serial: String,
+}
+
+impl DiskOptions {
+    /// Writable, discard on.
+    pub fn new(serial: impl Into<String>) -> Self {
+        DiskOptions {
+            readonly: false,
+            discard: true,
+            serial: serial.into(),
+        }
+    }
+}
+
 pub struct ScsiDisk {
-    file: File,
+    image: Image,
     blocks: u64,
     readonly: bool,
+    /// Logical block provisioning is offered (never on a read-only disk).
+    discard: bool,
     serial: String,
     /// Sense of the last failed command, for REQUEST SENSE (no autosense).
     pending_sense: Mutex<Option<Sense>>,
@@ -45,10 +69,10 @@ fn truncated(mut data: Vec<u8>, alloc: u32) -> Vec<u8> {
 }
 
 impl ScsiDisk {
-    pub fn open(path: &Path, readonly: bool, serial: String) -> Result<Self, DiskError> {
+    pub fn open(path: &Path, options: DiskOptions) -> Result<Self, DiskError> {
         let file = OpenOptions::new()
             .read(true)
-            .write(!readonly)
+            .write(!options.readonly)
             .open(path)
             .map_err(|source| DiskError::Open {
                 path: path.to_owned(),
@@ -67,20 +91,16 @@ impl ScsiDisk {
                 size,
             });
         }
-        Ok(Self::from_file(
-            file,
-            size / u64::from(BLOCK_SIZE),
-            readonly,
-            serial,
-        ))
+        Ok(Self::from_file(file, size / u64::from(BLOCK_SIZE), options))
     }
 
-    pub fn from_file(file: File, blocks: u64, readonly: bool, serial: String) -> Self {
+    pub fn from_file(file: File, blocks: u64, options: DiskOptions) -> Self {
         ScsiDisk {
-            file,
+            image: Image::new(file),
             blocks,
-            readonly,
-            serial,
+            readonly: options.readonly,
+            discard: options.discard && !options.readonly,
+            serial: options.serial,
             pending_sense: Mutex::new(None),
         }
     }
@@ -117,7 +137,9 @@ impl ScsiDisk {
             };
         }
         match cmd {
-            Command::TestUnitReady | Command::StartStopUnit => Ok(Vec::new()),
+            Command::TestUnitReady
+            | Command::StartStopUnit
+            | Command::PreventAllowMediumRemoval => Ok(Vec::new()),
             Command::RequestSense { alloc } => {
                 let sense = self.pending_sense.lock().expect("sense lock").take();
                 Ok(truncated(
@@ -144,6 +166,11 @@ impl ScsiDisk {
                 let mut d = vec![0u8; 32];
                 d[0..8].copy_from_slice(&self.blocks.saturating_sub(1).to_be_bytes());
                 d[8..12].copy_from_slice(&BLOCK_SIZE.to_be_bytes());
+                if self.discard {
+                    // LBPME: provisioning is managed; LBPRZ: a
+                    // deallocated block reads as zeros.
+                    d[14] = 0x80 | 0x40;
+                }
                 Ok(truncated(d, alloc))
             }
             Command::ModeSense {
@@ -160,8 +187,8 @@ impl ScsiDisk {
             Command::Read { lba, blocks } => {
                 let (offset, len) = self.range(lba, blocks)?;
                 let mut buf = vec![0u8; len];
-                self.file
-                    .read_exact_at(&mut buf, offset)
+                self.image
+                    .read_at(&mut buf, offset)
                     .map_err(|e| Sense::from_io_error(&e, false))?;
                 Ok(buf)
             }
@@ -173,8 +200,8 @@ impl ScsiDisk {
                 if data_out.len() < len {
                     return Err(Sense::INVALID_FIELD);
                 }
-                self.file
-                    .write_all_at(&data_out[..len], offset)
+                self.image
+                    .write_at(&data_out[..len], offset)
                     .map_err(|e| Sense::from_io_error(&e, true))?;
                 if fua {
                     self.flush()?;
@@ -189,8 +216,8 @@ impl ScsiDisk {
                 let (offset, len) = self.range(lba, blocks)?;
                 if bytchk {
                     let mut buf = vec![0u8; len];
-                    self.file
-                        .read_exact_at(&mut buf, offset)
+                    self.image
+                        .read_at(&mut buf, offset)
                         .map_err(|e| Sense::from_io_error(&e, false))?;
                     if data_out.get(..len) != Some(&buf[..]) {
                         return Err(Sense::MISCOMPARE);
@@ -202,17 +229,73 @@ impl ScsiDisk {
                 self.flush()?;
                 Ok(Vec::new())
             }
-            // REPORT SUPPORTED OPERATION CODES is optional; sd copes.
-            Command::ReportSupportedOpcodes => Err(Sense::INVALID_OPCODE),
+            Command::WriteSame {
+                lba,
+                blocks,
+                unmap,
+                ndob,
+            } => self.write_same(lba, blocks, unmap, ndob, data_out),
+            Command::Unmap { .. } if !self.discard => Err(Sense::INVALID_OPCODE),
+            Command::Unmap { param_len } => {
+                if self.readonly {
+                    return Err(Sense::WRITE_PROTECTED);
+                }
+                let list = data_out.get(..param_len as usize).unwrap_or(data_out);
+                for e in discard::unmap_extents(list, self.blocks)? {
+                    let (offset, len) = self.range(e.lba, e.blocks)?;
+                    self.image
+                        .discard(offset, len as u64)
+                        .map_err(|e| Sense::from_io_error(&e, true))?;
+                }
+                Ok(Vec::new())
+            }
+            Command::ReportSupportedOpcodes(query) => Ok(truncated(
+                super::opcodes::report(&query, self.discard)?,
+                query.alloc,
+            )),
         }
+    }
+
+    /// One block written over a range; with UNMAP and a block of zeros the
+    /// range is deallocated instead, which reads back the same.
+    fn write_same(
+        &self,
+        lba: u64,
+        blocks: u32,
+        unmap: bool,
+        ndob: bool,
+        data_out: &[u8],
+    ) -> Result<Vec<u8>, Sense> {
+        if self.readonly {
+            return Err(Sense::WRITE_PROTECTED);
+        }
+        if blocks == 0 || blocks > discard::MAX_WRITE_SAME_BLOCKS {
+            return Err(Sense::INVALID_FIELD);
+        }
+        let (offset, len) = self.range(lba, blocks)?;
+        let zeros = [0u8; BLOCK_SIZE as usize];
+        let block = if ndob {
+            &zeros[..]
+        } else {
+            data_out
+                .get(..BLOCK_SIZE as usize)
+                .ok_or(Sense::INVALID_FIELD)?
+        };
+        let result = if unmap && self.discard && block.iter().all(|&b| b == 0) {
+            self.image.discard(offset, len as u64)
+        } else {
+            self.image.fill(offset, len as u64, block)
+        };
+        result.map_err(|e| Sense::from_io_error(&e, true))?;
+        Ok(Vec::new())
     }
 
     fn flush(&self) -> Result<(), Sense> {
         if self.readonly {
             return Ok(());
         }
-        self.file
-            .sync_data()
+        self.image
+            .flush()
             .map_err(|e| Sense::from_io_error(&e, true))
     }
 
@@ -242,6 +325,7 @@ impl ScsiDisk {
 
     fn vpd(&self, page: u8) -> Result<Vec<u8>, Sense> {
         let body: Vec<u8> = match page {
+            0x00 if self.discard => vec![0x00, 0x80, 0x83, 0xb0, 0xb1, 0xb2],
             0x00 => vec![0x00, 0x80, 0x83, 0xb0, 0xb1],
             0x80 => self.serial.as_bytes().to_vec(),
             0x83 => {
@@ -254,9 +338,11 @@ impl ScsiDisk {
             }
             0xb0 => {
                 let mut d = vec![0u8; 0x3c];
-                d[1] = 1; // optimal transfer length granularity: 1 block
+                // optimal transfer length granularity: 1 block
+                d[2..4].copy_from_slice(&1u16.to_be_bytes());
                 d[4..8].copy_from_slice(&MAX_TRANSFER_BLOCKS.to_be_bytes());
                 d[8..12].copy_from_slice(&(MAX_TRANSFER_BLOCKS / 8).to_be_bytes());
+                discard::block_limits(&mut d, self.discard);
                 d
             }
             0xb1 => {
@@ -264,6 +350,7 @@ impl ScsiDisk {
                 d[1] = 1; // medium rotation rate: non-rotating
                 d
             }
+            0xb2 if self.discard => discard::provisioning_page(),
             _ => return Err(Sense::INVALID_FIELD),
         };
         let mut d = vec![0x00, page];
@@ -358,7 +445,14 @@ mod tests {
         let f = File::create(&path).unwrap();
         f.set_len(blocks * 512).unwrap();
         (
-            ScsiDisk::open(&path, readonly, "SERIAL0001".into()).unwrap(),
+            ScsiDisk::open(
+                &path,
+                DiskOptions {
+                    readonly,
+                    ..DiskOptions::new("SERIAL0001")
+                },
+            )
+            .unwrap(),
             path,
         )
     }
@@ -381,10 +475,10 @@ mod tests {
         let short = d.execute(0, &[0x12, 0, 0, 0, 5, 0], &[]).unwrap();
         assert_eq!(short.len(), 5, "allocation length respected");
         let pages = d.execute(0, &[0x12, 1, 0, 0, 255, 0], &[]).unwrap();
-        assert_eq!(&pages[4..], &[0x00, 0x80, 0x83, 0xb0, 0xb1]);
+        assert_eq!(&pages[4..], &[0x00, 0x80, 0x83, 0xb0, 0xb1, 0xb2]);
         let serial = d.execute(0, &[0x12, 1, 0x80, 0, 255, 0], &[]).unwrap();
         assert_eq!(&serial[4..], b"SERIAL0001");
-        for page in [0x83, 0xb0, 0xb1] {
+        for page in [0x83, 0xb0, 0xb1, 0xb2] {
             let vpd = d.execute(0, &[0x12, 1, page, 0, 255, 0], &[]).unwrap();
             assert_eq!(vpd[1], page);
             assert_eq!(u16::from_be_bytes([vpd[2], vpd[3]]) as usize, vpd.len() - 4);
@@ -458,7 +552,7 @@ mod tests {
             .write(true)
             .open(path)
             .unwrap();
-        ScsiDisk::from_file(file, 64, false, "SERIAL0002".into())
+        ScsiDisk::from_file(file, 64, DiskOptions::new("SERIAL0002"))
     }
 
     const READ_LBA0: [u8; 10] = [0x28, 0, 0, 0, 0, 0, 0, 0, 1, 0];
@@ -551,12 +645,199 @@ mod tests {
         std::fs::remove_file(p).unwrap();
     }
 
+    fn disk_with(blocks: u64, options: DiskOptions) -> (ScsiDisk, PathBuf) {
+        let (_, path) = disk(blocks, false);
+        (ScsiDisk::open(&path, options).unwrap(), path)
+    }
+
+    fn unmap_cdb(param_len: u16) -> [u8; 10] {
+        let mut cdb = [0x42, 0, 0, 0, 0, 0, 0, 0, 0, 0];
+        cdb[7..9].copy_from_slice(&param_len.to_be_bytes());
+        cdb
+    }
+
+    fn unmap_list(lba: u64, blocks: u32) -> Vec<u8> {
+        let mut l = vec![0, 22, 0, 16, 0, 0, 0, 0];
+        l.extend_from_slice(&lba.to_be_bytes());
+        l.extend_from_slice(&blocks.to_be_bytes());
+        l.extend_from_slice(&[0; 4]);
+        l
+    }
+
+    fn ws16(lba: u64, blocks: u32, flags: u8) -> [u8; 16] {
+        let mut cdb = [0u8; 16];
+        cdb[0] = 0x93;
+        cdb[1] = flags;
+        cdb[2..10].copy_from_slice(&lba.to_be_bytes());
+        cdb[10..14].copy_from_slice(&blocks.to_be_bytes());
+        cdb
+    }
+
+    fn rc16(d: &ScsiDisk) -> Vec<u8> {
+        let mut cdb = [0u8; 16];
+        cdb[0] = 0x9e;
+        cdb[1] = 0x10;
+        cdb[13] = 32;
+        d.execute(0, &cdb, &[]).unwrap()
+    }
+
+    #[test]
+    fn provisioning_is_advertised_where_linux_looks_for_it() {
+        let (d, p) = disk(4096, false);
+        assert_eq!(rc16(&d)[14] & 0xc0, 0xc0, "LBPME and LBPRZ");
+        let limits = d.execute(0, &[0x12, 1, 0xb0, 0, 255, 0], &[]).unwrap();
+        assert_eq!(
+            limits.len(),
+            64,
+            "sd reads the unmap fields only from a 64-byte page"
+        );
+        let be32 = |o: usize| u32::from_be_bytes(limits[o..o + 4].try_into().unwrap());
+        assert_eq!(be32(20), discard::MAX_UNMAP_BLOCKS);
+        assert_eq!(be32(24), discard::MAX_UNMAP_DESCRIPTORS);
+        assert_eq!(be32(28), discard::UNMAP_GRANULARITY);
+        assert_eq!(
+            u64::from_be_bytes(limits[36..44].try_into().unwrap()),
+            u64::from(discard::MAX_WRITE_SAME_BLOCKS)
+        );
+        assert_eq!(limits[5], 0, "no COMPARE AND WRITE");
+        let lbp = d.execute(0, &[0x12, 1, 0xb2, 0, 255, 0], &[]).unwrap();
+        assert_eq!(lbp[5] & 0xe0, 0xe0, "LBPU, LBPWS, LBPWS10");
+        assert_eq!(lbp[6] & 0x07, 2, "thin provisioning");
+        std::fs::remove_file(p).unwrap();
+
+        let (off, p) = disk_with(
+            4096,
+            DiskOptions {
+                discard: false,
+                ..DiskOptions::new("S")
+            },
+        );
+        assert_eq!(rc16(&off)[14], 0, "no LBPME");
+        let pages = off.execute(0, &[0x12, 1, 0, 0, 255, 0], &[]).unwrap();
+        assert!(!pages[4..].contains(&0xb2));
+        assert_eq!(
+            off.execute(0, &[0x12, 1, 0xb2, 0, 255, 0], &[]),
+            Err(Sense::INVALID_FIELD)
+        );
+        let limits = off.execute(0, &[0x12, 1, 0xb0, 0, 255, 0], &[]).unwrap();
+        assert_eq!(limits[20..32], [0; 12], "no unmap limits");
+        assert_eq!(
+            off.execute(0, &unmap_cdb(24), &unmap_list(0, 8)),
+            Err(Sense::INVALID_OPCODE)
+        );
+        std::fs::remove_file(p).unwrap();
+    }
+
+    #[test]
+    fn unmap_and_write_same_deallocate_and_read_back_zeros() {
+        let (d, p) = disk(2048, false);
+        let pattern = vec![0x77u8; 1 << 20];
+        d.execute(0, &[0x2a, 0, 0, 0, 0, 0, 0, 0x08, 0, 0], &pattern)
+            .unwrap();
+        d.execute(0, &unmap_cdb(24), &unmap_list(8, 16)).unwrap();
+        d.execute(0, &ws16(100, 28, 0x08), &[0; 512]).unwrap();
+        d.execute(0, &ws16(200, 8, 0x09), &[]).unwrap();
+        let raw = std::fs::read(&p).unwrap();
+        let zero = |from: usize, blocks: usize| {
+            raw[from * 512..(from + blocks) * 512]
+                .iter()
+                .all(|&b| b == 0)
+        };
+        assert!(zero(8, 16) && zero(100, 28) && zero(200, 8));
+        assert!(raw[..8 * 512].iter().all(|&b| b == 0x77));
+        assert!(raw[24 * 512..100 * 512].iter().all(|&b| b == 0x77));
+        assert!(raw[208 * 512..].iter().all(|&b| b == 0x77));
+        let file = File::open(&p).unwrap();
+        let hole = crate::sys::next_hole(&file, 0).unwrap();
+        assert!(hole <= 8 * 512 + 4096, "a hole where UNMAP was: {hole}");
+        std::fs::remove_file(p).unwrap();
+    }
+
+    #[test]
+    fn write_same_with_data_writes_it_even_with_unmap() {
+        let (d, p) = disk(64, false);
+        let block: Vec<u8> = (0..512u32).map(|i| i as u8).collect();
+        let ws10 = [0x41, 0x08, 0, 0, 0, 4, 0, 0, 3, 0];
+        d.execute(0, &ws10, &block).unwrap();
+        let raw = std::fs::read(&p).unwrap();
+        for b in raw[4 * 512..7 * 512].chunks(512) {
+            assert_eq!(b, &block[..]);
+        }
+        assert!(raw[7 * 512..].iter().all(|&b| b == 0));
+        std::fs::remove_file(p).unwrap();
+    }
+
+    #[test]
+    fn bad_discards_get_check_condition_and_change_nothing() {
+        let (d, p) = disk(64, false);
+        d.execute(0, &[0x2a, 0, 0, 0, 0, 0, 0, 0, 64, 0], &[0x33; 64 * 512])
+            .unwrap();
+        assert_eq!(
+            d.execute(0, &unmap_cdb(24), &unmap_list(60, 8)),
+            Err(Sense::LBA_OUT_OF_RANGE)
+        );
+        assert_eq!(
+            d.execute(0, &unmap_cdb(5), &[0, 0, 0, 0, 0]),
+            Err(Sense::PARAMETER_LIST_LENGTH_ERROR)
+        );
+        assert_eq!(
+            d.execute(0, &ws16(0, 0, 0), &[0; 512]),
+            Err(Sense::INVALID_FIELD),
+            "zero blocks (WSNZ)"
+        );
+        assert_eq!(
+            d.execute(
+                0,
+                &ws16(0, discard::MAX_WRITE_SAME_BLOCKS + 1, 0),
+                &[0; 512]
+            ),
+            Err(Sense::INVALID_FIELD),
+            "over the limit"
+        );
+        assert_eq!(
+            d.execute(0, &ws16(60, 8, 0x08), &[0; 512]),
+            Err(Sense::LBA_OUT_OF_RANGE)
+        );
+        let sense = d.execute(0, &REQUEST_SENSE, &[]).unwrap();
+        assert_eq!((sense[2], sense[12]), (0x05, 0x21));
+        assert!(std::fs::read(&p).unwrap().iter().all(|&b| b == 0x33));
+        assert_eq!(d.execute(0, &unmap_cdb(0), &[]), Ok(vec![]), "empty list");
+        std::fs::remove_file(p).unwrap();
+
+        let (ro, p) = disk(64, true);
+        assert_eq!(rc16(&ro)[14], 0, "a read-only disk offers no discard");
+        assert_eq!(
+            ro.execute(0, &ws16(0, 1, 0), &[0; 512]),
+            Err(Sense::WRITE_PROTECTED)
+        );
+        std::fs::remove_file(p).unwrap();
+    }
+
+    #[test]
+    fn medium_removal_is_accepted_and_opcodes_are_reported() {
+        let (d, p) = disk(64, false);
+        assert_eq!(d.execute(0, &[0x1e, 0, 0, 0, 1, 0], &[]), Ok(vec![]));
+        // What sd asks at probe time: is WRITE SAME(16) there?
+        let rsoc = [0xa3, 0x0c, 0x01, 0x93, 0, 0, 0, 0, 2, 0, 0, 0];
+        let d93 = d.execute(0, &rsoc, &[]).unwrap();
+        assert_eq!(d93[1] & 0x07, 3);
+        let mut short = rsoc;
+        short[9] = 2;
+        short[8] = 0;
+        assert_eq!(
+            d.execute(0, &short, &[]).unwrap().len(),
+            2,
+            "allocation length"
+        );
+        std::fs::remove_file(p).unwrap();
+    }
+
     #[test]
     fn unaligned_images_are_refused() {
         let path = std::env::temp_dir().join(format!("vmm-scsi-odd-{}.img", std::process::id()));
         std::fs::write(&path, [0u8; 700]).unwrap();
         assert!(matches!(
-            ScsiDisk::open(&path, false, "x".into()),
+            ScsiDisk::open(&path, DiskOptions::new("x")),
             Err(DiskError::Unaligned { .. })
         ));
         std::fs::remove_file(path).unwrap();

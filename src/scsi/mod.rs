@@ -1,16 +1,20 @@
 //! SCSI: the bus a controller drives (selection, messages, phases,
 //! disconnect and reselection), and the disk target for Linux's `sd`
-//! (command parsing, sense data, block I/O on a raw image file).
+//! (command parsing, sense data, block I/O and discard on a raw image
+//! file).
 //! Independent of the controller in front.
 
 pub mod bus;
 pub mod cdb;
+pub mod discard;
 pub mod disk;
+pub mod image;
+pub mod opcodes;
 pub mod pool;
 pub mod sense;
 
 pub use cdb::{Command, DataDirection};
-pub use disk::ScsiDisk;
+pub use disk::{DiskOptions, ScsiDisk};
 pub use sense::Sense;
 
 /// SCSI status bytes.

@@ -145,7 +145,7 @@ mod tests {
             .unwrap()
             .set_len(blocks * 512)
             .unwrap();
-        let d = Arc::new(ScsiDisk::open(&path, false, "POOL".into()).unwrap());
+        let d = Arc::new(ScsiDisk::open(&path, crate::scsi::DiskOptions::new("POOL")).unwrap());
         (d, path)
     }
 

@@ -218,6 +218,41 @@ pub fn regular_file_len(file: &File) -> io::Result<Option<u64>> {
     Ok((st.st_mode & libc::S_IFMT == libc::S_IFREG).then_some(st.st_size as u64))
 }
 
+/// Deallocates `len` bytes of `file` at `offset`, keeping its size: the
+/// range reads back as zeros. Fails with EOPNOTSUPP where the file system
+/// cannot.
+pub fn punch_hole(file: &File, offset: u64, len: u64) -> io::Result<()> {
+    let (Ok(offset), Ok(len)) = (libc::off_t::try_from(offset), libc::off_t::try_from(len)) else {
+        return Err(io::Error::from_raw_os_error(libc::EINVAL));
+    };
+    // SAFETY: fallocate takes no pointers; a bad range or fd only fails.
+    let rc = unsafe {
+        libc::fallocate(
+            file.as_raw_fd(),
+            libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE,
+            offset,
+            len,
+        )
+    };
+    if rc != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// Where the first hole at or after `offset` in `file` starts (its end
+/// when there is none): SEEK_HOLE.
+pub fn next_hole(file: &File, offset: u64) -> io::Result<u64> {
+    let offset =
+        libc::off_t::try_from(offset).map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))?;
+    // SAFETY: lseek takes no pointers; a bad fd or offset only fails.
+    let r = unsafe { libc::lseek(file.as_raw_fd(), offset, libc::SEEK_HOLE) };
+    if r < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(r as u64)
+}
+
 /// Whether fd number `fd` is open and a socket.
 pub fn is_socket(fd: RawFd) -> bool {
     // SAFETY: fstat only writes into `st`; a bad fd just fails.
