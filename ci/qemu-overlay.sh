@@ -1,21 +1,24 @@
 #!/usr/bin/env bash
 # Packs Debian's QEMU (binary, shared libraries, loader, TCG accelerator
-# module, firmware and data files) into a cpio archive laid out at its real
+# module, firmware and data files) and qemu-img (qcow2 images made and
+# checked in the rig) into a cpio archive laid out at its real
 # paths, to be added to the KVM test rig's initramfs. Cached; prints its path.
 set -euo pipefail
 . "$(dirname "$0")/lib.sh"
-ensure_packages qemu-system-x86 cpio gzip
+ensure_packages qemu-system-x86 qemu-utils cpio gzip
 out=$VMM_BUILD/rig/qemu-overlay.cpio.gz
 bin=/usr/bin/qemu-system-x86_64
-if [ -f "$out" ] && [ "$out" -nt "$bin" ] && [ "$out" -nt "$0" ]; then
+if [ -f "$out" ] && [ "$out" -nt "$bin" ] && [ "$out" -nt /usr/bin/qemu-img ] && [ "$out" -nt "$0" ]; then
     echo "$out"
     exit 0
 fi
 stage=$(mktemp -d)
 trap 'rm -rf "$stage"' EXIT
 copy() { mkdir -p "$stage$(dirname "$1")" && cp -L "$1" "$stage$1"; }
-copy "$bin"
-ldd "$bin" | awk '/=> \// {print $3} /^\t\/lib/ {print $1}' | while read -r lib; do copy "$lib"; done
+for b in "$bin" /usr/bin/qemu-img; do
+    copy "$b"
+    ldd "$b" | awk '/=> \// {print $3} /^\t\/lib/ {print $1}' | while read -r lib; do copy "$lib"; done
+done
 copy /lib64/ld-linux-x86-64.so.2
 copy /usr/lib/x86_64-linux-gnu/qemu/accel-tcg-x86_64.so
 mkdir -p "$stage/usr/share"

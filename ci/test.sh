@@ -7,7 +7,8 @@ set -euo pipefail
 . "$(dirname "$0")/lib.sh"
 cd "$VMM_ROOT"
 
-ensure_packages qemu-system-x86 busybox-static cpio kmod gzip
+# qemu-utils: qemu-img and qemu-io for tests/qcow2.rs and the rig's qcow2 scenarios.
+ensure_packages qemu-system-x86 qemu-utils busybox-static cpio kmod gzip
 rustup component list --installed 2>/dev/null | grep -q rustfmt || rustup component add rustfmt clippy
 
 log "format and lints"

@@ -17,7 +17,44 @@ fn scenarios() -> Vec<Scenario> {
         )
     };
     let remote = "--remote-dev exec=$REPO/ci/qemu-remote-lsi.sh";
+    // QEMU's own in-process LSI on a qcow2 image, and qemu-img's verdict.
+    let qemu_lsi = |run: &str, image: &str| {
+        format!(
+            "qemu-system-x86_64 -accel kvm -cpu host -m 512M -nodefaults -display none \
+             -serial stdio -no-reboot -kernel $KERNEL -initrd $INITRD \
+             -append 'console=ttyS0 quiet vmm.run={run}' -device lsi53c895a,id=lsi0 \
+             -drive id=d0,file={image},format=qcow2,if=none -device scsi-hd,drive=d0,bus=lsi0.0 \
+             </dev/null; echo \"qemu exited $?\""
+        )
+    };
+    let check = |image: &str| format!("qemu-img check {image} 2>&1 | sed 's/^/qemu-img check: /'");
+    let qcow2 = "qemu-img create -q -f qcow2 /tmp/q.qcow2 64M";
     vec![
+        // Our remote writes a file system into a qcow2 image and fio
+        // verifies through it; QEMU's own LSI reads the files back.
+        Scenario {
+            name: "qcow2-ours-then-qemu",
+            script: format!(
+                "{qcow2}\n{}; echo \"vmm exited $?\"\n{}\n{}\n\
+                 qemu-img create -q -f qcow2 /tmp/f.qcow2 64M\n{}; echo \"vmm exited $?\"\n{}",
+                vmm("fs-write", "--remote-dev lsi,disk=/tmp/q.qcow2"),
+                check("/tmp/q.qcow2"),
+                qemu_lsi("fs-read", "/tmp/q.qcow2"),
+                vmm("fio-verify", "--remote-dev lsi,disk=/tmp/f.qcow2,format=qcow2"),
+                check("/tmp/f.qcow2").replace("check: ", "check fio: "),
+            ),
+        },
+        // The other way: QEMU's LSI writes, ours reads (and mounts, which
+        // writes the journal), and the image stays clean.
+        Scenario {
+            name: "qcow2-qemu-then-ours",
+            script: format!(
+                "{qcow2}\n{}\n{}; echo \"vmm exited $?\"\n{}",
+                qemu_lsi("fs-write", "/tmp/q.qcow2"),
+                vmm("fs-read", "--remote-dev lsi,disk=/tmp/q.qcow2"),
+                check("/tmp/q.qcow2"),
+            ),
+        },
         Scenario {
             name: "qemu-disk-pattern",
             script: format!(
@@ -96,6 +133,59 @@ fn outcome(name: &str) -> Option<&'static Outcome> {
         common::run_once(&RESULTS, || common::run_batch_with(&scenarios(), 240, true)),
         name,
     )
+}
+
+/// The checksum the first boot wrote and the one the second read back.
+fn sums(o: &Outcome) -> (String, String) {
+    let find = |prefix: &str| {
+        o.output
+            .lines()
+            .find_map(|l| l.strip_prefix(prefix))
+            .unwrap_or_else(|| panic!("no '{prefix}' in:\n{}", o.output))
+            .trim()
+            .to_string()
+    };
+    let written = find("VMM-GUEST: wrote ");
+    let read = find("VMM-GUEST: read ");
+    (written, read)
+}
+
+#[test]
+fn qemu_reads_the_files_our_remote_wrote_into_a_qcow2_image() {
+    let Some(o) = outcome("qcow2-ours-then-qemu") else {
+        return;
+    };
+    o.assert_contains("vmm-remote: [INFO] SCSI id 0: /tmp/q.qcow2 (qcow2, 131072 blocks)");
+    let (written, read) = sums(o);
+    assert_eq!(
+        read,
+        format!("{written}, written {written}"),
+        "{}",
+        o.output
+    );
+    o.assert_contains("qemu-img check: No errors were found on the image.");
+    o.assert_contains("qemu exited 0");
+    o.assert_contains("VMM-GUEST: fio done: ok");
+    o.assert_contains("qemu-img check fio: No errors were found on the image.");
+    assert_eq!(o.output.matches("vmm exited 0").count(), 2, "{}", o.output);
+}
+
+#[test]
+fn our_remote_reads_the_files_qemu_wrote_into_a_qcow2_image() {
+    let Some(o) = outcome("qcow2-qemu-then-ours") else {
+        return;
+    };
+    o.assert_contains("qemu exited 0");
+    o.assert_contains("(qcow2, 131072 blocks)");
+    let (written, read) = sums(o);
+    assert_eq!(
+        read,
+        format!("{written}, written {written}"),
+        "{}",
+        o.output
+    );
+    o.assert_contains("qemu-img check: No errors were found on the image.");
+    o.assert_exited("vmm", 0);
 }
 
 #[test]

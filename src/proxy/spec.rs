@@ -21,6 +21,8 @@ pub enum Endpoint {
         readonly: bool,
         /// UNMAP and WRITE SAME deallocate (holes in the image).
         discard: bool,
+        /// `raw` or `qcow2`; `None`: each image's first bytes say.
+        format: Option<String>,
         /// seccomp and no_new_privs in the remote (`sandbox=off` for
         /// debugging).
         sandbox: bool,
@@ -155,6 +157,13 @@ pub const KEYS: &[KeyHelp] = &[
         meaning: "present the disks write-protected",
     },
     KeyHelp {
+        key: "format",
+        values: "raw|qcow2",
+        default: "detected per image (then a qcow2 image may not open a backing file)",
+        applies: Applies::Lsi,
+        meaning: "the disk images' format; name it to let a qcow2 image open its backing file",
+    },
+    KeyHelp {
         key: "discard",
         values: "on|off",
         default: "on",
@@ -273,6 +282,7 @@ impl FromStr for RemoteDevSpec {
         let mut disks = Vec::new();
         let mut readonly = false;
         let mut discard = true;
+        let mut format = None;
         let mut sandbox = true;
         let mut lsi = false;
         let mut ioregionfd = None;
@@ -345,6 +355,12 @@ impl FromStr for RemoteDevSpec {
                 "disk" if lsi => disks.push(PathBuf::from(value)),
                 "readonly" if lsi => readonly = on_off(key, value)?,
                 "discard" if lsi => discard = on_off(key, value)?,
+                "format" if lsi => {
+                    if !matches!(value, "raw" | "qcow2") {
+                        return Err(format!("format={value}: expected raw or qcow2"));
+                    }
+                    format = Some(value.to_string())
+                }
                 "sandbox" if lsi => sandbox = on_off(key, value)?,
                 "user" if lsi => {
                     if value.is_empty() {
@@ -380,6 +396,7 @@ impl FromStr for RemoteDevSpec {
                 disks,
                 readonly,
                 discard,
+                format,
                 sandbox,
                 user,
                 posted_register_writes,
@@ -460,6 +477,7 @@ mod tests {
                 disks: vec!["a.img".into(), "b.img".into()],
                 readonly: true,
                 discard: true,
+                format: None,
                 sandbox: true,
                 user: None,
                 posted_register_writes: false,
@@ -473,11 +491,15 @@ mod tests {
                 disks: vec![],
                 readonly: false,
                 discard: true,
+                format: None,
                 sandbox: true,
                 user: None,
                 posted_register_writes: false,
             }
         );
+        let s: RemoteDevSpec = "lsi,format=qcow2".parse().unwrap();
+        assert!(matches!(s.endpoint, Endpoint::Lsi { format: Some(ref f), .. } if f == "qcow2"));
+        assert!("lsi,format=vmdk".parse::<RemoteDevSpec>().is_err());
         let s: RemoteDevSpec = "lsi,discard=off".parse().unwrap();
         assert!(matches!(s.endpoint, Endpoint::Lsi { discard: false, .. }));
         assert!("socket=x,discard=off".parse::<RemoteDevSpec>().is_err());

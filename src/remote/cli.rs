@@ -14,6 +14,7 @@ use super::user::UserSpec;
 use crate::device_model::DeviceModel;
 use crate::lsi::Lsi53c895a;
 use crate::protocol::channel::Channel;
+use crate::scsi::image::Format;
 use crate::scsi::{DiskOptions, ScsiDisk};
 
 /// Size of the scratch disk made when no image is given.
@@ -56,6 +57,11 @@ pub enum RemoteKind {
         /// image. Off: the disks say they cannot.
         #[arg(long, value_enum, default_value_t = OnOff::On)]
         discard: OnOff,
+        /// The disk images' format. Without it, each image's first bytes
+        /// say (a qcow2 image then may not open a backing file: name the
+        /// format for that).
+        #[arg(long, value_enum)]
+        format: Option<Format>,
         /// When started as root, become this user once the disks and the
         /// socket are open (supplementary groups dropped; GID defaults to
         /// the user's primary group).
@@ -119,7 +125,7 @@ pub enum RemoteCliError {
         source: std::io::Error,
     },
     #[error(transparent)]
-    Disk(#[from] crate::scsi::disk::DiskError),
+    Disk(#[from] crate::scsi::image::ImageError),
     #[error("cannot create a scratch disk: {0}")]
     Scratch(#[source] std::io::Error),
     #[error("at most {max} disks fit on one controller", max = crate::lsi::MAX_TARGETS)]
@@ -155,6 +161,7 @@ pub fn run(kind: RemoteKind) -> Result<(), RemoteCliError> {
         mut disks,
         readonly,
         discard,
+        format,
         user,
         no_sandbox,
         register_writes,
@@ -197,12 +204,14 @@ pub fn run(kind: RemoteKind) -> Result<(), RemoteCliError> {
             let options = DiskOptions {
                 readonly,
                 discard: discard == OnOff::On,
+                format,
                 serial: format!("VMM{:05}{i}", std::process::id() % 100_000),
             };
             let disk = ScsiDisk::open(p, options)?;
             log::info!(
-                "SCSI id {i}: {} ({} blocks{}{})",
+                "SCSI id {i}: {} ({}, {} blocks{}{})",
                 p.display(),
+                disk.format(),
                 disk.blocks(),
                 if readonly { ", read-only" } else { "" },
                 if discard == OnOff::Off {
@@ -230,7 +239,7 @@ pub fn run(kind: RemoteKind) -> Result<(), RemoteCliError> {
         }
         (None, None) => return Err(RemoteCliError::NoEndpoint),
     };
-    let mut lsi = Lsi53c895a::new(disks)?;
+    let mut lsi = Lsi53c895a::new(disks.clone())?;
     lsi.set_posted_register_writes(register_writes == RegisterWrites::Posted);
     let device = Arc::new(Mutex::new(lsi));
     // Everything is open and the disk workers run: from here on the
@@ -246,6 +255,13 @@ pub fn run(kind: RemoteKind) -> Result<(), RemoteCliError> {
     };
     if let Some(summary) = device.lock().expect("device lock poisoned").summary() {
         log::info!("{summary}");
+    }
+    // What the guest wrote without a SYNCHRONIZE CACHE after it, and a
+    // qcow2 image's metadata, reach the image before the process ends.
+    for (i, disk) in disks.iter().enumerate() {
+        if let Err(e) = disk.flush_image() {
+            log::error!("SCSI id {i}: flushing the image at exit failed: {e}");
+        }
     }
     served?;
     log::info!("VMM disconnected; exiting");

@@ -707,6 +707,69 @@ mod tests {
         std::fs::remove_file(path).unwrap();
     }
 
+    /// A qcow2 disk from inside the filter: cluster allocation, reads,
+    /// WRITE SAME of zeros and of data, UNMAP and flushes, on pool threads.
+    #[test]
+    fn qcow2_io_stays_inside_the_filter() {
+        use crate::scsi::pool::{IoPool, Job};
+        use crate::scsi::{DiskOptions, ScsiDisk};
+        let sandbox = sandbox();
+        let path = crate::scsi::qcow2::tests::make_qcow2(64 << 20, None);
+        let disk = Arc::new(ScsiDisk::open(&path, DiskOptions::new("S")).unwrap());
+        let ended = in_child(|| {
+            let pool = IoPool::new(4).expect("pool");
+            sandbox.confine(false).expect("confine");
+            let mut list = vec![0, 22, 0, 16, 0, 0, 0, 0];
+            list.extend_from_slice(&1000u64.to_be_bytes());
+            list.extend_from_slice(&3000u32.to_be_bytes());
+            list.extend_from_slice(&[0; 4]);
+            let mut jobs: Vec<(Vec<u8>, Vec<u8>)> = Vec::new();
+            for i in 0..16u32 {
+                let mut cdb = vec![0x2a, 0];
+                cdb.extend_from_slice(&(i * 4096).to_be_bytes());
+                cdb.extend_from_slice(&[0, 0x08, 0, 0]); // 2048 blocks
+                jobs.push((cdb, vec![i as u8 + 1; 1 << 20]));
+            }
+            jobs.push((vec![0x42, 0, 0, 0, 0, 0, 0, 0, 24, 0], list));
+            jobs.push((vec![0x41, 0x08, 0, 0, 0x80, 0, 0, 0x10, 0, 0], vec![0; 512]));
+            jobs.push((vec![0x41, 0, 0, 0, 0x90, 0, 0, 0x10, 0, 0], vec![7; 512]));
+            jobs.push((vec![0x28, 0, 0, 0, 0, 0, 0, 0x08, 0, 0], Vec::new()));
+            jobs.push((vec![0x35, 0, 0, 0, 0, 0, 0, 0, 0, 0], Vec::new()));
+            let total = jobs.len();
+            let mut failed = 0;
+            for (token, (cdb, data_out)) in jobs.into_iter().enumerate() {
+                pool.submit(Job {
+                    token: token as u64,
+                    disk: disk.clone(),
+                    lun: 0,
+                    cdb,
+                    data_out,
+                });
+            }
+            let mut done = 0;
+            while done < total {
+                for c in pool.take_completions() {
+                    failed += usize::from(c.result.is_err());
+                    done += 1;
+                }
+                let mut pfd = libc::pollfd {
+                    fd: pool.completion_fd(),
+                    events: libc::POLLIN,
+                    revents: 0,
+                };
+                // SAFETY: one valid pollfd.
+                unsafe { libc::poll(&mut pfd, 1, 100) };
+            }
+            if failed == 0 {
+                say(b"qcow2 all done\n");
+            }
+            std::mem::forget(pool);
+        });
+        assert_eq!(exited(&ended), Some(0), "{}", ended.stderr);
+        assert!(ended.stderr.contains("qcow2 all done"), "{}", ended.stderr);
+        std::fs::remove_file(path).unwrap();
+    }
+
     #[test]
     fn threads_still_start_and_mappings_cannot_be_executable() {
         let sandbox = sandbox();

@@ -1,15 +1,15 @@
-//! A SCSI direct-access device backed by a raw image file.
+//! A SCSI direct-access device on a disk image (raw or qcow2).
 
-use std::fs::{File, OpenOptions};
-use std::path::{Path, PathBuf};
+use std::fs::File;
+use std::path::Path;
 use std::sync::Mutex;
 
 use super::cdb::Command;
 use super::discard;
-use super::image::Image;
+use super::image::{Format, Image, ImageError};
 use super::sense::Sense;
 
-pub const BLOCK_SIZE: u32 = 512;
+pub use super::image::BLOCK_SIZE;
 const VENDOR: &[u8; 8] = b"VMM     ";
 const PRODUCT: &[u8; 16] = b"LSI REMOTE DISK ";
 const REVISION: &[u8; 4] = b"0.1 ";
@@ -18,18 +18,6 @@ const NO_LUN: u8 = 0x7f;
 /// Largest transfer we advertise in the Block Limits page, in blocks.
 const MAX_TRANSFER_BLOCKS: u32 = 8192;
 
-#[derive(Debug, thiserror::Error)]
-pub enum DiskError {
-    #[error("cannot open disk image {path}: {source}")]
-    Open {
-        path: PathBuf,
-        #[source]
-        source: std::io::Error,
-    },
-    #[error("disk image {path} is {size} bytes, not a whole number of {BLOCK_SIZE}-byte blocks")]
-    Unaligned { path: PathBuf, size: u64 },
-}
-
 /// How a disk presents itself.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DiskOptions {
@@ -37,6 +25,8 @@ pub struct DiskOptions {
     /// Offer UNMAP and WRITE SAME's UNMAP bit, which give blocks the guest
     /// no longer uses back to the host (holes in the image).
     pub discard: bool,
+    /// The image's format; `None`: what its first bytes say.
+    pub format: Option<Format>,
     pub serial: String,
 }
 
@@ -46,6 +36,7 @@ impl DiskOptions {
         DiskOptions {
             readonly: false,
             discard: true,
+            format: None,
             serial: serial.into(),
         }
     }
@@ -69,40 +60,38 @@ fn truncated(mut data: Vec<u8>, alloc: u32) -> Vec<u8> {
 }
 
 impl ScsiDisk {
-    pub fn open(path: &Path, options: DiskOptions) -> Result<Self, DiskError> {
-        let file = OpenOptions::new()
-            .read(true)
-            .write(!options.readonly)
-            .open(path)
-            .map_err(|source| DiskError::Open {
-                path: path.to_owned(),
-                source,
-            })?;
-        let size = file
-            .metadata()
-            .map_err(|source| DiskError::Open {
-                path: path.to_owned(),
-                source,
-            })?
-            .len();
-        if size % u64::from(BLOCK_SIZE) != 0 {
-            return Err(DiskError::Unaligned {
-                path: path.to_owned(),
-                size,
-            });
-        }
-        Ok(Self::from_file(file, size / u64::from(BLOCK_SIZE), options))
+    pub fn open(path: &Path, options: DiskOptions) -> Result<Self, ImageError> {
+        let image = Image::open(path, options.format, options.readonly)?;
+        Ok(Self::from_image(image, options))
     }
 
+    /// A raw disk of `blocks` blocks on an open file.
     pub fn from_file(file: File, blocks: u64, options: DiskOptions) -> Self {
+        Self::from_image(Image::raw(file, blocks * u64::from(BLOCK_SIZE)), options)
+    }
+
+    fn from_image(image: Image, options: DiskOptions) -> Self {
         ScsiDisk {
-            image: Image::new(file),
-            blocks,
+            blocks: image.size() / u64::from(BLOCK_SIZE),
+            image,
             readonly: options.readonly,
             discard: options.discard && !options.readonly,
             serial: options.serial,
             pending_sense: Mutex::new(None),
         }
+    }
+
+    pub fn format(&self) -> Format {
+        self.image.format()
+    }
+
+    /// Writes back what the image holds in memory and syncs it, as at
+    /// the end of the remote.
+    pub fn flush_image(&self) -> std::io::Result<()> {
+        if self.readonly {
+            return Ok(());
+        }
+        self.image.flush()
     }
 
     pub fn blocks(&self) -> u64 {
@@ -435,6 +424,7 @@ impl ScsiDisk {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::path::PathBuf;
 
     fn disk(blocks: u64, readonly: bool) -> (ScsiDisk, PathBuf) {
         let path = std::env::temp_dir().join(format!(
@@ -547,7 +537,7 @@ mod tests {
     /// refuses writes with ENOSPC (and reads as zeros); /proc/self/mem
     /// fails both ways with EIO at an address nothing is mapped at.
     fn failing(path: &str) -> ScsiDisk {
-        let file = OpenOptions::new()
+        let file = std::fs::OpenOptions::new()
             .read(true)
             .write(true)
             .open(path)
@@ -838,8 +828,171 @@ mod tests {
         std::fs::write(&path, [0u8; 700]).unwrap();
         assert!(matches!(
             ScsiDisk::open(&path, DiskOptions::new("x")),
-            Err(DiskError::Unaligned { .. })
+            Err(ImageError::Unaligned { .. })
         ));
         std::fs::remove_file(path).unwrap();
+    }
+
+    mod qcow2 {
+        use super::*;
+        use crate::scsi::qcow2::tests::{make_qcow2, temp_path};
+
+        fn write10(lba: u32, blocks: u16) -> [u8; 10] {
+            let mut cdb = [0x2a, 0, 0, 0, 0, 0, 0, 0, 0, 0];
+            cdb[2..6].copy_from_slice(&lba.to_be_bytes());
+            cdb[7..9].copy_from_slice(&blocks.to_be_bytes());
+            cdb
+        }
+
+        fn read10(lba: u32, blocks: u16) -> [u8; 10] {
+            let mut cdb = write10(lba, blocks);
+            cdb[0] = 0x28;
+            cdb
+        }
+
+        const SYNC_CACHE: [u8; 10] = [0x35, 0, 0, 0, 0, 0, 0, 0, 0, 0];
+
+        #[test]
+        fn a_qcow2_image_is_detected_and_keeps_what_was_written() {
+            let path = make_qcow2(8 << 20, None);
+            let disk = ScsiDisk::open(&path, DiskOptions::new("Q")).unwrap();
+            assert_eq!(disk.format(), Format::Qcow2);
+            assert_eq!(disk.blocks(), (8 << 20) / 512);
+            let data: Vec<u8> = (0..256 * 512u32).map(|i| (i / 512 + i) as u8).collect();
+            disk.execute(0, &write10(1000, 256), &data).unwrap();
+            assert_eq!(disk.execute(0, &read10(1000, 256), &[]).unwrap(), data);
+            assert_eq!(
+                disk.execute(0, &read10(0, 8), &[]).unwrap(),
+                vec![0; 4096],
+                "never written: zeros"
+            );
+            disk.execute(0, &SYNC_CACHE, &[]).unwrap();
+            drop(disk);
+            // A new process would see the same: open it again.
+            let again = ScsiDisk::open(&path, DiskOptions::new("Q")).unwrap();
+            assert_eq!(again.execute(0, &read10(1000, 256), &[]).unwrap(), data);
+            assert_eq!(
+                again.execute(0, &read10(16383, 2), &[]),
+                Err(Sense::LBA_OUT_OF_RANGE)
+            );
+            std::fs::remove_file(path).unwrap();
+        }
+
+        /// imago frees discarded clusters inside the image (their refcounts
+        /// drop to zero) for later writes to reuse; it does not punch holes
+        /// in the qcow2 file, so the file does not shrink, but it stops
+        /// growing.
+        #[test]
+        fn discard_frees_clusters_for_later_writes_and_reads_back_zeros() {
+            let path = make_qcow2(8 << 20, None);
+            let disk = ScsiDisk::open(&path, DiskOptions::new("Q")).unwrap();
+            disk.execute(0, &write10(0, 8192), &vec![0x5a; 4 << 20])
+                .unwrap();
+            disk.execute(0, &SYNC_CACHE, &[]).unwrap();
+            let file_len = |p: &Path| std::fs::metadata(p).unwrap().len();
+            let before = file_len(&path);
+            // UNMAP of 2 MiB at 1 MiB (whole clusters) and a partial cluster.
+            let mut list = vec![0, 38, 0, 32, 0, 0, 0, 0];
+            for (lba, blocks) in [(2048u64, 4096u32), (7000, 10)] {
+                list.extend_from_slice(&lba.to_be_bytes());
+                list.extend_from_slice(&blocks.to_be_bytes());
+                list.extend_from_slice(&[0; 4]);
+            }
+            disk.execute(0, &[0x42, 0, 0, 0, 0, 0, 0, 0, 40, 0], &list)
+                .unwrap();
+            disk.execute(0, &SYNC_CACHE, &[]).unwrap();
+            let back = disk.execute(0, &read10(0, 8192), &[]).unwrap();
+            let zero = |from: usize, blocks: usize| {
+                back[from * 512..(from + blocks) * 512]
+                    .iter()
+                    .all(|&b| b == 0)
+            };
+            assert!(zero(2048, 4096) && zero(7000, 10));
+            assert!(back[..2048 * 512].iter().all(|&b| b == 0x5a));
+            assert!(back[6144 * 512..7000 * 512].iter().all(|&b| b == 0x5a));
+            assert!(back[7010 * 512..].iter().all(|&b| b == 0x5a));
+            // 2 MiB never written before land in the freed clusters.
+            disk.execute(0, &write10(12288, 4096), &vec![0x66; 2 << 20])
+                .unwrap();
+            disk.execute(0, &SYNC_CACHE, &[]).unwrap();
+            let after = file_len(&path);
+            assert!(
+                after <= before + (64 << 10),
+                "the image grew from {before} to {after} bytes"
+            );
+            assert_eq!(
+                disk.execute(0, &read10(12288, 4096), &[]).unwrap(),
+                vec![0x66; 2 << 20]
+            );
+            std::fs::remove_file(path).unwrap();
+        }
+
+        #[test]
+        fn a_backing_file_opens_only_when_the_format_is_named() {
+            let base = temp_path("base");
+            std::fs::write(&base, vec![0xbbu8; 4 << 20]).unwrap();
+            let overlay = make_qcow2(4 << 20, Some(&base));
+            let refused = ScsiDisk::open(&overlay, DiskOptions::new("Q"))
+                .err()
+                .unwrap();
+            assert!(
+                refused.to_string().contains("give format=qcow2"),
+                "{refused}"
+            );
+            let options = DiskOptions {
+                format: Some(Format::Qcow2),
+                ..DiskOptions::new("Q")
+            };
+            let disk = ScsiDisk::open(&overlay, options).unwrap();
+            assert_eq!(
+                disk.execute(0, &read10(100, 1), &[]).unwrap(),
+                vec![0xbb; 512]
+            );
+            disk.execute(0, &write10(100, 1), &[0x11; 512]).unwrap();
+            disk.execute(0, &SYNC_CACHE, &[]).unwrap();
+            assert_eq!(
+                disk.execute(0, &read10(100, 1), &[]).unwrap(),
+                vec![0x11; 512]
+            );
+            assert!(
+                std::fs::read(&base).unwrap().iter().all(|&b| b == 0xbb),
+                "the backing file is never written"
+            );
+            drop(disk);
+            for p in [base, overlay] {
+                std::fs::remove_file(p).unwrap();
+            }
+        }
+
+        #[test]
+        fn a_corrupt_qcow2_image_is_a_clear_error() {
+            let path = temp_path("corrupt");
+            // The magic, version 3, then an L1 table far past the file.
+            let mut header = b"QFI\xfb".to_vec();
+            header.extend_from_slice(&3u32.to_be_bytes());
+            header.extend_from_slice(&[0xff; 96]);
+            std::fs::write(&path, &header).unwrap();
+            let err = ScsiDisk::open(&path, DiskOptions::new("C")).err().unwrap();
+            assert!(matches!(err, ImageError::Qcow2 { .. }), "{err}");
+            assert!(err.to_string().contains("cannot open qcow2 image"), "{err}");
+            std::fs::remove_file(path).unwrap();
+        }
+
+        #[test]
+        fn a_raw_image_is_not_mistaken_for_qcow2() {
+            let path = temp_path("raw");
+            std::fs::write(&path, vec![0u8; 1 << 20]).unwrap();
+            let disk = ScsiDisk::open(&path, DiskOptions::new("R")).unwrap();
+            assert_eq!(disk.format(), Format::Raw);
+            drop(disk);
+            // Named qcow2 on a raw file: a clear error, not a raw disk.
+            let options = DiskOptions {
+                format: Some(Format::Qcow2),
+                ..DiskOptions::new("R")
+            };
+            let err = ScsiDisk::open(&path, options).err().unwrap();
+            assert!(err.to_string().contains("cannot open qcow2 image"), "{err}");
+            std::fs::remove_file(path).unwrap();
+        }
     }
 }

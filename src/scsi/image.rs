@@ -1,16 +1,68 @@
-//! The image file behind a disk: block reads and writes, flushes, a block
-//! pattern repeated over a range (WRITE SAME), and deallocation that reads
-//! back as zeros (UNMAP).
+//! The image behind a disk: raw or qcow2, block reads and writes, flushes,
+//! a block pattern repeated over a range (WRITE SAME), and deallocation
+//! that reads back as zeros (UNMAP).
 
-use std::fs::File;
+use std::fs::{File, OpenOptions};
 use std::io;
 use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
+
+use super::qcow2::{self, Qcow2Image};
+
+pub const BLOCK_SIZE: u32 = 512;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ImageError {
+    #[error("cannot open disk image {path}: {source}")]
+    Open {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("disk image {path} is {size} bytes, not a whole number of {BLOCK_SIZE}-byte blocks")]
+    Unaligned { path: PathBuf, size: u64 },
+    #[error("cannot open qcow2 image {path}: {source}")]
+    Qcow2 {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+}
 
 /// WRITE SAME writes at most this much per system call.
 const FILL_CHUNK: usize = 1 << 20;
 
+/// What an image file holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Format {
+    /// The disk's blocks, byte for byte.
+    Raw,
+    /// QEMU's copy-on-write format (version 2 or 3), with backing files.
+    Qcow2,
+}
+
+impl std::fmt::Display for Format {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Format::Raw => "raw",
+            Format::Qcow2 => "qcow2",
+        })
+    }
+}
+
 pub struct Image {
+    kind: Kind,
+    /// Size of the disk the image holds, in bytes.
+    size: u64,
+}
+
+enum Kind {
+    Raw(RawFile),
+    Qcow2(Qcow2Image),
+}
+
+struct RawFile {
     file: File,
     /// Set once the file system refused to punch a hole: discards write
     /// zeros from then on, and the log says so once.
@@ -18,34 +70,113 @@ pub struct Image {
 }
 
 impl Image {
-    pub fn new(file: File) -> Self {
+    /// Opens `path` as `format`, or as what its first bytes say when no
+    /// format is given. A qcow2 image only opens the files it refers to
+    /// (backing image, data file) when its format was given by name.
+    pub fn open(path: &Path, format: Option<Format>, readonly: bool) -> Result<Image, ImageError> {
+        let open_err = |source| ImageError::Open {
+            path: path.to_owned(),
+            source,
+        };
+        let file = OpenOptions::new()
+            .read(true)
+            .write(!readonly)
+            .open(path)
+            .map_err(open_err)?;
+        let detected = || {
+            let mut magic = [0u8; 4];
+            match file.read_exact_at(&mut magic, 0) {
+                Ok(()) if magic == qcow2::MAGIC => Ok(Format::Qcow2),
+                Ok(()) => Ok(Format::Raw),
+                Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => Ok(Format::Raw),
+                Err(e) => Err(open_err(e)),
+            }
+        };
+        let image = match format.map_or_else(detected, Ok)? {
+            Format::Raw => {
+                let size = file.metadata().map_err(open_err)?.len();
+                Image::raw(file, size)
+            }
+            Format::Qcow2 => {
+                drop(file);
+                let q = Qcow2Image::open(path, readonly, format.is_some()).map_err(|source| {
+                    ImageError::Qcow2 {
+                        path: path.to_owned(),
+                        source,
+                    }
+                })?;
+                Image {
+                    size: q.size(),
+                    kind: Kind::Qcow2(q),
+                }
+            }
+        };
+        if image.size % u64::from(BLOCK_SIZE) != 0 {
+            return Err(ImageError::Unaligned {
+                path: path.to_owned(),
+                size: image.size,
+            });
+        }
+        Ok(image)
+    }
+
+    /// A raw image on an open file, `size` bytes long.
+    pub fn raw(file: File, size: u64) -> Self {
         Image {
-            file,
-            no_holes: AtomicBool::new(false),
+            kind: Kind::Raw(RawFile {
+                file,
+                no_holes: AtomicBool::new(false),
+            }),
+            size,
         }
     }
 
+    pub fn format(&self) -> Format {
+        match self.kind {
+            Kind::Raw(_) => Format::Raw,
+            Kind::Qcow2(_) => Format::Qcow2,
+        }
+    }
+
+    /// Size of the disk in bytes (for qcow2, the virtual size).
+    pub fn size(&self) -> u64 {
+        self.size
+    }
+
     pub fn read_at(&self, buf: &mut [u8], offset: u64) -> io::Result<()> {
-        self.file.read_exact_at(buf, offset)
+        match &self.kind {
+            Kind::Raw(r) => r.file.read_exact_at(buf, offset),
+            Kind::Qcow2(q) => q.read_at(buf, offset),
+        }
     }
 
     pub fn write_at(&self, buf: &[u8], offset: u64) -> io::Result<()> {
-        self.file.write_all_at(buf, offset)
+        match &self.kind {
+            Kind::Raw(r) => r.file.write_all_at(buf, offset),
+            Kind::Qcow2(q) => q.write_at(buf, offset),
+        }
     }
 
     pub fn flush(&self) -> io::Result<()> {
-        self.file.sync_data()
+        match &self.kind {
+            Kind::Raw(r) => r.file.sync_data(),
+            Kind::Qcow2(q) => q.flush(),
+        }
     }
 
-    /// Gives `len` bytes at `offset` back to the host's file system; they
-    /// read as zeros afterwards. Where the file system cannot punch holes
-    /// the range is written with zeros instead, so the promise holds.
+    /// Gives `len` bytes at `offset` back to the host; they read as zeros
+    /// afterwards. A raw image punches a hole, or writes zeros where its
+    /// file system cannot; qcow2 frees whole clusters and zeroes the rest.
     pub fn discard(&self, offset: u64, len: u64) -> io::Result<()> {
-        if !self.no_holes.load(Ordering::Relaxed) {
-            match crate::sys::punch_hole(&self.file, offset, len) {
+        let raw = match &self.kind {
+            Kind::Raw(r) => r,
+            Kind::Qcow2(q) => return q.discard(offset, len),
+        };
+        if !raw.no_holes.load(Ordering::Relaxed) {
+            match crate::sys::punch_hole(&raw.file, offset, len) {
                 Ok(()) => return Ok(()),
                 Err(e) if cannot_punch(&e) => {
-                    if !self.no_holes.swap(true, Ordering::Relaxed) {
+                    if !raw.no_holes.swap(true, Ordering::Relaxed) {
                         log::info!(
                             "the disk image's file system cannot punch holes ({e}): \
                              discarded blocks are written with zeros and keep their space"
@@ -55,13 +186,19 @@ impl Image {
                 Err(e) => return Err(e),
             }
         }
-        self.fill(offset, len, &[0u8; 512])
+        self.fill(offset, len, &[0u8; BLOCK_SIZE as usize])
     }
 
     /// Writes `pattern` (one block) over and over across `len` bytes at
-    /// `offset`; `len` is a multiple of the pattern's length.
+    /// `offset`; `len` is a multiple of the pattern's length. Zeros on
+    /// qcow2 become zero clusters where they cover whole ones.
     pub fn fill(&self, offset: u64, len: u64, pattern: &[u8]) -> io::Result<()> {
         debug_assert!(!pattern.is_empty() && len.is_multiple_of(pattern.len() as u64));
+        if let Kind::Qcow2(q) = &self.kind
+            && pattern.iter().all(|&b| b == 0)
+        {
+            return q.write_zeroes(offset, len);
+        }
         let per_chunk = (FILL_CHUNK / pattern.len()).max(1);
         let chunk = pattern.repeat(per_chunk.min((len / pattern.len() as u64) as usize));
         let mut done = 0u64;
@@ -88,6 +225,11 @@ mod tests {
     use super::*;
 
     fn temp_image(len: u64) -> (Image, std::path::PathBuf) {
+        let (file, path) = temp_file(len);
+        (Image::raw(file, len), path)
+    }
+
+    fn temp_file(len: u64) -> (File, std::path::PathBuf) {
         use std::sync::atomic::AtomicU64;
         static N: AtomicU64 = AtomicU64::new(0);
         let path = std::env::temp_dir().join(format!(
@@ -103,23 +245,30 @@ mod tests {
             .open(&path)
             .unwrap();
         file.set_len(len).unwrap();
-        (Image::new(file), path)
+        (file, path)
     }
 
-    fn next_hole(image: &Image, offset: u64) -> u64 {
-        crate::sys::next_hole(&image.file, offset).unwrap()
+    fn next_hole(path: &Path, offset: u64) -> u64 {
+        crate::sys::next_hole(&File::open(path).unwrap(), offset).unwrap()
+    }
+
+    fn no_holes(image: &Image) -> bool {
+        match &image.kind {
+            Kind::Raw(r) => r.no_holes.load(Ordering::Relaxed),
+            Kind::Qcow2(_) => false,
+        }
     }
 
     #[test]
     fn a_discarded_range_becomes_a_hole_that_reads_as_zeros() {
         let (image, path) = temp_image(1 << 20);
         image.fill(0, 1 << 20, &[0xa5; 512]).unwrap();
-        assert_eq!(next_hole(&image, 0), 1 << 20, "fully written: no hole");
+        assert_eq!(next_hole(&path, 0), 1 << 20, "fully written: no hole");
         image.discard(256 << 10, 128 << 10).unwrap();
-        if image.no_holes.load(Ordering::Relaxed) {
+        if no_holes(&image) {
             eprintln!("{} cannot punch holes: zeros were written", path.display());
         } else {
-            assert_eq!(next_hole(&image, 0), 256 << 10, "the hole starts there");
+            assert_eq!(next_hole(&path, 0), 256 << 10, "the hole starts there");
         }
         let mut back = vec![0xffu8; 1 << 20];
         image.read_at(&mut back, 0).unwrap();
@@ -157,8 +306,8 @@ mod tests {
             .write(true)
             .open("/dev/zero")
             .unwrap();
-        let image = Image::new(file);
+        let image = Image::raw(file, 1 << 20);
         image.discard(0, 4096).unwrap();
-        assert!(image.no_holes.load(Ordering::Relaxed));
+        assert!(no_holes(&image));
     }
 }

@@ -11,6 +11,7 @@ pub mod disk;
 pub mod image;
 pub mod opcodes;
 pub mod pool;
+pub mod qcow2;
 pub mod sense;
 
 pub use cdb::{Command, DataDirection};
