@@ -169,7 +169,11 @@ fn scenarios() -> Vec<Scenario> {
                 "{}{}{}",
                 image("a.img", 64),
                 image("b.img", 32),
-                vmm("two-disks", "lsi,disk=/tmp/a.img,disk=/tmp/b.img")
+                vmm(
+                    "two-disks",
+                    "lsi,disk=/tmp/a.img,serial=DISK-A,wwn=0x5000c500a1b2c3d4,vendor=ACME,\
+                     product=FastDisk,disk=/tmp/b.img"
+                )
             ),
         },
         Scenario {
@@ -462,6 +466,21 @@ fn several_disks_get_consecutive_scsi_ids() {
     };
     o.assert_contains("VMM-GUEST: disk 0:0:0:0 131072 sectors");
     o.assert_contains("VMM-GUEST: disk 0:0:1:0 65536 sectors");
+    // The first disk as the user named it, the second with defaults.
+    o.assert_contains(
+        "VMM-GUEST: id 0:0:0:0 vendor=ACME model=FastDisk wwid=naa.5000c500a1b2c3d4 serial=DISK-A",
+    );
+    o.assert_contains("VMM-GUEST: id 0:0:1:0 vendor=VMM model=LSI REMOTE DISK wwid=naa.3");
+    let second_serial = o
+        .output
+        .lines()
+        .find_map(|l| l.strip_prefix("VMM-GUEST: id 0:0:1:0 "))
+        .and_then(|l| l.split(" serial=").nth(1))
+        .unwrap_or_else(|| panic!("no identity line:\n{}", o.output));
+    assert!(
+        second_serial.starts_with("VMM") && second_serial.trim().len() == 15,
+        "{second_serial}"
+    );
 }
 
 #[test]

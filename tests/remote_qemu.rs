@@ -155,7 +155,7 @@ fn qemu_reads_the_files_our_remote_wrote_into_a_qcow2_image() {
     let Some(o) = outcome("qcow2-ours-then-qemu") else {
         return;
     };
-    o.assert_contains("vmm-remote: [INFO] SCSI id 0: /tmp/q.qcow2 (qcow2, 131072 blocks)");
+    o.assert_contains("vmm-remote: [INFO] SCSI id 0: /tmp/q.qcow2 (qcow2, 131072 blocks, serial ");
     let (written, read) = sums(o);
     assert_eq!(
         read,
@@ -176,7 +176,7 @@ fn our_remote_reads_the_files_qemu_wrote_into_a_qcow2_image() {
         return;
     };
     o.assert_contains("qemu exited 0");
-    o.assert_contains("(qcow2, 131072 blocks)");
+    o.assert_contains("(qcow2, 131072 blocks, serial ");
     let (written, read) = sums(o);
     assert_eq!(
         read,

@@ -118,7 +118,7 @@ pub fn open(spec: &RemoteDevSpec, index: usize) -> Result<RemoteProcess, RemoteE
             }
             for d in disks {
                 args.push("--disk".into());
-                args.push(d.display().to_string());
+                args.push(d.to_string());
             }
             if *readonly {
                 args.push("--readonly".into());

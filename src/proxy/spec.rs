@@ -4,6 +4,8 @@
 use std::path::PathBuf;
 use std::str::FromStr;
 
+use crate::scsi::identity::{DiskSpec, IdentitySpec};
+
 /// `restart=on` starts a remote that keeps dying at most this many times.
 pub const MAX_RESTARTS: u32 = 5;
 
@@ -17,7 +19,8 @@ pub enum Endpoint {
     Exec(PathBuf),
     /// Co-spawn our own LSI 53C895A remote (`vmm remote lsi`).
     Lsi {
-        disks: Vec<PathBuf>,
+        /// Images with the identity the user gave each.
+        disks: Vec<DiskSpec>,
         readonly: bool,
         /// UNMAP and WRITE SAME deallocate (holes in the image).
         discard: bool,
@@ -155,6 +158,34 @@ pub const KEYS: &[KeyHelp] = &[
         default: "off",
         applies: Applies::Lsi,
         meaning: "present the disks write-protected",
+    },
+    KeyHelp {
+        key: "serial",
+        values: "TEXT",
+        default: "VMM + 12 hex digits from the image's path and SCSI id",
+        applies: Applies::Lsi,
+        meaning: "serial number of the disk= before it (VPD page 0x80, /dev/disk/by-id); up to 36 characters",
+    },
+    KeyHelp {
+        key: "wwn",
+        values: "0xNAA...",
+        default: "NAA 3 (locally assigned) from the image's path and SCSI id",
+        applies: Applies::Lsi,
+        meaning: "world wide name of the disk= before it: 16 hex digits starting with 2, 3 or 5",
+    },
+    KeyHelp {
+        key: "vendor",
+        values: "TEXT",
+        default: "VMM",
+        applies: Applies::Lsi,
+        meaning: "INQUIRY vendor of the disk= before it, up to 8 characters",
+    },
+    KeyHelp {
+        key: "product",
+        values: "TEXT",
+        default: "LSI REMOTE DISK",
+        applies: Applies::Lsi,
+        meaning: "INQUIRY product of the disk= before it, up to 16 characters",
     },
     KeyHelp {
         key: "format",
@@ -352,7 +383,18 @@ impl FromStr for RemoteDevSpec {
                         }
                     })
                 }
-                "disk" if lsi => disks.push(PathBuf::from(value)),
+                "disk" if lsi => disks.push(DiskSpec {
+                    path: PathBuf::from(value),
+                    identity: IdentitySpec::default(),
+                }),
+                "serial" | "wwn" | "vendor" | "product" if lsi => {
+                    let Some(disk) = disks.last_mut() else {
+                        return Err(format!(
+                            "{key}= describes the disk= before it: put it after that disk="
+                        ));
+                    };
+                    disk.identity.set(key, value).map_err(|e| e.to_string())?;
+                }
                 "readonly" if lsi => readonly = on_off(key, value)?,
                 "discard" if lsi => discard = on_off(key, value)?,
                 "format" if lsi => {
@@ -389,6 +431,22 @@ impl FromStr for RemoteDevSpec {
             }
         }
         if lsi {
+            // The user's own serials and WWNs; the defaults differ anyway.
+            let given: Vec<_> = disks
+                .iter()
+                .enumerate()
+                .map(|(i, d)| {
+                    let mut id = d.identity.resolve(&d.path, i);
+                    if d.identity.serial.is_none() {
+                        id.serial = format!("default {i}");
+                    }
+                    if d.identity.wwn.is_none() {
+                        id.wwn = i as u64;
+                    }
+                    id
+                })
+                .collect();
+            crate::scsi::identity::check_unique(&given).map_err(|e| e.to_string())?;
             if endpoint.is_some() {
                 return Err("lsi is co-spawned: drop socket=, fd= and exec=".into());
             }
@@ -468,13 +526,40 @@ mod tests {
         );
     }
 
+    fn disk(path: &str) -> DiskSpec {
+        DiskSpec {
+            path: path.into(),
+            identity: IdentitySpec::default(),
+        }
+    }
+
+    #[test]
+    fn identity_keys_describe_the_disk_before_them() {
+        let s: RemoteDevSpec =
+            "lsi,disk=a.img,serial=A1,wwn=0x5000000000000001,disk=b.img,product=Fast"
+                .parse()
+                .unwrap();
+        let Endpoint::Lsi { disks, .. } = s.endpoint else {
+            panic!("not lsi")
+        };
+        assert_eq!(disks[0].identity.serial.as_deref(), Some("A1"));
+        assert_eq!(disks[0].identity.wwn, Some(0x5000_0000_0000_0001));
+        assert_eq!(disks[1].identity.serial, None);
+        assert_eq!(disks[1].identity.product.as_deref(), Some("Fast"));
+        let err = |t: &str| t.parse::<RemoteDevSpec>().unwrap_err();
+        assert!(err("lsi,serial=A1,disk=a.img").contains("after that disk="));
+        assert!(err("lsi,disk=a.img,serial=X,disk=b.img,serial=X").contains("share serial X"));
+        assert!(err("lsi,disk=a.img,wwn=0x6000000000000001").contains("NAA type 6"));
+        assert!(err("socket=x,serial=A").contains("unknown key"));
+    }
+
     #[test]
     fn lsi_takes_disks_and_readonly() {
         let s: RemoteDevSpec = "lsi,disk=a.img,disk=b.img,readonly=on".parse().unwrap();
         assert_eq!(
             s.endpoint,
             Endpoint::Lsi {
-                disks: vec!["a.img".into(), "b.img".into()],
+                disks: vec![disk("a.img"), disk("b.img")],
                 readonly: true,
                 discard: true,
                 format: None,

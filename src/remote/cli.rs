@@ -14,6 +14,7 @@ use super::user::UserSpec;
 use crate::device_model::DeviceModel;
 use crate::lsi::Lsi53c895a;
 use crate::protocol::channel::Channel;
+use crate::scsi::identity::DiskSpec;
 use crate::scsi::image::Format;
 use crate::scsi::{DiskOptions, ScsiDisk};
 
@@ -46,9 +47,12 @@ pub enum RemoteKind {
         /// Listen on this UNIX socket and serve the first VMM that connects.
         #[arg(long)]
         socket: Option<PathBuf>,
-        /// A raw disk image; repeat for more disks. None: a scratch image.
-        #[arg(long = "disk", value_name = "PATH")]
-        disks: Vec<PathBuf>,
+        /// A disk image (raw or qcow2) on the next SCSI id; repeat for more
+        /// disks. None: a scratch image. Its identity may follow:
+        /// PATH,serial=S,wwn=0x5...,vendor=V,product=P (defaults are
+        /// stable, derived from the path and SCSI id).
+        #[arg(long = "disk", value_name = "PATH[,KEY=VALUE]...")]
+        disks: Vec<DiskSpec>,
         /// Present the disks write-protected.
         #[arg(long)]
         readonly: bool,
@@ -126,6 +130,8 @@ pub enum RemoteCliError {
     },
     #[error(transparent)]
     Disk(#[from] crate::scsi::image::ImageError),
+    #[error(transparent)]
+    Identity(#[from] crate::scsi::identity::IdentityError),
     #[error("cannot create a scratch disk: {0}")]
     Scratch(#[source] std::io::Error),
     #[error("at most {max} disks fit on one controller", max = crate::lsi::MAX_TARGETS)]
@@ -192,24 +198,36 @@ pub fn run(kind: RemoteKind) -> Result<(), RemoteCliError> {
         disabled: no_sandbox,
     })?;
     if disks.is_empty() {
-        disks.push(scratch_disk()?);
+        disks.push(DiskSpec {
+            path: scratch_disk()?,
+            identity: Default::default(),
+        });
     }
     if disks.len() > crate::lsi::MAX_TARGETS {
         return Err(RemoteCliError::TooManyDisks);
     }
-    let disks = disks
+    let identities: Vec<_> = disks
         .iter()
         .enumerate()
-        .map(|(i, p)| {
+        .map(|(i, d)| d.identity.resolve(&d.path, i))
+        .collect();
+    crate::scsi::identity::check_unique(&identities)?;
+    let disks = disks
+        .iter()
+        .zip(identities)
+        .enumerate()
+        .map(|(i, (d, identity))| {
+            let p = &d.path;
             let options = DiskOptions {
                 readonly,
                 discard: discard == OnOff::On,
                 format,
-                serial: format!("VMM{:05}{i}", std::process::id() % 100_000),
+                identity,
             };
+            let (serial, wwn) = (options.identity.serial.clone(), options.identity.wwn);
             let disk = ScsiDisk::open(p, options)?;
             log::info!(
-                "SCSI id {i}: {} ({}, {} blocks{}{})",
+                "SCSI id {i}: {} ({}, {} blocks, serial {serial}, wwn {wwn:#018x}{}{})",
                 p.display(),
                 disk.format(),
                 disk.blocks(),

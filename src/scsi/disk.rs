@@ -6,12 +6,11 @@ use std::sync::Mutex;
 
 use super::cdb::Command;
 use super::discard;
+use super::identity::Identity;
 use super::image::{Format, Image, ImageError};
 use super::sense::Sense;
 
 pub use super::image::BLOCK_SIZE;
-const VENDOR: &[u8; 8] = b"VMM     ";
-const PRODUCT: &[u8; 16] = b"LSI REMOTE DISK ";
 const REVISION: &[u8; 4] = b"0.1 ";
 /// Peripheral qualifier 3, type 0x1f: no device at this LUN.
 const NO_LUN: u8 = 0x7f;
@@ -27,17 +26,17 @@ pub struct DiskOptions {
     pub discard: bool,
     /// The image's format; `None`: what its first bytes say.
     pub format: Option<Format>,
-    pub serial: String,
+    pub identity: Identity,
 }
 
 impl DiskOptions {
     /// Writable, discard on.
-    pub fn new(serial: impl Into<String>) -> Self {
+    pub fn new(serial: &str) -> Self {
         DiskOptions {
             readonly: false,
             discard: true,
             format: None,
-            serial: serial.into(),
+            identity: Identity::with_serial(serial),
         }
     }
 }
@@ -48,7 +47,7 @@ pub struct ScsiDisk {
     readonly: bool,
     /// Logical block provisioning is offered (never on a read-only disk).
     discard: bool,
-    serial: String,
+    identity: Identity,
     /// Sense of the last failed command, for REQUEST SENSE (no autosense).
     pending_sense: Mutex<Option<Sense>>,
 }
@@ -76,7 +75,7 @@ impl ScsiDisk {
             image,
             readonly: options.readonly,
             discard: options.discard && !options.readonly,
-            serial: options.serial,
+            identity: options.identity,
             pending_sense: Mutex::new(None),
         }
     }
@@ -306,8 +305,8 @@ impl ScsiDisk {
         d[3] = 0x12; // HiSup, response data format 2
         d[4] = 36 - 5;
         d[7] = 0x02; // CmdQue: tagged queuing
-        d[8..16].copy_from_slice(VENDOR);
-        d[16..32].copy_from_slice(PRODUCT);
+        d[8..16].copy_from_slice(&self.identity.vendor_field());
+        d[16..32].copy_from_slice(&self.identity.product_field());
         d[32..36].copy_from_slice(REVISION);
         d
     }
@@ -316,13 +315,17 @@ impl ScsiDisk {
         let body: Vec<u8> = match page {
             0x00 if self.discard => vec![0x00, 0x80, 0x83, 0xb0, 0xb1, 0xb2],
             0x00 => vec![0x00, 0x80, 0x83, 0xb0, 0xb1],
-            0x80 => self.serial.as_bytes().to_vec(),
+            0x80 => self.identity.serial.as_bytes().to_vec(),
             0x83 => {
-                // One T10 vendor-id designator: vendor plus serial, ASCII.
-                let mut id = VENDOR.to_vec();
-                id.extend_from_slice(self.serial.as_bytes());
-                let mut d = vec![0x02, 0x01, 0x00, id.len() as u8];
-                d.extend_from_slice(&id);
+                // The WWN as an NAA designator (binary), which Linux
+                // prefers for the disk's wwid, then a T10 vendor-id
+                // designator: vendor plus serial, ASCII.
+                let mut d = vec![0x01, 0x03, 0x00, 0x08];
+                d.extend_from_slice(&self.identity.wwn.to_be_bytes());
+                let mut t10 = self.identity.vendor_field().to_vec();
+                t10.extend_from_slice(self.identity.serial.as_bytes());
+                d.extend_from_slice(&[0x02, 0x01, 0x00, t10.len() as u8]);
+                d.extend_from_slice(&t10);
                 d
             }
             0xb0 => {
@@ -461,13 +464,23 @@ mod tests {
         assert_eq!(data[0], 0);
         assert_eq!(data[2], 5);
         assert_eq!(data[7] & 0x02, 0x02);
-        assert_eq!(&data[8..16], VENDOR);
+        assert_eq!(&data[8..16], b"VMM     ");
         let short = d.execute(0, &[0x12, 0, 0, 0, 5, 0], &[]).unwrap();
         assert_eq!(short.len(), 5, "allocation length respected");
         let pages = d.execute(0, &[0x12, 1, 0, 0, 255, 0], &[]).unwrap();
         assert_eq!(&pages[4..], &[0x00, 0x80, 0x83, 0xb0, 0xb1, 0xb2]);
         let serial = d.execute(0, &[0x12, 1, 0x80, 0, 255, 0], &[]).unwrap();
         assert_eq!(&serial[4..], b"SERIAL0001");
+        let ids = d.execute(0, &[0x12, 1, 0x83, 0, 255, 0], &[]).unwrap();
+        let wwn = Identity::with_serial("SERIAL0001").wwn;
+        assert_eq!(
+            &ids[4..8],
+            &[0x01, 0x03, 0x00, 0x08],
+            "NAA designator first"
+        );
+        assert_eq!(&ids[8..16], &wwn.to_be_bytes());
+        assert_eq!(&ids[16..20], &[0x02, 0x01, 0x00, 18], "then T10 vendor id");
+        assert_eq!(&ids[20..], b"VMM     SERIAL0001");
         for page in [0x83, 0xb0, 0xb1, 0xb2] {
             let vpd = d.execute(0, &[0x12, 1, page, 0, 255, 0], &[]).unwrap();
             assert_eq!(vpd[1], page);

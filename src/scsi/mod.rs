@@ -8,6 +8,7 @@ pub mod bus;
 pub mod cdb;
 pub mod discard;
 pub mod disk;
+pub mod identity;
 pub mod image;
 pub mod opcodes;
 pub mod pool;
