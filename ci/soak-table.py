@@ -1,7 +1,8 @@
 #!/usr/bin/env python3
-"""Reads ci/soak.sh's console log and the rig kernel's log, and prints the
-soak table: one row per configuration and scenario, one column per way a
-run can end. Usage: soak-table.py CONSOLE L1LOG RUNS CONFIGS SCENARIOS"""
+"""Reads ci/soak.sh's console logs and the rig kernel's logs (one pair per
+part of the soak), and prints the soak table: one row per configuration and
+scenario, one column per way a run can end.
+Usage: soak-table.py RUNS CONFIGS SCENARIOS CONSOLE:L1LOG..."""
 import os
 import re
 import statistics
@@ -41,12 +42,16 @@ def classify(text, rc):
 
 
 def main():
-    console, l1, runs, configs, scenarios = sys.argv[1:6]
+    runs, configs, scenarios = sys.argv[1:4]
     runs = int(runs)
     configs = configs.split(",")
     scenarios = scenarios.split(",")
-    text = open(console, errors="replace").read().replace("\r", "")
-    l1_text = open(l1, errors="replace").read() if l1 else ""
+    texts, l1_texts = [], []
+    for pair in sys.argv[4:]:
+        console, _, l1 = pair.partition(":")
+        texts.append(open(console, errors="replace").read().replace("\r", ""))
+        l1_texts.append(open(l1, errors="replace").read() if l1 else "")
+    text = "\n".join(texts)
     counts = {}
     secs = {}
     kvm = {}
@@ -106,10 +111,14 @@ def main():
     print()
     print(f"Per I/O: KVM's counters of the run's VM (sampled each second while it lived), divided by the job's "
           f"{IOS_PER_RUN} I/Os (boot and shutdown included; medians).")
-    death = next((l.strip() for l in l1_text.splitlines() if L1_DEATH.search(l)), None)
-    print("The rig's own kernel: " + (f"failed: `{death}`" if death else "no failure in its log") + ".")
-    if "SOAK-DONE" not in text:
-        print("The rig ended before the soak did: runs not reached count as 'rig died / not run'.")
+    for n, (part_text, l1_text) in enumerate(zip(texts, l1_texts), 1):
+        which = f" (part {n})" if len(texts) > 1 else ""
+        death = next((l.strip() for l in l1_text.splitlines() if L1_DEATH.search(l)), None)
+        print(f"The rig's own kernel{which}: "
+              + (f"failed: `{death}`" if death else "no failure in its log") + ".")
+        if "SOAK-DONE" not in part_text:
+            print(f"The rig ended before the soak{which} did: runs not reached count as "
+                  "'rig died / not run'.")
     if notes:
         print()
         print("Failures:")

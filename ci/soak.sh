@@ -24,8 +24,15 @@
 #             mid-I/O and restart=on brings a new one; the guest must finish
 #             with fio verify passing
 #
+# A soak longer than one sitting runs in parts: `--part-of NAME` adds
+# --runs more rounds to the record resources/soak/NAME.md, with the same
+# configurations, scenarios, limits and rig, and only at the commit the
+# record was started at (check that commit out, e.g. in a git worktree);
+# the table is then made over every part's logs.
+#
 # usage: ci/soak.sh [--runs N] [--configs a,b] [--scenarios a,b]
 #                   [--timeout SECS] [--cpus N] [--kvm-modules] [--out DIR]
+#                   [--part-of NAME]
 set -euo pipefail
 . "$(dirname "$0")/lib.sh"
 cd "$VMM_ROOT"
@@ -38,6 +45,7 @@ per_run=400
 cpus=$VMM_RIG_CPUS
 kvm_modules=0
 out=""
+part_of=""
 while [ $# -gt 0 ]; do
     case "$1" in
         --runs) runs=$2; shift 2 ;;
@@ -47,11 +55,26 @@ while [ $# -gt 0 ]; do
         --cpus) cpus=$2; shift 2 ;;
         --kvm-modules) kvm_modules=1; shift ;;
         --out) out=$2; shift 2 ;;
-        -h|--help) sed -n '2,28p' "$0"; exit 0 ;;
+        --part-of) part_of=$2; shift 2 ;;
+        -h|--help) sed -n '2,35p' "$0"; exit 0 ;;
         *) die "unknown option $1 (see --help)" ;;
     esac
 done
 case ",$configs," in *,ours-kernel,*) kvm_modules=1 ;; esac
+records=$VMM_ROOT/resources/soak
+commit=$(git rev-parse --short HEAD)$(git diff --quiet HEAD || echo '+local-changes')
+# A later part takes the first part's settings, at its commit only.
+round0=0
+if [ -n "$part_of" ]; then
+    params=$records/$part_of.params
+    [ -f "$params" ] || die "no soak record $part_of to continue ($params missing)"
+    # shellcheck disable=SC1090
+    . "$params"
+    [ "$commit" = "$soak_commit" ] ||
+        die "$part_of ran at $soak_commit, this tree is $commit: check that commit out (git worktree add) to continue it"
+    configs=$soak_configs scenarios=$soak_scenarios per_run=$soak_per_run
+    cpus=$soak_cpus kvm_modules=$soak_kvm_modules round0=$soak_rounds
+fi
 [ -n "$out" ] || out=$VMM_BUILD/soak/soak-$(date +%Y%m%d-%H%M%S)
 mkdir -p "$out"
 ensure_packages qemu-system-x86 busybox-static cpio kmod gzip python3
@@ -138,7 +161,7 @@ kvm_sums() {
 for round in $(seq $RUNS); do
     for scenario in $(echo "$SCENARIOS" | tr ',' ' '); do
         for config in $(echo "$CONFIGS" | tr ',' ' '); do
-            echo "SOAK-RUN: $config $scenario $round"
+            echo "SOAK-RUN: $config $scenario $((ROUND0 + round))"
             rm -f $WORK/kvm-sample.*
             kvm_sampler & sampler=$!
             start=$(date +%s)
@@ -157,7 +180,7 @@ for round in $(seq $RUNS); do
             cat $WORK/run.log
             kill $sampler 2>/dev/null; wait $sampler 2>/dev/null
             echo "SOAK-KVM: $(kvm_sums)"
-            echo "SOAK-END: $config $scenario $round rc=$rc secs=$(( $(date +%s) - start ))"
+            echo "SOAK-END: $config $scenario $((ROUND0 + round)) rc=$rc secs=$(( $(date +%s) - start ))"
         done
     done
 done
@@ -180,7 +203,7 @@ progress() {
     done
 }
 
-vars="RUNS=$runs CONFIGS=$configs SCENARIOS=$scenarios PER_RUN=$per_run"
+vars="RUNS=$runs ROUND0=$round0 CONFIGS=$configs SCENARIOS=$scenarios PER_RUN=$per_run"
 if [ "$where" = "hardware KVM" ]; then
     cargo build --release --locked
     guest=$(guest/build.sh)
@@ -211,21 +234,60 @@ else
     rig_desc="$("$VMM_RIG_QEMU" --version | head -n 1), -cpu $VMM_RIG_CPU -smp $cpus -m 4G${VMM_RIG_APPEND:+, rig kernel with $VMM_RIG_APPEND}, $(sed -n 's/^SOAK-RIG: //p' "$out/console.log" | tr -d '\r' | head -n 1)"
 fi
 
+# The record: the table over every part, and each part's logs compressed,
+# under resources/soak.
+mkdir -p "$records"
+if [ -n "$part_of" ]; then
+    name=$part_of
+    part=$((soak_parts + 1))
+    logs=$records/$name-part$part-logs.tar.gz
+    parts_desc=$(cat "$records/$name.parts")
+else
+    name=$(date -u +%Y-%m-%d-%H%M)-soak
+    part=1
+    logs=$records/$name-logs.tar.gz
+    parts_desc=""
+fi
+tar -C "$out" -czf "$logs" console.log l1.log
+rounds=$((round0 + runs))
+line="- Part $part: $(date -u '+%Y-%m-%d %H:%M') UTC, rounds $((round0 + 1)) to $rounds, logs \`$(basename "$logs")\`"
+printf '%s\n' "${parts_desc:+$parts_desc}" "$line" | sed '/^$/d' > "$records/$name.parts"
+{
+    echo "soak_commit=$commit"
+    echo "soak_configs=$configs"
+    echo "soak_scenarios=$scenarios"
+    echo "soak_per_run=$per_run"
+    echo "soak_cpus=$cpus"
+    echo "soak_kvm_modules=$kvm_modules"
+    echo "soak_rounds=$rounds"
+    echo "soak_parts=$part"
+} > "$records/$name.params"
+# Every part's console and rig-kernel logs, for the table.
+unpacked=$(mktemp -d)
+trap 'rm -rf "$unpacked" "${script:-}" "${work:-}"' EXIT
+pairs=()
+for p in $(seq "$part"); do
+    f=$records/$name-part$p-logs.tar.gz
+    [ "$p" -eq 1 ] && f=$records/$name-logs.tar.gz
+    mkdir -p "$unpacked/$p"
+    tar -C "$unpacked/$p" -xzf "$f"
+    pairs+=("$unpacked/$p/console.log:$unpacked/$p/l1.log")
+done
+kvm_flag=""
+[ "$kvm_modules" -eq 1 ] && kvm_flag=" --kvm-modules"
+in_parts=""
+[ "$part" -gt 1 ] && in_parts=", in $part parts (\`--part-of $name\`)"
 {
     echo "# Soak: how each run ended"
     echo
-    echo "- Date: $(date -u +%Y-%m-%d)"
     echo "- Where: $where ($rig_desc)"
     echo "- Guest kernel: $(basename "$(readlink -f "$VMM_BUILD/guest/bzImage")") from $(ls "$VMM_BUILD/kernel" | head -n 1)"
-    echo "- Command: \`ci/soak.sh --runs $runs --configs $configs --scenarios $scenarios --timeout $per_run --cpus $cpus$([ "$kvm_modules" -eq 1 ] && echo ' --kvm-modules')\`"
-    echo "- Commit: $(git rev-parse --short HEAD)$(git diff --quiet || echo ' (with local changes)')"
+    echo "- Command: \`ci/soak.sh --runs $rounds --configs $configs --scenarios $scenarios --timeout $per_run --cpus $cpus$kvm_flag\`$in_parts"
+    echo "- Commit: $commit"
+    cat "$records/$name.parts"
     echo
-    python3 ci/soak-table.py "$out/console.log" "$out/l1.log" "$runs" "$configs" "$scenarios"
+    python3 ci/soak-table.py "$rounds" "$configs" "$scenarios" "${pairs[@]}"
 } > "$out/table.md"
 cat "$out/table.md"
-# The record: the table and its logs, compressed, under resources/soak.
-record=$VMM_ROOT/resources/soak/$(date -u +%Y-%m-%d-%H%M)-soak
-mkdir -p "$(dirname "$record")"
-cp "$out/table.md" "$record.md"
-tar -C "$out" -czf "$record-logs.tar.gz" console.log l1.log
-log "table, console and the rig kernel's log: $out; kept as $record.md and $record-logs.tar.gz"
+cp "$out/table.md" "$records/$name.md"
+log "table: $records/$name.md (part $part, logs $logs); more rounds: ci/soak.sh --runs N --part-of $name"
