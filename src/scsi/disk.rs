@@ -977,6 +977,32 @@ mod tests {
             }
         }
 
+        /// A remote killed after a write completed, before any SYNCHRONIZE
+        /// CACHE: the next remote (restart=on) must read what the guest
+        /// was told is written.
+        #[test]
+        fn a_completed_write_survives_the_process_without_a_flush() {
+            let path = make_qcow2(8 << 20, None);
+            let first = ScsiDisk::open(&path, DiskOptions::new("Q")).unwrap();
+            let data = vec![0x3cu8; 64 << 10];
+            first.execute(0, &write10(4096, 128), &data).unwrap();
+            first
+                .execute(0, &[0x41, 0, 0, 0, 0x20, 0, 0, 0, 8, 0], &[0x7e; 512])
+                .unwrap();
+            // Killed: no drop, so nothing is flushed on the way out.
+            std::mem::forget(first);
+            let next = ScsiDisk::open(&path, DiskOptions::new("Q")).unwrap();
+            assert!(
+                next.execute(0, &read10(4096, 128), &[]).unwrap() == data,
+                "the completed write is lost"
+            );
+            assert!(
+                next.execute(0, &read10(0x2000, 8), &[]).unwrap() == vec![0x7e; 4096],
+                "the completed WRITE SAME is lost"
+            );
+            std::fs::remove_file(path).unwrap();
+        }
+
         #[test]
         fn a_corrupt_qcow2_image_is_a_clear_error() {
             let path = temp_path("corrupt");

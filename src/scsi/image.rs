@@ -150,7 +150,16 @@ impl Image {
         }
     }
 
+    /// Writes `buf` at `offset`. When it returns, the data and what the
+    /// format needs to find it (qcow2 metadata) are in the file, not yet
+    /// synced: the write survives the remote's death, as on a raw image,
+    /// which is what lets `restart=on` lose no completed write.
     pub fn write_at(&self, buf: &[u8], offset: u64) -> io::Result<()> {
+        self.write_cached(buf, offset)?;
+        self.write_back()
+    }
+
+    fn write_cached(&self, buf: &[u8], offset: u64) -> io::Result<()> {
         match &self.kind {
             Kind::Raw(r) => r.file.write_all_at(buf, offset),
             Kind::Qcow2(q) => q.write_at(buf, offset),
@@ -164,13 +173,27 @@ impl Image {
         }
     }
 
+    /// What the format keeps in memory (qcow2 metadata) written into the
+    /// file, not synced. Costs 20 us per allocating 4 KiB write on tmpfs
+    /// against 4 us without (8192 random writes to a new image, this
+    /// host); rewrites of allocated clusters leave nothing to write.
+    fn write_back(&self) -> io::Result<()> {
+        match &self.kind {
+            Kind::Raw(_) => Ok(()),
+            Kind::Qcow2(q) => q.write_back(),
+        }
+    }
+
     /// Gives `len` bytes at `offset` back to the host; they read as zeros
     /// afterwards. A raw image punches a hole, or writes zeros where its
     /// file system cannot; qcow2 frees whole clusters and zeroes the rest.
     pub fn discard(&self, offset: u64, len: u64) -> io::Result<()> {
         let raw = match &self.kind {
             Kind::Raw(r) => r,
-            Kind::Qcow2(q) => return q.discard(offset, len),
+            Kind::Qcow2(q) => {
+                q.discard(offset, len)?;
+                return self.write_back();
+            }
         };
         if !raw.no_holes.load(Ordering::Relaxed) {
             match crate::sys::punch_hole(&raw.file, offset, len) {
@@ -197,17 +220,18 @@ impl Image {
         if let Kind::Qcow2(q) = &self.kind
             && pattern.iter().all(|&b| b == 0)
         {
-            return q.write_zeroes(offset, len);
+            q.write_zeroes(offset, len)?;
+            return self.write_back();
         }
         let per_chunk = (FILL_CHUNK / pattern.len()).max(1);
         let chunk = pattern.repeat(per_chunk.min((len / pattern.len() as u64) as usize));
         let mut done = 0u64;
         while done < len {
             let n = (len - done).min(chunk.len() as u64) as usize;
-            self.write_at(&chunk[..n], offset + done)?;
+            self.write_cached(&chunk[..n], offset + done)?;
             done += n as u64;
         }
-        Ok(())
+        self.write_back()
     }
 }
 

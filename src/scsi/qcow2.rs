@@ -102,6 +102,11 @@ impl Qcow2Image {
         access.sync()
     }
 
+    /// Metadata back into the file, without syncing it.
+    pub fn write_back(&self) -> io::Result<()> {
+        self.read_lock().flush()
+    }
+
     /// Frees the clusters the range covers whole and zeroes the rest.
     pub fn discard(&self, offset: u64, len: u64) -> io::Result<()> {
         self.access
