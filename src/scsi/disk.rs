@@ -48,6 +48,8 @@ pub struct ScsiDisk {
     /// Logical block provisioning is offered (never on a read-only disk).
     discard: bool,
     identity: Identity,
+    /// Opcodes already reported as unsupported (a bit each).
+    unsupported_seen: [std::sync::atomic::AtomicU64; 4],
     /// Sense of the last failed command, for REQUEST SENSE (no autosense).
     pending_sense: Mutex<Option<Sense>>,
 }
@@ -77,6 +79,7 @@ impl ScsiDisk {
             discard: options.discard && !options.readonly,
             identity: options.identity,
             pending_sense: Mutex::new(None),
+            unsupported_seen: Default::default(),
         }
     }
 
@@ -105,8 +108,26 @@ impl ScsiDisk {
         if let Err(sense) = result {
             // REQUEST SENSE itself never fails, so it never overwrites.
             *self.pending_sense.lock().expect("sense lock") = Some(sense);
+            if sense == Sense::INVALID_OPCODE
+                && let Some(&op) = cdb.first()
+            {
+                self.note_unsupported(op);
+            }
         }
         result
+    }
+
+    /// Says once per opcode that a guest sent a command we do not have:
+    /// what a user (or we) needs to know to see what a guest's tools miss.
+    fn note_unsupported(&self, opcode: u8) {
+        let bit = 1u64 << (opcode % 64);
+        let seen = &self.unsupported_seen[usize::from(opcode / 64)];
+        if seen.fetch_or(bit, std::sync::atomic::Ordering::Relaxed) & bit == 0 {
+            log::info!(
+                "SCSI: the guest sent opcode {opcode:#04x}, which this disk does not \
+                 implement; answered INVALID COMMAND OPERATION CODE (said once per opcode)"
+            );
+        }
     }
 
     fn run(&self, lun: u8, cmd: Command, data_out: &[u8]) -> Result<Vec<u8>, Sense> {
