@@ -135,8 +135,8 @@ fn outcome(name: &str) -> Option<&'static Outcome> {
     )
 }
 
-/// The checksum the first boot wrote and the one the second read back.
-fn sums(o: &Outcome) -> (String, String) {
+/// The second boot read back the checksum of the files the first wrote.
+fn assert_files_read_back(o: &Outcome) {
     let find = |prefix: &str| {
         o.output
             .lines()
@@ -147,7 +147,12 @@ fn sums(o: &Outcome) -> (String, String) {
     };
     let written = find("VMM-GUEST: wrote ");
     let read = find("VMM-GUEST: read ");
-    (written, read)
+    assert_eq!(
+        read,
+        format!("{written}, written {written}"),
+        "{}",
+        o.output
+    );
 }
 
 #[test]
@@ -156,13 +161,7 @@ fn qemu_reads_the_files_our_remote_wrote_into_a_qcow2_image() {
         return;
     };
     o.assert_contains("vmm-remote: [INFO] SCSI id 0: /tmp/q.qcow2 (qcow2, 131072 blocks, serial ");
-    let (written, read) = sums(o);
-    assert_eq!(
-        read,
-        format!("{written}, written {written}"),
-        "{}",
-        o.output
-    );
+    assert_files_read_back(o);
     o.assert_contains("qemu-img check: No errors were found on the image.");
     o.assert_contains("qemu exited 0");
     o.assert_contains("VMM-GUEST: fio done: ok");
@@ -177,13 +176,7 @@ fn our_remote_reads_the_files_qemu_wrote_into_a_qcow2_image() {
     };
     o.assert_contains("qemu exited 0");
     o.assert_contains("(qcow2, 131072 blocks, serial ");
-    let (written, read) = sums(o);
-    assert_eq!(
-        read,
-        format!("{written}, written {written}"),
-        "{}",
-        o.output
-    );
+    assert_files_read_back(o);
     o.assert_contains("qemu-img check: No errors were found on the image.");
     o.assert_exited("vmm", 0);
 }
