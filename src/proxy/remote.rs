@@ -102,7 +102,6 @@ pub fn open(spec: &RemoteDevSpec, index: usize) -> Result<RemoteProcess, RemoteE
             disks,
             readonly,
             discard,
-            format,
             sandbox,
             user,
             posted_register_writes,
@@ -126,10 +125,6 @@ pub fn open(spec: &RemoteDevSpec, index: usize) -> Result<RemoteProcess, RemoteE
             if !*discard {
                 args.push("--discard".into());
                 args.push("off".into());
-            }
-            if let Some(format) = format {
-                args.push("--format".into());
-                args.push(format.clone());
             }
             if !*sandbox {
                 args.push("--no-sandbox".into());

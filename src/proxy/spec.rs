@@ -4,7 +4,7 @@
 use std::path::PathBuf;
 use std::str::FromStr;
 
-use crate::scsi::identity::{DiskSpec, IdentitySpec};
+use crate::scsi::identity::DiskSpec;
 
 /// `restart=on` starts a remote that keeps dying at most this many times.
 pub const MAX_RESTARTS: u32 = 5;
@@ -24,8 +24,6 @@ pub enum Endpoint {
         readonly: bool,
         /// UNMAP and WRITE SAME deallocate (holes in the image).
         discard: bool,
-        /// `raw` or `qcow2`; `None`: each image's first bytes say.
-        format: Option<String>,
         /// seccomp and no_new_privs in the remote (`sandbox=off` for
         /// debugging).
         sandbox: bool,
@@ -190,9 +188,9 @@ pub const KEYS: &[KeyHelp] = &[
     KeyHelp {
         key: "format",
         values: "raw|qcow2",
-        default: "detected per image (then a qcow2 image may not open a backing file)",
+        default: "what the image's first bytes say (a qcow2 image then may not open a backing file)",
         applies: Applies::Lsi,
-        meaning: "the disk images' format; name it to let a qcow2 image open its backing file",
+        meaning: "the format of the disk= before it; name qcow2 to let the image open its backing file",
     },
     KeyHelp {
         key: "discard",
@@ -313,7 +311,6 @@ impl FromStr for RemoteDevSpec {
         let mut disks = Vec::new();
         let mut readonly = false;
         let mut discard = true;
-        let mut format = None;
         let mut sandbox = true;
         let mut lsi = false;
         let mut ioregionfd = None;
@@ -383,26 +380,17 @@ impl FromStr for RemoteDevSpec {
                         }
                     })
                 }
-                "disk" if lsi => disks.push(DiskSpec {
-                    path: PathBuf::from(value),
-                    identity: IdentitySpec::default(),
-                }),
-                "serial" | "wwn" | "vendor" | "product" if lsi => {
+                "disk" if lsi => disks.push(DiskSpec::new(value)),
+                "format" | "serial" | "wwn" | "vendor" | "product" if lsi => {
                     let Some(disk) = disks.last_mut() else {
                         return Err(format!(
                             "{key}= describes the disk= before it: put it after that disk="
                         ));
                     };
-                    disk.identity.set(key, value).map_err(|e| e.to_string())?;
+                    disk.set(key, value).map_err(|e| e.to_string())?;
                 }
                 "readonly" if lsi => readonly = on_off(key, value)?,
                 "discard" if lsi => discard = on_off(key, value)?,
-                "format" if lsi => {
-                    if !matches!(value, "raw" | "qcow2") {
-                        return Err(format!("format={value}: expected raw or qcow2"));
-                    }
-                    format = Some(value.to_string())
-                }
                 "sandbox" if lsi => sandbox = on_off(key, value)?,
                 "user" if lsi => {
                     if value.is_empty() {
@@ -454,7 +442,6 @@ impl FromStr for RemoteDevSpec {
                 disks,
                 readonly,
                 discard,
-                format,
                 sandbox,
                 user,
                 posted_register_writes,
@@ -527,10 +514,7 @@ mod tests {
     }
 
     fn disk(path: &str) -> DiskSpec {
-        DiskSpec {
-            path: path.into(),
-            identity: IdentitySpec::default(),
-        }
+        DiskSpec::new(path)
     }
 
     #[test]
@@ -562,7 +546,6 @@ mod tests {
                 disks: vec![disk("a.img"), disk("b.img")],
                 readonly: true,
                 discard: true,
-                format: None,
                 sandbox: true,
                 user: None,
                 posted_register_writes: false,
@@ -576,15 +559,23 @@ mod tests {
                 disks: vec![],
                 readonly: false,
                 discard: true,
-                format: None,
                 sandbox: true,
                 user: None,
                 posted_register_writes: false,
             }
         );
-        let s: RemoteDevSpec = "lsi,format=qcow2".parse().unwrap();
-        assert!(matches!(s.endpoint, Endpoint::Lsi { format: Some(ref f), .. } if f == "qcow2"));
-        assert!("lsi,format=vmdk".parse::<RemoteDevSpec>().is_err());
+        let s: RemoteDevSpec = "lsi,disk=a.qcow2,format=qcow2,disk=b.img".parse().unwrap();
+        let Endpoint::Lsi { disks, .. } = s.endpoint else {
+            panic!("not lsi")
+        };
+        assert_eq!(disks[0].format, Some(crate::scsi::image::Format::Qcow2));
+        assert_eq!(disks[1].format, None, "format= names the disk before it");
+        assert!(
+            "lsi,disk=a.img,format=vmdk"
+                .parse::<RemoteDevSpec>()
+                .is_err()
+        );
+        assert!("lsi,format=qcow2".parse::<RemoteDevSpec>().is_err());
         let s: RemoteDevSpec = "lsi,discard=off".parse().unwrap();
         assert!(matches!(s.endpoint, Endpoint::Lsi { discard: false, .. }));
         assert!("socket=x,discard=off".parse::<RemoteDevSpec>().is_err());

@@ -15,7 +15,6 @@ use crate::device_model::DeviceModel;
 use crate::lsi::Lsi53c895a;
 use crate::protocol::channel::Channel;
 use crate::scsi::identity::DiskSpec;
-use crate::scsi::image::Format;
 use crate::scsi::{DiskOptions, ScsiDisk};
 
 /// Size of the scratch disk made when no image is given.
@@ -48,9 +47,11 @@ pub enum RemoteKind {
         #[arg(long)]
         socket: Option<PathBuf>,
         /// A disk image (raw or qcow2) on the next SCSI id; repeat for more
-        /// disks. None: a scratch image. Its identity may follow:
-        /// PATH,serial=S,wwn=0x5...,vendor=V,product=P (defaults are
-        /// stable, derived from the path and SCSI id).
+        /// disks. None: a scratch image. Its format (detected by default;
+        /// name qcow2 to let the image open its backing file) and identity
+        /// may follow: PATH,format=qcow2,serial=S,wwn=0x5...,vendor=V,
+        /// product=P (default serial and WWN are stable, derived from the
+        /// path and SCSI id).
         #[arg(long = "disk", value_name = "PATH[,KEY=VALUE]...")]
         disks: Vec<DiskSpec>,
         /// Present the disks write-protected.
@@ -61,11 +62,6 @@ pub enum RemoteKind {
         /// image. Off: the disks say they cannot.
         #[arg(long, value_enum, default_value_t = OnOff::On)]
         discard: OnOff,
-        /// The disk images' format. Without it, each image's first bytes
-        /// say (a qcow2 image then may not open a backing file: name the
-        /// format for that).
-        #[arg(long, value_enum)]
-        format: Option<Format>,
         /// When started as root, become this user once the disks and the
         /// socket are open (supplementary groups dropped; GID defaults to
         /// the user's primary group).
@@ -167,7 +163,6 @@ pub fn run(kind: RemoteKind) -> Result<(), RemoteCliError> {
         mut disks,
         readonly,
         discard,
-        format,
         user,
         no_sandbox,
         register_writes,
@@ -198,10 +193,7 @@ pub fn run(kind: RemoteKind) -> Result<(), RemoteCliError> {
         disabled: no_sandbox,
     })?;
     if disks.is_empty() {
-        disks.push(DiskSpec {
-            path: scratch_disk()?,
-            identity: Default::default(),
-        });
+        disks.push(DiskSpec::new(scratch_disk()?));
     }
     if disks.len() > crate::lsi::MAX_TARGETS {
         return Err(RemoteCliError::TooManyDisks);
@@ -221,7 +213,7 @@ pub fn run(kind: RemoteKind) -> Result<(), RemoteCliError> {
             let options = DiskOptions {
                 readonly,
                 discard: discard == OnOff::On,
-                format,
+                format: d.format,
                 identity,
             };
             let (serial, wwn) = (options.identity.serial.clone(), options.identity.wwn);

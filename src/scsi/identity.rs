@@ -8,11 +8,13 @@ use std::fmt;
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
 
+use super::image::Format;
+
 pub const DEFAULT_VENDOR: &str = "VMM";
 pub const DEFAULT_PRODUCT: &str = "LSI REMOTE DISK";
-/// The keys a disk's identity takes, on `--remote-dev` and `vmm remote lsi
-/// --disk`.
-pub const KEYS: [&str; 4] = ["serial", "wwn", "vendor", "product"];
+/// The keys that describe one disk, on `--remote-dev` (after its
+/// `disk=`) and on `vmm remote lsi --disk PATH,...`.
+pub const DISK_KEYS: [&str; 5] = ["format", "serial", "wwn", "vendor", "product"];
 const MAX_SERIAL: usize = 36;
 const MAX_VENDOR: usize = 8;
 const MAX_PRODUCT: usize = 16;
@@ -34,7 +36,7 @@ pub enum IdentityError {
         value: String,
         reason: String,
     },
-    #[error("unknown disk key '{0}': expected serial, wwn, vendor or product")]
+    #[error("unknown disk key '{0}': expected format, serial, wwn, vendor or product")]
     UnknownKey(String),
     #[error("two disks on one controller would share {what} {value}")]
     Shared { what: &'static str, value: String },
@@ -197,12 +199,37 @@ pub fn check_unique(ids: &[Identity]) -> Result<(), IdentityError> {
     Ok(())
 }
 
-/// One disk as `vmm remote lsi --disk` takes it:
-/// `PATH[,serial=S][,wwn=W][,vendor=V][,product=P]`.
+/// One disk as the user describes it (`vmm remote lsi --disk` takes
+/// `PATH[,format=F][,serial=S][,wwn=W][,vendor=V][,product=P]`).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DiskSpec {
     pub path: PathBuf,
+    /// `None`: the image's first bytes say.
+    pub format: Option<Format>,
     pub identity: IdentitySpec,
+}
+
+impl DiskSpec {
+    pub fn new(path: impl Into<PathBuf>) -> Self {
+        DiskSpec {
+            path: path.into(),
+            format: None,
+            identity: IdentitySpec::default(),
+        }
+    }
+
+    /// Sets one of `DISK_KEYS` from the user's text.
+    pub fn set(&mut self, key: &str, value: &str) -> Result<(), IdentityError> {
+        if key != "format" {
+            return self.identity.set(key, value);
+        }
+        self.format = Some(match value {
+            "raw" => Format::Raw,
+            "qcow2" => Format::Qcow2,
+            _ => return Err(invalid(key, value, "raw or qcow2")),
+        });
+        Ok(())
+    }
 }
 
 impl FromStr for DiskSpec {
@@ -211,28 +238,28 @@ impl FromStr for DiskSpec {
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         // The path ends where the first ",KEY=" of a known key starts, so
         // a path may hold other commas.
-        let cut = KEYS
+        let cut = DISK_KEYS
             .iter()
             .filter_map(|k| s.find(&format!(",{k}=")))
             .min()
             .unwrap_or(s.len());
-        let mut identity = IdentitySpec::default();
+        let mut disk = DiskSpec::new(&s[..cut]);
         if cut < s.len() {
             for pair in s[cut + 1..].split(',') {
                 let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
-                identity.set(key, value)?;
+                disk.set(key, value)?;
             }
         }
-        Ok(DiskSpec {
-            path: PathBuf::from(&s[..cut]),
-            identity,
-        })
+        Ok(disk)
     }
 }
 
 impl fmt::Display for DiskSpec {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "{}", self.path.display())?;
+        if let Some(format) = self.format {
+            write!(f, ",format={format}")?;
+        }
         let id = &self.identity;
         if let Some(s) = &id.serial {
             write!(f, ",serial={s}")?;
@@ -326,7 +353,8 @@ mod tests {
         assert_eq!(d.identity.serial.as_deref(), Some("X1"));
         assert_eq!(d.to_string().parse::<DiskSpec>().unwrap(), d);
         let plain: DiskSpec = "disk.img".parse().unwrap();
-        assert_eq!(plain.identity, IdentitySpec::default());
+        assert_eq!(plain, DiskSpec::new("disk.img"));
         assert!("a.img,serial=".parse::<DiskSpec>().is_err());
+        assert!("a.img,format=vmdk".parse::<DiskSpec>().is_err());
     }
 }
