@@ -37,6 +37,8 @@ pub enum BootError {
         #[source]
         source: linux_loader::loader::Error,
     },
+    #[error("{path} is not a bzImage or ELF kernel: {reason}")]
+    NotElfKernel { path: PathBuf, reason: String },
     #[error("cannot open initrd {path}: {source}")]
     OpenInitrd {
         path: PathBuf,
@@ -112,6 +114,65 @@ fn load_image<L: KernelLoader>(
     })
 }
 
+/// An ELF we may start as a kernel: a fixed-address x86-64 executable whose
+/// segments all lie above the low megabyte. The loader alone would take a
+/// position-independent program (any static-pie binary) and copy segments
+/// linked at 0 over the zero page, then jump into it.
+fn check_elf_kernel(file: &mut File, path: &Path) -> Result<(), BootError> {
+    use std::io::{Read, Seek, SeekFrom};
+    const ET_EXEC: u16 = 2;
+    const EM_X86_64: u16 = 62;
+    const PT_LOAD: u32 = 1;
+    const PHDR_SIZE: usize = 56;
+    const MAX_PHDRS: u16 = 64;
+    let refuse = |reason: String| BootError::NotElfKernel {
+        path: path.to_owned(),
+        reason,
+    };
+    let io = |e: std::io::Error| refuse(format!("cannot read its ELF headers: {e}"));
+    let mut ehdr = [0u8; 64];
+    file.rewind().map_err(io)?;
+    file.read_exact(&mut ehdr).map_err(io)?;
+    let u16_at = |b: &[u8], at: usize| u16::from_le_bytes([b[at], b[at + 1]]);
+    let u64_at =
+        |b: &[u8], at: usize| u64::from_le_bytes(b[at..at + 8].try_into().expect("8 bytes"));
+    if ehdr[4] != 2 || ehdr[5] != 1 {
+        return Err(refuse("not a little-endian ELF64 file".into()));
+    }
+    let e_type = u16_at(&ehdr, 16);
+    if e_type != ET_EXEC {
+        return Err(refuse(format!(
+            "ELF type {e_type} is not ET_EXEC (a position-independent program is not a kernel)"
+        )));
+    }
+    let machine = u16_at(&ehdr, 18);
+    if machine != EM_X86_64 {
+        return Err(refuse(format!("ELF machine {machine} is not x86-64")));
+    }
+    let phoff = u64_at(&ehdr, 32);
+    let phentsize = usize::from(u16_at(&ehdr, 54));
+    let phnum = u16_at(&ehdr, 56);
+    if phentsize != PHDR_SIZE || phnum == 0 || phnum > MAX_PHDRS {
+        return Err(refuse(format!(
+            "{phnum} program headers of {phentsize} bytes (expected 1 to {MAX_PHDRS} of {PHDR_SIZE})"
+        )));
+    }
+    let mut phdrs = vec![0u8; PHDR_SIZE * usize::from(phnum)];
+    file.seek(SeekFrom::Start(phoff)).map_err(io)?;
+    file.read_exact(&mut phdrs).map_err(io)?;
+    for ph in phdrs.chunks_exact(PHDR_SIZE) {
+        let p_type = u32::from_le_bytes(ph[0..4].try_into().expect("4 bytes"));
+        let paddr = u64_at(ph, 24);
+        if p_type == PT_LOAD && paddr < layout::HIMEM_START {
+            return Err(refuse(format!(
+                "a segment loads at {paddr:#x}, below {:#x} where the boot structures live",
+                layout::HIMEM_START
+            )));
+        }
+    }
+    file.rewind().map_err(io)
+}
+
 /// Loads kernel, initrd and command line and writes the zero page.
 pub fn load_linux(
     mem: &GuestMemoryMmap,
@@ -134,6 +195,7 @@ pub fn load_linux(
     // An uncompressed ELF (a vmlinux, or a small probe guest) starts at its
     // own entry point in 64-bit mode; a bzImage at its 64-bit entry.
     let (mut params, kernel_end, entry) = if is_elf {
+        check_elf_kernel(&mut kernel_file, kernel)?;
         let loaded = load_image::<Elf>(mem, &mut kernel_file, kernel)?;
         let mut params = boot_params::default();
         params.hdr.boot_flag = KERNEL_BOOT_FLAG_MAGIC;
@@ -347,6 +409,42 @@ mod tests {
         ph[48..56].copy_from_slice(&0x1000u64.to_le_bytes());
         f.extend_from_slice(code);
         f
+    }
+
+    #[test]
+    fn an_elf_that_is_not_a_kernel_is_refused() {
+        let ram = crate::memory::GuestRam::new(64 << 20).unwrap();
+        let cmdline = build_cmdline(None).unwrap();
+        let dir = std::env::temp_dir().join(format!("vmm-elf-refuse-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let refused = |bytes: &[u8], why: &str| {
+            let path = dir.join(why);
+            std::fs::write(&path, bytes).unwrap();
+            let err = load_linux(&ram.memory, &[(0, 64 << 20)], &path, None, &cmdline).unwrap_err();
+            assert!(
+                matches!(err, BootError::NotElfKernel { .. }),
+                "{why}: {err}"
+            );
+            assert!(
+                err.to_string().contains("is not a bzImage or ELF kernel"),
+                "{err}"
+            );
+        };
+        let mut pie = tiny_elf(&[0xf4]);
+        pie[16] = 3; // ET_DYN
+        refused(&pie, "pie");
+        let mut low = tiny_elf(&[0xf4]);
+        low[64 + 24..64 + 32].copy_from_slice(&0x1000u64.to_le_bytes());
+        refused(&low, "low-segment");
+        let mut arm = tiny_elf(&[0xf4]);
+        arm[18..20].copy_from_slice(&183u16.to_le_bytes());
+        refused(&arm, "aarch64");
+        // This test program itself: a position-independent executable.
+        refused(
+            &std::fs::read(std::env::current_exe().unwrap()).unwrap(),
+            "self",
+        );
+        std::fs::remove_dir_all(dir).unwrap();
     }
 
     #[test]
