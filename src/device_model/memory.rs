@@ -1,6 +1,8 @@
 //! Guest RAM as the remote sees it: the VMM's memfd regions mapped shared,
 //! behind one checked accessor, so a guest-programmed address outside RAM
-//! is an error for the device model to report, never a wild access.
+//! is an error for the device model to report, never a wild access. Where
+//! the peer shares RAM without an fd (a vfio-user client's DMA_MAP without
+//! one), those ranges are reached through the peer, by message.
 
 use std::fs::File;
 use std::sync::Arc;
@@ -33,11 +35,29 @@ pub enum MemoryError {
     },
     #[error("guest address {addr:#x}+{len:#x} is outside guest RAM")]
     OutOfRange { addr: u64, len: usize },
+    #[error("DMA at {addr:#x}+{len:#x} through the peer failed: {why}")]
+    ByMessage { addr: u64, len: usize, why: String },
+}
+
+/// Guest RAM the device reaches by asking its peer to copy (vfio-user's
+/// DMA_READ and DMA_WRITE): slow, one round trip per access, but the only
+/// way into RAM the peer shares without an fd.
+pub trait DmaByMessage: Send + Sync {
+    fn read(&self, addr: u64, buf: &mut [u8]) -> Result<(), String>;
+    fn write(&self, addr: u64, buf: &[u8]) -> Result<(), String>;
+}
+
+/// Ranges (start, size) served by `port`.
+#[derive(Clone)]
+struct MessageRanges {
+    ranges: Vec<(u64, u64)>,
+    port: Arc<dyn DmaByMessage>,
 }
 
 #[derive(Clone, Default)]
 pub struct DeviceMemory {
     memory: Option<Arc<GuestMemoryMmap>>,
+    by_message: Option<MessageRanges>,
 }
 
 impl DeviceMemory {
@@ -59,30 +79,58 @@ impl DeviceMemory {
         let memory = GuestMemoryMmap::from_arc_regions(mapped).map_err(|_| MemoryError::Overlap)?;
         Ok(DeviceMemory {
             memory: Some(Arc::new(memory)),
+            by_message: None,
         })
+    }
+
+    /// Adds `ranges` (start, size), reached through `port`. An access must
+    /// lie whole in mapped RAM or whole in one of these ranges.
+    pub fn with_message_ranges(
+        mut self,
+        ranges: Vec<(u64, u64)>,
+        port: Arc<dyn DmaByMessage>,
+    ) -> Self {
+        self.by_message = (!ranges.is_empty()).then_some(MessageRanges { ranges, port });
+        self
+    }
+
+    /// The port whose ranges hold `addr..addr+len` whole.
+    fn port_for(&self, addr: u64, len: usize) -> Option<&dyn DmaByMessage> {
+        let m = self.by_message.as_ref()?;
+        let end = addr.checked_add(len as u64)?;
+        m.ranges
+            .iter()
+            .any(|&(start, size)| start <= addr && end <= start.saturating_add(size))
+            .then_some(&*m.port)
     }
 
     /// Reads guest RAM; fails without touching anything if any byte is outside.
     pub fn read(&self, addr: u64, buf: &mut [u8]) -> Result<(), MemoryError> {
-        let out = || MemoryError::OutOfRange {
-            addr,
-            len: buf.len(),
-        };
-        let mem = self.memory.as_ref().ok_or_else(out)?;
-        mem.read_slice(buf, GuestAddress(addr))
-            .map_err(|_| MemoryError::OutOfRange {
-                addr,
-                len: buf.len(),
-            })
+        let len = buf.len();
+        if let Some(mem) = &self.memory
+            && mem.read_slice(buf, GuestAddress(addr)).is_ok()
+        {
+            return Ok(());
+        }
+        let port = self
+            .port_for(addr, len)
+            .ok_or(MemoryError::OutOfRange { addr, len })?;
+        port.read(addr, buf)
+            .map_err(|why| MemoryError::ByMessage { addr, len, why })
     }
 
     pub fn write(&self, addr: u64, buf: &[u8]) -> Result<(), MemoryError> {
-        let out = || MemoryError::OutOfRange {
-            addr,
-            len: buf.len(),
-        };
-        let mem = self.memory.as_ref().ok_or_else(out)?;
-        mem.write_slice(buf, GuestAddress(addr)).map_err(|_| out())
+        let len = buf.len();
+        if let Some(mem) = &self.memory
+            && mem.write_slice(buf, GuestAddress(addr)).is_ok()
+        {
+            return Ok(());
+        }
+        let port = self
+            .port_for(addr, len)
+            .ok_or(MemoryError::OutOfRange { addr, len })?;
+        port.write(addr, buf)
+            .map_err(|why| MemoryError::ByMessage { addr, len, why })
     }
 }
 

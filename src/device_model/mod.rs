@@ -11,7 +11,7 @@ pub mod scratch;
 pub use crate::mirror::{MirrorOffer, RegisterMirror};
 pub use crate::pci::PciDevice;
 pub use irq::{InterruptLine, SharedIrq};
-pub use memory::DeviceMemory;
+pub use memory::{DeviceMemory, DmaByMessage};
 
 /// A range of a BAR the device wants served over ioregionfd.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -30,6 +30,11 @@ pub struct Scratch {
 
 /// BAR0's last byte, which drives the interrupt line.
 pub const SCRATCH_IRQ_LEVEL: u64 = 0xff;
+/// A write to this byte of BAR0 copies 16 bytes of guest RAM, from the
+/// address in registers 0..8 to the one in 8..16, as a device's DMA would.
+pub const SCRATCH_DMA_COPY: u64 = 0xfe;
+/// Where the copy's outcome lands: 1 done, 0xff failed.
+pub const SCRATCH_DMA_STATUS: usize = 0xfd;
 
 impl PciDevice for Scratch {
     fn config(&self) -> &ConfigSpace {
@@ -51,9 +56,22 @@ impl PciDevice for Scratch {
         {
             irq.lock().unwrap().set_level(data[0] != 0);
         }
+        if bar == 0 && offset == SCRATCH_DMA_COPY {
+            self.regs[SCRATCH_DMA_STATUS] = if self.dma_copy().is_ok() { 1 } else { 0xff };
+        }
         if let Some((mirror, _)) = &self.mirror {
             mirror.set(0, self.regs[0x14]);
         }
+    }
+}
+
+impl Scratch {
+    fn dma_copy(&self) -> Result<(), crate::device_model::memory::MemoryError> {
+        let at = |i: usize| u64::from_le_bytes(self.regs[i..i + 8].try_into().expect("8 bytes"));
+        let memory = self.memory.clone().unwrap_or_default();
+        let mut buf = [0u8; 16];
+        memory.read(at(0), &mut buf)?;
+        memory.write(at(8), &buf)
     }
 }
 

@@ -46,6 +46,12 @@ pub trait Control {
     /// Receives one request, applies it and answers it; false once the
     /// peer has closed the connection.
     fn serve_one(&mut self, link: &DeviceLink) -> Result<bool, ServerError>;
+    /// Requests already taken off the socket wait to be served (vfio-user
+    /// queues the client's commands that arrive while the device waits for
+    /// a DMA transfer through it).
+    fn has_queued(&self) -> bool {
+        false
+    }
 }
 
 /// mpqemu, QEMU's multiprocess protocol with our extensions.
@@ -227,7 +233,8 @@ pub fn serve(
             pollfd(background),
             pollfd(dump.as_ref().map(DumpSignal::raw_fd)),
         ];
-        match sys::poll(&mut fds, -1) {
+        let queued = control.has_queued();
+        match sys::poll(&mut fds, if queued { 0 } else { -1 }) {
             Ok(_) => {}
             Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
             Err(e) => return Err(ServerError::Poll(e)),
@@ -255,7 +262,7 @@ pub fn serve(
                     .unwrap_or("the device keeps no state to dump")
             );
         }
-        if fds[0].revents != 0 && !control.serve_one(&link)? {
+        if (queued || fds[0].revents != 0) && !control.serve_one(&link)? {
             return Ok(());
         }
     }

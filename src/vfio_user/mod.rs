@@ -10,6 +10,7 @@
 
 pub mod client;
 pub mod connection;
+pub mod dma_by_message;
 pub mod header;
 pub mod io_fds;
 pub mod messages;

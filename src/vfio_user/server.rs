@@ -13,9 +13,11 @@
 
 use std::fs::File;
 use std::os::fd::{AsRawFd, RawFd};
+use std::sync::Arc;
 
 use super::WireError;
 use super::connection::{Connection, ConnectionError, Message};
+use super::dma_by_message::Wire;
 use super::header::{Command, Header, Kind};
 use super::io_fds::{self, IoFdKind, RegionIoFds, SubRegion};
 use super::messages::*;
@@ -78,13 +80,14 @@ type Answer = (Vec<u8>, Vec<File>);
 
 struct DmaMapping {
     map: DmaMap,
-    /// None: the client shares no fd for it, and we cannot reach it.
+    /// None: the client shares no fd for it; we reach it by DMA_READ and
+    /// DMA_WRITE.
     file: Option<File>,
 }
 
 /// One client's session.
 pub struct Session {
-    conn: Connection,
+    wire: Arc<Wire>,
     /// The client's capabilities, once VERSION has been exchanged.
     client: Option<Capabilities>,
     maps: Vec<DmaMapping>,
@@ -93,7 +96,7 @@ pub struct Session {
 impl Session {
     pub fn new(sock: std::os::unix::net::UnixStream) -> Self {
         Session {
-            conn: Connection::new(sock, MAX_MESSAGE),
+            wire: Arc::new(Wire::new(Connection::new(sock, MAX_MESSAGE))),
             client: None,
             maps: Vec::new(),
         }
@@ -199,6 +202,8 @@ impl Session {
         if proposed.major != version::MAJOR {
             return Err(SessionError::Version(proposed.major));
         }
+        self.wire
+            .set_client_max_transfer(proposed.caps.max_data_xfer_size);
         self.client = Some(proposed.caps);
         let ours = Version {
             major: version::MAJOR,
@@ -239,10 +244,18 @@ impl Session {
         {
             return Err(refuse(libc::EEXIST, "the range overlaps a mapping"));
         }
-        self.maps.push(DmaMapping {
-            map,
-            file: fds.pop(),
-        });
+        let file = fds.pop();
+        if file.is_none() {
+            log::warn!(
+                "vfio-user: guest RAM {:#x}+{:#x} comes without an fd: the device reaches it \
+                 by DMA_READ and DMA_WRITE, a round trip per transfer. QEMU's vfio-user-pci \
+                 (11.1) answers those only while no vCPU waits for the device, so there its \
+                 guest stalls: give QEMU memory-backend-memfd",
+                map.address,
+                map.size
+            );
+        }
+        self.maps.push(DmaMapping { map, file });
         // Guest RAM is handed over in address order.
         self.maps.sort_by_key(|m| m.map.address);
         if let Err(refusal) = self.remap(link) {
@@ -270,12 +283,17 @@ impl Session {
         Ok((unmap.encode(), Vec::new()))
     }
 
-    /// Gives the device the fd-backed mappings as its guest RAM.
+    /// Gives the device its guest RAM: the fd-backed mappings mapped, the
+    /// others through the client.
     fn remap(&self, link: &DeviceLink) -> Result<(), Refusal> {
         let mut regions = Vec::new();
         let mut files = Vec::new();
+        let mut by_message = Vec::new();
         for m in &self.maps {
-            let Some(file) = &m.file else { continue };
+            let Some(file) = &m.file else {
+                by_message.push((m.map.address, m.map.size));
+                continue;
+            };
             regions.push(SysmemRegion {
                 gpa: m.map.address,
                 size: m.map.size,
@@ -291,7 +309,8 @@ impl Session {
         } else {
             DeviceMemory::map(&regions, files)
                 .map_err(|e| refuse(libc::EINVAL, format!("cannot map guest RAM: {e}")))?
-        };
+        }
+        .with_message_ranges(by_message, self.wire.clone());
         link.device
             .lock()
             .expect("device lock poisoned")
@@ -489,11 +508,15 @@ fn region_io_fds(link: &DeviceLink, index: u32, argsz: u32) -> Result<Answer, Re
 
 impl Control for Session {
     fn socket_fd(&self) -> RawFd {
-        self.conn.socket().as_raw_fd()
+        self.wire.connection().socket().as_raw_fd()
+    }
+
+    fn has_queued(&self) -> bool {
+        self.wire.has_queued()
     }
 
     fn serve_one(&mut self, link: &DeviceLink) -> Result<bool, ServerError> {
-        let m = match self.conn.recv() {
+        let m = match self.wire.next_message() {
             Ok(m) => m,
             Err(ConnectionError::Closed) => return Ok(false),
             Err(e) => return Err(SessionError::from(e).into()),
@@ -514,8 +537,11 @@ impl Control for Session {
             Ok(_) if no_reply => Ok(()),
             Ok((payload, fds)) => {
                 let raw: Vec<RawFd> = fds.iter().map(AsRawFd::as_raw_fd).collect();
-                self.conn
-                    .send(&Header::reply_to(&header, payload.len()), &payload, &raw)
+                self.wire.connection().send(
+                    &Header::reply_to(&header, payload.len()),
+                    &payload,
+                    &raw,
+                )
             }
             Err(refusal) => {
                 log::warn!(
@@ -527,7 +553,7 @@ impl Control for Session {
                 if no_reply {
                     Ok(())
                 } else {
-                    self.conn.send(
+                    self.wire.connection().send(
                         &Header::error_reply_to(&header, refusal.errno as u32),
                         &[],
                         &[],
@@ -828,6 +854,142 @@ mod tests {
                 error: Some(libc::EINVAL as u32)
             }
         );
+    }
+
+    /// What the client's reply to the server's next request should be.
+    enum Answer {
+        Data(Vec<u8>),
+        Done,
+        Refuse(i32),
+    }
+
+    /// Takes the server's next request, checks it and answers it.
+    fn answer_transfer(
+        c: &mut Client,
+        want: Command,
+        at: u64,
+        len: u64,
+        answer: Answer,
+    ) -> DmaAccess {
+        let m = c.conn.recv().unwrap();
+        assert_eq!(m.header.kind, Kind::Command { no_reply: false });
+        assert_eq!(m.header.command, want as u16);
+        let with_data = want == Command::DmaWrite;
+        let access = DmaAccess::decode(want, &m.payload, with_data, 1 << 20).unwrap();
+        assert_eq!((access.address, access.count), (at, len));
+        let (header, payload) = match answer {
+            Answer::Data(data) => {
+                let reply = DmaAccess {
+                    address: at,
+                    count: len,
+                    data,
+                }
+                .encode();
+                (Header::reply_to(&m.header, reply.len()), reply)
+            }
+            Answer::Done => (Header::reply_to(&m.header, 0), Vec::new()),
+            Answer::Refuse(errno) => (Header::error_reply_to(&m.header, errno as u32), Vec::new()),
+        };
+        c.conn.send(&header, &payload, &[]).unwrap();
+        access
+    }
+
+    #[test]
+    fn ram_mapped_without_an_fd_is_reached_by_dma_read_and_write_while_commands_wait_their_turn() {
+        use crate::device_model::scratch::{SCRATCH_DMA_COPY, SCRATCH_DMA_STATUS};
+        let (mut c, dev, _server) = start();
+        hello(&mut c);
+        let map = DmaMap {
+            flags: DMA_READABLE | DMA_WRITABLE,
+            offset: 0,
+            address: 0x4000_0000,
+            size: 0x1_0000,
+        };
+        let (kind, _, _) = c.call(Command::DmaMap, &map.encode());
+        assert_eq!(kind, Kind::Reply { error: None });
+        let copy = |c: &mut Client, from: u64, to: u64| {
+            c.write(0, 0, &from.to_le_bytes(), false);
+            c.write(0, 8, &to.to_le_bytes(), false);
+            let go = RegionAccess {
+                offset: SCRATCH_DMA_COPY,
+                region: 0,
+                count: 1,
+                data: vec![1],
+            };
+            c.send(Command::RegionWrite as u16, &go.encode(), &[], false)
+        };
+        let status = |c: &mut Client| c.read(0, SCRATCH_DMA_STATUS as u64, 1)[0];
+
+        // The copy's write is answered once its transfers are done; a
+        // posted write and a read sent behind it, which arrive while the
+        // server waits for the client's answers, are served after it, in
+        // order.
+        let go = copy(&mut c, 0x4000_0100, 0x4000_0200);
+        c.write(0, 0x20, &[0x55], true);
+        let read = RegionAccess {
+            offset: 0x20,
+            region: 0,
+            count: 1,
+            data: Vec::new(),
+        };
+        let read_id = c.send(Command::RegionRead as u16, &read.encode(), &[], false);
+        let data: Vec<u8> = (0..16).collect();
+        answer_transfer(
+            &mut c,
+            Command::DmaRead,
+            0x4000_0100,
+            16,
+            Answer::Data(data.clone()),
+        );
+        let written = answer_transfer(&mut c, Command::DmaWrite, 0x4000_0200, 16, Answer::Done);
+        assert_eq!(written.data, data);
+        let m = c.conn.recv().unwrap();
+        assert_eq!(
+            (m.header.id, m.header.kind),
+            (go, Kind::Reply { error: None })
+        );
+        let m = c.conn.recv().unwrap();
+        assert_eq!(m.header.id, read_id);
+        let value = RegionAccess::decode(Command::RegionRead, &m.payload, true, 1 << 20).unwrap();
+        assert_eq!(value.data, vec![0x55], "the posted write came first");
+        assert_eq!(status(&mut c), 1);
+
+        // A client that refuses the transfer fails the device's DMA.
+        let go = copy(&mut c, 0x4000_0100, 0x4000_0200);
+        answer_transfer(
+            &mut c,
+            Command::DmaRead,
+            0x4000_0100,
+            16,
+            Answer::Refuse(libc::EFAULT),
+        );
+        assert_eq!(c.conn.recv().unwrap().header.id, go);
+        assert_eq!(status(&mut c), 0xff);
+
+        // A reply that lies about the range it holds fails it too.
+        let go = copy(&mut c, 0x4000_0100, 0x4000_0200);
+        let m = c.conn.recv().unwrap();
+        let lie = DmaAccess {
+            address: 0x4000_0108,
+            count: 16,
+            data: vec![0; 16],
+        }
+        .encode();
+        c.conn
+            .send(&Header::reply_to(&m.header, lie.len()), &lie, &[])
+            .unwrap();
+        assert_eq!(c.conn.recv().unwrap().header.id, go);
+        assert_eq!(status(&mut c), 0xff);
+
+        // Outside every mapping: no transfer is asked for at all.
+        let go = copy(&mut c, 0x5000_0000, 0x4000_0200);
+        assert_eq!(c.conn.recv().unwrap().header.id, go);
+        assert_eq!(status(&mut c), 0xff);
+        // Straddling the mapping's end: refused as well.
+        let go = copy(&mut c, 0x4000_fff8, 0x4000_0200);
+        assert_eq!(c.conn.recv().unwrap().header.id, go);
+        assert_eq!(status(&mut c), 0xff);
+        assert!(dev.lock().unwrap().memory.is_some());
     }
 
     #[test]
