@@ -470,16 +470,30 @@ fn several_disks_get_consecutive_scsi_ids() {
     o.assert_contains(
         "VMM-GUEST: id 0:0:0:0 vendor=ACME model=FastDisk wwid=naa.5000c500a1b2c3d4 serial=DISK-A",
     );
-    o.assert_contains("VMM-GUEST: id 0:0:1:0 vendor=VMM model=LSI REMOTE DISK wwid=naa.3");
-    let second_serial = o
+    // Linux's wwid passes over an NAA 3 designator (scsi_vpd_lun_id), and
+    // our default WWN is NAA 3 (locally assigned: we have no IEEE company
+    // id to put in an NAA 5), so the guest falls back to the T10 vendor
+    // designator: vendor, then the serial.
+    o.assert_contains(
+        "VMM-GUEST: id 0:0:1:0 vendor=VMM model=LSI REMOTE DISK wwid=t10.VMM     VMM",
+    );
+    let line = o
         .output
         .lines()
         .find_map(|l| l.strip_prefix("VMM-GUEST: id 0:0:1:0 "))
-        .and_then(|l| l.split(" serial=").nth(1))
         .unwrap_or_else(|| panic!("no identity line:\n{}", o.output));
+    let second_serial = line
+        .split(" serial=")
+        .nth(1)
+        .unwrap_or_else(|| panic!("no serial: {line}"))
+        .trim();
     assert!(
-        second_serial.starts_with("VMM") && second_serial.trim().len() == 15,
+        second_serial.starts_with("VMM") && second_serial.len() == 15,
         "{second_serial}"
+    );
+    assert!(
+        line.contains(&format!("wwid=t10.VMM     {second_serial} ")),
+        "the T10 designator carries the serial: {line}"
     );
 }
 
