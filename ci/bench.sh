@@ -14,6 +14,10 @@
 #              (register-mirror=off: no ISTAT reads from the shared page)
 #   ours-vfio-user  our VMM + our LSI remote over vfio-user (proto=vfio-user),
 #              region fds from DEVICE_GET_REGION_IO_FDS, ioregionfd=auto
+#   qemu-vfio-user  QEMU 11.1 (Debian sid, ci/fetch-qemu.sh) with its
+#              vfio-user-pci client in front of our LSI remote
+#              (vmm remote lsi --protocol vfio-user): no region fds, every
+#              access a socket message; guest RAM a memfd by DMA_MAP
 #   ours-kernel  ioregionfd=kernel: needs --kvm-modules (our KVM_SET_IOREGION,
 #              kernel/), which builds our kvm modules and boots the rig on them;
 #              there `ours` (ioregionfd=auto) takes the kernel path as well
@@ -99,6 +103,16 @@ for round in \$(seq $rounds); do
                 --stats --remote-dev lsi,disk=\$img,proto=vfio-user </dev/null 2>&1 ;;
         ours-off) $run \$VMM --kernel \$GUEST/bzImage --initrd \$GUEST/initramfs.cpio.gz --cmdline "\$cmdline" \
                 --stats --remote-dev lsi,disk=\$img,ioregionfd=off </dev/null 2>&1 ;;
+        qemu-vfio-user)
+            sock=\$WORK/vfio-user.sock
+            rm -f \$sock
+            $run \$VMM remote lsi --protocol vfio-user --socket \$sock --disk \$img 2>\$WORK/vfio-user-remote.log &
+            remote=\$!
+            for i in \$(seq 100); do [ -S \$sock ] && break; sleep 0.1; done
+            $run \$QEMU_SID -accel kvm -cpu host -m 512M -nodefaults -display none -serial stdio -no-reboot \
+                -object memory-backend-memfd,id=mem,size=512M -machine pc,memory-backend=mem \$guest -append "\$cmdline" \
+                -device "{\"driver\":\"vfio-user-pci\",\"socket\":{\"type\":\"unix\",\"path\":\"\$sock\"}}" </dev/null 2>&1
+            wait \$remote || { echo "vmm: remote exited \$?"; sed 's/^/vmm: remote: /' \$WORK/vfio-user-remote.log; } ;;
         qemu) $run \$qemu_vm \$guest -append "\$cmdline" -device lsi53c895a,id=lsi0 \
                 -drive id=d0,file=\$img,format=raw,if=none -device scsi-hd,drive=d0,bus=lsi0.0 </dev/null 2>&1 ;;
         qemu-mp) $run \$PAIREXEC "LSI_DISK=\$img exec \$EXTRA/ci/qemu-remote-lsi.sh" \
@@ -142,16 +156,19 @@ if [ "$where" = "hardware KVM" ]; then
     gcc -static -O2 -o "$pairexec" ci/tools/pairexec.c
     work=$(mktemp -d)
     trap 'rm -rf "$work"' EXIT
-    (WORK=$work VMM=$VMM_ROOT/target/release/vmm GUEST=$guest EXTRA=$VMM_ROOT PAIREXEC=$pairexec \
+    qemu_sid=""
+    case ",$configs," in *,qemu-vfio-user,*) qemu_sid=$(ci/fetch-qemu.sh sid) ;; esac
+    (WORK=$work VMM=$VMM_ROOT/target/release/vmm GUEST=$guest EXTRA=$VMM_ROOT PAIREXEC=$pairexec QEMU_SID=$qemu_sid \
         bash -c "$body") | progress > "$out/console.log"
 else
     script=$(mktemp)
     trap 'rm -f "$script"' EXIT
-    printf 'WORK=/tmp VMM=/rig/vmm GUEST=/rig/guest EXTRA=/rig/extra PAIREXEC=/rig/pairexec\n%s\n' \
+    printf 'WORK=/tmp VMM=/rig/vmm GUEST=/rig/guest EXTRA=/rig/extra PAIREXEC=/rig/pairexec QEMU_SID=/opt/qemu-sid/qemu-system-x86_64\n%s\n' \
         "$body" > "$script"
     timeout=$(( 300 + total_boots * per_boot * 2 ))
     modules=()
     [ "$kvm_modules" -eq 1 ] && modules=(--kvm-modules "$(ci/build-kvm-ioregion.sh)")
+    case ",$configs," in *,qemu-vfio-user,*) modules+=(--with-qemu-sid) ;; esac
     ci/rig.sh --with-qemu "${modules[@]}" --timeout "$timeout" --extra "$VMM_ROOT/ci" "$script" |
         progress > "$out/console.log"
 fi

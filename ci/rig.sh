@@ -4,10 +4,12 @@
 # shell script inside it with the static vmm and the test guest at hand:
 #   /rig/vmm, /rig/guest/bzImage, /rig/guest/initramfs.cpio.gz, /rig/extra/...
 #
-# Usage: ci/rig.sh [--timeout SECS] [--cpus N] [--l1-log FILE] [--monitor SOCK] [--with-qemu] [--extra FILE]...
+# Usage: ci/rig.sh [--timeout SECS] [--cpus N] [--l1-log FILE] [--monitor SOCK] [--with-qemu] [--with-qemu-sid] [--extra FILE]...
 #                  [--kvm-modules DIR] SCRIPT
 # --with-qemu adds Debian's qemu-system-x86_64 (the interop peer and baseline)
 # and /rig/pairexec (ci/tools/pairexec.c) to launch its multiprocess mode.
+# --with-qemu-sid adds Debian sid's QEMU 11.1 (its vfio-user-pci client) as
+# /opt/qemu-sid/qemu-system-x86_64 (ci/qemu-sid-overlay.sh).
 # --kvm-modules DIR loads DIR/kvm.ko and DIR/kvm-amd.ko (ci/build-kvm-ioregion.sh)
 # instead of Debian's, and boots the kernel they were built for.
 # --cpus N gives the rig N CPUs (default $VMM_RIG_CPUS, from rig_defaults).
@@ -35,6 +37,7 @@ l1_log=
 monitor=
 extras=()
 with_qemu=0
+with_qemu_sid=0
 kvm_modules=
 while [ $# -gt 1 ]; do
     case "$1" in
@@ -43,12 +46,13 @@ while [ $# -gt 1 ]; do
         --l1-log) l1_log=$2; shift 2 ;;
         --monitor) monitor=$2; shift 2 ;;
         --with-qemu) with_qemu=1; shift ;;
+        --with-qemu-sid) with_qemu_sid=1; shift ;;
         --extra) extras+=("$2"); shift 2 ;;
         --kvm-modules) kvm_modules=$2; shift 2 ;;
         *) die "unknown option $1" ;;
     esac
 done
-[ $# -eq 1 ] && [ -f "$1" ] || die "usage: ci/rig.sh [--timeout SECS] [--cpus N] [--l1-log FILE] [--monitor SOCK] [--with-qemu] [--extra FILE]... [--kvm-modules DIR] SCRIPT"
+[ $# -eq 1 ] && [ -f "$1" ] || die "usage: ci/rig.sh [--timeout SECS] [--cpus N] [--l1-log FILE] [--monitor SOCK] [--with-qemu] [--with-qemu-sid] [--extra FILE]... [--kvm-modules DIR] SCRIPT"
 script=$1
 
 ensure_packages qemu-system-x86 busybox-static cpio kmod gzip
@@ -104,6 +108,7 @@ fi
 pack_cpio "$work" "$payload"
 overlays=()
 [ "$with_qemu" -eq 1 ] && overlays+=("$("$VMM_ROOT/ci/qemu-overlay.sh")")
+[ "$with_qemu_sid" -eq 1 ] && overlays+=("$("$VMM_ROOT/ci/qemu-sid-overlay.sh")")
 cat "$base" "${overlays[@]}" "$payload" > "$work/initrd.cpio.gz"
 
 status=$work/status
