@@ -125,9 +125,12 @@ fn allowed() -> Result<Rules, SandboxError> {
         // Disk I/O.
         (libc::SYS_pread64, any()),
         (libc::SYS_pwrite64, any()),
-        // qcow2 (imago) reads and writes through iovecs.
+        // qcow2 (imago) reads and writes through iovecs, and grows the
+        // image file with ftruncate when it allocates clusters (a remote
+        // that may write the image may as well size it).
         (libc::SYS_preadv, any()),
         (libc::SYS_pwritev, any()),
+        (libc::SYS_ftruncate, any()),
         (libc::SYS_fdatasync, any()),
         // UNMAP: holes in the image, and nothing else fallocate does.
         (
