@@ -105,10 +105,12 @@ impl Wire {
         // poll, not SO_RCVTIMEO: the sandboxed remote may not setsockopt.
         let timeout_ms = TRANSFER_TIMEOUT.as_millis() as libc::c_int;
         loop {
-            use std::os::fd::AsFd;
-            match crate::sys::wait_readable(conn.socket().as_fd(), timeout_ms) {
-                Ok(true) => {}
-                Ok(false) => {
+            use std::os::fd::AsRawFd;
+            // Any event, a hang-up included, goes to recv, which names it.
+            let mut fds = [crate::sys::pollin(Some(conn.socket().as_raw_fd()))];
+            match crate::sys::poll(&mut fds, timeout_ms) {
+                Ok(n) if n > 0 => {}
+                Ok(_) => {
                     return Err(format!(
                         "the client did not answer {command:?} within {TRANSFER_TIMEOUT:?}"
                     ));
