@@ -2,7 +2,8 @@
 # The KVM test rig: boots the stock Debian kernel under QEMU's software
 # emulation with nested SVM, where it offers a real /dev/kvm, and runs a
 # shell script inside it with the static vmm and the test guest at hand:
-#   /rig/vmm, /rig/guest/bzImage, /rig/guest/initramfs.cpio.gz, /rig/extra/...
+#   /rig/vmm, /rig/guest/bzImage, /rig/guest/initramfs.cpio.gz, /rig/extra/...,
+#   and /rig/examples/vfio_user_toy when the static build made it
 #
 # Usage: ci/rig.sh [--timeout SECS] [--cpus N] [--l1-log FILE] [--monitor SOCK] [--with-qemu] [--with-qemu-sid] [--extra FILE]...
 #                  [--kvm-modules DIR] SCRIPT
@@ -94,6 +95,9 @@ payload=$(mktemp --suffix=.cpio.gz)
 trap 'rm -rf "$work" "$payload"' EXIT
 mkdir -p "$work/rig/guest" "$work/rig/extra"
 cp "$vmm" "$work/rig/vmm"
+# The toy vfio-user device, where ci/build-static.sh put it.
+toy=$(dirname "$vmm")/examples/vfio_user_toy
+[ -x "$toy" ] && mkdir -p "$work/rig/examples" && cp "$toy" "$work/rig/examples/"
 cp "$guest/bzImage" "$guest/initramfs.cpio.gz" "$work/rig/guest/"
 cp "$script" "$work/rig/run.sh"
 for f in "${extras[@]}"; do cp -r "$f" "$work/rig/extra/"; done

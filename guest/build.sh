@@ -6,7 +6,7 @@ set -euo pipefail
 . "$(dirname "$0")/../ci/lib.sh"
 
 OUT=$VMM_BUILD/guest
-GUEST_MODULES=(sym53c8xx sd_mod ext4 crc32c_generic)
+GUEST_MODULES=(sym53c8xx sd_mod ext4 crc32c_generic uio_pci_generic)
 
 ensure_packages busybox-static cpio kmod gzip gcc libc6-dev make curl libaio-dev zlib1g-dev e2fsprogs
 kdir=$(fetch_kernel)

@@ -1,14 +1,21 @@
 //! vfio-user interop with someone else's implementation: the rust-vmm
-//! `vfio_user` crate (0.1.7) as the peer, on this host (no guest, no KVM).
+//! `vfio_user` crate (0.1.7) as the peer.
 //!
+//! On this host (no guest, no KVM):
 //! - Its client drives our LSI remote (`vmm remote lsi --vfio-user PATH`,
 //!   sandboxed as in production): device and region info, config space,
 //!   a register written and read back, guest RAM by DMA_MAP with a memfd,
 //!   INTx, reset, and a clean exit when the client hangs up.
 //! - Our proxy, through our vfio-user client, drives a small device served
-//!   by its server: the proxy probes identity and BARs, shares guest RAM,
-//!   wires INTx, and a doorbell makes the device DMA into guest RAM and
-//!   raise INTx.
+//!   by its server (`examples/vfio_user_toy/toy.rs`): the proxy probes
+//!   identity and BARs, shares guest RAM, wires INTx, and a doorbell makes
+//!   the device DMA into guest RAM and raise INTx, held back while the
+//!   command register disables INTx.
+//!
+//! In the KVM test rig: the same device in its own process
+//! (`vfio_user_toy`), our VMM its client, and the guest's kernel driving
+//! it through `uio_pci_generic` (guest/scripts/toy): a register, a DMA
+//! into guest RAM and an interrupt taken, acknowledged and unmasked.
 //!
 //! The crate's server does not take DEVICE_GET_REGION_IO_FDS (it answers
 //! with an error and then misreads the request's body as the next
@@ -16,25 +23,25 @@
 
 use std::fs::File;
 use std::os::fd::AsRawFd;
-use std::os::unix::fs::FileExt;
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use vfio_bindings::bindings::vfio::{
-    VFIO_IRQ_SET_ACTION_TRIGGER, VFIO_IRQ_SET_DATA_EVENTFD, vfio_region_info,
-};
-use vfio_user::{DmaMapFlags, DmaUnmapFlags, IrqInfo, Server, ServerBackend, ServerRegion};
+use vfio_bindings::bindings::vfio::{VFIO_IRQ_SET_ACTION_TRIGGER, VFIO_IRQ_SET_DATA_EVENTFD};
 use vm_memory::{Bytes, GuestAddress};
 use vmm_sys_util::eventfd::{EFD_NONBLOCK, EventFd};
 
 use vmm::memory::GuestRam;
-use vmm::pci::{BarKind, BarSpec, ConfigSpace, PciDevice};
+use vmm::pci::{BarKind, BarSpec, PciDevice};
 use vmm::proxy::connect::ProxyOptions;
 use vmm::proxy::cut_off::FailFlag;
 use vmm::proxy::device::ProxyDevice;
+
+mod common;
+#[path = "../examples/vfio_user_toy/toy.rs"]
+mod toy;
 
 fn temp_dir(name: &str) -> PathBuf {
     let dir = std::env::temp_dir().join(format!("vmm-vu-crate-{name}-{}", std::process::id()));
@@ -119,114 +126,24 @@ fn the_crates_client_drives_our_lsi_remote() {
     assert!(!log.contains("refusing"), "{log}");
 }
 
-/// A toy PCI device behind the crate's server: one 4 KiB memory BAR of
-/// registers; writing 1 at 0x100 copies "dma from the toy" to the guest
-/// address at 0x10 and raises INTx.
-struct Toy {
-    config: ConfigSpace,
-    regs: [u8; 4096],
-    /// (DMA address, size, file offset, file) of each mapping.
-    ram: Vec<(u64, u64, u64, File)>,
-    irq: Option<File>,
-    resets: Arc<Mutex<u32>>,
-}
+/// What the toy says happened to it, shared with the test.
+#[derive(Clone, Default)]
+struct Events(Arc<Mutex<Vec<u8>>>);
 
-const DOORBELL: u64 = 0x100;
-const PAYLOAD: &[u8] = b"dma from the toy";
-
-impl ServerBackend for Toy {
-    fn region_read(&mut self, region: u32, offset: u64, data: &mut [u8]) -> std::io::Result<()> {
-        for (i, b) in data.iter_mut().enumerate() {
-            let at = offset as usize + i;
-            *b = match region {
-                7 => (self.config.read(at / 4) >> ((at % 4) * 8)) as u8,
-                0 => self.regs[at],
-                _ => 0xff,
-            };
-        }
-        Ok(())
+impl std::io::Write for Events {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(buf);
+        Ok(buf.len())
     }
 
-    fn region_write(&mut self, region: u32, offset: u64, data: &[u8]) -> std::io::Result<()> {
-        for (i, b) in data.iter().enumerate() {
-            let at = offset as usize + i;
-            match region {
-                7 => self.config.write(at / 4, at % 4, &[*b]),
-                0 => self.regs[at] = *b,
-                _ => {}
-            }
-        }
-        if region == 0 && offset == DOORBELL && data[0] == 1 {
-            let target = u64::from_le_bytes(self.regs[0x10..0x18].try_into().unwrap());
-            let (address, _, file_offset, file) = self
-                .ram
-                .iter()
-                .find(|(a, s, _, _)| (*a..*a + *s).contains(&target))
-                .expect("the doorbell names guest RAM");
-            file.write_all_at(PAYLOAD, file_offset + (target - address))?;
-            if let Some(mut irq) = self.irq.as_ref() {
-                std::io::Write::write_all(&mut irq, &1u64.to_ne_bytes())?;
-            }
-        }
-        Ok(())
-    }
-
-    fn dma_map(
-        &mut self,
-        _flags: DmaMapFlags,
-        offset: u64,
-        address: u64,
-        size: u64,
-        fd: Option<File>,
-    ) -> std::io::Result<()> {
-        if let Some(fd) = fd {
-            self.ram.push((address, size, offset, fd));
-        }
-        Ok(())
-    }
-
-    fn dma_unmap(
-        &mut self,
-        _flags: DmaUnmapFlags,
-        address: u64,
-        _size: u64,
-    ) -> std::io::Result<()> {
-        self.ram.retain(|(a, ..)| *a != address);
-        Ok(())
-    }
-
-    fn reset(&mut self) -> std::io::Result<()> {
-        *self.resets.lock().unwrap() += 1;
-        Ok(())
-    }
-
-    fn set_irqs(
-        &mut self,
-        index: u32,
-        flags: u32,
-        _start: u32,
-        _count: u32,
-        mut fds: Vec<File>,
-    ) -> std::io::Result<()> {
-        if index == 0 && flags == VFIO_IRQ_SET_DATA_EVENTFD | VFIO_IRQ_SET_ACTION_TRIGGER {
-            self.irq = fds.pop();
-        }
+    fn flush(&mut self) -> std::io::Result<()> {
         Ok(())
     }
 }
 
-fn region(index: u32, size: u64) -> ServerRegion {
-    ServerRegion {
-        region_info: vfio_region_info {
-            argsz: 32,
-            flags: if size > 0 { 0x3 } else { 0 },
-            index,
-            cap_offset: 0,
-            size,
-            offset: 0,
-        },
-        sparse_areas: Vec::new(),
-        mmap_fd: None,
+impl Events {
+    fn text(&self) -> String {
+        String::from_utf8_lossy(&self.0.lock().unwrap()).into_owned()
     }
 }
 
@@ -234,40 +151,10 @@ fn region(index: u32, size: u64) -> ServerRegion {
 fn our_proxy_drives_a_device_served_by_the_crate() {
     let dir = temp_dir("server");
     let socket = dir.join("toy.sock");
-    let mut config = ConfigSpace::new(0x1af4, 0x10ff, 0xff_00_00, 1);
-    config
-        .set_bar(
-            0,
-            BarSpec {
-                kind: BarKind::Memory,
-                size: 4096,
-            },
-        )
-        .unwrap();
-    let resets = Arc::new(Mutex::new(0));
-    let mut toy = Toy {
-        config,
-        regs: [0; 4096],
-        ram: Vec::new(),
-        irq: None,
-        resets: resets.clone(),
-    };
-    let regions = (0..9)
-        .map(|i| match i {
-            0 => region(0, 4096),
-            7 => region(7, 256),
-            i => region(i, 0),
-        })
-        .collect();
-    let irqs = (0..5)
-        .map(|index| IrqInfo {
-            index,
-            flags: if index == 0 { 0x7 } else { 0 },
-            count: u32::from(index == 0),
-        })
-        .collect();
-    let server = Server::new(&socket, true, irqs, regions).unwrap();
-    std::thread::spawn(move || server.run(&mut toy));
+    let events = Events::default();
+    let mut device = toy::Toy::new(Box::new(events.clone()));
+    let server = toy::server(&socket).unwrap();
+    std::thread::spawn(move || server.run(&mut device));
 
     let link = vmm::vfio_user::client::Client::connect(
         UnixStream::connect(&socket).unwrap(),
@@ -307,17 +194,96 @@ fn our_proxy_drives_a_device_served_by_the_crate() {
             }
         )]
     );
-    assert_eq!(*resets.lock().unwrap(), 1);
+    assert!(events.text().contains("toy: reset"), "{}", events.text());
     proxy.place_bar(0, 0xc000_0000);
     proxy.write_config(1, 0, &[0x06, 0]);
     proxy.bar_write(0, 0x10, &0x20_0000u64.to_le_bytes());
     assert_eq!(proxy.bar_read_value(0, 0x10, 8), 0x20_0000);
-    proxy.bar_write(0, DOORBELL, &[1]);
-    let mut landed = [0u8; PAYLOAD.len()];
+    proxy.bar_write(0, toy::DOORBELL, &[1]);
+    let mut landed = [0u8; toy::PAYLOAD.len()];
     ram.memory
         .read_slice(&mut landed, GuestAddress(0x20_0000))
         .unwrap();
-    assert_eq!(&landed, PAYLOAD, "the toy's DMA into guest RAM");
+    assert_eq!(&landed, toy::PAYLOAD, "the toy's DMA into guest RAM");
     let irq = irqfd.lock().unwrap().take().unwrap();
     assert_eq!(irq.read().unwrap(), 1, "INTx raised through the irqfd");
+
+    // Level-triggered INTx with PCI 2.3 masking, as uio_pci_generic (the
+    // rig test's guest driver) uses it.
+    const PENDING: u32 = 0x8 << 16;
+    let intx_disable = |proxy: &mut ProxyDevice, on: bool| {
+        proxy.write_config(1, 0, &[0x06, if on { 0x04 } else { 0 }]);
+    };
+    assert_ne!(
+        proxy.read_config(1) & PENDING,
+        0,
+        "status: interrupt pending"
+    );
+    intx_disable(&mut proxy, true);
+    proxy.bar_write(0, toy::INTERRUPT, &[1]);
+    assert_eq!(
+        proxy.bar_read_value(0, toy::INTERRUPT, 4),
+        0,
+        "acknowledged"
+    );
+    assert_eq!(proxy.read_config(1) & PENDING, 0, "status: nothing pending");
+    proxy.bar_write(0, toy::DOORBELL, &[1]);
+    assert!(irq.read().is_err(), "no INTx while INTx is disabled");
+    assert_ne!(proxy.read_config(1) & PENDING, 0, "pending while masked");
+    intx_disable(&mut proxy, false);
+    assert_eq!(irq.read().unwrap(), 1, "INTx raised once unmasked");
+}
+
+/// In the KVM test rig, with the toy in its own process: our VMM is the
+/// client and the guest's kernel drives the device through
+/// `uio_pci_generic` (guest/scripts/toy).
+fn toy_outcome() -> Option<&'static common::Outcome> {
+    static BATCH: common::BatchCell = std::sync::OnceLock::new();
+    if let common::Mode::Skip = common::mode() {
+        eprintln!("VMM_SKIP_KVM_TESTS=1: skipping the toy device guest test");
+        return None;
+    }
+    let results = common::run_once(&BATCH, || {
+        common::run_batch(
+            &[common::Scenario {
+                name: "vfio-user-toy",
+                script: "toy=$(dirname $VMM)/examples/vfio_user_toy\n\
+                         [ -x $toy ] || echo \"no toy device binary at $toy\"\n\
+                         $toy /tmp/toy.sock 2> /tmp/toy.log & served=$!\n\
+                         i=0; while [ ! -S /tmp/toy.sock ] && [ $i -lt 50 ]; do sleep 0.1; i=$((i + 1)); done\n\
+                         $VMM --kernel $KERNEL --initrd $INITRD --log-level info \
+                         --cmdline 'console=ttyS0 quiet iomem=relaxed memmap=16M$0x4000000 vmm.run=toy' \
+                         --remote-dev vfio-user,socket=/tmp/toy.sock,ioregionfd=off </dev/null\n\
+                         echo \"vmm exited $?\"\n\
+                         i=0; while kill -0 $served 2>/dev/null && [ $i -lt 100 ]; do sleep 0.1; i=$((i + 1)); done\n\
+                         kill -0 $served 2>/dev/null && { echo 'toy still serving 10 s after the VMM left'; kill $served; }\n\
+                         wait $served; echo \"toy exited $?\"\n\
+                         cat /tmp/toy.log"
+                    .into(),
+            }],
+            180,
+        )
+    });
+    common::pick(results, "vfio-user-toy")
+}
+
+#[test]
+fn a_guest_drives_the_crate_served_device_through_our_vmm() {
+    let Some(o) = toy_outcome() else {
+        return;
+    };
+    o.assert_exited("vmm", 0);
+    o.assert_exited("toy", 0);
+    o.assert_contains("toy: DMA_MAP 0x0 size");
+    o.assert_contains("with an fd");
+    o.assert_contains("VMM-GUEST: toy register 0xFEEDF00D");
+    o.assert_contains("toy: doorbell: DMA of 16 bytes to 0x4000000");
+    o.assert_contains("toy: INTx raised");
+    o.assert_contains("VMM-GUEST: toy interrupts 1\n");
+    o.assert_contains("VMM-GUEST: toy pending 0x00000001");
+    o.assert_contains("toy: interrupt acknowledged");
+    o.assert_contains("VMM-GUEST: toy pending after ack 0x00000000");
+    o.assert_contains("VMM-GUEST: toy payload dma from the toy");
+    o.assert_contains("toy: client gone");
+    o.assert_nothing_left_running();
 }

@@ -151,7 +151,7 @@ const END: &str = "=== SCENARIO-END ";
 /// `timeout` signals only the scenario's shell, so a VMM that a timeout
 /// left behind would otherwise keep its remote, and the remote its disk
 /// image locked, into the scenarios after it (CI of cd4e0f4).
-const RIG_PROCESSES: &str = "vmm qemu-system-x86_64 pairexec";
+const RIG_PROCESSES: &str = "vmm qemu-system-x86_64 pairexec vfio_user_toy";
 
 /// The script that runs every scenario in turn and frames its output.
 /// A scenario writes to a file that `tail -f` streams: a process it left
