@@ -17,7 +17,7 @@ pub struct Scratch {
     pub resets: u32,
     /// The command register when the interrupt was last wired.
     pub wired_at_command: Option<u32>,
-    /// Mirrors BAR1's byte 0x14 and claims it at this offset of BAR1.
+    /// Mirrors the byte at this offset of BAR1 (at page offset 0).
     pub mirror: Option<(crate::device_model::RegisterMirror, u64)>,
     /// A reset says so on the first and then waits for the second: a
     /// remote that is slow in the middle of the handshake.
@@ -59,8 +59,10 @@ impl PciDevice for Scratch {
         if bar == 0 && offset == SCRATCH_DMA_COPY {
             self.regs[SCRATCH_DMA_STATUS] = if self.dma_copy().is_ok() { 1 } else { 0xff };
         }
-        if let Some((mirror, _)) = &self.mirror {
-            mirror.set(0, self.regs[0x14]);
+        if let Some((mirror, at)) = &self.mirror
+            && let Some(value) = self.regs.get(*at as usize)
+        {
+            mirror.set(0, *value);
         }
     }
 }

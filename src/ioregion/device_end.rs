@@ -47,7 +47,10 @@ use super::wire::{
     socket_pair,
 };
 use crate::device_model::{DeviceModel, IoRegionSpec};
-use crate::protocol::extensions::{MAX_SUB_REGIONS, SUB_REGION_POSTED_WRITES, SubRegion};
+use crate::mirror::page::MirrorPage;
+use crate::protocol::extensions::{
+    MAX_SUB_REGIONS, MIRROR_POSTED_COUNT_OFFSET, SUB_REGION_POSTED_WRITES, SubRegion,
+};
 
 /// The value answered when a command cannot be served: what a PCI read of
 /// a missing device returns.
@@ -210,7 +213,41 @@ struct PostedEnd {
 /// The ordering point of one device's region fds.
 #[derive(Default)]
 pub struct Hub {
-    posted: Mutex<Vec<PostedEnd>>,
+    posted: Mutex<Posted>,
+}
+
+/// The posted-write fds and what was applied from them, under one lock.
+#[derive(Default)]
+struct Posted {
+    ends: Vec<PostedEnd>,
+    applied: AppliedCount,
+}
+
+/// How many posted writes the device has applied, also kept in each
+/// register mirror page the VMM was given: the VMM answers a read from a
+/// page only once that count has caught up with the posted writes it sent,
+/// so a mirrored register can live in a range whose writes are posted.
+#[derive(Default)]
+struct AppliedCount {
+    count: u64,
+    pages: Vec<MirrorPage>,
+}
+
+impl AppliedCount {
+    /// Whether `sent` posted writes (as a VMM counted them, None when it
+    /// did not say) have all been applied. The counts wrap together.
+    fn covers(&self, sent: Option<u64>) -> bool {
+        sent.is_some_and(|sent| (self.count.wrapping_sub(sent) as i64) >= 0)
+    }
+
+    /// After a posted write was applied, so that its effect on mirrored
+    /// registers is in the page before the count says so.
+    fn one_more(&mut self) {
+        self.count = self.count.wrapping_add(1);
+        for page in &self.pages {
+            page.store_u64(MIRROR_POSTED_COUNT_OFFSET as usize, self.count);
+        }
+    }
 }
 
 /// Applies one command to BAR `bar` at `base` + the record's offset.
@@ -256,6 +293,7 @@ pub fn open(
             hub.posted
                 .lock()
                 .expect("hub lock poisoned")
+                .ends
                 .push(PostedEnd {
                     fd: ours.clone(),
                     handler: handle.clone(),
@@ -290,16 +328,26 @@ fn serve_region(hub: &Hub, fd: &Arc<OwnedFd>, handle: &Handler, posted: bool) {
     if let Err(e) = outcome {
         log::error!("ioregion: {e}; this region fd is no longer served");
     }
-    let mut ends = hub.posted.lock().expect("hub lock poisoned");
-    ends.retain(|p| !Arc::ptr_eq(&p.fd, fd));
+    let mut posted = hub.posted.lock().expect("hub lock poisoned");
+    posted.ends.retain(|p| !Arc::ptr_eq(&p.fd, fd));
 }
 
 impl Hub {
     /// Applies every posted write queued so far: whatever the control
     /// socket or the interrupt acknowledgement brings next must see them.
     pub fn drain_all(&self) {
-        let ends = self.posted.lock().expect("hub lock poisoned");
-        drain_in_order(&ends, None);
+        let mut posted = self.posted.lock().expect("hub lock poisoned");
+        let Posted { ends, applied } = &mut *posted;
+        drain_in_order(ends, None, applied);
+    }
+
+    /// From now on the count of posted writes applied is kept at
+    /// [`MIRROR_POSTED_COUNT_OFFSET`] of `page` (a register mirror page,
+    /// mapped writable) as well.
+    pub fn count_posted_writes_in(&self, page: MirrorPage) {
+        let mut posted = self.posted.lock().expect("hub lock poisoned");
+        page.store_u64(MIRROR_POSTED_COUNT_OFFSET as usize, posted.applied.count);
+        posted.applied.pages.push(page);
     }
 }
 
@@ -329,7 +377,11 @@ enum Head {
 /// head numbered lower still. The first fd of a pass needs no second
 /// pass (the others are looked at after its head), and the first is the
 /// fd that woke its thread: one vCPU posting to one range takes one pass.
-fn drain_in_order(ends: &[PostedEnd], own: Option<&Arc<OwnedFd>>) -> bool {
+fn drain_in_order(
+    ends: &[PostedEnd],
+    own: Option<&Arc<OwnedFd>>,
+    applied: &mut AppliedCount,
+) -> bool {
     let own_index = own.and_then(|o| ends.iter().position(|e| Arc::ptr_eq(&e.fd, o)));
     let first = own_index.unwrap_or(0);
     let mut heads = vec![Head::Unknown; ends.len()];
@@ -349,7 +401,7 @@ fn drain_in_order(ends: &[PostedEnd], own: Option<&Arc<OwnedFd>>) -> bool {
                 }
             }
         }
-        apply_ready(ends, &mut heads, bound, &mut latest);
+        apply_ready(ends, &mut heads, bound, &mut latest, applied);
         if !heads.iter().any(|h| matches!(h, Head::Record(_))) {
             return own_index.is_some_and(|i| heads[i] == Head::Done);
         }
@@ -383,6 +435,7 @@ fn apply_ready(
     heads: &mut [Head],
     bound: Option<u64>,
     latest: &mut Option<u64>,
+    applied: &mut AppliedCount,
 ) {
     loop {
         let mut next: Option<(usize, Option<u64>)> = None;
@@ -410,7 +463,15 @@ fn apply_ready(
         // Only holders of the hub lock take records off this fd, so this
         // is the record just looked at.
         let taken = match receive(fd, &mut buf, false) {
-            Ok(Incoming::Record(len)) => answer(fd, &buf, len, &mut |c| handler(c)),
+            Ok(Incoming::Record(len)) => {
+                let outcome = answer(fd, &buf, len, &mut |c| handler(c));
+                // Reads and waited writes on this fd are not counted: the
+                // VMM counts what it posted.
+                if !Cmd::wants_response(&buf[..len.min(buf.len())]) {
+                    applied.one_more();
+                }
+                outcome
+            }
             Ok(Incoming::Nothing) => Ok(None),
             Ok(Incoming::Closed(end)) => Ok(Some(end)),
             Err(e) => Err(e),
@@ -431,7 +492,9 @@ fn apply_ready(
 
 /// A fd without posted writes: its vCPU waits for every answer, so the one
 /// record received here (outside the lock) is the vCPU's latest access, and
-/// any posted write it sent before is already queued on its fd.
+/// any posted write it sent before is already queued on its fd. A read
+/// that says how many posted writes were sent before it skips the look at
+/// the posted fds once that many have been applied.
 fn serve_synchronous(hub: &Hub, fd: &Arc<OwnedFd>, handle: &Handler) -> Result<(), ServeError> {
     let mut buf = [0u8; RECV_BUF_SIZE];
     loop {
@@ -440,8 +503,12 @@ fn serve_synchronous(hub: &Hub, fd: &Arc<OwnedFd>, handle: &Handler) -> Result<(
             Incoming::Nothing => continue,
             Incoming::Closed(_) => return Ok(()),
         };
-        let ends = hub.posted.lock().expect("hub lock poisoned");
-        drain_in_order(&ends, None);
+        let mut posted = hub.posted.lock().expect("hub lock poisoned");
+        let Posted { ends, applied } = &mut *posted;
+        let sent_before = wire::posted_before_of(&buf[..len.min(buf.len())]);
+        if !applied.covers(sent_before) {
+            drain_in_order(ends, None, applied);
+        }
         if answer(fd.as_fd(), &buf, len, &mut |c| handle(c))?.is_some() {
             return Ok(());
         }
@@ -456,8 +523,9 @@ fn serve_posted(hub: &Hub, fd: &Arc<OwnedFd>) -> Result<(), ServeError> {
         if !wait_readable(fd.as_fd())? {
             continue;
         }
-        let ends = hub.posted.lock().expect("hub lock poisoned");
-        if drain_in_order(&ends, Some(fd)) {
+        let mut posted = hub.posted.lock().expect("hub lock poisoned");
+        let Posted { ends, applied } = &mut *posted;
+        if drain_in_order(ends, Some(fd), applied) {
             return Ok(());
         }
     }
@@ -779,6 +847,69 @@ mod ordering_tests {
             RegionFd::new(fd(0), r[0].user_data, true),
             RegionFd::new(fd(1), r[1].user_data, true),
         )
+    }
+
+    #[test]
+    fn a_read_that_says_what_was_posted_before_it_is_covered_once_applied() {
+        let mut applied = AppliedCount::default();
+        assert!(
+            !applied.covers(None),
+            "saying nothing: look for posted writes"
+        );
+        assert!(applied.covers(Some(0)));
+        assert!(!applied.covers(Some(1)));
+        applied.one_more();
+        assert!(applied.covers(Some(1)));
+        applied.count = u64::MAX;
+        assert!(!applied.covers(Some(0)), "the VMM's count wrapped ahead");
+        assert!(applied.covers(Some(u64::MAX - 3)));
+    }
+
+    /// A read on a waited fd that names the posted writes sent before it
+    /// is answered after them, whether the posted fd's own thread applied
+    /// them first or the read's thread has to.
+    #[test]
+    fn a_read_naming_its_posted_writes_is_answered_after_them() {
+        let (journal, device, hub) = bank(false);
+        let (r, f) = open(&device, &hub, 1, 0).unwrap();
+        let fd = |i: usize| OwnedFd::from(f[r[i].fd_index as usize].try_clone().unwrap());
+        let data = RegionFd::new(fd(0), r[0].user_data, true);
+        let waited = RegionFd::new(fd(1), r[1].user_data, false);
+        for round in 1..=200u8 {
+            data.write(3, &[round]).unwrap();
+            let mut back = [0u8];
+            waited
+                .read_after(0, &mut back, Some(u64::from(round)))
+                .unwrap();
+            let last = journal.lock().unwrap().writes.last().copied();
+            assert_eq!(last, Some((3, round)), "round {round}");
+        }
+    }
+
+    /// The count of posted writes applied, in each page given to the hub:
+    /// posted writes on any fd count, reads and waited writes do not.
+    #[test]
+    fn posted_writes_applied_are_counted_in_the_mirror_page() {
+        let (_, device, hub) = bank(true);
+        let (a, b) = posted_pair(&device, &hub, 0);
+        a.write(0, &[1]).unwrap();
+        hub.drain_all();
+        let mirror = crate::mirror::RegisterMirror::new().unwrap();
+        hub.count_posted_writes_in(MirrorPage::map(&mirror.file().unwrap(), true).unwrap());
+        let page = MirrorPage::map(&mirror.file().unwrap(), false).unwrap();
+        let count = || page.load_u64(MIRROR_POSTED_COUNT_OFFSET as usize);
+        assert_eq!(count(), 1, "what was applied before, too");
+        let held = hub.posted.lock().unwrap();
+        a.write(1, &[2]).unwrap();
+        b.write(1, &[3]).unwrap();
+        assert_eq!(count(), 1, "queued, not applied");
+        drop(held);
+        hub.drain_all();
+        assert_eq!(count(), 3);
+        let mut byte = [0u8];
+        b.read(1, &mut byte).unwrap();
+        assert_eq!(byte, [3]);
+        assert_eq!(count(), 3, "a read is not a posted write");
     }
 
     #[test]

@@ -53,7 +53,7 @@ use super::wire::{
     recv_record, send_before,
 };
 use crate::bus::{SharedBusDevice, current_vcpu};
-use crate::mirror::reader::RangeMirror;
+use crate::mirror::reader::{MirrorRead, PostedSent, RangeMirror};
 use crate::pci::BarFastPath;
 use crate::protocol::extensions::{SUB_REGION_POSTED_WRITES, SubRegion};
 use crate::proxy::cut_off::{CUT_OFF_NOTE, CUT_OFF_REGISTERS, FailFlag};
@@ -79,6 +79,8 @@ pub struct IoRegionPath {
     stalls: Mutex<Vec<StallClock>>,
     /// Registers whose reads the remote's mirror page answers.
     mirror: Option<RangeMirror>,
+    /// The device's count of posted writes sent, on every range.
+    posted_sent: Option<PostedSent>,
 }
 
 impl IoRegionPath {
@@ -108,12 +110,20 @@ impl IoRegionPath {
             failed,
             stalls: Mutex::new(stalls),
             mirror: None,
+            posted_sent: None,
         }
     }
 
     /// Reads of `mirror`'s registers are answered from the remote's page.
     pub fn with_mirror(mut self, mirror: Option<RangeMirror>) -> Self {
         self.mirror = mirror;
+        self
+    }
+
+    /// Each posted write sent adds one to `sent`, which the device's
+    /// mirror compares with the count of posted writes applied.
+    pub fn counting_posted_writes(mut self, sent: PostedSent) -> Self {
+        self.posted_sent = Some(sent);
         self
     }
 
@@ -180,13 +190,18 @@ impl SharedBusDevice for IoRegionPath {
             data.fill(CUT_OFF_REGISTERS);
             return;
         }
-        if let Some(mirror) = &self.mirror
-            && mirror.read(offset, data)
-        {
-            bump(&self.stats.mirror_reads);
-            return;
+        if let Some(mirror) = &self.mirror {
+            match mirror.read(offset, data) {
+                MirrorRead::Answered => {
+                    bump(&self.stats.mirror_reads);
+                    return;
+                }
+                MirrorRead::Behind => bump(&self.stats.mirror_behind),
+                MirrorRead::NotMirrored => {}
+            }
         }
-        match self.fd().read(offset, data) {
+        let posted_sent = self.posted_sent.as_ref().map(|s| s.load(Ordering::Acquire));
+        match self.fd().read_after(offset, data, posted_sent) {
             Ok(()) => bump(&self.stats.ioregion_reads),
             Err(e) => {
                 data.fill(CUT_OFF_REGISTERS);
@@ -204,6 +219,9 @@ impl SharedBusDevice for IoRegionPath {
                 bump(&self.stats.ioregion_writes);
                 if kind == WriteKind::Posted {
                     bump(&self.stats.posted_writes);
+                    if let Some(sent) = &self.posted_sent {
+                        sent.fetch_add(1, Ordering::AcqRel);
+                    }
                 }
             }
             Err(e) => self.fault(e),
@@ -375,8 +393,20 @@ impl RegionFd {
 
     /// Reads `data.len()` bytes (1, 2, 4 or 8) at `offset` in the region.
     pub fn read(&self, offset: u64, data: &mut [u8]) -> Result<(), DispatchError> {
+        self.read_after(offset, data, None)
+    }
+
+    /// As `read`, telling the device that `posted_sent` posted writes had
+    /// been sent to it (on any fd) before this read, when that is known.
+    pub fn read_after(
+        &self,
+        offset: u64,
+        data: &mut [u8],
+        posted_sent: Option<u64>,
+    ) -> Result<(), DispatchError> {
         let mut cmd = Cmd::read(self.user_data, offset, data.len())
             .map_err(|_| DispatchError::AccessSize(data.len()))?;
+        cmd.posted_before = posted_sent.map_or(0, |n| n.wrapping_add(1));
         let mut state = self.lock()?;
         // Under the lock, so the numbers on one fd rise in queue order.
         cmd.sequence = next_sequence();

@@ -16,7 +16,7 @@
 //! | 2..8   | sequence number, 48 bits little-endian; 0 = none           |
 //! | 8..16  | user_data (from the region registration)                   |
 //! | 16..24 | offset from the start of the region                        |
-//! | 24..32 | data: write value in the low bytes, rest zero; 0 for reads |
+//! | 24..32 | writes: the value in the low bytes, rest zero; reads: 0, or (ours) 1 + the posted writes sent before |
 //!
 //! Response record: bytes 0..8 data (read value in the low bytes), then 24
 //! bytes of zero padding.
@@ -28,6 +28,13 @@
 //! serves several fds can put posted writes back into the order the vCPUs
 //! issued them (see `device_end`). A reader that ignores the
 //! padding, as the RFC's readers do, is unaffected.
+//!
+//! A read's data bytes are also ours: the RFC leaves them zero, and our
+//! vCPU threads put there 1 + the number of posted writes the VMM had sent
+//! to the device before the read ([`Cmd::posted_before`]). A device
+//! process that has applied that many already need not look for queued
+//! posted writes before it answers (which costs a receive per fd that
+//! finds nothing); zero, as KVM writes, tells it nothing.
 //!
 //! Records travel on one end of a SOCK_SEQPACKET pair ([`socket_pair`]):
 //! one send is one record and one recv takes exactly one record, which is
@@ -89,6 +96,10 @@ pub struct Cmd {
     /// The sender's sequence number (48 bits), 0 when it has none: records
     /// KVM writes, and those the constructors make.
     pub sequence: u64,
+    /// Reads only: 1 + the posted writes the sender had sent to the device
+    /// before this read; 0 when it does not say (KVM's records, the
+    /// constructors', and every write).
+    pub posted_before: u64,
 }
 
 /// The size exponent of a 1, 2, 4 or 8 byte access.
@@ -130,6 +141,7 @@ impl Cmd {
             offset,
             data: 0,
             sequence: 0,
+            posted_before: 0,
         })
     }
 
@@ -150,6 +162,7 @@ impl Cmd {
             offset,
             data: crate::bus::data_from_bytes(data),
             sequence: 0,
+            posted_before: 0,
         })
     }
 
@@ -179,7 +192,10 @@ impl Cmd {
         rec[SEQUENCE_BYTES].copy_from_slice(&(self.sequence & SEQUENCE_MASK).to_le_bytes()[..6]);
         rec[8..16].copy_from_slice(&self.user_data.to_le_bytes());
         rec[16..24].copy_from_slice(&self.offset.to_le_bytes());
-        let data = mask_to_size(self.data, 1 << exponent);
+        let data = match self.access {
+            Access::Read => self.posted_before,
+            Access::Write => mask_to_size(self.data, 1 << exponent),
+        };
         rec[24..32].copy_from_slice(&data.to_le_bytes());
         rec
     }
@@ -208,14 +224,19 @@ impl Cmd {
         if access == Access::Read && !response {
             return Err(WireError::ReadWithoutResponse);
         }
+        let (data, posted_before) = match access {
+            Access::Read => (0, u64_at(bytes, 24)),
+            Access::Write => (mask_to_size(u64_at(bytes, 24), size), 0),
+        };
         Ok(Cmd {
             access,
             size,
             response,
             user_data: u64_at(bytes, 8),
             offset: u64_at(bytes, 16),
-            data: mask_to_size(u64_at(bytes, 24), size),
+            data,
             sequence: sequence_of(bytes).unwrap_or(0),
+            posted_before,
         })
     }
 
@@ -235,6 +256,15 @@ pub fn sequence_of(bytes: &[u8]) -> Option<u64> {
     let mut le = [0u8; 8];
     le[..6].copy_from_slice(raw);
     Some(u64::from_le_bytes(le)).filter(|s| *s != 0)
+}
+
+/// How many posted writes the sender of a raw read record had sent to the
+/// device before it, if it says; None for writes and records that do not.
+pub fn posted_before_of(bytes: &[u8]) -> Option<u64> {
+    if bytes.len() != RECORD_SIZE || bytes[0] != CMD_READ {
+        return None;
+    }
+    u64_at(bytes, 24).checked_sub(1)
 }
 
 /// Whether sequence number `a` was given out before `b`. They count modulo
@@ -462,8 +492,32 @@ mod tests {
             offset: 0,
             data: 0xffff_ff42,
             sequence: 0,
+            posted_before: 0,
         };
         assert_eq!(&cmd.encode()[24..32], &[0x42, 0, 0, 0, 0, 0, 0, 0]);
+    }
+
+    #[test]
+    fn a_read_carries_the_posted_writes_sent_before_it() {
+        let mut cmd = Cmd::read(0, 0x14, 1).unwrap();
+        assert_eq!(posted_before_of(&cmd.encode()), None, "says nothing");
+        cmd.posted_before = 1 + 0x1_0000_0005;
+        let rec = cmd.encode();
+        assert_eq!(
+            &rec[24..32],
+            &0x1_0000_0006u64.to_le_bytes(),
+            "not cut to 1 byte"
+        );
+        assert_eq!(posted_before_of(&rec), Some(0x1_0000_0005));
+        let back = Cmd::decode(&rec).unwrap();
+        assert_eq!((back.data, back.posted_before), (0, 0x1_0000_0006));
+        let write = Cmd::write(0, 0x14, &[7], true).unwrap().encode();
+        assert_eq!(
+            posted_before_of(&write),
+            None,
+            "a write's bytes are its data"
+        );
+        assert_eq!(Cmd::decode(&write).unwrap().posted_before, 0);
     }
 
     #[test]

@@ -98,18 +98,13 @@ impl DeviceModel for Lsi53c895a {
             _ => Vec::new(),
         }
     }
-    /// ISTAT0, which `sym53c8xx` reads twice per completion, in BAR0 and,
-    /// when its writes are waited, in BAR1. With posted writes the VMM
-    /// could answer a read before an INTF-clearing write it has not yet
-    /// delivered.
+    /// ISTAT0, which `sym53c8xx` reads twice per completion, in BAR0 and
+    /// BAR1. With posted register writes the VMM answers from the page
+    /// only once it has no INTF-clearing write (or any other) still queued
+    /// for us: the server counts the posted writes applied in the page.
     fn register_mirror(&self, bar: u8) -> Option<MirrorOffer> {
         let mirror = self.mirror.as_ref()?;
-        let mirrored = match usize::from(bar) {
-            BAR_IO => true,
-            BAR_MMIO => !self.posted_register_writes,
-            _ => false,
-        };
-        if !mirrored {
+        if !matches!(usize::from(bar), BAR_IO | BAR_MMIO) {
             return None;
         }
         let page = mirror

@@ -1,11 +1,13 @@
 //! The register mirror's page as both sides map it: one page of a memfd,
-//! shared, accessed byte by byte through atomics. The remote maps it
-//! writable and stores register values (Release) before it replies or
-//! raises an interrupt; the VMM maps it read-only and loads them (Acquire).
+//! shared, accessed through atomics: register values byte by byte, the
+//! count of posted writes applied as one aligned u64. The remote maps it
+//! writable and stores register values (Release) before it replies,
+//! raises an interrupt or counts the write that changed them; the VMM
+//! maps it read-only and loads them (Acquire).
 
 use std::fs::File;
 use std::os::fd::AsRawFd;
-use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::atomic::{AtomicU8, AtomicU64, Ordering};
 
 use crate::protocol::extensions::MIRROR_PAGE_SIZE;
 
@@ -55,6 +57,13 @@ impl MirrorPage {
         unsafe { AtomicU8::from_ptr(self.page.add(at)) }
     }
 
+    fn word(&self, at: usize) -> &AtomicU64 {
+        assert!(at.is_multiple_of(8) && at + 8 <= MIRROR_PAGE_SIZE as usize);
+        // SAFETY: inside the mapping, which lives as long as `self`, and
+        // 8-aligned (the mapping is page-aligned).
+        unsafe { AtomicU64::from_ptr(self.page.add(at).cast()) }
+    }
+
     pub fn load(&self, at: usize) -> u8 {
         self.cell(at).load(Ordering::Acquire)
     }
@@ -62,6 +71,16 @@ impl MirrorPage {
     pub fn store(&self, at: usize, value: u8) {
         assert!(self.writable, "the mirror page is mapped read-only");
         self.cell(at).store(value, Ordering::Release);
+    }
+
+    /// The u64 at `at`, which must be 8-aligned.
+    pub fn load_u64(&self, at: usize) -> u64 {
+        self.word(at).load(Ordering::Acquire)
+    }
+
+    pub fn store_u64(&self, at: usize, value: u64) {
+        assert!(self.writable, "the mirror page is mapped read-only");
+        self.word(at).store(value, Ordering::Release);
     }
 }
 

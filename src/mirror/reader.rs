@@ -6,14 +6,19 @@
 //! the remote adds two context switches. The remote is not trusted: its
 //! page must be a memfd sealed against shrinking (a shorter file would
 //! turn our reads into SIGBUS), and every register it names must lie in a
-//! range whose writes we wait for. With posted writes, a read could
-//! overtake a write still queued for the remote and see its old value.
+//! range whose writes we wait for, unless the page counts the posted
+//! writes the remote has applied. With posted writes, a read could
+//! overtake a write still queued for the remote and see its old value; so
+//! a read is answered from the page only once that count has caught up
+//! with the posted writes this VMM sent to the device (on any of its
+//! fds), and goes to the remote otherwise, where it waits behind them.
 
 use std::fs::File;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use crate::mirror::page::MirrorPage;
-use crate::protocol::extensions::{MIRROR_PAGE_SIZE, MirroredRegister};
+use crate::protocol::extensions::{MIRROR_PAGE_SIZE, MIRROR_POSTED_COUNT_OFFSET, MirroredRegister};
 
 #[derive(Debug, thiserror::Error)]
 pub enum MirrorError {
@@ -45,10 +50,16 @@ pub fn map_page(file: &File) -> Result<MirrorPage, MirrorError> {
     MirrorPage::map(file, false).map_err(MirrorError::Map)
 }
 
+/// The posted writes the VMM has sent to one device, on all its fds.
+pub type PostedSent = Arc<AtomicU64>;
+
 /// The mirrored registers of one BAR, by offset in the BAR.
 pub struct BarMirror {
     pub page: Arc<MirrorPage>,
     pub registers: Vec<MirroredRegister>,
+    /// Set when the page counts the posted writes applied: the device's
+    /// count of posted writes sent, to compare with it.
+    pub posted_sent: Option<PostedSent>,
 }
 
 impl BarMirror {
@@ -67,6 +78,7 @@ impl BarMirror {
         (!registers.is_empty()).then(|| RangeMirror {
             page: self.page.clone(),
             registers,
+            posted_sent: self.posted_sent.clone(),
         })
     }
 }
@@ -75,30 +87,55 @@ impl BarMirror {
 pub struct RangeMirror {
     page: Arc<MirrorPage>,
     registers: Vec<MirroredRegister>,
+    posted_sent: Option<PostedSent>,
+}
+
+/// What the mirror made of a read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MirrorRead {
+    /// Answered from the page.
+    Answered,
+    /// A mirrored register, but posted writes sent to the device are not
+    /// all applied yet: the remote must answer, after them.
+    Behind,
+    /// Not a mirrored register (or not this size).
+    NotMirrored,
 }
 
 impl RangeMirror {
-    /// Answers a read of exactly one mirrored register; false otherwise.
-    pub fn read(&self, offset: u64, data: &mut [u8]) -> bool {
+    /// Answers a read of exactly one mirrored register if the page is
+    /// up to date with every posted write sent.
+    pub fn read(&self, offset: u64, data: &mut [u8]) -> MirrorRead {
         let Some(r) = self
             .registers
             .iter()
             .find(|r| r.offset == offset && r.size as usize == data.len())
         else {
-            return false;
+            return MirrorRead::NotMirrored;
         };
+        if let Some(sent) = &self.posted_sent {
+            // The count first (Acquire): the register bytes loaded after it
+            // are at least as new as the writes it counts.
+            let applied = self.page.load_u64(MIRROR_POSTED_COUNT_OFFSET as usize);
+            let sent = sent.load(Ordering::Relaxed);
+            if (applied.wrapping_sub(sent) as i64) < 0 {
+                return MirrorRead::Behind;
+            }
+        }
         for (i, byte) in data.iter_mut().enumerate() {
             *byte = self.page.load(r.page_offset as usize + i);
         }
-        true
+        MirrorRead::Answered
     }
 }
 
 /// Every register must lie inside one of `ranges` (offset, size, posted
-/// writes) whose writes are waited for.
+/// writes), and one whose writes are waited for unless the page
+/// `counts_posted_writes`.
 pub fn check_registers(
     registers: &[MirroredRegister],
     ranges: &[(u64, u64, bool)],
+    counts_posted_writes: bool,
 ) -> Result<(), MirrorError> {
     for r in registers {
         let bad = |why| MirrorError::BadRegister {
@@ -111,8 +148,10 @@ pub fn check_registers(
             .iter()
             .find(|(start, size, _)| r.offset >= *start && end <= start + size)
             .ok_or_else(|| bad("lies in no ioregion range"))?;
-        if range.2 {
-            return Err(bad("lies in a range with posted writes"));
+        if range.2 && !counts_posted_writes {
+            return Err(bad(
+                "lies in a range with posted writes, and the page does not count them",
+            ));
         }
     }
     Ok(())
@@ -138,25 +177,57 @@ mod tests {
         let bar = BarMirror {
             page,
             registers: vec![register(0x14, 1, 8), register(0x300, 1, 9)],
+            posted_sent: None,
         };
         let mirror = bar.range(0, 0x80).unwrap();
         remote.set(8, 0x0c);
         let mut byte = [0u8; 1];
-        assert!(mirror.read(0x14, &mut byte));
+        assert_eq!(mirror.read(0x14, &mut byte), MirrorRead::Answered);
         assert_eq!(byte, [0x0c]);
         remote.set(8, 0x04);
-        assert!(mirror.read(0x14, &mut byte));
+        assert_eq!(mirror.read(0x14, &mut byte), MirrorRead::Answered);
         assert_eq!(byte, [0x04], "the page is live");
         // Other registers, other sizes, the other range's register.
-        assert!(!mirror.read(0x15, &mut byte));
-        assert!(!mirror.read(0x14, &mut [0u8; 4]));
-        assert!(!mirror.read(0x300, &mut byte));
+        let not = MirrorRead::NotMirrored;
+        assert_eq!(mirror.read(0x15, &mut byte), not);
+        assert_eq!(mirror.read(0x14, &mut [0u8; 4]), not);
+        assert_eq!(mirror.read(0x300, &mut byte), not);
         assert!(bar.range(0x100, 0x80).is_none());
         assert_eq!(
             bar.range(0x2f0, 0x20).unwrap().registers[0].offset,
             0x10,
             "by offset in the range"
         );
+    }
+
+    /// With posted writes, the page answers only once it has applied
+    /// every posted write sent; the remote answers in between.
+    #[test]
+    fn a_read_waits_for_the_remote_while_posted_writes_are_unapplied() {
+        let remote = RegisterMirror::new().unwrap();
+        let counter = MirrorPage::map(&remote.file().unwrap(), true).unwrap();
+        let sent = PostedSent::default();
+        let bar = BarMirror {
+            page: Arc::new(map_page(&remote.file().unwrap()).unwrap()),
+            registers: vec![register(0x14, 1, 8)],
+            posted_sent: Some(sent.clone()),
+        };
+        let mirror = bar.range(0, 0x80).unwrap();
+        let mut byte = [0u8; 1];
+        remote.set(8, 0x0c);
+        assert_eq!(mirror.read(0x14, &mut byte), MirrorRead::Answered);
+        sent.fetch_add(2, Ordering::Relaxed);
+        counter.store_u64(MIRROR_POSTED_COUNT_OFFSET as usize, 1);
+        assert_eq!(mirror.read(0x14, &mut byte), MirrorRead::Behind);
+        counter.store_u64(MIRROR_POSTED_COUNT_OFFSET as usize, 2);
+        assert_eq!(mirror.read(0x14, &mut byte), MirrorRead::Answered);
+        // The counts wrap around together.
+        sent.store(u64::MAX, Ordering::Relaxed);
+        counter.store_u64(MIRROR_POSTED_COUNT_OFFSET as usize, u64::MAX - 1);
+        assert_eq!(mirror.read(0x14, &mut byte), MirrorRead::Behind);
+        counter.store_u64(MIRROR_POSTED_COUNT_OFFSET as usize, 0);
+        sent.store(0, Ordering::Relaxed);
+        assert_eq!(mirror.read(0x14, &mut byte), MirrorRead::Answered);
     }
 
     #[test]
@@ -179,11 +250,16 @@ mod tests {
     }
 
     #[test]
-    fn registers_outside_waited_ranges_are_refused() {
+    fn registers_outside_ranges_or_in_uncounted_posted_ones_are_refused() {
         let ranges = [(0, 0x80, false), (0x100, 0x100, true)];
-        assert!(check_registers(&[register(0x14, 1, 0)], &ranges).is_ok());
-        assert!(check_registers(&[register(0x7f, 2, 0)], &ranges).is_err());
-        assert!(check_registers(&[register(0x90, 1, 0)], &ranges).is_err());
-        assert!(check_registers(&[register(0x110, 1, 0)], &ranges).is_err());
+        let check = |r, counted| check_registers(&[r], &ranges, counted);
+        assert!(check(register(0x14, 1, 0), false).is_ok());
+        assert!(check(register(0x7f, 2, 0), true).is_err());
+        assert!(check(register(0x90, 1, 0), true).is_err());
+        assert!(check(register(0x110, 1, 0), false).is_err());
+        assert!(
+            check(register(0x110, 1, 0), true).is_ok(),
+            "posted writes are fine once the page counts them"
+        );
     }
 }

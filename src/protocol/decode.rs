@@ -29,9 +29,12 @@ pub enum DecodeError {
     )]
     BadSubRegion { index: usize },
     #[error(
-        "mirrored register {index} is malformed (size not 1, 2, 4 or 8, wrapping, or outside the page)"
+        "mirrored register {index} is malformed (size not 1, 2, 4 or 8, wrapping, outside the page, \
+         or over the posted-write count)"
     )]
     BadMirroredRegister { index: usize },
+    #[error("register mirror flags {0:#x}: unknown, or a posted-write count without a page")]
+    BadMirrorFlags(u32),
 }
 
 /// A payload being decoded: its bytes, how many fds came with it, and the

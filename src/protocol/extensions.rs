@@ -30,6 +30,22 @@ pub const MAX_MIRRORED_REGISTERS: usize = 8;
 const MIRRORED_REGISTER_SIZE: usize = 16;
 /// The mirror page's size; every register lies inside it.
 pub const MIRROR_PAGE_SIZE: u64 = 4096;
+/// Mirror flag (the reply's second word): the page's last 8 bytes count,
+/// as a native-endian u64, the posted writes the remote has applied, so
+/// that the VMM can answer a read from the page once every posted write
+/// it sent has been applied, even in a range whose writes are posted.
+pub const MIRROR_COUNTS_POSTED_WRITES: u32 = 1;
+/// Where the page keeps that count.
+pub const MIRROR_POSTED_COUNT_OFFSET: u32 = MIRROR_PAGE_SIZE as u32 - 8;
+
+/// What a remote's CMD_REGISTER_MIRROR_REPLY says about one BAR.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct MirrorLayout {
+    pub registers: Vec<MirroredRegister>,
+    /// The page counts the posted writes applied
+    /// ([`MIRROR_COUNTS_POSTED_WRITES`]).
+    pub counts_posted_writes: bool,
+}
 
 /// A register whose current value the remote keeps at `page_offset` of its
 /// mirror page. Reading it has no side effect, so a copy will do.
@@ -70,11 +86,18 @@ pub fn encode_sub_regions(regions: &[SubRegion]) -> Vec<u8> {
     p
 }
 
-/// CMD_REGISTER_MIRROR_REPLY's payload: a count, then 16 bytes per register.
-pub fn encode_mirrored(registers: &[MirroredRegister]) -> Vec<u8> {
+/// CMD_REGISTER_MIRROR_REPLY's payload: a count, the flags, then 16 bytes
+/// per register.
+pub fn encode_mirrored(layout: &MirrorLayout) -> Vec<u8> {
+    let registers = &layout.registers;
+    let flags = if layout.counts_posted_writes {
+        MIRROR_COUNTS_POSTED_WRITES
+    } else {
+        0
+    };
     let mut p = Vec::with_capacity(8 + registers.len() * MIRRORED_REGISTER_SIZE);
     p.extend_from_slice(&(registers.len() as u32).to_ne_bytes());
-    p.extend_from_slice(&[0; 4]);
+    p.extend_from_slice(&flags.to_ne_bytes());
     for r in registers {
         p.extend_from_slice(&r.offset.to_ne_bytes());
         p.extend_from_slice(&r.size.to_ne_bytes());
@@ -115,16 +138,27 @@ pub fn decode_sub_regions(p: &Payload) -> Result<Vec<SubRegion>, DecodeError> {
 }
 
 /// The registers of a CMD_REGISTER_MIRROR_REPLY, each checked: 1, 2, 4 or 8
-/// bytes, not wrapping, inside the page; one fd (the page) when there are
-/// registers, none without.
-pub fn decode_mirrored(p: &Payload) -> Result<Vec<MirroredRegister>, DecodeError> {
+/// bytes, not wrapping, inside the page and clear of the posted-write
+/// count; one fd (the page) when there are registers, none without; no
+/// flag we do not know, and no count without a page.
+pub fn decode_mirrored(p: &Payload) -> Result<MirrorLayout, DecodeError> {
     let count = p.counted(
         MAX_MIRRORED_REGISTERS,
         MIRRORED_REGISTER_SIZE,
         "8 + 16 per register, at most 8",
     )?;
     p.want_fds(usize::from(count > 0), "one with registers, none without")?;
-    (0..count)
+    let flags = p.u32_at(4);
+    if flags & !MIRROR_COUNTS_POSTED_WRITES != 0 || (flags != 0 && count == 0) {
+        return Err(DecodeError::BadMirrorFlags(flags));
+    }
+    let counts_posted_writes = flags & MIRROR_COUNTS_POSTED_WRITES != 0;
+    let limit = if counts_posted_writes {
+        u64::from(MIRROR_POSTED_COUNT_OFFSET)
+    } else {
+        MIRROR_PAGE_SIZE
+    };
+    let registers = (0..count)
         .map(|i| {
             let o = 8 + i * MIRRORED_REGISTER_SIZE;
             let r = MirroredRegister {
@@ -134,9 +168,13 @@ pub fn decode_mirrored(p: &Payload) -> Result<Vec<MirroredRegister>, DecodeError
             };
             let ok = matches!(r.size, 1 | 2 | 4 | 8)
                 && r.offset.checked_add(u64::from(r.size)).is_some()
-                && u64::from(r.page_offset) + u64::from(r.size) <= MIRROR_PAGE_SIZE;
+                && u64::from(r.page_offset) + u64::from(r.size) <= limit;
             ok.then_some(r)
                 .ok_or(DecodeError::BadMirroredRegister { index: i })
         })
-        .collect()
+        .collect::<Result<_, _>>()?;
+    Ok(MirrorLayout {
+        registers,
+        counts_posted_writes,
+    })
 }

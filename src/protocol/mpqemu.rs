@@ -9,7 +9,7 @@ pub use super::decode::DecodeError;
 use super::decode::Payload;
 use super::extensions::{
     self, CMD_REGION_IO_FDS, CMD_REGION_IO_FDS_REPLY, CMD_REGISTER_MIRROR,
-    CMD_REGISTER_MIRROR_REPLY, MirroredRegister, SubRegion,
+    CMD_REGISTER_MIRROR_REPLY, MirrorLayout, SubRegion,
 };
 
 pub const HEADER_SIZE: usize = 16;
@@ -115,7 +115,7 @@ pub enum Message {
     },
     /// The answer: the registers, and the page's memfd if there are any.
     RegisterMirror {
-        registers: Vec<MirroredRegister>,
+        layout: MirrorLayout,
         fds: Vec<File>,
     },
 }
@@ -210,8 +210,8 @@ impl Message {
                 fds.iter().collect(),
             ),
             Message::RegisterMirrorQuery { bar } => ([bar.to_ne_bytes(), [0; 4]].concat(), vec![]),
-            Message::RegisterMirror { registers, fds } => {
-                (extensions::encode_mirrored(registers), fds.iter().collect())
+            Message::RegisterMirror { layout, fds } => {
+                (extensions::encode_mirrored(layout), fds.iter().collect())
             }
         };
         Encoded {
@@ -340,8 +340,8 @@ impl Message {
                 Ok(Message::RegisterMirrorQuery { bar: u32_at(0) })
             }
             CMD_REGISTER_MIRROR_REPLY => {
-                let registers = extensions::decode_mirrored(&p)?;
-                Ok(Message::RegisterMirror { registers, fds })
+                let layout = extensions::decode_mirrored(&p)?;
+                Ok(Message::RegisterMirror { layout, fds })
             }
             other => Err(DecodeError::UnknownCommand(other)),
         }
@@ -368,7 +368,7 @@ pub fn parse_header(bytes: &[u8; HEADER_SIZE]) -> Result<(i32, usize), DecodeErr
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::protocol::extensions::SUB_REGION_POSTED_WRITES;
+    use crate::protocol::extensions::{MirroredRegister, SUB_REGION_POSTED_WRITES};
 
     fn roundtrip(msg: &Message, fds: Vec<File>) -> Message {
         let enc = msg.encode();
@@ -483,7 +483,10 @@ mod tests {
             page_offset: 0x40,
         };
         let reply = Message::RegisterMirror {
-            registers: vec![istat],
+            layout: MirrorLayout {
+                registers: vec![istat],
+                counts_posted_writes: false,
+            },
             fds: vec![file()],
         };
         let enc = reply.encode();
@@ -494,16 +497,38 @@ mod tests {
         assert_eq!(&p[16..20], &1u32.to_le_bytes());
         assert_eq!(&p[20..24], &0x40u32.to_le_bytes());
         match Message::decode(67, p, vec![file()]).unwrap() {
-            Message::RegisterMirror { registers, fds } => {
-                assert_eq!(registers, vec![istat]);
+            Message::RegisterMirror { layout, fds } => {
+                assert_eq!(layout.registers, vec![istat]);
+                assert!(!layout.counts_posted_writes);
                 assert_eq!(fds.len(), 1);
             }
             other => panic!("{other:?}"),
         }
+        // The second word: flag 1, the page counts the posted writes
+        // applied in its last 8 bytes, which no register may then use.
+        let mut counted = p.to_vec();
+        counted[4] = 1;
+        match Message::decode(67, &counted, vec![file()]).unwrap() {
+            Message::RegisterMirror { layout, .. } => assert!(layout.counts_posted_writes),
+            other => panic!("{other:?}"),
+        }
+        let mut over_count = counted.clone();
+        over_count[20..24].copy_from_slice(&4088u32.to_le_bytes());
+        assert!(Message::decode(67, &over_count, vec![file()]).is_err());
+        let mut unknown_flag = p.to_vec();
+        unknown_flag[4] = 2;
+        assert_eq!(
+            Message::decode(67, &unknown_flag, vec![file()]).unwrap_err(),
+            DecodeError::BadMirrorFlags(2)
+        );
+        assert!(
+            Message::decode(67, &[0, 0, 0, 0, 1, 0, 0, 0], vec![]).is_err(),
+            "a count without a page"
+        );
         // No registers, no page.
         assert!(matches!(
             Message::decode(67, &[0; 8], vec![]).unwrap(),
-            Message::RegisterMirror { registers, .. } if registers.is_empty()
+            Message::RegisterMirror { layout, .. } if layout.registers.is_empty()
         ));
         assert!(Message::decode(67, &[0; 8], vec![file()]).is_err());
         // Registers without their page; a size of 3; one past the page.

@@ -16,9 +16,9 @@ use super::cut_off::FailFlag;
 use super::stats::{DeviceStats, bump};
 use super::watchdog::PostedWriteWatchdog;
 use crate::ioregion::{IoRegionPath, RegionFd};
-use crate::mirror::reader::{BarMirror, MirrorError, check_registers, map_page};
+use crate::mirror::reader::{BarMirror, MirrorError, PostedSent, check_registers, map_page};
 use crate::pci::{BarKind, ConfigSpace};
-use crate::protocol::extensions::{SUB_REGION_POSTED_WRITES, SubRegion};
+use crate::protocol::extensions::{MirrorLayout, SUB_REGION_POSTED_WRITES, SubRegion};
 use crate::proxy::link::{LinkError, RemoteLink};
 
 /// Where ioregion accesses are dispatched, decided once per VM.
@@ -83,6 +83,9 @@ pub fn negotiate(
     n: &Negotiation<'_>,
 ) -> Result<HashMap<usize, Vec<Arc<IoRegionPath>>>, IoRegionError> {
     let mut paths = HashMap::new();
+    // Every posted write to the device, whatever its range, is counted
+    // here and in the remote's mirror page.
+    let posted_sent = PostedSent::default();
     for (bar, spec) in n.config.bar_specs() {
         let mut layout: Option<Vec<SubRegion>> = None;
         let mut fds_by_region: Vec<Vec<RegionFd>> = Vec::new();
@@ -116,7 +119,9 @@ pub fn negotiate(
         }
         let Some(layout) = layout else { continue };
         let mirror = match n.dispatch {
-            Dispatch::Userspace if n.register_mirror => ask_for_mirror(link, n.name, bar, &layout)?,
+            Dispatch::Userspace if n.register_mirror => {
+                ask_for_mirror(link, n.name, bar, &layout, &posted_sent)?
+            }
             Dispatch::Userspace => None,
             // KVM serves the ranges itself; no read reaches us.
             Dispatch::Kernel(_) => None,
@@ -157,7 +162,8 @@ pub fn negotiate(
                     n.stats.clone(),
                     n.failed.clone(),
                 )
-                .with_mirror(mirror.as_ref().and_then(|m| m.range(r.offset, r.size))),
+                .with_mirror(mirror.as_ref().and_then(|m| m.range(r.offset, r.size)))
+                .counting_posted_writes(posted_sent.clone()),
             );
             if path.posts_writes()
                 && let Some(watchdog) = n.watchdog
@@ -182,17 +188,27 @@ pub fn negotiate(
 }
 
 /// Asks which registers of BAR `bar` the remote mirrors, and maps its page
-/// if it names any. They must lie in `layout`'s ranges with waited writes.
+/// if it names any. They must lie in `layout`'s ranges, and in ranges with
+/// waited writes unless the page counts the posted writes applied (to
+/// compare with `posted_sent`).
 fn ask_for_mirror(
     link: &mut dyn RemoteLink,
     name: &str,
     bar: usize,
     layout: &[SubRegion],
+    posted_sent: &PostedSent,
 ) -> Result<Option<BarMirror>, IoRegionError> {
     let offer = link
         .register_mirror(bar as u8)
         .map_err(|source| IoRegionError::Link { bar, source })?;
-    let Some((registers, file)) = offer else {
+    let Some((
+        MirrorLayout {
+            registers,
+            counts_posted_writes,
+        },
+        file,
+    )) = offer
+    else {
         return Ok(None);
     };
     let mirror_err = |source| IoRegionError::Mirror { bar, source };
@@ -200,7 +216,7 @@ fn ask_for_mirror(
         .iter()
         .map(|r| (r.offset, r.size, r.flags & SUB_REGION_POSTED_WRITES != 0))
         .collect();
-    check_registers(&registers, &ranges).map_err(mirror_err)?;
+    check_registers(&registers, &ranges, counts_posted_writes).map_err(mirror_err)?;
     let page = map_page(&file).map_err(mirror_err)?;
     let named: Vec<String> = registers
         .iter()
@@ -213,6 +229,7 @@ fn ask_for_mirror(
     Ok(Some(BarMirror {
         page: Arc::new(page),
         registers,
+        posted_sent: counts_posted_writes.then(|| posted_sent.clone()),
     }))
 }
 

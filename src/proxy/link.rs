@@ -9,7 +9,7 @@ use std::os::unix::net::UnixStream;
 
 use crate::pci::BarKind;
 use crate::protocol::channel::{Channel, ChannelError};
-use crate::protocol::extensions::{MirroredRegister, SubRegion};
+use crate::protocol::extensions::{MirrorLayout, SubRegion};
 use crate::protocol::mpqemu::{Message, RET_ERROR, SysmemRegion};
 use crate::proxy::spec::Dialect;
 
@@ -60,10 +60,7 @@ pub trait RemoteLink: Send {
     fn region_fds(&mut self, bar: u8, vcpu: u32) -> Result<Option<RegionFds>, LinkError>;
     /// The registers of BAR `bar` the remote mirrors, with the page; None
     /// when it mirrors none or cannot.
-    fn register_mirror(
-        &mut self,
-        bar: u8,
-    ) -> Result<Option<(Vec<MirroredRegister>, File)>, LinkError>;
+    fn register_mirror(&mut self, bar: u8) -> Result<Option<(MirrorLayout, File)>, LinkError>;
 }
 
 /// mpqemu. With `Dialect::Qemu` (QEMU's own remote) no extension command is
@@ -163,19 +160,14 @@ impl RemoteLink for Mpqemu {
         }
     }
 
-    fn register_mirror(
-        &mut self,
-        bar: u8,
-    ) -> Result<Option<(Vec<MirroredRegister>, File)>, LinkError> {
+    fn register_mirror(&mut self, bar: u8) -> Result<Option<(MirrorLayout, File)>, LinkError> {
         if self.dialect == Dialect::Qemu {
             return Ok(None);
         }
         match self.channel.exchange(&Message::RegisterMirrorQuery {
             bar: u32::from(bar),
         })? {
-            Message::RegisterMirror { registers, mut fds } => {
-                Ok(fds.pop().map(|page| (registers, page)))
-            }
+            Message::RegisterMirror { layout, mut fds } => Ok(fds.pop().map(|page| (layout, page))),
             other => Err(LinkError::Unexpected {
                 what: "a register-mirror query",
                 got: format!("command {}", other.command()),

@@ -13,6 +13,9 @@ pub struct DeviceStats {
     pub posted_writes: AtomicU64,
     /// Reads answered from the remote's register mirror page.
     pub mirror_reads: AtomicU64,
+    /// Reads of a mirrored register that went to the remote because
+    /// posted writes sent before them were not applied yet.
+    pub mirror_behind: AtomicU64,
     pub errors: AtomicU64,
     /// Ranges KVM serves itself (kernel path): their accesses never reach
     /// us, so they cannot be counted here.
@@ -29,13 +32,15 @@ impl DeviceStats {
         let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
         let mut line = format!(
             "remote {name}: BAR accesses over messages {} reads / {} writes, over ioregion fds \
-             {} reads / {} writes ({} posted), {} reads from the register mirror, {} errors",
+             {} reads / {} writes ({} posted), {} reads from the register mirror ({} more \
+             waited for posted writes), {} errors",
             get(&self.message_reads),
             get(&self.message_writes),
             get(&self.ioregion_reads),
             get(&self.ioregion_writes),
             get(&self.posted_writes),
             get(&self.mirror_reads),
+            get(&self.mirror_behind),
             get(&self.errors),
         );
         let kernel = get(&self.kernel_regions);
@@ -60,10 +65,13 @@ mod tests {
         bump(&s.ioregion_writes);
         bump(&s.posted_writes);
         bump(&s.mirror_reads);
+        bump(&s.mirror_behind);
+        bump(&s.mirror_behind);
         assert_eq!(
             s.line("#0"),
             "remote #0: BAR accesses over messages 1 reads / 0 writes, over ioregion fds \
-             0 reads / 2 writes (1 posted), 1 reads from the register mirror, 0 errors"
+             0 reads / 2 writes (1 posted), 1 reads from the register mirror (2 more waited \
+             for posted writes), 0 errors"
         );
     }
 }

@@ -10,8 +10,10 @@ use std::sync::{Arc, Mutex};
 
 use crate::device_model::{DeviceMemory, DeviceModel, InterruptLine};
 use crate::ioregion::device_end as ioregions;
+use crate::mirror::page::MirrorPage;
 use crate::pci::BarKind;
 use crate::protocol::channel::{Channel, ChannelError};
+use crate::protocol::extensions::MirrorLayout;
 use crate::protocol::mpqemu::{Message, RET_ERROR};
 use crate::sys;
 
@@ -117,6 +119,41 @@ fn locate(device: &dyn DeviceModel, addr: u64, size: u32, memory: bool) -> Optio
     })
 }
 
+/// The answer to a register-mirror query: the device's offer for BAR
+/// `bar`, with its page counting the posted writes applied (the hub
+/// keeps that count there), or no mirror at all.
+fn mirror_reply(device: &Arc<Mutex<dyn DeviceModel>>, hub: &ioregions::Hub, bar: u32) -> Message {
+    let none = || Message::RegisterMirror {
+        layout: MirrorLayout::default(),
+        fds: vec![],
+    };
+    // The device's lock is let go before the hub's is taken: the hub
+    // holds its own while it applies writes to the device.
+    let offer = {
+        let dev = device.lock().expect("device lock poisoned");
+        u8::try_from(bar)
+            .ok()
+            .and_then(|bar| dev.register_mirror(bar))
+    };
+    let Some(offer) = offer else {
+        return none();
+    };
+    match MirrorPage::map(&offer.page, true) {
+        Ok(page) => hub.count_posted_writes_in(page),
+        Err(e) => {
+            log::warn!("cannot count posted writes in the register mirror ({e}); offering none");
+            return none();
+        }
+    }
+    Message::RegisterMirror {
+        layout: MirrorLayout {
+            registers: offer.registers,
+            counts_posted_writes: true,
+        },
+        fds: vec![offer.page],
+    }
+}
+
 /// Applies one request and returns the reply to send, if any.
 pub fn handle(
     device: &Arc<Mutex<dyn DeviceModel>>,
@@ -135,17 +172,10 @@ pub fn handle(
             ioregions::open(device, hub, bar, vcpu).map_err(ServerError::IoRegion)?;
         return Ok(Some(Message::RegionIoFds { regions, fds }));
     }
-    let mut dev = device.lock().expect("device lock poisoned");
     if let Message::RegisterMirrorQuery { bar } = msg {
-        let mirror = u8::try_from(bar)
-            .ok()
-            .and_then(|bar| dev.register_mirror(bar));
-        let (registers, fds) = match mirror {
-            Some(offer) => (offer.registers, vec![offer.page]),
-            None => (vec![], vec![]),
-        };
-        return Ok(Some(Message::RegisterMirror { registers, fds }));
+        return Ok(Some(mirror_reply(device, hub, bar)));
     }
+    let mut dev = device.lock().expect("device lock poisoned");
     Ok(match msg {
         Message::SyncSysmem { regions, fds } => {
             dev.set_memory(DeviceMemory::map(&regions, fds)?);

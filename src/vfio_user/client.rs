@@ -18,7 +18,7 @@ use super::header::{Command, Header, Kind};
 use super::io_fds::{self, IoFdKind, RegionIoFds};
 use super::messages::*;
 use super::version::{self, Capabilities, Version};
-use crate::protocol::extensions::{MirroredRegister, SUB_REGION_POSTED_WRITES, SubRegion};
+use crate::protocol::extensions::{MirrorLayout, SUB_REGION_POSTED_WRITES, SubRegion};
 use crate::protocol::mpqemu::SysmemRegion;
 use crate::proxy::link::{LinkError, PlacedBar, RegionFds, RemoteLink};
 
@@ -306,10 +306,7 @@ impl RemoteLink for Client {
     }
 
     /// vfio-user has no register mirror.
-    fn register_mirror(
-        &mut self,
-        _bar: u8,
-    ) -> Result<Option<(Vec<MirroredRegister>, File)>, LinkError> {
+    fn register_mirror(&mut self, _bar: u8) -> Result<Option<(MirrorLayout, File)>, LinkError> {
         Ok(None)
     }
 }
