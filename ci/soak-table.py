@@ -2,7 +2,10 @@
 """Reads ci/soak.sh's console logs and the rig kernel's logs (one pair per
 part of the soak), and prints the soak table: one row per configuration and
 scenario, one column per way a run can end.
-Usage: soak-table.py RUNS CONFIGS SCENARIOS CONSOLE:L1LOG..."""
+Usage: soak-table.py EXPECTED CONFIGS SCENARIOS CONSOLE:L1LOG...
+EXPECTED says how many runs each pair was to have, as CONFIG:SCENARIO=N
+separated by spaces (or one number for every pair); the difference to the
+runs found counts as 'rig died / not run'."""
 import os
 import re
 import statistics
@@ -24,6 +27,8 @@ COLUMNS = ["runs", "ok", "stalled", "triple fault / reset", "guest panic or lock
 
 def classify(text, rc):
     """The column a finished run belongs in, and a short reason."""
+    if "the guest had not found its disk" in text:
+        return "other failure", "the remote was not killed mid-I/O: no disk in 120 s"
     if "VMM-GUEST: fio done: FAILED" in text:
         return "verify failure", "fio verify failed"
     m = GUEST_LOCKUP.search(text)
@@ -42,8 +47,12 @@ def classify(text, rc):
 
 
 def main():
-    runs, configs, scenarios = sys.argv[1:4]
-    runs = int(runs)
+    expected_arg, configs, scenarios = sys.argv[1:4]
+    if expected_arg.isdigit():
+        expected = lambda key: int(expected_arg)  # noqa: E731
+    else:
+        pairs = dict(kv.split("=") for kv in expected_arg.split())
+        expected = lambda key: int(pairs.get(f"{key[0]}:{key[1]}", 0))  # noqa: E731
     configs = configs.split(",")
     scenarios = scenarios.split(",")
     texts, l1_texts = [], []
@@ -99,8 +108,10 @@ def main():
             if key in counts and counts[key] is None:
                 continue
             row = counts.get(key) or {c: 0 for c in COLUMNS}
-            row["rig died / not run"] = runs - row["runs"]
-            row["runs"] = runs
+            if expected(key) == 0 and row["runs"] == 0:
+                continue
+            row["rig died / not run"] = expected(key) - row["runs"]
+            row["runs"] = expected(key)
             med = statistics.median(secs[key]) if key in secs else "-"
             exits = inj = "-"
             if kvm.get(key):

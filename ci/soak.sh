@@ -26,9 +26,12 @@
 #
 # A soak longer than one sitting runs in parts: `--part-of NAME` adds
 # --runs more rounds to the record resources/soak/NAME.md, with the same
-# configurations, scenarios, limits and rig, and only at the commit the
-# record was started at (check that commit out, e.g. in a git worktree);
-# the table is then made over every part's logs.
+# limits and rig, and only at the commit the record was started at (check
+# that commit out, e.g. in a git worktree); the table is then made over
+# every part's logs. A part runs the record's configurations and
+# scenarios unless --configs or --scenarios name others (say, 10 restart
+# runs of ours after 30 fio2 rounds of everything); the table counts each
+# pair's runs against the rounds the parts gave it.
 #
 # usage: ci/soak.sh [--runs N] [--configs a,b] [--scenarios a,b]
 #                   [--timeout SECS] [--cpus N] [--kvm-modules] [--out DIR]
@@ -46,25 +49,28 @@ cpus=$VMM_RIG_CPUS
 kvm_modules=0
 out=""
 part_of=""
+given_configs="" given_scenarios=""
 while [ $# -gt 0 ]; do
     case "$1" in
         --runs) runs=$2; shift 2 ;;
-        --configs) configs=$2; shift 2 ;;
-        --scenarios) scenarios=$2; shift 2 ;;
+        --configs) configs=$2; given_configs=$2; shift 2 ;;
+        --scenarios) scenarios=$2; given_scenarios=$2; shift 2 ;;
         --timeout) per_run=$2; shift 2 ;;
         --cpus) cpus=$2; shift 2 ;;
         --kvm-modules) kvm_modules=1; shift ;;
         --out) out=$2; shift 2 ;;
         --part-of) part_of=$2; shift 2 ;;
-        -h|--help) sed -n '2,35p' "$0"; exit 0 ;;
+        -h|--help) sed -n '2,38p' "$0"; exit 0 ;;
         *) die "unknown option $1 (see --help)" ;;
     esac
 done
 case ",$configs," in *,ours-kernel,*) kvm_modules=1 ;; esac
 records=$VMM_ROOT/resources/soak
 commit=$(git rev-parse --short HEAD)$(git diff --quiet HEAD || echo '+local-changes')
-# A later part takes the first part's settings, at its commit only.
+# A later part takes the first part's settings, at its commit only, and
+# its configurations and scenarios unless it names its own.
 round0=0
+record_configs="" record_scenarios="" expected=""
 if [ -n "$part_of" ]; then
     params=$records/$part_of.params
     [ -f "$params" ] || die "no soak record $part_of to continue ($params missing)"
@@ -72,9 +78,35 @@ if [ -n "$part_of" ]; then
     . "$params"
     [ "$commit" = "$soak_commit" ] ||
         die "$part_of ran at $soak_commit, this tree is $commit: check that commit out (git worktree add) to continue it"
-    configs=$soak_configs scenarios=$soak_scenarios per_run=$soak_per_run
-    cpus=$soak_cpus kvm_modules=$soak_kvm_modules round0=$soak_rounds
+    case ",$given_configs," in
+        *,ours-kernel,*) [ "$soak_kvm_modules" -eq 1 ] ||
+            die "$part_of runs on the stock kvm modules: ours-kernel cannot join it" ;;
+    esac
+    configs=${given_configs:-$soak_configs} scenarios=${given_scenarios:-$soak_scenarios}
+    per_run=$soak_per_run cpus=$soak_cpus kvm_modules=$soak_kvm_modules round0=$soak_rounds
+    record_configs=$soak_configs record_scenarios=$soak_scenarios
+    # Records made before parts could differ ran every pair each round.
+    expected=${soak_expected:-}
+    if [ -z "$expected" ]; then
+        for c in $(echo "$soak_configs" | tr ',' ' '); do
+            for sc in $(echo "$soak_scenarios" | tr ',' ' '); do
+                expected="$expected $c:$sc=$soak_rounds"
+            done
+        done
+    fi
 fi
+# The record's lists, in order of first appearance, and how many runs of
+# each pair its parts asked for (this one included).
+union() { printf '%s,%s\n' "$1" "$2" | tr ',' '\n' | awk 'NF && !seen[$0]++' | paste -sd, -; }
+record_configs=$(union "$record_configs" "$configs")
+record_scenarios=$(union "$record_scenarios" "$scenarios")
+for c in $(echo "$configs" | tr ',' ' '); do
+    for sc in $(echo "$scenarios" | tr ',' ' '); do
+        old=$(printf '%s\n' $expected | sed -n "s/^$c:$sc=//p")
+        expected="$(printf '%s\n' $expected | { grep -v "^$c:$sc=" || true; }) $c:$sc=$(( ${old:-0} + runs ))"
+    done
+done
+expected=$(echo $expected)
 [ -n "$out" ] || out=$VMM_BUILD/soak/soak-$(date +%Y%m%d-%H%M%S)
 mkdir -p "$out"
 ensure_packages qemu-system-x86 busybox-static cpio kmod gzip python3
@@ -112,12 +144,19 @@ one_run() {
             ours-vfio-user) extra=",restart=on,proto=vfio-user" ;;
             *) echo "SOAK-NOT-APPLICABLE"; return 0 ;;
         esac
+        # The last run's log must be gone first, or its 'disk found'
+        # would have the remote killed before this guest booted.
+        rm -f $WORK/vmm.log
         ours 1 "$extra" > $WORK/vmm.log &
         vmm=$!
-        i=0; while [ $i -lt 120 ] && ! grep -q 'disk found' $WORK/vmm.log; do sleep 1; i=$((i + 1)); done
+        i=0; while [ $i -lt 120 ] && ! grep -q 'disk found' $WORK/vmm.log 2>/dev/null; do sleep 1; i=$((i + 1)); done
         sleep 5
         remote=$(sed -n 's/.*(lsi, pid \([0-9]*\)).*/\1/p' $WORK/vmm.log | head -n 1)
-        echo "killing remote $remote"
+        if grep -q 'disk found' $WORK/vmm.log; then
+            echo "killing remote $remote, 5 s after the guest found its disk (mid-I/O)"
+        else
+            echo "killing remote $remote; the guest had not found its disk in 120 s"
+        fi
         kill -KILL "$remote"
         wait $vmm
         rc=$?
@@ -250,12 +289,13 @@ else
 fi
 tar -C "$out" -czf "$logs" console.log l1.log
 rounds=$((round0 + runs))
-line="- Part $part: $(date -u '+%Y-%m-%d %H:%M') UTC, rounds $((round0 + 1)) to $rounds, logs \`$(basename "$logs")\`"
+line="- Part $part: $(date -u '+%Y-%m-%d %H:%M') UTC, rounds $((round0 + 1)) to $rounds of $configs x $scenarios, logs \`$(basename "$logs")\`"
 printf '%s\n' "${parts_desc:+$parts_desc}" "$line" | sed '/^$/d' > "$records/$name.parts"
 {
     echo "soak_commit=$commit"
-    echo "soak_configs=$configs"
-    echo "soak_scenarios=$scenarios"
+    echo "soak_configs=$record_configs"
+    echo "soak_scenarios=$record_scenarios"
+    echo "soak_expected=\"$expected\""
     echo "soak_per_run=$per_run"
     echo "soak_cpus=$cpus"
     echo "soak_kvm_modules=$kvm_modules"
@@ -282,11 +322,15 @@ in_parts=""
     echo
     echo "- Where: $where ($rig_desc)"
     echo "- Guest kernel: $(basename "$(readlink -f "$VMM_BUILD/guest/bzImage")") from $(ls "$VMM_BUILD/kernel" | head -n 1)"
-    echo "- Command: \`ci/soak.sh --runs $rounds --configs $configs --scenarios $scenarios --timeout $per_run --cpus $cpus$kvm_flag\`$in_parts"
+    if [ "$part" -eq 1 ]; then
+        echo "- Command: \`ci/soak.sh --runs $rounds --configs $configs --scenarios $scenarios --timeout $per_run --cpus $cpus$kvm_flag\`"
+    else
+        echo "- Command: \`ci/soak.sh --timeout $per_run --cpus $cpus$kvm_flag\` with --runs, --configs and --scenarios per part$in_parts"
+    fi
     echo "- Commit: $commit"
     cat "$records/$name.parts"
     echo
-    python3 ci/soak-table.py "$rounds" "$configs" "$scenarios" "${pairs[@]}"
+    python3 ci/soak-table.py "$expected" "$record_configs" "$record_scenarios" "${pairs[@]}"
 } > "$out/table.md"
 cat "$out/table.md"
 cp "$out/table.md" "$records/$name.md"
