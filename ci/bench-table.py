@@ -6,7 +6,10 @@ usage: bench-table.py CONSOLE_LOG JSON_DIR
 Saves each fio JSON result as JSON_DIR/<config>-r<round>-<job>.json and
 prints, per job, the median over rounds of IOPS, bandwidth, mean and p99
 completion latency for every configuration, with IOPS ratios against the
-first configuration; then the register round trip (regbench) the same way.
+first configuration; then the cost of one I/O (KVM exits, injected
+interrupts and context switches, from the BENCH-COST samples taken as a
+job starts and as fio finishes, over the job's completed I/Os); then the
+register round trip (regbench) the same way.
 """
 import json
 import os
@@ -20,9 +23,12 @@ def parse(log_path, json_dir):
     results = {}  # (config, job) -> [metrics per round]
     regs = {}  # config -> [(read_ns, write_ns)]
     counters = {}  # config -> last --stats line
+    costs = {}  # (config, job) -> [per-I/O cost per round]
     order, jobs = [], []
     config = rnd = None
     capture = None
+    job_start = None  # the cost sample at the current job's start
+    job_end = None  # and as its fio finished
     for raw in open(log_path, errors="replace"):
         line = raw.rstrip("\r\n")
         m = re.match(r"BENCH-CONFIG: (\S+) round (\d+)", line)
@@ -30,6 +36,16 @@ def parse(log_path, json_dir):
             config, rnd = m.group(1), int(m.group(2))
             if config not in order:
                 order.append(config)
+            continue
+        if line.startswith("VMM-BENCH-JOB:"):
+            job_start = job_end = None
+        m = re.match(r"BENCH-COST: exits=(\d+) irqs=(\d+) switches=(\d+)", line)
+        if m:
+            sample = tuple(int(x) for x in m.groups())
+            if job_start is None:
+                job_start = sample
+            elif job_end is None:
+                job_end = sample
             continue
         m = re.match(r"VMM-FIO-JSON-BEGIN (\S+)", line)
         if m:
@@ -49,6 +65,10 @@ def parse(log_path, json_dir):
             if job not in jobs:
                 jobs.append(job)
             results.setdefault((config, job), []).append(metrics(data))
+            ios = total_ios(data)
+            if job_start and job_end and ios:
+                per_io = tuple((e - b) / ios for b, e in zip(job_start, job_end))
+                costs.setdefault((config, job), []).append(per_io)
             continue
         if capture:
             capture[1].append(line)
@@ -58,7 +78,13 @@ def parse(log_path, json_dir):
             regs.setdefault(config, []).append((int(m.group(1)), int(m.group(2))))
         if "BAR accesses over messages" in line and config:
             counters[config] = line.split(": ", 1)[-1]
-    return order, jobs, results, regs, counters
+    return order, jobs, results, regs, counters, costs
+
+
+def total_ios(data):
+    """Completed I/Os of a fio job, reads and writes together."""
+    job = data["jobs"][0]
+    return sum(job[side].get("total_ios", 0) for side in ("read", "write"))
 
 
 def metrics(data):
@@ -82,7 +108,7 @@ def metrics(data):
 
 
 def main():
-    order, jobs, results, regs, counters = parse(sys.argv[1], sys.argv[2])
+    order, jobs, results, regs, counters, costs = parse(sys.argv[1], sys.argv[2])
     if not jobs:
         sys.exit("no fio results in the log")
     print("| job | configuration | IOPS | MiB/s | mean lat us | p99 lat us | IOPS vs " + order[0] + " | runs |")
@@ -99,6 +125,21 @@ def main():
                 base = med[0]
             ratio = f"{med[0] / base:.2f}x" if base else "-"
             print(f"| {job} | {config} | {med[0]:.0f} | {med[1]:.1f} | {med[2]:.0f} | {med[3]:.0f} | {ratio} | {len(runs)} |")
+    if costs:
+        print()
+        print("Cost of one I/O (medians over rounds): KVM exits and injected interrupts")
+        print("(the rig kernel's debugfs), and context switches of every VMM, remote and")
+        print("QEMU thread, from the job's start to the end of its fio run, over its I/Os:")
+        print()
+        print("| job | configuration | exits | injected irqs | context switches | runs |")
+        print("| --- | --- | ---: | ---: | ---: | ---: |")
+        for job in jobs:
+            for config in order:
+                runs = costs.get((config, job))
+                if not runs:
+                    continue
+                med = [statistics.median(r[i] for r in runs) for i in range(3)]
+                print(f"| {job} | {config} | {med[0]:.1f} | {med[1]:.2f} | {med[2]:.1f} | {len(runs)} |")
     print()
     print("Register round trip from guest userspace (SCRATCHB, BAR1 + 0x5c, regbench):")
     print()

@@ -24,8 +24,10 @@
 # Same kernel, initramfs and disk image; one guest boot per configuration
 # and round, rounds interleaved (A B C D A B C D) so noise shows. Runs in the
 # KVM test rig unless /dev/kvm is hardware-backed. Prints a markdown table
-# (medians over rounds, ratios against the first configuration) and keeps
-# it with fio's raw JSON and the console log in the output folder.
+# (medians over rounds, ratios against the first configuration) and the
+# cost of one I/O per job (KVM exits, injected interrupts, context switches
+# of the VMM, remote and QEMU threads), and keeps them with fio's raw JSON
+# and the console log in the output folder.
 #
 # --pin CPUS runs every process of a configuration (VMM, remote, vCPU) under
 # `taskset -c CPUS`; the default in the rig is 0, because there a wake-up
@@ -55,7 +57,7 @@ while [ $# -gt 0 ]; do
         --out) out=$2; shift 2 ;;
         --pin) pin=$2; shift 2 ;;
         --kvm-modules) kvm_modules=1; shift ;;
-        -h|--help) sed -n '2,25p' "$0"; exit 0 ;;
+        -h|--help) sed -n '2,39p' "$0"; exit 0 ;;
         *) die "unknown option $1 (see --help)" ;;
     esac
 done
@@ -83,6 +85,29 @@ dd if=/dev/zero of=\$img bs=1M count=256 2>/dev/null
 cmdline="console=ttyS0 quiet iomem=relaxed vmm.run=fio-bench vmm.runtime=$runtime vmm.jobs=$jobs vmm.count=2000"
 guest="-kernel \$GUEST/bzImage -initrd \$GUEST/initramfs.cpio.gz"
 qemu_vm="qemu-system-x86_64 -accel kvm -cpu host -m 512M -nodefaults -display none -serial stdio -no-reboot"
+# The cost of a job, sampled when it starts (VMM-BENCH-JOB) and when fio
+# has finished (VMM-FIO-JSON-BEGIN, before its JSON crosses the serial
+# port, which costs an exit per byte): KVM's exits and injected
+# interrupts (debugfs sums them over the VMs alive, here the one), and
+# the context switches of every thread of the VMM, its remotes and QEMU.
+mount -t debugfs nodev /sys/kernel/debug 2>/dev/null
+kvm_stat() { cat /sys/kernel/debug/kvm/\$1 2>/dev/null || echo 0; }
+cost() {
+    switches=\$(for d in /proc/[0-9]*; do
+        case "\$(tr '\\0' ' ' < \$d/cmdline 2>/dev/null)" in
+            *vmm*|*qemu-system*) cat \$d/task/*/status 2>/dev/null ;;
+        esac
+    done | awk '/ctxt_switches/ { s += \$2 } END { print s + 0 }')
+    echo "BENCH-COST: exits=\$(kvm_stat exits) irqs=\$(kvm_stat irq_injections) switches=\$switches"
+}
+costs() {
+    while IFS= read -r line; do
+        printf '%s\n' "\$line"
+        case "\$line" in
+            VMM-BENCH-JOB:*|VMM-FIO-JSON-BEGIN*) cost ;;
+        esac
+    done
+}
 for round in \$(seq $rounds); do
     for config in $(echo "$configs" | tr ',' ' '); do
         echo "BENCH-CONFIG: \$config round \$round"
@@ -118,7 +143,7 @@ for round in \$(seq $rounds); do
         qemu-mp) $run \$PAIREXEC "LSI_DISK=\$img exec \$EXTRA/ci/qemu-remote-lsi.sh" \
                 "exec \$qemu_vm -object memory-backend-memfd,id=mem,size=512M -numa node,memdev=mem \$guest -append '\$cmdline' -device x-pci-proxy-dev,id=lsi0,fd=4" </dev/null 2>&1 ;;
         *) echo "BENCH-UNKNOWN-CONFIG: \$config" ;;
-        esac | grep -E '^VMM-|^\{|^\}|^ |^vmm: remote|BAR accesses|in flight'
+        esac | costs | grep -E '^VMM-|^BENCH-COST|^\{|^\}|^ |^vmm: remote|BAR accesses|in flight'
     done
 done
 echo "BENCH-DONE"
