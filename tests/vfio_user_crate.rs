@@ -278,8 +278,11 @@ fn a_guest_drives_the_crate_served_device_through_our_vmm() {
     o.assert_contains("with an fd");
     o.assert_contains("VMM-GUEST: toy register 0xFEEDF00D");
     o.assert_contains("toy: doorbell: DMA of 16 bytes to 0x4000000");
+    o.assert_contains("toy: INTx trigger eventfd set");
     o.assert_contains("toy: INTx raised");
     o.assert_contains("VMM-GUEST: toy interrupts 1\n");
+    // Through the guest's IOAPIC, level-triggered, to the guest driver.
+    o.assert_contains("IO-APIC 16-fasteoi uio_pci_generic");
     o.assert_contains("VMM-GUEST: toy pending 0x00000001");
     o.assert_contains("toy: interrupt acknowledged");
     o.assert_contains("VMM-GUEST: toy pending after ack 0x00000000");
