@@ -7,7 +7,7 @@ mod common;
 
 use std::sync::OnceLock;
 
-use common::{Mode, Outcome, Scenario};
+use common::{Mode, Outcome, Qemu, Scenario};
 
 fn scenarios() -> Vec<Scenario> {
     let vmm = |run: &str, remotes: &str| {
@@ -113,6 +113,36 @@ fn scenarios() -> Vec<Scenario> {
                      echo \"image md5 $(dd if=/tmp/a.img bs=4096 skip=256 count=16 2>/dev/null | md5sum)\""
                 .into(),
         },
+        // QEMU 11.1's own vfio-user client (Debian sid's, under KVM in the
+        // rig) in front of our LSI remote: a pattern, then fio verify.
+        Scenario {
+            name: "qemu-vfio-user-client",
+            script: "qemu_sid=${VMM_QEMU_VFIO_USER:-/opt/qemu-sid/qemu-system-x86_64}\n\
+                     vfio_user_boot() {\n\
+                     rm -f /tmp/vu.sock\n\
+                     $VMM remote lsi --protocol vfio-user --socket /tmp/vu.sock --disk $2 \
+                     --log-level info 2> /tmp/vu-remote.log & remote=$!\n\
+                     i=0; while [ ! -S /tmp/vu.sock ] && [ $i -lt 100 ]; do sleep 0.1; i=$((i + 1)); done\n\
+                     $qemu_sid -accel kvm -cpu host -m 512M -nodefaults -display none \
+                     -serial stdio -no-reboot -object memory-backend-memfd,id=mem,size=512M \
+                     -machine pc,memory-backend=mem -kernel $KERNEL -initrd $INITRD \
+                     -append \"console=ttyS0 quiet vmm.run=$1\" \
+                     -device '{\"driver\":\"vfio-user-pci\",\"socket\":{\"type\":\"unix\",\"path\":\"/tmp/vu.sock\"}}' \
+                     </dev/null\n\
+                     echo \"$1: qemu exited $?\"\n\
+                     wait $remote; echo \"$1: remote exited $?\"\n\
+                     sed \"s/^/$1: /\" /tmp/vu-remote.log\n\
+                     }\n\
+                     dd if=/dev/zero of=/tmp/p.img bs=1M count=64 2>/dev/null\n\
+                     vfio_user_boot disk-pattern /tmp/p.img\n\
+                     echo \"image md5 $(dd if=/tmp/p.img bs=4096 skip=256 count=16 2>/dev/null | md5sum)\"\n\
+                     dd if=/dev/zero of=/tmp/f.img bs=1M count=64 2>/dev/null\n\
+                     vfio_user_boot fio-verify /tmp/f.img\n\
+                     blocks=0; for i in $(seq 0 63); do \
+                     [ \"$(od -An -tx1 -j $((8388608 + i * 32768)) -N 2 /tmp/f.img | tr -d ' ')\" = caac ] \
+                     && blocks=$((blocks + 1)); done; echo \"fio headers in image: $blocks of 64\""
+                .into(),
+        },
         Scenario {
             name: "remote-missing",
             script:
@@ -130,7 +160,9 @@ fn outcome(name: &str) -> Option<&'static Outcome> {
         return None;
     }
     common::pick(
-        common::run_once(&RESULTS, || common::run_batch_with(&scenarios(), 240, true)),
+        common::run_once(&RESULTS, || {
+            common::run_batch_with(&scenarios(), 240, Qemu::DebianAndSid)
+        }),
         name,
     )
 }
@@ -153,6 +185,23 @@ fn assert_files_read_back(o: &Outcome) {
         "{}",
         o.output
     );
+}
+
+#[test]
+fn qemu_11_vfio_user_client_under_kvm_drives_our_lsi_remote() {
+    let Some(o) = outcome("qemu-vfio-user-client") else {
+        return;
+    };
+    o.assert_pattern_landed();
+    o.assert_contains("VMM-GUEST: fio done: ok");
+    o.assert_contains("fio headers in image: 64 of 64");
+    o.assert_exited("disk-pattern: qemu", 0);
+    o.assert_exited("disk-pattern: remote", 0);
+    o.assert_exited("fio-verify: qemu", 0);
+    o.assert_exited("fio-verify: remote", 0);
+    o.assert_contains("disk-pattern: vmm-remote: [INFO] vfio-user client: version 0.0");
+    o.assert_contains("fio-verify: vmm-remote: [INFO] VMM disconnected; exiting");
+    o.assert_nothing_left_running();
 }
 
 #[test]

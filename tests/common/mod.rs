@@ -313,14 +313,34 @@ pub fn run_once(
 }
 
 pub fn run_batch(scenarios: &[Scenario], timeout_s: u32) -> HashMap<String, Outcome> {
-    run_batch_with(scenarios, timeout_s, false)
+    run_batch_inner(scenarios, timeout_s, None)
 }
 
-/// As `run_batch`; `with_qemu` makes Debian's QEMU available to the scenarios.
+/// The QEMU builds a batch's scenarios use besides our VMM.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Qemu {
+    /// Debian's (the interop peer and baseline), with $PAIREXEC for its
+    /// multiprocess mode.
+    Debian,
+    /// Debian's, and Debian sid's 11.1 for its vfio-user-pci client: in
+    /// the rig /opt/qemu-sid/qemu-system-x86_64 (ci/qemu-sid-overlay.sh),
+    /// on hardware KVM whatever `VMM_QEMU_VFIO_USER` names.
+    DebianAndSid,
+}
+
+/// As `run_batch`, with `qemu` available to the scenarios.
 pub fn run_batch_with(
     scenarios: &[Scenario],
     timeout_s: u32,
-    with_qemu: bool,
+    qemu: Qemu,
+) -> HashMap<String, Outcome> {
+    run_batch_inner(scenarios, timeout_s, Some(qemu))
+}
+
+fn run_batch_inner(
+    scenarios: &[Scenario],
+    timeout_s: u32,
+    qemu: Option<Qemu>,
 ) -> HashMap<String, Outcome> {
     let scenarios: Vec<Scenario> = scenarios
         .iter()
@@ -334,7 +354,7 @@ pub fn run_batch_with(
             let guest = build_guest();
             // QEMU's multiprocess mode needs ci/tools/pairexec.c as its launcher.
             let pairexec = repo_root().join("build/tools/pairexec");
-            if with_qemu {
+            if qemu.is_some() {
                 std::fs::create_dir_all(pairexec.parent().unwrap()).unwrap();
                 let built = Command::new("gcc")
                     .args(["-static", "-O2", "-o"])
@@ -365,10 +385,7 @@ pub fn run_batch_with(
                 "hardware KVM",
             )
         }
-        Mode::Rig => (
-            run_in_rig(scenarios, timeout_s, with_qemu),
-            "the KVM test rig",
-        ),
+        Mode::Rig => (run_in_rig(scenarios, timeout_s, qemu), "the KVM test rig"),
     };
     let results = parse_batch(&output);
     for sc in scenarios {
@@ -401,7 +418,7 @@ fn batch_output_parses_into_scenarios() {
 /// it did not finish get one more rig boot, announced on the test's real stderr (libtest
 /// does not capture it, so CI's log shows it) and counted in the retry log
 /// that ci/test.sh sums up at the end.
-fn run_in_rig(scenarios: &[Scenario], timeout_s: u32, with_qemu: bool) -> String {
+fn run_in_rig(scenarios: &[Scenario], timeout_s: u32, qemu: Option<Qemu>) -> String {
     let mut finished = HashMap::new();
     let mut output = String::new();
     for attempt in 1..=2 {
@@ -429,7 +446,7 @@ fn run_in_rig(scenarios: &[Scenario], timeout_s: u32, with_qemu: bool) -> String
         // A scenario's own `timeout` fires inside the rig; past this much
         // wall time the rig itself has stopped making progress.
         let stall = std::time::Duration::from_secs(u64::from(timeout_s) + 120);
-        let run = run_rig(&path, &l1_path, total, stall, with_qemu);
+        let run = run_rig(&path, &l1_path, total, stall, qemu);
         if let Some(where_) = &run.rig_cpu {
             notice(&format!(
                 "where the rig's CPU was when it went silent:\n{where_}"
@@ -591,7 +608,7 @@ fn run_rig(
     l1_log: &std::path::Path,
     total: u32,
     stall: std::time::Duration,
-    with_qemu: bool,
+    qemu: Option<Qemu>,
 ) -> RigRun {
     use std::io::{Read, Write};
     use std::os::unix::process::CommandExt;
@@ -602,8 +619,11 @@ fn run_rig(
     rig.arg("--l1-log").arg(l1_log);
     let monitor = l1_log.with_extension("monitor");
     rig.arg("--monitor").arg(&monitor);
-    if with_qemu {
+    if qemu.is_some() {
         rig.arg("--with-qemu");
+    }
+    if qemu == Some(Qemu::DebianAndSid) {
+        rig.arg("--with-qemu-sid");
     }
     let mut child = rig
         .args(["--extra", repo_root().join("ci").to_str().unwrap()])
