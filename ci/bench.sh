@@ -93,8 +93,10 @@ qemu_vm="qemu-system-x86_64 -accel kvm -cpu host -m 512M -nodefaults -display no
 mount -t debugfs nodev /sys/kernel/debug 2>/dev/null
 kvm_stat() { cat /sys/kernel/debug/kvm/\$1 2>/dev/null || echo 0; }
 cost() {
+    # A process may end between the glob and the read: no complaint (the
+    # shell's own, for a failed redirection, would land inside fio's JSON).
     switches=\$(for d in /proc/[0-9]*; do
-        case "\$(tr '\\0' ' ' < \$d/cmdline 2>/dev/null)" in
+        case "\$(cat \$d/cmdline 2>/dev/null | tr '\\0' ' ')" in
             *vmm*|*qemu-system*) cat \$d/task/*/status 2>/dev/null ;;
         esac
     done | awk '/ctxt_switches/ { s += \$2 } END { print s + 0 }')
