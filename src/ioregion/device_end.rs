@@ -47,7 +47,7 @@ use super::wire::{
     socket_pair,
 };
 use crate::device_model::{DeviceModel, IoRegionSpec};
-use crate::mirror::page::MirrorPage;
+use crate::mirror::page::{MirrorPage, caught_up};
 use crate::protocol::extensions::{
     MAX_SUB_REGIONS, MIRROR_POSTED_COUNT_OFFSET, SUB_REGION_POSTED_WRITES, SubRegion,
 };
@@ -233,11 +233,19 @@ struct AppliedCount {
     pages: Vec<MirrorPage>,
 }
 
+impl Posted {
+    /// Applies the queued posted writes in order (see [`drain_in_order`]);
+    /// whether `own`'s peer is gone.
+    fn drain(&mut self, own: Option<&Arc<OwnedFd>>) -> bool {
+        drain_in_order(&self.ends, own, &mut self.applied)
+    }
+}
+
 impl AppliedCount {
     /// Whether `sent` posted writes (as a VMM counted them, None when it
     /// did not say) have all been applied. The counts wrap together.
     fn covers(&self, sent: Option<u64>) -> bool {
-        sent.is_some_and(|sent| (self.count.wrapping_sub(sent) as i64) >= 0)
+        sent.is_some_and(|sent| caught_up(self.count, sent))
     }
 
     /// After a posted write was applied, so that its effect on mirrored
@@ -336,9 +344,7 @@ impl Hub {
     /// Applies every posted write queued so far: whatever the control
     /// socket or the interrupt acknowledgement brings next must see them.
     pub fn drain_all(&self) {
-        let mut posted = self.posted.lock().expect("hub lock poisoned");
-        let Posted { ends, applied } = &mut *posted;
-        drain_in_order(ends, None, applied);
+        self.posted.lock().expect("hub lock poisoned").drain(None);
     }
 
     /// From now on the count of posted writes applied is kept at
@@ -504,10 +510,9 @@ fn serve_synchronous(hub: &Hub, fd: &Arc<OwnedFd>, handle: &Handler) -> Result<(
             Incoming::Closed(_) => return Ok(()),
         };
         let mut posted = hub.posted.lock().expect("hub lock poisoned");
-        let Posted { ends, applied } = &mut *posted;
         let sent_before = wire::posted_before_of(&buf[..len.min(buf.len())]);
-        if !applied.covers(sent_before) {
-            drain_in_order(ends, None, applied);
+        if !posted.applied.covers(sent_before) {
+            posted.drain(None);
         }
         if answer(fd.as_fd(), &buf, len, &mut |c| handle(c))?.is_some() {
             return Ok(());
@@ -523,9 +528,12 @@ fn serve_posted(hub: &Hub, fd: &Arc<OwnedFd>) -> Result<(), ServeError> {
         if !wait_readable(fd.as_fd())? {
             continue;
         }
-        let mut posted = hub.posted.lock().expect("hub lock poisoned");
-        let Posted { ends, applied } = &mut *posted;
-        if drain_in_order(ends, Some(fd), applied) {
+        if hub
+            .posted
+            .lock()
+            .expect("hub lock poisoned")
+            .drain(Some(fd))
+        {
             return Ok(());
         }
     }

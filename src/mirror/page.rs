@@ -11,6 +11,12 @@ use std::sync::atomic::{AtomicU8, AtomicU64, Ordering};
 
 use crate::protocol::extensions::MIRROR_PAGE_SIZE;
 
+/// Whether a count of posted writes applied has reached `sent`, the count
+/// of those sent; both wrap around together.
+pub fn caught_up(applied: u64, sent: u64) -> bool {
+    (applied.wrapping_sub(sent) as i64) >= 0
+}
+
 pub struct MirrorPage {
     page: *mut u8,
     writable: bool,

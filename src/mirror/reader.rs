@@ -17,7 +17,7 @@ use std::fs::File;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use crate::mirror::page::MirrorPage;
+use crate::mirror::page::{MirrorPage, caught_up};
 use crate::protocol::extensions::{MIRROR_PAGE_SIZE, MIRROR_POSTED_COUNT_OFFSET, MirroredRegister};
 
 #[derive(Debug, thiserror::Error)]
@@ -118,7 +118,7 @@ impl RangeMirror {
             // are at least as new as the writes it counts.
             let applied = self.page.load_u64(MIRROR_POSTED_COUNT_OFFSET as usize);
             let sent = sent.load(Ordering::Relaxed);
-            if (applied.wrapping_sub(sent) as i64) < 0 {
+            if !caught_up(applied, sent) {
                 return MirrorRead::Behind;
             }
         }
