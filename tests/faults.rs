@@ -212,10 +212,23 @@ fn a_killed_remote_is_restarted_and_no_completed_write_is_lost() {
     o.assert_contains("killing remote");
     o.assert_contains("process exit: signal: 9 (SIGKILL)); restarting it");
     o.assert_contains("took over the device (1 of at most 5 restarts)");
-    // The driver recovered the new controller through its own resets, and
+    assert_recovered_by_the_bus_reset_report(o);
     // fio's verify pass read back every block it had seen written.
     o.assert_contains("VMM-GUEST: fio done: ok");
     o.assert_exited("vmm", 0);
+}
+
+/// The new LSI told the guest's driver of a SCSI bus reset, and the driver
+/// recovered from that alone: the commands that were in flight were
+/// retried without first timing out (30 s each, then aborts and resets).
+fn assert_recovered_by_the_bus_reset_report(o: &Outcome) {
+    o.assert_contains("lsi: took over a running device; reporting a SCSI bus reset to its driver");
+    o.assert_contains("SCSI BUS reset detected");
+    assert!(
+        !o.output.contains("ABORT operation started"),
+        "the driver timed its commands out instead:\n{}",
+        o.output
+    );
 }
 
 /// The same over vfio-user: the new remote is a new vfio-user server, and
@@ -229,6 +242,7 @@ fn a_killed_vfio_user_remote_is_restarted_and_no_completed_write_is_lost() {
     o.assert_contains("vfio-user server: version 0.0");
     o.assert_contains("process exit: signal: 9 (SIGKILL)); restarting it");
     o.assert_contains("took over the device (1 of at most 5 restarts)");
+    assert_recovered_by_the_bus_reset_report(o);
     o.assert_contains("VMM-GUEST: fio done: ok");
     o.assert_exited("vmm", 0);
 }

@@ -125,6 +125,11 @@ pub struct Lsi53c895a {
     /// The runaway-script bound (instructions per run).
     pub(crate) instruction_limit: u32,
     irq_level: bool,
+    /// This chip replaces one whose process died: see `take_over`.
+    takes_over: bool,
+    /// The bus reset reported on takeover holds the interrupt line up
+    /// whatever SIEN0 says, until the driver reads SIST0 or resets the chip.
+    takeover_reset_pending: bool,
     /// ISTAT0 for the VMM to read without asking us; None if the page
     /// could not be made (the VMM then asks every time).
     mirror: Option<RegisterMirror>,
@@ -162,6 +167,8 @@ impl Lsi53c895a {
             selection_timeout: false,
             instruction_limit: scripts::MAX_INSTRUCTIONS_PER_RUN,
             irq_level: false,
+            takes_over: false,
+            takeover_reset_pending: false,
             dma_log: dma_log::DmaLog::default(),
             mirror: RegisterMirror::new()
                 .inspect_err(|e| log::warn!("no register mirror, ISTAT reads go the long way: {e}"))
@@ -187,6 +194,35 @@ impl Lsi53c895a {
         self.running = false;
         self.waiting_reselect = false;
         self.selection_timeout = false;
+        self.takeover_reset_pending = false;
+        self.update_irq();
+    }
+
+    /// Marks this chip as the replacement for one whose process died with
+    /// the guest's commands in flight. Once its interrupt is wired (the
+    /// last step of a takeover, after the guest's config space is back) it
+    /// reports a SCSI bus reset, which is what the commands in flight went
+    /// through: `sym53c8xx` then sets the chip up again and has the SCSI
+    /// layer retry them at once, instead of finding out through 30 s
+    /// command timeouts and a ladder of aborts and resets.
+    pub fn take_over(&mut self) {
+        self.takes_over = true;
+    }
+
+    /// The bus reset of a takeover, reported only to a driver that was
+    /// running the chip (bus mastering on): a guest without one would get
+    /// an interrupt nobody handles. The driver set SIEN0 on the chip that
+    /// died; this one starts from reset values, so the line goes up
+    /// whatever SIEN0 says.
+    fn report_takeover_reset(&mut self) {
+        self.takes_over = false;
+        if self.config.command() & crate::pci::config::COMMAND_BUS_MASTER == 0 {
+            log::info!("lsi: took over a device no driver was running; no bus reset to report");
+            return;
+        }
+        log::info!("lsi: took over a running device; reporting a SCSI bus reset to its driver");
+        self.r.sist0 |= SIST0_RST;
+        self.takeover_reset_pending = true;
         self.update_irq();
     }
 
@@ -228,6 +264,7 @@ impl Lsi53c895a {
             r.istat0 &= !ISTAT0_SIP;
         }
         level |= r.istat0 & ISTAT0_INTF != 0;
+        level |= self.takeover_reset_pending;
         // The guest's handler reads ISTAT as soon as the line rises.
         self.publish_mirror();
         if level != self.irq_level {
@@ -511,6 +548,51 @@ mod tests {
     /// `sym53c8xx` sets SEM to hold SCRIPTS off during recovery and
     /// writes ISTAT without it to let them go; a SEM that only ever got
     /// set made its START script stop itself for good.
+    /// Wires a new interrupt line to `l`; returns its trigger eventfd.
+    fn wire_interrupt(l: &mut Lsi53c895a) -> vmm_sys_util::eventfd::EventFd {
+        use vmm_sys_util::eventfd::{EFD_NONBLOCK, EventFd};
+        let irqfd = EventFd::new(EFD_NONBLOCK).unwrap();
+        let resample = EventFd::new(EFD_NONBLOCK).unwrap();
+        let file = |e: &EventFd| crate::sys::eventfd_file(e).unwrap();
+        let line = crate::device_model::InterruptLine::new(file(&irqfd), file(&resample));
+        l.set_interrupt(Arc::new(std::sync::Mutex::new(line)));
+        irqfd
+    }
+
+    /// A replacement chip reports a SCSI bus reset once its interrupt is
+    /// wired, on the line whatever SIEN0 says, until the driver reads
+    /// SIST0; only to a driver that was running the chip, and only once.
+    #[test]
+    fn a_takeover_reports_a_bus_reset_once_the_interrupt_is_wired() {
+        let (mut l, _ram) = lsi(vec![]);
+        l.take_over();
+        assert!(!l.irq_level, "nothing before the interrupt is wired");
+        let irqfd = wire_interrupt(&mut l);
+        assert_eq!(irqfd.read().unwrap(), 1, "the line went up");
+        assert_eq!(read8(&mut l, SIEN0), 0, "although SIEN0 masks RST");
+        assert_eq!(read8(&mut l, ISTAT0) & ISTAT0_SIP, ISTAT0_SIP);
+        assert_eq!(read8(&mut l, SIST0), SIST0_RST);
+        assert!(!l.irq_level, "reading SIST0 ends it");
+        assert_eq!(read8(&mut l, ISTAT0) & ISTAT0_SIP, 0);
+        let again = wire_interrupt(&mut l);
+        assert!(again.read().is_err(), "reported once, not on every wiring");
+
+        let (mut reset, _ram) = lsi(vec![]);
+        reset.take_over();
+        let _irqfd = wire_interrupt(&mut reset);
+        reset.soft_reset();
+        assert!(!reset.irq_level, "a chip reset ends it too");
+        assert_eq!(read8(&mut reset, SIST0), 0);
+
+        let (mut idle, _ram) = lsi(vec![]);
+        idle.config_mut()
+            .write(crate::pci::config::REG_COMMAND, 0, &[0x02]);
+        idle.take_over();
+        let irqfd = wire_interrupt(&mut idle);
+        assert!(irqfd.read().is_err(), "no driver, no interrupt");
+        assert_eq!(read8(&mut idle, SIST0), 0);
+    }
+
     #[test]
     fn istat_writes_set_and_clear_sem_sigp_and_abrt() {
         let (mut l, _ram) = lsi(vec![]);

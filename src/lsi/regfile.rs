@@ -168,6 +168,9 @@ impl DeviceModel for Lsi53c895a {
         let level = self.irq_level;
         self.irq_level = !level;
         self.update_irq();
+        if self.takes_over {
+            self.report_takeover_reset();
+        }
     }
 }
 
@@ -252,6 +255,7 @@ impl Lsi53c895a {
             SIST0 => {
                 let v = r.sist0;
                 r.sist0 = 0;
+                self.takeover_reset_pending = false;
                 self.update_irq();
                 v
             }

@@ -79,7 +79,14 @@ pub fn spawn(
     Ok((ours, child))
 }
 
-pub fn open(spec: &RemoteDevSpec, index: usize) -> Result<RemoteProcess, RemoteError> {
+/// Connects to or starts the remote for device `index`; `replacing` says
+/// it takes over from one that died, which our LSI then reports to the
+/// guest's driver as a SCSI bus reset.
+pub fn open(
+    spec: &RemoteDevSpec,
+    index: usize,
+    replacing: bool,
+) -> Result<RemoteProcess, RemoteError> {
     let (sock, child, name) = match &spec.endpoint {
         Endpoint::Socket(path) => {
             let sock = UnixStream::connect(path).map_err(|source| RemoteError::Connect {
@@ -138,6 +145,9 @@ pub fn open(spec: &RemoteDevSpec, index: usize) -> Result<RemoteProcess, RemoteE
                 }
                 .into(),
             );
+            if replacing {
+                args.push("--takes-over".into());
+            }
             if let Some(user) = user {
                 args.push("--user".into());
                 args.push(user.clone());

@@ -259,7 +259,7 @@ fn restart(
     if closing.load(Ordering::SeqCst) {
         return Err(RestartError::Stopping);
     }
-    let process = remote::open(&r.spec, r.index)?;
+    let process = remote::open(&r.spec, r.index, true)?;
     *child.lock().expect("child lock") = process.child.lock().expect("child lock").take();
     let name = process.name.clone();
     let socket = match socket_of(&process) {

@@ -77,6 +77,13 @@ pub enum RemoteKind {
         /// writes are always waited for.
         #[arg(long, value_enum, default_value_t = RegisterWrites::Waited)]
         register_writes: RegisterWrites,
+        /// This process replaces one that died with the guest's commands
+        /// in flight (the VMM's `restart=on` passes it): once its interrupt
+        /// is wired, the chip reports a SCSI bus reset to the driver, which
+        /// then retries those commands at once rather than after its own
+        /// timeouts.
+        #[arg(long)]
+        takes_over: bool,
         /// The protocol spoken on the control socket.
         #[arg(long, value_enum, default_value_t = Protocol::Mpqemu)]
         protocol: Protocol,
@@ -166,6 +173,7 @@ pub fn run(kind: RemoteKind) -> Result<(), RemoteCliError> {
         user,
         no_sandbox,
         register_writes,
+        takes_over,
         mut protocol,
         vfio_user,
         ..
@@ -251,6 +259,9 @@ pub fn run(kind: RemoteKind) -> Result<(), RemoteCliError> {
     };
     let mut lsi = Lsi53c895a::new(disks.clone())?;
     lsi.set_posted_register_writes(register_writes == RegisterWrites::Posted);
+    if takes_over {
+        lsi.take_over();
+    }
     let device = Arc::new(Mutex::new(lsi));
     // Everything is open and the disk workers run: from here on the
     // remote only serves.

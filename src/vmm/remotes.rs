@@ -130,7 +130,7 @@ pub(super) fn add_remote_devices(
     for (index, spec) in specs.iter().enumerate() {
         let slot = index + 1;
         let gsi = PciRoot::slot_gsi(slot);
-        let process = remote::open(spec, index)?;
+        let process = remote::open(spec, index, false)?;
         // A remote that stops answering is only cut off, even with
         // restart=on: killing it from the failing access so that a new one
         // takes over hung the supervisor's restart once in CI (see the
