@@ -6,6 +6,7 @@
 //! panic.
 
 use super::dump::DumpSignal;
+use std::fs::File;
 use std::sync::{Arc, Mutex};
 
 use crate::device_model::{DeviceMemory, DeviceModel, InterruptLine};
@@ -119,14 +120,15 @@ fn locate(device: &dyn DeviceModel, addr: u64, size: u32, memory: bool) -> Optio
     })
 }
 
-/// The answer to a register-mirror query: the device's offer for BAR
-/// `bar`, with its page counting the posted writes applied (the hub
-/// keeps that count there), or no mirror at all.
-fn mirror_reply(device: &Arc<Mutex<dyn DeviceModel>>, hub: &ioregions::Hub, bar: u32) -> Message {
-    let none = || Message::RegisterMirror {
-        layout: MirrorLayout::default(),
-        fds: vec![],
-    };
+/// What a device offers for a register-mirror query about BAR `bar`:
+/// its registers, with the page counting the posted writes applied (the
+/// hub keeps that count there), and the page; or no mirror at all.
+/// Answered alike over mpqemu and vfio-user.
+pub fn mirror_offer(
+    device: &Arc<Mutex<dyn DeviceModel>>,
+    hub: &ioregions::Hub,
+    bar: u32,
+) -> (MirrorLayout, Option<File>) {
     // The device's lock is let go before the hub's is taken: the hub
     // holds its own while it applies writes to the device.
     let offer = {
@@ -136,22 +138,20 @@ fn mirror_reply(device: &Arc<Mutex<dyn DeviceModel>>, hub: &ioregions::Hub, bar:
             .and_then(|bar| dev.register_mirror(bar))
     };
     let Some(offer) = offer else {
-        return none();
+        return (MirrorLayout::default(), None);
     };
     match MirrorPage::map(&offer.page, true) {
         Ok(page) => hub.count_posted_writes_in(page),
         Err(e) => {
             log::warn!("cannot count posted writes in the register mirror ({e}); offering none");
-            return none();
+            return (MirrorLayout::default(), None);
         }
     }
-    Message::RegisterMirror {
-        layout: MirrorLayout {
-            registers: offer.registers,
-            counts_posted_writes: true,
-        },
-        fds: vec![offer.page],
-    }
+    let layout = MirrorLayout {
+        registers: offer.registers,
+        counts_posted_writes: true,
+    };
+    (layout, Some(offer.page))
 }
 
 /// Applies one request and returns the reply to send, if any.
@@ -173,7 +173,11 @@ pub fn handle(
         return Ok(Some(Message::RegionIoFds { regions, fds }));
     }
     if let Message::RegisterMirrorQuery { bar } = msg {
-        return Ok(Some(mirror_reply(device, hub, bar)));
+        let (layout, page) = mirror_offer(device, hub, bar);
+        return Ok(Some(Message::RegisterMirror {
+            layout,
+            fds: page.into_iter().collect(),
+        }));
     }
     let mut dev = device.lock().expect("device lock poisoned");
     Ok(match msg {

@@ -17,6 +17,7 @@ use super::connection::{Connection, ConnectionError};
 use super::header::{Command, Header, Kind};
 use super::io_fds::{self, IoFdKind, RegionIoFds};
 use super::messages::*;
+use super::mirror;
 use super::version::{self, Capabilities, Version};
 use crate::protocol::extensions::{MirrorLayout, SUB_REGION_POSTED_WRITES, SubRegion};
 use crate::protocol::mpqemu::SysmemRegion;
@@ -32,6 +33,8 @@ pub struct Client {
     id: u16,
     /// What the server takes in one transfer.
     max_transfer: u64,
+    /// The server offered our register-mirror extension.
+    server_mirrors: bool,
 }
 
 fn wire(what: &'static str) -> impl Fn(WireError) -> LinkError {
@@ -51,12 +54,14 @@ impl Client {
             conn,
             id: 0,
             max_transfer: version::DEFAULT_MAX_DATA_XFER_SIZE,
+            server_mirrors: false,
         };
         let hello = Version {
             major: version::MAJOR,
             minor: version::MINOR,
             caps: Capabilities {
                 max_msg_fds: super::connection::MAX_FDS as u32,
+                register_mirror: true,
                 ..Capabilities::default()
             },
         };
@@ -69,6 +74,7 @@ impl Client {
             });
         }
         client.max_transfer = server.caps.max_data_xfer_size.max(8);
+        client.server_mirrors = server.caps.register_mirror;
         let query = DeviceInfo {
             argsz: DeviceInfo::SIZE as u32,
             flags: 0,
@@ -305,9 +311,17 @@ impl RemoteLink for Client {
         Ok(Some((regions, fds)))
     }
 
-    /// vfio-user has no register mirror.
-    fn register_mirror(&mut self, _bar: u8) -> Result<Option<(MirrorLayout, File)>, LinkError> {
-        Ok(None)
+    /// Our extension, asked of a server that offered it.
+    fn register_mirror(&mut self, bar: u8) -> Result<Option<(MirrorLayout, File)>, LinkError> {
+        if !self.server_mirrors {
+            return Ok(None);
+        }
+        let query = mirror::encode_query(u32::from(bar));
+        let (reply, fds) = self.call(Command::RegisterMirror, &query, &[], "REGISTER_MIRROR")?;
+        mirror::decode_reply(&reply, fds).map_err(|e| LinkError::Unexpected {
+            what: "REGISTER_MIRROR",
+            got: e.to_string(),
+        })
     }
 }
 
@@ -382,6 +396,95 @@ mod tests {
         waited.read(0x10, &mut back);
         assert_eq!(back, [0x5a]);
         assert_eq!(dev.lock().unwrap().regs[0x10], 0x5a, "through a region fd");
+    }
+
+    /// Our register-mirror extension over vfio-user: the server offers it
+    /// to a client that proposed it, and mirrored reads stay in the VMM.
+    #[test]
+    fn mirrored_register_reads_over_vfio_user_stay_in_the_vmm() {
+        use std::sync::atomic::Ordering;
+        let dev = scratch(256);
+        dev.lock().unwrap().mirror =
+            Some((crate::device_model::RegisterMirror::new().unwrap(), 0x14));
+        let ram = GuestRam::new(64 << 20).unwrap();
+        let mut proxy = proxy_for(served(dev.clone()), &ram, 1).unwrap();
+        proxy.place_bar(1, 0xc000_1000);
+        proxy.write_config(crate::pci::config::REG_COMMAND, 0, &[0x02, 0]);
+        let stats = proxy.stats();
+        let get = |c: &std::sync::atomic::AtomicU64| c.load(Ordering::Relaxed);
+        let waited = proxy.bar_fast_paths(1)[0]
+            .clone()
+            .attach(0xc000_1000)
+            .unwrap();
+        for value in [0x04u8, 0x0c, 0] {
+            waited.write(0x14, &[value]);
+            let mut byte = [0xffu8];
+            waited.read(0x14, &mut byte);
+            assert_eq!(byte, [value]);
+        }
+        assert_eq!(get(&stats.mirror_reads), 3);
+        assert_eq!(get(&stats.ioregion_reads), 0);
+        let mut word = [0u8; 2];
+        waited.read(0x14, &mut word);
+        assert_eq!(
+            get(&stats.ioregion_reads),
+            1,
+            "another size asks the server"
+        );
+    }
+
+    /// A server that does not offer the extension is never asked for it;
+    /// what one that offers it answers is checked.
+    #[test]
+    fn the_mirror_is_asked_for_only_when_offered_and_checked() {
+        fn pci_info(conn: &mut Connection) {
+            let m = conn.recv().unwrap();
+            let info = DeviceInfo {
+                argsz: DeviceInfo::SIZE as u32,
+                flags: DEVICE_FLAGS_PCI,
+                num_regions: PCI_NUM_REGIONS,
+                num_irqs: PCI_NUM_IRQS,
+            }
+            .encode();
+            conn.send(&Header::reply_to(&m.header, info.len()), &info, &[])
+                .unwrap();
+        }
+        let silent = fake(pci_info);
+        let mut client = Client::connect(silent, TIMEOUT).unwrap();
+        assert!(
+            client.register_mirror(1).unwrap().is_none(),
+            "not offered, so not asked (the server is gone: asking would fail)"
+        );
+
+        let offering = Capabilities {
+            register_mirror: true,
+            ..Capabilities::default()
+        };
+        let liar = fake_with(offering, |conn| {
+            pci_info(conn);
+            let m = conn.recv().unwrap();
+            assert_eq!(m.header.command, Command::RegisterMirror as u16);
+            assert_eq!(mirror::decode_query(&m.payload), Ok(1));
+            let layout = MirrorLayout {
+                registers: vec![crate::protocol::extensions::MirroredRegister {
+                    offset: 0x14,
+                    size: 3,
+                    page_offset: 0,
+                }],
+                counts_posted_writes: false,
+            };
+            let bytes = crate::protocol::extensions::encode_mirrored(&layout);
+            let page = File::open("/dev/null").unwrap();
+            conn.send(
+                &Header::reply_to(&m.header, bytes.len()),
+                &bytes,
+                &[page.as_raw_fd()],
+            )
+            .unwrap();
+        });
+        let mut client = Client::connect(liar, TIMEOUT).unwrap();
+        let err = client.register_mirror(1).err().unwrap();
+        assert!(err.to_string().contains("mirrored register 0"), "{err}");
     }
 
     /// A client of our vfio-user server, serving `device` on a thread.
@@ -486,6 +589,14 @@ mod tests {
 
     /// A fake server: answers VERSION well, then runs `then` on the rest.
     fn fake(then: impl FnOnce(&mut Connection) + Send + 'static) -> UnixStream {
+        fake_with(Capabilities::default(), then)
+    }
+
+    /// The same, answering VERSION with `caps`.
+    fn fake_with(
+        caps: Capabilities,
+        then: impl FnOnce(&mut Connection) + Send + 'static,
+    ) -> UnixStream {
         let (a, b) = UnixStream::pair().unwrap();
         std::thread::spawn(move || {
             let mut conn = Connection::new(b, 1 << 20);
@@ -493,7 +604,7 @@ mod tests {
             let v = Version {
                 major: 0,
                 minor: 0,
-                caps: Capabilities::default(),
+                caps,
             }
             .encode();
             conn.send(&Header::reply_to(&hello.header, v.len()), &v, &[])

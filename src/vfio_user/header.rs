@@ -46,10 +46,15 @@ pub enum Command {
     DeviceFeature = 16,
     MigDataRead = 17,
     MigDataWrite = 18,
+    /// Our extension, sent only to a server whose VERSION reply offered
+    /// it (`vmm_register_mirror`): which registers of a BAR the server
+    /// keeps in a shared page, with the page's memfd. Numbered far from
+    /// the specification's own commands.
+    RegisterMirror = 0x7f00,
 }
 
 impl Command {
-    pub const ALL: [Command; 17] = [
+    pub const ALL: [Command; 18] = [
         Command::Version,
         Command::DmaMap,
         Command::DmaUnmap,
@@ -67,6 +72,7 @@ impl Command {
         Command::DeviceFeature,
         Command::MigDataRead,
         Command::MigDataWrite,
+        Command::RegisterMirror,
     ];
 
     pub fn from_number(number: u16) -> Option<Command> {

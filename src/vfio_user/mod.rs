@@ -14,6 +14,7 @@ pub mod dma_by_message;
 pub mod header;
 pub mod io_fds;
 pub mod messages;
+pub mod mirror;
 pub mod server;
 pub mod version;
 

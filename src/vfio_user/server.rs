@@ -21,6 +21,7 @@ use super::dma_by_message::Wire;
 use super::header::{Command, Header, Kind};
 use super::io_fds::{self, IoFdKind, RegionIoFds, SubRegion};
 use super::messages::*;
+use super::mirror;
 use super::version::{self, Capabilities, Version};
 use crate::device_model::DeviceMemory;
 use crate::ioregion::device_end;
@@ -180,6 +181,15 @@ impl Session {
                 link.device.lock().expect("device lock poisoned").reset();
                 Ok((Vec::new(), Vec::new()))
             }
+            Command::RegisterMirror => {
+                let bar = mirror::decode_query(p)?;
+                let (layout, page) =
+                    crate::remote::server::mirror_offer(&link.device, &link.hub, bar);
+                Ok((
+                    crate::protocol::extensions::encode_mirrored(&layout),
+                    page.into_iter().collect(),
+                ))
+            }
             Command::DmaRead
             | Command::DmaWrite
             | Command::DeviceFeature
@@ -212,6 +222,9 @@ impl Session {
             caps: Capabilities {
                 max_msg_fds: super::connection::MAX_FDS as u32,
                 max_dma_maps: MAX_DMA_MAPS as u32,
+                // Only to a client that asked: others never send the
+                // command, and QEMU's warns of keys it does not know.
+                register_mirror: proposed.caps.register_mirror,
                 ..Capabilities::default()
             },
         };

@@ -19,6 +19,8 @@ pub const DEFAULT_MAX_MSG_FDS: u32 = 1;
 pub const DEFAULT_MAX_DATA_XFER_SIZE: u64 = 1 << 20;
 pub const DEFAULT_MAX_DMA_MAPS: u32 = 65535;
 pub const DEFAULT_PGSIZES: u64 = 4096;
+/// Our extension's capability key: see [`Capabilities::register_mirror`].
+pub const REGISTER_MIRROR_KEY: &str = "vmm_register_mirror";
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Capabilities {
@@ -34,6 +36,12 @@ pub struct Capabilities {
     /// In a reply with `twin_socket`: which of its fds is that socket.
     pub twin_socket_fd_index: Option<u32>,
     pub write_multiple: bool,
+    /// Our extension (`vmm_register_mirror`): a client proposes it when it
+    /// can take a register mirror page, and a server that offers one
+    /// (command [`Command::RegisterMirror`]) says so in its reply only
+    /// then. Peers that do not know the key ignore it, as unknown keys
+    /// are ignored here.
+    pub register_mirror: bool,
 }
 
 impl Default for Capabilities {
@@ -46,6 +54,7 @@ impl Default for Capabilities {
             twin_socket: false,
             twin_socket_fd_index: None,
             write_multiple: false,
+            register_mirror: false,
         }
     }
 }
@@ -75,6 +84,9 @@ impl Version {
         }
         if c.write_multiple {
             caps["write_multiple"] = json!(true);
+        }
+        if c.register_mirror {
+            caps[REGISTER_MIRROR_KEY] = json!(true);
         }
         let text = json!({ "capabilities": caps }).to_string();
         let mut out = Vec::with_capacity(4 + text.len() + 1);
@@ -142,6 +154,9 @@ fn parse(text: &[u8]) -> Result<Capabilities, WireError> {
     if let Some(b) = boolean(given, "write_multiple")? {
         caps.write_multiple = b;
     }
+    if let Some(b) = boolean(given, REGISTER_MIRROR_KEY)? {
+        caps.register_mirror = b;
+    }
     if let Some(twin) = given.get("twin_socket") {
         let twin = twin
             .as_object()
@@ -191,6 +206,7 @@ mod tests {
                 max_msg_fds: 8,
                 twin_socket: true,
                 twin_socket_fd_index: Some(0),
+                register_mirror: true,
                 ..Capabilities::default()
             },
         };
