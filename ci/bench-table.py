@@ -22,6 +22,7 @@ def parse(log_path, json_dir):
     os.makedirs(json_dir, exist_ok=True)
     results = {}  # (config, job) -> [metrics per round]
     regs = {}  # config -> [(read_ns, write_ns)]
+    istat = {}  # config -> [read_ns] of ISTAT (mirrored in ours)
     counters = {}  # config -> last --stats line
     costs = {}  # (config, job) -> [per-I/O cost per round]
     order, jobs = [], []
@@ -73,12 +74,16 @@ def parse(log_path, json_dir):
         if capture:
             capture[1].append(line)
             continue
+        m = re.search(r"regbench-reads: offset=0x14 .*read_ns=(\d+)", line)
+        if m and config:
+            istat.setdefault(config, []).append(int(m.group(1)))
+            continue
         m = re.search(r"read_ns=(\d+).*write_ns=(\d+)", line)
         if m and config:
             regs.setdefault(config, []).append((int(m.group(1)), int(m.group(2))))
         if "BAR accesses over messages" in line and config:
             counters[config] = line.split(": ", 1)[-1]
-    return order, jobs, results, regs, counters, costs
+    return order, jobs, results, regs, istat, counters, costs
 
 
 def total_ios(data):
@@ -108,7 +113,7 @@ def metrics(data):
 
 
 def main():
-    order, jobs, results, regs, counters, costs = parse(sys.argv[1], sys.argv[2])
+    order, jobs, results, regs, istat, counters, costs = parse(sys.argv[1], sys.argv[2])
     if not jobs:
         sys.exit("no fio results in the log")
     print("| job | configuration | IOPS | MiB/s | mean lat us | p99 lat us | IOPS vs " + order[0] + " | runs |")
@@ -156,6 +161,23 @@ def main():
         if base is None:
             base = r
         print(f"| {config} | {r:.0f} | {w:.0f} | {r / base:.2f}x | {len(runs)} |")
+    if istat:
+        print()
+        print("ISTAT reads from guest userspace (BAR1 + 0x14, `regbench ... reads`): our")
+        print("VMM answers them from the register mirror, QEMU in-process from its model;")
+        print("the nearest a trapped access gets to a bare exit:")
+        print()
+        ref = "qemu" if "qemu" in istat else order[0]
+        print(f"| configuration | read ns | vs {ref} | runs |")
+        print("| --- | ---: | ---: | ---: |")
+        base = statistics.median(istat[ref]) if istat.get(ref) else None
+        for config in order:
+            runs = istat.get(config)
+            if not runs:
+                continue
+            r = statistics.median(runs)
+            ratio = f"{r / base:.2f}x" if base else "-"
+            print(f"| {config} | {r:.0f} | {ratio} | {len(runs)} |")
     if counters:
         print()
         print("Our proxy's counters (`--stats`, last round):")
