@@ -255,6 +255,9 @@ impl Lsi53c895a {
             SIST0 => {
                 let v = r.sist0;
                 r.sist0 = 0;
+                if self.takeover_reset_pending {
+                    log::info!("lsi: the driver took the bus reset report (read SIST0)");
+                }
                 self.takeover_reset_pending = false;
                 self.update_irq();
                 v
