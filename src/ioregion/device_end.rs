@@ -223,6 +223,10 @@ struct Posted {
     applied: AppliedCount,
 }
 
+/// Mirror pages a hub keeps its count in, at most: a VMM asks once per
+/// BAR, again after a reconnect.
+pub const MAX_COUNTED_PAGES: usize = 16;
+
 /// How many posted writes the device has applied, also kept in each
 /// register mirror page the VMM was given: the VMM answers a read from a
 /// page only once that count has caught up with the posted writes it sent,
@@ -349,11 +353,18 @@ impl Hub {
 
     /// From now on the count of posted writes applied is kept at
     /// [`MIRROR_POSTED_COUNT_OFFSET`] of `page` (a register mirror page,
-    /// mapped writable) as well.
-    pub fn count_posted_writes_in(&self, page: MirrorPage) {
+    /// mapped writable) as well; false, and the page dropped, once
+    /// [`MAX_COUNTED_PAGES`] are kept: each query for a mirror maps the
+    /// page again, and a client that asks without end must not make the
+    /// device map without end.
+    pub fn count_posted_writes_in(&self, page: MirrorPage) -> bool {
         let mut posted = self.posted.lock().expect("hub lock poisoned");
+        if posted.applied.pages.len() >= MAX_COUNTED_PAGES {
+            return false;
+        }
         page.store_u64(MIRROR_POSTED_COUNT_OFFSET as usize, posted.applied.count);
         posted.applied.pages.push(page);
+        true
     }
 }
 
@@ -903,7 +914,8 @@ mod ordering_tests {
         a.write(0, &[1]).unwrap();
         hub.drain_all();
         let mirror = crate::mirror::RegisterMirror::new().unwrap();
-        hub.count_posted_writes_in(MirrorPage::map(&mirror.file().unwrap(), true).unwrap());
+        let writable = || MirrorPage::map(&mirror.file().unwrap(), true).unwrap();
+        assert!(hub.count_posted_writes_in(writable()));
         let page = MirrorPage::map(&mirror.file().unwrap(), false).unwrap();
         let count = || page.load_u64(MIRROR_POSTED_COUNT_OFFSET as usize);
         assert_eq!(count(), 1, "what was applied before, too");
@@ -918,6 +930,12 @@ mod ordering_tests {
         b.read(1, &mut byte).unwrap();
         assert_eq!(byte, [3]);
         assert_eq!(count(), 3, "a read is not a posted write");
+        // A peer that asks for the mirror without end is refused a page
+        // once the hub keeps its count in MAX_COUNTED_PAGES.
+        for _ in 1..MAX_COUNTED_PAGES {
+            assert!(hub.count_posted_writes_in(writable()));
+        }
+        assert!(!hub.count_posted_writes_in(writable()));
     }
 
     #[test]

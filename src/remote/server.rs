@@ -140,12 +140,16 @@ pub fn mirror_offer(
     let Some(offer) = offer else {
         return (MirrorLayout::default(), None);
     };
-    match MirrorPage::map(&offer.page, true) {
+    let counted = match MirrorPage::map(&offer.page, true) {
         Ok(page) => hub.count_posted_writes_in(page),
         Err(e) => {
             log::warn!("cannot count posted writes in the register mirror ({e}); offering none");
             return (MirrorLayout::default(), None);
         }
+    };
+    if !counted {
+        log::warn!("the register mirror was asked for too many times; offering none");
+        return (MirrorLayout::default(), None);
     }
     let layout = MirrorLayout {
         registers: offer.registers,
