@@ -52,7 +52,8 @@ echo "BAR register round trip, guest userspace, ns per access (median of $rounds
 echo
 echo "$out" | awk -v reads="$reads" '
     /^BENCH-CONFIG:/ { cfg = $2; if (!(cfg in seen)) { seen[cfg] = 1; order[n++] = cfg } }
-    /read_ns=/ {
+    # SCRATCHB only: the "regbench-reads:" line (ISTAT, reads alone) is for bench.sh.
+    /regbench: reads=/ {
         for (i = 1; i <= NF; i++) {
             if ($i ~ /^read_ns=/) { split($i, a, "="); r[cfg, ++nr[cfg]] = a[2] }
             if ($i ~ /^write_ns=/) { split($i, a, "="); w[cfg, ++nw[cfg]] = a[2] }
