@@ -9,7 +9,8 @@ completion latency for every configuration, with IOPS ratios against the
 first configuration; then the cost of one I/O (KVM exits, injected
 interrupts and context switches, from the BENCH-COST samples taken as a
 job starts and as fio finishes, over the job's completed I/Os); then the
-register round trip (regbench) the same way.
+register round trip (regbench) the same way, and the context switches
+per I/O split by thread (BENCH-THREADS, sampled with BENCH-COST).
 """
 import json
 import os
@@ -25,11 +26,13 @@ def parse(log_path, json_dir):
     istat = {}  # config -> [read_ns] of ISTAT (mirrored in ours)
     counters = {}  # config -> last --stats line
     costs = {}  # (config, job) -> [per-I/O cost per round]
+    threads = {}  # (config, job) -> [{thread group: (voluntary, involuntary) per I/O}]
     order, jobs = [], []
     config = rnd = None
     capture = None
     job_start = None  # the cost sample at the current job's start
     job_end = None  # and as its fio finished
+    threads_start = threads_end = None  # the same for BENCH-THREADS
     for raw in open(log_path, errors="replace"):
         line = raw.rstrip("\r\n")
         m = re.match(r"BENCH-CONFIG: (\S+) round (\d+)", line)
@@ -40,6 +43,14 @@ def parse(log_path, json_dir):
             continue
         if line.startswith("VMM-BENCH-JOB:"):
             job_start = job_end = None
+            threads_start = threads_end = None
+        if line.startswith("BENCH-THREADS:"):
+            sample = thread_sample(line)
+            if threads_start is None:
+                threads_start = sample
+            elif threads_end is None:
+                threads_end = sample
+            continue
         m = re.match(r"BENCH-COST: exits=(\d+) irqs=(\d+) switches=(\d+)", line)
         if m:
             sample = tuple(int(x) for x in m.groups())
@@ -70,6 +81,8 @@ def parse(log_path, json_dir):
             if job_start and job_end and ios:
                 per_io = tuple((e - b) / ios for b, e in zip(job_start, job_end))
                 costs.setdefault((config, job), []).append(per_io)
+            if threads_start is not None and threads_end is not None and ios:
+                threads.setdefault((config, job), []).append(thread_delta(threads_start, threads_end, ios))
             continue
         if capture:
             capture[1].append(line)
@@ -83,7 +96,39 @@ def parse(log_path, json_dir):
             regs.setdefault(config, []).append((int(m.group(1)), int(m.group(2))))
         if "BAR accesses over messages" in line and config:
             counters[config] = line.split(": ", 1)[-1]
-    return order, jobs, results, regs, istat, counters, costs
+    return order, jobs, results, regs, istat, counters, costs, threads
+
+
+def thread_sample(line):
+    """{group: (voluntary, involuntary)} from a BENCH-THREADS line."""
+    sample = {}
+    for item in line.split()[1:]:
+        m = re.match(r"(\S+)=(\d+)/(\d+)$", item)
+        if m:
+            sample[m.group(1)] = (int(m.group(2)), int(m.group(3)))
+    return sample
+
+
+def thread_delta(start, end, ios):
+    """Switches per I/O per thread group between two samples. A group
+    missing at the start (its threads were born during the job) counts
+    from zero."""
+    return {
+        group: tuple((e - b) / ios for b, e in zip(start.get(group, (0, 0)), counts))
+        for group, counts in end.items()
+    }
+
+
+def thread_cells(runs):
+    """'vmm/vcpu 1.2+3.4, ...': medians over rounds of voluntary and
+    involuntary switches per I/O, largest first, groups under 0.05 left out."""
+    groups = {g for r in runs for g in r}
+    med = {
+        g: tuple(statistics.median(r.get(g, (0.0, 0.0))[i] for r in runs) for i in range(2))
+        for g in groups
+    }
+    shown = sorted((g for g in med if sum(med[g]) >= 0.05), key=lambda g: -sum(med[g]))
+    return ", ".join(f"{g} {med[g][0]:.1f}+{med[g][1]:.1f}" for g in shown) or "-"
 
 
 def total_ios(data):
@@ -113,7 +158,7 @@ def metrics(data):
 
 
 def main():
-    order, jobs, results, regs, istat, counters, costs = parse(sys.argv[1], sys.argv[2])
+    order, jobs, results, regs, istat, counters, costs, threads = parse(sys.argv[1], sys.argv[2])
     if not jobs:
         sys.exit("no fio results in the log")
     print("| job | configuration | IOPS | MiB/s | mean lat us | p99 lat us | IOPS vs " + order[0] + " | runs |")
@@ -145,6 +190,19 @@ def main():
                     continue
                 med = [statistics.median(r[i] for r in runs) for i in range(3)]
                 print(f"| {job} | {config} | {med[0]:.1f} | {med[1]:.2f} | {med[2]:.1f} | {len(runs)} |")
+    if threads:
+        print()
+        print("Context switches per I/O by thread (medians over rounds), voluntary (the")
+        print("thread slept) + involuntary (it was preempted), per process role and")
+        print("thread name:")
+        print()
+        print("| job | configuration | switches per I/O by thread | runs |")
+        print("| --- | --- | --- | ---: |")
+        for job in jobs:
+            for config in order:
+                runs = threads.get((config, job))
+                if runs:
+                    print(f"| {job} | {config} | {thread_cells(runs)} | {len(runs)} |")
     print()
     print("Register round trip from guest userspace (SCRATCHB, BAR1 + 0x5c, regbench):")
     print()

@@ -95,12 +95,30 @@ kvm_stat() { cat /sys/kernel/debug/kvm/\$1 2>/dev/null || echo 0; }
 cost() {
     # A process may end between the glob and the read: no complaint (the
     # shell's own, for a failed redirection, would land inside fio's JSON).
-    switches=\$(for d in /proc/[0-9]*; do
+    # Context switches per thread: voluntary (it slept) and involuntary (it
+    # was preempted), summed per process role (vmm, remote, qemu) and thread
+    # name without its number (vcpu0 and vcpu1 are vcpu), so a gap in the
+    # total shows which thread pays it.
+    per_thread=\$(for d in /proc/[0-9]*; do
         case "\$(cat \$d/cmdline 2>/dev/null | tr '\\0' ' ')" in
-            *vmm*|*qemu-system*) cat \$d/task/*/status 2>/dev/null ;;
+            *qemu-system*) role=qemu ;;
+            *vmm\ remote*) role=remote ;;
+            *vmm*) role=vmm ;;
+            *) continue ;;
         esac
-    done | awk '/ctxt_switches/ { s += \$2 } END { print s + 0 }')
+        awk -v role=\$role '
+            /^Name:/ { sub(/^Name:[ \t]*/, ""); gsub(/ /, "_"); name = \$0 }
+            /^voluntary_ctxt_switches/ { v = \$2 }
+            /^nonvoluntary_ctxt_switches/ { print role "/" name, v, \$2 }' \$d/task/*/status 2>/dev/null
+    done)
+    switches=\$(echo "\$per_thread" | awk '{ s += \$2 + \$3 } END { print s + 0 }')
     echo "BENCH-COST: exits=\$(kvm_stat exits) irqs=\$(kvm_stat irq_injections) switches=\$switches"
+    echo "\$per_thread" | awk 'NF == 3 {
+            k = \$1; sub(/-[0-9]+\$/, "", k); sub(/^vmm\/vcpu[0-9]+\$/, "vmm/vcpu", k)
+            sub(/^remote\/ioregion.*/, "remote/ioregion", k)
+            v[k] += \$2; n[k] += \$3
+        }
+        END { printf "BENCH-THREADS:"; for (k in v) printf " %s=%d/%d", k, v[k], n[k]; print "" }'
 }
 costs() {
     while IFS= read -r line; do
@@ -145,7 +163,7 @@ for round in \$(seq $rounds); do
         qemu-mp) $run \$PAIREXEC "LSI_DISK=\$img exec \$EXTRA/ci/qemu-remote-lsi.sh" \
                 "exec \$qemu_vm -object memory-backend-memfd,id=mem,size=512M -numa node,memdev=mem \$guest -append '\$cmdline' -device x-pci-proxy-dev,id=lsi0,fd=4" </dev/null 2>&1 ;;
         *) echo "BENCH-UNKNOWN-CONFIG: \$config" ;;
-        esac | costs | grep -E '^VMM-|^BENCH-COST|^\{|^\}|^ |^vmm: remote|BAR accesses|in flight'
+        esac | costs | grep -E '^VMM-|^BENCH-COST|^BENCH-THREADS|^\{|^\}|^ |^vmm: remote|BAR accesses|in flight'
     done
 done
 echo "BENCH-DONE"
