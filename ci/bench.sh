@@ -21,6 +21,9 @@
 #   ours-kernel  ioregionfd=kernel: needs --kvm-modules (our KVM_SET_IOREGION,
 #              kernel/), which builds our kvm modules and boots the rig on them;
 #              there `ours` (ioregionfd=auto) takes the kernel path as well
+#   NAME@base  any of ours' configurations above with the vmm built from
+#              the commit --baseline names, in the same run, so a change is
+#              measured both ways (`--baseline HEAD~1 --configs ours@base,ours`)
 # Same kernel, initramfs and disk image; one guest boot per configuration
 # and round, rounds interleaved (A B C D A B C D) so noise shows. Runs in the
 # KVM test rig unless /dev/kvm is hardware-backed. Prints a markdown table
@@ -36,7 +39,7 @@
 #
 # usage: ci/bench.sh [--rounds N] [--runtime SECS] [--jobs a,b,...]
 #                    [--configs ours,ours-off,qemu,qemu-mp] [--pin CPUS|none]
-#                    [--kvm-modules] [--out DIR]
+#                    [--kvm-modules] [--baseline REV] [--out DIR]
 set -euo pipefail
 . "$(dirname "$0")/lib.sh"
 cd "$VMM_ROOT"
@@ -48,6 +51,7 @@ configs="ours,ours-off,qemu,qemu-mp"
 out=""
 pin=""
 kvm_modules=0
+baseline=""
 while [ $# -gt 0 ]; do
     case "$1" in
         --rounds) rounds=$2; shift 2 ;;
@@ -57,7 +61,8 @@ while [ $# -gt 0 ]; do
         --out) out=$2; shift 2 ;;
         --pin) pin=$2; shift 2 ;;
         --kvm-modules) kvm_modules=1; shift ;;
-        -h|--help) sed -n '2,39p' "$0"; exit 0 ;;
+        --baseline) baseline=$2; shift 2 ;;
+        -h|--help) sed -n '2,42p' "$0"; exit 0 ;;
         *) die "unknown option $1 (see --help)" ;;
     esac
 done
@@ -65,6 +70,9 @@ done
 mkdir -p "$out"
 ensure_packages qemu-system-x86 busybox-static cpio kmod gzip python3
 [ -n "$jobs" ] || jobs=$(ls resources/fio/bench | sed 's/\.fio$//' | paste -sd, -)
+case ",$configs," in
+    *@base,*) [ -n "$baseline" ] || die "--configs names @base configurations: say which commit with --baseline REV" ;;
+esac
 njobs=$(echo "$jobs" | tr ',' '\n' | wc -l)
 nconfigs=$(echo "$configs" | tr ',' '\n' | wc -l)
 
@@ -102,7 +110,7 @@ cost() {
     per_thread=\$(for d in /proc/[0-9]*; do
         case "\$(cat \$d/cmdline 2>/dev/null | tr '\\0' ' ')" in
             *qemu-system*) role=qemu ;;
-            *vmm\ remote*) role=remote ;;
+            *vmm*\ remote\ *) role=remote ;;
             *vmm*) role=vmm ;;
             *) continue ;;
         esac
@@ -131,27 +139,29 @@ costs() {
 for round in \$(seq $rounds); do
     for config in $(echo "$configs" | tr ',' ' '); do
         echo "BENCH-CONFIG: \$config round \$round"
-        case \$config in
-        ours) $run \$VMM --kernel \$GUEST/bzImage --initrd \$GUEST/initramfs.cpio.gz --cmdline "\$cmdline" \
+        vmm=\$VMM
+        [ "\${config%@base}" = "\$config" ] || vmm=\$BASE_VMM
+        case \${config%@base} in
+        ours) $run \$vmm --kernel \$GUEST/bzImage --initrd \$GUEST/initramfs.cpio.gz --cmdline "\$cmdline" \
                 --stats --remote-dev lsi,disk=\$img </dev/null 2>&1 ;;
-        ours-user) $run \$VMM --kernel \$GUEST/bzImage --initrd \$GUEST/initramfs.cpio.gz --cmdline "\$cmdline" \
+        ours-user) $run \$vmm --kernel \$GUEST/bzImage --initrd \$GUEST/initramfs.cpio.gz --cmdline "\$cmdline" \
                 --stats --remote-dev lsi,disk=\$img,ioregionfd=userspace </dev/null 2>&1 ;;
-        ours-kernel) $run \$VMM --kernel \$GUEST/bzImage --initrd \$GUEST/initramfs.cpio.gz --cmdline "\$cmdline" \
+        ours-kernel) $run \$vmm --kernel \$GUEST/bzImage --initrd \$GUEST/initramfs.cpio.gz --cmdline "\$cmdline" \
                 --stats --remote-dev lsi,disk=\$img,ioregionfd=kernel </dev/null 2>&1 ;;
-        ours-posted) $run \$VMM --kernel \$GUEST/bzImage --initrd \$GUEST/initramfs.cpio.gz --cmdline "\$cmdline" \
+        ours-posted) $run \$vmm --kernel \$GUEST/bzImage --initrd \$GUEST/initramfs.cpio.gz --cmdline "\$cmdline" \
                 --stats --remote-dev lsi,disk=\$img,ioregionfd=userspace,register-writes=posted </dev/null 2>&1 ;;
-        ours-waited) $run \$VMM --kernel \$GUEST/bzImage --initrd \$GUEST/initramfs.cpio.gz --cmdline "\$cmdline" \
+        ours-waited) $run \$vmm --kernel \$GUEST/bzImage --initrd \$GUEST/initramfs.cpio.gz --cmdline "\$cmdline" \
                 --stats --remote-dev lsi,disk=\$img,ioregionfd=userspace,register-writes=waited </dev/null 2>&1 ;;
-        ours-nomirror) $run \$VMM --kernel \$GUEST/bzImage --initrd \$GUEST/initramfs.cpio.gz --cmdline "\$cmdline" \
+        ours-nomirror) $run \$vmm --kernel \$GUEST/bzImage --initrd \$GUEST/initramfs.cpio.gz --cmdline "\$cmdline" \
                 --stats --remote-dev lsi,disk=\$img,ioregionfd=userspace,register-mirror=off </dev/null 2>&1 ;;
-        ours-vfio-user) $run \$VMM --kernel \$GUEST/bzImage --initrd \$GUEST/initramfs.cpio.gz --cmdline "\$cmdline" \
+        ours-vfio-user) $run \$vmm --kernel \$GUEST/bzImage --initrd \$GUEST/initramfs.cpio.gz --cmdline "\$cmdline" \
                 --stats --remote-dev lsi,disk=\$img,proto=vfio-user </dev/null 2>&1 ;;
-        ours-off) $run \$VMM --kernel \$GUEST/bzImage --initrd \$GUEST/initramfs.cpio.gz --cmdline "\$cmdline" \
+        ours-off) $run \$vmm --kernel \$GUEST/bzImage --initrd \$GUEST/initramfs.cpio.gz --cmdline "\$cmdline" \
                 --stats --remote-dev lsi,disk=\$img,ioregionfd=off </dev/null 2>&1 ;;
         qemu-vfio-user)
             sock=\$WORK/vfio-user.sock
             rm -f \$sock
-            $run \$VMM remote lsi --protocol vfio-user --socket \$sock --disk \$img 2>\$WORK/vfio-user-remote.log &
+            $run \$vmm remote lsi --protocol vfio-user --socket \$sock --disk \$img 2>\$WORK/vfio-user-remote.log &
             remote=\$!
             for i in \$(seq 100); do [ -S \$sock ] && break; sleep 0.1; done
             $run \$QEMU_SID -accel kvm -cpu host -m 512M -nodefaults -display none -serial stdio -no-reboot \
@@ -193,7 +203,25 @@ progress() {
     done
 }
 
+# The vmm of the --baseline commit, built in a worktree of its own under
+# build/ (the first time a full build: a few minutes).
+baseline_vmm() {
+    local rev tree
+    rev=$(git rev-parse --short "$baseline^{commit}") || die "--baseline $baseline: not a commit"
+    tree=$VMM_BUILD/baseline/$rev
+    [ -d "$tree" ] || git worktree add --quiet --detach "$tree" "$rev" >&2
+    log "baseline: building the vmm of $rev in $tree"
+    if [ "$1" = static ]; then
+        env -u VMM_ROOT -u VMM_BUILD "$tree/ci/build-static.sh"
+    else
+        (cd "$tree" && env -u VMM_ROOT -u VMM_BUILD cargo build --release --locked >&2)
+        echo "$tree/target/release/vmm"
+    fi
+}
+
 if [ "$where" = "hardware KVM" ]; then
+    base_vmm=""
+    [ -z "$baseline" ] || base_vmm=$(baseline_vmm release)
     cargo build --release --locked
     guest=$(guest/build.sh)
     pairexec=$VMM_BUILD/tools/pairexec
@@ -202,18 +230,22 @@ if [ "$where" = "hardware KVM" ]; then
     work=$(mktemp -d)
     trap 'rm -rf "$work"' EXIT
     qemu_sid=""
-    case ",$configs," in *,qemu-vfio-user,*) qemu_sid=$(ci/fetch-qemu.sh sid) ;; esac
-    (WORK=$work VMM=$VMM_ROOT/target/release/vmm GUEST=$guest EXTRA=$VMM_ROOT PAIREXEC=$pairexec QEMU_SID=$qemu_sid \
+    case ",$configs," in *,qemu-vfio-user,*|*,qemu-vfio-user@base,*) qemu_sid=$(ci/fetch-qemu.sh sid) ;; esac
+    (WORK=$work VMM=$VMM_ROOT/target/release/vmm BASE_VMM=$base_vmm GUEST=$guest EXTRA=$VMM_ROOT PAIREXEC=$pairexec QEMU_SID=$qemu_sid \
         bash -c "$body") | progress > "$out/console.log"
 else
     script=$(mktemp)
     trap 'rm -f "$script"' EXIT
-    printf 'WORK=/tmp VMM=/rig/vmm GUEST=/rig/guest EXTRA=/rig/extra PAIREXEC=/rig/pairexec QEMU_SID=/opt/qemu-sid/qemu-system-x86_64\n%s\n' \
+    printf 'WORK=/tmp VMM=/rig/vmm BASE_VMM=/rig/extra/vmm-base GUEST=/rig/guest EXTRA=/rig/extra PAIREXEC=/rig/pairexec QEMU_SID=/opt/qemu-sid/qemu-system-x86_64\n%s\n' \
         "$body" > "$script"
     timeout=$(( 300 + total_boots * per_boot * 2 ))
     modules=()
     [ "$kvm_modules" -eq 1 ] && modules=(--kvm-modules "$(ci/build-kvm-ioregion.sh)")
-    case ",$configs," in *,qemu-vfio-user,*) modules+=(--with-qemu-sid) ;; esac
+    case ",$configs," in *,qemu-vfio-user,*|*,qemu-vfio-user@base,*) modules+=(--with-qemu-sid) ;; esac
+    if [ -n "$baseline" ]; then
+        cp "$(baseline_vmm static)" "$out/vmm-base"
+        modules+=(--extra "$out/vmm-base")
+    fi
     ci/rig.sh --with-qemu "${modules[@]}" --timeout "$timeout" --extra "$VMM_ROOT/ci" "$script" |
         progress > "$out/console.log"
 fi
@@ -224,8 +256,9 @@ grep -q BENCH-DONE "$out/console.log" || die "the benchmark did not finish; see 
     echo
     echo "- Date: $(date -u +%Y-%m-%d)"
     echo "- Host: $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2- | sed 's/^ //'), $(nproc) CPUs; ran in $where"
-    echo "- Command: \`ci/bench.sh --rounds $rounds --runtime $runtime --jobs $jobs --configs $configs --pin ${pin:-none}$([ "$kvm_modules" -eq 1 ] && echo ' --kvm-modules')\`"
+    echo "- Command: \`ci/bench.sh --rounds $rounds --runtime $runtime --jobs $jobs --configs $configs --pin ${pin:-none}$([ "$kvm_modules" -eq 1 ] && echo ' --kvm-modules')${baseline:+ --baseline $baseline}\`"
     echo "- Commit: $(git rev-parse --short HEAD)$(git diff --quiet || echo ' (with local changes)')"
+    [ -z "$baseline" ] || echo "- Baseline (the \`@base\` configurations): $(git rev-parse --short "$baseline^{commit}")"
     echo
     python3 ci/bench-table.py "$out/console.log" "$out/json"
 } > "$out/table.md"
