@@ -13,6 +13,12 @@ pub use crate::pci::PciDevice;
 pub use irq::{InterruptLine, SharedIrq};
 pub use memory::{DeviceMemory, DmaByMessage};
 
+/// Serves a device's background work at once from the thread that finished
+/// it (a disk worker), so that the control loop need not wake up for it:
+/// true if it ran, false if the device was busy or gone, and the finisher
+/// must signal `background_fd` as without it.
+pub type BackgroundRunner = std::sync::Arc<dyn Fn() -> bool + Send + Sync>;
+
 /// A range of a BAR the device wants served over ioregionfd.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct IoRegionSpec {
@@ -38,6 +44,10 @@ pub trait DeviceModel: PciDevice {
         None
     }
     fn service_background(&mut self) {}
+    /// How the device's own threads may serve its background work
+    /// themselves (see [`BackgroundRunner`]); a device that ignores it is
+    /// served by the control loop through `background_fd` alone.
+    fn set_background_runner(&mut self, _runner: BackgroundRunner) {}
     /// Ranges of BAR `bar` to serve over ioregionfd rather than messages.
     fn ioregions(&self, _bar: u8) -> Vec<IoRegionSpec> {
         Vec::new()

@@ -15,6 +15,8 @@ pub struct Scratch {
     pub config: ConfigSpace,
     pub regs: [u8; 1024],
     pub resets: u32,
+    /// How many times the server had it serve background work.
+    pub background_runs: u32,
     /// The command register when the interrupt was last wired.
     pub wired_at_command: Option<u32>,
     /// Mirrors the byte at this offset of BAR1 (at page offset 0).
@@ -100,6 +102,9 @@ impl DeviceModel for Scratch {
     fn set_memory(&mut self, memory: DeviceMemory) {
         self.memory = Some(memory);
     }
+    fn service_background(&mut self) {
+        self.background_runs += 1;
+    }
     fn set_interrupt(&mut self, line: SharedIrq) {
         self.wired_at_command = Some(self.config.read(crate::pci::config::REG_COMMAND));
         self.irq = Some(line);
@@ -142,6 +147,7 @@ pub fn scratch(io_size: u64) -> Arc<Mutex<Scratch>> {
         config,
         regs: [0; 1024],
         resets: 0,
+        background_runs: 0,
         wired_at_command: None,
         mirror: None,
         reset_gate: None,

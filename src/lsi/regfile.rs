@@ -77,6 +77,9 @@ impl DeviceModel for Lsi53c895a {
         self.service_completions();
         self.publish_mirror();
     }
+    fn set_background_runner(&mut self, runner: crate::device_model::BackgroundRunner) {
+        self.bus.set_completion_runner(runner);
+    }
     /// The register file (the first 128 bytes of BAR0 and BAR1) and the
     /// SCRIPTS RAM go over ioregionfd; the rest of BAR1 holds nothing and
     /// stays on the message path. SCRIPTS RAM writes are posted; register

@@ -9,7 +9,7 @@ use super::dump::DumpSignal;
 use std::fs::File;
 use std::sync::{Arc, Mutex};
 
-use crate::device_model::{DeviceMemory, DeviceModel, InterruptLine};
+use crate::device_model::{BackgroundRunner, DeviceMemory, DeviceModel, InterruptLine};
 use crate::ioregion::device_end as ioregions;
 use crate::mirror::page::MirrorPage;
 use crate::pci::BarKind;
@@ -158,6 +158,25 @@ pub fn mirror_offer(
     (layout, Some(offer.page))
 }
 
+/// Serves the device's background work in the calling thread if the device
+/// is free right now. It holds the device weakly: a worker must not keep a
+/// device alive that its server has let go.
+fn background_runner(device: &Arc<Mutex<dyn DeviceModel>>) -> BackgroundRunner {
+    let device = Arc::downgrade(device);
+    Arc::new(move || {
+        let Some(device) = device.upgrade() else {
+            return false;
+        };
+        // A busy device (or a poisoned lock) is left to the control loop,
+        // which the caller then wakes.
+        let Ok(mut dev) = device.try_lock() else {
+            return false;
+        };
+        dev.service_background();
+        true
+    })
+}
+
 /// Applies one request and returns the reply to send, if any.
 pub fn handle(
     device: &Arc<Mutex<dyn DeviceModel>>,
@@ -261,7 +280,11 @@ pub fn serve(
     let (device, irq, hub) = (&link.device, &link.irq, &link.hub);
     // Fixed for the device's lifetime: asking once keeps the device lock,
     // which the ioregion threads use on every access, out of this loop.
-    let background = device.lock().expect("device lock poisoned").background_fd();
+    let background = {
+        let mut dev = device.lock().expect("device lock poisoned");
+        dev.set_background_runner(background_runner(device));
+        dev.background_fd()
+    };
     loop {
         let resample = irq.lock().expect("irq lock poisoned").resample_fd();
         let pollfd = sys::pollin;
@@ -303,5 +326,29 @@ pub fn serve(
         if (queued || fds[0].revents != 0) && !control.serve_one(&link)? {
             return Ok(());
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::device_model::scratch::scratch;
+
+    #[test]
+    fn the_background_runner_serves_a_free_device_only() {
+        let scratch = scratch(256);
+        let device: Arc<Mutex<dyn DeviceModel>> = scratch.clone();
+        let run = background_runner(&device);
+        assert!(run());
+        assert_eq!(scratch.lock().unwrap().background_runs, 1);
+        // Busy in another thread: left to the control loop.
+        let held = scratch.lock().unwrap();
+        let busy = std::thread::scope(|s| s.spawn(|| run()).join().unwrap());
+        assert!(!busy);
+        drop(held);
+        assert_eq!(scratch.lock().unwrap().background_runs, 1);
+        // Let go by its server: the runner does not keep it alive.
+        drop((device, scratch));
+        assert!(!run());
     }
 }

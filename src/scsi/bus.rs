@@ -241,6 +241,12 @@ impl ScsiBus {
         self.pool.completion_fd()
     }
 
+    /// Lets the disk workers serve their own completions (see
+    /// [`IoPool::set_completion_runner`]).
+    pub fn set_completion_runner(&self, runner: super::pool::CompletionRunner) {
+        self.pool.set_completion_runner(runner);
+    }
+
     /// Moves finished disk work to the reselection queue.
     pub fn collect_completions(&mut self) {
         for Completion { token, result } in self.pool.take_completions() {
