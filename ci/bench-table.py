@@ -10,7 +10,8 @@ first configuration; then the cost of one I/O (KVM exits, injected
 interrupts and context switches, from the BENCH-COST samples taken as a
 job starts and as fio finishes, over the job's completed I/Os); then the
 register round trip (regbench) the same way, and the context switches
-per I/O split by thread (BENCH-THREADS, sampled with BENCH-COST).
+per I/O split by thread (BENCH-THREADS, sampled with BENCH-COST), and the
+system calls per I/O by thread when the run counted them (BENCH-SYSCALLS).
 """
 import json
 import os
@@ -27,12 +28,14 @@ def parse(log_path, json_dir):
     counters = {}  # config -> last --stats line
     costs = {}  # (config, job) -> [per-I/O cost per round]
     threads = {}  # (config, job) -> [{thread group: (voluntary, involuntary) per I/O}]
+    syscalls = {}  # (config, job) -> [{thread group or "total": (calls,) per I/O}]
     order, jobs = [], []
     config = rnd = None
     capture = None
     job_start = None  # the cost sample at the current job's start
     job_end = None  # and as its fio finished
     threads_start = threads_end = None  # the same for BENCH-THREADS
+    calls_start = calls_end = None  # and for BENCH-SYSCALLS
     for raw in open(log_path, errors="replace"):
         line = raw.rstrip("\r\n")
         m = re.match(r"BENCH-CONFIG: (\S+) round (\d+)", line)
@@ -44,6 +47,14 @@ def parse(log_path, json_dir):
         if line.startswith("VMM-BENCH-JOB:"):
             job_start = job_end = None
             threads_start = threads_end = None
+            calls_start = calls_end = None
+        if line.startswith("BENCH-SYSCALLS:"):
+            sample = thread_sample(line)
+            if calls_start is None:
+                calls_start = sample
+            elif calls_end is None:
+                calls_end = sample
+            continue
         if line.startswith("BENCH-THREADS:"):
             sample = thread_sample(line)
             if threads_start is None:
@@ -51,9 +62,9 @@ def parse(log_path, json_dir):
             elif threads_end is None:
                 threads_end = sample
             continue
-        m = re.match(r"BENCH-COST: exits=(\d+) irqs=(\d+) switches=(\d+)", line)
+        m = re.match(r"BENCH-COST: exits=(\d+) irqs=(\d+) switches=(\d+)(?: mmio=(\d+) pio=(\d+))?", line)
         if m:
-            sample = tuple(int(x) for x in m.groups())
+            sample = tuple(int(x) for x in m.groups() if x is not None)
             if job_start is None:
                 job_start = sample
             elif job_end is None:
@@ -83,6 +94,8 @@ def parse(log_path, json_dir):
                 costs.setdefault((config, job), []).append(per_io)
             if threads_start is not None and threads_end is not None and ios:
                 threads.setdefault((config, job), []).append(thread_delta(threads_start, threads_end, ios))
+            if calls_start is not None and calls_end is not None and ios:
+                syscalls.setdefault((config, job), []).append(thread_delta(calls_start, calls_end, ios))
             continue
         if capture:
             capture[1].append(line)
@@ -96,16 +109,17 @@ def parse(log_path, json_dir):
             regs.setdefault(config, []).append((int(m.group(1)), int(m.group(2))))
         if "BAR accesses over messages" in line and config:
             counters[config] = line.split(": ", 1)[-1]
-    return order, jobs, results, regs, istat, counters, costs, threads
+    return order, jobs, results, regs, istat, counters, costs, threads, syscalls
 
 
 def thread_sample(line):
-    """{group: (voluntary, involuntary)} from a BENCH-THREADS line."""
+    """{group: (voluntary, involuntary)} from a BENCH-THREADS line, or
+    {group: (calls,)} from a BENCH-SYSCALLS one."""
     sample = {}
     for item in line.split()[1:]:
-        m = re.match(r"(\S+)=(\d+)/(\d+)$", item)
+        m = re.match(r"(\S+)=(\d+(?:/\d+)*)$", item)
         if m:
-            sample[m.group(1)] = (int(m.group(2)), int(m.group(3)))
+            sample[m.group(1)] = tuple(int(x) for x in m.group(2).split("/"))
     return sample
 
 
@@ -114,7 +128,7 @@ def thread_delta(start, end, ios):
     missing at the start (its threads were born during the job) counts
     from zero."""
     return {
-        group: tuple((e - b) / ios for b, e in zip(start.get(group, (0, 0)), counts))
+        group: tuple((e - b) / ios for b, e in zip(start.get(group, (0,) * len(counts)), counts))
         for group, counts in end.items()
     }
 
@@ -129,6 +143,57 @@ def thread_cells(runs):
     }
     shown = sorted((g for g in med if sum(med[g]) >= 0.05), key=lambda g: -sum(med[g]))
     return ", ".join(f"{g} {med[g][0]:.1f}+{med[g][1]:.1f}" for g in shown) or "-"
+
+
+def device_exits(runs):
+    """Median MMIO + PIO exits per I/O, if the samples had them."""
+    if any(len(r) < 5 for r in runs):
+        return None
+    return statistics.median(r[3] + r[4] for r in runs)
+
+
+def floor_table(order, jobs, results, costs, istat):
+    """Time per I/O against the floor: the device accesses the driver makes
+    per I/O (QEMU in-process's MMIO+PIO exits, where each is one), each at
+    the cost of a bare exit (the fastest ISTAT read: a mirrored or
+    in-process register read is an exit and little else). All runs share
+    one CPU in the rig, so 1/IOPS is the CPU time one I/O takes."""
+    ref = "qemu" if "qemu" in order else None
+    if ref is None or not istat:
+        return
+    bare = min(statistics.median(v) for v in istat.values() if v)
+    print()
+    print(f"The floor: the driver's device accesses per I/O ({ref}'s MMIO+PIO exits),")
+    print(f"each at a bare exit ({bare:.0f} ns, the fastest ISTAT read above),")
+    print("against each configuration's time per I/O (1/IOPS; one CPU runs it all):")
+    print()
+    print("| job | accesses per I/O | floor us | configuration | us per I/O | vs floor |")
+    print("| --- | ---: | ---: | --- | ---: | ---: |")
+    for job in jobs:
+        ref_runs = costs.get((ref, job))
+        accesses = device_exits(ref_runs) if ref_runs else None
+        if accesses is None:
+            continue
+        floor_us = accesses * bare / 1000.0
+        for config in order:
+            runs = results.get((config, job))
+            if not runs:
+                continue
+            iops = statistics.median(r[0] for r in runs)
+            if not iops:
+                continue
+            us = 1e6 / iops
+            ratio = f"{us / floor_us:.1f}x" if floor_us else "-"
+            print(f"| {job} | {accesses:.1f} | {floor_us:.0f} | {config} | {us:.0f} | {ratio} |")
+
+
+def call_cells(runs):
+    """'remote/ioregion 4.1, ...': medians over rounds per thread group,
+    largest first, groups under 0.05 left out."""
+    groups = {g for r in runs for g in r}
+    med = {g: statistics.median(r.get(g, (0.0,))[0] for r in runs) for g in groups}
+    shown = sorted((g for g in med if med[g] >= 0.05), key=lambda g: -med[g])
+    return ", ".join(f"{g} {med[g]:.1f}" for g in shown) or "-"
 
 
 def total_ios(data):
@@ -158,7 +223,7 @@ def metrics(data):
 
 
 def main():
-    order, jobs, results, regs, istat, counters, costs, threads = parse(sys.argv[1], sys.argv[2])
+    order, jobs, results, regs, istat, counters, costs, threads, syscalls = parse(sys.argv[1], sys.argv[2])
     if not jobs:
         sys.exit("no fio results in the log")
     print("| job | configuration | IOPS | MiB/s | mean lat us | p99 lat us | IOPS vs " + order[0] + " | runs |")
@@ -181,15 +246,21 @@ def main():
         print("(the rig kernel's debugfs), and context switches of every VMM, remote and")
         print("QEMU thread, from the job's start to the end of its fio run, over its I/Os:")
         print()
-        print("| job | configuration | exits | injected irqs | context switches | runs |")
-        print("| --- | --- | ---: | ---: | ---: | ---: |")
+        print("The MMIO+PIO column counts the exits KVM handed to the VMM for a device")
+        print("access (QEMU's in-process LSI: every register access of the driver;")
+        print("ours on the kernel path: only those KVM did not serve itself).")
+        print()
+        print("| job | configuration | exits | injected irqs | context switches | MMIO+PIO exits | runs |")
+        print("| --- | --- | ---: | ---: | ---: | ---: | ---: |")
         for job in jobs:
             for config in order:
                 runs = costs.get((config, job))
                 if not runs:
                     continue
                 med = [statistics.median(r[i] for r in runs) for i in range(3)]
-                print(f"| {job} | {config} | {med[0]:.1f} | {med[1]:.2f} | {med[2]:.1f} | {len(runs)} |")
+                accesses = device_exits(runs)
+                shown = f"{accesses:.1f}" if accesses is not None else "-"
+                print(f"| {job} | {config} | {med[0]:.1f} | {med[1]:.2f} | {med[2]:.1f} | {shown} | {len(runs)} |")
     if threads:
         print()
         print("Context switches per I/O by thread (medians over rounds), voluntary (the")
@@ -203,6 +274,21 @@ def main():
                 runs = threads.get((config, job))
                 if runs:
                     print(f"| {job} | {config} | {thread_cells(runs)} | {len(runs)} |")
+    if syscalls:
+        print()
+        print("System calls per I/O (medians over rounds; the rig kernel's ftrace")
+        print("histogram of raw_syscalls:sys_enter by thread, `--syscalls`):")
+        print()
+        print("| job | configuration | system calls | by thread | runs |")
+        print("| --- | --- | ---: | --- | ---: |")
+        for job in jobs:
+            for config in order:
+                runs = syscalls.get((config, job))
+                if not runs:
+                    continue
+                total = statistics.median(r.get("total", (0.0,))[0] for r in runs)
+                groups = [{g: v for g, v in r.items() if g != "total"} for r in runs]
+                print(f"| {job} | {config} | {total:.1f} | {call_cells(groups)} | {len(runs)} |")
     print()
     print("Register round trip from guest userspace (SCRATCHB, BAR1 + 0x5c, regbench):")
     print()
@@ -236,6 +322,7 @@ def main():
             r = statistics.median(runs)
             ratio = f"{r / base:.2f}x" if base else "-"
             print(f"| {config} | {r:.0f} | {ratio} | {len(runs)} |")
+    floor_table(order, jobs, results, costs, istat)
     if counters:
         print()
         print("Our proxy's counters (`--stats`, last round):")

@@ -37,9 +37,13 @@
 # of a process on the other (idle) CPU costs milliseconds and would swamp
 # every multi-process row; on hardware the default is no pinning.
 #
+# --syscalls also counts the system calls of every thread per I/O (an
+# ftrace histogram in the kernel that runs the VMs; it slows every call a
+# little, so take speed from a run without it).
+#
 # usage: ci/bench.sh [--rounds N] [--runtime SECS] [--jobs a,b,...]
 #                    [--configs ours,ours-off,qemu,qemu-mp] [--pin CPUS|none]
-#                    [--kvm-modules] [--baseline REV] [--out DIR]
+#                    [--kvm-modules] [--baseline REV] [--syscalls] [--out DIR]
 set -euo pipefail
 . "$(dirname "$0")/lib.sh"
 cd "$VMM_ROOT"
@@ -52,6 +56,7 @@ out=""
 pin=""
 kvm_modules=0
 baseline=""
+syscalls=0
 while [ $# -gt 0 ]; do
     case "$1" in
         --rounds) rounds=$2; shift 2 ;;
@@ -62,7 +67,8 @@ while [ $# -gt 0 ]; do
         --pin) pin=$2; shift 2 ;;
         --kvm-modules) kvm_modules=1; shift ;;
         --baseline) baseline=$2; shift 2 ;;
-        -h|--help) sed -n '2,42p' "$0"; exit 0 ;;
+        --syscalls) syscalls=1; shift ;;
+        -h|--help) sed -n '2,46p' "$0"; exit 0 ;;
         *) die "unknown option $1 (see --help)" ;;
     esac
 done
@@ -96,10 +102,19 @@ qemu_vm="qemu-system-x86_64 -accel kvm -cpu host -m 512M -nodefaults -display no
 # The cost of a job, sampled when it starts (VMM-BENCH-JOB) and when fio
 # has finished (VMM-FIO-JSON-BEGIN, before its JSON crosses the serial
 # port, which costs an exit per byte): KVM's exits and injected
-# interrupts (debugfs sums them over the VMs alive, here the one), and
-# the context switches of every thread of the VMM, its remotes and QEMU.
+# interrupts and the exits for MMIO and port I/O it handed to userspace
+# (debugfs sums them over the VMs alive, here the one), and the context
+# switches of every thread of the VMM, its remotes and QEMU.
 mount -t debugfs nodev /sys/kernel/debug 2>/dev/null
 kvm_stat() { cat /sys/kernel/debug/kvm/\$1 2>/dev/null || echo 0; }
+# With --syscalls, the rig kernel counts every system call per thread
+# (an ftrace histogram on raw_syscalls:sys_enter, keyed by thread id),
+# which costs every call a little: for the syscall column, not for speed.
+trace=/sys/kernel/debug/tracing/events/raw_syscalls/sys_enter
+if [ $syscalls -eq 1 ]; then
+    echo 'hist:keys=common_pid:size=32768' > \$trace/trigger ||
+        echo "BENCH-FAILED: cannot count system calls (no ftrace histograms in this kernel)"
+fi
 cost() {
     # A process may end between the glob and the read: no complaint (the
     # shell's own, for a failed redirection, would land inside fio's JSON).
@@ -116,17 +131,26 @@ cost() {
         esac
         awk -v role=\$role '
             /^Name:/ { sub(/^Name:[ \t]*/, ""); gsub(/ /, "_"); name = \$0 }
+            /^Pid:/ { tid = \$2 }
             /^voluntary_ctxt_switches/ { v = \$2 }
-            /^nonvoluntary_ctxt_switches/ { print role "/" name, v, \$2 }' \$d/task/*/status 2>/dev/null
+            /^nonvoluntary_ctxt_switches/ { print role "/" name, v, \$2, tid }' \$d/task/*/status 2>/dev/null
     done)
     switches=\$(echo "\$per_thread" | awk '{ s += \$2 + \$3 } END { print s + 0 }')
-    echo "BENCH-COST: exits=\$(kvm_stat exits) irqs=\$(kvm_stat irq_injections) switches=\$switches"
-    echo "\$per_thread" | awk 'NF == 3 {
+    echo "BENCH-COST: exits=\$(kvm_stat exits) irqs=\$(kvm_stat irq_injections) switches=\$switches mmio=\$(kvm_stat mmio_exits) pio=\$(kvm_stat io_exits)"
+    hist=""
+    [ $syscalls -eq 1 ] && hist=\$(cat \$trace/hist 2>/dev/null)
+    { echo "\$hist" | sed -n 's/.*common_pid: *\([0-9]*\) *} *hitcount: *\([0-9]*\).*/H \1 \2/p'
+      echo "\$per_thread"; } | awk '
+        \$1 == "H" { calls[\$2] = \$3; next }
+        NF == 4 {
             k = \$1; sub(/-[0-9]+\$/, "", k); sub(/^vmm\/vcpu[0-9]+\$/, "vmm/vcpu", k)
             sub(/^remote\/ioregion.*/, "remote/ioregion", k)
-            v[k] += \$2; n[k] += \$3
+            v[k] += \$2; n[k] += \$3; c[k] += calls[\$4]; total += calls[\$4]
         }
-        END { printf "BENCH-THREADS:"; for (k in v) printf " %s=%d/%d", k, v[k], n[k]; print "" }'
+        END {
+            printf "BENCH-THREADS:"; for (k in v) printf " %s=%d/%d", k, v[k], n[k]; print ""
+            if ($syscalls) { printf "BENCH-SYSCALLS: total=%d", total; for (k in c) printf " %s=%d", k, c[k]; print "" }
+        }'
 }
 costs() {
     while IFS= read -r line; do
@@ -173,9 +197,10 @@ for round in \$(seq $rounds); do
         qemu-mp) $run \$PAIREXEC "LSI_DISK=\$img exec \$EXTRA/ci/qemu-remote-lsi.sh" \
                 "exec \$qemu_vm -object memory-backend-memfd,id=mem,size=512M -numa node,memdev=mem \$guest -append '\$cmdline' -device x-pci-proxy-dev,id=lsi0,fd=4" </dev/null 2>&1 ;;
         *) echo "BENCH-UNKNOWN-CONFIG: \$config" ;;
-        esac | costs | grep -E '^VMM-|^BENCH-COST|^BENCH-THREADS|^\{|^\}|^ |^vmm: remote|BAR accesses|in flight'
+        esac | costs | grep -E '^VMM-|^BENCH-COST|^BENCH-THREADS|^BENCH-SYSCALLS|^BENCH-FAILED|^\{|^\}|^ |^vmm: remote|BAR accesses|in flight'
     done
 done
+[ $syscalls -eq 1 ] && echo '!hist:keys=common_pid:size=32768' > \$trace/trigger
 echo "BENCH-DONE"
 SCRIPT
 )
@@ -256,7 +281,7 @@ grep -q BENCH-DONE "$out/console.log" || die "the benchmark did not finish; see 
     echo
     echo "- Date: $(date -u +%Y-%m-%d)"
     echo "- Host: $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2- | sed 's/^ //'), $(nproc) CPUs; ran in $where"
-    echo "- Command: \`ci/bench.sh --rounds $rounds --runtime $runtime --jobs $jobs --configs $configs --pin ${pin:-none}$([ "$kvm_modules" -eq 1 ] && echo ' --kvm-modules')${baseline:+ --baseline $baseline}\`"
+    echo "- Command: \`ci/bench.sh --rounds $rounds --runtime $runtime --jobs $jobs --configs $configs --pin ${pin:-none}$([ "$kvm_modules" -eq 1 ] && echo ' --kvm-modules')${baseline:+ --baseline $baseline}$([ "$syscalls" -eq 1 ] && echo ' --syscalls')\`"
     echo "- Commit: $(git rev-parse --short HEAD)$(git diff --quiet || echo ' (with local changes)')"
     [ -z "$baseline" ] || echo "- Baseline (the \`@base\` configurations): $(git rev-parse --short "$baseline^{commit}")"
     echo
