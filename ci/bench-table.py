@@ -32,10 +32,9 @@ def parse(log_path, json_dir):
     order, jobs = [], []
     config = rnd = None
     capture = None
-    job_start = None  # the cost sample at the current job's start
-    job_end = None  # and as its fio finished
-    threads_start = threads_end = None  # the same for BENCH-THREADS
-    calls_start = calls_end = None  # and for BENCH-SYSCALLS
+    # The samples of each kind (BENCH-COST, -THREADS, -SYSCALLS) taken as
+    # the current job started and as its fio finished.
+    window = {}
     for raw in open(log_path, errors="replace"):
         line = raw.rstrip("\r\n")
         m = re.match(r"BENCH-CONFIG: (\S+) round (\d+)", line)
@@ -45,30 +44,12 @@ def parse(log_path, json_dir):
                 order.append(config)
             continue
         if line.startswith("VMM-BENCH-JOB:"):
-            job_start = job_end = None
-            threads_start = threads_end = None
-            calls_start = calls_end = None
-        if line.startswith("BENCH-SYSCALLS:"):
-            sample = thread_sample(line)
-            if calls_start is None:
-                calls_start = sample
-            elif calls_end is None:
-                calls_end = sample
-            continue
-        if line.startswith("BENCH-THREADS:"):
-            sample = thread_sample(line)
-            if threads_start is None:
-                threads_start = sample
-            elif threads_end is None:
-                threads_end = sample
-            continue
-        m = re.match(r"BENCH-COST: exits=(\d+) irqs=(\d+) switches=(\d+)(?: mmio=(\d+) pio=(\d+))?", line)
-        if m:
-            sample = tuple(int(x) for x in m.groups() if x is not None)
-            if job_start is None:
-                job_start = sample
-            elif job_end is None:
-                job_end = sample
+            window = {}
+        kind, sample = cost_sample(line)
+        if kind:
+            taken = window.setdefault(kind, [])
+            if len(taken) < 2:
+                taken.append(sample)
             continue
         m = re.match(r"VMM-FIO-JSON-BEGIN (\S+)", line)
         if m:
@@ -89,13 +70,10 @@ def parse(log_path, json_dir):
                 jobs.append(job)
             results.setdefault((config, job), []).append(metrics(data))
             ios = total_ios(data)
-            if job_start and job_end and ios:
-                per_io = tuple((e - b) / ios for b, e in zip(job_start, job_end))
-                costs.setdefault((config, job), []).append(per_io)
-            if threads_start is not None and threads_end is not None and ios:
-                threads.setdefault((config, job), []).append(thread_delta(threads_start, threads_end, ios))
-            if calls_start is not None and calls_end is not None and ios:
-                syscalls.setdefault((config, job), []).append(thread_delta(calls_start, calls_end, ios))
+            for kind, store in (("cost", costs), ("threads", threads), ("calls", syscalls)):
+                taken = window.get(kind, [])
+                if len(taken) == 2 and ios:
+                    store.setdefault((config, job), []).append(per_io(*taken, ios))
             continue
         if capture:
             capture[1].append(line)
@@ -110,6 +88,27 @@ def parse(log_path, json_dir):
         if "BAR accesses over messages" in line and config:
             counters[config] = line.split(": ", 1)[-1]
     return order, jobs, results, regs, istat, counters, costs, threads, syscalls
+
+
+def cost_sample(line):
+    """(kind, sample) of a BENCH-COST, BENCH-THREADS or BENCH-SYSCALLS line,
+    else (None, None). A cost sample is a tuple (exits, irqs, switches and,
+    where taken, MMIO and PIO exits); the others are per thread group."""
+    m = re.match(r"BENCH-COST: exits=(\d+) irqs=(\d+) switches=(\d+)(?: mmio=(\d+) pio=(\d+))?", line)
+    if m:
+        return "cost", tuple(int(x) for x in m.groups() if x is not None)
+    if line.startswith("BENCH-THREADS:"):
+        return "threads", thread_sample(line)
+    if line.startswith("BENCH-SYSCALLS:"):
+        return "calls", thread_sample(line)
+    return None, None
+
+
+def per_io(start, end, ios):
+    """What happened between two samples of one kind, per I/O."""
+    if isinstance(start, tuple):
+        return tuple((e - b) / ios for b, e in zip(start, end))
+    return thread_delta(start, end, ios)
 
 
 def thread_sample(line):
@@ -143,6 +142,25 @@ def thread_cells(runs):
     }
     shown = sorted((g for g in med if sum(med[g]) >= 0.05), key=lambda g: -sum(med[g]))
     return ", ".join(f"{g} {med[g][0]:.1f}+{med[g][1]:.1f}" for g in shown) or "-"
+
+
+def per_job_table(jobs, order, samples, title, header, row):
+    """A table with a row per job and configuration that has samples; none
+    at all when no configuration has any. Columns after job and
+    configuration are right-aligned, except those 'by thread'."""
+    if not samples:
+        return
+    print()
+    print(title)
+    print()
+    print(header)
+    columns = [c.strip() for c in header.strip("|").split("|")]
+    print("| " + " | ".join("---" if i < 2 or "by thread" in c else "---:" for i, c in enumerate(columns)) + " |")
+    for job in jobs:
+        for config in order:
+            runs = samples.get((config, job))
+            if runs:
+                print(row(job, config, runs))
 
 
 def device_exits(runs):
@@ -240,55 +258,43 @@ def main():
                 base = med[0]
             ratio = f"{med[0] / base:.2f}x" if base else "-"
             print(f"| {job} | {config} | {med[0]:.0f} | {med[1]:.1f} | {med[2]:.0f} | {med[3]:.0f} | {ratio} | {len(runs)} |")
-    if costs:
-        print()
-        print("Cost of one I/O (medians over rounds): KVM exits and injected interrupts")
-        print("(the rig kernel's debugfs), and context switches of every VMM, remote and")
-        print("QEMU thread, from the job's start to the end of its fio run, over its I/Os:")
-        print()
-        print("The MMIO+PIO column counts the exits KVM handed to the VMM for a device")
-        print("access (QEMU's in-process LSI: every register access of the driver;")
-        print("ours on the kernel path: only those KVM did not serve itself).")
-        print()
-        print("| job | configuration | exits | injected irqs | context switches | MMIO+PIO exits | runs |")
-        print("| --- | --- | ---: | ---: | ---: | ---: | ---: |")
-        for job in jobs:
-            for config in order:
-                runs = costs.get((config, job))
-                if not runs:
-                    continue
-                med = [statistics.median(r[i] for r in runs) for i in range(3)]
-                accesses = device_exits(runs)
-                shown = f"{accesses:.1f}" if accesses is not None else "-"
-                print(f"| {job} | {config} | {med[0]:.1f} | {med[1]:.2f} | {med[2]:.1f} | {shown} | {len(runs)} |")
-    if threads:
-        print()
-        print("Context switches per I/O by thread (medians over rounds), voluntary (the")
-        print("thread slept) + involuntary (it was preempted), per process role and")
-        print("thread name:")
-        print()
-        print("| job | configuration | switches per I/O by thread | runs |")
-        print("| --- | --- | --- | ---: |")
-        for job in jobs:
-            for config in order:
-                runs = threads.get((config, job))
-                if runs:
-                    print(f"| {job} | {config} | {thread_cells(runs)} | {len(runs)} |")
-    if syscalls:
-        print()
-        print("System calls per I/O (medians over rounds; the rig kernel's ftrace")
-        print("histogram of raw_syscalls:sys_enter by thread, `--syscalls`):")
-        print()
-        print("| job | configuration | system calls | by thread | runs |")
-        print("| --- | --- | ---: | --- | ---: |")
-        for job in jobs:
-            for config in order:
-                runs = syscalls.get((config, job))
-                if not runs:
-                    continue
-                total = statistics.median(r.get("total", (0.0,))[0] for r in runs)
-                groups = [{g: v for g, v in r.items() if g != "total"} for r in runs]
-                print(f"| {job} | {config} | {total:.1f} | {call_cells(groups)} | {len(runs)} |")
+    def cost_row(job, config, runs):
+        med = [statistics.median(r[i] for r in runs) for i in range(3)]
+        accesses = device_exits(runs)
+        shown = f"{accesses:.1f}" if accesses is not None else "-"
+        return f"| {job} | {config} | {med[0]:.1f} | {med[1]:.2f} | {med[2]:.1f} | {shown} | {len(runs)} |"
+
+    def calls_row(job, config, runs):
+        total = statistics.median(r.get("total", (0.0,))[0] for r in runs)
+        groups = [{g: v for g, v in r.items() if g != "total"} for r in runs]
+        return f"| {job} | {config} | {total:.1f} | {call_cells(groups)} | {len(runs)} |"
+
+    per_job_table(
+        jobs, order, costs,
+        "Cost of one I/O (medians over rounds): KVM exits and injected interrupts\n"
+        "(the rig kernel's debugfs), and context switches of every VMM, remote and\n"
+        "QEMU thread, from the job's start to the end of its fio run, over its I/Os.\n"
+        "The MMIO+PIO column counts the exits KVM handed to the VMM for a device\n"
+        "access (QEMU's in-process LSI: every register access of the driver;\n"
+        "ours on the kernel path: only those KVM did not serve itself):",
+        "| job | configuration | exits | injected irqs | context switches | MMIO+PIO exits | runs |",
+        cost_row,
+    )
+    per_job_table(
+        jobs, order, threads,
+        "Context switches per I/O by thread (medians over rounds), voluntary (the\n"
+        "thread slept) + involuntary (it was preempted), per process role and\n"
+        "thread name:",
+        "| job | configuration | switches per I/O by thread | runs |",
+        lambda job, config, runs: f"| {job} | {config} | {thread_cells(runs)} | {len(runs)} |",
+    )
+    per_job_table(
+        jobs, order, syscalls,
+        "System calls per I/O (medians over rounds; the rig kernel's ftrace\n"
+        "histogram of raw_syscalls:sys_enter by thread, `--syscalls`):",
+        "| job | configuration | system calls | by thread | runs |",
+        calls_row,
+    )
     print()
     print("Register round trip from guest userspace (SCRATCHB, BAR1 + 0x5c, regbench):")
     print()
