@@ -243,7 +243,7 @@ impl ScsiBus {
 
     /// Lets the disk workers serve their own completions (see
     /// [`IoPool::set_completion_runner`]).
-    pub fn set_completion_runner(&self, runner: super::pool::CompletionRunner) {
+    pub fn set_completion_runner(&self, runner: crate::device_model::BackgroundRunner) {
         self.pool.set_completion_runner(runner);
     }
 

@@ -13,10 +13,7 @@ use std::thread::JoinHandle;
 use vmm_sys_util::eventfd::{EFD_NONBLOCK, EventFd};
 
 use super::{ScsiDisk, Sense};
-
-/// Serves the completions queued so far, from a worker, if it can do so
-/// now without waiting; false otherwise (then the eventfd is signalled).
-pub type CompletionRunner = Arc<dyn Fn() -> bool + Send + Sync>;
+use crate::device_model::BackgroundRunner;
 
 /// How many commands can touch the disk at once. Enough to keep a host
 /// disk's queue busy at the guest's usual queue depths without a thread
@@ -48,7 +45,7 @@ pub enum PoolError {
 struct Done {
     queue: Mutex<VecDeque<Completion>>,
     event: EventFd,
-    runner: Mutex<Option<CompletionRunner>>,
+    runner: Mutex<Option<BackgroundRunner>>,
 }
 
 /// Jobs waiting for a worker. Each job wakes exactly one idle worker; a
@@ -131,7 +128,7 @@ impl IoPool {
 
     /// From now on a worker that finished a job first offers the result to
     /// `runner`, and signals the eventfd only if that did not serve it.
-    pub fn set_completion_runner(&self, runner: CompletionRunner) {
+    pub fn set_completion_runner(&self, runner: BackgroundRunner) {
         *self.done.runner.lock().expect("runner lock poisoned") = Some(runner);
     }
 
