@@ -8,8 +8,8 @@
 #   sockrtt         32-byte SOCK_SEQPACKET ping-pong between two processes
 #   messages-*      our LSI's SCRATCHB (BAR1 + 0x5c) with ioregionfd=off
 #   ioregion-*      the same register over its region fd (ioregionfd=auto);
-#                   register writes waited for (the default) or posted
-#                   (register-writes=posted)
+#                   register writes waited for (register-writes=waited)
+#                   or posted (the default)
 #   ioregion-posted SCRIPTS RAM (BAR2) writes, posted
 # Each access count is timed as whole VMM runs at two counts; the difference
 # divided by the extra accesses is the cost of one access. Everything is

@@ -7,9 +7,9 @@
 # and, by name in --configs:
 #   ours-user  our VMM + our LSI remote, ioregionfd=userspace
 #   ours-posted  ioregionfd=userspace with register writes posted
-#              (register-writes=posted, experimental)
+#              (register-writes=posted, the default since 2026-12-03)
 #   ours-waited  ioregionfd=userspace with register writes waited for
-#              (register-writes=waited, the default)
+#              (register-writes=waited, the default before)
 #   ours-nomirror  ioregionfd=userspace, every register read asks the remote
 #              (register-mirror=off: no ISTAT reads from the shared page)
 #   ours-vfio-user  our VMM + our LSI remote over vfio-user (proto=vfio-user),

@@ -7,7 +7,7 @@
 # then leaves you at its shell: `exit` or Ctrl-A x ends it.
 #
 # Usage: ci/demo.sh [--cpus N] [--disk IMG] [--ioregionfd auto|kernel|userspace|off]
-#                   [--register-writes waited|posted]
+#                   [--register-writes posted|waited]
 # In the rig, --disk IMG is copied into the rig's memory (4 GiB in all) and
 # the guest writes to that copy: keep it small there.
 set -euo pipefail
@@ -17,8 +17,8 @@ cd "$VMM_ROOT"
 cpus=2
 disk=
 ioregionfd=auto
-writes=waited
-usage="usage: ci/demo.sh [--cpus N] [--disk IMG] [--ioregionfd auto|kernel|userspace|off] [--register-writes waited|posted]"
+writes=posted
+usage="usage: ci/demo.sh [--cpus N] [--disk IMG] [--ioregionfd auto|kernel|userspace|off] [--register-writes posted|waited]"
 while [ $# -gt 0 ]; do
     case "$1" in
         --cpus) cpus=${2:?$usage}; shift 2 ;;

@@ -10,8 +10,10 @@
 # The table and the logs (compressed) are kept under resources/soak/.
 #
 # Configurations:
-#   ours         our VMM and LSI remote, defaults
-#   ours-posted  register-writes=posted
+#   ours         our VMM and LSI remote, defaults (register writes posted
+#                since 2026-12-03; before, waited for)
+#   ours-posted  ioregionfd=userspace,register-writes=posted
+#   ours-waited  ioregionfd=userspace,register-writes=waited
 #   ours-vfio-user  over vfio-user (proto=vfio-user), region fds
 #   ours-kernel  ioregionfd=kernel (boots the rig on our KVM_SET_IOREGION
 #                modules, ci/build-kvm-ioregion.sh; implies --kvm-modules)
@@ -140,6 +142,7 @@ one_run() {
         case $config in
             ours) extra=",restart=on" ;;
             ours-posted) extra=",restart=on,ioregionfd=userspace,register-writes=posted" ;;
+            ours-waited) extra=",restart=on,ioregionfd=userspace,register-writes=waited" ;;
             ours-kernel) extra=",restart=on,ioregionfd=kernel" ;;
             ours-vfio-user) extra=",restart=on,proto=vfio-user" ;;
             *) echo "SOAK-NOT-APPLICABLE"; return 0 ;;
@@ -166,6 +169,7 @@ one_run() {
     case $config in
         ours) ours $n "" ;;
         ours-posted) ours $n ",ioregionfd=userspace,register-writes=posted" ;;
+        ours-waited) ours $n ",ioregionfd=userspace,register-writes=waited" ;;
         ours-kernel) ours $n ",ioregionfd=kernel" ;;
         ours-vfio-user) ours $n ",proto=vfio-user" ;;
         qemu) $qemu_vm -smp $n $guest -append "$fio_cmdline" -device lsi53c895a,id=lsi0 \

@@ -83,8 +83,8 @@ impl DeviceModel for Lsi53c895a {
     /// The register file (the first 128 bytes of BAR0 and BAR1) and the
     /// SCRIPTS RAM go over ioregionfd; the rest of BAR1 holds nothing and
     /// stays on the message path. SCRIPTS RAM writes are posted; register
-    /// writes when `set_posted_register_writes` says so (`--register-writes
-    /// posted`, experimental). The remote applies posted
+    /// writes when `set_posted_register_writes` says so (the remote's
+    /// `--register-writes`, posted by default). The remote applies posted
     /// writes before any later access of the guest's (read, message, or
     /// interrupt acknowledgement). Port I/O writes are never posted.
     fn ioregions(&self, bar: u8) -> Vec<IoRegionSpec> {

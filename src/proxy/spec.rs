@@ -30,8 +30,8 @@ pub enum Endpoint {
         /// The user (NAME or UID[:GID]) the remote drops to when started
         /// as root.
         user: Option<String>,
-        /// Register writes over ioregionfd are waited for (the default), or
-        /// posted (`register-writes=posted`, experimental).
+        /// Register writes over ioregionfd are posted (the default), or
+        /// waited for (`register-writes=waited`).
         posted_register_writes: bool,
     },
 }
@@ -216,9 +216,9 @@ pub const KEYS: &[KeyHelp] = &[
     KeyHelp {
         key: "register-writes",
         values: "waited|posted",
-        default: "waited",
+        default: "posted",
         applies: Applies::Lsi,
-        meaning: "posted: vCPUs do not wait for register writes over region fds (experimental)",
+        meaning: "posted: vCPUs do not wait for register writes over region fds; waited: they do",
     },
     KeyHelp {
         key: "proto",
@@ -316,7 +316,7 @@ impl FromStr for RemoteDevSpec {
         let mut ioregionfd = None;
         let mut restart = false;
         let mut user = None;
-        let mut posted_register_writes = false;
+        let mut posted_register_writes = true;
         let mut register_mirror = true;
         for (i, item) in text.split(',').filter(|s| !s.is_empty()).enumerate() {
             if i == 0 && item == "lsi" {
@@ -548,7 +548,7 @@ mod tests {
                 discard: true,
                 sandbox: true,
                 user: None,
-                posted_register_writes: false,
+                posted_register_writes: true,
             }
         );
         assert_eq!(s.dialect, Dialect::Vmm);
@@ -561,7 +561,7 @@ mod tests {
                 discard: true,
                 sandbox: true,
                 user: None,
-                posted_register_writes: false,
+                posted_register_writes: true,
             }
         );
         let s: RemoteDevSpec = "lsi,disk=a.qcow2,format=qcow2,disk=b.img".parse().unwrap();
@@ -634,12 +634,12 @@ mod tests {
         assert!(err("lsi,user=").contains("user="));
         assert!(err("lsi,register-writes=maybe").contains("posted or waited"));
         assert!(matches!(
-            "lsi,register-writes=posted"
+            "lsi,register-writes=waited"
                 .parse::<RemoteDevSpec>()
                 .unwrap()
                 .endpoint,
             Endpoint::Lsi {
-                posted_register_writes: true,
+                posted_register_writes: false,
                 ..
             }
         ));

@@ -70,12 +70,12 @@ pub enum RemoteKind {
         /// Run without seccomp and no_new_privs, for debugging.
         #[arg(long)]
         no_sandbox: bool,
-        /// Whether the VMM must wait for each register write over
-        /// ioregionfd, or may post it as PCI posts memory writes
-        /// (experimental, see README). Posted writes are applied before any
-        /// later access, message or interrupt acknowledgement; port I/O
-        /// writes are always waited for.
-        #[arg(long, value_enum, default_value_t = RegisterWrites::Waited)]
+        /// Whether the VMM may post each register write over ioregionfd,
+        /// as PCI posts memory writes (the default), or must wait for it.
+        /// Posted writes are applied before any later access, message or
+        /// interrupt acknowledgement; port I/O writes are always waited
+        /// for.
+        #[arg(long, value_enum, default_value_t = RegisterWrites::Posted)]
         register_writes: RegisterWrites,
         /// This process replaces one that died with the guest's commands
         /// in flight (the VMM's `restart=on` passes it): once its interrupt
