@@ -1,11 +1,23 @@
 //! A level-triggered INTx line driven through KVM's irqfd + resamplefd:
 //! raising it writes the irqfd; when the guest acknowledges (KVM signals
 //! the resamplefd and lowers the line) it is raised again if still asserted.
+//!
+//! KVM signals the resamplefd at every acknowledgement, but only one that
+//! finds the line still high asks anything of us. The control loop
+//! therefore waits on an epoll set that holds the resamplefd only while
+//! the line is high: the thread that lowers the line takes it out, the
+//! one that raises it puts it back (after throwing away the
+//! acknowledgements that came while the line was low), and a driver that
+//! clears the interrupt in its handler, as drivers do, no longer wakes the
+//! control loop once per interrupt. On a host with few CPUs that wake-up
+//! preempts the vCPU. Every change happens under the line's lock.
 
 use std::fs::File;
 use std::io::{Read, Write};
-use std::os::fd::{AsRawFd, RawFd};
+use std::os::fd::{AsFd, AsRawFd, RawFd};
 use std::sync::{Arc, Mutex};
+
+use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
 
 /// The line is shared: the device model drives it, the server loop
 /// services the resamplefd.
@@ -17,6 +29,9 @@ pub struct InterruptLine {
     trigger: Option<File>,
     /// Readable when the guest acknowledged the interrupt.
     resample: Option<File>,
+    /// Holds `resample` while the line is high; None if epoll failed, and
+    /// then the loop waits on `resample` itself, as it always did.
+    watch: Option<Epoll>,
     level: bool,
     /// A masked line raises nothing; unmasking raises it if still high.
     masked: bool,
@@ -24,11 +39,12 @@ pub struct InterruptLine {
 
 impl InterruptLine {
     pub fn new(irqfd: File, resamplefd: File) -> Self {
-        InterruptLine {
+        let mut line = InterruptLine {
             trigger: Some(irqfd),
-            resample: Some(resamplefd),
             ..InterruptLine::default()
-        }
+        };
+        line.set_resample(Some(resamplefd));
+        line
     }
 
     /// Replaces the fd written to raise the line (None: raise nothing).
@@ -38,7 +54,23 @@ impl InterruptLine {
 
     /// Replaces the fd that says the guest acknowledged the interrupt.
     pub fn set_resample(&mut self, resample: Option<File>) {
+        if self.level {
+            self.unwatch();
+        }
         self.resample = resample;
+        if self.resample.is_some() && self.watch.is_none() {
+            self.watch = Epoll::new()
+                .inspect_err(|e| {
+                    log::warn!(
+                        "epoll for the interrupt acknowledgements failed ({e}): \
+                         every acknowledgement wakes the control loop"
+                    )
+                })
+                .ok();
+        }
+        if self.level {
+            self.watch();
+        }
     }
 
     fn pulse(&mut self) {
@@ -54,7 +86,13 @@ impl InterruptLine {
 
     pub fn set_level(&mut self, level: bool) {
         if level && !self.level {
+            // Acknowledgements of interrupts the device had already taken
+            // back ask for nothing; one after this pulse will.
+            self.take_acknowledgements();
+            self.watch();
             self.pulse();
+        } else if !level && self.level {
+            self.unwatch();
         }
         self.level = level;
     }
@@ -76,19 +114,59 @@ impl InterruptLine {
         }
     }
 
-    /// The fd to poll for guest acknowledgements.
+    /// The fd to poll for guest acknowledgements that need an answer.
     pub fn resample_fd(&self) -> Option<RawFd> {
-        self.resample.as_ref().map(AsRawFd::as_raw_fd)
+        match (&self.watch, &self.resample) {
+            (_, None) => None,
+            (Some(watch), Some(_)) => Some(watch.as_raw_fd()),
+            (None, Some(resample)) => Some(resample.as_raw_fd()),
+        }
     }
 
-    /// Called when the resamplefd is readable.
+    /// Called when the fd from [`Self::resample_fd`] is readable.
     pub fn resample(&mut self) {
-        if let Some(resample) = self.resample.as_mut() {
-            let mut buf = [0u8; 8];
-            let _ = resample.read(&mut buf);
-        }
+        self.take_acknowledgements();
         if self.level {
             self.pulse();
+        }
+    }
+
+    /// Empties the resamplefd without blocking: it may have been emptied
+    /// since the loop found it readable, and the fd may be blocking.
+    fn take_acknowledgements(&mut self) {
+        let Some(resample) = self.resample.as_mut() else {
+            return;
+        };
+        match crate::sys::wait_readable(resample.as_fd(), 0) {
+            Ok(true) => {
+                let mut buf = [0u8; 8];
+                let _ = resample.read(&mut buf);
+            }
+            Ok(false) => {}
+            Err(e) => log::warn!("resamplefd poll failed: {e}"),
+        }
+    }
+
+    fn watch(&self) {
+        self.control(ControlOperation::Add);
+    }
+
+    fn unwatch(&self) {
+        self.control(ControlOperation::Delete);
+    }
+
+    fn control(&self, op: ControlOperation) {
+        if let (Some(watch), Some(resample)) = (&self.watch, &self.resample) {
+            let fd = resample.as_raw_fd();
+            match watch.ctl(op, fd, EpollEvent::new(EventSet::IN, fd as u64)) {
+                Ok(()) => {}
+                // Already in, or already out: the state we wanted.
+                Err(e) if matches!(e.raw_os_error(), Some(libc::EEXIST | libc::ENOENT)) => {}
+                Err(e) => log::error!(
+                    "epoll_ctl on the resamplefd failed: {e}; an interrupt the guest \
+                     acknowledges while the device still asserts it may be lost"
+                ),
+            }
         }
     }
 }
@@ -102,21 +180,79 @@ mod tests {
         crate::sys::eventfd_file(e).unwrap()
     }
 
-    #[test]
-    fn raises_once_per_edge_and_again_on_resample_while_high() {
+    fn pair() -> (EventFd, EventFd, InterruptLine) {
         let irq = EventFd::new(EFD_NONBLOCK).unwrap();
         let resample = EventFd::new(EFD_NONBLOCK).unwrap();
-        let mut line = InterruptLine::new(file(&irq), file(&resample));
+        let line = InterruptLine::new(file(&irq), file(&resample));
+        (irq, resample, line)
+    }
+
+    /// Whether the control loop, polling `resample_fd`, would wake now.
+    fn wakes(line: &InterruptLine) -> bool {
+        let mut fds = [crate::sys::pollin(line.resample_fd())];
+        crate::sys::poll(&mut fds, 0).unwrap() == 1
+    }
+
+    #[test]
+    fn raises_once_per_edge_and_again_on_resample_while_high() {
+        let (irq, resample, mut line) = pair();
         line.set_level(true);
         line.set_level(true);
         assert_eq!(irq.read().unwrap(), 1, "one write for one rising edge");
         resample.write(1).unwrap();
+        assert!(wakes(&line), "an acknowledgement while high wakes the loop");
         line.resample();
         assert_eq!(irq.read().unwrap(), 1, "re-raised while still high");
+        assert!(!wakes(&line), "the acknowledgement was taken");
         line.set_level(false);
         resample.write(1).unwrap();
         line.resample();
         assert!(irq.read().is_err(), "not re-raised once low");
+    }
+
+    #[test]
+    fn acknowledgements_while_low_do_not_wake_the_loop() {
+        let (irq, resample, mut line) = pair();
+        resample.write(1).unwrap();
+        assert!(!wakes(&line), "low from the start");
+        line.set_level(true);
+        assert_eq!(irq.read().unwrap(), 1);
+        assert!(
+            !wakes(&line),
+            "an acknowledgement from before the rising edge is stale"
+        );
+        line.set_level(false);
+        resample.write(1).unwrap();
+        assert!(!wakes(&line), "the driver cleared the interrupt first");
+        line.set_level(true);
+        assert_eq!(irq.read().unwrap(), 1);
+        resample.write(1).unwrap();
+        assert!(wakes(&line), "an acknowledgement after the rising edge");
+    }
+
+    #[test]
+    fn resample_with_nothing_queued_returns_at_once() {
+        // A blocking eventfd: a read of an empty one would never return.
+        let irq = EventFd::new(EFD_NONBLOCK).unwrap();
+        let resample = EventFd::new(0).unwrap();
+        let mut line = InterruptLine::new(file(&irq), file(&resample));
+        line.set_level(true);
+        line.resample();
+        assert_eq!(irq.read().unwrap(), 2, "raised, and raised again");
+    }
+
+    #[test]
+    fn a_new_resample_fd_is_watched_while_high() {
+        let (_irq, old, mut line) = pair();
+        line.set_level(true);
+        let new = EventFd::new(EFD_NONBLOCK).unwrap();
+        line.set_resample(Some(file(&new)));
+        old.write(1).unwrap();
+        assert!(!wakes(&line), "the old fd is no longer watched");
+        new.write(1).unwrap();
+        assert!(wakes(&line));
+        line.set_resample(None);
+        assert_eq!(line.resample_fd(), None);
     }
 
     #[test]

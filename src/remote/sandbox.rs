@@ -105,6 +105,9 @@ fn allowed() -> Result<Rules, SandboxError> {
         (libc::SYS_sendmsg, any()),
         (libc::SYS_poll, any()),
         (libc::SYS_ppoll, any()),
+        // The interrupt line's set of acknowledgements to wait for.
+        (libc::SYS_epoll_create1, any()),
+        (libc::SYS_epoll_ctl, any()),
         (libc::SYS_close, any()),
         // The logger asks whether stderr is a terminal (isatty) per line.
         (libc::SYS_ioctl, arg_eq(1, libc::TCGETS)?),
@@ -541,6 +544,35 @@ mod tests {
             "{}",
             ended.stderr
         );
+    }
+
+    /// The remote gets its irqfd and resamplefd once confined, and its
+    /// interrupt line then keeps an epoll set of acknowledgements.
+    #[test]
+    fn an_interrupt_line_can_be_wired_once_confined() {
+        use crate::device_model::InterruptLine;
+        use vmm_sys_util::eventfd::{EFD_NONBLOCK, EventFd};
+        let sandbox = sandbox();
+        let irqfd = EventFd::new(EFD_NONBLOCK).unwrap();
+        let resample = EventFd::new(EFD_NONBLOCK).unwrap();
+        let file = |e: &EventFd| crate::sys::eventfd_file(e).unwrap();
+        let (irq_file, resample_file) = (file(&irqfd), file(&resample));
+        let ended = in_child(move || {
+            sandbox.confine(false).expect("confine");
+            let mut line = InterruptLine::new(irq_file, resample_file);
+            line.set_level(true);
+            resample.write(1).expect("acknowledge");
+            let mut fds = [crate::sys::pollin(line.resample_fd())];
+            let woke = crate::sys::poll(&mut fds, 0).expect("poll") == 1;
+            line.resample();
+            say(if woke && irqfd.read().expect("raised") == 2 {
+                b"line ok\n"
+            } else {
+                b"line FAILED\n"
+            });
+        });
+        assert_eq!(exited(&ended), Some(0), "{}", ended.stderr);
+        assert_eq!(ended.stderr, "line ok\n");
     }
 
     /// Debug builds of std look at an fd (F_GETFD) before closing it; any
