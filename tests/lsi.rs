@@ -256,9 +256,11 @@ fn over_vfio_user_fio_verify_passes_with_ioregion_fds() {
     };
     o.assert_contains("VMM-GUEST: fio done: ok");
     o.assert_exited("vmm", 0);
-    o.assert_contains("BAR1 0x0..0x80 over ioregion fds (userspace path, 2 fds)\n");
-    let [_, _, io_reads, io_writes, _, mirror_reads, _, errors] = stats(o);
+    // Posted register writes are the default over vfio-user too.
+    o.assert_contains("BAR1 0x0..0x80 over ioregion fds (userspace path, 2 fds, posted writes)");
+    let [_, _, io_reads, io_writes, posted, mirror_reads, _, errors] = stats(o);
     assert!(io_reads > 100 && io_writes > 100, "{}", o.output);
+    assert!(posted * 2 > io_writes, "{}", o.output);
     // Our register-mirror extension: ISTAT reads stay in the VMM.
     assert!(mirror_reads > 100, "{}", o.output);
     assert_eq!(errors, 0);
