@@ -25,6 +25,9 @@ def parse(log_path, json_dir):
     results = {}  # (config, job) -> [metrics per round]
     regs = {}  # config -> [(read_ns, write_ns)]
     istat = {}  # config -> [read_ns] of ISTAT (mirrored in ours)
+    istat_widths = set()  # bytes per ISTAT read in this log
+    istat_cost = {}  # config -> [(exits, switches) per ISTAT read]
+    istat_reads = None  # reads in the ISTAT run being sampled
     counters = {}  # config -> last --stats line
     costs = {}  # (config, job) -> [per-I/O cost per round]
     threads = {}  # (config, job) -> [{thread group: (voluntary, involuntary) per I/O}]
@@ -43,13 +46,20 @@ def parse(log_path, json_dir):
             if config not in order:
                 order.append(config)
             continue
-        if line.startswith("VMM-BENCH-JOB:"):
+        if line.startswith("VMM-BENCH-JOB:") or line.startswith("VMM-REGBENCH-BEGIN"):
             window = {}
+            istat_reads = None
         kind, sample = cost_sample(line)
         if kind:
             taken = window.setdefault(kind, [])
             if len(taken) < 2:
                 taken.append(sample)
+            # The ISTAT run's cost: sampled at its BEGIN and END markers.
+            if kind == "cost" and len(taken) == 2 and istat_reads and config:
+                c = per_io(*taken, istat_reads)
+                mmio = c[3] if len(c) > 3 else None
+                istat_cost.setdefault(config, []).append((c[0], mmio, c[2]))
+                istat_reads = None
             continue
         m = re.match(r"VMM-FIO-JSON-BEGIN (\S+)", line)
         if m:
@@ -78,16 +88,20 @@ def parse(log_path, json_dir):
         if capture:
             capture[1].append(line)
             continue
-        m = re.search(r"regbench-reads: offset=0x14 .*read_ns=(\d+)", line)
+        m = re.search(r"regbench-reads: offset=0x14 (?:width=(\d) )?.*read_ns=(\d+)", line)
         if m and config:
-            istat.setdefault(config, []).append(int(m.group(1)))
+            # Before 2026-12-03 regbench read 4 bytes, which no mirror answers.
+            istat_widths.add(int(m.group(1) or 4))
+            istat.setdefault(config, []).append(int(m.group(2)))
+            n = re.search(r" reads=(\d+)", line)
+            istat_reads = int(n.group(1)) if n else None
             continue
         m = re.search(r"read_ns=(\d+).*write_ns=(\d+)", line)
         if m and config:
             regs.setdefault(config, []).append((int(m.group(1)), int(m.group(2))))
         if "BAR accesses over messages" in line and config:
             counters[config] = line.split(": ", 1)[-1]
-    return order, jobs, results, regs, istat, counters, costs, threads, syscalls
+    return order, jobs, results, regs, (istat, istat_widths, istat_cost), counters, costs, threads, syscalls
 
 
 def cost_sample(line):
@@ -241,7 +255,9 @@ def metrics(data):
 
 
 def main():
-    order, jobs, results, regs, istat, counters, costs, threads, syscalls = parse(sys.argv[1], sys.argv[2])
+    order, jobs, results, regs, (istat, istat_widths, istat_cost), counters, costs, threads, syscalls = parse(
+        sys.argv[1], sys.argv[2]
+    )
     if not jobs:
         sys.exit("no fio results in the log")
     print("| job | configuration | IOPS | MiB/s | mean lat us | p99 lat us | IOPS vs " + order[0] + " | runs |")
@@ -311,15 +327,27 @@ def main():
         if base is None:
             base = r
         print(f"| {config} | {r:.0f} | {w:.0f} | {r / base:.2f}x | {len(runs)} |")
+    if istat and istat_widths == {1}:
+        print()
+        print("ISTAT reads from guest userspace (BAR1 + 0x14, one byte, as sym53c8xx")
+        print("reads it, `regbench ... reads 1`): our VMM answers them from the register")
+        print("mirror, QEMU in-process from its model; the nearest a trapped access gets")
+        print("to a bare exit:")
+    elif istat:
+        print()
+        widths = "/".join(str(w) for w in sorted(istat_widths))
+        print(f"Reads of BAR1 + 0x14 from guest userspace, {widths} bytes wide: a")
+        print("read wider than ISTAT0's one byte is not answered by the register mirror")
+        print("but by the device, so this is a round trip, not a mirrored read:")
     if istat:
         print()
-        print("ISTAT reads from guest userspace (BAR1 + 0x14, `regbench ... reads`): our")
-        print("VMM answers them from the register mirror, QEMU in-process from its model;")
-        print("the nearest a trapped access gets to a bare exit:")
-        print()
         ref = "qemu" if "qemu" in istat else order[0]
-        print(f"| configuration | read ns | vs {ref} | runs |")
-        print("| --- | ---: | ---: | ---: |")
+        # Exits (all, and MMIO ones handed to userspace) and context
+        # switches per read (medians), where the run was sampled: a mirrored
+        # read is one MMIO exit and no switch. The serial port's exits for
+        # the result line and the timer's fall in the window too.
+        print(f"| configuration | read ns | vs {ref} | exits per read | MMIO exits per read | switches per read | runs |")
+        print("| --- | ---: | ---: | ---: | ---: | ---: | ---: |")
         base = statistics.median(istat[ref]) if istat.get(ref) else None
         for config in order:
             runs = istat.get(config)
@@ -327,7 +355,13 @@ def main():
                 continue
             r = statistics.median(runs)
             ratio = f"{r / base:.2f}x" if base else "-"
-            print(f"| {config} | {r:.0f} | {ratio} | {len(runs)} |")
+            sampled = istat_cost.get(config) or []
+
+            def cell(i, sampled=sampled):
+                values = [c[i] for c in sampled if c[i] is not None]
+                return f"{statistics.median(values):.2f}" if values else "-"
+
+            print(f"| {config} | {r:.0f} | {ratio} | {cell(0)} | {cell(1)} | {cell(2)} | {len(runs)} |")
     floor_table(order, jobs, results, costs, istat)
     if counters:
         print()

@@ -156,7 +156,7 @@ costs() {
     while IFS= read -r line; do
         printf '%s\n' "\$line"
         case "\$line" in
-            VMM-BENCH-JOB:*|VMM-FIO-JSON-BEGIN*) cost ;;
+            VMM-BENCH-JOB:*|VMM-FIO-JSON-BEGIN*|VMM-REGBENCH-*) cost ;;
         esac
     done
 }

@@ -1,11 +1,14 @@
 /*
  * Times guest accesses to one device register: maps a PCI BAR through
  * sysfs (resourceN; needs iomem=relaxed while a driver owns the device)
- * and reports nanoseconds per 32-bit read and per write. With "reads"
- * last, it only reads (for registers a write would disturb, such as the
- * LSI's ISTAT, which the VMM answers from its register mirror).
+ * and reports nanoseconds per 32-bit read and per write. With "reads",
+ * it only reads (for registers a write would disturb, such as the LSI's
+ * ISTAT, which the VMM answers from its register mirror), WIDTH bytes at a
+ * time (default 4). The width matters: a mirror answers only reads of
+ * exactly its register's size (ISTAT0 is one byte, read by sym53c8xx with
+ * readb), and a wider read goes to the device.
  *
- * usage: regbench /sys/bus/pci/devices/BDF N OFFSET COUNT [reads]
+ * usage: regbench /sys/bus/pci/devices/BDF N OFFSET COUNT [reads [WIDTH]]
  */
 #include <fcntl.h>
 #include <inttypes.h>
@@ -42,11 +45,12 @@ static uint64_t bar_start(const char *dev, int n)
 
 int main(int argc, char **argv)
 {
-    if (argc != 5 && !(argc == 6 && strcmp(argv[5], "reads") == 0)) {
-        fprintf(stderr, "usage: %s DEVICE-DIR BAR OFFSET COUNT [reads]\n", argv[0]);
+    int reads_only = argc >= 6 && strcmp(argv[5], "reads") == 0;
+    int width = argc == 7 ? atoi(argv[6]) : 4;
+    if (!(argc == 5 || (reads_only && argc <= 7)) || (width != 1 && width != 2 && width != 4)) {
+        fprintf(stderr, "usage: %s DEVICE-DIR BAR OFFSET COUNT [reads [1|2|4]]\n", argv[0]);
         return 2;
     }
-    int reads_only = argc == 6;
     const char *dev = argv[1];
     int bar = atoi(argv[2]);
     unsigned long offset = strtoul(argv[3], NULL, 0);
@@ -67,17 +71,25 @@ int main(int argc, char **argv)
     }
     volatile uint32_t *reg = (volatile uint32_t *)(base + in_page + offset);
     uint32_t sum = 0;
+    if (reads_only) {
+        volatile uint8_t *b = (volatile uint8_t *)reg;
+        volatile uint16_t *h = (volatile uint16_t *)reg;
+        for (int i = 0; i < 100; i++)
+            sum += width == 1 ? *b : width == 2 ? *h : *reg;
+        double t0 = now_ns();
+        for (long i = 0; i < count; i++)
+            sum += width == 1 ? *b : width == 2 ? *h : *reg;
+        double t1 = now_ns();
+        printf("regbench-reads: offset=%#lx width=%d reads=%ld read_ns=%.0f (checksum %" PRIu32 ")\n",
+               offset, width, count, (t1 - t0) / count, sum);
+        return 0;
+    }
     for (int i = 0; i < 100; i++)
         sum += *reg;
     double t0 = now_ns();
     for (long i = 0; i < count; i++)
         sum += *reg;
     double t1 = now_ns();
-    if (reads_only) {
-        printf("regbench-reads: offset=%#lx reads=%ld read_ns=%.0f (checksum %" PRIu32 ")\n",
-               offset, count, (t1 - t0) / count, sum);
-        return 0;
-    }
     for (long i = 0; i < count; i++)
         *reg = (uint32_t)i;
     /* A read after the writes: they are done once it returns. */
