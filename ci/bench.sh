@@ -10,6 +10,9 @@
 #              (register-writes=posted, the default since 2026-12-03)
 #   ours-waited  ioregionfd=userspace with register writes waited for
 #              (register-writes=waited, the default before)
+#   ours-sched-normal  ioregionfd=userspace with the remote's threads under
+#              SCHED_OTHER (sched=normal: each wake-up preempts the vCPU;
+#              the default before 2026-12-03) rather than SCHED_BATCH
 #   ours-nomirror  ioregionfd=userspace, every register read asks the remote
 #              (register-mirror=off: no ISTAT reads from the shared page)
 #   ours-vfio-user  our VMM + our LSI remote over vfio-user (proto=vfio-user),
@@ -68,7 +71,7 @@ while [ $# -gt 0 ]; do
         --kvm-modules) kvm_modules=1; shift ;;
         --baseline) baseline=$2; shift 2 ;;
         --syscalls) syscalls=1; shift ;;
-        -h|--help) sed -n '2,46p' "$0"; exit 0 ;;
+        -h|--help) sed -n '2,/^set -euo/{/^set -euo/d;p}' "$0"; exit 0 ;;
         *) die "unknown option $1 (see --help)" ;;
     esac
 done
@@ -176,6 +179,8 @@ for round in \$(seq $rounds); do
                 --stats --remote-dev lsi,disk=\$img,ioregionfd=userspace,register-writes=posted </dev/null 2>&1 ;;
         ours-waited) $run \$vmm --kernel \$GUEST/bzImage --initrd \$GUEST/initramfs.cpio.gz --cmdline "\$cmdline" \
                 --stats --remote-dev lsi,disk=\$img,ioregionfd=userspace,register-writes=waited </dev/null 2>&1 ;;
+        ours-sched-normal) $run \$vmm --kernel \$GUEST/bzImage --initrd \$GUEST/initramfs.cpio.gz --cmdline "\$cmdline" \
+                --stats --remote-dev lsi,disk=\$img,ioregionfd=userspace,sched=normal </dev/null 2>&1 ;;
         ours-nomirror) $run \$vmm --kernel \$GUEST/bzImage --initrd \$GUEST/initramfs.cpio.gz --cmdline "\$cmdline" \
                 --stats --remote-dev lsi,disk=\$img,ioregionfd=userspace,register-mirror=off </dev/null 2>&1 ;;
         ours-vfio-user) $run \$vmm --kernel \$GUEST/bzImage --initrd \$GUEST/initramfs.cpio.gz --cmdline "\$cmdline" \

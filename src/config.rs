@@ -133,7 +133,8 @@ pub struct Cli {
     /// (add `proto=vmm` for ours). `ioregionfd=auto|kernel|userspace|off` picks
     /// how BARs the remote offers over region fds are dispatched (default
     /// auto). `lsi` also takes `register-writes=posted|waited` (default
-    /// posted), `sandbox=off` and `user=NAME|UID[:GID]`; `restart=on`
+    /// posted), `sched=batch|normal` (default batch: its threads do not
+    /// preempt the vCPUs they wake), `sandbox=off` and `user=NAME|UID[:GID]`; `restart=on`
     /// respawns a co-spawned remote that dies. `register-mirror=off` makes every
     /// register read ask the remote, even those it mirrors in a shared page (default on).
     /// Repeat for more devices; `--remote-dev help` lists every key.

@@ -112,6 +112,7 @@ pub fn open(
             sandbox,
             user,
             posted_register_writes,
+            batch_scheduling,
         } => {
             let exe = std::env::current_exe().map_err(|source| RemoteError::Spawn {
                 path: "/proc/self/exe".into(),
@@ -145,6 +146,8 @@ pub fn open(
                 }
                 .into(),
             );
+            args.push("--sched".into());
+            args.push(if *batch_scheduling { "batch" } else { "normal" }.into());
             if replacing {
                 args.push("--takes-over".into());
             }

@@ -33,6 +33,9 @@ pub enum Endpoint {
         /// Register writes over ioregionfd are posted (the default), or
         /// waited for (`register-writes=waited`).
         posted_register_writes: bool,
+        /// The remote's threads run as SCHED_BATCH (the default), or
+        /// preempt the vCPUs they wake (`sched=normal`).
+        batch_scheduling: bool,
     },
 }
 
@@ -221,6 +224,14 @@ pub const KEYS: &[KeyHelp] = &[
         meaning: "posted: vCPUs do not wait for register writes over region fds; waited: they do",
     },
     KeyHelp {
+        key: "sched",
+        values: "batch|normal",
+        default: "batch",
+        applies: Applies::Lsi,
+        meaning: "batch: the remote's threads do not preempt a vCPU on their CPU when they wake \
+                  (no context switch per posted write); normal: they do",
+    },
+    KeyHelp {
         key: "proto",
         values: "qemu|vmm|vfio-user",
         default: "vmm for lsi, else qemu",
@@ -317,6 +328,7 @@ impl FromStr for RemoteDevSpec {
         let mut restart = false;
         let mut user = None;
         let mut posted_register_writes = true;
+        let mut batch_scheduling = true;
         let mut register_mirror = true;
         for (i, item) in text.split(',').filter(|s| !s.is_empty()).enumerate() {
             if i == 0 && item == "lsi" {
@@ -411,6 +423,15 @@ impl FromStr for RemoteDevSpec {
                         }
                     }
                 }
+                "sched" if lsi => {
+                    batch_scheduling = match value {
+                        "batch" => true,
+                        "normal" => false,
+                        other => {
+                            return Err(format!("sched={other}: expected batch or normal"));
+                        }
+                    }
+                }
                 other => {
                     return Err(format!(
                         "unknown key '{other}' for this remote: it is for lsi only"
@@ -445,6 +466,7 @@ impl FromStr for RemoteDevSpec {
                 sandbox,
                 user,
                 posted_register_writes,
+                batch_scheduling,
             });
         }
         let endpoint = endpoint
@@ -549,6 +571,7 @@ mod tests {
                 sandbox: true,
                 user: None,
                 posted_register_writes: true,
+                batch_scheduling: true,
             }
         );
         assert_eq!(s.dialect, Dialect::Vmm);
@@ -562,6 +585,7 @@ mod tests {
                 sandbox: true,
                 user: None,
                 posted_register_writes: true,
+                batch_scheduling: true,
             }
         );
         let s: RemoteDevSpec = "lsi,disk=a.qcow2,format=qcow2,disk=b.img".parse().unwrap();
@@ -643,6 +667,18 @@ mod tests {
                 ..
             }
         ));
+        assert!(err("lsi,sched=fifo").contains("batch or normal"));
+        assert!(err("socket=x,sched=normal").contains("lsi only"));
+        assert!(matches!(
+            "lsi,sched=normal"
+                .parse::<RemoteDevSpec>()
+                .unwrap()
+                .endpoint,
+            Endpoint::Lsi {
+                batch_scheduling: false,
+                ..
+            }
+        ));
         assert!(err("socket=x,user=nobody").contains("unknown key"));
     }
 
@@ -681,7 +717,7 @@ mod tests {
                 checked += 1;
             }
         }
-        assert_eq!(checked, 7);
+        assert_eq!(checked, 8);
         assert_eq!("lsi,proto=vmm".parse::<RemoteDevSpec>(), Ok(lsi));
         let socket: RemoteDevSpec = "socket=x".parse().unwrap();
         assert_eq!("socket=x,proto=qemu".parse::<RemoteDevSpec>(), Ok(socket));

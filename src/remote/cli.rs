@@ -77,6 +77,15 @@ pub enum RemoteKind {
         /// for.
         #[arg(long, value_enum, default_value_t = RegisterWrites::Posted)]
         register_writes: RegisterWrites,
+        /// How this process's threads share a CPU with the VMM's vCPUs.
+        /// batch (the default): a device thread that wakes does not
+        /// preempt the vCPU running there; it runs when the vCPU waits (for
+        /// a register read, or the guest idles) or at the scheduler's
+        /// next tick, so a posted write or an interrupt acknowledgement
+        /// costs the vCPU no context switch. normal: it preempts at once.
+        /// With a CPU of its own the device runs at once either way.
+        #[arg(long, value_enum, default_value_t = Sched::Batch)]
+        sched: Sched,
         /// This process replaces one that died with the guest's commands
         /// in flight (the VMM's `restart=on` passes it): once its interrupt
         /// is wired, the chip reports a SCSI bus reset to the driver, which
@@ -108,6 +117,15 @@ pub enum Protocol {
 pub enum OnOff {
     On,
     Off,
+}
+
+/// `--sched`: the scheduling policy of the device's threads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Sched {
+    /// SCHED_BATCH: no wake-up preemption.
+    Batch,
+    /// SCHED_OTHER, as started.
+    Normal,
 }
 
 /// `--register-writes`: how the VMM delivers register writes.
@@ -173,6 +191,7 @@ pub fn run(kind: RemoteKind) -> Result<(), RemoteCliError> {
         user,
         no_sandbox,
         register_writes,
+        sched,
         takes_over,
         mut protocol,
         vfio_user,
@@ -185,6 +204,16 @@ pub fn run(kind: RemoteKind) -> Result<(), RemoteCliError> {
         }
         None => socket,
     };
+    // Before any thread exists, so that every thread inherits it (the
+    // sandbox refuses sched_setscheduler later).
+    if sched == Sched::Batch {
+        match crate::sys::set_batch_scheduling() {
+            Ok(()) => log::debug!("device threads run as SCHED_BATCH (--sched batch)"),
+            Err(e) => log::warn!(
+                "cannot run the device threads as SCHED_BATCH: {e}; they preempt the vCPUs they wake"
+            ),
+        }
+    }
     // Before any thread exists, so that none of them takes the signal's
     // default action (the end of the process).
     let dump = match DumpSignal::new() {

@@ -139,6 +139,29 @@ pub fn kill(pid: u32, signal: libc::c_int) -> io::Result<()> {
     Ok(())
 }
 
+/// The calling thread's scheduling policy (`libc::SCHED_*`).
+pub fn scheduling_policy() -> io::Result<libc::c_int> {
+    // SAFETY: sched_getscheduler(2) takes a plain pid (0: this thread).
+    let policy = unsafe { libc::sched_getscheduler(0) };
+    if policy < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(policy)
+}
+
+/// Puts the calling thread under SCHED_BATCH (threads it starts later
+/// inherit it): when it wakes, it does not preempt the thread running on
+/// its CPU. Needs no privilege.
+pub fn set_batch_scheduling() -> io::Result<()> {
+    let param = libc::sched_param { sched_priority: 0 };
+    // SAFETY: sched_setscheduler(2) reads the param struct, which lives on
+    // this stack for the call; pid 0 is this thread.
+    if unsafe { libc::sched_setscheduler(0, libc::SCHED_BATCH, &param) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
 /// A second handle on an eventfd, as a File (to hand to another process or
 /// to read and write with std's traits).
 pub fn eventfd_file(event: &EventFd) -> io::Result<File> {
@@ -343,6 +366,28 @@ mod tests {
     use super::*;
     use std::io::Write;
     use std::os::fd::AsFd;
+
+    #[test]
+    fn batch_scheduling_holds_for_the_thread_and_those_it_starts() {
+        // In a thread of its own: the policy is per thread, and the test
+        // harness's threads keep theirs.
+        let policies = std::thread::spawn(|| {
+            let before = scheduling_policy().unwrap();
+            set_batch_scheduling().unwrap();
+            let own = scheduling_policy().unwrap();
+            let child = std::thread::spawn(|| scheduling_policy().unwrap())
+                .join()
+                .unwrap();
+            (before, own, child)
+        })
+        .join()
+        .unwrap();
+        assert_eq!(
+            policies,
+            (libc::SCHED_OTHER, libc::SCHED_BATCH, libc::SCHED_BATCH)
+        );
+        assert_eq!(scheduling_policy().unwrap(), libc::SCHED_OTHER);
+    }
 
     #[test]
     fn a_sealed_memfd_cannot_shrink() {
