@@ -58,6 +58,20 @@ fn wait_for(path: &Path) {
     assert!(path.exists(), "{} never appeared", path.display());
 }
 
+/// The scheduling policy of each thread of `pid` (field 41 of its stat).
+fn scheduling_policies(pid: u32) -> Vec<u32> {
+    std::fs::read_dir(format!("/proc/{pid}/task"))
+        .unwrap()
+        .map(|task| {
+            let stat = std::fs::read_to_string(task.unwrap().path().join("stat")).unwrap();
+            // Fields after the command name, which may hold spaces: the
+            // state is field 3, so the policy is the 39th of these.
+            let after_name = &stat[stat.rfind(')').unwrap() + 2..];
+            after_name.split(' ').nth(38).unwrap().parse().unwrap()
+        })
+        .collect()
+}
+
 #[test]
 fn the_crates_client_drives_our_lsi_remote() {
     let dir = temp_dir("client");
@@ -75,6 +89,14 @@ fn the_crates_client_drives_our_lsi_remote() {
         .unwrap();
     wait_for(&socket);
     let mut client = vfio_user::Client::new(&socket).unwrap();
+    // Every thread of the remote (the disk workers are up once it has
+    // accepted) runs as SCHED_BATCH, the default of `--sched`.
+    let policies = scheduling_policies(remote.id());
+    assert!(policies.len() > 1, "the remote's threads: {policies:?}");
+    assert!(
+        policies.iter().all(|&p| p == libc::SCHED_BATCH as u32),
+        "scheduling policies of the remote's threads: {policies:?}"
+    );
     let size = |c: &vfio_user::Client, i| c.region(i).map(|r| r.size);
     assert_eq!(size(&client, 0), Some(256), "BAR0: I/O registers");
     assert_eq!(size(&client, 1), Some(1024), "BAR1: memory registers");
