@@ -313,6 +313,15 @@ fn on_off(key: &str, value: &str) -> Result<bool, String> {
     }
 }
 
+/// A key with two named values: true for `yes`, false for `no`.
+fn either(key: &str, value: &str, yes: &str, no: &str) -> Result<bool, String> {
+    match value {
+        v if v == yes => Ok(true),
+        v if v == no => Ok(false),
+        other => Err(format!("{key}={other}: expected {yes} or {no}")),
+    }
+}
+
 impl FromStr for RemoteDevSpec {
     type Err = String;
 
@@ -413,25 +422,9 @@ impl FromStr for RemoteDevSpec {
                 "restart" => restart = on_off(key, value)?,
                 "register-mirror" => register_mirror = on_off(key, value)?,
                 "register-writes" if lsi => {
-                    posted_register_writes = match value {
-                        "posted" => true,
-                        "waited" => false,
-                        other => {
-                            return Err(format!(
-                                "register-writes={other}: expected posted or waited"
-                            ));
-                        }
-                    }
+                    posted_register_writes = either(key, value, "posted", "waited")?
                 }
-                "sched" if lsi => {
-                    batch_scheduling = match value {
-                        "batch" => true,
-                        "normal" => false,
-                        other => {
-                            return Err(format!("sched={other}: expected batch or normal"));
-                        }
-                    }
-                }
+                "sched" if lsi => batch_scheduling = either(key, value, "batch", "normal")?,
                 other => {
                     return Err(format!(
                         "unknown key '{other}' for this remote: it is for lsi only"

@@ -139,16 +139,6 @@ pub fn kill(pid: u32, signal: libc::c_int) -> io::Result<()> {
     Ok(())
 }
 
-/// The calling thread's scheduling policy (`libc::SCHED_*`).
-pub fn scheduling_policy() -> io::Result<libc::c_int> {
-    // SAFETY: sched_getscheduler(2) takes a plain pid (0: this thread).
-    let policy = unsafe { libc::sched_getscheduler(0) };
-    if policy < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    Ok(policy)
-}
-
 /// Puts the calling thread under SCHED_BATCH (threads it starts later
 /// inherit it): when it wakes, it does not preempt the thread running on
 /// its CPU. Needs no privilege.
@@ -366,6 +356,16 @@ mod tests {
     use super::*;
     use std::io::Write;
     use std::os::fd::AsFd;
+
+    /// The calling thread's scheduling policy (`libc::SCHED_*`).
+    fn scheduling_policy() -> io::Result<libc::c_int> {
+        // SAFETY: sched_getscheduler(2) takes a plain pid (0: this thread).
+        let policy = unsafe { libc::sched_getscheduler(0) };
+        if policy < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(policy)
+    }
 
     #[test]
     fn batch_scheduling_holds_for_the_thread_and_those_it_starts() {
