@@ -26,7 +26,7 @@ def parse(log_path, json_dir):
     regs = {}  # config -> [(read_ns, write_ns)]
     istat = {}  # config -> [read_ns] of ISTAT (mirrored in ours)
     istat_widths = set()  # bytes per ISTAT read in this log
-    istat_cost = {}  # config -> [(exits, switches) per ISTAT read]
+    istat_cost = {}  # config -> [(exits, MMIO exits or None, switches) per ISTAT read]
     istat_reads = None  # reads in the ISTAT run being sampled
     counters = {}  # config -> last --stats line
     costs = {}  # (config, job) -> [per-I/O cost per round]
@@ -182,6 +182,12 @@ def device_exits(runs):
     if any(len(r) < 5 for r in runs):
         return None
     return statistics.median(r[3] + r[4] for r in runs)
+
+
+def median_cell(values):
+    """The median of the values that were measured (not None), or '-'."""
+    values = [v for v in values if v is not None]
+    return f"{statistics.median(values):.2f}" if values else "-"
 
 
 def floor_table(order, jobs, results, costs, istat):
@@ -356,12 +362,8 @@ def main():
             r = statistics.median(runs)
             ratio = f"{r / base:.2f}x" if base else "-"
             sampled = istat_cost.get(config) or []
-
-            def cell(i, sampled=sampled):
-                values = [c[i] for c in sampled if c[i] is not None]
-                return f"{statistics.median(values):.2f}" if values else "-"
-
-            print(f"| {config} | {r:.0f} | {ratio} | {cell(0)} | {cell(1)} | {cell(2)} | {len(runs)} |")
+            cells = " | ".join(median_cell([c[i] for c in sampled]) for i in range(3))
+            print(f"| {config} | {r:.0f} | {ratio} | {cells} | {len(runs)} |")
     floor_table(order, jobs, results, costs, istat)
     if counters:
         print()
