@@ -267,7 +267,14 @@ fn check_ioregion(kvm: Option<&Kvm>) -> Check {
         vmm::ioregion::Probe::Available => Check::ok(
             NAME,
             false,
-            "available: ioregionfd=auto lets KVM serve region fds itself",
+            if vmm::ioregion::kernel::counts_posted_writes(&vm, scratch) {
+                "available: ioregionfd=auto lets KVM serve region fds itself; it counts the \
+                 writes it posts, so mirrored registers are still read from the page"
+            } else {
+                "available: ioregionfd=auto lets KVM serve region fds itself; it does not count \
+                 the writes it posts (no KVM_IOREGION_POSTED_COUNT), so every register read \
+                 goes through KVM to the remote"
+            },
         ),
         vmm::ioregion::Probe::Unavailable { errno } => Check::not_ok(
             NAME,

@@ -76,9 +76,11 @@ struct ioregion_chan {
 	spinlock_t lock;
 	struct kvm_vcpu *owner;		/* vCPU whose command is in flight */
 	wait_queue_head_t wq;		/* owner released, region removed */
-	/* Only the owner touches these two. */
+	/* Only the owner touches these three. */
 	unsigned int drain;		/* response bytes owed to abandoned commands */
 	bool broken;			/* a command was cut: stream out of sync */
+	u64 posted;			/* posted commands written, if counted */
+	u64 __user *posted_count;	/* where userspace sees @posted, or NULL */
 };
 
 struct ioregion {
@@ -190,7 +192,9 @@ static void ioregion_kill(struct ioregion *r)
  */
 static struct ioregion_chan *ioregion_chan_get(struct kvm *kvm,
 					       struct file *wf,
-					       struct file *rf)
+					       struct file *rf,
+					       u64 __user *posted_count,
+					       u64 posted)
 {
 	struct ioregion_chan *ch, *found = NULL;
 
@@ -210,6 +214,11 @@ static struct ioregion_chan *ioregion_chan_get(struct kvm *kvm,
 	if (IS_ERR(found))
 		goto drop;
 	if (found) {
+		/* One count per fd: its owner is the only one to store it. */
+		if (posted_count != found->posted_count) {
+			found = ERR_PTR(-EINVAL);
+			goto drop;
+		}
 		if (rf && found->rfile && found->rfile != rf) {
 			found = ERR_PTR(-EINVAL);
 			goto drop;
@@ -228,6 +237,8 @@ static struct ioregion_chan *ioregion_chan_get(struct kvm *kvm,
 		found = ERR_PTR(-ENOMEM);
 		goto drop;
 	}
+	ch->posted = posted;
+	ch->posted_count = posted_count;
 	ch->kvm = kvm;
 	ch->wfile = wf;
 	ch->rfile = rf;
@@ -600,6 +611,18 @@ static void ioregion_build(struct ioregion_access *a)
 	a->built = true;
 }
 
+/*
+ * A posted command is on the fd: publish the channel's count (we own the
+ * channel, so stores cannot overtake each other). A count userspace made
+ * unwritable is its own loss; the guest's write already went out.
+ */
+static void ioregion_count_posted(struct ioregion_chan *ch)
+{
+	ch->posted++;
+	if (ch->posted_count && put_user(ch->posted, ch->posted_count))
+		pr_warn_ratelimited("kvm ioregion: cannot store the posted-write count\n");
+}
+
 /* Serves the remaining elements of a staged access; 0 when all are done. */
 static int ioregion_serve(struct ioregion_access *a)
 {
@@ -630,7 +653,9 @@ static int ioregion_serve(struct ioregion_access *a)
 				  &a->cmd_off, true);
 		if (ret)
 			return ret;
-		if (ioregion_wants_response(a)) {
+		if (!ioregion_wants_response(a)) {
+			ioregion_count_posted(ch);
+		} else {
 			if (!ch->rfile)
 				return -EBADF;
 			ret = ioregion_io(a, ch->rfile, a->resp, sizeof(a->resp),
@@ -785,7 +810,10 @@ static int ioregion_assign(struct kvm *kvm, enum kvm_bus bus,
 			   struct kvm_ioregion *args)
 {
 	bool posted = args->flags & KVM_IOREGION_POSTED_WRITES;
+	bool counted = args->flags & KVM_IOREGION_POSTED_COUNT;
+	u64 __user *posted_count = u64_to_user_ptr(args->posted_count);
 	struct file *wf, *rf = NULL;
+	u64 posted_start = 0;
 	struct ioregion_chan *ch;
 	struct ioregion *r;
 	int ret;
@@ -794,6 +822,16 @@ static int ioregion_assign(struct kvm *kvm, enum kvm_bus bus,
 		return -EINVAL;	/* a zero-size region can only take writes */
 	if (args->memory_size > INT_MAX)
 		return -EINVAL;	/* kvm_io_bus lengths are ints */
+	if (counted != !!args->posted_count)
+		return -EINVAL;
+	if (counted && !IS_ALIGNED(args->posted_count, 8))
+		return -EINVAL;	/* its stores must not tear */
+	/*
+	 * A new channel continues from userspace's value (a BAR that moves
+	 * keeps its count); read before any lock is held.
+	 */
+	if (counted && get_user(posted_start, posted_count))
+		return -EFAULT;
 
 	wf = ioregion_fget(args->write_fd, FMODE_WRITE);
 	if (!wf)
@@ -831,7 +869,9 @@ static int ioregion_assign(struct kvm *kvm, enum kvm_bus bus,
 		goto fail_files;
 	}
 	mutex_lock(&ioregion_mutex);
-	ch = ioregion_chan_get(kvm, wf, rf);	/* takes wf and rf */
+	/* Takes our references to wf and rf. */
+	ch = ioregion_chan_get(kvm, wf, rf, counted ? posted_count : NULL,
+			       posted_start);
 	mutex_unlock(&ioregion_mutex);
 	if (IS_ERR(ch)) {
 		ret = PTR_ERR(ch);
@@ -913,7 +953,7 @@ int kvm_set_ioregion(struct kvm *kvm, struct kvm_ioregion *args)
 
 	if (args->flags & ~KVM_IOREGION_VALID_FLAGS)
 		return -EINVAL;
-	if (memchr_inv(args->pad, 0, sizeof(args->pad)))
+	if (args->pad0 || memchr_inv(args->pad, 0, sizeof(args->pad)))
 		return -EINVAL;
 	if (args->guest_paddr + args->memory_size < args->guest_paddr)
 		return -EINVAL;

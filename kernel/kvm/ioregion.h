@@ -24,7 +24,8 @@ struct kvm_vcpu;
 #define KVM_IOREGION_PIO		(1 << 0)
 #define KVM_IOREGION_POSTED_WRITES	(1 << 1)
 #define KVM_IOREGION_DEASSIGN		(1 << 2)
-#define KVM_IOREGION_VALID_FLAGS	((1 << 3) - 1)
+#define KVM_IOREGION_POSTED_COUNT	(1 << 3)
+#define KVM_IOREGION_VALID_FLAGS	((1 << 4) - 1)
 
 struct kvm_ioregion {
 	__u64 guest_paddr;	/* guest physical address (or port) */
@@ -33,7 +34,20 @@ struct kvm_ioregion {
 	__s32 read_fd;		/* KVM reads responses from this fd */
 	__s32 write_fd;		/* KVM writes commands to this fd */
 	__u32 flags;		/* KVM_IOREGION_* */
-	__u8  pad[28];		/* must be zero */
+	__u32 pad0;		/* must be zero */
+	/*
+	 * With KVM_IOREGION_POSTED_COUNT: the address of an 8-byte aligned
+	 * u64 in the caller's memory where KVM keeps the number of posted
+	 * writes it has written to write_fd (all regions on that fd
+	 * together, so they must all name the same counter), stored after
+	 * each command is on the fd. KVM starts from the value it finds
+	 * there when the fd's first region is assigned (regions without
+	 * posted writes may name it too; they never add to it). Lets
+	 * userspace tell whether the device has applied every posted write
+	 * KVM sent it. Zero without the flag.
+	 */
+	__u64 posted_count;
+	__u8  pad[16];		/* must be zero */
 };
 
 /* A VM ioctl; 0x4040ae49. Mainline later used nr 0x49 with another size. */

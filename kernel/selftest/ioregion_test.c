@@ -36,11 +36,14 @@ struct kvm_ioregion {
 	int32_t read_fd;
 	int32_t write_fd;
 	uint32_t flags;
-	uint8_t pad[28];
+	uint32_t pad0;
+	uint64_t posted_count;
+	uint8_t pad[16];
 };
 #define KVM_IOREGION_PIO (1 << 0)
 #define KVM_IOREGION_POSTED_WRITES (1 << 1)
 #define KVM_IOREGION_DEASSIGN (1 << 2)
+#define KVM_IOREGION_POSTED_COUNT (1 << 3)
 #define KVM_SET_IOREGION _IOW(KVMIO, 0x49, struct kvm_ioregion)
 _Static_assert(sizeof(struct kvm_ioregion) == 64, "kvm_ioregion is 64 bytes");
 _Static_assert(KVM_SET_IOREGION == 0x4040AE49, "ioctl number");
@@ -338,8 +341,9 @@ static void pair(int sv[2])
 		die("socketpair");
 }
 
-static int set_region(struct vm *vm, uint64_t paddr, uint64_t size,
-		      uint64_t ud, int rfd, int wfd, uint32_t flags)
+static int set_region_counted(struct vm *vm, uint64_t paddr, uint64_t size,
+			      uint64_t ud, int rfd, int wfd, uint32_t flags,
+			      volatile uint64_t *count)
 {
 	struct kvm_ioregion r = {
 		.guest_paddr = paddr,
@@ -348,9 +352,16 @@ static int set_region(struct vm *vm, uint64_t paddr, uint64_t size,
 		.read_fd = rfd,
 		.write_fd = wfd,
 		.flags = flags,
+		.posted_count = (uintptr_t)count,
 	};
 
 	return ioctl(vm->fd, KVM_SET_IOREGION, &r) ? -errno : 0;
+}
+
+static int set_region(struct vm *vm, uint64_t paddr, uint64_t size,
+		      uint64_t ud, int rfd, int wfd, uint32_t flags)
+{
+	return set_region_counted(vm, paddr, size, ud, rfd, wfd, flags, NULL);
 }
 
 static int ioeventfd(struct vm *vm, uint64_t addr, uint32_t len, int pio)
@@ -384,6 +395,7 @@ static const char *err_name(int e)
 	case -ENOENT: return "ENOENT";
 	case -EBADF: return "EBADF";
 	case -EINVAL: return "EINVAL";
+	case -EFAULT: return "EFAULT";
 	case -ENOTTY: return "ENOTTY";
 	}
 	snprintf(buf, sizeof(buf), "errno %d", -e);
@@ -450,14 +462,18 @@ static void test_ioctl_errors(void)
 	report("zero-size-posted", e == 0, "got %s", err_name(e));
 	e = set_region(&vm, 0x60000, 0, 5, -1, sv[0], KVM_IOREGION_POSTED_WRITES);
 	report("eexist-zero-size-twice", e == -EEXIST, "got %s", err_name(e));
-	e = set_region(&vm, 0x70000, 0x10, 5, sv[0], sv[0], 1 << 3);
+	e = set_region(&vm, 0x70000, 0x10, 5, sv[0], sv[0], 1 << 4);
 	report("einval-unknown-flag", e == -EINVAL, "got %s", err_name(e));
 	{
 		struct kvm_ioregion r = { .guest_paddr = 0x70000, .memory_size = 16,
 					  .read_fd = sv[0], .write_fd = sv[0] };
-		r.pad[27] = 1;
+		r.pad[15] = 1;
 		e = ioctl(vm.fd, KVM_SET_IOREGION, &r) ? -errno : 0;
 		report("einval-nonzero-pad", e == -EINVAL, "got %s", err_name(e));
+		r.pad[15] = 0;
+		r.pad0 = 1;
+		e = ioctl(vm.fd, KVM_SET_IOREGION, &r) ? -errno : 0;
+		report("einval-nonzero-pad0", e == -EINVAL, "got %s", err_name(e));
 	}
 	e = set_region(&vm, ~0ull - 7, 16, 5, sv[0], sv[0], 0);
 	report("einval-wraps", e == -EINVAL, "got %s", err_name(e));
@@ -614,6 +630,90 @@ static void test_zero_size(void)
 	vm_destroy(&vm);
 	close(sv[0]);
 	close(sv[1]);
+}
+
+/*
+ * KVM_IOREGION_POSTED_COUNT: one count per write fd, stored after each
+ * posted command, continued across a deassign, and checked at assign.
+ */
+static void test_posted_count(void)
+{
+	static volatile uint64_t count __attribute__((aligned(8)));
+	static volatile uint64_t other __attribute__((aligned(8)));
+	const uint32_t counted = KVM_IOREGION_POSTED_WRITES | KVM_IOREGION_POSTED_COUNT;
+	struct cmd c1 = { 0 }, c2 = { 0 }, c3 = { 0 };
+	struct runner r;
+	struct vm vm;
+	int sv[2], sv2[2], e, ok;
+
+	vm_create(&vm, 1);
+	pair(sv);
+	pair(sv2);
+	e = set_region_counted(&vm, 0x70000, 0x10, 5, sv[0], sv[0],
+			       KVM_IOREGION_POSTED_WRITES, &count);
+	report("einval-count-without-flag", e == -EINVAL, "got %s", err_name(e));
+	e = set_region(&vm, 0x70000, 0x10, 5, sv[0], sv[0], counted);
+	report("einval-count-flag-without-address", e == -EINVAL, "got %s", err_name(e));
+	e = set_region_counted(&vm, 0x70000, 0x10, 5, sv[0], sv[0], counted,
+			       (volatile uint64_t *)((uintptr_t)&count + 4));
+	report("einval-count-unaligned", e == -EINVAL, "got %s", err_name(e));
+	e = set_region_counted(&vm, 0x70000, 0x10, 5, sv[0], sv[0], counted,
+			       (volatile uint64_t *)8);
+	report("efault-count-unmapped", e == -EFAULT, "got %s", err_name(e));
+
+	/* A waited region and a posted one on one fd, one count. */
+	count = 100;
+	e = set_region_counted(&vm, MMIO_BASE, 0x100, 1, sv[0], sv[0],
+			       KVM_IOREGION_POSTED_COUNT, &count);
+	e = e ? e : set_region_counted(&vm, MMIO_BASE + 0x100, 0x100, 2, sv[0],
+				       sv[0], counted, &count);
+	report("count-shared-by-regions-of-one-fd", e == 0, "got %s", err_name(e));
+	e = set_region_counted(&vm, 0x70000, 0x10, 5, sv[0], sv[0], counted, &other);
+	report("einval-other-count-on-one-fd", e == -EINVAL, "got %s", err_name(e));
+	e = set_region(&vm, 0x70000, 0x10, 5, sv[0], sv[0], KVM_IOREGION_POSTED_WRITES);
+	report("einval-no-count-on-a-counted-fd", e == -EINVAL, "got %s", err_name(e));
+	e = set_region_counted(&vm, 0x70000, 0x10, 5, sv2[0], sv2[0], counted, &other);
+	report("count-of-another-fd", e == 0, "got %s", err_name(e));
+
+	/* g_order: waited write, posted write, read; only the second counts. */
+	vcpu_load(&vm, 0, g_order, g_order_end);
+	run_start(&r, &vm.vcpu[0]);
+	ok = dev_recv(sv[1], &c1, 3000) == 0;
+	report("count-ignores-waited-writes", ok && count == 100,
+	       "%s, count %llu", ok ? cmd_str(&c1) : "no command",
+	       (unsigned long long)count);
+	dev_reply(sv[1], 0);
+	ok = dev_recv(sv[1], &c2, 3000) == 0 && dev_recv(sv[1], &c3, 3000) == 0;
+	/* The read follows the posted write: the count was stored by then. */
+	report("count-stored-before-the-vcpu-goes-on", ok && count == 101,
+	       "%s, count %llu", ok ? cmd_str(&c3) : "no command",
+	       (unsigned long long)count);
+	dev_reply(sv[1], 0);
+	e = run_join(&r, 3000);
+	report("count-ignores-reads", !e && count == 101, "count %llu",
+	       (unsigned long long)count);
+
+	/* Removed and assigned again: the fd's count goes on from 101. */
+	set_region(&vm, MMIO_BASE, 0x100, 1, -1, -1, KVM_IOREGION_DEASSIGN);
+	set_region(&vm, MMIO_BASE + 0x100, 0x100, 2, -1, -1, KVM_IOREGION_DEASSIGN);
+	e = set_region_counted(&vm, MMIO_BASE, 0x100, 1, sv[0], sv[0],
+			       KVM_IOREGION_POSTED_COUNT, &count);
+	e = e ? e : set_region_counted(&vm, MMIO_BASE + 0x100, 0x100, 2, sv[0],
+				       sv[0], counted, &count);
+	vcpu_load(&vm, 0, g_order, g_order_end);
+	run_start(&r, &vm.vcpu[0]);
+	ok = !e && dev_recv(sv[1], &c1, 3000) == 0;
+	dev_reply(sv[1], 0);
+	ok = ok && dev_recv(sv[1], &c2, 3000) == 0 && dev_recv(sv[1], &c3, 3000) == 0;
+	dev_reply(sv[1], 0);
+	ok = ok && !run_join(&r, 3000);
+	report("count-goes-on-after-reassign", ok && count == 102,
+	       "assign %s, count %llu", err_name(e), (unsigned long long)count);
+	vm_destroy(&vm);
+	close(sv[0]);
+	close(sv[1]);
+	close(sv2[0]);
+	close(sv2[1]);
 }
 
 /* A device serving @n commands from @fd in a thread, answering @vals. */
@@ -981,6 +1081,7 @@ int main(void)
 	test_read();
 	test_order();
 	test_zero_size();
+	test_posted_count();
 	test_pio();
 	test_signal();
 	test_queue();

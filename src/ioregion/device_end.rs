@@ -263,18 +263,34 @@ impl AppliedCount {
 }
 
 /// Applies one command to BAR `bar` at `base` + the record's offset.
+/// The `user_data` of BAR `bar`'s range at `offset`: every command on the
+/// range's fd carries it. On the kernel path the VMM may hand KVM pieces
+/// of the range (leaving out the registers it answers from the mirror);
+/// a piece starting `d` bytes into the range carries `user_data + d`, and
+/// the command's offset counts from the piece's start.
+fn region_user_data(bar: u8, offset: u64) -> u64 {
+    (u64::from(bar) << 32) | offset
+}
+
 fn handler(device: SharedDevice, bar: u8, spec: IoRegionSpec) -> Handler {
+    let base = region_user_data(bar, spec.offset);
     Arc::new(move |cmd: &Cmd| {
         let size = usize::from(cmd.size);
-        if !crate::bus::fits(cmd.offset, size as u64, spec.size) {
+        // Where the access falls in the range: where its piece starts, plus
+        // its offset in the piece. A user_data below ours wraps to a huge
+        // start and is refused like any other access outside the range.
+        let at = cmd.user_data.wrapping_sub(base).checked_add(cmd.offset);
+        let Some(at) = at.filter(|&at| crate::bus::fits(at, size as u64, spec.size)) else {
             log::warn!(
-                "ioregion BAR{bar}+{:#x}: access at {:#x} ({size} bytes) is outside the region",
+                "ioregion BAR{bar}+{:#x}: access at {:#x} of the piece with user data {:#x} \
+                 ({size} bytes) is outside the region",
                 spec.offset,
-                cmd.offset
+                cmd.offset,
+                cmd.user_data
             );
             return ERROR_DATA;
-        }
-        let offset = spec.offset + cmd.offset;
+        };
+        let offset = spec.offset + at;
         let mut dev = device.lock().expect("device lock poisoned");
         match cmd.access {
             Access::Read => dev.bar_read_value(bar, offset, size),
@@ -324,7 +340,7 @@ pub fn open(
             } else {
                 0
             },
-            user_data: (u64::from(bar) << 32) | spec.offset,
+            user_data: region_user_data(bar, spec.offset),
         });
         fds.push(File::from(theirs));
     }
@@ -1037,6 +1053,41 @@ mod ordering_tests {
         let n = fd.read(&mut buf).unwrap();
         assert_eq!(crate::ioregion::Resp::decode(&buf[..n]).unwrap().data, 8);
         assert_eq!(journal.lock().unwrap().writes, [(3, 7), (3, 8), (5, 9)]);
+    }
+
+    /// On the kernel path KVM sends pieces of a range on the range's one
+    /// fd, each piece's commands with the range's user data plus where
+    /// the piece starts.
+    #[test]
+    fn a_piece_of_a_range_says_where_it_starts_in_its_user_data() {
+        use std::io::{Read, Write};
+        let (journal, device, hub) = bank(true);
+        let (r, f) = open(&device, &hub, 1, 0).unwrap();
+        let (user_data, size) = (r[0].user_data, r[0].size);
+        let mut fd = f[r[0].fd_index as usize].try_clone().unwrap();
+        let mut ask = |user_data: u64, offset: u64| {
+            let read = Cmd::read(user_data, offset, 1).unwrap();
+            fd.write_all(&read.encode()).unwrap();
+            let mut buf = [0u8; RECV_BUF_SIZE];
+            let n = fd.read(&mut buf).unwrap();
+            crate::ioregion::Resp::decode(&buf[..n]).unwrap().data
+        };
+        // Offset 1 of the piece that starts 4 bytes in: offset 5.
+        let write = Cmd::write(user_data + 4, 1, &[6], false).unwrap();
+        f[r[0].fd_index as usize]
+            .try_clone()
+            .unwrap()
+            .write_all(&write.encode())
+            .unwrap();
+        assert_eq!(ask(user_data + 5, 0), 6);
+        assert_eq!(ask(user_data, 5), 6);
+        // A piece before the range, past its end, or running off it.
+        // (A one-byte read of ERROR_DATA answers its low byte.)
+        assert_eq!(ask(user_data - 1, 0), 0xff);
+        assert_eq!(ask(user_data + size, 0), 0xff);
+        assert_eq!(ask(user_data + 4, size - 4), 0xff);
+        assert_eq!(ask(u64::MAX, 1), 0xff);
+        assert_eq!(journal.lock().unwrap().writes, [(5, 6)]);
     }
 
     #[test]

@@ -9,6 +9,7 @@
 
 use std::io;
 use std::os::fd::{AsRawFd, RawFd};
+use std::sync::atomic::AtomicU64;
 
 use vmm_sys_util::ioctl::ioctl_with_ref;
 
@@ -20,8 +21,13 @@ pub const KVM_IOREGION_PIO: u32 = 1 << 0;
 pub const KVM_IOREGION_POSTED_WRITES: u32 = 1 << 1;
 /// `KVM_IOREGION_DEASSIGN`: remove the region with this exact address and size.
 pub const KVM_IOREGION_DEASSIGN: u32 = 1 << 2;
+/// `KVM_IOREGION_POSTED_COUNT` (our kernel/ module only, not in the v3
+/// patches): KVM keeps the count of posted writes it wrote to the fd in
+/// the u64 at `posted_count`.
+pub const KVM_IOREGION_POSTED_COUNT: u32 = 1 << 3;
 
-/// `struct kvm_ioregion` of the v3 patches. `read_fd` and `write_fd` are
+/// `struct kvm_ioregion` of the v3 patches, with our module's
+/// `posted_count` in what was padding there. `read_fd` and `write_fd` are
 /// named from KVM's side: it reads responses from one and writes commands
 /// to the other.
 #[repr(C)]
@@ -33,7 +39,9 @@ pub struct KvmIoregion {
     pub read_fd: i32,
     pub write_fd: i32,
     pub flags: u32,
-    pub pad: [u8; 28],
+    pub pad0: u32,
+    pub posted_count: u64,
+    pub pad: [u8; 16],
 }
 
 const _: () = assert!(std::mem::size_of::<KvmIoregion>() == 64);
@@ -76,7 +84,7 @@ pub enum KernelError {
 }
 
 /// One region as the VMM describes it to KVM.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy)]
 pub struct KernelRegion {
     pub guest_paddr: u64,
     /// Bytes; 0 is a "sizeless" region that needs `posted_writes`.
@@ -88,6 +96,11 @@ pub struct KernelRegion {
     pub fd: RawFd,
     pub pio: bool,
     pub posted_writes: bool,
+    /// Where KVM counts the posted writes it writes to `fd`. Every region
+    /// on one fd must name the same counter. `'static` because KVM writes
+    /// there for as long as a region naming it is assigned, which nothing
+    /// in the VMM outlives for sure.
+    pub posted_count: Option<&'static AtomicU64>,
 }
 
 impl KernelRegion {
@@ -102,6 +115,11 @@ impl KernelRegion {
         if deassign {
             flags |= KVM_IOREGION_DEASSIGN;
         }
+        let mut posted_count = 0;
+        if let Some(count) = self.posted_count {
+            flags |= KVM_IOREGION_POSTED_COUNT;
+            posted_count = count.as_ptr() as u64;
+        }
         KvmIoregion {
             guest_paddr: self.guest_paddr,
             memory_size: self.size,
@@ -109,7 +127,9 @@ impl KernelRegion {
             read_fd: self.fd,
             write_fd: self.fd,
             flags,
-            pad: [0; 28],
+            pad0: 0,
+            posted_count,
+            pad: [0; 16],
         }
     }
 
@@ -162,6 +182,93 @@ pub fn deassign(vm: &impl AsRawFd, region: &KernelRegion) -> Result<(), KernelEr
     set_ioregion(vm, region, true)
 }
 
+/// Assigns every one of `regions`, or none: on a failure the ones
+/// already assigned are removed again.
+pub fn assign_all(vm: &impl AsRawFd, regions: &[KernelRegion]) -> Result<(), KernelError> {
+    for (i, region) in regions.iter().enumerate() {
+        if let Err(e) = assign(vm, region) {
+            for done in &regions[..i] {
+                if let Err(undo) = deassign(vm, done) {
+                    log::error!("ioregionfd: cannot take back a region of a failed set: {undo}");
+                }
+            }
+            return Err(e);
+        }
+    }
+    Ok(())
+}
+
+/// The pieces, as (offset, size), that KVM serves of a range of `size`
+/// bytes whose registers `holes` (offset, size; sorted by offset, inside
+/// the range; overlapping ones, which only a confused remote names, are
+/// taken together) must exit to the VMM on reads. Reads there are answered from the
+/// register mirror, which KVM knows nothing of. With posted writes, each
+/// hole also gets a zero-size piece at its first byte: a zero-size region
+/// takes writes to that address (of any width) and lets reads exit, so
+/// the guest's writes to a mirrored register stay posted in the kernel.
+pub fn pieces_around(size: u64, holes: &[(u64, u64)], posted: bool) -> Vec<(u64, u64)> {
+    let mut spans: Vec<(u64, u64)> = Vec::new();
+    for &(offset, len) in holes {
+        match spans.last_mut() {
+            Some((_, end)) if offset < *end => *end = (*end).max(offset + len),
+            _ => spans.push((offset, offset + len)),
+        }
+    }
+    let mut pieces = Vec::new();
+    let mut at = 0;
+    for (offset, end) in spans {
+        if offset > at {
+            pieces.push((at, offset - at));
+        }
+        if posted {
+            pieces.push((offset, 0));
+        }
+        at = end;
+    }
+    if at < size {
+        pieces.push((at, size - at));
+    }
+    pieces
+}
+
+/// The 8-byte MMIO region a probe registers at `scratch_paddr` and removes
+/// again; with a counter, its writes are posted.
+fn probe_region(
+    fd: RawFd,
+    scratch_paddr: u64,
+    posted_count: Option<&'static AtomicU64>,
+) -> KernelRegion {
+    KernelRegion {
+        guest_paddr: scratch_paddr,
+        size: 8,
+        user_data: 0,
+        fd,
+        pio: false,
+        posted_writes: posted_count.is_some(),
+        posted_count,
+    }
+}
+
+/// Whether KVM keeps a posted-write count for us ([`KVM_IOREGION_POSTED_COUNT`]:
+/// our kernel/ module does, the v3 patches did not), found out like
+/// [`probe`]: by registering a region that names a counter.
+pub fn counts_posted_writes(vm: &impl AsRawFd, scratch_paddr: u64) -> bool {
+    // Static: should the removal fail, KVM still holds its address.
+    static PROBE_COUNT: AtomicU64 = AtomicU64::new(0);
+    let Ok((ours, _theirs)) = socket_pair() else {
+        return false;
+    };
+    let region = probe_region(ours.as_raw_fd(), scratch_paddr, Some(&PROBE_COUNT));
+    if let Err(e) = assign(vm, &region) {
+        log::debug!("ioregionfd: KVM keeps no posted-write count ({e})");
+        return false;
+    }
+    if let Err(e) = deassign(vm, &region) {
+        log::error!("ioregionfd: cannot remove the count probe region at {scratch_paddr:#x}: {e}");
+    }
+    true
+}
+
 /// Whether this kernel has `KVM_SET_IOREGION`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Probe {
@@ -188,14 +295,7 @@ pub fn probe(vm: &impl AsRawFd, scratch_paddr: u64) -> Probe {
             return Probe::Unavailable { errno };
         }
     };
-    let region = KernelRegion {
-        guest_paddr: scratch_paddr,
-        size: 8,
-        user_data: 0,
-        fd: ours.as_raw_fd(),
-        pio: false,
-        posted_writes: false,
-    };
+    let region = probe_region(ours.as_raw_fd(), scratch_paddr, None);
     if let Err(e) = assign(vm, &region) {
         let errno = match &e {
             KernelError::Ioctl { source, .. } => source.raw_os_error().unwrap_or(libc::EIO),
@@ -227,7 +327,9 @@ mod tests {
         assert_eq!(offset_of!(KvmIoregion, read_fd), 24);
         assert_eq!(offset_of!(KvmIoregion, write_fd), 28);
         assert_eq!(offset_of!(KvmIoregion, flags), 32);
-        assert_eq!(offset_of!(KvmIoregion, pad), 36);
+        assert_eq!(offset_of!(KvmIoregion, pad0), 36);
+        assert_eq!(offset_of!(KvmIoregion, posted_count), 40);
+        assert_eq!(offset_of!(KvmIoregion, pad), 48);
         assert_eq!(KVM_SET_IOREGION, 0x4040_AE49);
     }
 
@@ -245,6 +347,7 @@ mod tests {
             fd: 7,
             pio: true,
             posted_writes: true,
+            posted_count: None,
         };
         let k = region.to_kvm(true);
         assert_eq!(
@@ -252,8 +355,43 @@ mod tests {
             (0x1000, 0x100, 2)
         );
         assert_eq!((k.read_fd, k.write_fd), (7, 7));
-        assert_eq!(k.flags, 0b111);
+        assert_eq!((k.flags, k.posted_count), (0b111, 0));
         assert_eq!(region.to_kvm(false).flags, 0b011);
+        static COUNT: AtomicU64 = AtomicU64::new(0);
+        let counted = KernelRegion {
+            posted_count: Some(&COUNT),
+            ..region
+        };
+        let k = counted.to_kvm(false);
+        assert_eq!(k.flags, 0b1011);
+        assert_eq!(k.posted_count, COUNT.as_ptr() as u64);
+    }
+
+    #[test]
+    fn pieces_leave_out_the_mirrored_registers() {
+        // Waited writes: the register exits whole.
+        assert_eq!(
+            pieces_around(0x80, &[(0x14, 1)], false),
+            [(0, 0x14), (0x15, 0x6b)]
+        );
+        // Posted writes: a zero-size piece keeps its writes in the kernel.
+        assert_eq!(
+            pieces_around(0x80, &[(0x14, 1)], true),
+            [(0, 0x14), (0x14, 0), (0x15, 0x6b)]
+        );
+        // At either end, and two holes side by side.
+        assert_eq!(pieces_around(0x10, &[(0, 4)], false), [(4, 0xc)]);
+        assert_eq!(pieces_around(0x10, &[(0xc, 4)], true), [(0, 0xc), (0xc, 0)]);
+        assert_eq!(
+            pieces_around(0x10, &[(4, 2), (6, 2)], true),
+            [(0, 4), (4, 0), (6, 0), (8, 8)]
+        );
+        assert_eq!(pieces_around(0x10, &[], true), [(0, 0x10)]);
+        // Overlapping registers exit together; KVM never gets a byte of one.
+        assert_eq!(
+            pieces_around(0x20, &[(4, 4), (5, 1), (6, 8)], true),
+            [(0, 4), (4, 0), (0xe, 0x12)]
+        );
     }
 
     #[test]
@@ -265,6 +403,7 @@ mod tests {
             fd: -1,
             pio: false,
             posted_writes: false,
+            posted_count: None,
         };
         assert!(matches!(base.check(), Err(KernelError::Overflow { .. })));
         let zero = KernelRegion {
@@ -336,6 +475,14 @@ mod tests {
         let addr = kvm_ioctls::IoEventAddress::Mmio(SCRATCH);
         vm.register_ioevent(&evt, &addr, 0u64).unwrap();
         vm.unregister_ioevent(&evt, &addr, 0u64).unwrap();
-        eprintln!("KVM_SET_IOREGION probe: {last:?}");
+        // No KVM_SET_IOREGION, no count; with it, the count probe leaves
+        // nothing behind either.
+        let counts = counts_posted_writes(&vm, SCRATCH);
+        if last != Probe::Available {
+            assert!(!counts, "a kernel without the ioctl cannot count");
+        }
+        vm.register_ioevent(&evt, &addr, 0u64).unwrap();
+        vm.unregister_ioevent(&evt, &addr, 0u64).unwrap();
+        eprintln!("KVM_SET_IOREGION probe: {last:?}, counts posted writes: {counts}");
     }
 }

@@ -5,9 +5,13 @@
 //! mirrored register is answered from the remote's page, any other access
 //! goes to this vCPU's [`RegionFd`], and a failure cuts the device off. On
 //! the kernel path it registers the range with KVM_SET_IOREGION instead,
-//! and no exit reaches us. [`RegionFd`] sends the same 32-byte record KVM
-//! would have sent and waits for the response, so the device process
-//! serves both paths alike (`device_end`).
+//! on a fd of KVM's own, and no exit reaches us, except for the mirrored
+//! registers, which KVM leaves to us when it can count the posted writes
+//! it sends (our kernel/ module can): their reads exit, to be answered
+//! from the page, and the rare access that must reach the device then
+//! goes on this vCPU's fd, never on KVM's. [`RegionFd`] sends the same
+//! 32-byte record KVM would have sent and waits for the response, so the
+//! device process serves both paths alike (`device_end`).
 //!
 //! Ordering: a device sees accesses in the order they were sent on one fd,
 //! and a response carries no request id, so only one command may be in
@@ -47,14 +51,14 @@ use std::time::{Duration, Instant};
 
 use kvm_ioctls::VmFd;
 
-use super::kernel::{self, KernelRegion};
+use super::kernel::{self, KernelRegion, pieces_around};
 use super::wire::{
     self, Cmd, RECORD_SIZE, RECV_BUF_SIZE, Received, Resp, WireError, peer_hung_up, recv_before,
     recv_record, send_before,
 };
 use crate::bus::{SharedBusDevice, current_vcpu};
 use crate::mirror::reader::{MirrorRead, PostedSent, RangeMirror};
-use crate::pci::BarFastPath;
+use crate::pci::{Attached, BarFastPath};
 use crate::protocol::extensions::{SUB_REGION_POSTED_WRITES, SubRegion};
 use crate::proxy::cut_off::{CUT_OFF_NOTE, CUT_OFF_REGISTERS, FailFlag};
 use crate::proxy::stats::{DeviceStats, bump};
@@ -68,9 +72,9 @@ pub struct IoRegionPath {
     pio: bool,
     posted: bool,
     user_data: u64,
-    /// Indexed by vCPU.
+    /// The fds of vCPU threads, indexed by vCPU.
     fds: Vec<RegionFd>,
-    kernel: Option<Arc<VmFd>>,
+    kernel: Option<KernelPath>,
     /// Guest addresses KVM holds this range at (kernel path).
     in_kernel: Mutex<Option<u64>>,
     stats: Arc<DeviceStats>,
@@ -80,7 +84,17 @@ pub struct IoRegionPath {
     /// Registers whose reads the remote's mirror page answers.
     mirror: Option<RangeMirror>,
     /// The device's count of posted writes sent, on every range.
-    posted_sent: Option<PostedSent>,
+    posted_sent: Option<Arc<PostedSent>>,
+}
+
+/// What KVM needs to serve a range itself.
+pub struct KernelPath {
+    pub vm: Arc<VmFd>,
+    /// KVM's own fd to the device: a response names no command, so a vCPU
+    /// thread writing on the fd KVM uses could take KVM's answer.
+    pub fd: RegionFd,
+    /// Where KVM counts the posted writes it sends on `fd`, when it can.
+    pub posted_count: Option<&'static AtomicU64>,
 }
 
 impl IoRegionPath {
@@ -91,7 +105,7 @@ impl IoRegionPath {
         range: &SubRegion,
         pio: bool,
         fds: Vec<RegionFd>,
-        kernel: Option<Arc<VmFd>>,
+        kernel: Option<KernelPath>,
         stats: Arc<DeviceStats>,
         failed: FailFlag,
     ) -> Self {
@@ -122,7 +136,7 @@ impl IoRegionPath {
 
     /// Each posted write sent adds one to `sent`, which the device's
     /// mirror compares with the count of posted writes applied.
-    pub fn counting_posted_writes(mut self, sent: PostedSent) -> Self {
+    pub fn counting_posted_writes(mut self, sent: Arc<PostedSent>) -> Self {
         self.posted_sent = Some(sent);
         self
     }
@@ -134,7 +148,14 @@ impl IoRegionPath {
     /// Whether this range's writes are posted and served from vCPU
     /// threads, the case where a stalled device goes unseen by the vCPUs.
     pub fn posts_writes_from_userspace(&self) -> bool {
-        self.posted && self.in_kernel.lock().expect("ioregion lock").is_none()
+        self.posted
+            && (self.in_kernel.lock().expect("ioregion lock").is_none() || self.exits_beside_kvm())
+    }
+
+    /// With KVM serving the range, whether some accesses still exit to us:
+    /// those of the mirrored registers.
+    fn exits_beside_kvm(&self) -> bool {
+        self.mirror.is_some()
     }
 
     fn fd(&self) -> &RegionFd {
@@ -148,15 +169,28 @@ impl IoRegionPath {
         }
     }
 
-    fn kernel_region(&self, bar_addr: u64) -> KernelRegion {
-        KernelRegion {
-            guest_paddr: bar_addr + self.offset,
-            size: self.size,
-            user_data: self.user_data,
-            fd: self.fds[0].as_fd().as_raw_fd(),
-            pio: self.pio,
-            posted_writes: self.posted,
-        }
+    /// The regions KVM serves with the BAR at `bar_addr`: the range
+    /// without its mirrored registers. A piece's commands carry its offset
+    /// in the range added to the range's `user_data`, which is how the
+    /// device (`device_end`) tells the pieces on its one fd apart.
+    fn kernel_regions(&self, k: &KernelPath, bar_addr: u64) -> Vec<KernelRegion> {
+        let holes = self
+            .mirror
+            .as_ref()
+            .map(|m| m.registers())
+            .unwrap_or_default();
+        pieces_around(self.size, &holes, self.posted)
+            .into_iter()
+            .map(|(at, size)| KernelRegion {
+                guest_paddr: bar_addr + self.offset + at,
+                size,
+                user_data: self.user_data.wrapping_add(at),
+                fd: k.fd.as_fd().as_raw_fd(),
+                pio: self.pio,
+                posted_writes: self.posted,
+                posted_count: k.posted_count,
+            })
+            .collect()
     }
 }
 
@@ -200,7 +234,7 @@ impl SharedBusDevice for IoRegionPath {
                 MirrorRead::NotMirrored => {}
             }
         }
-        let posted_sent = self.posted_sent.as_ref().map(|s| s.load(Ordering::Acquire));
+        let posted_sent = self.posted_sent.as_ref().map(|s| s.total());
         match self.fd().read_after(offset, data, posted_sent) {
             Ok(()) => bump(&self.stats.ioregion_reads),
             Err(e) => {
@@ -220,7 +254,7 @@ impl SharedBusDevice for IoRegionPath {
                 if kind == WriteKind::Posted {
                     bump(&self.stats.posted_writes);
                     if let Some(sent) = &self.posted_sent {
-                        sent.fetch_add(1, Ordering::AcqRel);
+                        sent.count_one();
                     }
                 }
             }
@@ -234,12 +268,16 @@ impl BarFastPath for IoRegionPath {
         (self.offset, self.size)
     }
 
-    fn attach(self: Arc<Self>, bar_addr: u64) -> Option<Arc<dyn SharedBusDevice>> {
-        if let Some(vm) = &self.kernel {
-            match kernel::assign(vm.as_ref(), &self.kernel_region(bar_addr)) {
+    fn attach(self: Arc<Self>, bar_addr: u64) -> Attached {
+        if let Some(k) = &self.kernel {
+            match kernel::assign_all(k.vm.as_ref(), &self.kernel_regions(k, bar_addr)) {
                 Ok(()) => {
                     *self.in_kernel.lock().expect("ioregion lock") = Some(bar_addr);
-                    return None;
+                    let exits = self.exits_beside_kvm();
+                    return Attached {
+                        bus: exits.then_some(self as Arc<dyn SharedBusDevice>),
+                        in_kernel: true,
+                    };
                 }
                 Err(e) => log::error!(
                     "{}: KVM refused the ioregion ({e}); serving it from vCPU threads",
@@ -247,7 +285,7 @@ impl BarFastPath for IoRegionPath {
                 ),
             }
         }
-        Some(self)
+        Attached::bus(self)
     }
 
     fn detach(&self, bar_addr: u64) {
@@ -256,10 +294,11 @@ impl BarFastPath for IoRegionPath {
             return;
         }
         *in_kernel = None;
-        if let Some(vm) = &self.kernel
-            && let Err(e) = kernel::deassign(vm.as_ref(), &self.kernel_region(bar_addr))
-        {
-            log::error!("{}: KVM could not drop the ioregion: {e}", self.label);
+        let Some(k) = &self.kernel else { return };
+        for region in self.kernel_regions(k, bar_addr) {
+            if let Err(e) = kernel::deassign(k.vm.as_ref(), &region) {
+                log::error!("{}: KVM could not drop the ioregion: {e}", self.label);
+            }
         }
     }
 }

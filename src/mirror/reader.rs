@@ -14,8 +14,8 @@
 //! fds), and goes to the remote otherwise, where it waits behind them.
 
 use std::fs::File;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
 
 use crate::mirror::page::{MirrorPage, caught_up};
 use crate::protocol::extensions::{MIRROR_PAGE_SIZE, MIRROR_POSTED_COUNT_OFFSET, MirroredRegister};
@@ -50,8 +50,47 @@ pub fn map_page(file: &File) -> Result<MirrorPage, MirrorError> {
     MirrorPage::map(file, false).map_err(MirrorError::Map)
 }
 
-/// The posted writes the VMM has sent to one device, on all its fds.
-pub type PostedSent = Arc<AtomicU64>;
+/// The posted writes sent to one device, on all its fds: those the vCPU
+/// threads sent, counted here, and on the kernel path those KVM sent,
+/// which KVM counts itself in counters of ours, one per fd it writes to.
+#[derive(Default)]
+pub struct PostedSent {
+    by_vcpus: AtomicU64,
+    /// Set once, when the device's ranges are all set up (before the
+    /// guest runs).
+    by_kvm: OnceLock<Vec<&'static AtomicU64>>,
+}
+
+impl PostedSent {
+    /// A counter for KVM to keep for one fd. Leaked: KVM writes to it for
+    /// as long as a region naming it is assigned, and a counter freed
+    /// before that would be memory KVM scribbles on. Eight bytes per
+    /// range, once.
+    pub fn leak_kvm_counter() -> &'static AtomicU64 {
+        Box::leak(Box::new(AtomicU64::new(0)))
+    }
+
+    /// The counters KVM keeps for this device's fds; false if they were
+    /// set before.
+    pub fn set_kvm_counters(&self, counters: Vec<&'static AtomicU64>) -> bool {
+        self.by_kvm.set(counters).is_ok()
+    }
+
+    /// A vCPU thread posted a write.
+    pub fn count_one(&self) {
+        self.by_vcpus.fetch_add(1, Ordering::AcqRel);
+    }
+
+    /// Every posted write sent so far (wrapping, as the device's count).
+    pub fn total(&self) -> u64 {
+        let by_vcpus = self.by_vcpus.load(Ordering::Acquire);
+        self.by_kvm.get().map_or(by_vcpus, |kvm| {
+            kvm.iter().fold(by_vcpus, |sum, c| {
+                sum.wrapping_add(c.load(Ordering::Acquire))
+            })
+        })
+    }
+}
 
 /// The mirrored registers of one BAR, by offset in the BAR.
 pub struct BarMirror {
@@ -59,7 +98,7 @@ pub struct BarMirror {
     pub registers: Vec<MirroredRegister>,
     /// Set when the page counts the posted writes applied: the device's
     /// count of posted writes sent, to compare with it.
-    pub posted_sent: Option<PostedSent>,
+    pub posted_sent: Option<Arc<PostedSent>>,
 }
 
 impl BarMirror {
@@ -87,7 +126,7 @@ impl BarMirror {
 pub struct RangeMirror {
     page: Arc<MirrorPage>,
     registers: Vec<MirroredRegister>,
-    posted_sent: Option<PostedSent>,
+    posted_sent: Option<Arc<PostedSent>>,
 }
 
 /// What the mirror made of a read.
@@ -117,7 +156,7 @@ impl RangeMirror {
             // The count first (Acquire): the register bytes loaded after it
             // are at least as new as the writes it counts.
             let applied = self.page.load_u64(MIRROR_POSTED_COUNT_OFFSET as usize);
-            let sent = sent.load(Ordering::Relaxed);
+            let sent = sent.total();
             if !caught_up(applied, sent) {
                 return MirrorRead::Behind;
             }
@@ -126,6 +165,17 @@ impl RangeMirror {
             *byte = self.page.load(r.page_offset as usize + i);
         }
         MirrorRead::Answered
+    }
+
+    /// (offset, size) of the mirrored registers in the range, by offset.
+    pub fn registers(&self) -> Vec<(u64, u64)> {
+        let mut registers: Vec<(u64, u64)> = self
+            .registers
+            .iter()
+            .map(|r| (r.offset, u64::from(r.size)))
+            .collect();
+        registers.sort_unstable();
+        registers
     }
 }
 
@@ -206,7 +256,9 @@ mod tests {
     fn a_read_waits_for_the_remote_while_posted_writes_are_unapplied() {
         let remote = RegisterMirror::new().unwrap();
         let counter = MirrorPage::map(&remote.file().unwrap(), true).unwrap();
-        let sent = PostedSent::default();
+        let sent = Arc::new(PostedSent::default());
+        let kvm = PostedSent::leak_kvm_counter();
+        sent.set_kvm_counters(vec![kvm]);
         let bar = BarMirror {
             page: Arc::new(map_page(&remote.file().unwrap()).unwrap()),
             registers: vec![register(0x14, 1, 8)],
@@ -216,18 +268,37 @@ mod tests {
         let mut byte = [0u8; 1];
         remote.set(8, 0x0c);
         assert_eq!(mirror.read(0x14, &mut byte), MirrorRead::Answered);
-        sent.fetch_add(2, Ordering::Relaxed);
+        sent.count_one();
+        sent.count_one();
         counter.store_u64(MIRROR_POSTED_COUNT_OFFSET as usize, 1);
         assert_eq!(mirror.read(0x14, &mut byte), MirrorRead::Behind);
         counter.store_u64(MIRROR_POSTED_COUNT_OFFSET as usize, 2);
         assert_eq!(mirror.read(0x14, &mut byte), MirrorRead::Answered);
+        // KVM's posted writes (kernel path) count as well.
+        kvm.store(3, Ordering::Relaxed);
+        assert_eq!(mirror.read(0x14, &mut byte), MirrorRead::Behind);
+        counter.store_u64(MIRROR_POSTED_COUNT_OFFSET as usize, 5);
+        assert_eq!(mirror.read(0x14, &mut byte), MirrorRead::Answered);
         // The counts wrap around together.
-        sent.store(u64::MAX, Ordering::Relaxed);
+        kvm.store(u64::MAX - 1, Ordering::Relaxed);
         counter.store_u64(MIRROR_POSTED_COUNT_OFFSET as usize, u64::MAX - 1);
         assert_eq!(mirror.read(0x14, &mut byte), MirrorRead::Behind);
         counter.store_u64(MIRROR_POSTED_COUNT_OFFSET as usize, 0);
-        sent.store(0, Ordering::Relaxed);
         assert_eq!(mirror.read(0x14, &mut byte), MirrorRead::Answered);
+    }
+
+    #[test]
+    fn the_total_adds_kvms_counters_to_the_vcpus_count() {
+        let sent = PostedSent::default();
+        sent.count_one();
+        assert_eq!(sent.total(), 1);
+        let counters: Vec<_> = (0..3).map(|_| PostedSent::leak_kvm_counter()).collect();
+        for (i, c) in counters.iter().enumerate() {
+            c.store(i as u64 + 1, Ordering::Relaxed);
+        }
+        assert!(sent.set_kvm_counters(counters));
+        assert!(!sent.set_kvm_counters(Vec::new()), "set once");
+        assert_eq!(sent.total(), 1 + 1 + 2 + 3);
     }
 
     #[test]

@@ -17,11 +17,31 @@ use crate::bus::SharedBusDevice;
 pub trait BarFastPath: Send + Sync {
     /// Offset and size inside the BAR.
     fn range(&self) -> (u64, u64);
-    /// The BAR now sits at `bar_addr`. Returns what the bus should call for
-    /// the range, or None when KVM serves it and no exit will reach us.
-    fn attach(self: Arc<Self>, bar_addr: u64) -> Option<Arc<dyn SharedBusDevice>>;
+    /// The BAR now sits at `bar_addr`. Says what the bus should call for
+    /// the range and whether KVM serves (some of) it.
+    fn attach(self: Arc<Self>, bar_addr: u64) -> Attached;
     /// The BAR left `bar_addr`.
     fn detach(&self, bar_addr: u64);
+}
+
+/// Where a fast path's accesses go once its BAR is placed.
+pub struct Attached {
+    /// What the bus calls for the accesses that exit to userspace; None
+    /// when KVM serves the whole range and none will.
+    pub bus: Option<Arc<dyn SharedBusDevice>>,
+    /// KVM serves the range, or part of it: a BAR moving over it must wait
+    /// until it is detached, or KVM would refuse the overlap.
+    pub in_kernel: bool,
+}
+
+impl Attached {
+    /// Every access exits to the bus.
+    pub fn bus(device: Arc<dyn SharedBusDevice>) -> Self {
+        Attached {
+            bus: Some(device),
+            in_kernel: false,
+        }
+    }
 }
 
 /// A PCI function as the guest sees it: its config space and its BARs.

@@ -273,14 +273,14 @@ impl PciRoot {
                     Target::Shared(Arc::new(Handover))
                 }
                 Some(path) => {
-                    let shared = path.clone().attach(bar.addr);
+                    let attached = path.clone().attach(bar.addr);
                     next.attached.push(path);
-                    match shared {
+                    if attached.in_kernel {
+                        next.in_kernel.push((offset, len));
+                    }
+                    match attached.bus {
                         Some(shared) => Target::Shared(shared),
-                        None => {
-                            next.in_kernel.push((offset, len));
-                            continue;
-                        }
+                        None => continue,
                     }
                 }
             };
@@ -303,15 +303,15 @@ impl PciRoot {
         let mut inserts = Vec::new();
         for (offset, len, path) in later {
             let addr = bar.addr + offset;
-            let shared = path.clone().attach(bar.addr);
+            let attached = path.clone().attach(bar.addr);
             next.attached.push(path);
             handed_over.push(addr);
-            match shared {
+            if attached.in_kernel {
+                next.in_kernel.push((offset, len));
+            }
+            match attached.bus {
                 Some(shared) => inserts.push((addr, len, Target::Shared(shared))),
-                None => {
-                    next.on_bus.retain(|&a| a != addr);
-                    next.in_kernel.push((offset, len));
-                }
+                None => next.on_bus.retain(|&a| a != addr),
             }
         }
         if !handed_over.is_empty()
@@ -390,14 +390,14 @@ impl PciRoot {
             let addr = bar.addr + offset;
             let inserted = match path {
                 Some(path) => {
-                    let shared = path.clone().attach(bar.addr);
+                    let attached = path.clone().attach(bar.addr);
                     done.attached.push(path);
-                    match shared {
+                    if attached.in_kernel {
+                        done.in_kernel.push((offset, len));
+                    }
+                    match attached.bus {
                         Some(shared) => self.bus_for(bar.kind).insert_shared(shared, addr, len),
-                        None => {
-                            done.in_kernel.push((offset, len));
-                            continue;
-                        }
+                        None => continue,
                     }
                 }
                 None => {
@@ -536,9 +536,9 @@ impl BusDevice for PciConfigIo {
 
 #[cfg(test)]
 mod tests {
-    use super::super::BarSpec;
     use super::super::config::{ConfigSpace, REG_INTERRUPT};
     use super::super::host_bridge::HostBridge;
+    use super::super::{Attached, BarSpec};
     use super::*;
     use crate::bus::SharedBusDevice;
 
@@ -575,13 +575,20 @@ mod tests {
         fn range(&self) -> (u64, u64) {
             (0x40, 0x40)
         }
-        fn attach(self: Arc<Self>, bar_addr: u64) -> Option<Arc<dyn SharedBusDevice>> {
+        fn attach(self: Arc<Self>, bar_addr: u64) -> Attached {
             self.log
                 .lock()
                 .unwrap()
                 .push(format!("attach {bar_addr:#x}"));
             self.look(bar_addr);
-            if self.kernel { None } else { Some(self) }
+            if self.kernel {
+                Attached {
+                    bus: None,
+                    in_kernel: true,
+                }
+            } else {
+                Attached::bus(self)
+            }
         }
         fn detach(&self, bar_addr: u64) {
             self.log

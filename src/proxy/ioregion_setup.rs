@@ -1,5 +1,6 @@
 //! Setting up a proxy device's ioregion fds: asking the remote which BAR
-//! ranges it serves over region fds (one fd per vCPU per range) and which
+//! ranges it serves over region fds (one fd per vCPU per range, and on the
+//! kernel path one more for KVM) and which
 //! registers it mirrors, and checking what it claims before any guest
 //! access goes there. Each checked range becomes an
 //! [`IoRegionPath`](crate::ioregion::IoRegionPath), which the PCI root maps
@@ -15,6 +16,7 @@ use kvm_ioctls::VmFd;
 use super::cut_off::FailFlag;
 use super::stats::{DeviceStats, bump};
 use super::watchdog::PostedWriteWatchdog;
+use crate::ioregion::vmm_end::KernelPath;
 use crate::ioregion::{IoRegionPath, RegionFd};
 use crate::mirror::reader::{BarMirror, MirrorError, PostedSent, check_registers, map_page};
 use crate::pci::{BarKind, ConfigSpace};
@@ -25,7 +27,12 @@ use crate::proxy::link::{LinkError, RemoteLink};
 #[derive(Clone)]
 pub enum Dispatch {
     /// KVM_SET_IOREGION works: KVM writes the records.
-    Kernel(Arc<VmFd>),
+    Kernel {
+        vm: Arc<VmFd>,
+        /// KVM counts the posted writes it sends (our kernel/ module), so
+        /// the mirrored registers can be left out of its ranges.
+        counts_posted_writes: bool,
+    },
     /// vCPU threads write the records.
     Userspace,
 }
@@ -85,11 +92,16 @@ pub fn negotiate(
     let mut paths = HashMap::new();
     // Every posted write to the device, whatever its range, is counted
     // here and in the remote's mirror page.
-    let posted_sent = PostedSent::default();
+    let kernel = matches!(n.dispatch, Dispatch::Kernel { .. });
+    let posted_sent = Arc::new(PostedSent::default());
+    let mut kvm_counters = Vec::new();
+    // On the kernel path the first set of fds is KVM's, the others the
+    // vCPU threads'.
+    let fd_sets = n.vcpus.max(1) + usize::from(kernel);
     for (bar, spec) in n.config.bar_specs() {
         let mut layout: Option<Vec<SubRegion>> = None;
         let mut fds_by_region: Vec<Vec<RegionFd>> = Vec::new();
-        for vcpu in 0..n.vcpus.max(1) {
+        for vcpu in 0..fd_sets {
             let reply = link
                 .region_fds(bar as u8, vcpu as u32)
                 .map_err(|source| IoRegionError::Link { bar, source })?;
@@ -122,16 +134,33 @@ pub fn negotiate(
             Dispatch::Userspace if n.register_mirror => {
                 ask_for_mirror(link, n.name, bar, &layout, &posted_sent)?
             }
-            Dispatch::Userspace => None,
-            // KVM serves the ranges itself; no read reaches us.
-            Dispatch::Kernel(_) => None,
+            // KVM leaves the mirrored registers to us only if it tells us
+            // what it posted; otherwise no read reaches us.
+            Dispatch::Kernel {
+                counts_posted_writes: true,
+                ..
+            } if n.register_mirror => ask_for_mirror(link, n.name, bar, &layout, &posted_sent)?,
+            Dispatch::Userspace | Dispatch::Kernel { .. } => None,
         };
         let mut bar_paths = Vec::new();
-        for (r, fds) in layout.iter().zip(fds_by_region) {
+        for (r, mut fds) in layout.iter().zip(fds_by_region) {
             let kernel = match n.dispatch {
-                Dispatch::Kernel(vm) => {
+                Dispatch::Kernel {
+                    vm,
+                    counts_posted_writes,
+                } => {
                     bump(&n.stats.kernel_regions);
-                    Some(vm.clone())
+                    let posted = r.flags & SUB_REGION_POSTED_WRITES != 0;
+                    let posted_count = (posted && *counts_posted_writes).then(|| {
+                        let counter = PostedSent::leak_kvm_counter();
+                        kvm_counters.push(counter);
+                        counter
+                    });
+                    Some(KernelPath {
+                        vm: vm.clone(),
+                        fd: fds.remove(0),
+                        posted_count,
+                    })
                 }
                 Dispatch::Userspace => None,
             };
@@ -145,7 +174,11 @@ pub fn negotiate(
                 } else {
                     "userspace"
                 },
-                fds.len(),
+                if kernel.is_some() {
+                    format!("KVM's own and {} vCPU threads'", fds.len())
+                } else {
+                    fds.len().to_string()
+                },
                 if r.flags & SUB_REGION_POSTED_WRITES != 0 {
                     ", posted writes"
                 } else {
@@ -184,6 +217,7 @@ pub fn negotiate(
             paths.insert(bar, bar_paths);
         }
     }
+    posted_sent.set_kvm_counters(kvm_counters);
     Ok(paths)
 }
 
@@ -196,7 +230,7 @@ fn ask_for_mirror(
     name: &str,
     bar: usize,
     layout: &[SubRegion],
-    posted_sent: &PostedSent,
+    posted_sent: &Arc<PostedSent>,
 ) -> Result<Option<BarMirror>, IoRegionError> {
     let offer = link
         .register_mirror(bar as u8)

@@ -390,7 +390,7 @@ mod tests {
         assert_eq!(proxy.bar_read_value(1, 0x120, 2), 0xfeed, "over messages");
         let paths = proxy.bar_fast_paths(1);
         assert_eq!(paths.len(), 2, "two ranges over region fds");
-        let waited = paths[0].clone().attach(0xc000_1000).unwrap();
+        let waited = paths[0].clone().attach(0xc000_1000).bus.unwrap();
         waited.write(0x10, &[0x5a]);
         let mut back = [0u8];
         waited.read(0x10, &mut back);
@@ -415,6 +415,7 @@ mod tests {
         let waited = proxy.bar_fast_paths(1)[0]
             .clone()
             .attach(0xc000_1000)
+            .bus
             .unwrap();
         crate::proxy::device::tests::assert_mirrored_byte_reads_stay_in_the_vmm(&*waited, &stats);
         let mut word = [0u8; 2];

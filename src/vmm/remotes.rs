@@ -85,6 +85,22 @@ fn ioregion_dispatch(
     } else {
         None
     };
+    let counts_posted_writes = probe == Some(Probe::Available) && {
+        let scratch = layout::PCI_MMIO_START + layout::PCI_MMIO_SIZE - 0x1000;
+        let counts = crate::ioregion::kernel::counts_posted_writes(vm.as_ref(), scratch);
+        if counts {
+            log::info!(
+                "KVM counts the posted writes it sends: mirrored registers are read from the \
+                 page, not through KVM"
+            );
+        } else {
+            log::info!(
+                "KVM does not count the posted writes it sends: every register read goes to \
+                 the remote through KVM (no register mirror on the kernel path)"
+            );
+        }
+        counts
+    };
     specs
         .iter()
         .enumerate()
@@ -92,7 +108,10 @@ fn ioregion_dispatch(
             Ok(match (spec.ioregionfd, &probe) {
                 (IoRegionMode::Off, _) => None,
                 (IoRegionMode::Userspace, _) => Some(Dispatch::Userspace),
-                (_, Some(Probe::Available)) => Some(Dispatch::Kernel(vm.clone())),
+                (_, Some(Probe::Available)) => Some(Dispatch::Kernel {
+                    vm: vm.clone(),
+                    counts_posted_writes,
+                }),
                 (IoRegionMode::Kernel, Some(Probe::Unavailable { errno })) => {
                     return Err(VmmError::NoKernelIoRegion {
                         index,
