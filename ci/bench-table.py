@@ -6,7 +6,10 @@ usage: bench-table.py CONSOLE_LOG JSON_DIR
 Saves each fio JSON result as JSON_DIR/<config>-r<round>-<job>.json and
 prints, per job, the median over rounds of IOPS, bandwidth, mean and p99
 completion latency for every configuration, with IOPS ratios against the
-first configuration; then the cost of one I/O (KVM exits, injected
+first configuration, the spread of IOPS over rounds and in how many
+rounds each configuration beat the first one in the same rig boot (the
+rig's IOPS vary severalfold from round to round, so a median ratio alone
+can mislead); then the cost of one I/O (KVM exits, injected
 interrupts and context switches, from the BENCH-COST samples taken as a
 job starts and as fio finishes, over the job's completed I/Os); then the
 register round trip (regbench) the same way, and the context switches
@@ -78,7 +81,8 @@ def parse(log_path, json_dir):
                 continue
             if job not in jobs:
                 jobs.append(job)
-            results.setdefault((config, job), []).append(metrics(data))
+            # The round goes last, to pair configurations round by round.
+            results.setdefault((config, job), []).append(metrics(data) + (rnd,))
             ios = total_ios(data)
             for kind, store in (("cost", costs), ("threads", threads), ("calls", syscalls)):
                 taken = window.get(kind, [])
@@ -107,8 +111,13 @@ def parse(log_path, json_dir):
 def cost_sample(line):
     """(kind, sample) of a BENCH-COST, BENCH-THREADS or BENCH-SYSCALLS line,
     else (None, None). A cost sample is a tuple (exits, irqs, switches and,
-    where taken, MMIO and PIO exits); the others are per thread group."""
-    m = re.match(r"BENCH-COST: exits=(\d+) irqs=(\d+) switches=(\d+)(?: mmio=(\d+) pio=(\d+))?", line)
+    where taken, MMIO and PIO exits, and then HLT, host-interrupt and
+    interrupt-window exits); the others are per thread group."""
+    m = re.match(
+        r"BENCH-COST: exits=(\d+) irqs=(\d+) switches=(\d+)(?: mmio=(\d+) pio=(\d+))?"
+        r"(?: halt=(\d+) hostirq=(\d+) window=(\d+))?",
+        line,
+    )
     if m:
         return "cost", tuple(int(x) for x in m.groups() if x is not None)
     if line.startswith("BENCH-THREADS:"):
@@ -266,25 +275,45 @@ def main():
     )
     if not jobs:
         sys.exit("no fio results in the log")
-    print("| job | configuration | IOPS | MiB/s | mean lat us | p99 lat us | IOPS vs " + order[0] + " | runs |")
-    print("| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: |")
+    first = order[0]
+    print(
+        f"| job | configuration | IOPS | MiB/s | mean lat us | p99 lat us | IOPS vs {first} "
+        f"| IOPS min-max | rounds ahead of {first} | runs |"
+    )
+    print("| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
     for job in jobs:
         base = None
+        base_by_round = {r[4]: r[0] for r in results.get((first, job), [])}
         for config in order:
             runs = results.get((config, job))
             if not runs:
-                print(f"| {job} | {config} | failed | | | | | 0 |")
+                print(f"| {job} | {config} | failed | | | | | | | 0 |")
                 continue
             med = [statistics.median(r[i] for r in runs) for i in range(4)]
             if base is None:
                 base = med[0]
             ratio = f"{med[0] / base:.2f}x" if base else "-"
-            print(f"| {job} | {config} | {med[0]:.0f} | {med[1]:.1f} | {med[2]:.0f} | {med[3]:.0f} | {ratio} | {len(runs)} |")
+            spread = f"{min(r[0] for r in runs):.0f}-{max(r[0] for r in runs):.0f}"
+            paired = [(r[0], base_by_round[r[4]]) for r in runs if r[4] in base_by_round]
+            ahead = "-" if config == first else f"{sum(a > b for a, b in paired)}/{len(paired)}"
+            print(
+                f"| {job} | {config} | {med[0]:.0f} | {med[1]:.1f} | {med[2]:.0f} | {med[3]:.0f} "
+                f"| {ratio} | {spread} | {ahead} | {len(runs)} |"
+            )
     def cost_row(job, config, runs):
         med = [statistics.median(r[i] for r in runs) for i in range(3)]
         accesses = device_exits(runs)
         shown = f"{accesses:.1f}" if accesses is not None else "-"
         return f"| {job} | {config} | {med[0]:.1f} | {med[1]:.2f} | {med[2]:.1f} | {shown} | {len(runs)} |"
+
+    def reasons_row(job, config, runs):
+        med = [statistics.median(r[i] for r in runs) for i in (0, 5, 6, 7)]
+        device = device_exits(runs)
+        other = med[0] - med[1] - med[2] - med[3] - device
+        return (
+            f"| {job} | {config} | {med[0]:.1f} | {device:.1f} | {med[1]:.2f} | {med[2]:.2f} "
+            f"| {med[3]:.2f} | {other:.2f} | {len(runs)} |"
+        )
 
     def calls_row(job, config, runs):
         total = statistics.median(r.get("total", (0.0,))[0] for r in runs)
@@ -301,6 +330,18 @@ def main():
         "ours on the kernel path: only those KVM did not serve itself):",
         "| job | configuration | exits | injected irqs | context switches | MMIO+PIO exits | runs |",
         cost_row,
+    )
+    # Older logs have no exit reasons; a table only of runs that have them.
+    with_reasons = {k: v for k, v in costs.items() if all(len(r) >= 8 for r in v)}
+    per_job_table(
+        jobs, order, with_reasons,
+        "KVM exits per I/O by reason (medians over rounds): device accesses\n"
+        "(MMIO+PIO), HLT (the vCPU had nothing to run), host interrupts (the rig\n"
+        "kernel's timer tick or an IPI arrived while the guest ran), interrupt\n"
+        "windows (an interrupt waited for the guest to enable interrupts), and the\n"
+        "rest (NPT faults, MSR writes, CPUID, ...):",
+        "| job | configuration | exits | MMIO+PIO | HLT | host irq | irq window | other | runs |",
+        reasons_row,
     )
     per_job_table(
         jobs, order, threads,

@@ -31,7 +31,7 @@
 # and round, rounds interleaved (A B C D A B C D) so noise shows. Runs in the
 # KVM test rig unless /dev/kvm is hardware-backed. Prints a markdown table
 # (medians over rounds, ratios against the first configuration) and the
-# cost of one I/O per job (KVM exits, injected interrupts, context switches
+# cost of one I/O per job (KVM exits, also by reason, injected interrupts, context switches
 # of the VMM, remote and QEMU threads), and keeps them with fio's raw JSON
 # and the console log in the output folder.
 #
@@ -123,6 +123,9 @@ cost() {
     # in the rig, and the guest runs on meanwhile.
     kvm_now="exits=\$(kvm_stat exits) irqs=\$(kvm_stat irq_injections)"
     kvm_io="mmio=\$(kvm_stat mmio_exits) pio=\$(kvm_stat io_exits)"
+    # The rest of the exits by reason: HLT, a host interrupt (the L1
+    # timer tick or an IPI), an interrupt window the guest had closed.
+    kvm_why="halt=\$(kvm_stat halt_exits) hostirq=\$(kvm_stat irq_exits) window=\$(kvm_stat irq_window_exits)"
     # A process may end between the glob and the read: no complaint (the
     # shell's own, for a failed redirection, would land inside fio's JSON).
     # Context switches per thread: voluntary (it slept) and involuntary (it
@@ -144,7 +147,7 @@ cost() {
             /^nonvoluntary_ctxt_switches/ { print role "/" name, v, \$2, tid }' \$d/task/*/status 2>/dev/null
     done)
     switches=\$(echo "\$per_thread" | awk '{ s += \$2 + \$3 } END { print s + 0 }')
-    echo "BENCH-COST: \$kvm_now switches=\$switches \$kvm_io"
+    echo "BENCH-COST: \$kvm_now switches=\$switches \$kvm_io \$kvm_why"
     hist=""
     [ $syscalls -eq 1 ] && hist=\$(cat \$trace/hist 2>/dev/null)
     { echo "\$hist" | sed -n 's/.*common_pid: *\([0-9]*\) *} *hitcount: *\([0-9]*\).*/H \1 \2/p'
