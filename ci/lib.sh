@@ -9,19 +9,31 @@ die() { log "error: $*"; exit 1; }
 
 # Installs the Debian packages that are missing (needs root, or sudo).
 ensure_packages() {
-    local missing=()
-    for pkg in "$@"; do
-        dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "ok installed" || missing+=("$pkg")
-    done
-    [ ${#missing[@]} -eq 0 ] && return 0
-    log "installing ${missing[*]}"
+    local missing=() attempt pkg
     local sudo=""
     [ "$(id -u)" -eq 0 ] || sudo="sudo"
     export DEBIAN_FRONTEND=noninteractive
-    $sudo apt-get install -y --no-install-recommends "${missing[@]}" >/dev/null 2>&1 || {
-        $sudo apt-get update >/dev/null 2>&1
-        $sudo apt-get install -y --no-install-recommends "${missing[@]}" >/dev/null
-    } || die "could not install ${missing[*]}"
+    # Twice: installing one package can remove another of the list that
+    # conflicts with it (on a host with bookworm-backports' qemu-utils
+    # 10.0, bookworm's qemu-system-x86 7.2 removes it), and the second
+    # round puts back what the first took away, in a matching version.
+    for attempt in 1 2; do
+        missing=()
+        for pkg in "$@"; do
+            dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "ok installed" || missing+=("$pkg")
+        done
+        [ ${#missing[@]} -eq 0 ] && return 0
+        log "installing ${missing[*]}"
+        $sudo apt-get install -y --no-install-recommends "${missing[@]}" >/dev/null 2>&1 || {
+            $sudo apt-get update >/dev/null 2>&1
+            $sudo apt-get install -y --no-install-recommends "${missing[@]}" >/dev/null
+        } || die "could not install ${missing[*]}"
+    done
+    missing=()
+    for pkg in "$@"; do
+        dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "ok installed" || missing+=("$pkg")
+    done
+    [ ${#missing[@]} -eq 0 ] || die "installing the others removed ${missing[*]}: they conflict; see apt's log"
 }
 
 # The Debian kernel package that linux-image-amd64 points to, extracted once
