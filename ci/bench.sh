@@ -13,6 +13,10 @@
 #   ours-sched-normal  ioregionfd=userspace with the remote's threads under
 #              SCHED_OTHER (sched=normal: each wake-up preempts the vCPU;
 #              the default before 2026-12-03) rather than SCHED_BATCH
+#   ours-workers  ioregionfd=auto with every disk command on the disk worker
+#              threads while the target disconnects (disk-io=workers; the
+#              way before 2026-12-04) rather than at once on the device's
+#              thread where it cannot wait (the image is on the rig's tmpfs)
 #   ours-nomirror  ioregionfd=userspace, every register read asks the remote
 #              (register-mirror=off: no ISTAT reads from the shared page)
 #   ours-vfio-user  our VMM + our LSI remote over vfio-user (proto=vfio-user),
@@ -189,6 +193,8 @@ for round in \$(seq $rounds); do
                 --stats --remote-dev lsi,disk=\$img,ioregionfd=userspace,register-writes=waited </dev/null 2>&1 ;;
         ours-sched-normal) $run \$vmm --kernel \$GUEST/bzImage --initrd \$GUEST/initramfs.cpio.gz --cmdline "\$cmdline" \
                 --stats --remote-dev lsi,disk=\$img,ioregionfd=userspace,sched=normal </dev/null 2>&1 ;;
+        ours-workers) $run \$vmm --kernel \$GUEST/bzImage --initrd \$GUEST/initramfs.cpio.gz --cmdline "\$cmdline" \
+                --stats --remote-dev lsi,disk=\$img,disk-io=workers </dev/null 2>&1 ;;
         ours-nomirror) $run \$vmm --kernel \$GUEST/bzImage --initrd \$GUEST/initramfs.cpio.gz --cmdline "\$cmdline" \
                 --stats --remote-dev lsi,disk=\$img,ioregionfd=userspace,register-mirror=off </dev/null 2>&1 ;;
         ours-vfio-user) $run \$vmm --kernel \$GUEST/bzImage --initrd \$GUEST/initramfs.cpio.gz --cmdline "\$cmdline" \

@@ -11,9 +11,12 @@
 #
 # Configurations:
 #   ours         our VMM and LSI remote, defaults (register writes posted
-#                since 2026-12-03; before, waited for)
+#                since 2026-12-03; before, waited for; disk commands in
+#                place on the tmpfs image since 2026-12-04)
 #   ours-posted  ioregionfd=userspace,register-writes=posted
 #   ours-waited  ioregionfd=userspace,register-writes=waited
+#   ours-workers disk-io=workers: every disk command on a worker thread
+#                while the target disconnects (the way before 2026-12-04)
 #   ours-vfio-user  over vfio-user (proto=vfio-user), region fds
 #   ours-kernel  ioregionfd=kernel (boots the rig on our KVM_SET_IOREGION
 #                modules, ci/build-kvm-ioregion.sh; implies --kvm-modules)
@@ -144,6 +147,7 @@ one_run() {
             ours-posted) extra=",restart=on,ioregionfd=userspace,register-writes=posted" ;;
             ours-waited) extra=",restart=on,ioregionfd=userspace,register-writes=waited" ;;
             ours-kernel) extra=",restart=on,ioregionfd=kernel" ;;
+            ours-workers) extra=",restart=on,disk-io=workers" ;;
             ours-vfio-user) extra=",restart=on,proto=vfio-user" ;;
             *) echo "SOAK-NOT-APPLICABLE"; return 0 ;;
         esac
@@ -171,6 +175,7 @@ one_run() {
         ours-posted) ours $n ",ioregionfd=userspace,register-writes=posted" ;;
         ours-waited) ours $n ",ioregionfd=userspace,register-writes=waited" ;;
         ours-kernel) ours $n ",ioregionfd=kernel" ;;
+        ours-workers) ours $n ",disk-io=workers" ;;
         ours-vfio-user) ours $n ",proto=vfio-user" ;;
         qemu) $qemu_vm -smp $n $guest -append "$fio_cmdline" -device lsi53c895a,id=lsi0 \
                 -drive id=d0,file=$img,format=raw,if=none -device scsi-hd,drive=d0,bus=lsi0.0 </dev/null 2>&1 ;;

@@ -109,7 +109,7 @@ fn scenarios() -> Vec<Scenario> {
                 image("a.img", 64),
                 vmm_with(
                     "fio-verify vmm.fio=verify-smp",
-                    "lsi,disk=/tmp/a.img,ioregionfd=userspace",
+                    "lsi,disk=/tmp/a.img,ioregionfd=userspace,disk-io=workers",
                     "--stats --cpus 2"
                 )
             ),
@@ -273,21 +273,33 @@ fn fio_verify_passes() {
     };
     o.assert_contains("VMM-GUEST: fio done: ok");
     o.assert_exited("vmm", 0);
-    // The disk I/O went through disconnect and reselection. (In the rig
-    // the emulated guest queues each command long after the host finished
-    // the previous one, so overlap itself is proven by the unit tests.)
-    let disconnected: u32 = o
-        .output
-        .split(" ran disconnected")
-        .next()
-        .and_then(|head| head.rsplit(", ").next())
-        .and_then(|n| n.trim().parse().ok())
-        .unwrap_or_else(|| panic!("no LSI summary in:\n{}", o.output));
+    // The image is on the rig's tmpfs: with disk-io=auto every read and
+    // write runs at once on the device's thread, the target on the bus.
+    o.assert_contains("/tmp/a.img (raw, 131072 blocks, serial ");
+    o.assert_contains(", in memory)");
+    let (disconnected, in_place) = bus_summary(o);
     assert!(
-        disconnected > 500,
-        "the I/O did not disconnect:\n{}",
+        in_place > 500 && disconnected < 10,
+        "the I/O did not run in place:\n{}",
         o.output
     );
+}
+
+/// From the remote's exit summary: how many SCSI commands ran
+/// disconnected and how many ran in place.
+fn bus_summary(o: &Outcome) -> (u64, u64) {
+    let number_before = |what: &str| -> u64 {
+        o.output
+            .split(what)
+            .next()
+            .and_then(|head| head.rsplit(", ").next())
+            .and_then(|n| n.trim().parse().ok())
+            .unwrap_or_else(|| panic!("no LSI summary in:\n{}", o.output))
+    };
+    (
+        number_before(" ran disconnected"),
+        number_before(" in place"),
+    )
 }
 
 /// ioregionfd=auto on a kernel without KVM_SET_IOREGION: the userspace
@@ -425,6 +437,17 @@ fn two_vcpus_run_fio_at_once_over_their_own_region_fds() {
     // rig): every one is still recognised as a mirrored read.
     assert!(mirror_reads + mirror_behind > 500, "{:?}", stats(o));
     assert_eq!(errors, 0);
+    // disk-io=workers: the disk I/O went through disconnect and
+    // reselection. (In the rig the emulated guest queues each command long
+    // after the host finished the previous one, so overlap itself is
+    // proven by the unit tests.)
+    o.assert_contains("every read and write on the disk worker threads (--disk-io workers)");
+    let (disconnected, in_place) = bus_summary(o);
+    assert!(
+        disconnected > 500 && in_place == 0,
+        "the I/O did not disconnect:\n{}",
+        o.output
+    );
 }
 
 #[test]

@@ -232,6 +232,10 @@ impl Lsi53c895a {
         self.posted_register_writes = posted;
     }
 
+    pub fn set_disk_io(&mut self, disk_io: crate::scsi::bus::DiskIo) {
+        self.bus.set_disk_io(disk_io);
+    }
+
     /// Lowers the runaway-script bound, so fuzzing spends its time on
     /// variety rather than on scripts that loop.
     #[doc(hidden)]
@@ -718,6 +722,7 @@ mod tests {
         std::fs::write(&path, image).unwrap();
         let disk = Arc::new(ScsiDisk::open(&path, crate::scsi::DiskOptions::new("UNIT")).unwrap());
         let (mut l, ram) = lsi(vec![disk]);
+        l.set_disk_io(crate::scsi::bus::DiskIo::Workers);
         ram.memory
             .write_slice(&[0xc0, 0x20, 0x11], GuestAddress(0xa000))
             .unwrap();
@@ -804,6 +809,7 @@ mod tests {
         std::fs::write(&path, image).unwrap();
         let disk = Arc::new(ScsiDisk::open(&path, crate::scsi::DiskOptions::new("UNIT")).unwrap());
         let (mut l, ram) = lsi(vec![disk]);
+        l.set_disk_io(crate::scsi::bus::DiskIo::Workers);
 
         // sym_soft_reset: SRST, then clear it.
         write32(&mut l, SCRATCHA, 0x1234_5678);

@@ -159,8 +159,8 @@ impl DeviceModel for Lsi53c895a {
     fn summary(&self) -> Option<String> {
         let s = self.bus.stats;
         Some(format!(
-            "lsi: {} SCSI commands, {} ran disconnected, at most {} in flight at once",
-            s.commands, s.disconnected, s.max_queued
+            "lsi: {} SCSI commands, {} ran disconnected, {} in place, at most {} in flight at once",
+            s.commands, s.disconnected, s.in_place, s.max_queued
         ))
     }
     fn set_memory(&mut self, memory: DeviceMemory) {

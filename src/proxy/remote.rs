@@ -113,6 +113,7 @@ pub fn open(
             user,
             posted_register_writes,
             batch_scheduling,
+            disk_io,
         } => {
             let exe = std::env::current_exe().map_err(|source| RemoteError::Spawn {
                 path: "/proc/self/exe".into(),
@@ -148,6 +149,10 @@ pub fn open(
             );
             args.push("--sched".into());
             args.push(if *batch_scheduling { "batch" } else { "normal" }.into());
+            if *disk_io == crate::scsi::bus::DiskIo::Workers {
+                args.push("--disk-io".into());
+                args.push("workers".into());
+            }
             if replacing {
                 args.push("--takes-over".into());
             }

@@ -36,6 +36,9 @@ pub enum Endpoint {
         /// The remote's threads run as SCHED_BATCH (the default), or
         /// preempt the vCPUs they wake (`sched=normal`).
         batch_scheduling: bool,
+        /// Disk work that cannot wait runs at once (the default), or
+        /// always on disk workers (`disk-io=workers`).
+        disk_io: crate::scsi::bus::DiskIo,
     },
 }
 
@@ -232,6 +235,15 @@ pub const KEYS: &[KeyHelp] = &[
                   (no context switch per posted write); normal: they do",
     },
     KeyHelp {
+        key: "disk-io",
+        values: "auto|workers",
+        default: "auto",
+        applies: Applies::Lsi,
+        meaning: "auto: a read or write that cannot wait for a device (image on tmpfs, data in \
+                  the page cache) runs at once on the device's thread; workers: always on disk \
+                  worker threads while the target disconnects",
+    },
+    KeyHelp {
         key: "proto",
         values: "qemu|vmm|vfio-user",
         default: "vmm for lsi, else qemu",
@@ -338,6 +350,7 @@ impl FromStr for RemoteDevSpec {
         let mut user = None;
         let mut posted_register_writes = true;
         let mut batch_scheduling = true;
+        let mut disk_io = crate::scsi::bus::DiskIo::Auto;
         let mut register_mirror = true;
         for (i, item) in text.split(',').filter(|s| !s.is_empty()).enumerate() {
             if i == 0 && item == "lsi" {
@@ -425,6 +438,13 @@ impl FromStr for RemoteDevSpec {
                     posted_register_writes = either(key, value, "posted", "waited")?
                 }
                 "sched" if lsi => batch_scheduling = either(key, value, "batch", "normal")?,
+                "disk-io" if lsi => {
+                    disk_io = if either(key, value, "auto", "workers")? {
+                        crate::scsi::bus::DiskIo::Auto
+                    } else {
+                        crate::scsi::bus::DiskIo::Workers
+                    }
+                }
                 other => {
                     return Err(format!(
                         "unknown key '{other}' for this remote: it is for lsi only"
@@ -460,6 +480,7 @@ impl FromStr for RemoteDevSpec {
                 user,
                 posted_register_writes,
                 batch_scheduling,
+                disk_io,
             });
         }
         let endpoint = endpoint
@@ -565,6 +586,7 @@ mod tests {
                 user: None,
                 posted_register_writes: true,
                 batch_scheduling: true,
+                disk_io: crate::scsi::bus::DiskIo::Auto,
             }
         );
         assert_eq!(s.dialect, Dialect::Vmm);
@@ -579,6 +601,7 @@ mod tests {
                 user: None,
                 posted_register_writes: true,
                 batch_scheduling: true,
+                disk_io: crate::scsi::bus::DiskIo::Auto,
             }
         );
         let s: RemoteDevSpec = "lsi,disk=a.qcow2,format=qcow2,disk=b.img".parse().unwrap();
@@ -596,6 +619,20 @@ mod tests {
         let s: RemoteDevSpec = "lsi,discard=off".parse().unwrap();
         assert!(matches!(s.endpoint, Endpoint::Lsi { discard: false, .. }));
         assert!("socket=x,discard=off".parse::<RemoteDevSpec>().is_err());
+        let s: RemoteDevSpec = "lsi,disk-io=workers".parse().unwrap();
+        assert!(matches!(
+            s.endpoint,
+            Endpoint::Lsi {
+                disk_io: crate::scsi::bus::DiskIo::Workers,
+                ..
+            }
+        ));
+        assert!(
+            "lsi,disk-io=threads"
+                .parse::<RemoteDevSpec>()
+                .unwrap_err()
+                .contains("disk-io=threads: expected auto or workers")
+        );
         let s: RemoteDevSpec = "lsi,sandbox=off".parse().unwrap();
         assert!(matches!(s.endpoint, Endpoint::Lsi { sandbox: false, .. }));
         assert!("lsi,sandbox=maybe".parse::<RemoteDevSpec>().is_err());
@@ -669,6 +706,7 @@ mod tests {
                 .endpoint,
             Endpoint::Lsi {
                 batch_scheduling: false,
+                disk_io: crate::scsi::bus::DiskIo::Auto,
                 ..
             }
         ));
@@ -710,7 +748,7 @@ mod tests {
                 checked += 1;
             }
         }
-        assert_eq!(checked, 8);
+        assert_eq!(checked, 9);
         assert_eq!("lsi,proto=vmm".parse::<RemoteDevSpec>(), Ok(lsi));
         let socket: RemoteDevSpec = "socket=x".parse().unwrap();
         assert_eq!("socket=x,proto=qemu".parse::<RemoteDevSpec>(), Ok(socket));

@@ -14,6 +14,7 @@ use super::user::UserSpec;
 use crate::device_model::DeviceModel;
 use crate::lsi::Lsi53c895a;
 use crate::protocol::channel::Channel;
+use crate::scsi::bus::DiskIo;
 use crate::scsi::identity::DiskSpec;
 use crate::scsi::{DiskOptions, ScsiDisk};
 
@@ -86,6 +87,13 @@ pub enum RemoteKind {
         /// With a CPU of its own the device runs at once either way.
         #[arg(long, value_enum, default_value_t = Sched::Batch)]
         sched: Sched,
+        /// Where a command's disk work runs. auto (the default): at once
+        /// on the device's thread when it cannot wait for a device (a read
+        /// or write of an image on tmpfs, a read the page cache holds),
+        /// else on a disk worker while the target disconnects; workers:
+        /// always on a worker.
+        #[arg(long, value_enum, default_value_t = DiskIo::Auto)]
+        disk_io: DiskIo,
         /// This process replaces one that died with the guest's commands
         /// in flight (the VMM's `restart=on` passes it): once its interrupt
         /// is wired, the chip reports a SCSI bus reset to the driver, which
@@ -192,6 +200,7 @@ pub fn run(kind: RemoteKind) -> Result<(), RemoteCliError> {
         no_sandbox,
         register_writes,
         sched,
+        disk_io,
         takes_over,
         mut protocol,
         vfio_user,
@@ -256,10 +265,11 @@ pub fn run(kind: RemoteKind) -> Result<(), RemoteCliError> {
             let (serial, wwn) = (options.identity.serial.clone(), options.identity.wwn);
             let disk = ScsiDisk::open(p, options)?;
             log::info!(
-                "SCSI id {i}: {} ({}, {} blocks, serial {serial}, wwn {wwn:#018x}{}{})",
+                "SCSI id {i}: {} ({}, {} blocks, serial {serial}, wwn {wwn:#018x}{}{}{})",
                 p.display(),
                 disk.format(),
                 disk.blocks(),
+                if disk.in_memory() { ", in memory" } else { "" },
                 if readonly { ", read-only" } else { "" },
                 if discard == OnOff::Off {
                     ", no discard"
@@ -288,6 +298,19 @@ pub fn run(kind: RemoteKind) -> Result<(), RemoteCliError> {
     };
     let mut lsi = Lsi53c895a::new(disks.clone())?;
     lsi.set_posted_register_writes(register_writes == RegisterWrites::Posted);
+    lsi.set_disk_io(disk_io);
+    log::info!(
+        "disk I/O: {}",
+        match disk_io {
+            DiskIo::Workers =>
+                "every read and write on the disk worker threads (--disk-io workers)",
+            DiskIo::Auto => {
+                "reads and writes at once on the device's thread where they cannot wait for a \
+                 device (all on an image in memory, reads the page cache holds on others), \
+                 else on the disk worker threads"
+            }
+        }
+    );
     if takes_over {
         lsi.take_over();
     }

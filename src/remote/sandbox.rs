@@ -133,6 +133,8 @@ fn allowed() -> Result<Rules, SandboxError> {
         // that may write the image may as well size it).
         (libc::SYS_preadv, any()),
         (libc::SYS_pwritev, any()),
+        // A read served at once if the page cache holds it (RWF_NOWAIT).
+        (libc::SYS_preadv2, any()),
         (libc::SYS_ftruncate, any()),
         (libc::SYS_fdatasync, any()),
         // UNMAP: holes in the image, and nothing else fallocate does.
@@ -690,6 +692,13 @@ mod tests {
             1 << 16,
             crate::scsi::DiskOptions::new("S"),
         ));
+        // A file on the temporary directory's file system: the read
+        // asks the page cache first (preadv2), where it can.
+        let cached_path =
+            std::env::temp_dir().join(format!("vmm-sandbox-{}.img", std::process::id()));
+        std::fs::write(&cached_path, [0x77u8; 4096]).unwrap();
+        let cached = ScsiDisk::open(&cached_path, crate::scsi::DiskOptions::new("C")).unwrap();
+        std::fs::remove_file(&cached_path).unwrap();
         let ended = in_child(|| {
             let pool = IoPool::new(4).expect("pool");
             // Every thread, the pool's workers included, as the remote
@@ -711,6 +720,10 @@ mod tests {
             }
             // Some fail (ENOSPC): that is the point, not a test failure.
             let _ = wait_for_jobs(&pool, 32);
+            let read10 = [0x28, 0, 0, 0, 0, 1, 0, 0, 1, 0];
+            if let Some(Ok(data)) = cached.execute_now(0, &read10, &[]) {
+                assert_eq!(data, vec![0x77; 512]);
+            }
             say(b"all done\n");
             // The remote never tears its pool down; the test does not either.
             std::mem::forget(pool);

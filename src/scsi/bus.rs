@@ -158,10 +158,24 @@ impl Connection {
     }
 }
 
+/// Where the disk work of a command that may disconnect runs.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum DiskIo {
+    /// On the device's own thread, the target staying on the bus, when it
+    /// cannot wait for a device (a READ or WRITE on an image in memory, a
+    /// READ the page cache holds); else on a disk worker. Spares the hand
+    /// over to a worker and back: a context switch or two per I/O.
+    #[default]
+    Auto,
+    /// Always on a disk worker while the target disconnects.
+    Workers,
+}
+
 pub struct ScsiBus {
     targets: Vec<Option<Arc<ScsiDisk>>>,
     conn: Option<Connection>,
     pool: IoPool,
+    disk_io: DiskIo,
     /// Disconnected commands whose disk work is running, by pool token.
     in_flight: HashMap<u64, Nexus>,
     /// Finished commands waiting for the bus to reselect.
@@ -175,6 +189,9 @@ pub struct ScsiBus {
 pub struct BusStats {
     pub commands: u64,
     pub disconnected: u64,
+    /// Commands that could have disconnected but ran at once, since
+    /// their data could not keep them waiting (`DiskIo::Auto`).
+    pub in_place: u64,
     /// Most commands off the bus at the same time.
     pub max_queued: usize,
 }
@@ -187,11 +204,16 @@ impl ScsiBus {
             targets,
             conn: None,
             pool,
+            disk_io: DiskIo::default(),
             in_flight: HashMap::new(),
             ready: VecDeque::new(),
             next_token: 0,
             stats: BusStats::default(),
         }
+    }
+
+    pub fn set_disk_io(&mut self, disk_io: DiskIo) {
+        self.disk_io = disk_io;
     }
 
     /// Bus reset: every connection and queued command is dropped. Disk work
@@ -429,6 +451,13 @@ impl ScsiBus {
             c.finish(result);
             return;
         }
+        if self.disk_io == DiskIo::Auto
+            && let Some(result) = disk.execute_now(c.nexus.lun, &c.cdb, &c.data_out)
+        {
+            self.stats.in_place += 1;
+            c.finish(result);
+            return;
+        }
         let token = self.next_token;
         self.next_token += 1;
         self.in_flight.insert(token, c.nexus);
@@ -547,7 +576,67 @@ mod tests {
         let image: Vec<u8> = (0..16u8).flat_map(|b| [b; 512]).collect();
         std::fs::write(&path, image).unwrap();
         let disk = Arc::new(ScsiDisk::open(&path, crate::scsi::DiskOptions::new("T")).unwrap());
-        (ScsiBus::new(vec![disk], IoPool::new(2).unwrap()), path)
+        let mut bus = ScsiBus::new(vec![disk], IoPool::new(2).unwrap());
+        // Disconnection is what these tests are about; a cached read
+        // would otherwise run in place.
+        bus.set_disk_io(DiskIo::Workers);
+        (bus, path)
+    }
+
+    /// A bus with one 16-block disk in memory (a memfd, on tmpfs) whose
+    /// block n is filled with n, in the default `DiskIo::Auto`.
+    fn bus_in_memory() -> ScsiBus {
+        let file = crate::sys::memfd(c"vmm-bus-test", false).unwrap();
+        let image: Vec<u8> = (0..16u8).flat_map(|b| [b; 512]).collect();
+        std::os::unix::fs::FileExt::write_all_at(&file, &image, 0).unwrap();
+        let disk = ScsiDisk::from_file(file, 16, crate::scsi::DiskOptions::new("M"));
+        assert!(disk.in_memory(), "a memfd is on tmpfs");
+        ScsiBus::new(vec![Arc::new(disk)], IoPool::new(2).unwrap())
+    }
+
+    #[test]
+    fn on_an_image_in_memory_tagged_reads_and_writes_run_without_disconnecting() {
+        let mut bus = bus_in_memory();
+        issue(&mut bus, 4, &rw10(WRITE10, 2));
+        assert_eq!(bus.phase(), Some(PHASE_DATA_OUT));
+        bus.data_out(&[0xcd; 512]);
+        assert_eq!(
+            bus.phase(),
+            Some(PHASE_STATUS),
+            "no disconnect after DATA OUT"
+        );
+        assert_eq!(bus.status(), STATUS_GOOD);
+        assert_eq!(bus.msg_in(1), vec![MSG_COMMAND_COMPLETE]);
+        issue(&mut bus, 5, &rw10(READ10, 2));
+        assert_eq!(bus.phase(), Some(PHASE_DATA_IN), "straight to the data");
+        assert_eq!(bus.data_in(4096), vec![0xcd; 512], "the write landed");
+        assert_eq!(bus.status(), STATUS_GOOD);
+        issue(&mut bus, 6, &rw10(READ10, 9));
+        assert_eq!(bus.data_in(4096), vec![9; 512]);
+        assert_eq!((bus.stats.in_place, bus.stats.disconnected), (3, 0));
+        assert_eq!(bus.queued(), 0);
+    }
+
+    #[test]
+    fn in_place_errors_are_check_conditions_with_sense() {
+        let mut bus = bus_in_memory();
+        issue(&mut bus, 1, &[READ10, 0, 0, 0, 0, 16, 0, 0, 1, 0]); // past the end
+        assert_eq!(bus.phase(), Some(PHASE_STATUS));
+        assert_eq!(bus.status(), STATUS_CHECK_CONDITION);
+        assert_eq!(bus.stats.in_place, 1);
+    }
+
+    #[test]
+    fn with_disk_io_workers_an_image_in_memory_still_disconnects() {
+        let mut bus = bus_in_memory();
+        bus.set_disk_io(DiskIo::Workers);
+        issue(&mut bus, 3, &rw10(READ10, 4));
+        assert_eq!(bus.msg_in(8), vec![MSG_SAVE_DATA_POINTER, MSG_DISCONNECT]);
+        wait_ready(&mut bus, 1);
+        assert_eq!(bus.reselect(), Some(0));
+        bus.msg_in(3);
+        assert_eq!(bus.data_in(4096), vec![4; 512]);
+        assert_eq!((bus.stats.in_place, bus.stats.disconnected), (0, 1));
     }
 
     fn wait_ready(bus: &mut ScsiBus, n: usize) {

@@ -117,6 +117,38 @@ impl ScsiDisk {
         result
     }
 
+    /// Runs a READ or WRITE at once when it cannot wait for a device: any
+    /// on an image in memory, a read whose blocks the page cache holds
+    /// elsewhere. None: it could wait (or is another command); run it
+    /// with `execute` off the device's thread.
+    pub fn execute_now(
+        &self,
+        lun: u8,
+        cdb: &[u8],
+        data_out: &[u8],
+    ) -> Option<Result<Vec<u8>, Sense>> {
+        let cmd = Command::parse(cdb).ok()?;
+        if lun != 0 {
+            return None;
+        }
+        match cmd {
+            Command::Read { .. } | Command::Write { .. } if self.image.in_memory() => {
+                Some(self.execute(lun, cdb, data_out))
+            }
+            Command::Read { lba, blocks } => {
+                let (offset, len) = self.range(lba, blocks).ok()?;
+                let mut buf = vec![0u8; len];
+                self.image.read_cached(&mut buf, offset).then_some(Ok(buf))
+            }
+            _ => None,
+        }
+    }
+
+    /// Whether `execute_now` runs every READ and WRITE at once.
+    pub fn in_memory(&self) -> bool {
+        self.image.in_memory()
+    }
+
     /// Says once per opcode that a guest sent a command we do not have:
     /// what a user (or we) needs to know to see what a guest's tools miss.
     fn note_unsupported(&self, opcode: u8) {

@@ -67,6 +67,11 @@ struct RawFile {
     /// Set once the file system refused to punch a hole: discards write
     /// zeros from then on, and the log says so once.
     no_holes: AtomicBool,
+    /// The file is on tmpfs or ramfs: no access waits for a device.
+    in_memory: bool,
+    /// Set once the file system refused RWF_NOWAIT: no more asking
+    /// whether a read is cached.
+    no_cached_reads: AtomicBool,
 }
 
 impl Image {
@@ -122,12 +127,53 @@ impl Image {
 
     /// A raw image on an open file, `size` bytes long.
     pub fn raw(file: File, size: u64) -> Self {
+        let in_memory = crate::sys::in_memory_file_system(&file).unwrap_or(false);
         Image {
             kind: Kind::Raw(RawFile {
                 file,
                 no_holes: AtomicBool::new(false),
+                in_memory,
+                no_cached_reads: AtomicBool::new(false),
             }),
             size,
+        }
+    }
+
+    /// Whether no read or write of this image waits for a device: a raw
+    /// image on tmpfs or ramfs. (A qcow2 image on one would qualify too,
+    /// but its metadata cache takes locks a worker may hold for long.)
+    pub fn in_memory(&self) -> bool {
+        matches!(&self.kind, Kind::Raw(r) if r.in_memory)
+    }
+
+    /// Reads `buf` at `offset` if the page cache holds all of it, without
+    /// waiting for the device; false when it does not (or the file system
+    /// cannot tell, or the read failed): then read it with `read_at`,
+    /// which also reports any error.
+    pub fn read_cached(&self, buf: &mut [u8], offset: u64) -> bool {
+        let Kind::Raw(raw) = &self.kind else {
+            return false;
+        };
+        if raw.no_cached_reads.load(Ordering::Relaxed) {
+            return false;
+        }
+        match crate::sys::read_cached(&raw.file, buf, offset) {
+            Ok(n) => n == buf.len(),
+            Err(e)
+                if matches!(
+                    e.raw_os_error(),
+                    Some(libc::EOPNOTSUPP) | Some(libc::EINVAL)
+                ) =>
+            {
+                if !raw.no_cached_reads.swap(true, Ordering::Relaxed) {
+                    log::debug!(
+                        "the disk image's file system cannot read without waiting ({e}): \
+                         every read goes to a disk worker"
+                    );
+                }
+                false
+            }
+            Err(_) => false,
         }
     }
 
@@ -303,6 +349,29 @@ mod tests {
             std::fs::metadata(&path).unwrap().len(),
             1 << 20,
             "size kept"
+        );
+        std::fs::remove_file(path).unwrap();
+    }
+
+    #[test]
+    fn an_image_in_memory_is_known_and_a_cached_read_returns_the_data() {
+        let memfd = crate::sys::memfd(c"vmm-image-test", false).unwrap();
+        assert!(Image::raw(memfd, 4096).in_memory());
+        let (image, path) = temp_image(8192);
+        image.write_at(&[0x3c; 4096], 4096).unwrap();
+        let mut buf = [0u8; 4096];
+        // Where the file system answers RWF_NOWAIT the page cache holds
+        // what was just written; where it cannot, the read is refused,
+        // never half done.
+        if image.read_cached(&mut buf, 4096) {
+            assert_eq!(buf, [0x3c; 4096]);
+        } else {
+            assert_eq!(buf, [0; 4096]);
+        }
+        let mut past_end = [0u8; 512];
+        assert!(
+            !image.read_cached(&mut past_end, 8192),
+            "nothing there to read"
         );
         std::fs::remove_file(path).unwrap();
     }

@@ -231,6 +231,41 @@ pub fn regular_file_len(file: &File) -> io::Result<Option<u64>> {
     Ok((st.st_mode & libc::S_IFMT == libc::S_IFREG).then_some(st.st_size as u64))
 }
 
+/// Reads into `buf` at `offset` only what the page cache already holds
+/// (preadv2 with RWF_NOWAIT): EAGAIN when nothing of it is there, a
+/// short count when part is; EOPNOTSUPP where the file system cannot say.
+pub fn read_cached(file: &File, buf: &mut [u8], offset: u64) -> io::Result<usize> {
+    let offset =
+        libc::off_t::try_from(offset).map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))?;
+    let iov = libc::iovec {
+        iov_base: buf.as_mut_ptr().cast(),
+        iov_len: buf.len(),
+    };
+    // SAFETY: the one iovec points at `buf`, which is valid for writes of
+    // its length and outlives the call.
+    let n = unsafe { libc::preadv2(file.as_raw_fd(), &iov, 1, offset, libc::RWF_NOWAIT) };
+    if n < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(n as usize)
+}
+
+/// Whether `file` lives in memory (tmpfs, ramfs): reading or writing it
+/// never waits for a device.
+pub fn in_memory_file_system(file: &File) -> io::Result<bool> {
+    // SAFETY: fstatfs only writes into `st`, which lives across the call.
+    let st = unsafe {
+        let mut st: libc::statfs = std::mem::zeroed();
+        if libc::fstatfs(file.as_raw_fd(), &mut st) != 0 {
+            return Err(io::Error::last_os_error());
+        }
+        st
+    };
+    // ramfs's magic number is not in libc.
+    const RAMFS_MAGIC: libc::c_long = 0x8584_58f6;
+    Ok(matches!(st.f_type, libc::TMPFS_MAGIC | RAMFS_MAGIC))
+}
+
 /// Deallocates `len` bytes of `file` at `offset`, keeping its size: the
 /// range reads back as zeros. Fails with EOPNOTSUPP where the file system
 /// cannot.
