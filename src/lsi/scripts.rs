@@ -92,6 +92,16 @@ impl Lsi53c895a {
         true
     }
 
+    /// Bytes the target sent in a block move, written to `addr`; the chip
+    /// latches the first and last of them. False on a bus fault.
+    fn move_in(&mut self, addr: u64, data: &[u8]) -> bool {
+        if let Some(&last) = data.last() {
+            self.r.sidl = last;
+            self.r.sfbr = data[0];
+        }
+        self.dma_write(addr, data)
+    }
+
     pub(crate) fn dma_write(&mut self, addr: u64, buf: &[u8]) -> bool {
         self.dma_bytes = self.dma_bytes.saturating_add(buf.len() as u64);
         let mut i = 0;
@@ -261,17 +271,16 @@ impl Lsi53c895a {
                     }
                     want
                 }
-                PHASE_DATA_IN | PHASE_MSG_IN => {
-                    let data = if expected == PHASE_DATA_IN {
-                        self.bus.data_in(remaining)
-                    } else {
-                        self.bus.msg_in(remaining)
-                    };
-                    if let Some(&last) = data.last() {
-                        self.r.sidl = last;
-                        self.r.sfbr = data[0];
+                PHASE_DATA_IN => {
+                    let data = self.bus.data_in(remaining);
+                    if !self.move_in(at, &data) {
+                        return;
                     }
-                    if !self.dma_write(at, &data) {
+                    data.len()
+                }
+                PHASE_MSG_IN => {
+                    let data = self.bus.msg_in(remaining);
+                    if !self.move_in(at, &data) {
                         return;
                     }
                     data.len()

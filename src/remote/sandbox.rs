@@ -721,7 +721,8 @@ mod tests {
             // Some fail (ENOSPC): that is the point, not a test failure.
             let _ = wait_for_jobs(&pool, 32);
             let read10 = [0x28, 0, 0, 0, 0, 1, 0, 0, 1, 0];
-            if let Some(Ok(data)) = cached.execute_now(0, &read10, &[]) {
+            let read = crate::scsi::Command::parse(&read10).expect("READ(10)");
+            if let Some(Ok(data)) = cached.execute_now(0, read, &[]) {
                 assert_eq!(data, vec![0x77; 512]);
             }
             say(b"all done\n");

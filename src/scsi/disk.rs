@@ -106,8 +106,7 @@ impl ScsiDisk {
     pub fn execute(&self, lun: u8, cdb: &[u8], data_out: &[u8]) -> Result<Vec<u8>, Sense> {
         let result = Command::parse(cdb).and_then(|cmd| self.run(lun, cmd, data_out));
         if let Err(sense) = result {
-            // REQUEST SENSE itself never fails, so it never overwrites.
-            *self.pending_sense.lock().expect("sense lock") = Some(sense);
+            self.keep_sense(sense);
             if sense == Sense::INVALID_OPCODE
                 && let Some(&op) = cdb.first()
             {
@@ -117,23 +116,26 @@ impl ScsiDisk {
         result
     }
 
-    /// Runs a READ or WRITE at once when it cannot wait for a device: any
-    /// on an image in memory, a read whose blocks the page cache holds
-    /// elsewhere. None: it could wait (or is another command); run it
-    /// with `execute` off the device's thread.
+    /// Runs a READ or WRITE (parsed by the caller) at once when it cannot
+    /// wait for a device: any on an image in memory, a read whose blocks
+    /// the page cache holds elsewhere. None: it could wait (or is another
+    /// command); run it with `execute` off the device's thread.
     pub fn execute_now(
         &self,
         lun: u8,
-        cdb: &[u8],
+        cmd: Command,
         data_out: &[u8],
     ) -> Option<Result<Vec<u8>, Sense>> {
-        let cmd = Command::parse(cdb).ok()?;
         if lun != 0 {
             return None;
         }
         match cmd {
             Command::Read { .. } | Command::Write { .. } if self.image.in_memory() => {
-                Some(self.execute(lun, cdb, data_out))
+                let result = self.run(lun, cmd, data_out);
+                if let Err(sense) = result {
+                    self.keep_sense(sense);
+                }
+                Some(result)
             }
             Command::Read { lba, blocks } => {
                 let (offset, len) = self.range(lba, blocks).ok()?;
@@ -142,6 +144,12 @@ impl ScsiDisk {
             }
             _ => None,
         }
+    }
+
+    /// Keeps a failed command's sense for the REQUEST SENSE that follows;
+    /// REQUEST SENSE itself never fails, so it never overwrites.
+    fn keep_sense(&self, sense: Sense) {
+        *self.pending_sense.lock().expect("sense lock") = Some(sense);
     }
 
     /// Whether `execute_now` runs every READ and WRITE at once.
