@@ -1,8 +1,10 @@
 //! The device process's end of its region fds: for each range a device
 //! model offers and each vCPU, a SOCK_SEQPACKET pair whose far end goes to
-//! the VMM (or, through it, to KVM), and a thread here that receives the
-//! command records, applies them to the model in the order the guest issued
-//! them, and answers when asked.
+//! the VMM (or, through it, to KVM), served here by a thread that receives
+//! the command records, applies them to the model in the order the guest
+//! issued them, and answers when asked: one thread for all of a device's
+//! fds with posted writes, woken by an epoll set of them, and one for
+//! each other fd.
 //!
 //! KVM and the VMM's vCPU threads send identical records, so one loop
 //! serves both dispatch paths. Records on one fd are handled strictly in
@@ -38,169 +40,18 @@
 
 use std::fs::File;
 use std::io;
-use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
-use std::sync::{Arc, Mutex};
+use std::os::fd::{AsFd, AsRawFd, OwnedFd, RawFd};
+use std::sync::{Arc, Mutex, OnceLock};
 
-pub use super::wire::RECV_BUF_SIZE;
-use super::wire::{
-    self, Access, Cmd, RECORD_SIZE, Resp, WireError, peer_hung_up, recv_record, send_record,
-    socket_pair,
-};
+use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
+
+use super::wire::{self, Access, Cmd, Incoming, answer, peek, receive, socket_pair};
+pub use super::wire::{ERROR_DATA, RECV_BUF_SIZE, ServeEnd, ServeError};
 use crate::device_model::{DeviceModel, IoRegionSpec};
 use crate::mirror::page::{MirrorPage, caught_up};
 use crate::protocol::extensions::{
     MAX_SUB_REGIONS, MIRROR_POSTED_COUNT_OFFSET, SUB_REGION_POSTED_WRITES, SubRegion,
 };
-
-/// The value answered when a command cannot be served: what a PCI read of
-/// a missing device returns.
-pub const ERROR_DATA: u64 = u64::MAX;
-
-/// Why a region fd's thread stopped normally.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ServeEnd {
-    /// The other end (the VMM, or KVM's reference to the fd) went away.
-    PeerClosed,
-}
-
-/// Why a region fd's thread failed.
-#[derive(Debug, thiserror::Error)]
-pub enum ServeError {
-    #[error("region socket {op} failed")]
-    Io {
-        op: &'static str,
-        #[source]
-        source: io::Error,
-    },
-}
-
-/// Blocks until `fd` has a record or a hang-up; false on a spurious wakeup.
-pub fn wait_readable(fd: BorrowedFd<'_>) -> Result<bool, ServeError> {
-    match crate::sys::poll(&mut [crate::sys::pollin(Some(fd.as_raw_fd()))], -1) {
-        Ok(n) => Ok(n > 0),
-        Err(e) if e.kind() == io::ErrorKind::Interrupted => Ok(false),
-        Err(source) => Err(ServeError::Io { op: "poll", source }),
-    }
-}
-
-/// What one receive found.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Incoming {
-    /// A record of this real length is in the buffer (cut to its size).
-    Record(usize),
-    /// Nothing queued (non-blocking receive only).
-    Nothing,
-    Closed(ServeEnd),
-}
-
-/// Receives one record into `buf` (at least RECV_BUF_SIZE bytes), blocking
-/// or not. Empty records from a live peer are skipped.
-pub fn receive(fd: BorrowedFd<'_>, buf: &mut [u8], block: bool) -> Result<Incoming, ServeError> {
-    receive_with(fd, buf, if block { 0 } else { libc::MSG_DONTWAIT })
-}
-
-/// Copies the next record into `buf` without taking it off `fd`, and
-/// without blocking: a server that owes an order across several fds looks
-/// at what each holds before it applies anything, and leaves the rest
-/// queued where the VMM's watchdog can see them waiting. Empty records
-/// from a live peer are taken and skipped.
-pub fn peek(fd: BorrowedFd<'_>, buf: &mut [u8]) -> Result<Incoming, ServeError> {
-    receive_with(fd, buf, libc::MSG_DONTWAIT | libc::MSG_PEEK)
-}
-
-fn receive_with(
-    fd: BorrowedFd<'_>,
-    buf: &mut [u8],
-    flags: libc::c_int,
-) -> Result<Incoming, ServeError> {
-    loop {
-        return match recv_record(fd, buf, flags) {
-            // 0 is a hang-up, or an empty record from a live peer, which
-            // asks for nothing.
-            Ok(0) => match peer_hung_up(fd) {
-                Ok(true) => Ok(Incoming::Closed(ServeEnd::PeerClosed)),
-                Ok(false) => {
-                    log::warn!("ioregion: ignoring an empty record");
-                    if flags & libc::MSG_PEEK != 0 {
-                        // Peeking leaves it at the head: take it.
-                        recv_record(fd, buf, libc::MSG_DONTWAIT).map_err(|e| ServeError::Io {
-                            op: "recv",
-                            source: e,
-                        })?;
-                    }
-                    continue;
-                }
-                Err(e) => Err(ServeError::Io {
-                    op: "poll",
-                    source: e,
-                }),
-            },
-            Ok(len) => Ok(Incoming::Record(len)),
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => Ok(Incoming::Nothing),
-            Err(e) if is_hangup(&e) => Ok(Incoming::Closed(ServeEnd::PeerClosed)),
-            Err(e) => Err(ServeError::Io {
-                op: "recv",
-                source: e,
-            }),
-        };
-    }
-}
-
-/// Applies a received record of real length `len` and answers it if it
-/// asked for an answer. Returns `Some` if the peer is gone.
-pub fn answer(
-    fd: BorrowedFd<'_>,
-    buf: &[u8],
-    len: usize,
-    handler: &mut dyn FnMut(&Cmd) -> u64,
-) -> Result<Option<ServeEnd>, ServeError> {
-    let record = &buf[..len.min(buf.len())];
-    // With MSG_TRUNC `len` is the real length, so an oversized record is
-    // reported as such rather than decoded from its first bytes.
-    let decoded = if len > RECORD_SIZE {
-        Err(WireError::Length(len))
-    } else {
-        Cmd::decode(record)
-    };
-    let data = match decoded {
-        Ok(cmd) => {
-            let value = handler(&cmd);
-            if !cmd.response {
-                return Ok(None);
-            }
-            match cmd.access {
-                Access::Read => wire::mask_to_size(value, cmd.size),
-                Access::Write => cmd.data,
-            }
-        }
-        Err(e) => {
-            let wanted = Cmd::wants_response(record);
-            log::warn!(
-                "ioregion: dropping a malformed command ({e}){}",
-                if wanted { "; answering all ones" } else { "" }
-            );
-            if !wanted {
-                return Ok(None);
-            }
-            ERROR_DATA
-        }
-    };
-    match send_record(fd, &Resp { data }.encode(), 0) {
-        Ok(()) => Ok(None),
-        Err(e) if is_hangup(&e) => Ok(Some(ServeEnd::PeerClosed)),
-        Err(e) => Err(ServeError::Io {
-            op: "send",
-            source: e,
-        }),
-    }
-}
-
-fn is_hangup(e: &io::Error) -> bool {
-    matches!(
-        e.raw_os_error(),
-        Some(libc::EPIPE | libc::ECONNRESET | libc::ENOTCONN)
-    )
-}
 
 type Handler = Arc<dyn Fn(&Cmd) -> u64 + Send + Sync>;
 type SharedDevice = Arc<Mutex<dyn DeviceModel>>;
@@ -214,6 +65,11 @@ struct PostedEnd {
 #[derive(Default)]
 pub struct Hub {
     posted: Mutex<Posted>,
+    /// Every posted-write fd, for the one thread that serves them all.
+    /// One thread rather than one per fd: every taker drains all of them
+    /// anyway, and on the kernel path a posted write on KVM's fd followed
+    /// by a read on a vCPU thread's fd woke two threads where one does.
+    ready: OnceLock<Epoll>,
 }
 
 /// The posted-write fds and what was applied from them, under one lock.
@@ -221,6 +77,8 @@ pub struct Hub {
 struct Posted {
     ends: Vec<PostedEnd>,
     applied: AppliedCount,
+    /// A thread serves `ends` (it ends when the last of them has gone).
+    served: bool,
 }
 
 /// Mirror pages a hub keeps its count in, at most: a VMM asks once per
@@ -238,10 +96,14 @@ struct AppliedCount {
 }
 
 impl Posted {
-    /// Applies the queued posted writes in order (see [`drain_in_order`]);
-    /// whether `own`'s peer is gone.
-    fn drain(&mut self, own: Option<&Arc<OwnedFd>>) -> bool {
-        drain_in_order(&self.ends, own, &mut self.applied)
+    /// Applies the queued posted writes in order (see [`drain_in_order`]),
+    /// looking first at the fd `first` names (a raw fd; the one that woke
+    /// its taker). Returns the ends found closed or failed, by index.
+    fn drain(&mut self, first: Option<RawFd>) -> Vec<usize> {
+        let first = first
+            .and_then(|fd| self.ends.iter().position(|e| e.fd.as_raw_fd() == fd))
+            .unwrap_or(0);
+        drain_in_order(&self.ends, first, &mut self.applied)
     }
 }
 
@@ -303,7 +165,8 @@ fn handler(device: SharedDevice, bar: u8, spec: IoRegionSpec) -> Handler {
 }
 
 /// Opens BAR `bar`'s sub-regions for vCPU `vcpu`: returns the records and
-/// the fds to send to the VMM, and starts a serving thread per fd.
+/// the fds to send to the VMM; a fd without posted writes gets a serving
+/// thread of its own, one with posted writes joins the hub's set.
 pub fn open(
     device: &SharedDevice,
     hub: &Arc<Hub>,
@@ -318,19 +181,23 @@ pub fn open(
         let ours = Arc::new(ours);
         let handle = handler(device.clone(), bar, spec);
         if spec.posted_writes {
-            hub.posted
-                .lock()
-                .expect("hub lock poisoned")
-                .ends
-                .push(PostedEnd {
-                    fd: ours.clone(),
-                    handler: handle.clone(),
-                });
+            serve_posted_end(
+                hub,
+                PostedEnd {
+                    fd: ours,
+                    handler: handle,
+                },
+            )?;
+        } else {
+            let hub = hub.clone();
+            std::thread::Builder::new()
+                .name(format!("ioregion-{bar}-{:x}-{vcpu}", spec.offset))
+                .spawn(move || {
+                    if let Err(e) = serve_synchronous(&hub, &ours, &handle) {
+                        log::error!("ioregion: {e}; this region fd is no longer served");
+                    }
+                })?;
         }
-        let hub = hub.clone();
-        std::thread::Builder::new()
-            .name(format!("ioregion-{bar}-{:x}-{vcpu}", spec.offset))
-            .spawn(move || serve_region(&hub, &ours, &handle, spec.posted_writes))?;
         regions.push(SubRegion {
             offset: spec.offset,
             size: spec.size,
@@ -347,17 +214,37 @@ pub fn open(
     Ok((regions, fds))
 }
 
-fn serve_region(hub: &Hub, fd: &Arc<OwnedFd>, handle: &Handler, posted: bool) {
-    let outcome = if posted {
-        serve_posted(hub, fd)
-    } else {
-        serve_synchronous(hub, fd, handle)
+/// Adds a posted-write fd to the hub's set, and starts the thread that
+/// serves the set if none runs.
+fn serve_posted_end(hub: &Arc<Hub>, end: PostedEnd) -> io::Result<()> {
+    let ready = match hub.ready.get() {
+        Some(ready) => ready,
+        None => {
+            let made = Epoll::new()?;
+            // Another opener may have been first: one set either way.
+            let _ = hub.ready.set(made);
+            hub.ready.get().expect("set above")
+        }
     };
-    if let Err(e) = outcome {
-        log::error!("ioregion: {e}; this region fd is no longer served");
-    }
     let mut posted = hub.posted.lock().expect("hub lock poisoned");
-    posted.ends.retain(|p| !Arc::ptr_eq(&p.fd, fd));
+    let fd = end.fd.as_raw_fd();
+    ready.ctl(
+        ControlOperation::Add,
+        fd,
+        EpollEvent::new(EventSet::IN, fd as u64),
+    )?;
+    posted.ends.push(end);
+    if !posted.served {
+        let serving = hub.clone();
+        std::thread::Builder::new()
+            .name("ioregion-posted".into())
+            .spawn(move || serve_posted(&serving))
+            .inspect_err(|_| {
+                posted.ends.pop();
+            })?;
+        posted.served = true;
+    }
+    Ok(())
 }
 
 impl Hub {
@@ -396,8 +283,8 @@ enum Head {
 }
 
 /// Takes the posted writes queued on the device's fds and applies them in
-/// the order they were issued, until none is left. Returns whether
-/// `own`'s peer is gone.
+/// the order they were issued, until none is left, starting each pass at
+/// `ends[first]`. Returns the ends whose peer is gone or that failed.
 ///
 /// It looks at the head of each fd without taking it, so a record stays
 /// queued, where the VMM's watchdog can see it waiting, until it is
@@ -410,13 +297,7 @@ enum Head {
 /// head numbered lower still. The first fd of a pass needs no second
 /// pass (the others are looked at after its head), and the first is the
 /// fd that woke its thread: one vCPU posting to one range takes one pass.
-fn drain_in_order(
-    ends: &[PostedEnd],
-    own: Option<&Arc<OwnedFd>>,
-    applied: &mut AppliedCount,
-) -> bool {
-    let own_index = own.and_then(|o| ends.iter().position(|e| Arc::ptr_eq(&e.fd, o)));
-    let first = own_index.unwrap_or(0);
+fn drain_in_order(ends: &[PostedEnd], first: usize, applied: &mut AppliedCount) -> Vec<usize> {
     let mut heads = vec![Head::Unknown; ends.len()];
     // The latest number seen at a head so far.
     let mut latest: Option<u64> = None;
@@ -436,7 +317,9 @@ fn drain_in_order(
         }
         apply_ready(ends, &mut heads, bound, &mut latest, applied);
         if !heads.iter().any(|h| matches!(h, Head::Record(_))) {
-            return own_index.is_some_and(|i| heads[i] == Head::Done);
+            return (0..ends.len())
+                .filter(|&i| heads[i] == Head::Done)
+                .collect();
         }
     }
 }
@@ -453,8 +336,9 @@ fn look(end: &PostedEnd) -> Head {
         Ok(Incoming::Nothing) => Head::Unknown,
         Ok(Incoming::Closed(_)) => Head::Done,
         Err(e) => {
-            // Its own thread ends on this; the others skip it for now.
-            log::error!("ioregion: looking for posted writes: {e}");
+            log::error!(
+                "ioregion: looking for posted writes: {e}; this region fd is no longer served"
+            );
             Head::Done
         }
     }
@@ -513,7 +397,9 @@ fn apply_ready(
             Ok(None) => look(&ends[i]),
             Ok(Some(_)) => Head::Done,
             Err(e) => {
-                log::error!("ioregion: serving posted writes: {e}");
+                log::error!(
+                    "ioregion: serving posted writes: {e}; this region fd is no longer served"
+                );
                 Head::Done
             }
         };
@@ -547,21 +433,35 @@ fn serve_synchronous(hub: &Hub, fd: &Arc<OwnedFd>, handle: &Handler) -> Result<(
     }
 }
 
-/// A fd with posted writes: records queue up on it while the vCPU goes on,
-/// so they are only ever received under the lock, in order with the other
-/// fds' posted writes.
-fn serve_posted(hub: &Hub, fd: &Arc<OwnedFd>) -> Result<(), ServeError> {
+/// The hub's posted-write fds: records queue up on them while the vCPUs
+/// go on, so they are only ever received under the lock, in order across
+/// the fds. Ends found closed or failed leave the set (closing them takes
+/// them out of the epoll set too); the thread ends with the last of them,
+/// and the next fd opened starts another.
+fn serve_posted(hub: &Hub) {
+    let ready = hub.ready.get().expect("made before the thread");
+    let mut events = [EpollEvent::default(); 8];
     loop {
-        if !wait_readable(fd.as_fd())? {
-            continue;
+        let woke = match ready.wait(-1, &mut events) {
+            Ok(n) => events[..n].first().map(|e| e.fd()),
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => {
+                log::error!(
+                    "ioregion: waiting for posted writes failed ({e}); no posted write is \
+                     served until a reader drains them"
+                );
+                hub.posted.lock().expect("hub lock poisoned").served = false;
+                return;
+            }
+        };
+        let mut posted = hub.posted.lock().expect("hub lock poisoned");
+        let done = posted.drain(woke);
+        for &i in done.iter().rev() {
+            posted.ends.remove(i);
         }
-        if hub
-            .posted
-            .lock()
-            .expect("hub lock poisoned")
-            .drain(Some(fd))
-        {
-            return Ok(());
+        if posted.ends.is_empty() {
+            posted.served = false;
+            return;
         }
     }
 }
@@ -570,6 +470,8 @@ fn serve_posted(hub: &Hub, fd: &Arc<OwnedFd>) -> Result<(), ServeError> {
 mod record_tests {
     use super::super::vmm_end::{RegionFd, WriteKind};
     use super::*;
+    use crate::ioregion::wire::{Resp, mask_to_size, recv_record, send_record, wait_readable};
+    use std::os::fd::BorrowedFd;
     use std::thread;
     use std::time::Duration;
 
@@ -635,7 +537,7 @@ mod record_tests {
         match cmd.access {
             Access::Read => *reg,
             Access::Write => {
-                let keep = !wire::mask_to_size(u64::MAX, cmd.size);
+                let keep = !mask_to_size(u64::MAX, cmd.size);
                 *reg = (*reg & keep) | cmd.data;
                 0
             }
@@ -952,6 +854,42 @@ mod ordering_tests {
             assert!(hub.count_posted_writes_in(writable()));
         }
         assert!(!hub.count_posted_writes_in(writable()));
+    }
+
+    /// Waits up to 5 s for `done`.
+    fn eventually(what: &str, done: impl Fn() -> bool) {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        while !done() {
+            assert!(std::time::Instant::now() < deadline, "{what}");
+            std::thread::sleep(std::time::Duration::from_millis(1));
+        }
+    }
+
+    /// One thread serves every posted fd of a hub, with no reader to drain
+    /// them; it ends with the last of them, and the next opened starts one.
+    #[test]
+    fn the_posted_fds_thread_serves_them_all_and_ends_with_the_last() {
+        let (journal, device, hub) = bank(true);
+        let writes = || journal.lock().unwrap().writes.len();
+        let (a, b) = posted_pair(&device, &hub, 0);
+        let (c, d) = posted_pair(&device, &hub, 1);
+        for (i, fd) in [&a, &b, &c, &d].into_iter().enumerate() {
+            fd.write(i as u64, &[i as u8]).unwrap();
+        }
+        eventually("the four posted writes applied", || writes() == 4);
+        assert!(hub.posted.lock().unwrap().served);
+        drop((a, b, c));
+        d.write(5, &[5]).unwrap();
+        eventually("the last fd still served", || writes() == 5);
+        assert!(hub.posted.lock().unwrap().served);
+        drop(d);
+        eventually("the thread ended with the last fd", || {
+            !hub.posted.lock().unwrap().served
+        });
+        let (e, _f) = posted_pair(&device, &hub, 2);
+        e.write(6, &[6]).unwrap();
+        eventually("a new fd served by a new thread", || writes() == 6);
+        assert!(hub.posted.lock().unwrap().served);
     }
 
     #[test]

@@ -13,11 +13,13 @@
 //!   the response arrives; the vCPU thread never leaves `KVM_RUN`. The ioctl
 //!   was proposed (RFC v3, 2021) but never merged: no mainline kernel has
 //!   it, so [`probe`] tries it and the VMM falls back to `vmm_end`.
-//! - [`device_end`]: in the device process, one thread per fd receives the
-//!   record, applies it to the device model in the order the guest issued
-//!   it, and answers when asked. It cannot tell which path sent a record.
+//! - [`device_end`]: in the device process, a thread receives the record
+//!   (one for all the fds with posted writes, one per other fd), applies it
+//!   to the device model in the order the guest issued it, and answers
+//!   when asked. It cannot tell which path sent a record.
 //! - [`wire`]: the record's layout, byte by byte, and whole-record I/O on
-//!   the SOCK_SEQPACKET pair ([`socket_pair`]) that keeps record boundaries.
+//!   the SOCK_SEQPACKET pair ([`socket_pair`]) that keeps record boundaries,
+//!   for both ends (the device's: receive, peek, answer).
 //!
 //! Records on one fd are processed in order and a response carries no
 //! request id, so each fd has at most one command awaiting an answer and
@@ -28,9 +30,9 @@ pub mod kernel;
 pub mod vmm_end;
 pub mod wire;
 
-pub use device_end::{ERROR_DATA, ServeEnd, ServeError};
 pub use kernel::{KernelError, KernelRegion, Probe, assign, deassign, probe};
 pub use vmm_end::{
     Backlog, DEFAULT_TIMEOUT, DispatchError, IoRegionPath, RegionFd, StallClock, WriteKind,
 };
 pub use wire::{Access, Cmd, RECORD_SIZE, Resp, WireError, socket_pair};
+pub use wire::{ERROR_DATA, ServeEnd, ServeError};

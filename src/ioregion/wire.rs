@@ -422,6 +422,158 @@ fn wait_until(fd: BorrowedFd<'_>, events: i16, deadline: Instant) -> io::Result<
     }
 }
 
+// What the device process does with the records it receives.
+
+/// The value answered when a command cannot be served: what a PCI read of
+/// a missing device returns.
+pub const ERROR_DATA: u64 = u64::MAX;
+
+/// Why a region fd's thread stopped normally.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ServeEnd {
+    /// The other end (the VMM, or KVM's reference to the fd) went away.
+    PeerClosed,
+}
+
+/// Why a region fd's thread failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    #[error("region socket {op} failed")]
+    Io {
+        op: &'static str,
+        #[source]
+        source: io::Error,
+    },
+}
+
+/// Blocks until `fd` has a record or a hang-up; false on a spurious wakeup.
+pub fn wait_readable(fd: BorrowedFd<'_>) -> Result<bool, ServeError> {
+    match crate::sys::poll(&mut [crate::sys::pollin(Some(fd.as_raw_fd()))], -1) {
+        Ok(n) => Ok(n > 0),
+        Err(e) if e.kind() == io::ErrorKind::Interrupted => Ok(false),
+        Err(source) => Err(ServeError::Io { op: "poll", source }),
+    }
+}
+
+/// What one receive found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Incoming {
+    /// A record of this real length is in the buffer (cut to its size).
+    Record(usize),
+    /// Nothing queued (non-blocking receive only).
+    Nothing,
+    Closed(ServeEnd),
+}
+
+/// Receives one record into `buf` (at least RECV_BUF_SIZE bytes), blocking
+/// or not. Empty records from a live peer are skipped.
+pub fn receive(fd: BorrowedFd<'_>, buf: &mut [u8], block: bool) -> Result<Incoming, ServeError> {
+    receive_with(fd, buf, if block { 0 } else { libc::MSG_DONTWAIT })
+}
+
+/// Copies the next record into `buf` without taking it off `fd`, and
+/// without blocking: a server that owes an order across several fds looks
+/// at what each holds before it applies anything, and leaves the rest
+/// queued where the VMM's watchdog can see them waiting. Empty records
+/// from a live peer are taken and skipped.
+pub fn peek(fd: BorrowedFd<'_>, buf: &mut [u8]) -> Result<Incoming, ServeError> {
+    receive_with(fd, buf, libc::MSG_DONTWAIT | libc::MSG_PEEK)
+}
+
+fn receive_with(
+    fd: BorrowedFd<'_>,
+    buf: &mut [u8],
+    flags: libc::c_int,
+) -> Result<Incoming, ServeError> {
+    loop {
+        return match recv_record(fd, buf, flags) {
+            // 0 is a hang-up, or an empty record from a live peer, which
+            // asks for nothing.
+            Ok(0) => match peer_hung_up(fd) {
+                Ok(true) => Ok(Incoming::Closed(ServeEnd::PeerClosed)),
+                Ok(false) => {
+                    log::warn!("ioregion: ignoring an empty record");
+                    if flags & libc::MSG_PEEK != 0 {
+                        // Peeking leaves it at the head: take it.
+                        recv_record(fd, buf, libc::MSG_DONTWAIT).map_err(|e| ServeError::Io {
+                            op: "recv",
+                            source: e,
+                        })?;
+                    }
+                    continue;
+                }
+                Err(e) => Err(ServeError::Io {
+                    op: "poll",
+                    source: e,
+                }),
+            },
+            Ok(len) => Ok(Incoming::Record(len)),
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => Ok(Incoming::Nothing),
+            Err(e) if is_hangup(&e) => Ok(Incoming::Closed(ServeEnd::PeerClosed)),
+            Err(e) => Err(ServeError::Io {
+                op: "recv",
+                source: e,
+            }),
+        };
+    }
+}
+
+/// Applies a received record of real length `len` and answers it if it
+/// asked for an answer. Returns `Some` if the peer is gone.
+pub fn answer(
+    fd: BorrowedFd<'_>,
+    buf: &[u8],
+    len: usize,
+    handler: &mut dyn FnMut(&Cmd) -> u64,
+) -> Result<Option<ServeEnd>, ServeError> {
+    let record = &buf[..len.min(buf.len())];
+    // With MSG_TRUNC `len` is the real length, so an oversized record is
+    // reported as such rather than decoded from its first bytes.
+    let decoded = if len > RECORD_SIZE {
+        Err(WireError::Length(len))
+    } else {
+        Cmd::decode(record)
+    };
+    let data = match decoded {
+        Ok(cmd) => {
+            let value = handler(&cmd);
+            if !cmd.response {
+                return Ok(None);
+            }
+            match cmd.access {
+                Access::Read => mask_to_size(value, cmd.size),
+                Access::Write => cmd.data,
+            }
+        }
+        Err(e) => {
+            let wanted = Cmd::wants_response(record);
+            log::warn!(
+                "ioregion: dropping a malformed command ({e}){}",
+                if wanted { "; answering all ones" } else { "" }
+            );
+            if !wanted {
+                return Ok(None);
+            }
+            ERROR_DATA
+        }
+    };
+    match send_record(fd, &Resp { data }.encode(), 0) {
+        Ok(()) => Ok(None),
+        Err(e) if is_hangup(&e) => Ok(Some(ServeEnd::PeerClosed)),
+        Err(e) => Err(ServeError::Io {
+            op: "send",
+            source: e,
+        }),
+    }
+}
+
+fn is_hangup(e: &io::Error) -> bool {
+    matches!(
+        e.raw_os_error(),
+        Some(libc::EPIPE | libc::ECONNRESET | libc::ENOTCONN)
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -105,9 +105,13 @@ fn allowed() -> Result<Rules, SandboxError> {
         (libc::SYS_sendmsg, any()),
         (libc::SYS_poll, any()),
         (libc::SYS_ppoll, any()),
-        // The interrupt line's set of acknowledgements to wait for.
+        // The interrupt line's set of acknowledgements to wait for, and the
+        // set of posted-write region fds (glibc waits with epoll_wait here,
+        // epoll_pwait where the kernel lacks the first).
         (libc::SYS_epoll_create1, any()),
         (libc::SYS_epoll_ctl, any()),
+        (libc::SYS_epoll_wait, any()),
+        (libc::SYS_epoll_pwait, any()),
         (libc::SYS_close, any()),
         // The logger asks whether stderr is a terminal (isatty) per line.
         (libc::SYS_ioctl, arg_eq(1, libc::TCGETS)?),
@@ -575,6 +579,38 @@ mod tests {
         });
         assert_eq!(exited(&ended), Some(0), "{}", ended.stderr);
         assert_eq!(ended.stderr, "line ok\n");
+    }
+
+    /// The posted-write region fds are waited for with epoll
+    /// (`ioregion::device_order`), which must stay allowed.
+    #[test]
+    fn an_epoll_set_can_be_waited_for_once_confined() {
+        use std::os::fd::AsRawFd;
+        use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
+        use vmm_sys_util::eventfd::{EFD_NONBLOCK, EventFd};
+        let sandbox = sandbox();
+        let ready = EventFd::new(EFD_NONBLOCK).unwrap();
+        let ended = in_child(move || {
+            sandbox.confine(false).expect("confine");
+            let set = Epoll::new().expect("epoll_create1");
+            let fd = ready.as_raw_fd();
+            set.ctl(
+                ControlOperation::Add,
+                fd,
+                EpollEvent::new(EventSet::IN, fd as u64),
+            )
+            .expect("epoll_ctl");
+            ready.write(1).expect("eventfd write");
+            let mut events = [EpollEvent::default(); 2];
+            let n = set.wait(1000, &mut events).expect("epoll_wait");
+            say(if n == 1 && events[0].fd() == fd {
+                b"epoll ok\n"
+            } else {
+                b"epoll FAILED\n"
+            });
+        });
+        assert_eq!(exited(&ended), Some(0), "{}", ended.stderr);
+        assert_eq!(ended.stderr, "epoll ok\n");
     }
 
     /// Debug builds of std look at an fd (F_GETFD) before closing it; any
