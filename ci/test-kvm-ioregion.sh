@@ -104,7 +104,7 @@ if [ $run_vmm -eq 1 ]; then
     done
     grep -q "vfio-user server: version 0.0" "$work/vfio-user.log" ||
         die "the second run did not speak vfio-user"
-    for want in "disk found on 2 CPUs" "(kernel path, KVM's own and 2 vCPU threads' fds"; do
+    for want in "disk found on 2 CPUs" "(kernel path, KVM's fd and 2 fds of vCPU threads"; do
         grep -qF "$want" "$work/two-vcpus.log" ||
             die "VMM on the kernel ioregion path on 2 vCPUs: no '$want' in the output"
     done

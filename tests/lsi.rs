@@ -311,8 +311,8 @@ fn by_default_the_registers_go_over_ioregion_fds() {
     };
     o.assert_contains("no KVM_SET_IOREGION");
     // Register writes are posted by default, as SCRIPTS RAM writes are.
-    o.assert_contains("BAR1 0x0..0x80 over ioregion fds (userspace path, 1 fds, posted writes)");
-    o.assert_contains("BAR2 0x0..0x2000 over ioregion fds (userspace path, 1 fds, posted writes)");
+    o.assert_contains("BAR1 0x0..0x80 over ioregion fds (userspace path, 1 fd, posted writes)");
+    o.assert_contains("BAR2 0x0..0x2000 over ioregion fds (userspace path, 1 fd, posted writes)");
     o.assert_contains("reads of BAR1 0x14 (1 bytes) are answered from its register mirror");
     let [
         msg_reads,
@@ -368,8 +368,8 @@ fn with_waited_register_writes_fio_verify_passes_and_the_mirror_answers_istat() 
     o.assert_contains("VMM-GUEST: fio done: ok");
     o.assert_exited("vmm", 0);
     // Only SCRIPTS RAM writes are posted.
-    o.assert_contains("BAR1 0x0..0x80 over ioregion fds (userspace path, 1 fds)\n");
-    o.assert_contains("BAR2 0x0..0x2000 over ioregion fds (userspace path, 1 fds, posted writes)");
+    o.assert_contains("BAR1 0x0..0x80 over ioregion fds (userspace path, 1 fd)\n");
+    o.assert_contains("BAR2 0x0..0x2000 over ioregion fds (userspace path, 1 fd, posted writes)");
     o.assert_contains("reads of BAR1 0x14 (1 bytes) are answered from its register mirror");
     let [_, _, io_reads, io_writes, posted, mirror_reads, _, errors] = stats(o);
     assert!(io_reads > 100 && io_writes > 500, "{:?}", stats(o));

@@ -165,7 +165,7 @@ pub fn negotiate(
                 Dispatch::Userspace => None,
             };
             log::info!(
-                "remote {}: BAR{bar} {:#x}..{:#x} over ioregion fds ({} path, {} fds{})",
+                "remote {}: BAR{bar} {:#x}..{:#x} over ioregion fds ({} path, {}{})",
                 n.name,
                 r.offset,
                 r.offset + r.size,
@@ -174,10 +174,14 @@ pub fn negotiate(
                 } else {
                     "userspace"
                 },
-                if kernel.is_some() {
-                    format!("KVM's own and {} vCPU threads'", fds.len())
-                } else {
-                    fds.len().to_string()
+                {
+                    let n = fds.len();
+                    let fds = format!("{n} fd{}", if n == 1 { "" } else { "s" });
+                    if kernel.is_some() {
+                        format!("KVM's fd and {fds} of vCPU threads")
+                    } else {
+                        fds
+                    }
                 },
                 if r.flags & SUB_REGION_POSTED_WRITES != 0 {
                     ", posted writes"
