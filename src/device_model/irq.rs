@@ -35,6 +35,18 @@ pub struct InterruptLine {
     level: bool,
     /// A masked line raises nothing; unmasking raises it if still high.
     masked: bool,
+    counts: IrqCounts,
+}
+
+/// How often a line was raised: what tells a device's interrupts per
+/// command from the guest's other interrupts in a benchmark's totals.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct IrqCounts {
+    /// The line went high (an irqfd write).
+    pub raised: u64,
+    /// Raised again while still high: the guest acknowledged it (or
+    /// unmasked it) before the device took it back.
+    pub raised_again: u64,
 }
 
 impl InterruptLine {
@@ -77,6 +89,11 @@ impl InterruptLine {
         if self.masked {
             return;
         }
+        if self.level {
+            self.counts.raised_again += 1;
+        } else {
+            self.counts.raised += 1;
+        }
         if let Some(trigger) = self.trigger.as_mut()
             && let Err(e) = trigger.write_all(&1u64.to_ne_bytes())
         {
@@ -99,6 +116,10 @@ impl InterruptLine {
 
     pub fn level(&self) -> bool {
         self.level
+    }
+
+    pub fn counts(&self) -> IrqCounts {
+        self.counts
     }
 
     pub fn mask(&mut self) {
@@ -208,6 +229,14 @@ mod tests {
         resample.write(1).unwrap();
         line.resample();
         assert!(irq.read().is_err(), "not re-raised once low");
+        line.set_level(true);
+        assert_eq!(
+            line.counts(),
+            IrqCounts {
+                raised: 2,
+                raised_again: 1
+            }
+        );
     }
 
     #[test]

@@ -158,9 +158,15 @@ impl DeviceModel for Lsi53c895a {
     }
     fn summary(&self) -> Option<String> {
         let s = self.bus.stats;
+        let irq = self
+            .irq
+            .as_ref()
+            .map(|line| line.lock().expect("irq lock poisoned").counts())
+            .unwrap_or_default();
         Some(format!(
-            "lsi: {} SCSI commands, {} ran disconnected, {} in place, at most {} in flight at once",
-            s.commands, s.disconnected, s.in_place, s.max_queued
+            "lsi: {} SCSI commands, {} ran disconnected, {} in place, at most {} in flight at \
+             once; interrupt raised {} times, {} more again while still asserted",
+            s.commands, s.disconnected, s.in_place, s.max_queued, irq.raised, irq.raised_again
         ))
     }
     fn set_memory(&mut self, memory: DeviceMemory) {
