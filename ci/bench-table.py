@@ -14,7 +14,9 @@ interrupts and context switches, from the BENCH-COST samples taken as a
 job starts and as fio finishes, over the job's completed I/Os); then the
 register round trip (regbench) the same way, and the context switches
 per I/O split by thread (BENCH-THREADS, sampled with BENCH-COST), and the
-system calls per I/O by thread when the run counted them (BENCH-SYSCALLS).
+system calls per I/O by thread when the run counted them (BENCH-SYSCALLS);
+last, our LSI remote's interrupts per SCSI command, from its exit summary
+(ours run with --log-level info for it).
 """
 import json
 import os
@@ -32,6 +34,7 @@ def parse(log_path, json_dir):
     istat_cost = {}  # config -> [(exits, MMIO exits or None, switches) per ISTAT read]
     istat_reads = None  # reads in the ISTAT run being sampled
     counters = {}  # config -> last --stats line
+    interrupts = {}  # config -> [(SCSI commands, raised, raised again) per boot]
     costs = {}  # (config, job) -> [per-I/O cost per round]
     threads = {}  # (config, job) -> [{thread group: (voluntary, involuntary) per I/O}]
     syscalls = {}  # (config, job) -> [{thread group or "total": (calls,) per I/O}]
@@ -105,6 +108,11 @@ def parse(log_path, json_dir):
             regs.setdefault(config, []).append((int(m.group(1)), int(m.group(2))))
         if "BAR accesses over messages" in line and config:
             counters[config] = line.split(": ", 1)[-1]
+        m = re.search(r"lsi: (\d+) SCSI commands.*interrupt raised (\d+) times, (\d+) more", line)
+        if m and config:
+            commands, raised, again = (int(x) for x in m.groups())
+            interrupts.setdefault(config, []).append((commands, raised, again))
+    counters = (counters, interrupts)
     return order, jobs, results, regs, (istat, istat_widths, istat_cost), counters, costs, threads, syscalls
 
 
@@ -406,12 +414,27 @@ def main():
             cells = " | ".join(median_cell([c[i] for c in sampled]) for i in range(3))
             print(f"| {config} | {r:.0f} | {ratio} | {cells} | {len(runs)} |")
     floor_table(order, jobs, results, costs, istat)
+    counters, interrupts = counters
     if counters:
         print()
         print("Our proxy's counters (`--stats`, last round):")
         print()
         for config, line in counters.items():
             print(f"- {config}: {line}")
+    if interrupts:
+        print()
+        print("Our LSI remote's interrupts (its exit summary, all jobs of a boot, summed")
+        print("over rounds): the device's part of the injected interrupts above.")
+        print()
+        print("| configuration | SCSI commands | raised | per command | raised again while asserted | runs |")
+        print("| --- | ---: | ---: | ---: | ---: | ---: |")
+        for config in order:
+            runs = interrupts.get(config)
+            if not runs:
+                continue
+            commands, raised, again = (sum(r[i] for r in runs) for i in range(3))
+            per = f"{raised / commands:.2f}" if commands else "-"
+            print(f"| {config} | {commands} | {raised} | {per} | {again} | {len(runs)} |")
     print()
     print("Note: Debian's QEMU 7.2 LSI stops SCRIPTS after 100 instructions and resumes")
     print("them on a 500 us timer, which caps its iodepth-16 rows near its iodepth-1 rates.")
