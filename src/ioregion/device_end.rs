@@ -470,10 +470,20 @@ fn serve_posted(hub: &Hub) {
 mod record_tests {
     use super::super::vmm_end::{RegionFd, WriteKind};
     use super::*;
-    use crate::ioregion::wire::{Resp, mask_to_size, recv_record, send_record, wait_readable};
+    use crate::ioregion::wire::{Resp, mask_to_size, recv_record, send_record};
     use std::os::fd::BorrowedFd;
     use std::thread;
     use std::time::Duration;
+
+    /// Blocks until `fd` has a record or a hang-up; false on a spurious
+    /// wakeup.
+    fn wait_readable(fd: BorrowedFd<'_>) -> Result<bool, ServeError> {
+        match crate::sys::poll(&mut [crate::sys::pollin(Some(fd.as_raw_fd()))], -1) {
+            Ok(n) => Ok(n > 0),
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => Ok(false),
+            Err(source) => Err(ServeError::Io { op: "poll", source }),
+        }
+    }
 
     /// How a `drain` ended.
     #[derive(Debug, Clone, Copy, PartialEq, Eq)]

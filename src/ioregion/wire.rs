@@ -446,15 +446,6 @@ pub enum ServeError {
     },
 }
 
-/// Blocks until `fd` has a record or a hang-up; false on a spurious wakeup.
-pub fn wait_readable(fd: BorrowedFd<'_>) -> Result<bool, ServeError> {
-    match crate::sys::poll(&mut [crate::sys::pollin(Some(fd.as_raw_fd()))], -1) {
-        Ok(n) => Ok(n > 0),
-        Err(e) if e.kind() == io::ErrorKind::Interrupted => Ok(false),
-        Err(source) => Err(ServeError::Io { op: "poll", source }),
-    }
-}
-
 /// What one receive found.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Incoming {
