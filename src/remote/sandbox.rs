@@ -582,7 +582,7 @@ mod tests {
     }
 
     /// The posted-write region fds are waited for with epoll
-    /// (`ioregion::device_order`), which must stay allowed.
+    /// (`ioregion::device_end`), which must stay allowed.
     #[test]
     fn an_epoll_set_can_be_waited_for_once_confined() {
         use std::os::fd::AsRawFd;
