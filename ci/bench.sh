@@ -181,26 +181,27 @@ for round in \$(seq $rounds); do
         vmm=\$VMM
         [ "\${config%@base}" = "\$config" ] || vmm=\$BASE_VMM
         case \${config%@base} in
-        ours) $run \$vmm --kernel \$GUEST/bzImage --initrd \$GUEST/initramfs.cpio.gz --cmdline "\$cmdline" \
-                --stats --log-level info --remote-dev lsi,disk=\$img </dev/null 2>&1 ;;
-        ours-user) $run \$vmm --kernel \$GUEST/bzImage --initrd \$GUEST/initramfs.cpio.gz --cmdline "\$cmdline" \
-                --stats --log-level info --remote-dev lsi,disk=\$img,ioregionfd=userspace </dev/null 2>&1 ;;
-        ours-kernel) $run \$vmm --kernel \$GUEST/bzImage --initrd \$GUEST/initramfs.cpio.gz --cmdline "\$cmdline" \
-                --stats --log-level info --remote-dev lsi,disk=\$img,ioregionfd=kernel </dev/null 2>&1 ;;
-        ours-posted) $run \$vmm --kernel \$GUEST/bzImage --initrd \$GUEST/initramfs.cpio.gz --cmdline "\$cmdline" \
-                --stats --log-level info --remote-dev lsi,disk=\$img,ioregionfd=userspace,register-writes=posted </dev/null 2>&1 ;;
-        ours-waited) $run \$vmm --kernel \$GUEST/bzImage --initrd \$GUEST/initramfs.cpio.gz --cmdline "\$cmdline" \
-                --stats --log-level info --remote-dev lsi,disk=\$img,ioregionfd=userspace,register-writes=waited </dev/null 2>&1 ;;
-        ours-sched-normal) $run \$vmm --kernel \$GUEST/bzImage --initrd \$GUEST/initramfs.cpio.gz --cmdline "\$cmdline" \
-                --stats --log-level info --remote-dev lsi,disk=\$img,ioregionfd=userspace,sched=normal </dev/null 2>&1 ;;
-        ours-workers) $run \$vmm --kernel \$GUEST/bzImage --initrd \$GUEST/initramfs.cpio.gz --cmdline "\$cmdline" \
-                --stats --log-level info --remote-dev lsi,disk=\$img,disk-io=workers </dev/null 2>&1 ;;
-        ours-nomirror) $run \$vmm --kernel \$GUEST/bzImage --initrd \$GUEST/initramfs.cpio.gz --cmdline "\$cmdline" \
-                --stats --log-level info --remote-dev lsi,disk=\$img,ioregionfd=userspace,register-mirror=off </dev/null 2>&1 ;;
-        ours-vfio-user) $run \$vmm --kernel \$GUEST/bzImage --initrd \$GUEST/initramfs.cpio.gz --cmdline "\$cmdline" \
-                --stats --log-level info --remote-dev lsi,disk=\$img,proto=vfio-user </dev/null 2>&1 ;;
-        ours-off) $run \$vmm --kernel \$GUEST/bzImage --initrd \$GUEST/initramfs.cpio.gz --cmdline "\$cmdline" \
-                --stats --log-level info --remote-dev lsi,disk=\$img,ioregionfd=off </dev/null 2>&1 ;;
+        ours|ours-*)
+            # Our VMM with the defaults but for these device options.
+            case \${config%@base} in
+            ours) opts= ;;
+            ours-user) opts=,ioregionfd=userspace ;;
+            ours-kernel) opts=,ioregionfd=kernel ;;
+            ours-posted) opts=,ioregionfd=userspace,register-writes=posted ;;
+            ours-waited) opts=,ioregionfd=userspace,register-writes=waited ;;
+            ours-sched-normal) opts=,ioregionfd=userspace,sched=normal ;;
+            ours-workers) opts=,disk-io=workers ;;
+            ours-nomirror) opts=,ioregionfd=userspace,register-mirror=off ;;
+            ours-vfio-user) opts=,proto=vfio-user ;;
+            ours-off) opts=,ioregionfd=off ;;
+            *) opts=unknown ;;
+            esac
+            if [ "\$opts" = unknown ]; then
+                echo "BENCH-UNKNOWN-CONFIG: \$config"
+            else
+                $run \$vmm --kernel \$GUEST/bzImage --initrd \$GUEST/initramfs.cpio.gz --cmdline "\$cmdline" \
+                    --stats --log-level info --remote-dev lsi,disk=\$img\$opts </dev/null 2>&1
+            fi ;;
         qemu-vfio-user)
             sock=\$WORK/vfio-user.sock
             rm -f \$sock
