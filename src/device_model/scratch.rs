@@ -82,10 +82,15 @@ impl Scratch {
 impl DeviceModel for Scratch {
     fn register_mirror(&self, bar: u8) -> Option<crate::device_model::MirrorOffer> {
         let (mirror, claimed_at) = self.mirror.as_ref().filter(|_| bar == 1)?;
+        // Writes store the byte; one with bit 7 set is declared opaque, for
+        // tests of reads behind writes whose effect is unknown.
         let register = crate::protocol::extensions::MirroredRegister {
-            offset: *claimed_at,
-            size: 1,
-            page_offset: 0,
+            effects: Some(crate::protocol::extensions::WriteEffects {
+                clears: 0,
+                follows: 0xff,
+                opaque: 0x80,
+            }),
+            ..crate::protocol::extensions::MirroredRegister::new(*claimed_at, 1, 0)
         };
         Some(crate::device_model::MirrorOffer {
             registers: vec![register],

@@ -31,8 +31,6 @@ pub mod vmm_end;
 pub mod wire;
 
 pub use kernel::{KernelError, KernelRegion, Probe, assign, deassign, probe};
-pub use vmm_end::{
-    Backlog, DEFAULT_TIMEOUT, DispatchError, IoRegionPath, RegionFd, StallClock, WriteKind,
-};
+pub use vmm_end::{DEFAULT_TIMEOUT, DispatchError, IoRegionPath, RegionFd, WriteKind};
 pub use wire::{Access, Cmd, RECORD_SIZE, Resp, WireError, socket_pair};
 pub use wire::{ERROR_DATA, ServeEnd, ServeError};

@@ -57,12 +57,13 @@ use super::wire::{
     recv_record, send_before,
 };
 use crate::bus::{SharedBusDevice, current_vcpu};
-use crate::mirror::reader::{MirrorRead, PostedSent, RangeMirror};
+use crate::mirror::posted::PostedSent;
+use crate::mirror::reader::{MirrorRead, RangeMirror};
 use crate::pci::{Attached, BarFastPath};
 use crate::protocol::extensions::{SUB_REGION_POSTED_WRITES, SubRegion};
 use crate::proxy::cut_off::{CUT_OFF_NOTE, CUT_OFF_REGISTERS, FailFlag};
 use crate::proxy::stats::{DeviceStats, bump};
-use crate::proxy::watchdog::PostedWrites;
+use crate::proxy::watchdog::{Backlog, PostedWrites, StallClock};
 
 /// One BAR range served over ioregion fds.
 pub struct IoRegionPath {
@@ -230,6 +231,11 @@ impl SharedBusDevice for IoRegionPath {
                     bump(&self.stats.mirror_reads);
                     return;
                 }
+                MirrorRead::AnsweredAhead => {
+                    bump(&self.stats.mirror_reads);
+                    bump(&self.stats.mirror_ahead);
+                    return;
+                }
                 MirrorRead::Behind => bump(&self.stats.mirror_behind),
                 MirrorRead::NotMirrored => {}
             }
@@ -248,14 +254,24 @@ impl SharedBusDevice for IoRegionPath {
         if self.failed.is_failed() {
             return;
         }
-        match self.fd().write(offset, data) {
-            Ok(kind) => {
+        let send = || Ok(self.fd().write(offset, data)? == WriteKind::Posted);
+        let sent = match &self.posted_sent {
+            // Counted in the order the device applies them (see
+            // `mirror::posted`).
+            Some(sent) if self.posted => {
+                let known = self
+                    .mirror
+                    .as_ref()
+                    .and_then(|m| m.known_write(offset, data));
+                sent.post(known, send)
+            }
+            _ => send(),
+        };
+        match sent {
+            Ok(posted) => {
                 bump(&self.stats.ioregion_writes);
-                if kind == WriteKind::Posted {
+                if posted {
                     bump(&self.stats.posted_writes);
-                    if let Some(sent) = &self.posted_sent {
-                        sent.count_one();
-                    }
                 }
             }
             Err(e) => self.fault(e),
@@ -556,45 +572,6 @@ fn map_io(op: &'static str, e: io::Error) -> DispatchError {
     }
 }
 
-/// One look at a region fd's queue of posted writes.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Backlog {
-    /// Bytes sent and not yet taken by the device process (SIOCOUTQ).
-    pub unread_bytes: usize,
-    /// Posted writes sent on the fd so far.
-    pub posted_sent: u64,
-}
-
-/// Looks further apart than this do not vouch for the time between them:
-/// the watcher itself was not running (the whole VMM stopped with SIGSTOP,
-/// a host under load), so the device may well have been stopped too.
-pub const MAX_GAP: Duration = Duration::from_secs(3);
-
-/// How long a region fd's backlog has stood still.
-#[derive(Debug, Default)]
-pub struct StallClock {
-    last: Option<(Backlog, Instant)>,
-    /// When the backlog was first seen as it still is; None while empty.
-    since: Option<Instant>,
-}
-
-impl StallClock {
-    /// Records a look taken at `now`; returns for how long the backlog
-    /// has been queued and untouched (zero when it is empty or moving).
-    pub fn observe(&mut self, backlog: Backlog, now: Instant) -> Duration {
-        let unchanged = self.last.is_some_and(|(seen, at)| {
-            seen == backlog && now.saturating_duration_since(at) <= MAX_GAP
-        });
-        self.last = Some((backlog, now));
-        if backlog.unread_bytes == 0 {
-            self.since = None;
-        } else if !unchanged || self.since.is_none() {
-            self.since = Some(now);
-        }
-        self.since.map_or(Duration::ZERO, |t| now - t)
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::super::wire::{Access, send_record, socket_pair};
@@ -826,37 +803,5 @@ mod tests {
             w.join().unwrap();
         }
         remote.join().unwrap();
-    }
-}
-
-#[cfg(test)]
-mod backlog_tests {
-    use super::*;
-
-    fn look(unread_bytes: usize, posted_sent: u64) -> Backlog {
-        Backlog {
-            unread_bytes,
-            posted_sent,
-        }
-    }
-
-    #[test]
-    fn only_a_queue_that_stands_still_counts() {
-        let t0 = Instant::now();
-        let s = Duration::from_secs;
-        let mut clock = StallClock::default();
-        assert_eq!(clock.observe(look(0, 0), t0), s(0), "empty");
-        assert_eq!(clock.observe(look(64, 2), t0 + s(1)), s(0), "new records");
-        assert_eq!(clock.observe(look(64, 2), t0 + s(2)), s(1), "untouched");
-        assert_eq!(clock.observe(look(64, 2), t0 + s(4)), s(3));
-        assert_eq!(clock.observe(look(32, 2), t0 + s(5)), s(0), "one taken");
-        assert_eq!(clock.observe(look(32, 2), t0 + s(7)), s(2));
-        assert_eq!(clock.observe(look(32, 3), t0 + s(8)), s(0), "one more sent");
-        assert_eq!(clock.observe(look(0, 3), t0 + s(9)), s(0), "drained");
-        assert_eq!(clock.observe(look(0, 3), t0 + s(10)), s(0), "idle");
-        // A gap in the looks (the VMM was stopped) starts the count afresh.
-        assert_eq!(clock.observe(look(32, 4), t0 + s(11)), s(0));
-        assert_eq!(clock.observe(look(32, 4), t0 + s(30)), s(0), "after a gap");
-        assert_eq!(clock.observe(look(32, 4), t0 + s(31)), s(1));
     }
 }

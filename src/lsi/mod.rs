@@ -646,6 +646,44 @@ mod tests {
         assert_eq!(mirrored_istat0(&l), ISTAT0_DIP);
     }
 
+    /// What the mirror offer tells the VMM an ISTAT0 write does is what it
+    /// does: for every value whose effect it claims to know, from every
+    /// state of ISTAT0 (CON aside, which follows the bus), the register
+    /// and its page copy end as the VMM would work them out.
+    #[test]
+    fn the_istat_write_effects_offered_to_the_vmm_are_what_writes_do() {
+        let (mut l, _ram) = lsi(vec![]);
+        let effects = l.register_mirror(BAR_MMIO as u8).unwrap().registers[0]
+            .effects
+            .expect("ISTAT0's write effects");
+        let mut known = 0;
+        for before in (0..=u8::MAX).filter(|b| b & ISTAT0_CON == 0) {
+            for written in 0..=u8::MAX {
+                let Some(after) = effects.apply(before.into(), written.into()) else {
+                    continue;
+                };
+                known += 1;
+                l.r.istat0 = before;
+                l.r.dstat = if before & ISTAT0_DIP != 0 {
+                    DSTAT_SIR
+                } else {
+                    0
+                };
+                l.r.sist0 = if before & ISTAT0_SIP != 0 {
+                    SIST0_MA
+                } else {
+                    0
+                };
+                l.update_irq();
+                l.bar_write(BAR_MMIO as u8, u64::from(ISTAT0), &[written]);
+                let what = format!("{written:#04x} written over {before:#04x}");
+                assert_eq!(u64::from(read8(&mut l, ISTAT0)), after, "{what}");
+                assert_eq!(u64::from(mirrored_istat0(&l)), after, "{what}: the page");
+            }
+        }
+        assert_eq!(known, 128 * 32, "the 32 values without ABRT, SRST or SIGP");
+    }
+
     #[test]
     fn a_whole_inquiry_runs_through_select_messages_command_data_and_status() {
         let path = std::env::temp_dir().join(format!("vmm-lsi-unit-{}.img", std::process::id()));

@@ -103,8 +103,10 @@ impl DeviceModel for Lsi53c895a {
     }
     /// ISTAT0, which `sym53c8xx` reads twice per completion, in BAR0 and
     /// BAR1. With posted register writes the VMM answers from the page
-    /// only once it has no INTF-clearing write (or any other) still queued
-    /// for us: the server counts the posted writes applied in the page.
+    /// only once it has no write still queued for us (the server counts
+    /// the posted writes applied in the page), or when those queued are
+    /// ISTAT0 writes whose effect it can work out itself: the INTF clear
+    /// the driver reads ISTAT0 right after.
     fn register_mirror(&self, bar: u8) -> Option<MirrorOffer> {
         let mirror = self.mirror.as_ref()?;
         if !matches!(usize::from(bar), BAR_IO | BAR_MMIO) {
@@ -114,10 +116,21 @@ impl DeviceModel for Lsi53c895a {
             .file()
             .inspect_err(|e| log::warn!("cannot share the register mirror: {e}"))
             .ok()?;
+        // What `write_istat0` does: the upper four bits latch the written
+        // value, INTF written 1 clears INTF, and ABRT, SRST or SIGP written
+        // 1 start something (an abort, a reset, SCRIPTS).
+        let effects = crate::protocol::extensions::WriteEffects {
+            clears: u64::from(ISTAT0_INTF),
+            follows: u64::from(ISTAT0_WRITABLE),
+            opaque: u64::from(ISTAT0_ABRT | ISTAT0_SRST | ISTAT0_SIGP),
+        };
         let istat0 = crate::protocol::extensions::MirroredRegister {
-            offset: u64::from(ISTAT0),
-            size: 1,
-            page_offset: MIRROR_ISTAT0,
+            effects: Some(effects),
+            ..crate::protocol::extensions::MirroredRegister::new(
+                u64::from(ISTAT0),
+                1,
+                MIRROR_ISTAT0,
+            )
         };
         Some(MirrorOffer {
             registers: vec![istat0],

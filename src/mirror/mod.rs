@@ -7,8 +7,11 @@
 //! - `writer`: the device's end, which creates, seals and updates the page.
 //! - `reader`: the VMM's end, which checks what the device offers and
 //!   answers reads from it.
+//! - `posted`: the VMM's count of the posted writes it sent, to compare
+//!   with the page's count of those applied, and what the last few do.
 
 pub mod page;
+pub mod posted;
 pub mod reader;
 pub mod writer;
 

@@ -11,13 +11,16 @@
 //! overtake a write still queued for the remote and see its old value; so
 //! a read is answered from the page only once that count has caught up
 //! with the posted writes this VMM sent to the device (on any of its
-//! fds), and goes to the remote otherwise, where it waits behind them.
+//! fds), and goes to the remote otherwise, where it waits behind them;
+//! unless every write not applied yet is a write of that register whose
+//! effect the remote described, which the VMM then applies to the page's
+//! value itself (`mirror::posted`).
 
 use std::fs::File;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, OnceLock};
+use std::sync::Arc;
 
 use crate::mirror::page::{MirrorPage, caught_up};
+use crate::mirror::posted::{KnownWrite, PostedSent, RegisterKey};
 use crate::protocol::extensions::{MIRROR_PAGE_SIZE, MIRROR_POSTED_COUNT_OFFSET, MirroredRegister};
 
 #[derive(Debug, thiserror::Error)]
@@ -48,48 +51,6 @@ pub fn map_page(file: &File) -> Result<MirrorPage, MirrorError> {
         return Err(MirrorError::NotSealed("it is too short"));
     }
     MirrorPage::map(file, false).map_err(MirrorError::Map)
-}
-
-/// The posted writes sent to one device, on all its fds: those the vCPU
-/// threads sent, counted here, and on the kernel path those KVM sent,
-/// which KVM counts itself in counters of ours, one per fd it writes to.
-#[derive(Default)]
-pub struct PostedSent {
-    by_vcpus: AtomicU64,
-    /// Set once, when the device's ranges are all set up (before the
-    /// guest runs).
-    by_kvm: OnceLock<Vec<&'static AtomicU64>>,
-}
-
-impl PostedSent {
-    /// A counter for KVM to keep for one fd. Leaked: KVM writes to it for
-    /// as long as a region naming it is assigned, and a counter freed
-    /// before that would be memory KVM scribbles on. Eight bytes per
-    /// range, once.
-    pub fn leak_kvm_counter() -> &'static AtomicU64 {
-        Box::leak(Box::new(AtomicU64::new(0)))
-    }
-
-    /// The counters KVM keeps for this device's fds; false if they were
-    /// set before.
-    pub fn set_kvm_counters(&self, counters: Vec<&'static AtomicU64>) -> bool {
-        self.by_kvm.set(counters).is_ok()
-    }
-
-    /// A vCPU thread posted a write.
-    pub fn count_one(&self) {
-        self.by_vcpus.fetch_add(1, Ordering::AcqRel);
-    }
-
-    /// Every posted write sent so far (wrapping, as the device's count).
-    pub fn total(&self) -> u64 {
-        let by_vcpus = self.by_vcpus.load(Ordering::Acquire);
-        self.by_kvm.get().map_or(by_vcpus, |kvm| {
-            kvm.iter().fold(by_vcpus, |sum, c| {
-                sum.wrapping_add(c.load(Ordering::Acquire))
-            })
-        })
-    }
 }
 
 /// The mirrored registers of one BAR, by offset in the BAR.
@@ -134,6 +95,9 @@ pub struct RangeMirror {
 pub enum MirrorRead {
     /// Answered from the page.
     Answered,
+    /// Answered from the page with the posted writes not applied yet
+    /// applied to it here (they are all known writes of the register).
+    AnsweredAhead,
     /// A mirrored register, but posted writes sent to the device are not
     /// all applied yet: the remote must answer, after them.
     Behind,
@@ -143,28 +107,74 @@ pub enum MirrorRead {
 
 impl RangeMirror {
     /// Answers a read of exactly one mirrored register if the page is
-    /// up to date with every posted write sent.
+    /// up to date with every posted write sent, or if the writes it is
+    /// behind are known writes of this register.
     pub fn read(&self, offset: u64, data: &mut [u8]) -> MirrorRead {
-        let Some(r) = self
-            .registers
-            .iter()
-            .find(|r| r.offset == offset && r.size as usize == data.len())
-        else {
+        let Some(r) = self.register(offset, data.len()) else {
             return MirrorRead::NotMirrored;
         };
         if let Some(sent) = &self.posted_sent {
             // The count first (Acquire): the register bytes loaded after it
             // are at least as new as the writes it counts.
             let applied = self.page.load_u64(MIRROR_POSTED_COUNT_OFFSET as usize);
-            let sent = sent.total();
-            if !caught_up(applied, sent) {
-                return MirrorRead::Behind;
+            if !caught_up(applied, sent.total()) {
+                return self.read_ahead(r, sent, data);
             }
         }
-        for (i, byte) in data.iter_mut().enumerate() {
-            *byte = self.page.load(r.page_offset as usize + i);
-        }
+        crate::bus::data_to_bytes(self.load(r), data);
         MirrorRead::Answered
+    }
+
+    fn read_ahead(&self, r: &MirroredRegister, sent: &PostedSent, data: &mut [u8]) -> MirrorRead {
+        if r.effects.is_none() {
+            return MirrorRead::Behind;
+        }
+        let look_at_page = || {
+            let count = || self.page.load_u64(MIRROR_POSTED_COUNT_OFFSET as usize);
+            let applied = count();
+            let value = self.load(r);
+            // A write applied in between could have changed the value.
+            (count() == applied).then_some((applied, value))
+        };
+        match sent.value_once_applied(self.key(r), look_at_page) {
+            Some(value) => {
+                crate::bus::data_to_bytes(value, data);
+                MirrorRead::AnsweredAhead
+            }
+            None => MirrorRead::Behind,
+        }
+    }
+
+    /// What a write of `data` at `offset` does to a mirrored register,
+    /// when the device said and the value starts nothing; `None` for any
+    /// other write, whose effect on the registers is unknown.
+    pub fn known_write(&self, offset: u64, data: &[u8]) -> Option<KnownWrite> {
+        let r = self.register(offset, data.len())?;
+        let effects = r.effects?;
+        let value = crate::bus::data_from_bytes(data);
+        effects.apply(0, value)?;
+        Some(KnownWrite {
+            register: self.key(r),
+            value,
+            effects,
+        })
+    }
+
+    fn register(&self, offset: u64, size: usize) -> Option<&MirroredRegister> {
+        self.registers
+            .iter()
+            .find(|r| r.offset == offset && r.size as usize == size)
+    }
+
+    fn key(&self, r: &MirroredRegister) -> RegisterKey {
+        (Arc::as_ptr(&self.page) as usize, r.page_offset)
+    }
+
+    /// The register's bytes in the page, little-endian.
+    fn load(&self, r: &MirroredRegister) -> u64 {
+        (0..r.size as usize).fold(0, |v, i| {
+            v | u64::from(self.page.load(r.page_offset as usize + i)) << (8 * i)
+        })
     }
 
     /// (offset, size) of the mirrored registers in the range, by offset.
@@ -211,13 +221,10 @@ pub fn check_registers(
 mod tests {
     use super::*;
     use crate::device_model::RegisterMirror;
+    use std::sync::atomic::Ordering;
 
     fn register(offset: u64, size: u32, page_offset: u32) -> MirroredRegister {
-        MirroredRegister {
-            offset,
-            size,
-            page_offset,
-        }
+        MirroredRegister::new(offset, size, page_offset)
     }
 
     #[test]
@@ -268,8 +275,9 @@ mod tests {
         let mut byte = [0u8; 1];
         remote.set(8, 0x0c);
         assert_eq!(mirror.read(0x14, &mut byte), MirrorRead::Answered);
-        sent.count_one();
-        sent.count_one();
+        for _ in 0..2 {
+            sent.post(None, || Ok::<_, ()>(true)).unwrap();
+        }
         counter.store_u64(MIRROR_POSTED_COUNT_OFFSET as usize, 1);
         assert_eq!(mirror.read(0x14, &mut byte), MirrorRead::Behind);
         counter.store_u64(MIRROR_POSTED_COUNT_OFFSET as usize, 2);
@@ -285,20 +293,6 @@ mod tests {
         assert_eq!(mirror.read(0x14, &mut byte), MirrorRead::Behind);
         counter.store_u64(MIRROR_POSTED_COUNT_OFFSET as usize, 0);
         assert_eq!(mirror.read(0x14, &mut byte), MirrorRead::Answered);
-    }
-
-    #[test]
-    fn the_total_adds_kvms_counters_to_the_vcpus_count() {
-        let sent = PostedSent::default();
-        sent.count_one();
-        assert_eq!(sent.total(), 1);
-        let counters: Vec<_> = (0..3).map(|_| PostedSent::leak_kvm_counter()).collect();
-        for (i, c) in counters.iter().enumerate() {
-            c.store(i as u64 + 1, Ordering::Relaxed);
-        }
-        assert!(sent.set_kvm_counters(counters));
-        assert!(!sent.set_kvm_counters(Vec::new()), "set once");
-        assert_eq!(sent.total(), 1 + 1 + 2 + 3);
     }
 
     #[test]

@@ -25,9 +25,11 @@ pub const SUB_REGION_POSTED_WRITES: u32 = 1;
 pub const CMD_REGISTER_MIRROR: i32 = 66;
 /// The answer: register records plus the page's memfd (none without records).
 pub const CMD_REGISTER_MIRROR_REPLY: i32 = 67;
-/// Registers one reply can name (16 bytes each after an 8-byte count).
+/// Registers one reply can name (16 bytes each after an 8-byte count, 48
+/// with [`MIRROR_WRITE_EFFECTS`]).
 pub const MAX_MIRRORED_REGISTERS: usize = 8;
 const MIRRORED_REGISTER_SIZE: usize = 16;
+const MIRRORED_REGISTER_WITH_EFFECTS_SIZE: usize = 48;
 /// The mirror page's size; every register lies inside it.
 pub const MIRROR_PAGE_SIZE: u64 = 4096;
 /// Mirror flag (the reply's second word): the page's last 8 bytes count,
@@ -37,6 +39,12 @@ pub const MIRROR_PAGE_SIZE: u64 = 4096;
 pub const MIRROR_COUNTS_POSTED_WRITES: u32 = 1;
 /// Where the page keeps that count.
 pub const MIRROR_POSTED_COUNT_OFFSET: u32 = MIRROR_PAGE_SIZE as u32 - 8;
+/// Mirror flag: each register record goes on with what a write of the
+/// register does to it ([`WriteEffects`]), so that the VMM can answer a
+/// read from the page with its own posted writes still queued, applying
+/// them itself. Only with [`MIRROR_COUNTS_POSTED_WRITES`].
+pub const MIRROR_WRITE_EFFECTS: u32 = 2;
+const KNOWN_MIRROR_FLAGS: u32 = MIRROR_COUNTS_POSTED_WRITES | MIRROR_WRITE_EFFECTS;
 
 /// What a remote's CMD_REGISTER_MIRROR_REPLY says about one BAR.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
@@ -55,6 +63,45 @@ pub struct MirroredRegister {
     pub offset: u64,
     pub size: u32,
     pub page_offset: u32,
+    /// What a write of exactly this register (same offset, same size) does
+    /// to it, when the device says; `None`: anything.
+    pub effects: Option<WriteEffects>,
+}
+
+/// What writing value `w` to a mirrored register does to it, bit by bit:
+/// a 1 in `clears` clears the bit, `follows` bits take the written value,
+/// the other bits stay as they were; and a write with a 1 in `opaque`
+/// does more than that (it starts or resets something), so its effect is
+/// unknown. `clears` and `follows` do not overlap.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct WriteEffects {
+    pub clears: u64,
+    pub follows: u64,
+    pub opaque: u64,
+}
+
+impl WriteEffects {
+    /// The register's value after `written` was written to `value`, or
+    /// `None` when the write is opaque.
+    pub fn apply(&self, value: u64, written: u64) -> Option<u64> {
+        if written & self.opaque != 0 {
+            return None;
+        }
+        let cleared = value & !(written & self.clears);
+        Some((cleared & !self.follows) | (written & self.follows))
+    }
+}
+
+impl MirroredRegister {
+    /// A register whose writes the device does not describe.
+    pub fn new(offset: u64, size: u32, page_offset: u32) -> Self {
+        MirroredRegister {
+            offset,
+            size,
+            page_offset,
+            effects: None,
+        }
+    }
 }
 
 /// One range of a BAR served over ioregionfd.
@@ -87,21 +134,38 @@ pub fn encode_sub_regions(regions: &[SubRegion]) -> Vec<u8> {
 }
 
 /// CMD_REGISTER_MIRROR_REPLY's payload: a count, the flags, then 16 bytes
-/// per register.
+/// per register; 48 when some register's writes are described (and the
+/// page counts posted writes): a known flag u32 (1 when they are), 4 zero
+/// bytes, then clears, follows and opaque as u64s.
 pub fn encode_mirrored(layout: &MirrorLayout) -> Vec<u8> {
     let registers = &layout.registers;
-    let flags = if layout.counts_posted_writes {
-        MIRROR_COUNTS_POSTED_WRITES
-    } else {
-        0
-    };
-    let mut p = Vec::with_capacity(8 + registers.len() * MIRRORED_REGISTER_SIZE);
+    let with_effects = layout.counts_posted_writes && registers.iter().any(|r| r.effects.is_some());
+    let mut flags = 0;
+    if layout.counts_posted_writes {
+        flags |= MIRROR_COUNTS_POSTED_WRITES;
+    }
+    if with_effects {
+        flags |= MIRROR_WRITE_EFFECTS;
+    }
+    let mut p = Vec::with_capacity(8 + registers.len() * MIRRORED_REGISTER_WITH_EFFECTS_SIZE);
     p.extend_from_slice(&(registers.len() as u32).to_ne_bytes());
     p.extend_from_slice(&flags.to_ne_bytes());
     for r in registers {
         p.extend_from_slice(&r.offset.to_ne_bytes());
         p.extend_from_slice(&r.size.to_ne_bytes());
         p.extend_from_slice(&r.page_offset.to_ne_bytes());
+        if with_effects {
+            let e = r.effects.unwrap_or(WriteEffects {
+                clears: 0,
+                follows: 0,
+                opaque: 0,
+            });
+            p.extend_from_slice(&u32::from(r.effects.is_some()).to_ne_bytes());
+            p.extend_from_slice(&[0; 4]);
+            for mask in [e.clears, e.follows, e.opaque] {
+                p.extend_from_slice(&mask.to_ne_bytes());
+            }
+        }
     }
     p
 }
@@ -139,19 +203,36 @@ pub fn decode_sub_regions(p: &Payload) -> Result<Vec<SubRegion>, DecodeError> {
 
 /// The registers of a CMD_REGISTER_MIRROR_REPLY, each checked: 1, 2, 4 or 8
 /// bytes, not wrapping, inside the page and clear of the posted-write
-/// count; one fd (the page) when there are registers, none without; no
-/// flag we do not know, and no count without a page.
+/// count, their write effects (if any) inside the register and not both
+/// clearing and following a bit; one fd (the page) when there are
+/// registers, none without; no flag we do not know, no count without a
+/// page, and no write effects without a count.
 pub fn decode_mirrored(p: &Payload) -> Result<MirrorLayout, DecodeError> {
-    let count = p.counted(
-        MAX_MIRRORED_REGISTERS,
-        MIRRORED_REGISTER_SIZE,
-        "8 + 16 per register, at most 8",
-    )?;
+    let flags = if p.size() >= 8 { p.u32_at(4) } else { 0 };
+    let with_effects = flags & MIRROR_WRITE_EFFECTS != 0;
+    let count = if with_effects {
+        p.counted(
+            MAX_MIRRORED_REGISTERS,
+            MIRRORED_REGISTER_WITH_EFFECTS_SIZE,
+            "8 + 48 per register with write effects, at most 8",
+        )?
+    } else {
+        p.counted(
+            MAX_MIRRORED_REGISTERS,
+            MIRRORED_REGISTER_SIZE,
+            "8 + 16 per register, at most 8",
+        )?
+    };
     p.want_fds(usize::from(count > 0), "one with registers, none without")?;
-    let flags = p.u32_at(4);
-    if flags & !MIRROR_COUNTS_POSTED_WRITES != 0 || (flags != 0 && count == 0) {
+    let effects_without_count = with_effects && flags & MIRROR_COUNTS_POSTED_WRITES == 0;
+    if flags & !KNOWN_MIRROR_FLAGS != 0 || (flags != 0 && count == 0) || effects_without_count {
         return Err(DecodeError::BadMirrorFlags(flags));
     }
+    let stride = if with_effects {
+        MIRRORED_REGISTER_WITH_EFFECTS_SIZE
+    } else {
+        MIRRORED_REGISTER_SIZE
+    };
     let counts_posted_writes = flags & MIRROR_COUNTS_POSTED_WRITES != 0;
     let limit = if counts_posted_writes {
         u64::from(MIRROR_POSTED_COUNT_OFFSET)
@@ -160,15 +241,29 @@ pub fn decode_mirrored(p: &Payload) -> Result<MirrorLayout, DecodeError> {
     };
     let registers = (0..count)
         .map(|i| {
-            let o = 8 + i * MIRRORED_REGISTER_SIZE;
-            let r = MirroredRegister {
-                offset: p.u64_at(o),
-                size: p.u32_at(o + 8),
-                page_offset: p.u32_at(o + 12),
-            };
-            let ok = matches!(r.size, 1 | 2 | 4 | 8)
+            let o = 8 + i * stride;
+            let mut r = MirroredRegister::new(p.u64_at(o), p.u32_at(o + 8), p.u32_at(o + 12));
+            let mut ok = matches!(r.size, 1 | 2 | 4 | 8)
                 && r.offset.checked_add(u64::from(r.size)).is_some()
                 && u64::from(r.page_offset) + u64::from(r.size) <= limit;
+            if with_effects {
+                let (known, pad) = (p.u32_at(o + 16), p.u32_at(o + 20));
+                let e = WriteEffects {
+                    clears: p.u64_at(o + 24),
+                    follows: p.u64_at(o + 32),
+                    opaque: p.u64_at(o + 40),
+                };
+                let outside = match r.size {
+                    8 => 0,
+                    size => u64::MAX << (size * 8),
+                };
+                let masks = e.clears | e.follows | e.opaque;
+                ok &= pad == 0
+                    && (known == 1 || (known == 0 && masks == 0))
+                    && masks & outside == 0
+                    && e.clears & e.follows == 0;
+                r.effects = (known == 1).then_some(e);
+            }
             ok.then_some(r)
                 .ok_or(DecodeError::BadMirroredRegister { index: i })
         })
@@ -177,4 +272,87 @@ pub fn decode_mirrored(p: &Payload) -> Result<MirrorLayout, DecodeError> {
         registers,
         counts_posted_writes,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const ISTAT: WriteEffects = WriteEffects {
+        clears: 0x04,
+        follows: 0xf0,
+        opaque: 0xe0,
+    };
+
+    fn decode(bytes: &[u8]) -> Result<MirrorLayout, DecodeError> {
+        decode_mirrored(&Payload::new(CMD_REGISTER_MIRROR_REPLY, bytes, 1))
+    }
+
+    #[test]
+    fn write_effects_clear_follow_or_make_the_write_opaque() {
+        assert_eq!(
+            ISTAT.apply(0x15, 0x04),
+            Some(0x01),
+            "INTF clear, SEM let go"
+        );
+        assert_eq!(ISTAT.apply(0x05, 0x14), Some(0x11), "INTF clear, SEM taken");
+        assert_eq!(ISTAT.apply(0x0b, 0x00), Some(0x0b), "the low bits stay");
+        assert_eq!(ISTAT.apply(0x00, 0x20), None, "SIGP starts SCRIPTS");
+    }
+
+    /// Registers with write effects take 48 bytes each, and the effects
+    /// come back as they went; registers without them in the same reply
+    /// say so with a known flag of 0.
+    #[test]
+    fn write_effects_go_through_and_are_checked() {
+        let layout = MirrorLayout {
+            registers: vec![
+                MirroredRegister {
+                    effects: Some(ISTAT),
+                    ..MirroredRegister::new(0x14, 1, 0)
+                },
+                MirroredRegister::new(0x10, 4, 8),
+            ],
+            counts_posted_writes: true,
+        };
+        let bytes = encode_mirrored(&layout);
+        assert_eq!(bytes.len(), 8 + 2 * 48);
+        assert_eq!(
+            u32::from_ne_bytes(bytes[4..8].try_into().unwrap()),
+            MIRROR_COUNTS_POSTED_WRITES | MIRROR_WRITE_EFFECTS
+        );
+        assert_eq!(decode(&bytes), Ok(layout.clone()));
+        // Without a count of posted writes applied, effects are not sent.
+        let uncounted = MirrorLayout {
+            counts_posted_writes: false,
+            ..layout.clone()
+        };
+        let plain = encode_mirrored(&uncounted);
+        assert_eq!(plain.len(), 8 + 2 * 16);
+        let back = decode(&plain).unwrap();
+        assert!(back.registers.iter().all(|r| r.effects.is_none()));
+        // ...and a reply that names them without the count is refused.
+        let mut no_count = bytes.clone();
+        no_count[4] = MIRROR_WRITE_EFFECTS as u8;
+        assert!(matches!(
+            decode(&no_count),
+            Err(DecodeError::BadMirrorFlags(_))
+        ));
+        let bad = |at: usize, value: u8| {
+            let mut b = bytes.clone();
+            b[at] = value;
+            decode(&b).is_err()
+        };
+        let first = 8;
+        assert!(bad(first + 16, 2), "known is 0 or 1");
+        assert!(bad(first + 20, 1), "padding is 0");
+        assert!(
+            bad(first + 24 + 1, 1),
+            "a clear mask past a 1-byte register"
+        );
+        assert!(bad(first + 32, 0x04), "a bit that clears and follows");
+        let second = 8 + 48;
+        assert!(bad(second + 40, 1), "masks on a register with none known");
+        assert!(decode(&bytes[..bytes.len() - 8]).is_err(), "short");
+    }
 }

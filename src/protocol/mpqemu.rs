@@ -477,11 +477,7 @@ mod tests {
         let enc = Message::RegisterMirrorQuery { bar: 1 }.encode();
         assert_eq!(&enc.bytes[..4], &66i32.to_le_bytes());
         assert_eq!(&enc.bytes[16..], &[1, 0, 0, 0, 0, 0, 0, 0]);
-        let istat = MirroredRegister {
-            offset: 0x14,
-            size: 1,
-            page_offset: 0x40,
-        };
+        let istat = MirroredRegister::new(0x14, 1, 0x40);
         let reply = Message::RegisterMirror {
             layout: MirrorLayout {
                 registers: vec![istat],
@@ -516,10 +512,10 @@ mod tests {
         over_count[20..24].copy_from_slice(&4088u32.to_le_bytes());
         assert!(Message::decode(67, &over_count, vec![file()]).is_err());
         let mut unknown_flag = p.to_vec();
-        unknown_flag[4] = 2;
+        unknown_flag[4] = 4;
         assert_eq!(
             Message::decode(67, &unknown_flag, vec![file()]).unwrap_err(),
-            DecodeError::BadMirrorFlags(2)
+            DecodeError::BadMirrorFlags(4)
         );
         assert!(
             Message::decode(67, &[0, 0, 0, 0, 1, 0, 0, 0], vec![]).is_err(),

@@ -16,6 +16,9 @@ pub struct DeviceStats {
     /// Reads of a mirrored register that went to the remote because
     /// posted writes sent before them were not applied yet.
     pub mirror_behind: AtomicU64,
+    /// Of `mirror_reads`, those answered with posted writes not applied
+    /// yet, all of known effect, applied to the page's value by the VMM.
+    pub mirror_ahead: AtomicU64,
     pub errors: AtomicU64,
     /// Ranges KVM serves itself (kernel path): their accesses never reach
     /// us, so they cannot be counted here.
@@ -33,7 +36,7 @@ impl DeviceStats {
         let mut line = format!(
             "remote {name}: BAR accesses over messages {} reads / {} writes, over ioregion fds \
              {} reads / {} writes ({} posted), {} reads from the register mirror ({} more \
-             waited for posted writes), {} errors",
+             waited for posted writes, {} read past writes still queued), {} errors",
             get(&self.message_reads),
             get(&self.message_writes),
             get(&self.ioregion_reads),
@@ -41,6 +44,7 @@ impl DeviceStats {
             get(&self.posted_writes),
             get(&self.mirror_reads),
             get(&self.mirror_behind),
+            get(&self.mirror_ahead),
             get(&self.errors),
         );
         let kernel = get(&self.kernel_regions);
@@ -67,11 +71,12 @@ mod tests {
         bump(&s.mirror_reads);
         bump(&s.mirror_behind);
         bump(&s.mirror_behind);
+        bump(&s.mirror_ahead);
         assert_eq!(
             s.line("#0"),
             "remote #0: BAR accesses over messages 1 reads / 0 writes, over ioregion fds \
              0 reads / 2 writes (1 posted), 1 reads from the register mirror (2 more waited \
-             for posted writes), 0 errors"
+             for posted writes, 1 read past writes still queued), 0 errors"
         );
     }
 }

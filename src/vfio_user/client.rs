@@ -460,11 +460,9 @@ mod tests {
             assert_eq!(m.header.command, Command::RegisterMirror as u16);
             assert_eq!(mirror::decode_query(&m.payload), Ok(1));
             let layout = MirrorLayout {
-                registers: vec![crate::protocol::extensions::MirroredRegister {
-                    offset: 0x14,
-                    size: 3,
-                    page_offset: 0,
-                }],
+                registers: vec![crate::protocol::extensions::MirroredRegister::new(
+                    0x14, 3, 0,
+                )],
                 counts_posted_writes: false,
             };
             let bytes = crate::protocol::extensions::encode_mirrored(&layout);

@@ -69,11 +69,7 @@ mod tests {
     #[test]
     fn a_reply_is_checked_like_mpqemus() {
         let layout = MirrorLayout {
-            registers: vec![MirroredRegister {
-                offset: 0x14,
-                size: 1,
-                page_offset: 0,
-            }],
+            registers: vec![MirroredRegister::new(0x14, 1, 0)],
             counts_posted_writes: true,
         };
         let bytes = extensions::encode_mirrored(&layout);
