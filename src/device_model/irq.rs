@@ -144,6 +144,17 @@ impl InterruptLine {
         }
     }
 
+    /// The epoll set that holds the resamplefd while the line is high,
+    /// when there is one: an fd only this line holds, so that another
+    /// thread can wait on it (inside an epoll set of its own) and stop
+    /// waiting when the line is replaced and the fd closed.
+    pub fn watch_fd(&self) -> Option<RawFd> {
+        match (&self.watch, &self.resample) {
+            (Some(watch), Some(_)) => Some(watch.as_raw_fd()),
+            _ => None,
+        }
+    }
+
     /// Called when the fd from [`Self::resample_fd`] is readable.
     pub fn resample(&mut self) {
         self.take_acknowledgements();

@@ -25,13 +25,16 @@ pub struct Scratch {
     /// remote that is slow in the middle of the handshake.
     pub reset_gate: Option<(Sender<()>, Receiver<()>)>,
     /// Guest RAM as last given, and the interrupt line once wired: a
-    /// write to BAR0's last byte sets the line's level.
+    /// write to BAR0's last byte (or to BAR1's, in its range with posted
+    /// writes) sets the line's level.
     pub memory: Option<DeviceMemory>,
     pub irq: Option<SharedIrq>,
 }
 
 /// BAR0's last byte, which drives the interrupt line.
 pub const SCRATCH_IRQ_LEVEL: u64 = 0xff;
+/// The same in BAR1, in the range whose writes are posted.
+pub const SCRATCH_POSTED_IRQ_LEVEL: u64 = 0x2ff;
 /// A write to this byte of BAR0 copies 16 bytes of guest RAM, from the
 /// address in registers 0..8 to the one in 8..16, as a device's DMA would.
 pub const SCRATCH_DMA_COPY: u64 = 0xfe;
@@ -52,10 +55,9 @@ impl PciDevice for Scratch {
     fn bar_write(&mut self, bar: u8, offset: u64, data: &[u8]) {
         let o = offset as usize;
         self.regs[o..o + data.len()].copy_from_slice(data);
-        if bar == 0
-            && offset == SCRATCH_IRQ_LEVEL
-            && let Some(irq) = &self.irq
-        {
+        let level = (bar == 0 && offset == SCRATCH_IRQ_LEVEL)
+            || (bar == 1 && offset == SCRATCH_POSTED_IRQ_LEVEL);
+        if level && let Some(irq) = &self.irq {
             irq.lock().unwrap().set_level(data[0] != 0);
         }
         if bar == 0 && offset == SCRATCH_DMA_COPY {

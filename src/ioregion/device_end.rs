@@ -47,7 +47,7 @@ use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
 
 use super::wire::{self, Access, Cmd, Incoming, answer, peek, receive, socket_pair};
 pub use super::wire::{ERROR_DATA, RECV_BUF_SIZE, ServeEnd, ServeError};
-use crate::device_model::{DeviceModel, IoRegionSpec};
+use crate::device_model::{DeviceModel, IoRegionSpec, SharedIrq};
 use crate::mirror::page::{MirrorPage, caught_up};
 use crate::protocol::extensions::{
     MAX_SUB_REGIONS, MIRROR_POSTED_COUNT_OFFSET, SUB_REGION_POSTED_WRITES, SubRegion,
@@ -79,7 +79,14 @@ struct Posted {
     applied: AppliedCount,
     /// A thread serves `ends` (it ends when the last of them has gone).
     served: bool,
+    /// The device's interrupt line, once the server hands its
+    /// acknowledgements to the thread (see [`Hub::take_acknowledgements`]).
+    acknowledged: Option<SharedIrq>,
 }
+
+/// The token of the interrupt line's acknowledgements in the hub's epoll
+/// set (the others are fds).
+const ACKNOWLEDGED: u64 = u64::MAX;
 
 /// Mirror pages a hub keeps its count in, at most: a VMM asks once per
 /// BAR, again after a reconnect.
@@ -217,15 +224,7 @@ pub fn open(
 /// Adds a posted-write fd to the hub's set, and starts the thread that
 /// serves the set if none runs.
 fn serve_posted_end(hub: &Arc<Hub>, end: PostedEnd) -> io::Result<()> {
-    let ready = match hub.ready.get() {
-        Some(ready) => ready,
-        None => {
-            let made = Epoll::new()?;
-            // Another opener may have been first: one set either way.
-            let _ = hub.ready.set(made);
-            hub.ready.get().expect("set above")
-        }
-    };
+    let ready = hub.ready()?;
     let mut posted = hub.posted.lock().expect("hub lock poisoned");
     let fd = end.fd.as_raw_fd();
     ready.ctl(
@@ -248,6 +247,58 @@ fn serve_posted_end(hub: &Arc<Hub>, end: PostedEnd) -> io::Result<()> {
 }
 
 impl Hub {
+    fn ready(&self) -> io::Result<&Epoll> {
+        if let Some(ready) = self.ready.get() {
+            return Ok(ready);
+        }
+        let made = Epoll::new()?;
+        // Another caller may have been first: one set either way.
+        let _ = self.ready.set(made);
+        Ok(self.ready.get().expect("set above"))
+    }
+
+    /// Hands the guest's acknowledgements of `irq`'s interrupt, readable
+    /// on `watch_fd` (its `InterruptLine::watch_fd`), to the thread that
+    /// serves the posted-write fds. Returns whether that thread runs and
+    /// serves them now; if not, the caller must, as it did before. The
+    /// thread still ends with the last posted-write fd: the VMM closes
+    /// those only when it leaves or sets the device up again, and either
+    /// wakes the caller's loop, which then sees the thread gone; an
+    /// acknowledgement in between stays readable until then.
+    ///
+    /// Why: a driver that posts its interrupt clear and does not read it
+    /// back acknowledges the interrupt before we have applied the clear,
+    /// so the line is still high and the acknowledgement must be looked
+    /// at. Taken here, the one wake-up that applies the clear takes the
+    /// acknowledgement after it (and finds the line low); taken by the
+    /// control loop, two threads woke for it.
+    ///
+    /// Called from the server's loop, the only thread that replaces the
+    /// line's fds, without the line's lock held (the thread takes the hub's
+    /// lock, then the line's). Adding an fd already in the set is no
+    /// error; the fd of a replaced line left the set when it was closed.
+    pub fn take_acknowledgements(&self, irq: &SharedIrq, watch_fd: RawFd) -> bool {
+        let ready = match self.ready() {
+            Ok(ready) => ready,
+            Err(e) => {
+                log::warn!("ioregion: cannot make the posted-write epoll set: {e}");
+                return false;
+            }
+        };
+        let mut posted = self.posted.lock().expect("hub lock poisoned");
+        let event = EpollEvent::new(EventSet::IN, ACKNOWLEDGED);
+        match ready.ctl(ControlOperation::Add, watch_fd, event) {
+            Ok(()) => {}
+            Err(e) if e.raw_os_error() == Some(libc::EEXIST) => {}
+            Err(e) => {
+                log::warn!("ioregion: cannot wait for interrupt acknowledgements: {e}");
+                return false;
+            }
+        }
+        posted.acknowledged = Some(irq.clone());
+        posted.served
+    }
+
     /// Applies every posted write queued so far: whatever the control
     /// socket or the interrupt acknowledgement brings next must see them.
     pub fn drain_all(&self) {
@@ -442,8 +493,8 @@ fn serve_posted(hub: &Hub) {
     let ready = hub.ready.get().expect("made before the thread");
     let mut events = [EpollEvent::default(); 8];
     loop {
-        let woke = match ready.wait(-1, &mut events) {
-            Ok(n) => events[..n].first().map(|e| e.fd()),
+        let woken = match ready.wait(-1, &mut events) {
+            Ok(n) => &events[..n],
             Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
             Err(e) => {
                 log::error!(
@@ -454,10 +505,17 @@ fn serve_posted(hub: &Hub) {
                 return;
             }
         };
+        let woke = woken.iter().find(|e| e.data() != ACKNOWLEDGED);
+        let acknowledged = woken.iter().any(|e| e.data() == ACKNOWLEDGED);
         let mut posted = hub.posted.lock().expect("hub lock poisoned");
-        let done = posted.drain(woke);
+        // The posted writes first: the guest sent them before it
+        // acknowledged, and the line's level must show them.
+        let done = posted.drain(woke.map(|e| e.fd()));
         for &i in done.iter().rev() {
             posted.ends.remove(i);
+        }
+        if acknowledged && let Some(irq) = &posted.acknowledged {
+            irq.lock().expect("irq lock poisoned").resample();
         }
         if posted.ends.is_empty() {
             posted.served = false;
@@ -697,6 +755,8 @@ mod ordering_tests {
         second_posted: bool,
         writes: Vec<(u64, u8)>,
         snapshots: Vec<[u8; 8]>,
+        /// A write at 15 sets its level.
+        irq: Option<SharedIrq>,
     }
 
     impl PciDevice for Bank {
@@ -718,13 +778,18 @@ mod ordering_tests {
                 self.snapshots
                     .push(self.mem[..8].try_into().expect("8 bytes"));
             }
+            if let (15, Some(irq)) = (o, &self.irq) {
+                irq.lock().unwrap().set_level(data[0] != 0);
+            }
         }
     }
 
     impl DeviceModel for Bank {
         fn reset(&mut self) {}
         fn set_memory(&mut self, _memory: DeviceMemory) {}
-        fn set_interrupt(&mut self, _line: SharedIrq) {}
+        fn set_interrupt(&mut self, line: SharedIrq) {
+            self.irq = Some(line);
+        }
         fn ioregions(&self, _bar: u8) -> Vec<IoRegionSpec> {
             vec![
                 IoRegionSpec {
@@ -749,6 +814,7 @@ mod ordering_tests {
             second_posted,
             writes: Vec::new(),
             snapshots: Vec::new(),
+            irq: None,
         }));
         let device: SharedDevice = bank.clone();
         (bank, device, Arc::new(Hub::default()))
@@ -900,6 +966,49 @@ mod ordering_tests {
         e.write(6, &[6]).unwrap();
         eventually("a new fd served by a new thread", || writes() == 6);
         assert!(hub.posted.lock().unwrap().served);
+    }
+
+    /// Once handed the interrupt's acknowledgements, the posted-fds thread
+    /// takes them, after the posted writes sent before them: a line still
+    /// high is raised again; a posted write that lowers the line, queued
+    /// before the acknowledgement, keeps it from being raised again.
+    #[test]
+    fn the_posted_fds_thread_takes_acknowledgements_after_the_writes_before_them() {
+        use crate::device_model::InterruptLine;
+        use vmm_sys_util::eventfd::{EFD_NONBLOCK, EventFd};
+        let (journal, device, hub) = bank(true);
+        let (irqfd, resample) = (
+            EventFd::new(EFD_NONBLOCK).unwrap(),
+            EventFd::new(EFD_NONBLOCK).unwrap(),
+        );
+        let file = |e: &EventFd| crate::sys::eventfd_file(e).unwrap();
+        let line: SharedIrq = Arc::new(Mutex::new(InterruptLine::new(
+            file(&irqfd),
+            file(&resample),
+        )));
+        device.lock().unwrap().set_interrupt(line.clone());
+        let watch = line.lock().unwrap().watch_fd().unwrap();
+        assert!(!hub.take_acknowledgements(&line, watch), "no thread yet");
+        let (_, posted) = posted_pair(&device, &hub, 0);
+        assert!(
+            hub.take_acknowledgements(&line, watch),
+            "the thread serves them"
+        );
+        assert!(hub.take_acknowledgements(&line, watch), "asked again");
+        let again = || line.lock().unwrap().counts().raised_again;
+        line.lock().unwrap().set_level(true);
+        resample.write(1).unwrap();
+        eventually("raised again, still high", || again() == 1);
+        // The device's lock held: the write to lower the line stays queued
+        // while the acknowledgement arrives.
+        let held = journal.lock().unwrap();
+        posted.write(7, &[0]).unwrap(); // BAR offset 15
+        resample.write(1).unwrap();
+        drop(held);
+        eventually("the write applied", || !line.lock().unwrap().level());
+        std::thread::sleep(std::time::Duration::from_millis(50));
+        assert_eq!(again(), 1, "acknowledged after the write that lowered it");
+        assert_eq!(irqfd.read().unwrap(), 2, "raised, raised again");
     }
 
     #[test]

@@ -286,7 +286,16 @@ pub fn serve(
         dev.background_fd()
     };
     loop {
-        let resample = irq.lock().expect("irq lock poisoned").resample_fd();
+        // The thread serving the posted-write fds takes the guest's
+        // acknowledgements when it can (`Hub::take_acknowledgements`).
+        let (watch, resample) = {
+            let line = irq.lock().expect("irq lock poisoned");
+            (line.watch_fd(), line.resample_fd())
+        };
+        let resample = match watch {
+            Some(fd) if hub.take_acknowledgements(irq, fd) => None,
+            _ => resample,
+        };
         let pollfd = sys::pollin;
         let mut fds = [
             pollfd(Some(control.socket_fd())),

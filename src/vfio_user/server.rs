@@ -359,6 +359,12 @@ impl Session {
             IRQ_SET_DATA_BOOL => set.data.first().is_some_and(|&b| b != 0),
             _ => set.count == 1,
         };
+        if action == IRQ_SET_ACTION_UNMASK && data != IRQ_SET_DATA_EVENTFD && selected {
+            // What the guest wrote before it let the line through must
+            // show in its level. Before the line's lock is taken: applying
+            // a write may set the level, which takes it.
+            link.hub.drain_all();
+        }
         let mut line = link.irq.lock().expect("irq lock poisoned");
         match (data, action) {
             (IRQ_SET_DATA_EVENTFD, IRQ_SET_ACTION_TRIGGER) => {
@@ -381,12 +387,7 @@ impl Session {
                 ));
             }
             (_, IRQ_SET_ACTION_MASK) if selected => line.mask(),
-            (_, IRQ_SET_ACTION_UNMASK) if selected => {
-                // What the guest wrote before it let the line through must
-                // show in its level.
-                link.hub.drain_all();
-                line.unmask();
-            }
+            (_, IRQ_SET_ACTION_UNMASK) if selected => line.unmask(),
             _ => {}
         }
         drop(line);
@@ -1064,6 +1065,64 @@ mod tests {
             libc::EINVAL as u32,
             "no MSI-X"
         );
+    }
+
+    /// A posted write queued before an unmask by message, which sets the
+    /// line's level, is applied before the unmask: the line is raised.
+    /// (The unmask drained the posted writes while holding the line's
+    /// lock, which applying such a write takes; the drain every request
+    /// starts with had always emptied the queue first, so this test could
+    /// not catch that, only a write arriving between the two could.)
+    #[test]
+    fn an_unmask_message_applies_a_queued_write_that_sets_the_level() {
+        use crate::device_model::scratch::SCRATCH_POSTED_IRQ_LEVEL;
+        let (mut c, dev, _server) = start();
+        hello(&mut c);
+        let trigger = EventFd::new(EFD_NONBLOCK).unwrap();
+        let set = |flags, data: Vec<u8>| SetIrqs {
+            flags,
+            index: PCI_INTX_IRQ,
+            start: 0,
+            count: 1,
+            data,
+        };
+        c.call_fds(
+            Command::DeviceSetIrqs,
+            &set(IRQ_SET_DATA_EVENTFD | IRQ_SET_ACTION_TRIGGER, vec![]).encode(),
+            &[trigger.as_raw_fd()],
+        );
+        c.call(
+            Command::DeviceSetIrqs,
+            &set(IRQ_SET_DATA_NONE | IRQ_SET_ACTION_MASK, vec![]).encode(),
+        );
+        let (_, p, fds) = c.call(
+            Command::DeviceGetRegionIoFds,
+            &io_fds::encode_query(1, 4096),
+        );
+        let reply = RegionIoFds::decode(&p).unwrap();
+        let IoFdKind::IoRegionFd { user_data } = reply.regions[1].kind else {
+            panic!("an ioeventfd");
+        };
+        let posted =
+            crate::ioregion::RegionFd::new(fds[1].try_clone().unwrap().into(), user_data, true);
+        // The device's lock held: the write stays queued until the unmask.
+        let held = dev.lock().unwrap();
+        let at = SCRATCH_POSTED_IRQ_LEVEL - reply.regions[1].offset;
+        posted.write(at, &[1]).unwrap();
+        let (done, answered) = std::sync::mpsc::channel();
+        let unmask = std::thread::spawn(move || {
+            let flags = IRQ_SET_DATA_BOOL | IRQ_SET_ACTION_UNMASK;
+            c.call(Command::DeviceSetIrqs, &set(flags, vec![1]).encode());
+            done.send(()).unwrap();
+            c
+        });
+        std::thread::sleep(std::time::Duration::from_millis(50));
+        drop(held);
+        answered
+            .recv_timeout(std::time::Duration::from_secs(5))
+            .expect("the unmask was answered");
+        unmask.join().unwrap();
+        assert_eq!(trigger.read().unwrap(), 1, "raised on unmask while high");
     }
 
     #[test]
