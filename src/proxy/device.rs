@@ -576,14 +576,21 @@ pub(crate) mod tests {
         assert_eq!(stats.ioregion_reads.load(Ordering::Relaxed), 0);
     }
 
+    /// A scratch device mirroring its byte at BAR1 + `at`, and its proxy
+    /// on the userspace path.
+    fn mirrored(at: u64) -> (Arc<Mutex<Scratch>>, ProxyDevice) {
+        let dev = scratch(256);
+        dev.lock().unwrap().mirror =
+            Some((crate::device_model::RegisterMirror::new().unwrap(), at));
+        let (proxy, _, _) = connect_with(dev.clone(), Some(Dispatch::Userspace));
+        (dev, proxy)
+    }
+
     #[test]
     fn mirrored_register_reads_stay_in_the_vmm() {
         use crate::bus::SharedBusDevice;
         use std::sync::atomic::Ordering;
-        let dev = scratch(256);
-        dev.lock().unwrap().mirror =
-            Some((crate::device_model::RegisterMirror::new().unwrap(), 0x14));
-        let (proxy, _, _) = connect_with(dev.clone(), Some(Dispatch::Userspace));
+        let (_dev, proxy) = mirrored(0x14);
         let stats = proxy.stats();
         let waited = proxy.fast_paths[&1][0].clone();
         let get = |c: &std::sync::atomic::AtomicU64| c.load(Ordering::Relaxed);
@@ -617,10 +624,7 @@ pub(crate) mod tests {
     fn a_mirrored_read_waits_for_posted_writes_sent_before_it() {
         use crate::bus::SharedBusDevice;
         use std::sync::atomic::Ordering;
-        let dev = scratch(256);
-        dev.lock().unwrap().mirror =
-            Some((crate::device_model::RegisterMirror::new().unwrap(), 0x210));
-        let (proxy, _, _) = connect_with(dev.clone(), Some(Dispatch::Userspace));
+        let (dev, proxy) = mirrored(0x210);
         let stats = proxy.stats();
         let posted = proxy.fast_paths[&1][1].clone();
         assert_eq!(posted.range(), (0x200, 0x100));
@@ -662,10 +666,7 @@ pub(crate) mod tests {
     fn a_mirrored_read_behind_known_writes_of_the_register_is_answered_at_once() {
         use crate::bus::SharedBusDevice;
         use std::sync::atomic::Ordering;
-        let dev = scratch(256);
-        dev.lock().unwrap().mirror =
-            Some((crate::device_model::RegisterMirror::new().unwrap(), 0x210));
-        let (proxy, _, _) = connect_with(dev.clone(), Some(Dispatch::Userspace));
+        let (dev, proxy) = mirrored(0x210);
         let stats = proxy.stats();
         let posted = proxy.fast_paths[&1][1].clone();
         let get = |c: &std::sync::atomic::AtomicU64| c.load(Ordering::Relaxed);

@@ -685,6 +685,17 @@ mod tests {
         (Client { conn, id: 0 }, dev, server)
     }
 
+    /// A SET_IRQS request for the INTx line.
+    fn intx(flags: u32, data: Vec<u8>) -> SetIrqs {
+        SetIrqs {
+            flags,
+            index: PCI_INTX_IRQ,
+            start: 0,
+            count: 1,
+            data,
+        }
+    }
+
     fn hello(client: &mut Client) -> Version {
         let v = Version {
             major: 0,
@@ -1012,13 +1023,7 @@ mod tests {
         hello(&mut c);
         let trigger = EventFd::new(EFD_NONBLOCK).unwrap();
         let unmask = EventFd::new(EFD_NONBLOCK).unwrap();
-        let set = |flags, data: Vec<u8>| SetIrqs {
-            flags,
-            index: PCI_INTX_IRQ,
-            start: 0,
-            count: 1,
-            data,
-        };
+        let set = intx;
         let eventfd = IRQ_SET_DATA_EVENTFD;
         c.call_fds(
             Command::DeviceSetIrqs,
@@ -1079,13 +1084,7 @@ mod tests {
         let (mut c, dev, _server) = start();
         hello(&mut c);
         let trigger = EventFd::new(EFD_NONBLOCK).unwrap();
-        let set = |flags, data: Vec<u8>| SetIrqs {
-            flags,
-            index: PCI_INTX_IRQ,
-            start: 0,
-            count: 1,
-            data,
-        };
+        let set = intx;
         c.call_fds(
             Command::DeviceSetIrqs,
             &set(IRQ_SET_DATA_EVENTFD | IRQ_SET_ACTION_TRIGGER, vec![]).encode(),
