@@ -155,27 +155,33 @@ impl InterruptLine {
         }
     }
 
-    /// Called when the fd from [`Self::resample_fd`] is readable.
+    /// Called when the fd from [`Self::resample_fd`] is readable. Raises
+    /// the line again only if it took an acknowledgement: the line may
+    /// have gone low and high again since the fd was found readable, and
+    /// raising it took the acknowledgements and pulsed already.
     pub fn resample(&mut self) {
-        self.take_acknowledgements();
-        if self.level {
+        if self.take_acknowledgements() && self.level {
             self.pulse();
         }
     }
 
-    /// Empties the resamplefd without blocking: it may have been emptied
-    /// since the loop found it readable, and the fd may be blocking.
-    fn take_acknowledgements(&mut self) {
+    /// Empties the resamplefd without blocking (it may have been emptied
+    /// since the loop found it readable, and the fd may be blocking); says
+    /// whether it took an acknowledgement, or cannot tell.
+    fn take_acknowledgements(&mut self) -> bool {
         let Some(resample) = self.resample.as_mut() else {
-            return;
+            return false;
         };
         match crate::sys::wait_readable(resample.as_fd(), 0) {
             Ok(true) => {
                 let mut buf = [0u8; 8];
-                let _ = resample.read(&mut buf);
+                resample.read(&mut buf).is_ok()
             }
-            Ok(false) => {}
-            Err(e) => log::warn!("resamplefd poll failed: {e}"),
+            Ok(false) => false,
+            Err(e) => {
+                log::warn!("resamplefd poll failed: {e}");
+                true
+            }
         }
     }
 
@@ -278,7 +284,25 @@ mod tests {
         let mut line = InterruptLine::new(file(&irq), file(&resample));
         line.set_level(true);
         line.resample();
-        assert_eq!(irq.read().unwrap(), 2, "raised, and raised again");
+        assert_eq!(
+            irq.read().unwrap(),
+            1,
+            "raised, and not again: nothing was taken"
+        );
+    }
+
+    /// An acknowledgement the line took when it rose again (it was low in
+    /// between) asks for nothing more: the rise pulsed already.
+    #[test]
+    fn an_acknowledgement_taken_by_a_new_rise_raises_nothing_more() {
+        let (irq, resample, mut line) = pair();
+        line.set_level(true);
+        resample.write(1).unwrap();
+        line.set_level(false);
+        line.set_level(true);
+        line.resample();
+        assert_eq!(irq.read().unwrap(), 2, "two rises, nothing more");
+        assert_eq!(line.counts().raised_again, 0);
     }
 
     #[test]
