@@ -30,7 +30,9 @@ pub struct InterruptLine {
     /// Readable when the guest acknowledged the interrupt.
     resample: Option<File>,
     /// Holds `resample` while the line is high; None if epoll failed, and
-    /// then the loop waits on `resample` itself, as it always did.
+    /// then the loop waits on `resample` itself, as it always did. Made
+    /// once and kept for the line's life, whatever the resamplefd: the
+    /// posted-write thread's epoll set holds it (`Hub::take_acknowledgements`).
     watch: Option<Epoll>,
     level: bool,
     /// A masked line raises nothing; unmasking raises it if still high.

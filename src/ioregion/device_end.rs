@@ -45,7 +45,7 @@ use std::sync::{Arc, Mutex, OnceLock};
 
 use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
 
-use super::wire::{self, Access, Cmd, Incoming, answer, peek, receive, socket_pair};
+use super::wire::{self, Access, Cmd, Incoming, answer, receive, socket_pair};
 pub use super::wire::{ERROR_DATA, RECV_BUF_SIZE, ServeEnd, ServeError};
 use crate::device_model::{DeviceModel, IoRegionSpec, SharedIrq};
 use crate::mirror::page::{MirrorPage, caught_up};
@@ -59,6 +59,23 @@ type SharedDevice = Arc<Mutex<dyn DeviceModel>>;
 struct PostedEnd {
     fd: Arc<OwnedFd>,
     handler: Handler,
+    /// The record at the head, once taken off `fd` and not applied yet:
+    /// only inside a drain, and one at most, so that the rest stay queued
+    /// where the VMM's watchdog sees them (a device stuck in the model
+    /// leaves them there).
+    head: Option<Record>,
+}
+
+/// One record as received: its buffer and real length (MSG_TRUNC).
+struct Record {
+    buf: [u8; RECV_BUF_SIZE],
+    len: usize,
+}
+
+impl Record {
+    fn bytes(&self) -> &[u8] {
+        &self.buf[..self.len.min(RECV_BUF_SIZE)]
+    }
 }
 
 /// The ordering point of one device's region fds.
@@ -80,8 +97,9 @@ struct Posted {
     /// A thread serves `ends` (it ends when the last of them has gone).
     served: bool,
     /// The device's interrupt line, once the server hands its
-    /// acknowledgements to the thread (see [`Hub::take_acknowledgements`]).
-    acknowledged: Option<SharedIrq>,
+    /// acknowledgements to the thread (see [`Hub::take_acknowledgements`]),
+    /// and the watch fd of it in the epoll set.
+    acknowledged: Option<(SharedIrq, RawFd)>,
 }
 
 /// The token of the interrupt line's acknowledgements in the hub's epoll
@@ -106,11 +124,16 @@ impl Posted {
     /// Applies the queued posted writes in order (see [`drain_in_order`]),
     /// looking first at the fd `first` names (a raw fd; the one that woke
     /// its taker). Returns the ends found closed or failed, by index.
+    /// A drain for the fd that woke its taker first answers the reads
+    /// there that need no look at the others ([`answer_covered_reads`]).
     fn drain(&mut self, first: Option<RawFd>) -> Vec<usize> {
-        let first = first
-            .and_then(|fd| self.ends.iter().position(|e| e.fd.as_raw_fd() == fd))
-            .unwrap_or(0);
-        drain_in_order(&self.ends, first, &mut self.applied)
+        let woke = first.and_then(|fd| self.ends.iter().position(|e| e.fd.as_raw_fd() == fd));
+        if let Some(i) = woke
+            && answer_covered_reads(&mut self.ends[i], &mut self.applied)
+        {
+            return Vec::new();
+        }
+        drain_in_order(&mut self.ends, woke.unwrap_or(0), &mut self.applied)
     }
 }
 
@@ -193,6 +216,7 @@ pub fn open(
                 PostedEnd {
                     fd: ours,
                     handler: handle,
+                    head: None,
                 },
             )?;
         } else {
@@ -275,8 +299,12 @@ impl Hub {
     ///
     /// Called from the server's loop, the only thread that replaces the
     /// line's fds, without the line's lock held (the thread takes the hub's
-    /// lock, then the line's). Adding an fd already in the set is no
-    /// error; the fd of a replaced line left the set when it was closed.
+    /// lock, then the line's). The line's watch fd is its own for as long
+    /// as the line lives, and the line lives while we hold it here, so the
+    /// same line with the same fd is in the set already: no call then,
+    /// which matters because the loop calls this on every pass (with
+    /// `disk-io=workers`, one per disk command). Another line's fd is
+    /// added; the fd of a line no longer held left the set when it closed.
     pub fn take_acknowledgements(&self, irq: &SharedIrq, watch_fd: RawFd) -> bool {
         let ready = match self.ready() {
             Ok(ready) => ready,
@@ -286,6 +314,11 @@ impl Hub {
             }
         };
         let mut posted = self.posted.lock().expect("hub lock poisoned");
+        let known = (posted.acknowledged.as_ref())
+            .is_some_and(|(line, fd)| Arc::ptr_eq(line, irq) && *fd == watch_fd);
+        if known {
+            return posted.served;
+        }
         let event = EpollEvent::new(EventSet::IN, ACKNOWLEDGED);
         match ready.ctl(ControlOperation::Add, watch_fd, event) {
             Ok(()) => {}
@@ -295,7 +328,7 @@ impl Hub {
                 return false;
             }
         }
-        posted.acknowledged = Some(irq.clone());
+        posted.acknowledged = Some((irq.clone(), watch_fd));
         posted.served
     }
 
@@ -337,9 +370,9 @@ enum Head {
 /// the order they were issued, until none is left, starting each pass at
 /// `ends[first]`. Returns the ends whose peer is gone or that failed.
 ///
-/// It looks at the head of each fd without taking it, so a record stays
-/// queued, where the VMM's watchdog can see it waiting, until it is
-/// applied. The head numbered lowest goes first, but only once nothing
+/// A fd's head is taken off it when looked at and held until applied
+/// (one record per fd: the rest stay queued, where the VMM's watchdog
+/// looks). The head numbered lowest goes first, but only once nothing
 /// numbered before it can still turn up: once a pass over every fd has
 /// started after some head numbered no lower was seen. Why that is enough:
 /// an access ordered before a record was sent before the record's number
@@ -348,7 +381,7 @@ enum Head {
 /// head numbered lower still. The first fd of a pass needs no second
 /// pass (the others are looked at after its head), and the first is the
 /// fd that woke its thread: one vCPU posting to one range takes one pass.
-fn drain_in_order(ends: &[PostedEnd], first: usize, applied: &mut AppliedCount) -> Vec<usize> {
+fn drain_in_order(ends: &mut [PostedEnd], first: usize, applied: &mut AppliedCount) -> Vec<usize> {
     let mut heads = vec![Head::Unknown; ends.len()];
     // The latest number seen at a head so far.
     let mut latest: Option<u64> = None;
@@ -357,7 +390,7 @@ fn drain_in_order(ends: &[PostedEnd], first: usize, applied: &mut AppliedCount) 
         for k in 0..ends.len() {
             let i = (first + k) % ends.len();
             if heads[i] == Head::Unknown {
-                heads[i] = look(&ends[i]);
+                heads[i] = look(&mut ends[i]);
             }
             if let Head::Record(Some(s)) = heads[i] {
                 latest = Some(latest.map_or(s, |l| later(l, s)));
@@ -379,11 +412,18 @@ fn later(a: u64, b: u64) -> u64 {
     if wire::sequence_precedes(a, b) { b } else { a }
 }
 
-/// Peeks at the record at the head of `end`.
-fn look(end: &PostedEnd) -> Head {
+/// What is at the head of `end`: the record taken off it and not applied
+/// yet, or else the next one queued, taken off now.
+fn look(end: &mut PostedEnd) -> Head {
+    if let Some(record) = &end.head {
+        return Head::Record(wire::sequence_of(record.bytes()));
+    }
     let mut buf = [0u8; RECV_BUF_SIZE];
-    match peek(end.fd.as_fd(), &mut buf) {
-        Ok(Incoming::Record(len)) => Head::Record(wire::sequence_of(&buf[..len.min(buf.len())])),
+    match receive(end.fd.as_fd(), &mut buf, false) {
+        Ok(Incoming::Record(len)) => {
+            let record = end.head.insert(Record { buf, len });
+            Head::Record(wire::sequence_of(record.bytes()))
+        }
         Ok(Incoming::Nothing) => Head::Unknown,
         Ok(Incoming::Closed(_)) => Head::Done,
         Err(e) => {
@@ -395,11 +435,53 @@ fn look(end: &PostedEnd) -> Head {
     }
 }
 
+/// Applies the record at the head of `end`, if one was taken, and counts
+/// it if it was a posted write; returns whether `end` is done for.
+fn apply_head(end: &mut PostedEnd, applied: &mut AppliedCount) -> bool {
+    let Some(record) = end.head.take() else {
+        return false;
+    };
+    let outcome = answer(end.fd.as_fd(), &record.buf, record.len, &mut |c| {
+        (end.handler)(c)
+    });
+    // Reads and waited writes are not counted: the VMM counts what it posted.
+    if !Cmd::wants_response(record.bytes()) {
+        applied.one_more();
+    }
+    match outcome {
+        Ok(None) => false,
+        Ok(Some(_)) => true,
+        Err(e) => {
+            log::error!("ioregion: serving posted writes: {e}; this region fd is no longer served");
+            true
+        }
+    }
+}
+
+/// Answers a read at the head of `end` that was sent after every posted
+/// write counted before it had been applied, as a synchronous fd's thread
+/// does: nothing on another fd can be owed before it, so no look at the
+/// others, nor at what follows it on `end` (a fd with records queued stays
+/// readable in the thread's epoll set, which wakes the thread again).
+/// Returns whether the drain may stop there: `end` was empty, or its read
+/// was answered.
+fn answer_covered_reads(end: &mut PostedEnd, applied: &mut AppliedCount) -> bool {
+    match look(end) {
+        Head::Unknown => true,
+        Head::Done => false,
+        Head::Record(_) => {
+            let covered = (end.head.as_ref())
+                .is_some_and(|r| applied.covers(wire::posted_before_of(r.bytes())));
+            covered && !apply_head(end, applied)
+        }
+    }
+}
+
 /// Applies head records by number, up to `bound`, looking at the next
 /// record of each fd it takes one from; unnumbered records go whenever
 /// they are at a head.
 fn apply_ready(
-    ends: &[PostedEnd],
+    ends: &mut [PostedEnd],
     heads: &mut [Head],
     bound: Option<u64>,
     latest: &mut Option<u64>,
@@ -426,33 +508,10 @@ fn apply_ready(
         {
             return;
         }
-        let (fd, handler) = (ends[i].fd.as_fd(), &ends[i].handler);
-        let mut buf = [0u8; RECV_BUF_SIZE];
-        // Only holders of the hub lock take records off this fd, so this
-        // is the record just looked at.
-        let taken = match receive(fd, &mut buf, false) {
-            Ok(Incoming::Record(len)) => {
-                let outcome = answer(fd, &buf, len, &mut |c| handler(c));
-                // Reads and waited writes on this fd are not counted: the
-                // VMM counts what it posted.
-                if !Cmd::wants_response(&buf[..len.min(buf.len())]) {
-                    applied.one_more();
-                }
-                outcome
-            }
-            Ok(Incoming::Nothing) => Ok(None),
-            Ok(Incoming::Closed(end)) => Ok(Some(end)),
-            Err(e) => Err(e),
-        };
-        heads[i] = match taken {
-            Ok(None) => look(&ends[i]),
-            Ok(Some(_)) => Head::Done,
-            Err(e) => {
-                log::error!(
-                    "ioregion: serving posted writes: {e}; this region fd is no longer served"
-                );
-                Head::Done
-            }
+        heads[i] = if apply_head(&mut ends[i], applied) {
+            Head::Done
+        } else {
+            look(&mut ends[i])
         };
         if let Head::Record(Some(s)) = heads[i] {
             *latest = Some(latest.map_or(s, |l| later(l, s)));
@@ -514,7 +573,7 @@ fn serve_posted(hub: &Hub) {
         for &i in done.iter().rev() {
             posted.ends.remove(i);
         }
-        if acknowledged && let Some(irq) = &posted.acknowledged {
+        if acknowledged && let Some((irq, _)) = &posted.acknowledged {
             irq.lock().expect("irq lock poisoned").resample();
         }
         if posted.ends.is_empty() {
@@ -703,24 +762,6 @@ mod record_tests {
         assert_eq!(Resp::decode(&buf[..32]).unwrap().data, 7);
         drop(vmm);
         assert_eq!(server.join().unwrap(), ServeEnd::PeerClosed);
-    }
-
-    #[test]
-    fn peek_leaves_the_record_queued_and_skips_empty_ones() {
-        let (vmm, dev) = socket_pair().unwrap();
-        let mut buf = [0u8; RECV_BUF_SIZE];
-        assert_eq!(peek(dev.as_fd(), &mut buf).unwrap(), Incoming::Nothing);
-        send_record(vmm.as_fd(), &[], 0).unwrap();
-        send_record(vmm.as_fd(), &[7; 32], 0).unwrap();
-        for _ in 0..2 {
-            assert_eq!(peek(dev.as_fd(), &mut buf).unwrap(), Incoming::Record(32));
-        }
-        let got = receive(dev.as_fd(), &mut buf, false).unwrap();
-        assert_eq!((got, buf[0]), (Incoming::Record(32), 7));
-        assert_eq!(peek(dev.as_fd(), &mut buf).unwrap(), Incoming::Nothing);
-        drop(vmm);
-        let closed = Incoming::Closed(ServeEnd::PeerClosed);
-        assert_eq!(peek(dev.as_fd(), &mut buf).unwrap(), closed);
     }
 
     #[test]
@@ -1011,6 +1052,34 @@ mod ordering_tests {
         assert_eq!(irqfd.read().unwrap(), 2, "raised, raised again");
     }
 
+    /// The line handed over again costs no call; another line's fd joins
+    /// the set.
+    #[test]
+    fn a_line_handed_over_again_is_not_added_again() {
+        use crate::device_model::InterruptLine;
+        use vmm_sys_util::eventfd::{EFD_NONBLOCK, EventFd};
+        let (_, device, hub) = bank(true);
+        let _posted = posted_pair(&device, &hub, 0);
+        let line = || -> SharedIrq {
+            let file = || crate::sys::eventfd_file(&EventFd::new(EFD_NONBLOCK).unwrap()).unwrap();
+            Arc::new(Mutex::new(InterruptLine::new(file(), file())))
+        };
+        let (first, second) = (line(), line());
+        let watch = |l: &SharedIrq| l.lock().unwrap().watch_fd().unwrap();
+        let in_set = |fd: RawFd| {
+            let ready = hub.ready.get().unwrap();
+            ready
+                .ctl(ControlOperation::Delete, fd, EpollEvent::default())
+                .is_ok()
+        };
+        assert!(hub.take_acknowledgements(&first, watch(&first)));
+        assert!(in_set(watch(&first)), "added (and taken out again)");
+        assert!(hub.take_acknowledgements(&first, watch(&first)));
+        assert!(!in_set(watch(&first)), "not added again");
+        assert!(hub.take_acknowledgements(&second, watch(&second)));
+        assert!(in_set(watch(&second)));
+    }
+
     #[test]
     fn posted_writes_of_one_vcpu_to_two_regions_apply_in_issue_order() {
         let (journal, device, hub) = bank(true);
@@ -1163,5 +1232,76 @@ mod ordering_tests {
             let mem = scratch.lock().unwrap().mem;
             assert_eq!(mem[usize::from(round % 8)], round, "round {round}");
         }
+    }
+
+    /// The VMM's ends of one vCPU's two posted regions as raw sockets, and
+    /// how to send a write or a read record with a chosen number on them.
+    struct RawPair {
+        fds: Vec<File>,
+        user_data: [u64; 2],
+    }
+
+    impl RawPair {
+        fn open(device: &SharedDevice, hub: &Arc<Hub>, vcpu: u32) -> RawPair {
+            let (r, f) = open(device, hub, 1, vcpu).unwrap();
+            RawPair {
+                fds: r
+                    .iter()
+                    .map(|r| f[r.fd_index as usize].try_clone().unwrap())
+                    .collect(),
+                user_data: [r[0].user_data, r[1].user_data],
+            }
+        }
+
+        fn send(&self, i: usize, mut cmd: Cmd, sequence: u64) {
+            use std::io::Write;
+            cmd.sequence = sequence;
+            (&self.fds[i]).write_all(&cmd.encode()).unwrap();
+        }
+
+        fn write(&self, i: usize, offset: u64, value: u8, sequence: u64) {
+            let cmd = Cmd::write(self.user_data[i], offset, &[value], false).unwrap();
+            self.send(i, cmd, sequence);
+        }
+
+        /// A read that says `posted_before` posted writes were sent before it.
+        fn read(&self, i: usize, offset: u64, posted_before: u64, sequence: u64) {
+            let mut cmd = Cmd::read(self.user_data[i], offset, 1).unwrap();
+            cmd.posted_before = posted_before + 1;
+            self.send(i, cmd, sequence);
+        }
+
+        /// The answer waiting on fd `i`, if there is one.
+        fn answered(&self, i: usize) -> Option<u64> {
+            let mut buf = [0u8; RECV_BUF_SIZE];
+            let n = wire::recv_record(self.fds[i].as_fd(), &mut buf, libc::MSG_DONTWAIT).ok()?;
+            Some(crate::ioregion::Resp::decode(&buf[..n]).unwrap().data)
+        }
+    }
+
+    /// A read at the head of the fd that woke the thread, with every posted
+    /// write sent before it applied, is answered without a look at the
+    /// other fds; one that is not waits for what they hold.
+    #[test]
+    fn a_covered_read_is_answered_without_looking_at_the_other_fds() {
+        let (journal, device, hub) = bank(true);
+        let (vcpu0, vcpu1) = (
+            RawPair::open(&device, &hub, 0),
+            RawPair::open(&device, &hub, 1),
+        );
+        let mut posted = hub.posted.lock().unwrap();
+        let woke = Some(posted.ends[0].fd.as_raw_fd());
+        // vCPU 1's posted write, which vCPU 0's read was not sent after.
+        vcpu1.write(0, 1, 5, 1);
+        vcpu0.read(0, 1, 0, 2);
+        assert!(posted.drain(woke).is_empty());
+        assert_eq!(vcpu0.answered(0), Some(0));
+        assert!(journal.lock().unwrap().writes.is_empty(), "left queued");
+        // Sent after that write: answered once it is applied.
+        vcpu0.read(0, 1, 1, 3);
+        assert!(posted.drain(woke).is_empty());
+        assert_eq!(vcpu0.answered(0), Some(5));
+        assert_eq!(journal.lock().unwrap().writes, [(1, 5)]);
+        assert_eq!(posted.applied.count, 1);
     }
 }

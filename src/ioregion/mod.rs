@@ -19,7 +19,7 @@
 //!   when asked. It cannot tell which path sent a record.
 //! - [`wire`]: the record's layout, byte by byte, and whole-record I/O on
 //!   the SOCK_SEQPACKET pair ([`socket_pair`]) that keeps record boundaries,
-//!   for both ends (the device's: receive, peek, answer).
+//!   for both ends (the device's: receive, answer).
 //!
 //! Records on one fd are processed in order and a response carries no
 //! request id, so each fd has at most one command awaiting an answer and

@@ -459,23 +459,7 @@ pub enum Incoming {
 /// Receives one record into `buf` (at least RECV_BUF_SIZE bytes), blocking
 /// or not. Empty records from a live peer are skipped.
 pub fn receive(fd: BorrowedFd<'_>, buf: &mut [u8], block: bool) -> Result<Incoming, ServeError> {
-    receive_with(fd, buf, if block { 0 } else { libc::MSG_DONTWAIT })
-}
-
-/// Copies the next record into `buf` without taking it off `fd`, and
-/// without blocking: a server that owes an order across several fds looks
-/// at what each holds before it applies anything, and leaves the rest
-/// queued where the VMM's watchdog can see them waiting. Empty records
-/// from a live peer are taken and skipped.
-pub fn peek(fd: BorrowedFd<'_>, buf: &mut [u8]) -> Result<Incoming, ServeError> {
-    receive_with(fd, buf, libc::MSG_DONTWAIT | libc::MSG_PEEK)
-}
-
-fn receive_with(
-    fd: BorrowedFd<'_>,
-    buf: &mut [u8],
-    flags: libc::c_int,
-) -> Result<Incoming, ServeError> {
+    let flags = if block { 0 } else { libc::MSG_DONTWAIT };
     loop {
         return match recv_record(fd, buf, flags) {
             // 0 is a hang-up, or an empty record from a live peer, which
@@ -484,13 +468,6 @@ fn receive_with(
                 Ok(true) => Ok(Incoming::Closed(ServeEnd::PeerClosed)),
                 Ok(false) => {
                     log::warn!("ioregion: ignoring an empty record");
-                    if flags & libc::MSG_PEEK != 0 {
-                        // Peeking leaves it at the head: take it.
-                        recv_record(fd, buf, libc::MSG_DONTWAIT).map_err(|e| ServeError::Io {
-                            op: "recv",
-                            source: e,
-                        })?;
-                    }
                     continue;
                 }
                 Err(e) => Err(ServeError::Io {
