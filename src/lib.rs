@@ -22,5 +22,7 @@ pub mod scsi;
 pub mod signals;
 pub mod sys;
 pub mod terminal;
+#[cfg(test)]
+mod test_support;
 pub mod vfio_user;
 pub mod vmm;

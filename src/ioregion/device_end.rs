@@ -784,6 +784,7 @@ mod ordering_tests {
     use crate::device_model::{DeviceMemory, SharedIrq};
     use crate::ioregion::RegionFd;
     use crate::pci::{ConfigSpace, PciDevice};
+    use crate::test_support::wait_until;
     use std::os::fd::OwnedFd;
 
     /// A BAR of 16 bytes in two regions, 0..8 with posted writes and 8..16
@@ -973,15 +974,6 @@ mod ordering_tests {
         assert!(!hub.count_posted_writes_in(writable()));
     }
 
-    /// Waits up to 5 s for `done`.
-    fn eventually(what: &str, done: impl Fn() -> bool) {
-        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
-        while !done() {
-            assert!(std::time::Instant::now() < deadline, "{what}");
-            std::thread::sleep(std::time::Duration::from_millis(1));
-        }
-    }
-
     /// One thread serves every posted fd of a hub, with no reader to drain
     /// them; it ends with the last of them, and the next opened starts one.
     #[test]
@@ -993,19 +985,19 @@ mod ordering_tests {
         for (i, fd) in [&a, &b, &c, &d].into_iter().enumerate() {
             fd.write(i as u64, &[i as u8]).unwrap();
         }
-        eventually("the four posted writes applied", || writes() == 4);
+        wait_until("the four posted writes applied", || writes() == 4);
         assert!(hub.posted.lock().unwrap().served);
         drop((a, b, c));
         d.write(5, &[5]).unwrap();
-        eventually("the last fd still served", || writes() == 5);
+        wait_until("the last fd still served", || writes() == 5);
         assert!(hub.posted.lock().unwrap().served);
         drop(d);
-        eventually("the thread ended with the last fd", || {
+        wait_until("the thread ended with the last fd", || {
             !hub.posted.lock().unwrap().served
         });
         let (e, _f) = posted_pair(&device, &hub, 2);
         e.write(6, &[6]).unwrap();
-        eventually("a new fd served by a new thread", || writes() == 6);
+        wait_until("a new fd served by a new thread", || writes() == 6);
         assert!(hub.posted.lock().unwrap().served);
     }
 
@@ -1039,14 +1031,14 @@ mod ordering_tests {
         let again = || line.lock().unwrap().counts().raised_again;
         line.lock().unwrap().set_level(true);
         resample.write(1).unwrap();
-        eventually("raised again, still high", || again() == 1);
+        wait_until("raised again, still high", || again() == 1);
         // The device's lock held: the write to lower the line stays queued
         // while the acknowledgement arrives.
         let held = journal.lock().unwrap();
         posted.write(7, &[0]).unwrap(); // BAR offset 15
         resample.write(1).unwrap();
         drop(held);
-        eventually("the write applied", || !line.lock().unwrap().level());
+        wait_until("the write applied", || !line.lock().unwrap().level());
         std::thread::sleep(std::time::Duration::from_millis(50));
         assert_eq!(again(), 1, "acknowledged after the write that lowered it");
         assert_eq!(irqfd.read().unwrap(), 2, "raised, raised again");

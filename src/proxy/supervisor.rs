@@ -377,6 +377,7 @@ mod tests {
     use crate::pci::root::PciConfigIo;
     use crate::proxy::device::tests::{connect_with, scratch, serve};
     use crate::proxy::ioregion_setup::Dispatch;
+    use crate::test_support::{wait_for, wait_until};
     use std::sync::mpsc;
 
     fn select(io: &mut PciConfigIo, reg: usize) {
@@ -461,8 +462,8 @@ mod tests {
         assert_eq!(remote.config.read(3) >> 8 & 0xff, 0x40);
         drop(remote);
         // SET_IRQFD has no reply: the remote wires the line in its own time.
-        let wired = wait_for(|| fresh.lock().unwrap().wired_at_command);
-        assert_eq!(wired.map(|c| c & 0xffff), Some(0x07));
+        let wired = wait_for("the line wired", || fresh.lock().unwrap().wired_at_command);
+        assert_eq!(wired & 0xffff, 0x07);
         let mut d = [0u8; 1];
         assert!(!buses.mmio.read(old_bar1, &mut d), "nothing left behind");
         assert!(
@@ -473,11 +474,10 @@ mod tests {
             buses.mmio.write(0xd000_0100, &[0x22]),
             "over the new socket"
         );
-        let regs = wait_for(|| {
+        wait_until("both writes at the new remote", || {
             let remote = fresh.lock().unwrap();
-            Some((remote.regs[0x10], remote.regs[0x100])).filter(|r| *r == (0x11, 0x22))
+            (remote.regs[0x10], remote.regs[0x100]) == (0x11, 0x22)
         });
-        assert_eq!(regs, Some((0x11, 0x22)));
     }
 
     /// The event loop goes on while a new remote is slow in the handshake
@@ -558,7 +558,7 @@ mod tests {
         std::thread::sleep(Duration::from_millis(300));
         let during = rounds.load(Ordering::SeqCst) - before;
         release.send(()).unwrap();
-        let took_over = wait_for(|| {
+        let took_over = wait_for("the new remote watched", || {
             let name = watcher.lock().unwrap().name().to_string();
             (name != "first").then_some(name)
         });
@@ -569,10 +569,7 @@ mod tests {
             during >= 3,
             "the event loop stood still during the handshake ({during} rounds)"
         );
-        assert!(
-            took_over.is_some_and(|n| n.starts_with("#0 (")),
-            "the new remote is watched"
-        );
+        assert!(took_over.starts_with("#0 ("), "the new remote is watched");
         assert!(!watcher.lock().unwrap().failed.is_failed());
     }
 
@@ -594,19 +591,5 @@ mod tests {
         let _ = child.kill();
         let _ = child.wait();
         assert_eq!(status, None, "the remote died with the job's end");
-    }
-
-    /// Polls `probe` for up to 5 s until it returns Some.
-    fn wait_for<T>(mut probe: impl FnMut() -> Option<T>) -> Option<T> {
-        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
-        loop {
-            if let Some(v) = probe() {
-                return Some(v);
-            }
-            if std::time::Instant::now() > deadline {
-                return None;
-            }
-            std::thread::sleep(std::time::Duration::from_millis(5));
-        }
     }
 }

@@ -700,13 +700,7 @@ mod tests {
                 failed += usize::from(c.result.is_err());
                 done += 1;
             }
-            let mut pfd = libc::pollfd {
-                fd: pool.completion_fd(),
-                events: libc::POLLIN,
-                revents: 0,
-            };
-            // SAFETY: one valid pollfd.
-            unsafe { libc::poll(&mut pfd, 1, 100) };
+            let _ = crate::sys::poll(&mut [crate::sys::pollin(Some(pool.completion_fd()))], 100);
         }
         failed
     }
