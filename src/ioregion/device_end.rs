@@ -124,16 +124,31 @@ impl Posted {
     /// Applies the queued posted writes in order (see [`drain_in_order`]),
     /// looking first at the fd `first` names (a raw fd; the one that woke
     /// its taker). Returns the ends found closed or failed, by index.
-    /// A drain for the fd that woke its taker first answers the reads
-    /// there that need no look at the others ([`answer_covered_reads`]).
-    fn drain(&mut self, first: Option<RawFd>) -> Vec<usize> {
+    /// With `shortcut`, a read at `first` that needs no look at the others
+    /// is answered and ends the drain ([`answer_covered_read`]).
+    fn drain(&mut self, first: Option<RawFd>, shortcut: bool) -> Vec<usize> {
         let woke = first.and_then(|fd| self.ends.iter().position(|e| e.fd.as_raw_fd() == fd));
-        if let Some(i) = woke
-            && answer_covered_reads(&mut self.ends[i], &mut self.applied)
+        if let Some(i) = woke.filter(|_| shortcut)
+            && answer_covered_read(&mut self.ends[i], &mut self.applied)
         {
             return Vec::new();
         }
         drain_in_order(&mut self.ends, woke.unwrap_or(0), &mut self.applied)
+    }
+
+    /// What the posted-write thread does when woken: `woke` is the first
+    /// posted-write fd epoll reported, `acknowledged` whether the guest's
+    /// acknowledgement of the interrupt was among what it reported.
+    fn serve_wake_up(&mut self, woke: Option<RawFd>, acknowledged: bool) {
+        // The posted writes first, all of them: the guest sent them before
+        // it acknowledged, and the line's level must show them.
+        let done = self.drain(woke, !acknowledged);
+        for &i in done.iter().rev() {
+            self.ends.remove(i);
+        }
+        if acknowledged && let Some((irq, _)) = &self.acknowledged {
+            irq.lock().expect("irq lock poisoned").resample();
+        }
     }
 }
 
@@ -335,7 +350,10 @@ impl Hub {
     /// Applies every posted write queued so far: whatever the control
     /// socket or the interrupt acknowledgement brings next must see them.
     pub fn drain_all(&self) {
-        self.posted.lock().expect("hub lock poisoned").drain(None);
+        self.posted
+            .lock()
+            .expect("hub lock poisoned")
+            .drain(None, false);
     }
 
     /// From now on the count of posted writes applied is kept at
@@ -465,7 +483,7 @@ fn apply_head(end: &mut PostedEnd, applied: &mut AppliedCount) -> bool {
 /// readable in the thread's epoll set, which wakes the thread again).
 /// Returns whether the drain may stop there: `end` was empty, or its read
 /// was answered.
-fn answer_covered_reads(end: &mut PostedEnd, applied: &mut AppliedCount) -> bool {
+fn answer_covered_read(end: &mut PostedEnd, applied: &mut AppliedCount) -> bool {
     match look(end) {
         Head::Unknown => true,
         Head::Done => false,
@@ -535,7 +553,7 @@ fn serve_synchronous(hub: &Hub, fd: &Arc<OwnedFd>, handle: &Handler) -> Result<(
         let mut posted = hub.posted.lock().expect("hub lock poisoned");
         let sent_before = wire::posted_before_of(&buf[..len.min(buf.len())]);
         if !posted.applied.covers(sent_before) {
-            posted.drain(None);
+            posted.drain(None, false);
         }
         if answer(fd.as_fd(), &buf, len, &mut |c| handle(c))?.is_some() {
             return Ok(());
@@ -567,15 +585,7 @@ fn serve_posted(hub: &Hub) {
         let woke = woken.iter().find(|e| e.data() != ACKNOWLEDGED);
         let acknowledged = woken.iter().any(|e| e.data() == ACKNOWLEDGED);
         let mut posted = hub.posted.lock().expect("hub lock poisoned");
-        // The posted writes first: the guest sent them before it
-        // acknowledged, and the line's level must show them.
-        let done = posted.drain(woke.map(|e| e.fd()));
-        for &i in done.iter().rev() {
-            posted.ends.remove(i);
-        }
-        if acknowledged && let Some((irq, _)) = &posted.acknowledged {
-            irq.lock().expect("irq lock poisoned").resample();
-        }
+        posted.serve_wake_up(woke.map(|e| e.fd()), acknowledged);
         if posted.ends.is_empty() {
             posted.served = false;
             return;
@@ -1286,14 +1296,53 @@ mod ordering_tests {
         // vCPU 1's posted write, which vCPU 0's read was not sent after.
         vcpu1.write(0, 1, 5, 1);
         vcpu0.read(0, 1, 0, 2);
-        assert!(posted.drain(woke).is_empty());
+        assert!(posted.drain(woke, true).is_empty());
         assert_eq!(vcpu0.answered(0), Some(0));
         assert!(journal.lock().unwrap().writes.is_empty(), "left queued");
         // Sent after that write: answered once it is applied.
         vcpu0.read(0, 1, 1, 3);
-        assert!(posted.drain(woke).is_empty());
+        assert!(posted.drain(woke, true).is_empty());
         assert_eq!(vcpu0.answered(0), Some(5));
         assert_eq!(journal.lock().unwrap().writes, [(1, 5)]);
         assert_eq!(posted.applied.count, 1);
+    }
+
+    /// A wake-up that brings the guest's acknowledgement applies every
+    /// posted write first, even with a read at its first fd that could be
+    /// answered at once: the acknowledgement must find the line as those
+    /// writes left it.
+    #[test]
+    fn an_acknowledgement_finds_every_posted_write_applied() {
+        use crate::device_model::InterruptLine;
+        use vmm_sys_util::eventfd::{EFD_NONBLOCK, EventFd};
+        let (_, device, hub) = bank(true);
+        let (irqfd, resample) = (
+            EventFd::new(EFD_NONBLOCK).unwrap(),
+            EventFd::new(EFD_NONBLOCK).unwrap(),
+        );
+        let file = |e: &EventFd| crate::sys::eventfd_file(e).unwrap();
+        let line: SharedIrq = Arc::new(Mutex::new(InterruptLine::new(
+            file(&irqfd),
+            file(&resample),
+        )));
+        device.lock().unwrap().set_interrupt(line.clone());
+        let (vcpu0, vcpu1) = (
+            RawPair::open(&device, &hub, 0),
+            RawPair::open(&device, &hub, 1),
+        );
+        let watch = line.lock().unwrap().watch_fd().unwrap();
+        assert!(hub.take_acknowledgements(&line, watch));
+        line.lock().unwrap().set_level(true);
+        let mut posted = hub.posted.lock().unwrap();
+        // vCPU 1 lowers the line (BAR offset 15) and acknowledges; vCPU 0's
+        // read was not sent after that write.
+        vcpu1.write(1, 7, 0, 1);
+        resample.write(1).unwrap();
+        vcpu0.read(0, 0, 0, 2);
+        let woke = Some(posted.ends[0].fd.as_raw_fd());
+        posted.serve_wake_up(woke, true);
+        assert_eq!(vcpu0.answered(0), Some(0));
+        assert!(!line.lock().unwrap().level(), "the write applied");
+        assert_eq!(line.lock().unwrap().counts().raised_again, 0);
     }
 }
