@@ -791,11 +791,13 @@ mod record_tests {
 #[cfg(test)]
 mod ordering_tests {
     use super::*;
+    use crate::device_model::InterruptLine;
     use crate::device_model::{DeviceMemory, SharedIrq};
     use crate::ioregion::RegionFd;
     use crate::pci::{ConfigSpace, PciDevice};
     use crate::test_support::wait_until;
     use std::os::fd::OwnedFd;
+    use vmm_sys_util::eventfd::{EFD_NONBLOCK, EventFd};
 
     /// A BAR of 16 bytes in two regions, 0..8 with posted writes and 8..16
     /// with posted writes or not. It logs every byte written, in the order
@@ -902,6 +904,18 @@ mod ordering_tests {
         // Outside the region: all ones, nothing touched.
         read1.read(6, &mut back).unwrap();
         assert_eq!(back, [0xff; 4]);
+    }
+
+    /// An interrupt line on new eventfds, with them: the one it writes to
+    /// raise the line, the one the guest's acknowledgements arrive on.
+    fn interrupt_line() -> (SharedIrq, EventFd, EventFd) {
+        let (irqfd, resample) = (
+            EventFd::new(EFD_NONBLOCK).unwrap(),
+            EventFd::new(EFD_NONBLOCK).unwrap(),
+        );
+        let file = |e: &EventFd| crate::sys::eventfd_file(e).unwrap();
+        let line = InterruptLine::new(file(&irqfd), file(&resample));
+        (Arc::new(Mutex::new(line)), irqfd, resample)
     }
 
     /// The VMM's ends of one vCPU's two posted regions.
@@ -1017,18 +1031,8 @@ mod ordering_tests {
     /// before the acknowledgement, keeps it from being raised again.
     #[test]
     fn the_posted_fds_thread_takes_acknowledgements_after_the_writes_before_them() {
-        use crate::device_model::InterruptLine;
-        use vmm_sys_util::eventfd::{EFD_NONBLOCK, EventFd};
         let (journal, device, hub) = bank(true);
-        let (irqfd, resample) = (
-            EventFd::new(EFD_NONBLOCK).unwrap(),
-            EventFd::new(EFD_NONBLOCK).unwrap(),
-        );
-        let file = |e: &EventFd| crate::sys::eventfd_file(e).unwrap();
-        let line: SharedIrq = Arc::new(Mutex::new(InterruptLine::new(
-            file(&irqfd),
-            file(&resample),
-        )));
+        let (line, irqfd, resample) = interrupt_line();
         device.lock().unwrap().set_interrupt(line.clone());
         let watch = line.lock().unwrap().watch_fd().unwrap();
         assert!(!hub.take_acknowledgements(&line, watch), "no thread yet");
@@ -1058,15 +1062,9 @@ mod ordering_tests {
     /// the set.
     #[test]
     fn a_line_handed_over_again_is_not_added_again() {
-        use crate::device_model::InterruptLine;
-        use vmm_sys_util::eventfd::{EFD_NONBLOCK, EventFd};
         let (_, device, hub) = bank(true);
         let _posted = posted_pair(&device, &hub, 0);
-        let line = || -> SharedIrq {
-            let file = || crate::sys::eventfd_file(&EventFd::new(EFD_NONBLOCK).unwrap()).unwrap();
-            Arc::new(Mutex::new(InterruptLine::new(file(), file())))
-        };
-        let (first, second) = (line(), line());
+        let (first, second) = (interrupt_line().0, interrupt_line().0);
         let watch = |l: &SharedIrq| l.lock().unwrap().watch_fd().unwrap();
         let in_set = |fd: RawFd| {
             let ready = hub.ready.get().unwrap();
@@ -1313,18 +1311,8 @@ mod ordering_tests {
     /// writes left it.
     #[test]
     fn an_acknowledgement_finds_every_posted_write_applied() {
-        use crate::device_model::InterruptLine;
-        use vmm_sys_util::eventfd::{EFD_NONBLOCK, EventFd};
         let (_, device, hub) = bank(true);
-        let (irqfd, resample) = (
-            EventFd::new(EFD_NONBLOCK).unwrap(),
-            EventFd::new(EFD_NONBLOCK).unwrap(),
-        );
-        let file = |e: &EventFd| crate::sys::eventfd_file(e).unwrap();
-        let line: SharedIrq = Arc::new(Mutex::new(InterruptLine::new(
-            file(&irqfd),
-            file(&resample),
-        )));
+        let (line, _irqfd, resample) = interrupt_line();
         device.lock().unwrap().set_interrupt(line.clone());
         let (vcpu0, vcpu1) = (
             RawPair::open(&device, &hub, 0),
