@@ -333,9 +333,10 @@ def main():
         "Cost of one I/O (medians over rounds): KVM exits and injected interrupts\n"
         "(the rig kernel's debugfs), and context switches of every VMM, remote and\n"
         "QEMU thread, from the job's start to the end of its fio run, over its I/Os.\n"
-        "The MMIO+PIO column counts the exits KVM handed to the VMM for a device\n"
-        "access (QEMU's in-process LSI: every register access of the driver;\n"
-        "ours on the kernel path: only those KVM did not serve itself):",
+        "The MMIO+PIO column is KVM's count of device-access exits it prepared\n"
+        "for userspace (mmio_exits + io_exits): every register access of the\n"
+        "driver, on our kernel path too, where our KVM module serves an access\n"
+        "by taking over that exit after KVM counted it (kernel/README.md):",
         "| job | configuration | exits | injected irqs | context switches | MMIO+PIO exits | runs |",
         cost_row,
     )

@@ -109,8 +109,9 @@ qemu_vm="qemu-system-x86_64 -accel kvm -cpu host -m 512M -nodefaults -display no
 # The cost of a job, sampled when it starts (VMM-BENCH-JOB) and when fio
 # has finished (VMM-FIO-JSON-BEGIN, before its JSON crosses the serial
 # port, which costs an exit per byte): KVM's exits and injected
-# interrupts and the exits for MMIO and port I/O it handed to userspace
-# (debugfs sums them over the VMs alive, here the one), and the context
+# interrupts and the exits for MMIO and port I/O it prepared for userspace
+# (our KVM module takes some over after KVM counted them; debugfs sums
+# them over the VMs alive, here the one), and the context
 # switches of every thread of the VMM, its remotes and QEMU.
 mount -t debugfs nodev /sys/kernel/debug 2>/dev/null
 kvm_stat() { cat /sys/kernel/debug/kvm/\$1 2>/dev/null || echo 0; }
