@@ -753,6 +753,60 @@ mod tests {
     /// The I/O path the Linux driver takes with tagged queuing: the target
     /// disconnects after the CDB, SCRIPTS park in WAIT RESELECT, and the
     /// finished read reselects them to move the data and status.
+    /// DATA OUT lands in the command's data across block moves, and a
+    /// move that faults takes none of its bytes.
+    #[test]
+    fn data_out_moves_land_on_the_disk_and_a_faulting_one_takes_nothing() {
+        let path = std::env::temp_dir().join(format!("vmm-lsi-out-{}.img", std::process::id()));
+        std::fs::File::create(&path)
+            .unwrap()
+            .set_len(1 << 20)
+            .unwrap();
+        let disk = Arc::new(ScsiDisk::open(&path, crate::scsi::DiskOptions::new("UNIT")).unwrap());
+        let (mut l, ram) = lsi(vec![disk]);
+        let put = |bytes: &[u8], at: u64| ram.memory.write_slice(bytes, GuestAddress(at)).unwrap();
+        put(&[0x80], 0xa000);
+        // WRITE(10) of block 1, then of block 2.
+        put(&[0x2a, 0, 0, 0, 0, 1, 0, 0, 1, 0], 0xa010);
+        put(&[0x2a, 0, 0, 0, 0, 2, 0, 0, 1, 0], 0xa020);
+        put(&[0x5a; 256], 0xb000);
+        put(&[0xa5; 256], 0xb100);
+        let write = |cdb: u32, first: u32, second: u32| {
+            [
+                0x4100_0000,
+                0x8100, // SELECT ATN id 0
+                0x0e00_0001,
+                0xa000, // MOVE 1 WHEN MSG_OUT (IDENTIFY)
+                0x0a00_000a,
+                cdb, // MOVE 10 WHEN COMMAND
+                0x0800_0100,
+                first, // MOVE 256 WHEN DATA_OUT
+                0x0800_0100,
+                second, // MOVE 256 WHEN DATA_OUT
+                0x0b00_0001,
+                0xa200, // MOVE 1 WHEN STATUS
+                0x0f00_0001,
+                0xa201, // MOVE 1 WHEN MSG_IN
+                0x9808_0000,
+                7, // INT 7
+            ]
+        };
+        script(&ram, 0x8000, &write(0xa010, 0xb000, 0xb100));
+        write32(&mut l, DSP, 0x8000);
+        assert_eq!(l.r.dsps, 7, "ran to the INT");
+        let image = std::fs::read(&path).unwrap();
+        assert_eq!(&image[512..768], &[0x5a; 256][..]);
+        assert_eq!(&image[768..1024], &[0xa5; 256][..]);
+        // The second move reads past guest RAM (64 MiB): a bus fault.
+        script(&ram, 0x8000, &write(0xa020, 0xb000, 0x0800_0000));
+        write32(&mut l, DSP, 0x8000);
+        assert_ne!(l.r.dstat & DSTAT_BF, 0, "bus fault");
+        assert_eq!(l.bus.data_out_wanted(), 256, "only the first move taken");
+        let image = std::fs::read(&path).unwrap();
+        assert_eq!(&image[1024..1536], &[0; 512][..], "nothing written");
+        std::fs::remove_file(path).unwrap();
+    }
+
     #[test]
     fn a_tagged_read_disconnects_and_resumes_scripts_on_reselection() {
         let path = std::env::temp_dir().join(format!("vmm-lsi-resel-{}.img", std::process::id()));

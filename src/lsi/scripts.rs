@@ -251,25 +251,35 @@ impl Lsi53c895a {
             let remaining = (count - moved) as usize;
             let at = addr + u64::from(moved);
             let n = match expected {
-                PHASE_DATA_OUT | PHASE_COMMAND | PHASE_MSG_OUT => {
-                    let want = if expected == PHASE_DATA_OUT {
-                        remaining.min(self.bus.data_out_wanted())
-                    } else {
-                        remaining
-                    };
-                    let mut buf = vec![0u8; want];
+                PHASE_DATA_OUT => {
+                    let want = remaining.min(self.bus.data_out_wanted());
+                    // Straight into the command's data: a bounce buffer
+                    // cost a second copy of every byte written.
+                    let mut out = self.bus.take_data_out();
+                    let start = out.len();
+                    out.resize(start + want, 0);
+                    let read = self.dma_read(at, &mut out[start..]);
+                    if !read {
+                        out.truncate(start);
+                    }
+                    self.bus.put_data_out(out);
+                    if !read {
+                        return;
+                    }
+                    want
+                }
+                PHASE_COMMAND | PHASE_MSG_OUT => {
+                    let mut buf = vec![0u8; remaining];
                     if !self.dma_read(at, &mut buf) {
                         return;
                     }
-                    match expected {
-                        PHASE_DATA_OUT => self.bus.data_out(&buf),
-                        PHASE_COMMAND => self.bus.command(&buf),
-                        _ => {
-                            self.r.socl &= !SOCL_ATN;
-                            self.bus.msg_out(&buf)
-                        }
+                    if expected == PHASE_COMMAND {
+                        self.bus.command(&buf);
+                    } else {
+                        self.r.socl &= !SOCL_ATN;
+                        self.bus.msg_out(&buf);
                     }
-                    want
+                    remaining
                 }
                 PHASE_DATA_IN => {
                     let data = self.bus.data_in(remaining);

@@ -528,8 +528,25 @@ impl ScsiBus {
     }
 
     pub fn data_out(&mut self, bytes: &[u8]) {
+        let mut out = self.take_data_out();
+        out.extend_from_slice(bytes);
+        self.put_data_out(out);
+    }
+
+    /// The DATA OUT bytes taken so far, for the initiator to add to in
+    /// place (its DMA lands there instead of in a buffer of its own, one
+    /// copy fewer); give them back with [`Self::put_data_out`].
+    pub fn take_data_out(&mut self) -> Vec<u8> {
+        self.conn
+            .as_mut()
+            .map(|c| std::mem::take(&mut c.data_out))
+            .unwrap_or_default()
+    }
+
+    /// Gives the DATA OUT bytes back; the command runs once they are all in.
+    pub fn put_data_out(&mut self, out: Vec<u8>) {
         let Some(c) = self.conn.as_mut() else { return };
-        c.data_out.extend_from_slice(bytes);
+        c.data_out = out;
         if c.data_out.len() >= c.data_out_len {
             self.start();
         }
