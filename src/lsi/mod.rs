@@ -330,6 +330,29 @@ mod tests {
     const BAR1: u64 = 0xc000_0000;
     const BAR2: u64 = 0xc000_2000;
 
+    /// How the SCRIPTS of these tests end a command: status and message
+    /// bytes to 0xa200 and 0xa201, then INT 7.
+    const FINISH: [u32; 6] = [
+        0x0b00_0001,
+        0xa200, // MOVE 1 WHEN STATUS
+        0x0f00_0001,
+        0xa201, // MOVE 1 WHEN MSG_IN
+        0x9808_0000,
+        7, // INT 7
+    ];
+
+    /// A 1 MiB disk on a new image file named after `tag`, and the file.
+    fn unit_disk(tag: &str) -> (Arc<ScsiDisk>, std::path::PathBuf) {
+        let name = format!("vmm-lsi-{tag}-{}.img", std::process::id());
+        let path = std::env::temp_dir().join(name);
+        std::fs::File::create(&path)
+            .unwrap()
+            .set_len(1 << 20)
+            .unwrap();
+        let disk = ScsiDisk::open(&path, crate::scsi::DiskOptions::new("UNIT")).unwrap();
+        (Arc::new(disk), path)
+    }
+
     /// An LSI with 64 MiB of guest RAM shared with a GuestRam we can poke,
     /// BARs placed and decoding.
     fn lsi(disks: Vec<Arc<ScsiDisk>>) -> (Lsi53c895a, GuestRam) {
@@ -686,12 +709,7 @@ mod tests {
 
     #[test]
     fn a_whole_inquiry_runs_through_select_messages_command_data_and_status() {
-        let path = std::env::temp_dir().join(format!("vmm-lsi-unit-{}.img", std::process::id()));
-        std::fs::File::create(&path)
-            .unwrap()
-            .set_len(1 << 20)
-            .unwrap();
-        let disk = Arc::new(ScsiDisk::open(&path, crate::scsi::DiskOptions::new("UNIT")).unwrap());
+        let (disk, path) = unit_disk("unit");
         let (mut l, ram) = lsi(vec![disk]);
         ram.memory
             .write_slice(&[0x80], GuestAddress(0xa000))
@@ -711,13 +729,10 @@ mod tests {
                 0xa010, // MOVE 6 WHEN COMMAND (INQUIRY)
                 0x0900_0024,
                 0xa100, // MOVE 36 WHEN DATA_IN
-                0x0b00_0001,
-                0xa200, // MOVE 1 WHEN STATUS
-                0x0f00_0001,
-                0xa201, // MOVE 1 WHEN MSG_IN
-                0x9808_0000,
-                7, // INT 7
-            ],
+            ]
+            .into_iter()
+            .chain(FINISH)
+            .collect::<Vec<_>>(),
         );
         write32(&mut l, DSP, 0x8000);
         assert_eq!(l.r.dsps, 7, "ran to the INT without a phase mismatch");
@@ -750,19 +765,11 @@ mod tests {
         std::fs::remove_file(path).unwrap();
     }
 
-    /// The I/O path the Linux driver takes with tagged queuing: the target
-    /// disconnects after the CDB, SCRIPTS park in WAIT RESELECT, and the
-    /// finished read reselects them to move the data and status.
     /// DATA OUT lands in the command's data across block moves, and a
     /// move that faults takes none of its bytes.
     #[test]
     fn data_out_moves_land_on_the_disk_and_a_faulting_one_takes_nothing() {
-        let path = std::env::temp_dir().join(format!("vmm-lsi-out-{}.img", std::process::id()));
-        std::fs::File::create(&path)
-            .unwrap()
-            .set_len(1 << 20)
-            .unwrap();
-        let disk = Arc::new(ScsiDisk::open(&path, crate::scsi::DiskOptions::new("UNIT")).unwrap());
+        let (disk, path) = unit_disk("out");
         let (mut l, ram) = lsi(vec![disk]);
         let put = |bytes: &[u8], at: u64| ram.memory.write_slice(bytes, GuestAddress(at)).unwrap();
         put(&[0x80], 0xa000);
@@ -783,13 +790,10 @@ mod tests {
                 first, // MOVE 256 WHEN DATA_OUT
                 0x0800_0100,
                 second, // MOVE 256 WHEN DATA_OUT
-                0x0b00_0001,
-                0xa200, // MOVE 1 WHEN STATUS
-                0x0f00_0001,
-                0xa201, // MOVE 1 WHEN MSG_IN
-                0x9808_0000,
-                7, // INT 7
             ]
+            .into_iter()
+            .chain(FINISH)
+            .collect::<Vec<_>>()
         };
         script(&ram, 0x8000, &write(0xa010, 0xb000, 0xb100));
         write32(&mut l, DSP, 0x8000);
@@ -807,6 +811,9 @@ mod tests {
         std::fs::remove_file(path).unwrap();
     }
 
+    /// The I/O path the Linux driver takes with tagged queuing: the target
+    /// disconnects after the CDB, SCRIPTS park in WAIT RESELECT, and the
+    /// finished read reselects them to move the data and status.
     #[test]
     fn a_tagged_read_disconnects_and_resumes_scripts_on_reselection() {
         let path = std::env::temp_dir().join(format!("vmm-lsi-resel-{}.img", std::process::id()));
