@@ -330,16 +330,18 @@ mod tests {
     const BAR1: u64 = 0xc000_0000;
     const BAR2: u64 = 0xc000_2000;
 
-    /// How the SCRIPTS of these tests end a command: status and message
-    /// bytes to 0xa200 and 0xa201, then INT 7.
-    const FINISH: [u32; 6] = [
-        0x0b00_0001,
-        0xa200, // MOVE 1 WHEN STATUS
-        0x0f00_0001,
-        0xa201, // MOVE 1 WHEN MSG_IN
-        0x9808_0000,
-        7, // INT 7
-    ];
+    /// How the SCRIPTS of these tests end a command: the status byte to
+    /// `status_at`, the message byte after it, then INT 7.
+    fn finish(status_at: u32) -> [u32; 6] {
+        [
+            0x0b00_0001,
+            status_at, // MOVE 1 WHEN STATUS
+            0x0f00_0001,
+            status_at + 1, // MOVE 1 WHEN MSG_IN
+            0x9808_0000,
+            7, // INT 7
+        ]
+    }
 
     /// A 1 MiB disk on a new image file named after `tag`, and the file.
     fn unit_disk(tag: &str) -> (Arc<ScsiDisk>, std::path::PathBuf) {
@@ -731,7 +733,7 @@ mod tests {
                 0xa100, // MOVE 36 WHEN DATA_IN
             ]
             .into_iter()
-            .chain(FINISH)
+            .chain(finish(0xa200))
             .collect::<Vec<_>>(),
         );
         write32(&mut l, DSP, 0x8000);
@@ -792,7 +794,7 @@ mod tests {
                 second, // MOVE 256 WHEN DATA_OUT
             ]
             .into_iter()
-            .chain(FINISH)
+            .chain(finish(0xa200))
             .collect::<Vec<_>>()
         };
         script(&ram, 0x8000, &write(0xa010, 0xb000, 0xb100));
@@ -850,13 +852,10 @@ mod tests {
                 0xa030, // MOVE 3 WHEN MSG_IN (IDENTIFY, SIMPLE TAG 0x11)
                 0x0900_0200,
                 0xa400, // MOVE 512 WHEN DATA_IN
-                0x0b00_0001,
-                0xa040, // MOVE 1 WHEN STATUS
-                0x0f00_0001,
-                0xa041, // MOVE 1 WHEN MSG_IN
-                0x9808_0000,
-                7, // INT 7
-            ],
+            ]
+            .into_iter()
+            .chain(finish(0xa040))
+            .collect::<Vec<_>>(),
         );
         script(&ram, 0x8100, &[0x9808_0000, 0xee]);
         write32(&mut l, DSP, 0x8000);
