@@ -527,12 +527,6 @@ impl ScsiBus {
             .map_or(0, |c| c.data_out_len.saturating_sub(c.data_out.len()))
     }
 
-    pub fn data_out(&mut self, bytes: &[u8]) {
-        let mut out = self.take_data_out();
-        out.extend_from_slice(bytes);
-        self.put_data_out(out);
-    }
-
     /// The DATA OUT bytes taken so far, for the initiator to add to in
     /// place (its DMA lands there instead of in a buffer of its own, one
     /// copy fewer); give them back with [`Self::put_data_out`].
@@ -594,6 +588,13 @@ impl ScsiBus {
 mod tests {
     use super::*;
 
+    /// DATA OUT from a slice, as an initiator's block move brings it.
+    fn data_out(bus: &mut ScsiBus, bytes: &[u8]) {
+        let mut out = bus.take_data_out();
+        out.extend_from_slice(bytes);
+        bus.put_data_out(out);
+    }
+
     #[test]
     fn data_in_leaves_in_order_across_block_moves() {
         let mut out = Outgoing::from((0..=255u8).collect::<Vec<u8>>());
@@ -644,7 +645,7 @@ mod tests {
         let mut bus = bus_in_memory();
         issue(&mut bus, 4, &rw10(WRITE10, 2));
         assert_eq!(bus.phase(), Some(PHASE_DATA_OUT));
-        bus.data_out(&[0xcd; 512]);
+        data_out(&mut bus, &[0xcd; 512]);
         assert_eq!(
             bus.phase(),
             Some(PHASE_STATUS),
@@ -758,7 +759,7 @@ mod tests {
         issue(&mut bus, 1, &rw10(WRITE10, 2));
         assert_eq!(bus.phase(), Some(PHASE_DATA_OUT));
         assert_eq!(bus.data_out_wanted(), 512);
-        bus.data_out(&[0xab; 512]);
+        data_out(&mut bus, &[0xab; 512]);
         assert_eq!(bus.msg_in(2), vec![MSG_SAVE_DATA_POINTER, MSG_DISCONNECT]);
         wait_ready(&mut bus, 1);
         assert_eq!(bus.reselect(), Some(0));
