@@ -4,8 +4,9 @@
 usage: bench-table.py CONSOLE_LOG JSON_DIR
 
 Saves each fio JSON result as JSON_DIR/<config>-r<round>-<job>.json and
-prints, per job, the median over rounds of IOPS, bandwidth, mean and p99
-completion latency for every configuration, with IOPS ratios against the
+prints, per job, the median over rounds of IOPS, bandwidth, mean latency
+(submission to completion) and p99 completion latency for every
+configuration, with IOPS ratios against the
 first configuration, the spread of IOPS over rounds and in how many
 rounds each configuration beat the first one in the same rig boot (the
 rig's IOPS vary severalfold from round to round, so a median ratio alone
@@ -15,7 +16,8 @@ job starts and as fio finishes, over the job's completed I/Os); then the
 register round trip (regbench) the same way, and the context switches
 per I/O split by thread (BENCH-THREADS, sampled with BENCH-COST), and the
 system calls per I/O by thread when the run counted them (BENCH-SYSCALLS);
-last, our LSI remote's interrupts per SCSI command, from its exit summary
+where the rig's CPU went during each job when the run profiled it
+(BENCH-PERF, `--perf`); last, our LSI remote's interrupts per SCSI command, from its exit summary
 (ours run with --log-level info for it).
 """
 import json
@@ -38,6 +40,7 @@ def parse(log_path, json_dir):
     costs = {}  # (config, job) -> [per-I/O cost per round]
     threads = {}  # (config, job) -> [{thread group: (voluntary, involuntary) per I/O}]
     syscalls = {}  # (config, job) -> [{thread group or "total": (calls,) per I/O}]
+    profiles = {}  # (config, job) -> [(samples, {category: percent})]
     order, jobs = [], []
     config = rnd = None
     capture = None
@@ -46,6 +49,9 @@ def parse(log_path, json_dir):
     window = {}
     for raw in open(log_path, errors="replace"):
         line = raw.rstrip("\r\n")
+        if line.startswith("BENCH-PERF:"):
+            profile_line(line, profiles)
+            continue
         m = re.match(r"BENCH-CONFIG: (\S+) round (\d+)", line)
         if m:
             config, rnd = m.group(1), int(m.group(2))
@@ -113,7 +119,72 @@ def parse(log_path, json_dir):
             commands, raised, again = (int(x) for x in m.groups())
             interrupts.setdefault(config, []).append((commands, raised, again))
     counters = (counters, interrupts)
-    return order, jobs, results, regs, (istat, istat_widths, istat_cost), counters, costs, threads, syscalls
+    return order, jobs, results, regs, (istat, istat_widths, istat_cost), counters, costs, threads, syscalls, profiles
+
+
+def profile_line(line, profiles):
+    """Adds a `--perf` row by thread and binary to `profiles`: its share
+    goes to the rig kernel (in any thread but the idle one), idle, or
+    userspace; what the rows leave of 100% is the nested guest's time.
+    The sample count opens each profile."""
+    m = re.match(r"BENCH-PERF: (\S+) (\d+) (\S+) comm,dso:(.*)$", line)
+    if not m:
+        return
+    config, rnd, job, rest = m.group(1), int(m.group(2)), m.group(3), m.group(4)
+    runs = profiles.setdefault((config, job), {})
+    n = re.match(r"# Samples: (\d+)(K?) ", rest.strip())
+    if n:
+        runs[rnd] = (int(n.group(1)) * (1000 if n.group(2) else 1), {})
+        return
+    row = re.match(r"\s*([\d.]+)%\s+(.*\S)\s+(\S+)\s*$", rest)
+    if not row or rnd not in runs:
+        return
+    share, comm, dso = float(row.group(1)), row.group(2), row.group(3)
+    if dso == "[kernel.kallsyms]":
+        where = "idle" if comm.startswith("swapper") else "kernel"
+    else:
+        where = "user"
+    shares = runs[rnd][1]
+    shares[where] = shares.get(where, 0.0) + share
+
+
+def profile_table(jobs, order, profiles, results):
+    """Where the rig's one CPU went per I/O during each job, by the
+    profile's shares times the time one I/O took (1/IOPS of the same,
+    profiled, run)."""
+    if not profiles:
+        return
+    print()
+    print("Where the rig's CPU went during each job (`--perf`: perf record -a on")
+    print("cpu-clock in the rig kernel; medians over rounds), in microseconds per I/O")
+    print("(share of samples x 1/IOPS of the profiled run, whose sampling costs")
+    print("exits of its own): the nested guest running (with the world switches")
+    print("that land in it), the rig kernel (KVM's exit handling, system calls,")
+    print("scheduling), the VMM's, remote's and QEMU's own code, and idle. The")
+    print("guest column is what the rows leave of 100%, rows under 0.3% included.")
+    print("Per-function profiles are in perf/.")
+    print()
+    print("| job | configuration | us per I/O | guest | rig kernel | userspace | idle | samples | runs |")
+    print("| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
+    for job in jobs:
+        for config in order:
+            runs = profiles.get((config, job))
+            iops = {r[4]: r[0] for r in results.get((config, job), [])}
+            rows = []
+            for rnd, (samples, shares) in sorted(runs.items()) if runs else []:
+                if not iops.get(rnd):
+                    continue
+                us = 1e6 / iops[rnd]
+                # The rows perf left out of its report are the guest's.
+                guest = max(0.0, 100.0 - sum(shares.values()))
+                rows.append((us, guest * us / 100, *(shares.get(k, 0.0) * us / 100 for k in ("kernel", "user", "idle")), samples))
+            if not rows:
+                continue
+            med = [statistics.median(r[i] for r in rows) for i in range(6)]
+            print(
+                f"| {job} | {config} | {med[0]:.0f} | {med[1]:.0f} | {med[2]:.0f} | {med[3]:.0f} "
+                f"| {med[4]:.0f} | {med[5]:.0f} | {len(rows)} |"
+            )
 
 
 def cost_sample(line):
@@ -258,7 +329,11 @@ def total_ios(data):
 
 
 def metrics(data):
-    """IOPS, MiB/s, mean and p99 completion latency (us), reads and writes together."""
+    """IOPS, MiB/s, mean latency and p99 completion latency (us), reads and
+    writes together. The mean is fio's lat (submission to completion), not
+    its clat (the end of the submission to completion): QEMU's in-process
+    LSI runs the command inside the doorbell write, so the guest's
+    io_submit returns with the command done and clat says ~40 us."""
     job = data["jobs"][0]
     iops = bw = ios = lat_sum = 0.0
     p99 = 0.0
@@ -270,7 +345,7 @@ def metrics(data):
         bw += s["bw"] / 1024.0
         n = s["total_ios"]
         ios += n
-        lat_sum += s["clat_ns"]["mean"] * n
+        lat_sum += s["lat_ns"]["mean"] * n
         pct = s["clat_ns"].get("percentile", {})
         p99 = max(p99, pct.get("99.000000", 0.0))
     mean = lat_sum / ios if ios else 0.0
@@ -278,14 +353,14 @@ def metrics(data):
 
 
 def main():
-    order, jobs, results, regs, (istat, istat_widths, istat_cost), counters, costs, threads, syscalls = parse(
+    order, jobs, results, regs, (istat, istat_widths, istat_cost), counters, costs, threads, syscalls, profiles = parse(
         sys.argv[1], sys.argv[2]
     )
     if not jobs:
         sys.exit("no fio results in the log")
     first = order[0]
     print(
-        f"| job | configuration | IOPS | MiB/s | mean lat us | p99 lat us | IOPS vs {first} "
+        f"| job | configuration | IOPS | MiB/s | mean lat us | p99 clat us | IOPS vs {first} "
         f"| IOPS min-max | rounds ahead of {first} | runs |"
     )
     print("| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
@@ -367,6 +442,7 @@ def main():
         "| job | configuration | system calls | by thread | runs |",
         calls_row,
     )
+    profile_table(jobs, order, profiles, results)
     print()
     print("Register round trip from guest userspace (SCRATCHB, BAR1 + 0x5c, regbench):")
     print()

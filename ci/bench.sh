@@ -48,9 +48,18 @@
 # ftrace histogram in the kernel that runs the VMs; it slows every call a
 # little, so take speed from a run without it).
 #
+# --perf samples, while each job runs, where the rig's CPU is (`perf record
+# -a` on the cpu-clock event inside the kernel that runs the VMs, Debian's
+# perf) and keeps the profile per configuration, round and job in
+# OUT/perf/: shares by thread and binary, then by function (the nested
+# guest's own time shows as KVM's world switch in the vCPU thread; QEMU's
+# binary is stripped, so its functions are addresses). Sampling costs
+# exits too: take speed from a run without it.
+#
 # usage: ci/bench.sh [--rounds N] [--runtime SECS] [--jobs a,b,...]
 #                    [--configs ours,ours-off,qemu,qemu-mp] [--pin CPUS|none]
-#                    [--kvm-modules] [--baseline REV] [--syscalls] [--out DIR]
+#                    [--kvm-modules] [--baseline REV] [--syscalls] [--perf]
+#                    [--out DIR]
 set -euo pipefail
 . "$(dirname "$0")/lib.sh"
 cd "$VMM_ROOT"
@@ -64,6 +73,7 @@ pin=""
 kvm_modules=0
 baseline=""
 syscalls=0
+perf=0
 while [ $# -gt 0 ]; do
     case "$1" in
         --rounds) rounds=$2; shift 2 ;;
@@ -75,6 +85,7 @@ while [ $# -gt 0 ]; do
         --kvm-modules) kvm_modules=1; shift ;;
         --baseline) baseline=$2; shift 2 ;;
         --syscalls) syscalls=1; shift ;;
+        --perf) perf=1; shift ;;
         -h|--help) sed -n '2,/^set -euo/{/^set -euo/d;p}' "$0"; exit 0 ;;
         *) die "unknown option $1 (see --help)" ;;
     esac
@@ -103,7 +114,7 @@ run=${pin:+taskset -c $pin}
 body=$(cat <<SCRIPT
 img=\$WORK/bench.img
 dd if=/dev/zero of=\$img bs=1M count=256 2>/dev/null
-cmdline="console=ttyS0 quiet iomem=relaxed vmm.run=fio-bench vmm.runtime=$runtime vmm.jobs=$jobs vmm.count=2000"
+cmdline="console=ttyS0 quiet iomem=relaxed vmm.run=fio-bench vmm.runtime=$runtime vmm.jobs=$jobs vmm.count=2000$([ $perf -eq 1 ] && echo ' nokaslr')"
 guest="-kernel \$GUEST/bzImage -initrd \$GUEST/initramfs.cpio.gz"
 qemu_vm="qemu-system-x86_64 -accel kvm -cpu host -m 512M -nodefaults -display none -serial stdio -no-reboot"
 # The cost of a job, sampled when it starts (VMM-BENCH-JOB) and when fio
@@ -127,6 +138,8 @@ cost() {
     # KVM's counters first: the scan of every thread below takes a while
     # in the rig, and the guest runs on meanwhile.
     kvm_now="exits=\$(kvm_stat exits) irqs=\$(kvm_stat irq_injections)"
+    # The rig kernel's clock, to check each guest's own (fio's) against.
+    uptime=\$(cut -d' ' -f1 /proc/uptime)
     kvm_io="mmio=\$(kvm_stat mmio_exits) pio=\$(kvm_stat io_exits)"
     # The rest of the exits by reason: HLT, a host interrupt (the L1
     # timer tick or an IPI), an interrupt window the guest had closed.
@@ -152,7 +165,7 @@ cost() {
             /^nonvoluntary_ctxt_switches/ { print role "/" name, v, \$2, tid }' \$d/task/*/status 2>/dev/null
     done)
     switches=\$(echo "\$per_thread" | awk '{ s += \$2 + \$3 } END { print s + 0 }')
-    echo "BENCH-COST: \$kvm_now switches=\$switches \$kvm_io \$kvm_why"
+    echo "BENCH-COST: \$kvm_now switches=\$switches \$kvm_io \$kvm_why uptime=\$uptime"
     hist=""
     [ $syscalls -eq 1 ] && hist=\$(cat \$trace/hist 2>/dev/null)
     { echo "\$hist" | sed -n 's/.*common_pid: *\([0-9]*\) *} *hitcount: *\([0-9]*\).*/H \1 \2/p'
@@ -168,13 +181,73 @@ cost() {
             if ($syscalls) { printf "BENCH-SYSCALLS: total=%d", total; for (k in c) printf " %s=%d", k, c[k]; print "" }
         }'
 }
+# With --perf, a profile of the whole rig CPU from the job's start (after
+# its counters are read) to fio's end (before they are read again), one
+# file per job, reported once the VM is gone so that perf's own work
+# lands in no job. perf report leaves out the samples taken while the
+# nested guest ran (KVM hands those to perf as guest samples) but counts
+# them in its total: what the shares leave of 100% is guest time, which
+# perf kvm --guest then splits by the guest kernel's functions: the guest
+# boots the rig's own kernel, both with nokaslr, so the rig's kallsyms
+# name them (the guest's modules are not resolved).
+profile_start() {
+    [ $perf -eq 1 ] || return 0
+    profiled=\$(echo "\$1" | tr -d '\r')
+    perf record -a -B -e cpu-clock -F 1000 -o \$WORK/perf-\$profiled.data >/dev/null 2>\$WORK/perf.err &
+    profiling=\$!
+}
+# Stopping takes no time; perf's writing out does, so it waits until the
+# counters have been read.
+profile_stop() {
+    [ -z "\$profiling" ] || kill -INT \$profiling
+}
+profile_wait() {
+    [ -n "\$profiling" ] || return 0
+    wait \$profiling
+    grep -q 'Captured and wrote' \$WORK/perf.err || sed "s/^/BENCH-FAILED: perf record (\$profiled): /" \$WORK/perf.err
+    profiling=
+}
+# perf report's rows and its sample count, without its headings and hints.
+report_lines() {
+    grep -v '^\$' | grep -v '^# *\$' |
+        grep -E -v '^# (Overhead|\\.|To display|Total Lost|Event count|Children|\\(Cannot load tips)'
+}
+profile_report() {
+    for data in \$WORK/perf-*.data; do
+        [ -f "\$data" ] || continue
+        job=\${data#\$WORK/perf-}
+        job=\${job%.data}
+        for sort in comm,dso comm,dso,sym; do
+            perf report -i \$data --stdio --no-children --sort \$sort --percent-limit 0.3 2>/dev/null |
+                report_lines |
+                sed "s/^/BENCH-PERF: \$config \$round \$job \$sort:/"
+        done
+        # With --kvm-modules the rig runs our build of its kernel, whose
+        # symbols do not name the guest's.
+        [ $kvm_modules -eq 1 ] || perf kvm --guest --guestkallsyms=/proc/kallsyms --guestmodules=\$EXTRA/guest-modules -i \$data \
+            report --stdio --sort dso,sym --percent-limit 0.3 2>&1 |
+            report_lines |
+            sed "s/^/BENCH-PERF: \$config \$round \$job guest,dso,sym:/"
+        rm -f "\$data"
+    done
+}
 costs() {
+    profiling=
     while IFS= read -r line; do
         printf '%s\n' "\$line"
         case "\$line" in
+            VMM-FIO-JSON-BEGIN*|VMM-BENCH-FAILED:*) profile_stop ;;
+        esac
+        case "\$line" in
             VMM-BENCH-JOB:*|VMM-FIO-JSON-BEGIN*|VMM-REGBENCH-*) cost ;;
         esac
+        case "\$line" in
+            VMM-FIO-JSON-BEGIN*|VMM-BENCH-FAILED:*) profile_wait ;;
+            VMM-BENCH-JOB:*) set -- \$line; profile_start "\$2" ;;
+        esac
     done
+    profile_stop
+    profile_wait
 }
 for round in \$(seq $rounds); do
     for config in $(echo "$configs" | tr ',' ' '); do
@@ -218,7 +291,8 @@ for round in \$(seq $rounds); do
         qemu-mp) $run \$PAIREXEC "LSI_DISK=\$img exec \$EXTRA/ci/qemu-remote-lsi.sh" \
                 "exec \$qemu_vm -object memory-backend-memfd,id=mem,size=512M -numa node,memdev=mem \$guest -append '\$cmdline' -device x-pci-proxy-dev,id=lsi0,fd=4" </dev/null 2>&1 ;;
         *) echo "BENCH-UNKNOWN-CONFIG: \$config" ;;
-        esac | costs | grep -E '^VMM-|^BENCH-COST|^BENCH-THREADS|^BENCH-SYSCALLS|^BENCH-FAILED|^\{|^\}|^ |^vmm: remote|BAR accesses|in flight'
+        esac | costs | grep -E '^VMM-|^BENCH-COST|^BENCH-THREADS|^BENCH-SYSCALLS|^BENCH-PERF|^BENCH-FAILED|^\{|^\}|^ |^vmm: remote|BAR accesses|in flight'
+        [ $perf -eq 0 ] || profile_report
     done
 done
 [ $syscalls -eq 1 ] && echo '!hist:keys=common_pid:size=32768' > \$trace/trigger
@@ -289,6 +363,12 @@ else
     modules=()
     [ "$kvm_modules" -eq 1 ] && modules=(--kvm-modules "$(ci/build-kvm-ioregion.sh)")
     case ",$configs," in *,qemu-vfio-user,*|*,qemu-vfio-user@base,*) modules+=(--with-qemu-sid) ;; esac
+    if [ "$perf" -eq 1 ]; then
+        modules+=(--overlay "$(ci/perf-overlay.sh)")
+        # No modules for perf kvm to place in the guest (it wants a list).
+        : > "$out/guest-modules"
+        modules+=(--extra "$out/guest-modules")
+    fi
     if [ -n "$baseline" ]; then
         cp "$(baseline_vmm static)" "$out/vmm-base"
         modules+=(--extra "$out/vmm-base")
@@ -297,13 +377,22 @@ else
         progress > "$out/console.log"
 fi
 grep -q BENCH-DONE "$out/console.log" || die "the benchmark did not finish; see $out/console.log"
+if [ "$perf" -eq 1 ]; then
+    # One file per configuration, round and job: OUT/perf/CONFIG-rROUND-JOB.txt.
+    mkdir -p "$out/perf"
+    sed -n 's/^BENCH-PERF: //p' "$out/console.log" | awk -v dir="$out/perf" '
+        { f = dir "/" $1 "-r" $2 "-" $3 ".txt"; sort = $4; line = $0; sub(/^[^:]*:/, "", line)
+          if (sort != last[f]) { print (last[f] == "" ? "" : "\n") "## by " substr(sort, 1, length(sort) - 1) > f; last[f] = sort }
+          print line > f }'
+    log "profiles: $out/perf/"
+fi
 
 {
     echo "# fio in the guest: our remote LSI against QEMU"
     echo
     echo "- Date: $(date -u +%Y-%m-%d)"
     echo "- Host: $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2- | sed 's/^ //'), $(nproc) CPUs; ran in $where"
-    echo "- Command: \`ci/bench.sh --rounds $rounds --runtime $runtime --jobs $jobs --configs $configs --pin ${pin:-none}$([ "$kvm_modules" -eq 1 ] && echo ' --kvm-modules')${baseline:+ --baseline $baseline}$([ "$syscalls" -eq 1 ] && echo ' --syscalls')\`"
+    echo "- Command: \`ci/bench.sh --rounds $rounds --runtime $runtime --jobs $jobs --configs $configs --pin ${pin:-none}$([ "$kvm_modules" -eq 1 ] && echo ' --kvm-modules')${baseline:+ --baseline $baseline}$([ "$syscalls" -eq 1 ] && echo ' --syscalls')$([ "$perf" -eq 1 ] && echo ' --perf')\`"
     echo "- Commit: $(git rev-parse --short HEAD)$(git diff --quiet || echo ' (with local changes)')"
     [ -z "$baseline" ] || echo "- Baseline (the \`@base\` configurations): $(git rev-parse --short "$baseline^{commit}")"
     echo

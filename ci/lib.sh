@@ -85,6 +85,16 @@ pack_cpio() {
     mv "$2.tmp" "$2"
 }
 
+# Copies binary $2, every shared library it loads and the dynamic loader
+# into staging directory $1 at their real paths (a rig overlay: the rig's
+# userland is busybox, so a Debian binary brings its libraries along).
+stage_with_libraries() {
+    local f
+    for f in "$2" $(ldd "$2" | awk '/=> \// {print $3} /^\t\/lib/ {print $1}'); do
+        mkdir -p "$1$(dirname "$f")" && cp -L "$f" "$1$f"
+    done
+}
+
 # True when the rig's kernel log $1 shows that kernel itself failed: a
 # panic, an oops or BUG, a soft or hard lockup, an RCU stall, a hung task.
 # An L2 guest's messages never reach this log (ci/rig.sh keeps them apart).

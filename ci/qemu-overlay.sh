@@ -14,13 +14,9 @@ if [ -f "$out" ] && [ "$out" -nt "$bin" ] && [ "$out" -nt /usr/bin/qemu-img ] &&
 fi
 stage=$(mktemp -d)
 trap 'rm -rf "$stage"' EXIT
-copy() { mkdir -p "$stage$(dirname "$1")" && cp -L "$1" "$stage$1"; }
-for b in "$bin" /usr/bin/qemu-img; do
-    copy "$b"
-    ldd "$b" | awk '/=> \// {print $3} /^\t\/lib/ {print $1}' | while read -r lib; do copy "$lib"; done
-done
-copy /lib64/ld-linux-x86-64.so.2
-copy /usr/lib/x86_64-linux-gnu/qemu/accel-tcg-x86_64.so
+stage_with_libraries "$stage" "$bin"
+stage_with_libraries "$stage" /usr/bin/qemu-img
+stage_with_libraries "$stage" /usr/lib/x86_64-linux-gnu/qemu/accel-tcg-x86_64.so
 mkdir -p "$stage/usr/share"
 cp -rL /usr/share/qemu "$stage/usr/share/qemu"
 cp -rL /usr/share/seabios "$stage/usr/share/seabios"

@@ -6,11 +6,13 @@
 #   and /rig/examples/vfio_user_toy when the static build made it
 #
 # Usage: ci/rig.sh [--timeout SECS] [--cpus N] [--l1-log FILE] [--monitor SOCK] [--with-qemu] [--with-qemu-sid] [--extra FILE]...
-#                  [--kvm-modules DIR] SCRIPT
+#                  [--overlay CPIO]... [--kvm-modules DIR] SCRIPT
 # --with-qemu adds Debian's qemu-system-x86_64 (the interop peer and baseline)
 # and /rig/pairexec (ci/tools/pairexec.c) to launch its multiprocess mode.
 # --with-qemu-sid adds Debian sid's QEMU 11.1 (its vfio-user-pci client) as
 # /opt/qemu-sid/qemu-system-x86_64 (ci/qemu-sid-overlay.sh).
+# --overlay CPIO adds a gzip'd cpio archive laid out at real paths (as
+# ci/perf-overlay.sh makes) to the rig's initramfs.
 # --kvm-modules DIR loads DIR/kvm.ko and DIR/kvm-amd.ko (ci/build-kvm-ioregion.sh)
 # instead of Debian's, and boots the kernel they were built for.
 # --cpus N gives the rig N CPUs (default $VMM_RIG_CPUS, from rig_defaults).
@@ -37,6 +39,7 @@ cpu_model=$VMM_RIG_CPU
 l1_log=
 monitor=
 extras=()
+overlays=()
 with_qemu=0
 with_qemu_sid=0
 kvm_modules=
@@ -49,11 +52,12 @@ while [ $# -gt 1 ]; do
         --with-qemu) with_qemu=1; shift ;;
         --with-qemu-sid) with_qemu_sid=1; shift ;;
         --extra) extras+=("$2"); shift 2 ;;
+        --overlay) [ -f "$2" ] || die "--overlay $2: no such archive"; overlays+=("$2"); shift 2 ;;
         --kvm-modules) kvm_modules=$2; shift 2 ;;
         *) die "unknown option $1" ;;
     esac
 done
-[ $# -eq 1 ] && [ -f "$1" ] || die "usage: ci/rig.sh [--timeout SECS] [--cpus N] [--l1-log FILE] [--monitor SOCK] [--with-qemu] [--with-qemu-sid] [--extra FILE]... [--kvm-modules DIR] SCRIPT"
+[ $# -eq 1 ] && [ -f "$1" ] || die "usage: ci/rig.sh [--timeout SECS] [--cpus N] [--l1-log FILE] [--monitor SOCK] [--with-qemu] [--with-qemu-sid] [--extra FILE]... [--overlay CPIO]... [--kvm-modules DIR] SCRIPT"
 script=$1
 
 ensure_packages qemu-system-x86 busybox-static cpio kmod gzip
@@ -110,7 +114,6 @@ fi
 [ "$with_qemu" -eq 1 ] && gcc -static -O2 -o "$work/rig/pairexec" "$VMM_ROOT/ci/tools/pairexec.c"
 # The kernel unpacks concatenated archives in order: base, then this run's files.
 pack_cpio "$work" "$payload"
-overlays=()
 [ "$with_qemu" -eq 1 ] && overlays+=("$("$VMM_ROOT/ci/qemu-overlay.sh")")
 [ "$with_qemu_sid" -eq 1 ] && overlays+=("$("$VMM_ROOT/ci/qemu-sid-overlay.sh")")
 cat "$base" "${overlays[@]}" "$payload" > "$work/initrd.cpio.gz"
