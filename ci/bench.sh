@@ -187,9 +187,10 @@ cost() {
 # lands in no job. perf report leaves out the samples taken while the
 # nested guest ran (KVM hands those to perf as guest samples) but counts
 # them in its total: what the shares leave of 100% is guest time, which
-# perf kvm --guest then splits by the guest kernel's functions: the guest
-# boots the rig's own kernel, both with nokaslr, so the rig's kallsyms
-# name them (the guest's modules are not resolved).
+# perf kvm --guest then splits by the guest's instruction addresses:
+# the guest boots the rig's own kernel, both with nokaslr, so the rig's
+# kallsyms name its functions (perf's own --guestkallsyms named none in
+# the rig); guest modules and guest userspace are named as such.
 profile_start() {
     [ $perf -eq 1 ] || return 0
     profiled=\$(echo "\$1" | tr -d '\r')
@@ -212,6 +213,28 @@ report_lines() {
     grep -v '^\$' | grep -v '^# *\$' |
         grep -E -v '^# (Overhead|\\.|To display|Total Lost|Event count|Children|\\(Cannot load tips)'
 }
+# perf kvm's rows of guest addresses ("  1.23%  [g] 0xffffffff8153e7cc")
+# summed by the function of the rig's kallsyms (sorted, fixed-width hex,
+# so strings compare as addresses) that holds each; 0.3% and up.
+guest_functions() {
+    [ -s \$WORK/kallsyms ] || sort /proc/kallsyms > \$WORK/kallsyms
+    awk '
+        NR == FNR { if (\$2 ~ /^[tTwW]\$/) { addr[n] = \$1 ""; name[n++] = \$3 } next }
+        /%/ && \$NF ~ /^0x/ {
+            share = \$1; sub(/%/, "", share)
+            a = substr(\$NF, 3); while (length(a) < 16) a = "0" a
+            if (a < "ffff800000000000") f = "(guest userspace)"
+            else if (a >= "ffffffffc0000000") f = "(a guest module)"
+            else {
+                lo = 0; hi = n - 1
+                while (lo < hi) { mid = int((lo + hi + 1) / 2); if (addr[mid] <= a) lo = mid; else hi = mid - 1 }
+                f = name[lo]
+            }
+            sum[f] += share
+        }
+        END { for (f in sum) if (sum[f] >= 0.3) printf "%8.2f%%  %s\n", sum[f], f }' \$WORK/kallsyms - |
+        sort -rn
+}
 profile_report() {
     for data in \$WORK/perf-*.data; do
         [ -f "\$data" ] || continue
@@ -224,10 +247,8 @@ profile_report() {
         done
         # With --kvm-modules the rig runs our build of its kernel, whose
         # symbols do not name the guest's.
-        [ $kvm_modules -eq 1 ] || perf kvm --guest --guestkallsyms=/proc/kallsyms --guestmodules=\$EXTRA/guest-modules -i \$data \
-            report --stdio --sort dso,sym --percent-limit 0.3 2>&1 |
-            report_lines |
-            sed "s/^/BENCH-PERF: \$config \$round \$job guest,dso,sym:/"
+        [ $kvm_modules -eq 1 ] || perf kvm --guest -i \$data report --stdio --sort sym --percent-limit 0 2>/dev/null |
+            guest_functions | sed "s/^/BENCH-PERF: \$config \$round \$job guest,sym:/"
         rm -f "\$data"
     done
 }
@@ -365,9 +386,6 @@ else
     case ",$configs," in *,qemu-vfio-user,*|*,qemu-vfio-user@base,*) modules+=(--with-qemu-sid) ;; esac
     if [ "$perf" -eq 1 ]; then
         modules+=(--overlay "$(ci/perf-overlay.sh)")
-        # No modules for perf kvm to place in the guest (it wants a list).
-        : > "$out/guest-modules"
-        modules+=(--extra "$out/guest-modules")
     fi
     if [ -n "$baseline" ]; then
         cp "$(baseline_vmm static)" "$out/vmm-base"
