@@ -253,13 +253,14 @@ fn create_vcpus(
     let supported = kvm
         .get_supported_cpuid(KVM_MAX_CPUID_ENTRIES)
         .map_err(kvm_err("report supported CPUID"))?;
+    let tsc_deadline = kvm.check_extension(kvm_ioctls::Cap::TscDeadlineTimer);
     let mut vcpus = Vec::with_capacity(usize::from(cpus));
     for id in 0..cpus {
         let vcpu = vm
             .create_vcpu(u64::from(id))
             .map_err(kvm_err("create a vCPU"))?;
         let mut cpuid = supported.clone();
-        cpuid::customize(cpuid.as_mut_slice(), id, cpus);
+        cpuid::customize(cpuid.as_mut_slice(), id, cpus, tsc_deadline);
         vcpu.set_cpuid2(&cpuid).map_err(kvm_err("set CPUID"))?;
         regs::setup_msrs(&vcpu)?;
         regs::setup_fpu(&vcpu)?;
