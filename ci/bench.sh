@@ -4,6 +4,9 @@
 #   ours-off   our VMM + our LSI remote, ioregionfd=off (control-socket messages)
 #   qemu       QEMU 7.2's in-process lsi53c895a
 #   qemu-mp    QEMU 7.2 multiprocess: x-pci-proxy-dev + x-remote LSI
+#   qemu-memfd (by name) QEMU 7.2's in-process LSI with guest RAM a shared
+#              memfd (memory-backend-memfd,share=on), as our VMM's and
+#              qemu-mp's RAM is, rather than anonymous memory
 # and, by name in --configs:
 #   ours-user  our VMM + our LSI remote, ioregionfd=userspace
 #   ours-posted  ioregionfd=userspace with register writes posted
@@ -307,7 +310,12 @@ for round in \$(seq $rounds); do
                 -object memory-backend-memfd,id=mem,size=512M -machine pc,memory-backend=mem \$guest -append "\$cmdline" \
                 -device "{\"driver\":\"vfio-user-pci\",\"socket\":{\"type\":\"unix\",\"path\":\"\$sock\"}}" </dev/null 2>&1
             wait \$remote || { echo "vmm: remote exited \$?"; sed 's/^/vmm: remote: /' \$WORK/vfio-user-remote.log; } ;;
-        qemu) $run \$qemu_vm \$guest -append "\$cmdline" -device lsi53c895a,id=lsi0 \
+        qemu|qemu-memfd)
+            ram=
+            if [ \${config%@base} = qemu-memfd ]; then
+                ram="-object memory-backend-memfd,id=mem,size=512M,share=on -machine pc,memory-backend=mem"
+            fi
+            $run \$qemu_vm \$ram \$guest -append "\$cmdline" -device lsi53c895a,id=lsi0 \
                 -drive id=d0,file=\$img,format=raw,if=none -device scsi-hd,drive=d0,bus=lsi0.0 </dev/null 2>&1 ;;
         qemu-mp) $run \$PAIREXEC "LSI_DISK=\$img exec \$EXTRA/ci/qemu-remote-lsi.sh" \
                 "exec \$qemu_vm -object memory-backend-memfd,id=mem,size=512M -numa node,memdev=mem \$guest -append '\$cmdline' -device x-pci-proxy-dev,id=lsi0,fd=4" </dev/null 2>&1 ;;
