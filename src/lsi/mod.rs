@@ -343,11 +343,15 @@ mod tests {
         ]
     }
 
-    /// A 1 MiB disk on a new image file named after `tag`, and the file.
-    fn unit_disk(tag: &str) -> (Arc<ScsiDisk>, std::path::PathBuf) {
+    /// A 1 MiB disk on a new image file named after `tag` that starts
+    /// with `contents` (zeros after), and the file.
+    fn unit_disk(tag: &str, contents: &[u8]) -> (Arc<ScsiDisk>, std::path::PathBuf) {
         let name = format!("vmm-lsi-{tag}-{}.img", std::process::id());
         let path = std::env::temp_dir().join(name);
-        std::fs::File::create(&path)
+        std::fs::write(&path, contents).unwrap();
+        std::fs::File::options()
+            .write(true)
+            .open(&path)
             .unwrap()
             .set_len(1 << 20)
             .unwrap();
@@ -711,7 +715,7 @@ mod tests {
 
     #[test]
     fn a_whole_inquiry_runs_through_select_messages_command_data_and_status() {
-        let (disk, path) = unit_disk("unit");
+        let (disk, path) = unit_disk("unit", &[]);
         let (mut l, ram) = lsi(vec![disk]);
         ram.memory
             .write_slice(&[0x80], GuestAddress(0xa000))
@@ -771,7 +775,7 @@ mod tests {
     /// move that faults takes none of its bytes.
     #[test]
     fn data_out_moves_land_on_the_disk_and_a_faulting_one_takes_nothing() {
-        let (disk, path) = unit_disk("out");
+        let (disk, path) = unit_disk("out", &[]);
         let (mut l, ram) = lsi(vec![disk]);
         let put = |bytes: &[u8], at: u64| ram.memory.write_slice(bytes, GuestAddress(at)).unwrap();
         put(&[0x80], 0xa000);
@@ -818,10 +822,8 @@ mod tests {
     /// finished read reselects them to move the data and status.
     #[test]
     fn a_tagged_read_disconnects_and_resumes_scripts_on_reselection() {
-        let path = std::env::temp_dir().join(format!("vmm-lsi-resel-{}.img", std::process::id()));
         let image: Vec<u8> = (0..8u8).flat_map(|b| [b; 512]).collect();
-        std::fs::write(&path, image).unwrap();
-        let disk = Arc::new(ScsiDisk::open(&path, crate::scsi::DiskOptions::new("UNIT")).unwrap());
+        let (disk, path) = unit_disk("resel", &image);
         let (mut l, ram) = lsi(vec![disk]);
         l.set_disk_io(crate::scsi::bus::DiskIo::Workers);
         ram.memory
