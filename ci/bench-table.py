@@ -61,6 +61,9 @@ def parse(log_path, json_dir):
         if line.startswith("VMM-BENCH-JOB:") or line.startswith("VMM-REGBENCH-BEGIN"):
             window = {}
             istat_reads = None
+        m = re.match(r"BENCH-COST: .* uptime=([\d.]+)", line)
+        if m:
+            window.setdefault("uptime", []).append(float(m.group(1)))
         kind, sample = cost_sample(line)
         if kind:
             taken = window.setdefault(kind, [])
@@ -90,6 +93,7 @@ def parse(log_path, json_dir):
                 continue
             if job not in jobs:
                 jobs.append(job)
+            check_guest_clock(data, window.get("uptime", []), f"{config} round {rnd} {job}")
             # The round goes last, to pair configurations round by round.
             results.setdefault((config, job), []).append(metrics(data) + (rnd,))
             ios = total_ios(data)
@@ -185,6 +189,19 @@ def profile_table(jobs, order, profiles, results):
                 f"| {job} | {config} | {med[0]:.0f} | {med[1]:.0f} | {med[2]:.0f} | {med[3]:.0f} "
                 f"| {med[4]:.0f} | {med[5]:.0f} | {len(rows)} |"
             )
+
+
+def check_guest_clock(data, uptimes, what):
+    """Warns when fio ran longer by the guest's clock than the rig's own
+    clock saw between the job's start and fio's end: IOPS are I/Os over
+    the guest's time, so a guest clock that runs fast inflates them."""
+    if len(uptimes) < 2:
+        return
+    rig_s = uptimes[1] - uptimes[0]
+    guest_s = data["jobs"][0].get("job_runtime", 0) / 1000.0
+    if guest_s > rig_s * 1.02 + 0.1:
+        print(f"warning: {what}: fio ran {guest_s:.1f} s by the guest's clock, "
+              f"{rig_s:.1f} s by the rig's", file=sys.stderr)
 
 
 def cost_sample(line):

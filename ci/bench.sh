@@ -54,9 +54,10 @@
 # --perf samples, while each job runs, where the rig's CPU is (`perf record
 # -a` on the cpu-clock event inside the kernel that runs the VMs, Debian's
 # perf) and keeps the profile per configuration, round and job in
-# OUT/perf/: shares by thread and binary, then by function (the nested
-# guest's own time shows as KVM's world switch in the vCPU thread; QEMU's
-# binary is stripped, so its functions are addresses). Sampling costs
+# OUT/perf/: shares by thread and binary, by function (QEMU's binary is
+# stripped, so its functions are addresses), and the nested guest's
+# samples by guest function; the table turns the shares into time per
+# I/O in the guest, the rig kernel, userspace and idle. Sampling costs
 # exits too: take speed from a run without it.
 #
 # usage: ci/bench.sh [--rounds N] [--runtime SECS] [--jobs a,b,...]
@@ -141,7 +142,8 @@ cost() {
     # KVM's counters first: the scan of every thread below takes a while
     # in the rig, and the guest runs on meanwhile.
     kvm_now="exits=\$(kvm_stat exits) irqs=\$(kvm_stat irq_injections)"
-    # The rig kernel's clock, to check each guest's own (fio's) against.
+    # The rig kernel's clock, to check each guest's own (fio's) against
+    # (bench-table.py warns when a guest's runs fast).
     uptime=\$(cut -d' ' -f1 /proc/uptime)
     kvm_io="mmio=\$(kvm_stat mmio_exits) pio=\$(kvm_stat io_exits)"
     # The rest of the exits by reason: HLT, a host interrupt (the L1

@@ -11,7 +11,8 @@ pub const HYPERVISOR_BIT: u32 = 1 << 31;
 /// supported list, as it depends on the in-kernel APIC: a VMM that has
 /// one says so. Without it Linux programs its timer through the APIC's
 /// one-shot count register, which KVM handles on its full exit path, where
-/// a TSC-deadline write takes its fast path (QEMU's guests have it).
+/// a TSC-deadline write takes its fast path (QEMU's guests have it; in the
+/// rig it made no measurable difference, `2026-12-05-ab-tsc-deadline.md`).
 pub const TSC_DEADLINE_BIT: u32 = 1 << 24;
 /// CPUID.1:EDX bit 28: more than one logical processor per package.
 const HTT_BIT: u32 = 1 << 28;
