@@ -13,6 +13,11 @@
 #              (register-writes=posted, the default since 2026-12-03)
 #   ours-waited  ioregionfd=userspace with register writes waited for
 #              (register-writes=waited, the default before)
+#   ours-doorbells-posted  every doorbell (the SIGP write) posted, as the
+#              other register writes (doorbells=posted, the way before
+#              2026-12-05) rather than waited for while the guest rings
+#              once per completion (doorbells=adaptive)
+#   ours-doorbells-waited  every doorbell waited for (doorbells=waited)
 #   ours-sched-normal  ioregionfd=userspace with the remote's threads under
 #              SCHED_OTHER (sched=normal: each wake-up preempts the vCPU;
 #              the default before 2026-12-03) rather than SCHED_BATCH
@@ -289,6 +294,8 @@ for round in \$(seq $rounds); do
             ours-kernel) opts=,ioregionfd=kernel ;;
             ours-posted) opts=,ioregionfd=userspace,register-writes=posted ;;
             ours-waited) opts=,ioregionfd=userspace,register-writes=waited ;;
+            ours-doorbells-posted) opts=,doorbells=posted ;;
+            ours-doorbells-waited) opts=,doorbells=waited ;;
             ours-sched-normal) opts=,ioregionfd=userspace,sched=normal ;;
             ours-workers) opts=,disk-io=workers ;;
             ours-nomirror) opts=,ioregionfd=userspace,register-mirror=off ;;

@@ -19,10 +19,11 @@ fn vmm_with(run: &str, remote: &str, extra: &str) -> String {
 }
 
 /// The proxy's counters from `--stats`: (message reads, message writes,
-/// ioregion reads, ioregion writes, posted writes, register-mirror reads,
+/// ioregion reads, ioregion writes, posted writes, doorbells waited for,
+/// register-mirror reads,
 /// mirrored reads that waited for posted writes, mirror reads that did not
 /// wait for the posted writes still queued, errors).
-fn stats(o: &Outcome) -> [u64; 9] {
+fn stats(o: &Outcome) -> [u64; 10] {
     let line = o
         .output
         .lines()
@@ -33,7 +34,7 @@ fn stats(o: &Outcome) -> [u64; 9] {
         .filter_map(|w| w.parse().ok())
         .collect();
     // "remote #0 (lsi, pid N): ..." puts the index and pid first.
-    numbers[numbers.len() - 9..].try_into().unwrap()
+    numbers[numbers.len() - 10..].try_into().unwrap()
 }
 
 fn scenarios() -> Vec<Scenario> {
@@ -110,7 +111,7 @@ fn scenarios() -> Vec<Scenario> {
                 image("a.img", 64),
                 vmm_with(
                     "fio-verify vmm.fio=verify-smp",
-                    "lsi,disk=/tmp/a.img,ioregionfd=userspace,disk-io=workers",
+                    "lsi,disk=/tmp/a.img,ioregionfd=userspace,disk-io=workers,doorbells=waited",
                     "--stats --cpus 2"
                 )
             ),
@@ -259,7 +260,17 @@ fn over_vfio_user_fio_verify_passes_with_ioregion_fds() {
     o.assert_exited("vmm", 0);
     // Posted register writes are the default over vfio-user too.
     o.assert_contains("BAR1 0x0..0x80 over ioregion fds (userspace path, 2 fds, posted writes)");
-    let [_, _, io_reads, io_writes, posted, mirror_reads, .., errors] = stats(o);
+    let [
+        _,
+        _,
+        io_reads,
+        io_writes,
+        posted,
+        _,
+        mirror_reads,
+        ..,
+        errors,
+    ] = stats(o);
     assert!(io_reads > 100 && io_writes > 100, "{}", o.output);
     assert!(posted * 2 > io_writes, "{}", o.output);
     // Our register-mirror extension: ISTAT reads stay in the VMM.
@@ -321,6 +332,7 @@ fn by_default_the_registers_go_over_ioregion_fds() {
         io_reads,
         io_writes,
         posted,
+        _,
         mirror_reads,
         behind,
         ahead,
@@ -357,6 +369,7 @@ fn ioregionfd_off_forwards_every_access_as_a_message() {
         io_reads,
         io_writes,
         _,
+        _,
         mirror_reads,
         _,
         _,
@@ -377,7 +390,17 @@ fn with_waited_register_writes_fio_verify_passes_and_the_mirror_answers_istat() 
     o.assert_contains("BAR1 0x0..0x80 over ioregion fds (userspace path, 1 fd)\n");
     o.assert_contains("BAR2 0x0..0x2000 over ioregion fds (userspace path, 1 fd, posted writes)");
     o.assert_contains("reads of BAR1 0x14 (1 bytes) are answered from its register mirror");
-    let [_, _, io_reads, io_writes, posted, mirror_reads, .., errors] = stats(o);
+    let [
+        _,
+        _,
+        io_reads,
+        io_writes,
+        posted,
+        _,
+        mirror_reads,
+        ..,
+        errors,
+    ] = stats(o);
     assert!(io_reads > 100 && io_writes > 500, "{:?}", stats(o));
     // The interrupt handler's ISTAT reads, two per interrupt, are answered
     // from the remote's mirror page (1433 of 1672 reads in the rig).
@@ -435,13 +458,27 @@ fn two_vcpus_run_fio_at_once_over_their_own_region_fds() {
     o.assert_contains("VMM-GUEST: fio done: ok");
     o.assert_contains("over ioregion fds (userspace path, 2 fds)");
     o.assert_exited("vmm", 0);
-    let [_, _, io_reads, _, _, mirror_reads, mirror_behind, _, errors] = stats(o);
+    let [
+        _,
+        _,
+        io_reads,
+        _,
+        _,
+        doorbells,
+        mirror_reads,
+        mirror_behind,
+        _,
+        errors,
+    ] = stats(o);
     assert!(io_reads > 100 && mirror_reads > 100, "{:?}", stats(o));
     // The handler reads ISTAT right after posting the INTF clear; the
     // remote's threads (SCHED_BATCH) have often not run yet, so about half
     // of those reads wait for it (519 from the page, 654 behind, in the
     // rig): every one is still recognised as a mirrored read.
     assert!(mirror_reads + mirror_behind > 500, "{:?}", stats(o));
+    // doorbells=waited: each SIGP write waited for on the fd of the vCPU
+    // that rang, in order with the other vCPU's posted writes.
+    assert!(doorbells > 100, "{:?}", stats(o));
     assert_eq!(errors, 0);
     // disk-io=workers: the disk I/O went through disconnect and
     // reselection. (In the rig the emulated guest queues each command long

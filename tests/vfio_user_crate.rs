@@ -202,6 +202,7 @@ fn our_proxy_drives_a_device_served_by_the_crate() {
             vcpus: 1,
             watchdog: None,
             register_mirror: true,
+            doorbells: vmm::mirror::doorbell::DoorbellMode::Adaptive,
         },
     )
     .unwrap();

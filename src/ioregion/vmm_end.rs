@@ -254,7 +254,13 @@ impl SharedBusDevice for IoRegionPath {
         if self.failed.is_failed() {
             return;
         }
-        let send = || Ok(self.fd().write(offset, data)? == WriteKind::Posted);
+        // A doorbell on a range with posted writes may be waited for
+        // (`mirror::doorbell`).
+        let doorbell = (self.mirror.as_ref())
+            .filter(|_| self.posted)
+            .and_then(|m| m.ring(offset, data));
+        let wait = doorbell.is_some_and(|(_, wait)| wait);
+        let send = || Ok(self.fd().write_waiting(offset, data, wait)? == WriteKind::Posted);
         let sent = match &self.posted_sent {
             // Counted in the order the device applies them (see
             // `mirror::posted`).
@@ -272,6 +278,13 @@ impl SharedBusDevice for IoRegionPath {
                 bump(&self.stats.ioregion_writes);
                 if posted {
                     bump(&self.stats.posted_writes);
+                }
+                match doorbell {
+                    Some((doorbells, _)) if posted => {
+                        doorbells.posted(self.posted_sent.as_ref().map_or(0, |s| s.total()));
+                    }
+                    Some(_) => bump(&self.stats.waited_doorbells),
+                    None => {}
                 }
             }
             Err(e) => self.fault(e),
@@ -474,7 +487,18 @@ impl RegionFd {
 
     /// Writes `data` (1, 2, 4 or 8 bytes) at `offset` in the region.
     pub fn write(&self, offset: u64, data: &[u8]) -> Result<WriteKind, DispatchError> {
-        let mut cmd = Cmd::write(self.user_data, offset, data, !self.posted_writes)
+        self.write_waiting(offset, data, !self.posted_writes)
+    }
+
+    /// As `write`, waiting for the device if `wait`, even on a fd whose
+    /// writes are posted.
+    pub fn write_waiting(
+        &self,
+        offset: u64,
+        data: &[u8],
+        wait: bool,
+    ) -> Result<WriteKind, DispatchError> {
+        let mut cmd = Cmd::write(self.user_data, offset, data, wait || !self.posted_writes)
             .map_err(|_| DispatchError::AccessSize(data.len()))?;
         let mut state = self.lock()?;
         cmd.sequence = next_sequence();
@@ -669,6 +693,19 @@ mod tests {
         assert_eq!(raw[1] & 0x10, 0, "response bit set on a posted write");
         let cmd = Cmd::decode(&raw).unwrap();
         assert_eq!((cmd.offset, cmd.data, cmd.size), (8, 0x0403_0201, 4));
+    }
+
+    #[test]
+    fn a_write_can_wait_on_a_fd_whose_writes_are_posted() {
+        let (region, dev) = pair(true);
+        let remote = remote(dev, 1, |cmd| cmd.data);
+        assert_eq!(
+            region.write_waiting(0x14, &[0x20], true).unwrap(),
+            WriteKind::Acknowledged
+        );
+        let cmd = remote.join().unwrap()[0];
+        assert!(cmd.response && cmd.access == Access::Write);
+        assert_eq!((cmd.offset, cmd.data), (0x14, 0x20));
     }
 
     #[test]

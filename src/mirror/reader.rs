@@ -19,6 +19,7 @@
 use std::fs::File;
 use std::sync::Arc;
 
+use crate::mirror::doorbell::Doorbells;
 use crate::mirror::page::{MirrorPage, caught_up};
 use crate::mirror::posted::{KnownWrite, PostedSent, RegisterKey};
 use crate::protocol::extensions::{MIRROR_PAGE_SIZE, MIRROR_POSTED_COUNT_OFFSET, MirroredRegister};
@@ -60,6 +61,8 @@ pub struct BarMirror {
     /// Set when the page counts the posted writes applied: the device's
     /// count of posted writes sent, to compare with it.
     pub posted_sent: Option<Arc<PostedSent>>,
+    /// The device's doorbell policy, for a range whose writes are posted.
+    pub doorbells: Option<Arc<Doorbells>>,
 }
 
 impl BarMirror {
@@ -79,6 +82,7 @@ impl BarMirror {
             page: self.page.clone(),
             registers,
             posted_sent: self.posted_sent.clone(),
+            doorbells: self.doorbells.clone(),
         })
     }
 }
@@ -88,6 +92,7 @@ pub struct RangeMirror {
     page: Arc<MirrorPage>,
     registers: Vec<MirroredRegister>,
     posted_sent: Option<Arc<PostedSent>>,
+    doorbells: Option<Arc<Doorbells>>,
 }
 
 /// What the mirror made of a read.
@@ -158,6 +163,25 @@ impl RangeMirror {
             value,
             effects,
         })
+    }
+
+    /// When a write of `data` at `offset` rings a doorbell (a mirrored
+    /// register's opaque bit, `mirror::doorbell`): the device's policy and
+    /// whether to wait for this one.
+    pub fn ring(&self, offset: u64, data: &[u8]) -> Option<(&Doorbells, bool)> {
+        let doorbells = self.doorbells.as_deref()?;
+        let effects = self.register(offset, data.len())?.effects?;
+        if effects
+            .apply(0, crate::bus::data_from_bytes(data))
+            .is_some()
+        {
+            return None;
+        }
+        let applied = || {
+            (self.posted_sent.as_ref())
+                .map(|_| self.page.load_u64(MIRROR_POSTED_COUNT_OFFSET as usize))
+        };
+        Some((doorbells, doorbells.wait(applied)))
     }
 
     fn register(&self, offset: u64, size: usize) -> Option<&MirroredRegister> {
@@ -235,6 +259,7 @@ mod tests {
             page,
             registers: vec![register(0x14, 1, 8), register(0x300, 1, 9)],
             posted_sent: None,
+            doorbells: None,
         };
         let mirror = bar.range(0, 0x80).unwrap();
         remote.set(8, 0x0c);
@@ -270,6 +295,7 @@ mod tests {
             page: Arc::new(map_page(&remote.file().unwrap()).unwrap()),
             registers: vec![register(0x14, 1, 8)],
             posted_sent: Some(sent.clone()),
+            doorbells: None,
         };
         let mirror = bar.range(0, 0x80).unwrap();
         let mut byte = [0u8; 1];
@@ -326,5 +352,67 @@ mod tests {
             check(register(0x110, 1, 0), true).is_ok(),
             "posted writes are fine once the page counts them"
         );
+    }
+
+    /// A write with an opaque bit of a register whose effects the device
+    /// described is a doorbell; the policy then sees the page's count.
+    #[test]
+    fn writes_that_start_the_devices_work_ring_the_doorbell() {
+        use crate::mirror::doorbell::{DoorbellMode, ENTER_AFTER};
+        use crate::protocol::extensions::WriteEffects;
+        let remote = RegisterMirror::new().unwrap();
+        let counter = MirrorPage::map(&remote.file().unwrap(), true).unwrap();
+        let istat = MirroredRegister {
+            effects: Some(WriteEffects {
+                clears: 0x04,
+                follows: 0xf0,
+                opaque: 0xe0,
+            }),
+            ..register(0x14, 1, 8)
+        };
+        let bar = |mode, counts: bool| BarMirror {
+            page: Arc::new(map_page(&remote.file().unwrap()).unwrap()),
+            registers: vec![istat, register(0x15, 1, 9)],
+            posted_sent: counts.then(|| Arc::new(PostedSent::default())),
+            doorbells: Some(Arc::new(Doorbells::new(mode))),
+        };
+        let waited = bar(DoorbellMode::Waited, true).range(0, 0x80).unwrap();
+        assert_eq!(waited.ring(0x14, &[0x20]).map(|r| r.1), Some(true), "SIGP");
+        assert_eq!(waited.ring(0x14, &[0x80]).map(|r| r.1), Some(true), "ABRT");
+        assert!(
+            waited.ring(0x14, &[0x04]).is_none(),
+            "an INTF clear starts nothing"
+        );
+        assert!(waited.ring(0x14, &[0x20, 0]).is_none(), "another size");
+        assert!(
+            waited.ring(0x15, &[0x20]).is_none(),
+            "effects not described"
+        );
+        let no_policy = BarMirror {
+            doorbells: None,
+            ..bar(DoorbellMode::Waited, true)
+        };
+        assert!(
+            no_policy
+                .range(0, 0x80)
+                .unwrap()
+                .ring(0x14, &[0x20])
+                .is_none()
+        );
+        // Adaptive: each posted doorbell applied before the next.
+        let adaptive = bar(DoorbellMode::Adaptive, true).range(0, 0x80).unwrap();
+        let mut waits = Vec::new();
+        for count in 1..=ENTER_AFTER + 1 {
+            let (policy, wait) = adaptive.ring(0x14, &[0x20]).unwrap();
+            waits.push(wait);
+            policy.posted(u64::from(count));
+            counter.store_u64(MIRROR_POSTED_COUNT_OFFSET as usize, u64::from(count));
+        }
+        assert_eq!(waits.last(), Some(&true), "{waits:?}");
+        // A page that does not count posted writes gives it nothing to go by.
+        let uncounted = bar(DoorbellMode::Adaptive, false).range(0, 0x80).unwrap();
+        for _ in 0..2 * ENTER_AFTER {
+            assert_eq!(uncounted.ring(0x14, &[0x20]).map(|r| r.1), Some(false));
+        }
     }
 }

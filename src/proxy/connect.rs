@@ -3,6 +3,7 @@
 //! sets up its ioregion ranges; and the same for a restarted remote taking
 //! over a device whose config space the guest has already programmed.
 
+use crate::mirror::doorbell::DoorbellMode;
 use std::collections::HashMap;
 use std::fs::File;
 use std::sync::Arc;
@@ -69,6 +70,8 @@ pub struct ProxyOptions {
     pub watchdog: Option<Arc<PostedWriteWatchdog>>,
     /// Use the remote's register mirror, if it offers one.
     pub register_mirror: bool,
+    /// How doorbells on ranges with posted writes are sent.
+    pub doorbells: DoorbellMode,
 }
 
 /// What a restarted remote is given, copied from the device when the
@@ -232,6 +235,7 @@ pub(super) fn fast_paths(
                 failed,
                 watchdog: options.watchdog.as_deref(),
                 register_mirror: options.register_mirror,
+                doorbells: options.doorbells,
             },
         )
         .map_err(|source| ProxyError::IoRegion {

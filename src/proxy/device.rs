@@ -315,6 +315,7 @@ pub(crate) mod tests {
     use super::*;
     use crate::device_model::DeviceModel;
     pub(crate) use crate::device_model::scratch::{Scratch, scratch};
+    use crate::mirror::doorbell::DoorbellMode;
     use crate::pci::{BarKind, BarSpec};
     use crate::protocol::channel::Channel;
     use crate::protocol::mpqemu::Message;
@@ -345,6 +346,14 @@ pub(crate) mod tests {
         dev: Arc<Mutex<Scratch>>,
         ioregion: Option<Dispatch>,
     ) -> Result<(ProxyDevice, FailFlag, std::thread::JoinHandle<()>), ProxyError> {
+        try_connect_ringing(dev, ioregion, DoorbellMode::Adaptive)
+    }
+
+    fn try_connect_ringing(
+        dev: Arc<Mutex<Scratch>>,
+        ioregion: Option<Dispatch>,
+        doorbells: DoorbellMode,
+    ) -> Result<(ProxyDevice, FailFlag, std::thread::JoinHandle<()>), ProxyError> {
         let (a, b) = UnixStream::pair().unwrap();
         let remote: Arc<Mutex<dyn DeviceModel>> = dev;
         let server = std::thread::spawn(move || {
@@ -364,6 +373,7 @@ pub(crate) mod tests {
                 vcpus: 2,
                 watchdog: None,
                 register_mirror: true,
+                doorbells,
             },
         )?;
         Ok((proxy, failed, server))
@@ -579,11 +589,65 @@ pub(crate) mod tests {
     /// A scratch device mirroring its byte at BAR1 + `at`, and its proxy
     /// on the userspace path.
     fn mirrored(at: u64) -> (Arc<Mutex<Scratch>>, ProxyDevice) {
+        mirrored_ringing(at, DoorbellMode::Adaptive)
+    }
+
+    fn mirrored_ringing(at: u64, doorbells: DoorbellMode) -> (Arc<Mutex<Scratch>>, ProxyDevice) {
         let dev = scratch(256);
         dev.lock().unwrap().mirror =
             Some((crate::device_model::RegisterMirror::new().unwrap(), at));
-        let (proxy, _, _) = connect_with(dev.clone(), Some(Dispatch::Userspace));
+        let (proxy, _, _) =
+            try_connect_ringing(dev.clone(), Some(Dispatch::Userspace), doorbells).unwrap();
         (dev, proxy)
+    }
+
+    /// A write with an opaque bit of the mirrored register in the posted
+    /// range is a doorbell: waited for with `doorbells=waited`, so the
+    /// device has applied it when the write returns; posted with
+    /// `doorbells=posted`; with `adaptive`, waited for once posted
+    /// doorbells keep finding the one before applied.
+    #[test]
+    fn doorbells_are_waited_for_as_the_policy_says() {
+        use crate::bus::SharedBusDevice;
+        use crate::mirror::doorbell::ENTER_AFTER;
+        use std::sync::atomic::Ordering;
+        let get = |c: &std::sync::atomic::AtomicU64| c.load(Ordering::Relaxed);
+        let (dev, proxy) = mirrored_ringing(0x210, DoorbellMode::Waited);
+        let stats = proxy.stats();
+        let posted = proxy.fast_paths[&1][1].clone();
+        posted.write(0x10, &[0xda]);
+        assert_eq!(dev.lock().unwrap().regs[0x210], 0xda, "applied on return");
+        posted.write(0x11, &[0x80]);
+        posted.write(0x10, &[0x5a]);
+        assert_eq!(get(&stats.waited_doorbells), 1);
+        assert_eq!(get(&stats.posted_writes), 2, "only the doorbell waited");
+
+        let (_dev, proxy) = mirrored_ringing(0x210, DoorbellMode::Posted);
+        let stats = proxy.stats();
+        proxy.fast_paths[&1][1].write(0x10, &[0xda]);
+        assert_eq!(
+            (get(&stats.waited_doorbells), get(&stats.posted_writes)),
+            (0, 1)
+        );
+
+        let (dev, proxy) = mirrored_ringing(0x210, DoorbellMode::Adaptive);
+        let stats = proxy.stats();
+        let posted = proxy.fast_paths[&1][1].clone();
+        let mut byte = [0u8];
+        for i in 0..ENTER_AFTER as u8 {
+            posted.write(0x10, &[0x80 | i]);
+            // The read waits for the remote until the doorbell is applied.
+            posted.read(0x10, &mut byte);
+            assert_eq!(byte, [0x80 | i]);
+        }
+        assert_eq!(get(&stats.waited_doorbells), 0);
+        posted.write(0x10, &[0xff]);
+        assert_eq!(
+            get(&stats.waited_doorbells),
+            1,
+            "the guest rings once per answer"
+        );
+        assert_eq!(dev.lock().unwrap().regs[0x210], 0xff);
     }
 
     #[test]
@@ -825,6 +889,7 @@ pub(crate) mod tests {
                 vcpus: 1,
                 watchdog: None,
                 register_mirror: true,
+                doorbells: crate::mirror::doorbell::DoorbellMode::Adaptive,
             },
         )
         .err()

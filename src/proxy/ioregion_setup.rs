@@ -18,6 +18,7 @@ use super::stats::{DeviceStats, bump};
 use super::watchdog::PostedWriteWatchdog;
 use crate::ioregion::vmm_end::KernelPath;
 use crate::ioregion::{IoRegionPath, RegionFd};
+use crate::mirror::doorbell::{DoorbellMode, Doorbells};
 use crate::mirror::posted::PostedSent;
 use crate::mirror::reader::{BarMirror, MirrorError, check_registers, map_page};
 use crate::pci::{BarKind, ConfigSpace};
@@ -81,6 +82,8 @@ pub struct Negotiation<'a> {
     pub watchdog: Option<&'a PostedWriteWatchdog>,
     /// Ask for the remote's register mirror.
     pub register_mirror: bool,
+    /// How doorbells on ranges with posted writes are sent.
+    pub doorbells: DoorbellMode,
 }
 
 /// Asks the remote for each BAR's ioregion ranges, one fd per vCPU, and
@@ -95,6 +98,7 @@ pub fn negotiate(
     // here and in the remote's mirror page.
     let kernel = matches!(n.dispatch, Dispatch::Kernel { .. });
     let posted_sent = Arc::new(PostedSent::default());
+    let doorbells = Arc::new(Doorbells::new(n.doorbells));
     let mut kvm_counters = Vec::new();
     // On the kernel path the first set of fds is KVM's, the others the
     // vCPU threads'.
@@ -133,14 +137,16 @@ pub fn negotiate(
         let Some(layout) = layout else { continue };
         let mirror = match n.dispatch {
             Dispatch::Userspace if n.register_mirror => {
-                ask_for_mirror(link, n.name, bar, &layout, &posted_sent)?
+                ask_for_mirror(link, n.name, bar, &layout, &posted_sent, &doorbells)?
             }
             // KVM leaves the mirrored registers to us only if it tells us
             // what it posted; otherwise no read reaches us.
             Dispatch::Kernel {
                 counts_posted_writes: true,
                 ..
-            } if n.register_mirror => ask_for_mirror(link, n.name, bar, &layout, &posted_sent)?,
+            } if n.register_mirror => {
+                ask_for_mirror(link, n.name, bar, &layout, &posted_sent, &doorbells)?
+            }
             Dispatch::Userspace | Dispatch::Kernel { .. } => None,
         };
         let mut bar_paths = Vec::new();
@@ -236,6 +242,7 @@ fn ask_for_mirror(
     bar: usize,
     layout: &[SubRegion],
     posted_sent: &Arc<PostedSent>,
+    doorbells: &Arc<Doorbells>,
 ) -> Result<Option<BarMirror>, IoRegionError> {
     let offer = link
         .register_mirror(bar as u8)
@@ -269,6 +276,7 @@ fn ask_for_mirror(
         page: Arc::new(page),
         registers,
         posted_sent: counts_posted_writes.then(|| posted_sent.clone()),
+        doorbells: Some(doorbells.clone()),
     }))
 }
 

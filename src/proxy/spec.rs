@@ -1,6 +1,7 @@
 //! `--remote-dev` option values: where the remote device process is and
 //! which protocol dialect it speaks.
 
+use crate::mirror::doorbell::DoorbellMode;
 use std::path::PathBuf;
 use std::str::FromStr;
 
@@ -76,6 +77,8 @@ pub struct RemoteDevSpec {
     /// Answer reads of the registers the remote mirrors from its page
     /// (`register-mirror=off` asks the remote every time, for comparison).
     pub register_mirror: bool,
+    /// How doorbells on ranges with posted writes are sent.
+    pub doorbells: DoorbellMode,
 }
 
 impl RemoteDevSpec {
@@ -267,6 +270,15 @@ pub const KEYS: &[KeyHelp] = &[
         meaning: "answer reads of the registers the remote mirrors from its shared page",
     },
     KeyHelp {
+        key: "doorbells",
+        values: "adaptive|waited|posted",
+        default: "adaptive",
+        applies: Applies::Ours,
+        meaning: "with posted register writes, whether a vCPU waits for a write that starts the \
+                  device's work (SIGP): adaptive waits while the guest rings once per \
+                  completion and posts while it queues ahead",
+    },
+    KeyHelp {
         key: "restart",
         values: "on|off",
         default: "off",
@@ -352,6 +364,7 @@ impl FromStr for RemoteDevSpec {
         let mut batch_scheduling = true;
         let mut disk_io = crate::scsi::bus::DiskIo::Auto;
         let mut register_mirror = true;
+        let mut doorbells = DoorbellMode::Adaptive;
         for (i, item) in text.split(',').filter(|s| !s.is_empty()).enumerate() {
             if i == 0 && item == "lsi" {
                 lsi = true;
@@ -434,6 +447,18 @@ impl FromStr for RemoteDevSpec {
                 }
                 "restart" => restart = on_off(key, value)?,
                 "register-mirror" => register_mirror = on_off(key, value)?,
+                "doorbells" => {
+                    doorbells = match value {
+                        "adaptive" => DoorbellMode::Adaptive,
+                        "waited" => DoorbellMode::Waited,
+                        "posted" => DoorbellMode::Posted,
+                        other => {
+                            return Err(format!(
+                                "doorbells={other}: expected adaptive, waited or posted"
+                            ));
+                        }
+                    }
+                }
                 "register-writes" if lsi => {
                     posted_register_writes = either(key, value, "posted", "waited")?
                 }
@@ -504,12 +529,16 @@ impl FromStr for RemoteDevSpec {
         if !register_mirror && dialect == Dialect::Qemu {
             return Err("register-mirror= needs a remote of our own (lsi or proto=vmm)".into());
         }
+        if doorbells != DoorbellMode::Adaptive && dialect == Dialect::Qemu {
+            return Err("doorbells= needs a remote of our own (lsi or proto=vmm)".into());
+        }
         Ok(RemoteDevSpec {
             endpoint,
             dialect,
             ioregionfd,
             restart,
             register_mirror,
+            doorbells,
         })
     }
 }
@@ -738,6 +767,20 @@ mod tests {
     }
 
     #[test]
+    fn doorbells_are_adaptive_unless_said_otherwise_on_our_remotes() {
+        let doorbells = |t: &str| t.parse::<RemoteDevSpec>().map(|s| s.doorbells);
+        assert_eq!(doorbells("lsi"), Ok(DoorbellMode::Adaptive));
+        assert_eq!(doorbells("lsi,doorbells=waited"), Ok(DoorbellMode::Waited));
+        assert_eq!(
+            doorbells("socket=x,proto=vmm,doorbells=posted"),
+            Ok(DoorbellMode::Posted)
+        );
+        let err = |t: &str| t.parse::<RemoteDevSpec>().unwrap_err();
+        assert!(err("lsi,doorbells=sometimes").contains("adaptive, waited or posted"));
+        assert!(err("socket=x,doorbells=waited").contains("of our own"));
+    }
+
+    #[test]
     fn the_help_shows_the_parsers_defaults() {
         let lsi: RemoteDevSpec = "lsi".parse().unwrap();
         let mut checked = 0;
@@ -748,7 +791,7 @@ mod tests {
                 checked += 1;
             }
         }
-        assert_eq!(checked, 9);
+        assert_eq!(checked, 10);
         assert_eq!("lsi,proto=vmm".parse::<RemoteDevSpec>(), Ok(lsi));
         let socket: RemoteDevSpec = "socket=x".parse().unwrap();
         assert_eq!("socket=x,proto=qemu".parse::<RemoteDevSpec>(), Ok(socket));

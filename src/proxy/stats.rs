@@ -11,6 +11,9 @@ pub struct DeviceStats {
     pub ioregion_writes: AtomicU64,
     /// Of `ioregion_writes`, those that did not wait for the device.
     pub posted_writes: AtomicU64,
+    /// Doorbells on ranges with posted writes that were waited for
+    /// (`mirror::doorbell`).
+    pub waited_doorbells: AtomicU64,
     /// Reads answered from the remote's register mirror page.
     pub mirror_reads: AtomicU64,
     /// Reads of a mirrored register that went to the remote because
@@ -35,13 +38,15 @@ impl DeviceStats {
         let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
         let mut line = format!(
             "remote {name}: BAR accesses over messages {} reads / {} writes, over ioregion fds \
-             {} reads / {} writes ({} posted), {} reads from the register mirror ({} more \
-             waited for posted writes, {} read past writes still queued), {} errors",
+             {} reads / {} writes ({} posted, {} doorbells waited for), {} reads from the \
+             register mirror ({} more waited for posted writes, {} read past writes still \
+             queued), {} errors",
             get(&self.message_reads),
             get(&self.message_writes),
             get(&self.ioregion_reads),
             get(&self.ioregion_writes),
             get(&self.posted_writes),
+            get(&self.waited_doorbells),
             get(&self.mirror_reads),
             get(&self.mirror_behind),
             get(&self.mirror_ahead),
@@ -68,6 +73,9 @@ mod tests {
         bump(&s.ioregion_writes);
         bump(&s.ioregion_writes);
         bump(&s.posted_writes);
+        bump(&s.waited_doorbells);
+        bump(&s.waited_doorbells);
+        bump(&s.waited_doorbells);
         bump(&s.mirror_reads);
         bump(&s.mirror_behind);
         bump(&s.mirror_behind);
@@ -75,8 +83,8 @@ mod tests {
         assert_eq!(
             s.line("#0"),
             "remote #0: BAR accesses over messages 1 reads / 0 writes, over ioregion fds \
-             0 reads / 2 writes (1 posted), 1 reads from the register mirror (2 more waited \
-             for posted writes, 1 read past writes still queued), 0 errors"
+             0 reads / 2 writes (1 posted, 3 doorbells waited for), 1 reads from the register \
+             mirror (2 more waited for posted writes, 1 read past writes still queued), 0 errors"
         );
     }
 }

@@ -527,6 +527,7 @@ mod tests {
             ioregionfd: IoRegionMode::Userspace,
             restart: true,
             register_mirror: true,
+            doorbells: crate::mirror::doorbell::DoorbellMode::Adaptive,
         };
         // What the watcher sees of the old remote: a socket that hangs up.
         let (watched, old_end) = UnixStream::pair().unwrap();

@@ -504,6 +504,7 @@ mod tests {
                 vcpus,
                 watchdog: None,
                 register_mirror: true,
+                doorbells: crate::mirror::doorbell::DoorbellMode::Adaptive,
             },
         )
     }

@@ -169,6 +169,7 @@ pub(super) fn add_remote_devices(
                 vcpus,
                 watchdog: Some(watchdog.clone()),
                 register_mirror: spec.register_mirror,
+                doorbells: spec.doorbells,
             },
         ) {
             Ok(d) => d,
