@@ -487,7 +487,7 @@ impl RegionFd {
 
     /// Writes `data` (1, 2, 4 or 8 bytes) at `offset` in the region.
     pub fn write(&self, offset: u64, data: &[u8]) -> Result<WriteKind, DispatchError> {
-        self.write_waiting(offset, data, !self.posted_writes)
+        self.write_waiting(offset, data, false)
     }
 
     /// As `write`, waiting for the device if `wait`, even on a fd whose
