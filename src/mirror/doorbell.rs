@@ -46,16 +46,6 @@ pub enum DoorbellMode {
     Posted,
 }
 
-impl DoorbellMode {
-    pub fn name(self) -> &'static str {
-        match self {
-            DoorbellMode::Adaptive => "adaptive",
-            DoorbellMode::Waited => "waited",
-            DoorbellMode::Posted => "posted",
-        }
-    }
-}
-
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum State {
     /// Posting; `streak` doorbells in a row found the one before applied.
@@ -79,10 +69,6 @@ impl Doorbells {
             mode,
             state: Mutex::new((State::Posting { streak: 0 }, None)),
         }
-    }
-
-    pub fn mode(&self) -> DoorbellMode {
-        self.mode
     }
 
     /// Whether to wait for the doorbell about to be sent. `applied` reads
