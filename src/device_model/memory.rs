@@ -5,9 +5,14 @@
 //! one), those ranges are reached through the peer, by message.
 
 use std::fs::File;
+use std::io;
+use std::os::fd::AsRawFd;
 use std::sync::Arc;
 
-use vm_memory::{Bytes, FileOffset, GuestAddress, GuestMemoryMmap, GuestRegionMmap, MmapRegion};
+use vm_memory::{
+    Bytes, FileOffset, GuestAddress, GuestMemoryBackend, GuestMemoryMmap, GuestRegionMmap,
+    MmapRegion,
+};
 
 use crate::protocol::mpqemu::SysmemRegion;
 
@@ -133,6 +138,90 @@ impl DeviceMemory {
             .map_err(|why| MemoryError::ByMessage { addr, len, why })
     }
 }
+
+impl DeviceMemory {
+    /// Whether `addr..addr+len` lies whole in RAM this process maps, where
+    /// [`Self::write_to_file`] can reach it without a copy of ours.
+    pub fn is_mapped(&self, addr: u64, len: usize) -> bool {
+        self.memory
+            .as_ref()
+            .is_some_and(|mem| mem.check_range(GuestAddress(addr), len))
+    }
+
+    /// Writes the guest RAM at `spans` (address, length), in order, to
+    /// `file` at `offset`: the kernel copies straight out of the mapping,
+    /// where a bounce buffer cost a copy of every byte written. Every span
+    /// must be mapped ([`Self::is_mapped`]).
+    pub fn write_to_file(
+        &self,
+        spans: &[(u64, usize)],
+        file: &File,
+        offset: u64,
+    ) -> io::Result<()> {
+        let outside = |addr, len| io::Error::other(MemoryError::OutOfRange { addr, len });
+        let mem = self.memory.as_ref().ok_or_else(|| outside(0, 0))?;
+        let mut slices = Vec::with_capacity(spans.len());
+        for &(addr, len) in spans {
+            for slice in mem.get_slices(GuestAddress(addr), len) {
+                slices.push(slice.map_err(|_| outside(addr, len))?);
+            }
+        }
+        // The guards keep each pointer valid until the writes are done.
+        let guards: Vec<_> = slices.iter().map(|s| s.ptr_guard()).collect();
+        let mut iov: Vec<libc::iovec> = guards
+            .iter()
+            .map(|g| libc::iovec {
+                iov_base: g.as_ptr().cast_mut().cast(),
+                iov_len: g.len(),
+            })
+            .collect();
+        let mut at = offset;
+        let mut first = 0;
+        while first < iov.len() {
+            let batch = &iov[first..iov.len().min(first + MAX_IOVECS)];
+            let pos = libc::off_t::try_from(at)
+                .map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))?;
+            // SAFETY: every iovec points into guest RAM mapped by `mem`,
+            // which `self` keeps alive, for its length (vm-memory checked
+            // the spans against the regions); the kernel only reads there.
+            let n = unsafe {
+                libc::pwritev(
+                    file.as_raw_fd(),
+                    batch.as_ptr(),
+                    batch.len() as libc::c_int,
+                    pos,
+                )
+            };
+            if n < 0 {
+                let e = io::Error::last_os_error();
+                if e.kind() == io::ErrorKind::Interrupted {
+                    continue;
+                }
+                return Err(e);
+            }
+            if n == 0 {
+                return Err(io::ErrorKind::WriteZero.into());
+            }
+            at += n as u64;
+            // Step past what was written: whole iovecs, then into one.
+            let mut left = n as usize;
+            while left > 0 && left >= iov[first].iov_len {
+                left -= iov[first].iov_len;
+                first += 1;
+            }
+            if left > 0 {
+                let v = &mut iov[first];
+                v.iov_base = v.iov_base.cast::<u8>().wrapping_add(left).cast();
+                v.iov_len -= left;
+            }
+        }
+        drop(guards);
+        Ok(())
+    }
+}
+
+/// Iovecs per `pwritev`: Linux's IOV_MAX.
+const MAX_IOVECS: usize = 1024;
 
 /// A region's fd must be a regular file (a memfd is one) that holds all of
 /// the region: past its end a mapping faults (SIGBUS) on the first DMA.

@@ -1,8 +1,10 @@
 //! LSI 53C895A SCSI controller: its state and interrupt logic here; the
 //! device model the host sees and the register file behind it
-//! (regfile.rs); the SCRIPTS processor (scripts.rs). The SCSI bus and the
-//! disks on it are `crate::scsi`'s. Linux's sym53c8xx driver runs it.
+//! (regfile.rs); the SCRIPTS processor (scripts.rs) and its DMA (dma.rs).
+//! The SCSI bus and the disks on it are `crate::scsi`'s. Linux's
+//! sym53c8xx driver runs it.
 
+mod dma;
 mod dma_log;
 mod regfile;
 pub mod regs;
@@ -814,6 +816,49 @@ mod tests {
         assert_eq!(l.bus.data_out_wanted(), 256, "only the first move taken");
         let image = std::fs::read(&path).unwrap();
         assert_eq!(&image[1024..1536], &[0; 512][..], "nothing written");
+        std::fs::remove_file(path).unwrap();
+    }
+
+    #[test]
+    fn data_out_from_scripts_ram_and_guest_ram_lands_in_order() {
+        let (disk, path) = unit_disk("out-mixed", &[]);
+        let (mut l, ram) = lsi(vec![disk]);
+        let put = |bytes: &[u8], at: u64| ram.memory.write_slice(bytes, GuestAddress(at)).unwrap();
+        put(&[0x80], 0xa000);
+        put(&[0x2a, 0, 0, 0, 0, 1, 0, 0, 1, 0], 0xa010);
+        put(&[0x11; 128], 0xb000);
+        put(&[0x33; 128], 0xb100);
+        l.bar_write(BAR_RAM as u8, 0x1000, &[0x22; 128]);
+        let program = [
+            0x4100_0000,
+            0x8100, // SELECT ATN id 0
+            0x0e00_0001,
+            0xa000, // MOVE 1 WHEN MSG_OUT (IDENTIFY)
+            0x0a00_000a,
+            0xa010, // MOVE 10 WHEN COMMAND
+            0x0800_0080,
+            0xb000, // MOVE 128 WHEN DATA_OUT, guest RAM
+            0x0800_0080,
+            BAR2 as u32 + 0x1000, // from SCRIPTS RAM
+            0x0800_0100,
+            0xb100, // 256 from guest RAM, past the first 128 of it
+        ];
+        put(&[0x44; 128], 0xb180);
+        script(
+            &ram,
+            0x8000,
+            &program
+                .into_iter()
+                .chain(finish(0xa200))
+                .collect::<Vec<_>>(),
+        );
+        write32(&mut l, DSP, 0x8000);
+        assert_eq!(l.r.dsps, 7, "ran to the INT");
+        let image = std::fs::read(&path).unwrap();
+        assert_eq!(&image[512..640], &[0x11; 128][..]);
+        assert_eq!(&image[640..768], &[0x22; 128][..]);
+        assert_eq!(&image[768..896], &[0x33; 128][..]);
+        assert_eq!(&image[896..1024], &[0x44; 128][..]);
         std::fs::remove_file(path).unwrap();
     }
 

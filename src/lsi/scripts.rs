@@ -1,7 +1,6 @@
 //! The SCRIPTS processor: fetches two- or three-dword instructions at DSP
 //! and runs them until the script waits (WAIT RESELECT), raises an
-//! interrupt or errs. Memory accesses that fall in the chip's own BAR1
-//! (registers) or BAR2 (SCRIPTS RAM) are served locally.
+//! interrupt or errs. Its memory accesses are dma.rs's.
 
 use super::Lsi53c895a;
 use super::regs::*;
@@ -18,120 +17,7 @@ fn sext24(v: u32) -> u32 {
     ((v << 8) as i32 >> 8) as u32
 }
 
-enum Target {
-    Registers(u8),
-    Ram(usize),
-    Guest(u64),
-}
-
 impl Lsi53c895a {
-    fn classify(&self, addr: u64) -> Target {
-        let (regs, ram) = self.self_windows();
-        if let Some(base) = regs
-            && addr >= base
-            && addr < base + super::MMIO_SIZE
-        {
-            return Target::Registers(((addr - base) & 0xff) as u8);
-        }
-        if let Some(base) = ram
-            && addr >= base
-            && addr < base + super::RAM_SIZE as u64
-        {
-            return Target::Ram((addr - base) as usize);
-        }
-        Target::Guest(addr)
-    }
-
-    /// Whether the guest lets the chip master the bus (PCI command bit 2):
-    /// a driver that let go of the chip gets no DMA from it.
-    fn bus_master(&self) -> bool {
-        self.config.command() & crate::pci::config::COMMAND_BUS_MASTER != 0
-    }
-
-    /// How many bytes from `addr` on (at most `max`) lie outside the
-    /// chip's own windows, so they can be copied from guest RAM in one go.
-    fn guest_span(&self, addr: u64, max: usize) -> usize {
-        let (regs, ram) = self.self_windows();
-        [regs, ram]
-            .into_iter()
-            .flatten()
-            .filter(|&base| base > addr)
-            .map(|base| usize::try_from(base - addr).unwrap_or(usize::MAX))
-            .fold(max, usize::min)
-    }
-
-    /// Bus-master read; false (and a bus fault) when it hits nothing.
-    /// Bytes in the chip's own windows are read one at a time, the rest
-    /// in spans straight from guest RAM.
-    pub(crate) fn dma_read(&mut self, addr: u64, buf: &mut [u8]) -> bool {
-        self.dma_bytes = self.dma_bytes.saturating_add(buf.len() as u64);
-        let mut i = 0;
-        while i < buf.len() {
-            let at = addr + i as u64;
-            match self.classify(at) {
-                Target::Registers(r) => buf[i] = self.read_reg(r),
-                Target::Ram(o) => buf[i] = self.ram[o],
-                Target::Guest(a) => {
-                    let n = self.guest_span(at, buf.len() - i);
-                    if !self.bus_master() {
-                        log::warn!("lsi: DMA read at {a:#x} with bus mastering off: bus fault");
-                        self.dma_interrupt(DSTAT_BF);
-                        return false;
-                    }
-                    if self.memory.read(a, &mut buf[i..i + n]).is_err() {
-                        log::warn!("lsi: DMA read at {a:#x} outside guest RAM: bus fault");
-                        self.dma_interrupt(DSTAT_BF);
-                        return false;
-                    }
-                    i += n;
-                    continue;
-                }
-            }
-            i += 1;
-        }
-        true
-    }
-
-    /// Bytes the target sent in a block move, written to `addr`; the chip
-    /// latches the first and last of them. False on a bus fault.
-    fn move_in(&mut self, addr: u64, data: &[u8]) -> bool {
-        if let Some(&last) = data.last() {
-            self.r.sidl = last;
-            self.r.sfbr = data[0];
-        }
-        self.dma_write(addr, data)
-    }
-
-    pub(crate) fn dma_write(&mut self, addr: u64, buf: &[u8]) -> bool {
-        self.dma_bytes = self.dma_bytes.saturating_add(buf.len() as u64);
-        let mut i = 0;
-        while i < buf.len() {
-            let at = addr + i as u64;
-            match self.classify(at) {
-                Target::Registers(r) => self.write_reg(r, buf[i]),
-                Target::Ram(o) => self.ram[o] = buf[i],
-                Target::Guest(a) => {
-                    let n = self.guest_span(at, buf.len() - i);
-                    if !self.bus_master() {
-                        log::warn!("lsi: DMA write at {a:#x} with bus mastering off: bus fault");
-                        self.dma_interrupt(DSTAT_BF);
-                        return false;
-                    }
-                    if self.memory.write(a, &buf[i..i + n]).is_err() {
-                        log::warn!("lsi: DMA write at {a:#x} outside guest RAM: bus fault");
-                        self.dma_interrupt(DSTAT_BF);
-                        return false;
-                    }
-                    self.dma_log.record(a, n);
-                    i += n;
-                    continue;
-                }
-            }
-            i += 1;
-        }
-        true
-    }
-
     fn fetch(&mut self) -> Option<u32> {
         let mut b = [0u8; 4];
         let ok = self.dma_read(u64::from(self.r.dsp), &mut b);
@@ -253,17 +139,7 @@ impl Lsi53c895a {
             let n = match expected {
                 PHASE_DATA_OUT => {
                     let want = remaining.min(self.bus.data_out_wanted());
-                    // Straight into the command's data: a bounce buffer
-                    // cost a second copy of every byte written.
-                    let mut out = self.bus.take_data_out();
-                    let start = out.len();
-                    out.resize(start + want, 0);
-                    let read = self.dma_read(at, &mut out[start..]);
-                    if !read {
-                        out.truncate(start);
-                    }
-                    self.bus.put_data_out(out);
-                    if !read {
+                    if !self.move_out(at, want) {
                         return;
                     }
                     want

@@ -745,14 +745,14 @@ mod tests {
                     disk: disk.clone(),
                     lun: 0,
                     cdb,
-                    data_out: vec![0x5a; 1 << 20],
+                    data_out: vec![0x5a; 1 << 20].into(),
                 });
             }
             // Some fail (ENOSPC): that is the point, not a test failure.
             let _ = wait_for_jobs(&pool, 32);
             let read10 = [0x28, 0, 0, 0, 0, 1, 0, 0, 1, 0];
             let read = crate::scsi::Command::parse(&read10).expect("READ(10)");
-            if let Some(Ok(data)) = cached.execute_now(0, read, &[]) {
+            if let Some(Ok(data)) = cached.execute_now(0, read, &Default::default()) {
                 assert_eq!(data, vec![0x77; 512]);
             }
             say(b"all done\n");
@@ -838,7 +838,7 @@ mod tests {
                     disk: disk.clone(),
                     lun: 0,
                     cdb,
-                    data_out,
+                    data_out: data_out.into(),
                 });
             }
             if wait_for_jobs(&pool, total) == 0 {

@@ -10,11 +10,14 @@
 //! is answered while connected.
 
 use std::collections::{HashMap, VecDeque};
-use std::ops::{Deref, Range};
 use std::sync::Arc;
 
+use super::data::{DataIn, Outgoing};
 use super::pool::{Completion, IoPool, Job};
-use super::{Command, DataDirection, STATUS_CHECK_CONDITION, STATUS_GOOD, ScsiDisk, Sense};
+use super::{
+    Command, DataDirection, DataOut, STATUS_CHECK_CONDITION, STATUS_GOOD, ScsiDisk, Sense,
+};
+use crate::device_model::memory::{DeviceMemory, MemoryError};
 
 /// SCSI ids 0..=6 can hold disks; 7 is the controller's own.
 pub const MAX_TARGETS: usize = 7;
@@ -68,62 +71,6 @@ enum Leave {
 /// The most DATA OUT room taken up front, whatever the CDB says.
 const MAX_DATA_OUT_RESERVE: usize = 1 << 20;
 
-/// DATA IN bytes waiting for the initiator's block moves. A 128 KiB read
-/// leaves in 32 moves; each takes a [`DataIn`] view of the shared buffer,
-/// so the bytes are copied once, into guest memory, rather than into a
-/// buffer per move first (draining a VecDeque moved them one at a time:
-/// 121 us against 14 us per 128 KiB on the development host).
-#[derive(Default)]
-struct Outgoing {
-    bytes: Arc<Vec<u8>>,
-    sent: usize,
-}
-
-impl Outgoing {
-    fn is_empty(&self) -> bool {
-        self.sent >= self.bytes.len()
-    }
-
-    fn clear(&mut self) {
-        *self = Outgoing::default();
-    }
-
-    /// Up to `max` of the bytes not sent yet.
-    fn take(&mut self, max: usize) -> DataIn {
-        let n = max.min(self.bytes.len() - self.sent);
-        let out = DataIn {
-            bytes: self.bytes.clone(),
-            range: self.sent..self.sent + n,
-        };
-        self.sent += n;
-        out
-    }
-}
-
-impl From<Vec<u8>> for Outgoing {
-    fn from(bytes: Vec<u8>) -> Self {
-        Outgoing {
-            bytes: Arc::new(bytes),
-            sent: 0,
-        }
-    }
-}
-
-/// Bytes of one DATA IN move: a view of the command's data, which the
-/// target goes on owning, so it can be read while the bus is borrowed.
-pub struct DataIn {
-    bytes: Arc<Vec<u8>>,
-    range: Range<usize>,
-}
-
-impl Deref for DataIn {
-    type Target = [u8];
-
-    fn deref(&self) -> &[u8] {
-        &self.bytes[self.range.clone()]
-    }
-}
-
 struct Connection {
     nexus: Nexus,
     phase: u8,
@@ -138,7 +85,7 @@ struct Connection {
     data_in: Outgoing,
     /// DATA OUT expected, and what arrived.
     data_out_len: usize,
-    data_out: Vec<u8>,
+    data_out: DataOut,
     status: u8,
     msg_in: VecDeque<u8>,
     leave: Leave,
@@ -157,7 +104,7 @@ impl Connection {
             run_async: false,
             data_in: Outgoing::default(),
             data_out_len: 0,
-            data_out: Vec::new(),
+            data_out: DataOut::default(),
             status: STATUS_GOOD,
             msg_in: VecDeque::new(),
             leave: Leave::Stay,
@@ -474,7 +421,7 @@ impl ScsiBus {
             .expect("connected to a present target");
         self.stats.commands += 1;
         if !c.run_async {
-            let result = disk.execute(c.nexus.lun, &c.cdb, &c.data_out);
+            let result = disk.execute_with(c.nexus.lun, &c.cdb, &c.data_out);
             c.finish(result);
             return;
         }
@@ -484,6 +431,14 @@ impl ScsiBus {
         {
             self.stats.in_place += 1;
             c.finish(result);
+            return;
+        }
+        // Off the bus the guest may hear of an abort or reset before the
+        // command runs, and reuse its pages: the data leaves them now.
+        if let Err(e) = c.data_out.gather() {
+            log::error!("SCSI: cannot copy a command's data out of guest RAM: {e}");
+            disk.keep_sense(Sense::INTERNAL_FAILURE);
+            c.finish(Err(Sense::INTERNAL_FAILURE));
             return;
         }
         let token = self.next_token;
@@ -527,21 +482,39 @@ impl ScsiBus {
             .map_or(0, |c| c.data_out_len.saturating_sub(c.data_out.len()))
     }
 
-    /// The DATA OUT bytes taken so far, for the initiator to add to in
-    /// place (its DMA lands there instead of in a buffer of its own, one
-    /// copy fewer); give them back with [`Self::put_data_out`].
-    pub fn take_data_out(&mut self) -> Vec<u8> {
-        self.conn
-            .as_mut()
-            .map(|c| std::mem::take(&mut c.data_out))
-            .unwrap_or_default()
+    /// DATA OUT the initiator leaves at `addr` in guest RAM (read when the
+    /// command runs, one copy fewer than a buffer of ours).
+    pub fn data_out_guest(
+        &mut self,
+        memory: &DeviceMemory,
+        addr: u64,
+        len: usize,
+    ) -> Result<(), MemoryError> {
+        let Some(c) = self.conn.as_mut() else {
+            return Ok(());
+        };
+        c.data_out.push_guest(memory, addr, len)?;
+        self.data_out_arrived();
+        Ok(())
     }
 
-    /// Gives the DATA OUT bytes back; the command runs once they are all in.
-    pub fn put_data_out(&mut self, out: Vec<u8>) {
-        let Some(c) = self.conn.as_mut() else { return };
-        c.data_out = out;
-        if c.data_out.len() >= c.data_out_len {
+    /// DATA OUT bytes the initiator copied.
+    pub fn data_out_bytes(&mut self, bytes: &[u8]) -> Result<(), MemoryError> {
+        let Some(c) = self.conn.as_mut() else {
+            return Ok(());
+        };
+        c.data_out.push_bytes(bytes)?;
+        self.data_out_arrived();
+        Ok(())
+    }
+
+    /// The command runs once its DATA OUT is all in.
+    fn data_out_arrived(&mut self) {
+        if self
+            .conn
+            .as_ref()
+            .is_some_and(|c| c.data_out.len() >= c.data_out_len)
+        {
             self.start();
         }
     }
@@ -590,9 +563,7 @@ mod tests {
 
     /// DATA OUT from a slice, as an initiator's block move brings it.
     fn data_out(bus: &mut ScsiBus, bytes: &[u8]) {
-        let mut out = bus.take_data_out();
-        out.extend_from_slice(bytes);
-        bus.put_data_out(out);
+        bus.data_out_bytes(bytes).unwrap();
     }
 
     #[test]

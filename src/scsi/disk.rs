@@ -1,10 +1,12 @@
 //! A SCSI direct-access device on a disk image (raw or qcow2).
 
+use std::borrow::Cow;
 use std::fs::File;
 use std::path::Path;
 use std::sync::Mutex;
 
 use super::cdb::Command;
+use super::data::DataOut;
 use super::discard;
 use super::identity::Identity;
 use super::image::{Format, Image, ImageError};
@@ -55,6 +57,14 @@ pub struct ScsiDisk {
 }
 
 /// Copies at most `alloc` bytes of `data` (the allocation length rule).
+/// The DATA OUT as bytes, for a command that parses it.
+fn gathered(data_out: &DataOut) -> Result<Cow<'_, [u8]>, Sense> {
+    data_out.bytes().map_err(|e| {
+        log::error!("SCSI: cannot read the command's data out of guest RAM: {e}");
+        Sense::INTERNAL_FAILURE
+    })
+}
+
 fn truncated(mut data: Vec<u8>, alloc: u32) -> Vec<u8> {
     data.truncate(alloc as usize);
     data
@@ -104,6 +114,11 @@ impl ScsiDisk {
     /// Returns the DATA IN bytes, or the sense of a CHECK CONDITION, which
     /// is also kept for the REQUEST SENSE that follows.
     pub fn execute(&self, lun: u8, cdb: &[u8], data_out: &[u8]) -> Result<Vec<u8>, Sense> {
+        self.execute_with(lun, cdb, &DataOut::from(data_out.to_vec()))
+    }
+
+    /// `execute`, with the DATA OUT wherever the initiator left it.
+    pub fn execute_with(&self, lun: u8, cdb: &[u8], data_out: &DataOut) -> Result<Vec<u8>, Sense> {
         let result = Command::parse(cdb).and_then(|cmd| self.run(lun, cmd, data_out));
         if let Err(sense) = result {
             self.keep_sense(sense);
@@ -124,7 +139,7 @@ impl ScsiDisk {
         &self,
         lun: u8,
         cmd: Command,
-        data_out: &[u8],
+        data_out: &DataOut,
     ) -> Option<Result<Vec<u8>, Sense>> {
         if lun != 0 {
             return None;
@@ -139,8 +154,7 @@ impl ScsiDisk {
             }
             Command::Read { lba, blocks } => {
                 let (offset, len) = self.range(lba, blocks).ok()?;
-                let mut buf = vec![0u8; len];
-                self.image.read_cached(&mut buf, offset).then_some(Ok(buf))
+                self.image.read_cached(len, offset).map(Ok)
             }
             _ => None,
         }
@@ -148,7 +162,7 @@ impl ScsiDisk {
 
     /// Keeps a failed command's sense for the REQUEST SENSE that follows;
     /// REQUEST SENSE itself never fails, so it never overwrites.
-    fn keep_sense(&self, sense: Sense) {
+    pub fn keep_sense(&self, sense: Sense) {
         *self.pending_sense.lock().expect("sense lock") = Some(sense);
     }
 
@@ -170,7 +184,7 @@ impl ScsiDisk {
         }
     }
 
-    fn run(&self, lun: u8, cmd: Command, data_out: &[u8]) -> Result<Vec<u8>, Sense> {
+    fn run(&self, lun: u8, cmd: Command, data_out: &DataOut) -> Result<Vec<u8>, Sense> {
         if lun != 0 {
             return match cmd {
                 Command::Inquiry { alloc, .. } => {
@@ -235,11 +249,9 @@ impl ScsiDisk {
             )),
             Command::Read { lba, blocks } => {
                 let (offset, len) = self.range(lba, blocks)?;
-                let mut buf = vec![0u8; len];
                 self.image
-                    .read_at(&mut buf, offset)
-                    .map_err(|e| Sense::from_io_error(&e, false))?;
-                Ok(buf)
+                    .read(len, offset)
+                    .map_err(|e| Sense::from_io_error(&e, false))
             }
             Command::Write { lba, blocks, fua } => {
                 if self.readonly {
@@ -249,9 +261,11 @@ impl ScsiDisk {
                 if data_out.len() < len {
                     return Err(Sense::INVALID_FIELD);
                 }
-                self.image
-                    .write_at(&data_out[..len], offset)
-                    .map_err(|e| Sense::from_io_error(&e, true))?;
+                let written = match data_out.in_guest(len) {
+                    Some((memory, spans)) => self.image.write_guest(memory, &spans, offset),
+                    None => self.image.write_at(&gathered(data_out)?[..len], offset),
+                };
+                written.map_err(|e| Sense::from_io_error(&e, true))?;
                 if fua {
                     self.flush()?;
                 }
@@ -268,7 +282,7 @@ impl ScsiDisk {
                     self.image
                         .read_at(&mut buf, offset)
                         .map_err(|e| Sense::from_io_error(&e, false))?;
-                    if data_out.get(..len) != Some(&buf[..]) {
+                    if gathered(data_out)?.get(..len) != Some(&buf[..]) {
                         return Err(Sense::MISCOMPARE);
                     }
                 }
@@ -283,13 +297,14 @@ impl ScsiDisk {
                 blocks,
                 unmap,
                 ndob,
-            } => self.write_same(lba, blocks, unmap, ndob, data_out),
+            } => self.write_same(lba, blocks, unmap, ndob, &gathered(data_out)?),
             Command::Unmap { .. } if !self.discard => Err(Sense::INVALID_OPCODE),
             Command::Unmap { param_len } => {
                 if self.readonly {
                     return Err(Sense::WRITE_PROTECTED);
                 }
-                let list = data_out.get(..param_len as usize).unwrap_or(data_out);
+                let data_out = gathered(data_out)?;
+                let list = data_out.get(..param_len as usize).unwrap_or(&data_out);
                 for e in discard::unmap_extents(list, self.blocks)? {
                     let (offset, len) = self.range(e.lba, e.blocks)?;
                     self.image

@@ -9,6 +9,7 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use super::qcow2::{self, Qcow2Image};
+use crate::device_model::memory::DeviceMemory;
 
 pub const BLOCK_SIZE: u32 = 512;
 
@@ -146,19 +147,19 @@ impl Image {
         matches!(&self.kind, Kind::Raw(r) if r.in_memory)
     }
 
-    /// Reads `buf` at `offset` if the page cache holds all of it, without
-    /// waiting for the device; false when it does not (or the file system
-    /// cannot tell, or the read failed): then read it with `read_at`,
-    /// which also reports any error.
-    pub fn read_cached(&self, buf: &mut [u8], offset: u64) -> bool {
+    /// Reads `len` bytes at `offset` if the page cache holds all of them,
+    /// without waiting for the device; None when it does not (or the file
+    /// system cannot tell, or the read failed): then read them with
+    /// `read`, which also reports any error.
+    pub fn read_cached(&self, len: usize, offset: u64) -> Option<Vec<u8>> {
         let Kind::Raw(raw) = &self.kind else {
-            return false;
+            return None;
         };
         if raw.no_cached_reads.load(Ordering::Relaxed) {
-            return false;
+            return None;
         }
-        match crate::sys::read_cached(&raw.file, buf, offset) {
-            Ok(n) => n == buf.len(),
+        match crate::sys::read_new(&raw.file, len, offset, true) {
+            Ok(buf) => (buf.len() == len).then_some(buf),
             Err(e)
                 if matches!(
                     e.raw_os_error(),
@@ -171,9 +172,27 @@ impl Image {
                          every read goes to a disk worker"
                     );
                 }
-                false
+                None
             }
-            Err(_) => false,
+            Err(_) => None,
+        }
+    }
+
+    /// Reads `len` bytes at `offset` into a new buffer.
+    pub fn read(&self, len: usize, offset: u64) -> io::Result<Vec<u8>> {
+        match &self.kind {
+            Kind::Raw(r) => {
+                let buf = crate::sys::read_new(&r.file, len, offset, false)?;
+                if buf.len() < len {
+                    return Err(io::ErrorKind::UnexpectedEof.into());
+                }
+                Ok(buf)
+            }
+            Kind::Qcow2(q) => {
+                let mut buf = vec![0u8; len];
+                q.read_at(&mut buf, offset)?;
+                Ok(buf)
+            }
         }
     }
 
@@ -203,6 +222,31 @@ impl Image {
     pub fn write_at(&self, buf: &[u8], offset: u64) -> io::Result<()> {
         self.write_cached(buf, offset)?;
         self.write_back()
+    }
+
+    /// Writes guest RAM at `spans` (address, length) at `offset`, as
+    /// `write_at` does: a raw image straight from the guest's pages, a
+    /// qcow2 image through a copy (its clusters need not be contiguous).
+    pub fn write_guest(
+        &self,
+        memory: &DeviceMemory,
+        spans: &[(u64, usize)],
+        offset: u64,
+    ) -> io::Result<()> {
+        match &self.kind {
+            Kind::Raw(r) => memory.write_to_file(spans, &r.file, offset),
+            Kind::Qcow2(_) => {
+                let mut buf = Vec::with_capacity(spans.iter().map(|s| s.1).sum());
+                for &(addr, len) in spans {
+                    let start = buf.len();
+                    buf.resize(start + len, 0);
+                    memory
+                        .read(addr, &mut buf[start..])
+                        .map_err(io::Error::other)?;
+                }
+                self.write_at(&buf, offset)
+            }
+        }
     }
 
     fn write_cached(&self, buf: &[u8], offset: u64) -> io::Result<()> {
@@ -359,19 +403,20 @@ mod tests {
         assert!(Image::raw(memfd, 4096).in_memory());
         let (image, path) = temp_image(8192);
         image.write_at(&[0x3c; 4096], 4096).unwrap();
-        let mut buf = [0u8; 4096];
         // Where the file system answers RWF_NOWAIT the page cache holds
         // what was just written; where it cannot, the read is refused,
         // never half done.
-        if image.read_cached(&mut buf, 4096) {
+        if let Some(buf) = image.read_cached(4096, 4096) {
             assert_eq!(buf, [0x3c; 4096]);
-        } else {
-            assert_eq!(buf, [0; 4096]);
         }
-        let mut past_end = [0u8; 512];
         assert!(
-            !image.read_cached(&mut past_end, 8192),
+            image.read_cached(512, 8192).is_none(),
             "nothing there to read"
+        );
+        assert_eq!(image.read(4096, 4096).unwrap(), [0x3c; 4096]);
+        assert_eq!(
+            image.read(1024, 7680).unwrap_err().kind(),
+            io::ErrorKind::UnexpectedEof
         );
         std::fs::remove_file(path).unwrap();
     }

@@ -6,6 +6,7 @@
 
 pub mod bus;
 pub mod cdb;
+pub mod data;
 pub mod discard;
 pub mod disk;
 pub mod identity;
@@ -16,6 +17,7 @@ pub mod qcow2;
 pub mod sense;
 
 pub use cdb::{Command, DataDirection};
+pub use data::DataOut;
 pub use disk::{DiskOptions, ScsiDisk};
 pub use sense::Sense;
 

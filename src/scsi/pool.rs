@@ -12,7 +12,7 @@ use std::thread::JoinHandle;
 
 use vmm_sys_util::eventfd::{EFD_NONBLOCK, EventFd};
 
-use super::{ScsiDisk, Sense};
+use super::{DataOut, ScsiDisk, Sense};
 use crate::device_model::BackgroundRunner;
 
 /// How many commands can touch the disk at once. Enough to keep a host
@@ -26,7 +26,7 @@ pub struct Job {
     pub disk: Arc<ScsiDisk>,
     pub lun: u8,
     pub cdb: Vec<u8>,
-    pub data_out: Vec<u8>,
+    pub data_out: DataOut,
 }
 
 pub struct Completion {
@@ -154,7 +154,7 @@ impl IoPool {
 
 fn work(queue: &Queue, done: &Done) {
     while let Some(job) = queue.next() {
-        let result = job.disk.execute(job.lun, &job.cdb, &job.data_out);
+        let result = job.disk.execute_with(job.lun, &job.cdb, &job.data_out);
         done.queue
             .lock()
             .expect("completion lock poisoned")
@@ -230,7 +230,7 @@ mod tests {
                 disk: d.clone(),
                 lun: 0,
                 cdb,
-                data_out: vec![i; 512],
+                data_out: vec![i; 512].into(),
             });
         }
         let mut tokens: Vec<u64> = wait_for(&pool, 8)
@@ -247,7 +247,7 @@ mod tests {
             disk: d.clone(),
             lun: 0,
             cdb: vec![0x28, 0, 0, 0, 0, 5, 0, 0, 1, 0], // READ(10) lba 5
-            data_out: vec![],
+            data_out: Vec::new().into(),
         });
         let c = wait_for(&pool, 1).pop().unwrap();
         assert_eq!(c.token, 99);
@@ -262,7 +262,7 @@ mod tests {
             disk,
             lun: 0,
             cdb: vec![0x28, 0, 0, 0, 0, 0, 0, 0, 1, 0], // READ(10) lba 0
-            data_out: vec![],
+            data_out: Vec::new().into(),
         }
     }
 
@@ -384,7 +384,7 @@ mod tests {
             disk: d,
             lun: 0,
             cdb: vec![0x28, 0, 0, 0, 1, 0, 0, 0, 1, 0], // past the end
-            data_out: vec![],
+            data_out: Vec::new().into(),
         });
         let c = wait_for(&pool, 1).pop().unwrap();
         assert!(c.result.is_err());

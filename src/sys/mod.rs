@@ -231,23 +231,46 @@ pub fn regular_file_len(file: &File) -> io::Result<Option<u64>> {
     Ok((st.st_mode & libc::S_IFMT == libc::S_IFREG).then_some(st.st_size as u64))
 }
 
-/// Reads into `buf` at `offset` only what the page cache already holds
-/// (preadv2 with RWF_NOWAIT): EAGAIN when nothing of it is there, a
-/// short count when part is; EOPNOTSUPP where the file system cannot say.
-pub fn read_cached(file: &File, buf: &mut [u8], offset: u64) -> io::Result<usize> {
-    let offset =
-        libc::off_t::try_from(offset).map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))?;
-    let iov = libc::iovec {
-        iov_base: buf.as_mut_ptr().cast(),
-        iov_len: buf.len(),
-    };
-    // SAFETY: the one iovec points at `buf`, which is valid for writes of
-    // its length and outlives the call.
-    let n = unsafe { libc::preadv2(file.as_raw_fd(), &iov, 1, offset, libc::RWF_NOWAIT) };
-    if n < 0 {
-        return Err(io::Error::last_os_error());
+/// Reads up to `len` bytes at `offset` into a new buffer, which is never
+/// zeroed first: the kernel's copy is the only one (a zeroed buffer cost a
+/// pass over every byte read, 1.65% of the rig's CPU on 128 KiB reads).
+/// Short at the end of the file. With `cached_only` (preadv2 with
+/// RWF_NOWAIT) it reads only what the page cache holds: EAGAIN when none
+/// of it is there, short when part is; EOPNOTSUPP where the file system
+/// cannot say.
+pub fn read_new(file: &File, len: usize, offset: u64, cached_only: bool) -> io::Result<Vec<u8>> {
+    let flags = if cached_only { libc::RWF_NOWAIT } else { 0 };
+    let mut buf: Vec<u8> = Vec::with_capacity(len);
+    while buf.len() < len {
+        let at = offset
+            .checked_add(buf.len() as u64)
+            .and_then(|at| libc::off_t::try_from(at).ok())
+            .ok_or_else(|| io::Error::from_raw_os_error(libc::EINVAL))?;
+        let want = len - buf.len();
+        let spare = &mut buf.spare_capacity_mut()[..want];
+        let iov = libc::iovec {
+            iov_base: spare.as_mut_ptr().cast(),
+            iov_len: spare.len(),
+        };
+        // SAFETY: the one iovec points at the buffer's spare capacity,
+        // valid for writes of its length while `buf` is not touched.
+        let n = unsafe { libc::preadv2(file.as_raw_fd(), &iov, 1, at, flags) };
+        if n < 0 {
+            let e = io::Error::last_os_error();
+            match e.kind() {
+                io::ErrorKind::Interrupted => continue,
+                io::ErrorKind::WouldBlock if !buf.is_empty() => break,
+                _ => return Err(e),
+            }
+        }
+        if n == 0 {
+            break;
+        }
+        // SAFETY: the kernel wrote the first `n` bytes of the spare
+        // capacity, and `n` is at most its length.
+        unsafe { buf.set_len(buf.len() + n as usize) };
     }
-    Ok(n as usize)
+    Ok(buf)
 }
 
 /// Whether `file` lives in memory (tmpfs, ramfs): reading or writing it
