@@ -158,6 +158,29 @@ impl DeviceMemory {
         file: &File,
         offset: u64,
     ) -> io::Result<()> {
+        self.file_io(spans, file, offset, Direction::ToFile)
+    }
+
+    /// Reads `len` bytes of `file` at `offset` into guest RAM at `addr`,
+    /// which must be mapped: the kernel copies straight into the guest's
+    /// pages. A file that ends first is an UnexpectedEof error.
+    pub fn read_from_file(
+        &self,
+        file: &File,
+        offset: u64,
+        addr: u64,
+        len: usize,
+    ) -> io::Result<()> {
+        self.file_io(&[(addr, len)], file, offset, Direction::FromFile)
+    }
+
+    fn file_io(
+        &self,
+        spans: &[(u64, usize)],
+        file: &File,
+        offset: u64,
+        direction: Direction,
+    ) -> io::Result<()> {
         let outside = |addr, len| io::Error::other(MemoryError::OutOfRange { addr, len });
         let mem = self.memory.as_ref().ok_or_else(|| outside(0, 0))?;
         let mut slices = Vec::with_capacity(spans.len());
@@ -166,12 +189,12 @@ impl DeviceMemory {
                 slices.push(slice.map_err(|_| outside(addr, len))?);
             }
         }
-        // The guards keep each pointer valid until the writes are done.
-        let guards: Vec<_> = slices.iter().map(|s| s.ptr_guard()).collect();
+        // The guards keep each pointer valid until the transfer is done.
+        let guards: Vec<_> = slices.iter().map(|s| s.ptr_guard_mut()).collect();
         let mut iov: Vec<libc::iovec> = guards
             .iter()
             .map(|g| libc::iovec {
-                iov_base: g.as_ptr().cast_mut().cast(),
+                iov_base: g.as_ptr().cast(),
                 iov_len: g.len(),
             })
             .collect();
@@ -181,16 +204,16 @@ impl DeviceMemory {
             let batch = &iov[first..iov.len().min(first + MAX_IOVECS)];
             let pos = libc::off_t::try_from(at)
                 .map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))?;
+            let (fd, count) = (file.as_raw_fd(), batch.len() as libc::c_int);
             // SAFETY: every iovec points into guest RAM mapped by `mem`,
             // which `self` keeps alive, for its length (vm-memory checked
-            // the spans against the regions); the kernel only reads there.
+            // the spans against the regions); nothing of ours holds a
+            // reference into those bytes while the kernel copies.
             let n = unsafe {
-                libc::pwritev(
-                    file.as_raw_fd(),
-                    batch.as_ptr(),
-                    batch.len() as libc::c_int,
-                    pos,
-                )
+                match direction {
+                    Direction::ToFile => libc::pwritev(fd, batch.as_ptr(), count, pos),
+                    Direction::FromFile => libc::preadv(fd, batch.as_ptr(), count, pos),
+                }
             };
             if n < 0 {
                 let e = io::Error::last_os_error();
@@ -200,10 +223,13 @@ impl DeviceMemory {
                 return Err(e);
             }
             if n == 0 {
-                return Err(io::ErrorKind::WriteZero.into());
+                return Err(match direction {
+                    Direction::ToFile => io::ErrorKind::WriteZero.into(),
+                    Direction::FromFile => io::ErrorKind::UnexpectedEof.into(),
+                });
             }
             at += n as u64;
-            // Step past what was written: whole iovecs, then into one.
+            // Step past what was done: whole iovecs, then into one.
             let mut left = n as usize;
             while left > 0 && left >= iov[first].iov_len {
                 left -= iov[first].iov_len;
@@ -220,7 +246,13 @@ impl DeviceMemory {
     }
 }
 
-/// Iovecs per `pwritev`: Linux's IOV_MAX.
+#[derive(Clone, Copy)]
+enum Direction {
+    ToFile,
+    FromFile,
+}
+
+/// Iovecs per `pwritev` or `preadv`: Linux's IOV_MAX.
 const MAX_IOVECS: usize = 1024;
 
 /// A region's fd must be a regular file (a memfd is one) that holds all of

@@ -80,6 +80,34 @@ impl Lsi53c895a {
         true
     }
 
+    /// A DATA IN block move of up to `len` bytes to `addr`: how many
+    /// went, None on a bus fault. A READ of an image in memory lands in
+    /// plain guest RAM straight from the image, one copy, the kernel's.
+    pub(super) fn move_data_in(&mut self, addr: u64, len: usize) -> Option<usize> {
+        let plain = self.bus_master()
+            && matches!(self.classify(addr), Target::Guest(_))
+            && self.guest_span(addr, len) == len
+            && self.memory.is_mapped(addr, len);
+        if let Some(n) = plain
+            .then(|| self.bus.data_in_to_guest(&self.memory, addr, len))
+            .flatten()
+        {
+            self.dma_bytes = self.dma_bytes.saturating_add(n as u64);
+            if n > 0 {
+                self.dma_log.record(addr, n);
+                let (mut first, mut last) = ([0u8], [0u8]);
+                let read = self.memory.read(addr, &mut first).is_ok()
+                    && self.memory.read(addr + n as u64 - 1, &mut last).is_ok();
+                if read {
+                    (self.r.sfbr, self.r.sidl) = (first[0], last[0]);
+                }
+            }
+            return Some(n);
+        }
+        let data = self.bus.data_in(len);
+        self.move_in(addr, &data).then_some(data.len())
+    }
+
     /// Bytes the target sent in a block move, written to `addr`; the chip
     /// latches the first and last of them. False on a bus fault.
     pub(super) fn move_in(&mut self, addr: u64, data: &[u8]) -> bool {

@@ -862,6 +862,87 @@ mod tests {
         std::fs::remove_file(path).unwrap();
     }
 
+    /// A disk on a memfd (in memory) of `blocks` blocks, whose file holds
+    /// `contents` only: reading past them fails.
+    fn memory_disk(blocks: u64, contents: &[u8]) -> Arc<ScsiDisk> {
+        let file = crate::sys::memfd(c"vmm-lsi-memory-disk", false).unwrap();
+        std::os::unix::fs::FileExt::write_all_at(&file, contents, 0).unwrap();
+        let disk = ScsiDisk::from_file(file, blocks, crate::scsi::DiskOptions::new("MEM"));
+        assert!(disk.in_memory());
+        Arc::new(disk)
+    }
+
+    /// An untagged READ(10) of `blocks` blocks at `lba`, its DATA IN in
+    /// 512-byte moves to each of `to`, then status and message to 0xa200.
+    fn read_script(ram: &GuestRam, lba: u8, blocks: u8, to: &[u32]) {
+        ram.memory
+            .write_slice(&[0x80], GuestAddress(0xa000))
+            .unwrap();
+        ram.memory
+            .write_slice(
+                &[0x28, 0, 0, 0, 0, lba, 0, 0, blocks, 0],
+                GuestAddress(0xa010),
+            )
+            .unwrap();
+        let mut words = vec![
+            0x4100_0000,
+            0x8100,
+            0x0e00_0001,
+            0xa000,
+            0x0a00_000a,
+            0xa010,
+        ];
+        for &at in to {
+            words.extend([0x0900_0200, at]); // MOVE 512 WHEN DATA_IN
+        }
+        words.extend(finish(0xa200));
+        script(ram, 0x8000, &words);
+    }
+
+    #[test]
+    fn a_read_of_an_image_in_memory_lands_in_guest_ram_and_scripts_ram() {
+        let image: Vec<u8> = (0..8u8).flat_map(|b| [b; 512]).collect();
+        let (mut l, ram) = lsi(vec![memory_disk(8, &image)]);
+        read_script(&ram, 2, 3, &[0xb000, BAR2 as u32 + 0x1000, 0xb400]);
+        write32(&mut l, DSP, 0x8000);
+        assert_eq!(l.r.dsps, 7, "ran to the INT");
+        let mut block = [0u8; 512];
+        ram.memory
+            .read_slice(&mut block, GuestAddress(0xb000))
+            .unwrap();
+        assert_eq!(block, [2; 512]);
+        l.bar_read(BAR_RAM as u8, 0x1000, &mut block);
+        assert_eq!(block, [3; 512], "SCRIPTS RAM got its block as bytes");
+        ram.memory
+            .read_slice(&mut block, GuestAddress(0xb400))
+            .unwrap();
+        assert_eq!(block, [4; 512]);
+        let mut status = [0xffu8; 2];
+        ram.memory
+            .read_slice(&mut status, GuestAddress(0xa200))
+            .unwrap();
+        assert_eq!(status, [0, 0], "GOOD, COMMAND COMPLETE");
+    }
+
+    #[test]
+    fn a_read_that_fails_in_the_data_phase_ends_in_check_condition() {
+        // Eight blocks, of which the file holds two: the third fails.
+        let disk = memory_disk(8, &[9; 1024]);
+        let (mut l, ram) = lsi(vec![disk.clone()]);
+        read_script(&ram, 1, 3, &[0xb000, 0xb200, 0xb400]);
+        write32(&mut l, DSP, 0x8000);
+        assert_ne!(l.r.sist0 & SIST0_MA, 0, "phase mismatch mid-transfer");
+        assert_eq!(l.bus.phase(), Some(crate::scsi::bus::PHASE_STATUS));
+        assert_eq!(l.bus.status(), crate::scsi::STATUS_CHECK_CONDITION);
+        let mut block = [0u8; 512];
+        ram.memory
+            .read_slice(&mut block, GuestAddress(0xb000))
+            .unwrap();
+        assert_eq!(block, [9; 512], "the block before the failure went");
+        let sense = disk.execute(0, &[0x03, 0, 0, 0, 18, 0], &[]).unwrap();
+        assert_eq!(sense[2] & 0xf, 0x03, "MEDIUM ERROR kept for REQUEST SENSE");
+    }
+
     /// The I/O path the Linux driver takes with tagged queuing: the target
     /// disconnects after the CDB, SCRIPTS park in WAIT RESELECT, and the
     /// finished read reselects them to move the data and status.

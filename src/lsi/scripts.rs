@@ -157,13 +157,10 @@ impl Lsi53c895a {
                     }
                     remaining
                 }
-                PHASE_DATA_IN => {
-                    let data = self.bus.data_in(remaining);
-                    if !self.move_in(at, &data) {
-                        return;
-                    }
-                    data.len()
-                }
+                PHASE_DATA_IN => match self.move_data_in(at, remaining) {
+                    Some(n) => n,
+                    None => return,
+                },
                 PHASE_MSG_IN => {
                     let data = self.bus.msg_in(remaining);
                     if !self.move_in(at, &data) {

@@ -729,6 +729,15 @@ mod tests {
         std::fs::write(&cached_path, [0x77u8; 4096]).unwrap();
         let cached = ScsiDisk::open(&cached_path, crate::scsi::DiskOptions::new("C")).unwrap();
         std::fs::remove_file(&cached_path).unwrap();
+        // A WRITE straight from guest RAM and a READ straight into it.
+        let ram = crate::memory::GuestRam::new(64 << 20).unwrap();
+        let memory = crate::device_model::DeviceMemory::map(
+            &ram.sysmem_regions(),
+            vec![ram.memfd.try_clone().unwrap()],
+        )
+        .unwrap();
+        memory.write(0x1000, &[0x3c; 4096]).unwrap();
+        let image = crate::sys::memfd(c"vmm-sandbox-image", false).unwrap();
         let ended = in_child(|| {
             let pool = IoPool::new(4).expect("pool");
             // Every thread, the pool's workers included, as the remote
@@ -755,6 +764,15 @@ mod tests {
             if let Some(Ok(data)) = cached.execute_now(0, read, &Default::default()) {
                 assert_eq!(data, vec![0x77; 512]);
             }
+            memory
+                .write_to_file(&[(0x1000, 4096)], &image, 0)
+                .expect("pwritev");
+            memory
+                .read_from_file(&image, 0, 0x3000, 4096)
+                .expect("preadv");
+            let mut back = [0u8; 4096];
+            memory.read(0x3000, &mut back).unwrap();
+            assert_eq!(back, [0x3c; 4096]);
             say(b"all done\n");
             // The remote never tears its pool down; the test does not either.
             std::mem::forget(pool);

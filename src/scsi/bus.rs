@@ -112,11 +112,11 @@ impl Connection {
         }
     }
 
-    fn finish(&mut self, result: Result<Vec<u8>, Sense>) {
+    fn finish(&mut self, result: Result<Outgoing, Sense>) {
         match result {
             Ok(data) => {
                 self.status = STATUS_GOOD;
-                self.data_in = data.into();
+                self.data_in = data;
             }
             Err(_) => {
                 self.status = STATUS_CHECK_CONDITION;
@@ -128,6 +128,18 @@ impl Connection {
         } else {
             PHASE_DATA_IN
         };
+    }
+
+    /// After a DATA IN move: status once all went, or at once when the
+    /// disk failed to read its part (the disk kept the sense).
+    fn data_in_sent(&mut self, moved: Result<(), Sense>) {
+        if moved.is_err() {
+            self.status = STATUS_CHECK_CONDITION;
+            self.data_in.clear();
+        }
+        if self.data_in.is_empty() {
+            self.phase = PHASE_STATUS;
+        }
     }
 }
 
@@ -262,7 +274,7 @@ impl ScsiBus {
         let mut c = Connection::new(nexus, PHASE_MSG_IN);
         // Non-empty so MSG IN is not followed by COMMAND.
         c.cdb = vec![0];
-        c.finish(result);
+        c.finish(result.map(Outgoing::from));
         let after = c.phase;
         c.phase = PHASE_MSG_IN;
         c.msg_in.push_back(MSG_IDENTIFY | nexus.lun);
@@ -420,9 +432,18 @@ impl ScsiBus {
             .clone()
             .expect("connected to a present target");
         self.stats.commands += 1;
+        let in_place = !c.run_async || self.disk_io == DiskIo::Auto;
+        if in_place
+            && let Some(cmd) = c.command
+            && let Some(range) = disk.read_later(c.nexus.lun, cmd)
+        {
+            self.stats.in_place += u64::from(c.run_async);
+            c.finish(range.map(|(offset, len)| Outgoing::image(disk, offset, len)));
+            return;
+        }
         if !c.run_async {
             let result = disk.execute_with(c.nexus.lun, &c.cdb, &c.data_out);
-            c.finish(result);
+            c.finish(result.map(Outgoing::from));
             return;
         }
         if self.disk_io == DiskIo::Auto
@@ -430,7 +451,7 @@ impl ScsiBus {
             && let Some(result) = disk.execute_now(c.nexus.lun, cmd, &c.data_out)
         {
             self.stats.in_place += 1;
-            c.finish(result);
+            c.finish(result.map(Outgoing::from));
             return;
         }
         // Off the bus the guest may hear of an abort or reset before the
@@ -466,13 +487,28 @@ impl ScsiBus {
     /// Up to `max` DATA IN bytes.
     pub fn data_in(&mut self, max: usize) -> DataIn {
         let Some(c) = self.conn.as_mut() else {
-            return Outgoing::default().take(0);
+            return DataIn::default();
         };
         let out = c.data_in.take(max);
-        if c.data_in.is_empty() {
-            c.phase = PHASE_STATUS;
-        }
-        out
+        c.data_in_sent(out.as_ref().map(|_| ()).map_err(|&sense| sense));
+        out.unwrap_or_default()
+    }
+
+    /// Up to `max` DATA IN bytes read from the disk straight into guest
+    /// RAM at `addr`, which this process must map: how many went. None
+    /// when the command's data is in a buffer already (take it with
+    /// [`Self::data_in`]); Some(0) when the read failed, and the command
+    /// ends in CHECK CONDITION.
+    pub fn data_in_to_guest(
+        &mut self,
+        memory: &DeviceMemory,
+        addr: u64,
+        max: usize,
+    ) -> Option<usize> {
+        let c = self.conn.as_mut()?;
+        let read = c.data_in.send_to_guest(memory, addr, max)?;
+        c.data_in_sent(read.map(|_| ()));
+        Some(read.unwrap_or(0))
     }
 
     /// How many DATA OUT bytes the target still wants.
@@ -569,11 +605,11 @@ mod tests {
     #[test]
     fn data_in_leaves_in_order_across_block_moves() {
         let mut out = Outgoing::from((0..=255u8).collect::<Vec<u8>>());
-        assert_eq!(*out.take(100), (0..100u8).collect::<Vec<u8>>());
+        assert_eq!(*out.take(100).unwrap(), (0..100u8).collect::<Vec<u8>>());
         assert!(!out.is_empty());
-        assert_eq!(*out.take(1000), (100..=255u8).collect::<Vec<u8>>());
+        assert_eq!(*out.take(1000).unwrap(), (100..=255u8).collect::<Vec<u8>>());
         assert!(out.is_empty());
-        assert!(out.take(10).is_empty());
+        assert!(out.take(10).unwrap().is_empty());
         out.clear();
         assert!(out.is_empty());
     }
@@ -654,8 +690,8 @@ mod tests {
         let bytes = vec![7u8; 4096];
         let start = bytes.as_ptr();
         let mut out = Outgoing::from(bytes);
-        let first = out.take(1024);
-        let second = out.take(1024);
+        let first = out.take(1024).unwrap();
+        let second = out.take(1024).unwrap();
         assert_eq!(first.as_ptr(), start, "no copy per move");
         assert_eq!(second.as_ptr(), start.wrapping_add(1024));
         assert_eq!(second.len(), 1024);

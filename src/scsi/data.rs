@@ -1,5 +1,6 @@
-//! A command's data each way. DATA IN: the bytes a command produced,
-//! leaving in the initiator's block moves. DATA OUT: what the initiator
+//! A command's data each way. DATA IN: the bytes a command produced, or
+//! the image blocks a READ reads straight into guest RAM, leaving in the
+//! initiator's block moves. DATA OUT: what the initiator
 //! sent, as bytes copied in or, while the command is still on the bus,
 //! only where they lie in guest RAM; a WRITE then reaches the image with
 //! one copy, the kernel's, out of the guest's pages, where a buffer of
@@ -9,22 +10,50 @@ use std::borrow::Cow;
 use std::ops::{Deref, Range};
 use std::sync::Arc;
 
+use super::{ScsiDisk, Sense};
 use crate::device_model::memory::{DeviceMemory, MemoryError};
 
-/// DATA IN bytes waiting for the initiator's block moves. A 128 KiB read
+/// DATA IN waiting for the initiator's block moves. A 128 KiB read
 /// leaves in 32 moves; each takes a [`DataIn`] view of the shared buffer,
 /// so the bytes are copied once, into guest memory, rather than into a
 /// buffer per move first (draining a VecDeque moved them one at a time:
-/// 121 us against 14 us per 128 KiB on the development host).
+/// 121 us against 14 us per 128 KiB on the development host). A READ of
+/// an image in memory has no buffer: each move reads its part of the
+/// image straight into guest RAM.
 #[derive(Default)]
 pub(super) struct Outgoing {
-    bytes: Arc<Vec<u8>>,
+    source: Source,
+    len: usize,
     sent: usize,
 }
 
+enum Source {
+    Bytes(Arc<Vec<u8>>),
+    /// Blocks of `disk`'s image from `offset` on.
+    Image {
+        disk: Arc<ScsiDisk>,
+        offset: u64,
+    },
+}
+
+impl Default for Source {
+    fn default() -> Self {
+        Source::Bytes(Arc::default())
+    }
+}
+
 impl Outgoing {
+    /// `len` bytes of `disk`'s image at `offset`, read as they leave.
+    pub(super) fn image(disk: Arc<ScsiDisk>, offset: u64, len: usize) -> Self {
+        Outgoing {
+            source: Source::Image { disk, offset },
+            len,
+            sent: 0,
+        }
+    }
+
     pub(super) fn is_empty(&self) -> bool {
-        self.sent >= self.bytes.len()
+        self.sent >= self.len
     }
 
     pub(super) fn clear(&mut self) {
@@ -32,21 +61,46 @@ impl Outgoing {
     }
 
     /// Up to `max` of the bytes not sent yet.
-    pub(super) fn take(&mut self, max: usize) -> DataIn {
-        let n = max.min(self.bytes.len() - self.sent);
-        let out = DataIn {
-            bytes: self.bytes.clone(),
-            range: self.sent..self.sent + n,
+    pub(super) fn take(&mut self, max: usize) -> Result<DataIn, Sense> {
+        let n = max.min(self.len - self.sent);
+        let out = match &self.source {
+            Source::Bytes(bytes) => DataIn {
+                bytes: bytes.clone(),
+                range: self.sent..self.sent + n,
+            },
+            Source::Image { disk, offset } => DataIn {
+                bytes: Arc::new(disk.read_bytes(n, offset + self.sent as u64)?),
+                range: 0..n,
+            },
         };
         self.sent += n;
-        out
+        Ok(out)
+    }
+
+    /// Up to `max` of the bytes not sent yet, read from the image straight
+    /// into guest RAM at `addr`, which this process must map. None when
+    /// the bytes are in a buffer already: [`Self::take`] them.
+    pub(super) fn send_to_guest(
+        &mut self,
+        memory: &DeviceMemory,
+        addr: u64,
+        max: usize,
+    ) -> Option<Result<usize, Sense>> {
+        let Source::Image { disk, offset } = &self.source else {
+            return None;
+        };
+        let n = max.min(self.len - self.sent);
+        let read = disk.read_into_guest(memory, addr, n, offset + self.sent as u64);
+        self.sent += n;
+        Some(read.map(|()| n))
     }
 }
 
 impl From<Vec<u8>> for Outgoing {
     fn from(bytes: Vec<u8>) -> Self {
         Outgoing {
-            bytes: Arc::new(bytes),
+            len: bytes.len(),
+            source: Source::Bytes(Arc::new(bytes)),
             sent: 0,
         }
     }
@@ -54,6 +108,7 @@ impl From<Vec<u8>> for Outgoing {
 
 /// Bytes of one DATA IN move: a view of the command's data, which the
 /// target goes on owning, so it can be read while the bus is borrowed.
+#[derive(Default)]
 pub struct DataIn {
     bytes: Arc<Vec<u8>>,
     range: Range<usize>,

@@ -11,6 +11,7 @@ use super::discard;
 use super::identity::Identity;
 use super::image::{Format, Image, ImageError};
 use super::sense::Sense;
+use crate::device_model::memory::DeviceMemory;
 
 pub use super::image::BLOCK_SIZE;
 const REVISION: &[u8; 4] = b"0.1 ";
@@ -158,6 +159,52 @@ impl ScsiDisk {
             }
             _ => None,
         }
+    }
+
+    /// Where a READ's blocks lie in an image in memory (offset, length),
+    /// for the data phase to read them straight into guest RAM
+    /// ([`Self::read_into_guest`]) instead of through a buffer: reading
+    /// there cannot wait for a device. None for other commands or images.
+    pub fn read_later(&self, lun: u8, cmd: Command) -> Option<Result<(u64, usize), Sense>> {
+        let Command::Read { lba, blocks } = cmd else {
+            return None;
+        };
+        if lun != 0 || !self.image.in_memory() {
+            return None;
+        }
+        let range = self.range(lba, blocks);
+        if let Err(sense) = range {
+            self.keep_sense(sense);
+        }
+        Some(range)
+    }
+
+    /// Reads `len` bytes at `offset` into guest RAM at `addr` (the sense
+    /// is kept on failure).
+    pub fn read_into_guest(
+        &self,
+        memory: &DeviceMemory,
+        addr: u64,
+        len: usize,
+        offset: u64,
+    ) -> Result<(), Sense> {
+        self.image
+            .read_guest(memory, addr, len, offset)
+            .map_err(|e| self.read_failed(&e))
+    }
+
+    /// Reads `len` bytes at `offset` (the sense is kept on failure).
+    pub fn read_bytes(&self, len: usize, offset: u64) -> Result<Vec<u8>, Sense> {
+        self.image
+            .read(len, offset)
+            .map_err(|e| self.read_failed(&e))
+    }
+
+    fn read_failed(&self, e: &std::io::Error) -> Sense {
+        log::warn!("SCSI: a read of the disk image failed during the data phase: {e}");
+        let sense = Sense::from_io_error(e, false);
+        self.keep_sense(sense);
+        sense
     }
 
     /// Keeps a failed command's sense for the REQUEST SENSE that follows;

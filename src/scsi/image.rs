@@ -224,6 +224,24 @@ impl Image {
         self.write_back()
     }
 
+    /// Reads `len` bytes at `offset` into guest RAM at `addr`: a raw image
+    /// straight into the guest's pages, a qcow2 image through a copy.
+    pub fn read_guest(
+        &self,
+        memory: &DeviceMemory,
+        addr: u64,
+        len: usize,
+        offset: u64,
+    ) -> io::Result<()> {
+        match &self.kind {
+            Kind::Raw(r) => memory.read_from_file(&r.file, offset, addr, len),
+            Kind::Qcow2(_) => {
+                let buf = self.read(len, offset)?;
+                memory.write(addr, &buf).map_err(io::Error::other)
+            }
+        }
+    }
+
     /// Writes guest RAM at `spans` (address, length) at `offset`, as
     /// `write_at` does: a raw image straight from the guest's pages, a
     /// qcow2 image through a copy (its clusters need not be contiguous).
