@@ -340,6 +340,11 @@ fn by_default_the_registers_go_over_ioregion_fds() {
     o.assert_contains("BAR1 0x0..0x80 over ioregion fds (userspace path, 1 fd, posted writes)");
     o.assert_contains("BAR2 0x0..0x2000 over ioregion fds (userspace path, 1 fd, posted writes)");
     o.assert_contains("reads of BAR1 0x14 (1 bytes) are answered from its register mirror");
+    o.assert_contains(
+        "doorbells on BAR1's ranges with posted writes (writes of a mirrored register that \
+         start the device's work) are waited for while the guest rings once per completion, \
+         else posted (doorbells=adaptive)",
+    );
     let c = stats(o);
     assert!(c.io_reads > 100 && c.io_writes > 500, "{c:?}");
     // The interrupt handler's ISTAT reads come from the mirror page unless
@@ -438,6 +443,7 @@ fn two_vcpus_run_fio_at_once_over_their_own_region_fds() {
     o.assert_contains("VMM-GUEST: disk found on 2 CPUs");
     o.assert_contains("VMM-GUEST: fio done: ok");
     o.assert_contains("over ioregion fds (userspace path, 2 fds)");
+    o.assert_contains("start the device's work) are waited for (doorbells=waited)");
     o.assert_exited("vmm", 0);
     let c = stats(o);
     assert!(c.io_reads > 100 && c.mirror_reads > 100, "{c:?}");

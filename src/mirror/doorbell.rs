@@ -46,6 +46,16 @@ pub enum DoorbellMode {
     Posted,
 }
 
+impl std::fmt::Display for DoorbellMode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            DoorbellMode::Adaptive => "waited for while the guest rings once per completion, else posted (doorbells=adaptive)",
+            DoorbellMode::Waited => "waited for (doorbells=waited)",
+            DoorbellMode::Posted => "posted (doorbells=posted)",
+        })
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum State {
     /// Posting; `streak` doorbells in a row found the one before applied.

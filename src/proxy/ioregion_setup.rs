@@ -137,7 +137,19 @@ pub fn negotiate(
         let Some(layout) = layout else { continue };
         let mirror = match n.dispatch {
             Dispatch::Userspace if n.register_mirror => {
-                ask_for_mirror(link, n.name, bar, &layout, &posted_sent, &doorbells)?
+                let mirror = ask_for_mirror(link, n.name, bar, &layout, &posted_sent, &doorbells)?;
+                let posted = layout
+                    .iter()
+                    .any(|r| r.flags & SUB_REGION_POSTED_WRITES != 0);
+                if posted && mirror.as_ref().is_some_and(|m| m.posted_sent.is_some()) {
+                    log::info!(
+                        "remote {}: doorbells on BAR{bar}'s ranges with posted writes \
+                         (writes of a mirrored register that start the device's work) are {}",
+                        n.name,
+                        n.doorbells
+                    );
+                }
+                mirror
             }
             // KVM leaves the mirrored registers to us only if it tells us
             // what it posted; otherwise no read reaches us.
