@@ -1,7 +1,9 @@
 //! The chip as bus master: its DMA reads and writes. Addresses in its own
 //! BAR1 (registers) or BAR2 (SCRIPTS RAM) are served locally, the rest in
-//! spans of guest RAM; a DATA OUT block move leaves plain guest RAM where
-//! it is for the command to read.
+//! spans of guest RAM. Block moves of a command's data to or from plain
+//! guest RAM leave the copy to the disk: a DATA OUT move names where the
+//! bytes lie for the WRITE to read, a DATA IN move of a READ from an image
+//! in memory has the image read into its place.
 
 use super::Lsi53c895a;
 use super::regs::*;
