@@ -148,6 +148,18 @@ impl DeviceMemory {
             .is_some_and(|mem| mem.check_range(GuestAddress(addr), len))
     }
 
+    /// The guest RAM at `spans` (address, length), in order, copied into
+    /// one buffer.
+    pub fn gather(&self, spans: &[(u64, usize)]) -> Result<Vec<u8>, MemoryError> {
+        let mut out = vec![0u8; spans.iter().map(|&(_, len)| len).sum()];
+        let mut at = 0;
+        for &(addr, len) in spans {
+            self.read(addr, &mut out[at..at + len])?;
+            at += len;
+        }
+        Ok(out)
+    }
+
     /// Writes the guest RAM at `spans` (address, length), in order, to
     /// `file` at `offset`: the kernel copies straight out of the mapping,
     /// where a bounce buffer cost a copy of every byte written. Every span

@@ -86,10 +86,7 @@ impl Lsi53c895a {
     /// went, None on a bus fault. A READ of an image in memory lands in
     /// plain guest RAM straight from the image, one copy, the kernel's.
     pub(super) fn move_data_in(&mut self, addr: u64, len: usize) -> Option<usize> {
-        let plain = self.bus_master()
-            && matches!(self.classify(addr), Target::Guest(_))
-            && self.guest_span(addr, len) == len
-            && self.memory.is_mapped(addr, len);
+        let plain = self.plain_guest_ram(addr, len) && self.memory.is_mapped(addr, len);
         if let Some(n) = plain
             .then(|| self.bus.data_in_to_guest(&self.memory, addr, len))
             .flatten()
@@ -150,27 +147,29 @@ impl Lsi53c895a {
         true
     }
 
+    /// Whether `len` bytes from `addr` are guest RAM the chip may master,
+    /// none of them in its own windows: a block move the disk can copy.
+    fn plain_guest_ram(&self, addr: u64, len: usize) -> bool {
+        self.bus_master()
+            && matches!(self.classify(addr), Target::Guest(_))
+            && self.guest_span(addr, len) == len
+    }
+
     /// A DATA OUT block move of `len` bytes from `addr`: plain guest RAM
     /// goes to the command as a place to read from, anything else (the
     /// chip's own windows) as bytes. False on a bus fault.
     pub(super) fn move_out(&mut self, addr: u64, len: usize) -> bool {
-        let plain =
-            matches!(self.classify(addr), Target::Guest(_)) && self.guest_span(addr, len) == len;
-        if !plain || !self.bus_master() {
+        let taken = if self.plain_guest_ram(addr, len) {
+            self.dma_bytes = self.dma_bytes.saturating_add(len as u64);
+            self.bus.data_out_guest(&self.memory, addr, len)
+        } else {
             let mut buf = vec![0u8; len];
-            return self.dma_read(addr, &mut buf) && self.data_out_bytes(addr, &buf);
-        }
-        self.dma_bytes = self.dma_bytes.saturating_add(len as u64);
-        if let Err(e) = self.bus.data_out_guest(&self.memory, addr, len) {
-            log::warn!("lsi: DMA read at {addr:#x}: {e}: bus fault");
-            self.dma_interrupt(DSTAT_BF);
-            return false;
-        }
-        true
-    }
-
-    fn data_out_bytes(&mut self, addr: u64, bytes: &[u8]) -> bool {
-        if let Err(e) = self.bus.data_out_bytes(bytes) {
+            if !self.dma_read(addr, &mut buf) {
+                return false;
+            }
+            self.bus.data_out_bytes(&buf)
+        };
+        if let Err(e) = taken {
             log::warn!("lsi: DMA read at {addr:#x}: {e}: bus fault");
             self.dma_interrupt(DSTAT_BF);
             return false;

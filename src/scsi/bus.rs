@@ -132,8 +132,8 @@ impl Connection {
 
     /// After a DATA IN move: status once all went, or at once when the
     /// disk failed to read its part (the disk kept the sense).
-    fn data_in_sent(&mut self, moved: Result<(), Sense>) {
-        if moved.is_err() {
+    fn data_in_sent(&mut self, failed: bool) {
+        if failed {
             self.status = STATUS_CHECK_CONDITION;
             self.data_in.clear();
         }
@@ -490,7 +490,7 @@ impl ScsiBus {
             return DataIn::default();
         };
         let out = c.data_in.take(max);
-        c.data_in_sent(out.as_ref().map(|_| ()).map_err(|&sense| sense));
+        c.data_in_sent(out.is_err());
         out.unwrap_or_default()
     }
 
@@ -507,7 +507,7 @@ impl ScsiBus {
     ) -> Option<usize> {
         let c = self.conn.as_mut()?;
         let read = c.data_in.send_to_guest(memory, addr, max)?;
-        c.data_in_sent(read.map(|_| ()));
+        c.data_in_sent(read.is_err());
         Some(read.unwrap_or(0))
     }
 

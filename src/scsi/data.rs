@@ -131,13 +131,11 @@ pub struct DataOut {
     spans: Vec<(u64, usize)>,
     /// The RAM `spans` are in.
     memory: Option<DeviceMemory>,
-    len: usize,
 }
 
 impl From<Vec<u8>> for DataOut {
     fn from(bytes: Vec<u8>) -> Self {
         DataOut {
-            len: bytes.len(),
             bytes,
             ..DataOut::default()
         }
@@ -146,11 +144,11 @@ impl From<Vec<u8>> for DataOut {
 
 impl DataOut {
     pub fn len(&self) -> usize {
-        self.len
+        self.bytes.len() + self.spans.iter().map(|&(_, len)| len).sum::<usize>()
     }
 
     pub fn is_empty(&self) -> bool {
-        self.len == 0
+        self.len() == 0
     }
 
     /// Room for `additional` copied bytes.
@@ -183,7 +181,6 @@ impl DataOut {
                 return Err(e);
             }
         }
-        self.len += len;
         Ok(())
     }
 
@@ -191,7 +188,6 @@ impl DataOut {
     pub fn push_bytes(&mut self, bytes: &[u8]) -> Result<(), MemoryError> {
         self.gather()?;
         self.bytes.extend_from_slice(bytes);
-        self.len += bytes.len();
         Ok(())
     }
 
@@ -211,13 +207,7 @@ impl DataOut {
         let Some(memory) = self.memory.as_ref().filter(|_| !self.spans.is_empty()) else {
             return Ok(Cow::Borrowed(&self.bytes));
         };
-        let mut out = vec![0u8; self.len];
-        let mut at = 0;
-        for &(addr, len) in &self.spans {
-            memory.read(addr, &mut out[at..at + len])?;
-            at += len;
-        }
-        Ok(Cow::Owned(out))
+        memory.gather(&self.spans).map(Cow::Owned)
     }
 
     /// The first `len` bytes, where they are still in guest RAM: the RAM

@@ -254,14 +254,7 @@ impl Image {
         match &self.kind {
             Kind::Raw(r) => memory.write_to_file(spans, &r.file, offset),
             Kind::Qcow2(_) => {
-                let mut buf = Vec::with_capacity(spans.iter().map(|s| s.1).sum());
-                for &(addr, len) in spans {
-                    let start = buf.len();
-                    buf.resize(start + len, 0);
-                    memory
-                        .read(addr, &mut buf[start..])
-                        .map_err(io::Error::other)?;
-                }
+                let buf = memory.gather(spans).map_err(io::Error::other)?;
                 self.write_at(&buf, offset)
             }
         }
