@@ -686,6 +686,23 @@ mod tests {
     }
 
     #[test]
+    fn a_write_past_the_transfer_limit_gets_no_data_phase() {
+        let (mut bus, path) = bus("too-long");
+        let mut write16 = [0u8; 16];
+        write16[0] = 0x8a;
+        write16[10..14].copy_from_slice(&u32::MAX.to_be_bytes());
+        issue(&mut bus, 1, &write16);
+        assert_eq!(bus.phase(), Some(PHASE_STATUS), "no DATA OUT to gather");
+        assert_eq!(bus.status(), STATUS_CHECK_CONDITION);
+        assert_eq!(bus.msg_in(1), vec![MSG_COMMAND_COMPLETE]);
+        issue(&mut bus, 2, &[0x03, 0, 0, 0, 18, 0]);
+        let sense = bus.data_in(18);
+        assert_eq!(sense[2] & 0x0f, crate::scsi::sense::KEY_ILLEGAL_REQUEST);
+        assert_eq!(sense[12], 0x24, "INVALID FIELD IN CDB");
+        std::fs::remove_file(path).unwrap();
+    }
+
+    #[test]
     fn block_moves_read_the_commands_data_where_it_lies() {
         let bytes = vec![7u8; 4096];
         let start = bytes.as_ptr();

@@ -86,6 +86,10 @@ pub enum DataDirection {
     ToDevice(u32),
 }
 
+/// The largest READ, WRITE or VERIFY in blocks (4 MiB of 512-byte
+/// blocks); the disk advertises it in its Block Limits page.
+pub const MAX_TRANSFER_BLOCKS: u32 = 8192;
+
 const OP_TEST_UNIT_READY: u8 = 0x00;
 const OP_REQUEST_SENSE: u8 = 0x03;
 const OP_READ_6: u8 = 0x08;
@@ -208,11 +212,13 @@ impl Command {
             }
             OP_READ_10 | OP_WRITE_10 | OP_VERIFY_10 => {
                 let (lba, blocks) = (u64::from(be32(&cdb[2..])), be16(&cdb[7..]));
-                rw(op, cdb[1], lba, blocks)
+                rw(op, cdb[1], lba, blocks)?
             }
-            OP_READ_12 | OP_WRITE_12 => rw(op, cdb[1], u64::from(be32(&cdb[2..])), be32(&cdb[6..])),
+            OP_READ_12 | OP_WRITE_12 => {
+                rw(op, cdb[1], u64::from(be32(&cdb[2..])), be32(&cdb[6..]))?
+            }
             OP_READ_16 | OP_WRITE_16 | OP_VERIFY_16 => {
-                rw(op, cdb[1], be64(&cdb[2..]), be32(&cdb[10..]))
+                rw(op, cdb[1], be64(&cdb[2..]), be32(&cdb[10..]))?
             }
             OP_SYNC_CACHE_10 | OP_SYNC_CACHE_16 => Command::SyncCache,
             OP_START_STOP_UNIT => Command::StartStopUnit,
@@ -301,8 +307,14 @@ impl Command {
     }
 }
 
-fn rw(op: u8, flags: u8, lba: u64, blocks: u32) -> Command {
-    match op {
+/// A READ, WRITE or VERIFY, refused past the largest transfer the disk
+/// advertises: the length is the guest's word, and the remote would
+/// otherwise hold a buffer as large as the disk for one command.
+fn rw(op: u8, flags: u8, lba: u64, blocks: u32) -> Result<Command, Sense> {
+    if blocks > MAX_TRANSFER_BLOCKS {
+        return Err(Sense::INVALID_FIELD);
+    }
+    Ok(match op {
         OP_READ_10 | OP_READ_12 | OP_READ_16 => Command::Read { lba, blocks },
         OP_VERIFY_10 | OP_VERIFY_16 => Command::Verify {
             lba,
@@ -314,7 +326,7 @@ fn rw(op: u8, flags: u8, lba: u64, blocks: u32) -> Command {
             blocks,
             fua: flags & FUA != 0,
         },
-    }
+    })
 }
 
 #[cfg(test)]
@@ -428,6 +440,34 @@ mod tests {
             Err(Sense::INVALID_FIELD),
             "reporting option 4"
         );
+    }
+
+    #[test]
+    fn transfers_past_the_advertised_limit_are_refused() {
+        let rw16 = |op: u8, blocks: u32| {
+            let mut cdb = [0u8; 16];
+            cdb[0] = op;
+            cdb[10..14].copy_from_slice(&blocks.to_be_bytes());
+            Command::parse(&cdb)
+        };
+        for op in [0x88, 0x8a, 0x8f] {
+            assert!(
+                rw16(op, MAX_TRANSFER_BLOCKS).is_ok(),
+                "op {op:#x} at the limit"
+            );
+            assert_eq!(
+                rw16(op, MAX_TRANSFER_BLOCKS + 1),
+                Err(Sense::INVALID_FIELD),
+                "op {op:#x} one block past"
+            );
+            assert_eq!(rw16(op, u32::MAX), Err(Sense::INVALID_FIELD));
+        }
+        let mut write12 = [0u8; 12];
+        write12[0] = 0xaa;
+        write12[6..10].copy_from_slice(&(MAX_TRANSFER_BLOCKS + 1).to_be_bytes());
+        assert_eq!(Command::parse(&write12), Err(Sense::INVALID_FIELD));
+        let read10_max = [0x28, 0, 0, 0, 0, 0, 0, 0xff, 0xff, 0];
+        assert_eq!(Command::parse(&read10_max), Err(Sense::INVALID_FIELD));
     }
 
     #[test]

@@ -5,7 +5,7 @@ use std::fs::File;
 use std::path::Path;
 use std::sync::Mutex;
 
-use super::cdb::Command;
+use super::cdb::{Command, MAX_TRANSFER_BLOCKS};
 use super::data::DataOut;
 use super::discard;
 use super::identity::Identity;
@@ -17,8 +17,6 @@ pub use super::image::BLOCK_SIZE;
 const REVISION: &[u8; 4] = b"0.1 ";
 /// Peripheral qualifier 3, type 0x1f: no device at this LUN.
 const NO_LUN: u8 = 0x7f;
-/// Largest transfer we advertise in the Block Limits page, in blocks.
-const MAX_TRANSFER_BLOCKS: u32 = 8192;
 
 /// How a disk presents itself.
 #[derive(Debug, Clone, PartialEq, Eq)]
