@@ -4,7 +4,11 @@
 # KVM test rig on those modules, runs the selftest, then runs the VMM three
 # times with the LSI remote on the kernel ioregionfd path (fio-verify,
 # --stats): over mpqemu, over vfio-user, and over mpqemu with two vCPUs
-# (KVM's fd shared by both, each vCPU thread's own fd beside it).
+# (KVM's fd shared by both, each vCPU thread's own fd beside it). A fourth
+# run freezes the remote (SIGSTOP) in the middle of fio: KVM waits for the
+# device without a timeout, so the VMM's watchdog must find KVM's commands
+# untaken, cut the device off and take its ranges back from KVM, and the
+# guest must then fail its I/O and reboot by itself.
 #
 # Usage: ci/test-kvm-ioregion.sh [--no-vmm]
 # Exits non-zero if the selftest fails, or if a VMM run does not pass fio
@@ -52,6 +56,24 @@ if [ $run_vmm -eq 1 ]; then
         --cmdline 'console=ttyS0 quiet vmm.run=fio-verify vmm.fio=verify-smp' --log-level info \\
         --stats --cpus 2 --remote-dev lsi,disk=/tmp/c.img,ioregionfd=kernel </dev/null
     echo "=== vmm on 2 vCPUs exited \$?"
+    echo "=== vmm ioregionfd=kernel with its remote frozen"
+    dd if=/dev/zero of=/tmp/d.img bs=1M count=64 2>/dev/null
+    /rig/vmm --kernel /rig/guest/bzImage --initrd /rig/guest/initramfs.cpio.gz \\
+        --cmdline 'console=ttyS0 vmm.run=fio-verify vmm.fio=verify-long' --log-level info \\
+        --remote-dev lsi,disk=/tmp/d.img,ioregionfd=kernel </dev/null > /tmp/frozen.log 2>&1 &
+    vmm=\$!
+    i=0; while [ \$i -lt 120 ] && ! grep -q 'disk found' /tmp/frozen.log; do sleep 1; i=\$((i + 1)); done
+    sleep 2
+    remote=\$(sed -n 's/.*(lsi, pid \\([0-9]*\\)).*/\\1/p' /tmp/frozen.log | head -n 1)
+    echo "freezing remote \$remote"
+    kill -STOP \$remote
+    i=0; while [ \$i -lt 400 ] && kill -0 \$vmm 2>/dev/null; do sleep 1; i=\$((i + 1)); done
+    echo "guest done \$i s after the freeze"
+    kill -TERM \$vmm 2>/dev/null
+    wait \$vmm
+    echo "=== vmm with its remote frozen exited \$?"
+    kill -KILL \$remote 2>/dev/null
+    cat /tmp/frozen.log
     dmesg | grep -i -E 'ioregion|kvm|BUG|WARN|Oops|hung' | tail -n 30
 fi
 exit \$st
@@ -109,4 +131,21 @@ if [ $run_vmm -eq 1 ]; then
             die "VMM on the kernel ioregion path on 2 vCPUs: no '$want' in the output"
     done
     log "VMM on the kernel ioregion path, over mpqemu, over vfio-user and on 2 vCPUs: fio verify passed, only mirrored reads reached the VMM"
+    # The frozen remote: found out (by the watchdog on KVM's fd, or by a
+    # mirrored read behind a posted write that went on a vCPU thread's fd),
+    # cut off, its ranges taken back from KVM; the guest's SCSI error
+    # handling then fails the I/O and the guest reboots, which ends the VMM
+    # with 0. Before the watchdog watched KVM's fd the vCPU stayed in the
+    # kernel until SIGTERM.
+    sed -n '/=== vmm ioregionfd=kernel with its remote frozen/,$p' "$work/out.log" > "$work/frozen.log"
+    for want in "freezing remote" "the device is cut off: its registers read as zeros" \
+        "KVM no longer serves the range" "Device offlined" "VMM-GUEST: rebooting" \
+        "=== vmm with its remote frozen exited 0"; do
+        grep -qF "$want" "$work/frozen.log" ||
+            die "VMM on the kernel ioregion path with its remote frozen: no '$want' in the output"
+    done
+    found=$(grep -m 1 -o -E "did not (take KVM's commands|answer|take its posted writes) within 10s" \
+        "$work/frozen.log") ||
+        die "VMM on the kernel ioregion path with its remote frozen: no timeout in the output"
+    log "kernel path with its remote frozen: '$found', cut off, $(grep -o 'guest done [0-9]* s after the freeze' "$work/frozen.log")"
 fi

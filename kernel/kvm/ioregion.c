@@ -35,8 +35,11 @@
  *    channel leaves nothing behind.
  *
  * 4. Failure (the peer closed its end, a short or broken stream, the region
- *    was removed): the access is handed to userspace as the plain
- *    KVM_EXIT_MMIO / KVM_EXIT_IO it would have been without ioregions.
+ *    was removed, or the access waited longer than ioregion_timeout_ms,
+ *    counted from when it was taken over and across interruptions): the
+ *    access is handed to userspace as the plain KVM_EXIT_MMIO / KVM_EXIT_IO
+ *    it would have been without ioregions, for the VMM to answer or to fail
+ *    the device.
  *    Removing a region wakes every vCPU waiting on it first (they do not
  *    hold kvm->srcu while waiting, so the removal's synchronize_srcu() does
  *    not wait for the device either). A response still owed for an
@@ -64,6 +67,16 @@
 #include <kvm/iodev.h>
 
 #include "ioregion.h"
+
+/*
+ * How long one access may wait for its device, in milliseconds (0: for
+ * ever). A device that stops (SIGSTOP, a deadlock) must not hold the vCPU
+ * in the kernel where its VMM cannot see it.
+ */
+static unsigned int ioregion_timeout_ms = 10000;
+module_param(ioregion_timeout_ms, uint, 0644);
+MODULE_PARM_DESC(ioregion_timeout_ms,
+		 "KVM_SET_IOREGION: longest wait for a device, in ms (0: no limit)");
 
 /* Commands and responses for the regions that share one write fd. */
 struct ioregion_chan {
@@ -115,6 +128,7 @@ struct ioregion_access {
 	u32 done;			/* elements finished */
 	bool owner;			/* we own region->chan */
 	bool built;			/* cmd holds the current element */
+	unsigned long deadline;		/* jiffies; 0: no timeout */
 	u32 cmd_off;			/* bytes of cmd written */
 	u32 resp_off;			/* bytes of resp read */
 	u8 cmd[KVM_IOREGION_RECORD_SIZE];
@@ -458,15 +472,28 @@ static void ioregion_queue_proc(struct file *file, wait_queue_head_t *head,
 	ioregion_add(container_of(pt, struct ioregion_waiter, pt), head);
 }
 
+/* Jiffies left before @a's deadline: at least 1, or 0 if it has passed. */
+static long ioregion_left(struct ioregion_access *a)
+{
+	long left;
+
+	if (!a->deadline)
+		return MAX_SCHEDULE_TIMEOUT;
+	left = (long)(a->deadline - jiffies);
+	return left > 0 ? left : 0;
+}
+
 /*
  * Waits until @file is ready for @want, the region is removed (-ENODEV),
- * the peer hung up (-EPIPE) or a signal arrives (-EINTR).
+ * the peer hung up (-EPIPE), a signal arrives (-EINTR) or the access's
+ * deadline passes (-ETIMEDOUT).
  */
 static int ioregion_wait(struct ioregion_access *a, struct file *file,
 			 __poll_t want)
 {
 	struct ioregion_waiter w = { .task = current };
 	__poll_t mask;
+	long left;
 	int ret, i;
 
 	init_poll_funcptr(&w.pt, ioregion_queue_proc);
@@ -489,9 +516,14 @@ static int ioregion_wait(struct ioregion_access *a, struct file *file,
 			ret = -EINTR;
 			break;
 		}
+		left = ioregion_left(a);
+		if (!left) {
+			ret = -ETIMEDOUT;
+			break;
+		}
 		set_current_state(TASK_INTERRUPTIBLE);
 		if (!READ_ONCE(w.woken))
-			schedule();
+			schedule_timeout(left);
 		__set_current_state(TASK_RUNNING);
 		WRITE_ONCE(w.woken, false);
 		mask = vfs_poll(file, NULL);
@@ -571,10 +603,16 @@ static bool ioregion_try_own(struct ioregion_access *a)
 static int ioregion_own(struct ioregion_access *a)
 {
 	struct ioregion *r = a->region;
+	long left = ioregion_left(a);
 
-	if (wait_event_interruptible(r->chan->wq,
-				     ioregion_try_own(a) || READ_ONCE(r->dead)))
-		return -EINTR;	/* nothing taken, nothing to undo */
+	if (left)
+		left = wait_event_interruptible_timeout(r->chan->wq,
+				ioregion_try_own(a) || READ_ONCE(r->dead), left);
+	/* Nothing taken, nothing to undo. */
+	if (left < 0)
+		return -EINTR;
+	if (!left)
+		return -ETIMEDOUT;
 	if (READ_ONCE(r->dead)) {
 		ioregion_release(a);
 		return -ENODEV;
@@ -714,6 +752,9 @@ static int ioregion_finish(struct kvm_vcpu *vcpu, struct ioregion_access *a)
 		++vcpu->stat.signal_exits;
 		return -EINTR;
 	}
+	if (ret == -ETIMEDOUT)
+		pr_warn_ratelimited("kvm ioregion: no answer from the device within %u ms; the access at %#llx goes to userspace\n",
+				    ioregion_timeout_ms, (unsigned long long)a->addr);
 	/* Give the access to userspace, as if there were no ioregion. */
 	vcpu->run->exit_reason = a->exit_reason;
 	vcpu->arch.complete_userspace_io = a->cui;
@@ -724,6 +765,7 @@ static int ioregion_finish(struct kvm_vcpu *vcpu, struct ioregion_access *a)
 static int ioregion_serve_exits(struct kvm_vcpu *vcpu, int r)
 {
 	struct ioregion_access *a;
+	unsigned int timeout;
 
 	while (r == 0 && atomic_read(&ioregion_naccesses)) {
 		a = ioregion_access_find(vcpu);
@@ -735,6 +777,10 @@ static int ioregion_serve_exits(struct kvm_vcpu *vcpu, int r)
 				break;
 			}
 			a->staged = true;
+			timeout = READ_ONCE(ioregion_timeout_ms);
+			if (timeout)	/* a deadline of 0 would mean none */
+				a->deadline = (jiffies +
+					       msecs_to_jiffies(timeout)) ?: 1;
 			a->exit_reason = vcpu->run->exit_reason;
 			a->cui = vcpu->arch.complete_userspace_io;
 			vcpu->arch.complete_userspace_io = NULL;

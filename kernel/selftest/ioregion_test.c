@@ -866,6 +866,98 @@ out:
 	close(sv[1]);
 }
 
+/* Reads or sets kvm.ko's ioregion_timeout_ms; -1 if it cannot. */
+#define TIMEOUT_PARAM "/sys/module/kvm/parameters/ioregion_timeout_ms"
+static long timeout_param(long set)
+{
+	FILE *f = fopen(TIMEOUT_PARAM, set < 0 ? "r" : "w");
+	long v = -1;
+
+	if (!f)
+		return -1;
+	if (set < 0) {
+		if (fscanf(f, "%ld", &v) != 1)
+			v = -1;
+	} else {
+		v = fprintf(f, "%ld\n", set) > 0 ? set : -1;
+	}
+	if (fclose(f))
+		v = -1;
+	return v;
+}
+
+/*
+ * A device that takes a read and never answers: after ioregion_timeout_ms
+ * the access goes to userspace, and the late answer is dropped, not taken
+ * for the next command's.
+ */
+static void test_timeout(void)
+{
+	struct vm vm;
+	struct runner r;
+	struct cmd c = { 0 };
+	struct timespec t0, t1;
+	int sv[2], ok, ret;
+	long old, ms;
+	struct kvm_run *run;
+
+	old = timeout_param(-1);
+	if (old < 0 || timeout_param(300) != 300) {
+		report("timeout-param", 0, "cannot read and set " TIMEOUT_PARAM);
+		return;
+	}
+	report("timeout-param", old == 10000, "default %ld ms, not 10000", old);
+	vm_create(&vm, 1);
+	pair(sv);
+	set_region(&vm, MMIO_BASE, 0x100, 1, sv[0], sv[0], 0);
+	vcpu_load(&vm, 0, g_read32, g_read32_end);
+	run = vm.vcpu[0].run;
+	clock_gettime(CLOCK_MONOTONIC, &t0);
+	run_start(&r, &vm.vcpu[0]);
+	ok = dev_recv(sv[1], &c, 3000) == 0;
+	if (run_join(&r, 5000)) {
+		report("timeout-gives-the-access-to-userspace", 0,
+		       "the vCPU still waits after 5 s");
+		goto out;
+	}
+	clock_gettime(CLOCK_MONOTONIC, &t1);
+	ms = (t1.tv_sec - t0.tv_sec) * 1000 + (t1.tv_nsec - t0.tv_nsec) / 1000000;
+	report("timeout-gives-the-access-to-userspace",
+	       ok && r.ret == 0 && run->exit_reason == KVM_EXIT_MMIO &&
+		       run->mmio.phys_addr == MMIO_BASE + 0x10 && ms >= 250,
+	       "command %s, ret %d errno %d exit %u after %ld ms",
+	       ok ? "seen" : "missing", r.ret, r.err, run->exit_reason, ms);
+	/* The VMM answers it, then the device's late answer comes. */
+	memset(run->mmio.data, 0, 8);
+	run->mmio.data[0] = 0x77;
+	ret = run_sync(&vm.vcpu[0]);
+	report("timeout-access-completed-by-userspace",
+	       ret == 0 && run->exit_reason == KVM_EXIT_HLT &&
+		       (uint32_t)vcpu_regs(&vm.vcpu[0]).rax == 0x77,
+	       "ret %d exit %u", ret, run->exit_reason);
+	dev_reply(sv[1], 0xdead);
+	vcpu_load(&vm, 0, g_read32, g_read32_end);
+	run_start(&r, &vm.vcpu[0]);
+	ok = dev_recv(sv[1], &c, 3000) == 0;
+	if (ok)
+		dev_reply(sv[1], 0x1234);
+	if (run_join(&r, 3000)) {
+		report("timeout-late-answer-dropped", 0, "KVM_RUN did not return");
+		goto out;
+	}
+	report("timeout-late-answer-dropped",
+	       ok && r.ret == 0 && run->exit_reason == KVM_EXIT_HLT &&
+		       (uint32_t)vcpu_regs(&vm.vcpu[0]).rax == 0x1234,
+	       "command %s, ret %d exit %u eax %#llx", ok ? "seen" : "missing",
+	       r.ret, run->exit_reason,
+	       (unsigned long long)vcpu_regs(&vm.vcpu[0]).rax);
+out:
+	timeout_param(old);
+	vm_destroy(&vm);
+	close(sv[0]);
+	close(sv[1]);
+}
+
 /* Two vCPUs, one fd: the second command waits for the first response. */
 static void test_queue(void)
 {
@@ -1084,6 +1176,7 @@ int main(void)
 	test_posted_count();
 	test_pio();
 	test_signal();
+	test_timeout();
 	test_queue();
 	test_deassign_flush();
 	test_peer_close();

@@ -24,7 +24,7 @@
 //! Records on posted-write fds are only ever received under the `Hub`
 //! lock, and every taker drains all of them there before it applies
 //! anything of its own. The VMM's vCPU threads stamp each record with a
-//! number from one VM-wide sequence (`vmm_end::next_sequence`),
+//! number from one VM-wide sequence (`wire::next_sequence`),
 //! taken after every access ordered before it was sent. So the drain looks
 //! at the head of every fd and applies records by number; it applies a
 //! record only once it is sure that nothing numbered before it can still

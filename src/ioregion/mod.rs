@@ -13,6 +13,8 @@
 //!   the response arrives; the vCPU thread never leaves `KVM_RUN`. The ioctl
 //!   was proposed (RFC v3, 2021) but never merged: no mainline kernel has
 //!   it, so [`probe`] tries it and the VMM falls back to `vmm_end`.
+//!   [`kernel_path`] holds a range KVM serves and watches that the device
+//!   keeps taking KVM's commands, posted writes included.
 //! - [`device_end`]: in the device process, a thread receives the record
 //!   (one for all the fds with posted writes, one per other fd), applies it
 //!   to the device model in the order the guest issued it, and answers
@@ -27,6 +29,7 @@
 
 pub mod device_end;
 pub mod kernel;
+pub mod kernel_path;
 pub mod vmm_end;
 pub mod wire;
 

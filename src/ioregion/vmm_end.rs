@@ -23,14 +23,15 @@
 //!
 //! Across fds, order comes from a number instead: every command sent
 //! here carries the next number of one VM-wide sequence
-//! ([`next_sequence`]), taken under the fd's lock just before the send. A
+//! ([`wire::next_sequence`]), taken under the fd's lock just before the send. A
 //! device process serves one fd per vCPU per range, and the number is
 //! what lets it apply posted writes that one vCPU sent to two ranges, or
 //! that two vCPUs sent one after the other, in the order they were issued
 //! (`device_end`). KVM's records carry none.
 //!
-//! Unlike KVM's path, this one has a timeout, so a hung device process
-//! fails the access instead of hanging the vCPU forever.
+//! An access here has a timeout, so a hung device process fails it
+//! instead of holding the vCPU (KVM gives up after its own timeout and
+//! hands the access to us as an exit, which lands here).
 //!
 //! A device process that stops taking posted writes must be noticed: a
 //! posted write returns as soon as it is queued, so nobody waits on it: without
@@ -49,9 +50,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
-use kvm_ioctls::VmFd;
-
-use super::kernel::{self, KernelRegion, pieces_around};
+use super::kernel::{KernelRegion, pieces_around};
+use super::kernel_path::KernelPath;
 use super::wire::{
     self, Cmd, RECORD_SIZE, RECV_BUF_SIZE, Received, Resp, WireError, peer_hung_up, recv_before,
     recv_record, send_before,
@@ -63,7 +63,7 @@ use crate::pci::{Attached, BarFastPath};
 use crate::protocol::extensions::{SUB_REGION_POSTED_WRITES, SubRegion};
 use crate::proxy::cut_off::{CUT_OFF_NOTE, CUT_OFF_REGISTERS, FailFlag};
 use crate::proxy::stats::{DeviceStats, bump};
-use crate::proxy::watchdog::{Backlog, PostedWrites, StallClock};
+use crate::proxy::watchdog::{Backlog, StallClock, Watched};
 
 /// One BAR range served over ioregion fds.
 pub struct IoRegionPath {
@@ -76,8 +76,6 @@ pub struct IoRegionPath {
     /// The fds of vCPU threads, indexed by vCPU.
     fds: Vec<RegionFd>,
     kernel: Option<KernelPath>,
-    /// Guest addresses KVM holds this range at (kernel path).
-    in_kernel: Mutex<Option<u64>>,
     stats: Arc<DeviceStats>,
     failed: FailFlag,
     /// One per fd: how long its posted writes have gone untaken.
@@ -86,16 +84,6 @@ pub struct IoRegionPath {
     mirror: Option<RangeMirror>,
     /// The device's count of posted writes sent, on every range.
     posted_sent: Option<Arc<PostedSent>>,
-}
-
-/// What KVM needs to serve a range itself.
-pub struct KernelPath {
-    pub vm: Arc<VmFd>,
-    /// KVM's own fd to the device: a response names no command, so a vCPU
-    /// thread writing on the fd KVM uses could take KVM's answer.
-    pub fd: RegionFd,
-    /// Where KVM counts the posted writes it sends on `fd`, when it can.
-    pub posted_count: Option<&'static AtomicU64>,
 }
 
 impl IoRegionPath {
@@ -120,7 +108,6 @@ impl IoRegionPath {
             user_data: range.user_data,
             fds,
             kernel,
-            in_kernel: Mutex::new(None),
             stats,
             failed,
             stalls: Mutex::new(stalls),
@@ -142,21 +129,18 @@ impl IoRegionPath {
         self
     }
 
-    pub fn posts_writes(&self) -> bool {
-        self.posted
+    /// Whether the watchdog has anything to look at here: posted writes,
+    /// or KVM's commands on the kernel path.
+    pub fn needs_watching(&self) -> bool {
+        self.posted || self.kernel.is_some()
     }
 
     /// Whether this range's writes are posted and served from vCPU
     /// threads, the case where a stalled device goes unseen by the vCPUs.
+    /// With KVM serving the range, the mirrored registers still exit to us.
     pub fn posts_writes_from_userspace(&self) -> bool {
-        self.posted
-            && (self.in_kernel.lock().expect("ioregion lock").is_none() || self.exits_beside_kvm())
-    }
-
-    /// With KVM serving the range, whether some accesses still exit to us:
-    /// those of the mirrored registers.
-    fn exits_beside_kvm(&self) -> bool {
-        self.mirror.is_some()
+        let in_kvm = self.kernel.as_ref().is_some_and(|k| k.is_registered());
+        self.posted && (!in_kvm || self.mirror.is_some())
     }
 
     fn fd(&self) -> &RegionFd {
@@ -167,6 +151,20 @@ impl IoRegionPath {
         bump(&self.stats.errors);
         if self.failed.fail() {
             log::error!("{}: {e}; {CUT_OFF_NOTE}", self.label);
+        }
+        self.leave_kvm();
+    }
+
+    /// Takes the range back from KVM once the device is cut off, so that no
+    /// vCPU waits on it in the kernel: their accesses exit to us instead.
+    fn leave_kvm(&self) {
+        if let Some(k) = &self.kernel
+            && k.unregister(None, &self.label)
+        {
+            log::info!(
+                "{}: KVM no longer serves the range; its accesses exit to the VMM",
+                self.label
+            );
         }
     }
 
@@ -195,11 +193,29 @@ impl IoRegionPath {
     }
 }
 
-impl PostedWrites for IoRegionPath {
-    /// Cuts the device off if one of its fds has had posted writes queued
-    /// and untaken for the fd's timeout. Called about once a second.
-    fn check_posted_writes(&self, now: Instant) {
-        if !self.posts_writes_from_userspace() || self.failed.is_failed() {
+impl Watched for IoRegionPath {
+    /// Cuts the device off if KVM's commands (kernel path) or one fd's
+    /// posted writes have sat untaken for the fd's timeout, and takes the
+    /// range back from KVM once the device is cut off, whatever cut it off.
+    /// Called about once a second.
+    fn check_stalls(&self, now: Instant) {
+        if self.failed.is_failed() {
+            self.leave_kvm();
+            return;
+        }
+        if let Some(k) = &self.kernel
+            && k.is_registered()
+        {
+            match k.stalled_for(now) {
+                Ok(stalled) if stalled >= k.timeout => {
+                    self.fault(DispatchError::KernelStalled(k.timeout));
+                    return;
+                }
+                Ok(_) => {}
+                Err(e) => log::warn!("{}: cannot look at KVM's commands: {e}", self.label),
+            }
+        }
+        if !self.posts_writes_from_userspace() {
             return;
         }
         let mut stalls = self.stalls.lock().expect("ioregion lock");
@@ -298,13 +314,16 @@ impl BarFastPath for IoRegionPath {
     }
 
     fn attach(self: Arc<Self>, bar_addr: u64) -> Attached {
-        if let Some(k) = &self.kernel {
-            match kernel::assign_all(k.vm.as_ref(), &self.kernel_regions(k, bar_addr)) {
+        if let Some(k) = &self.kernel
+            && !self.failed.is_failed()
+        {
+            match k.register(bar_addr, self.kernel_regions(k, bar_addr)) {
+                // On the bus too: for the mirrored registers' reads, and
+                // for accesses KVM gives back (the device closed its end,
+                // or the range was taken back from KVM meanwhile).
                 Ok(()) => {
-                    *self.in_kernel.lock().expect("ioregion lock") = Some(bar_addr);
-                    let exits = self.exits_beside_kvm();
                     return Attached {
-                        bus: exits.then_some(self as Arc<dyn SharedBusDevice>),
+                        bus: Some(self),
                         in_kernel: true,
                     };
                 }
@@ -318,16 +337,8 @@ impl BarFastPath for IoRegionPath {
     }
 
     fn detach(&self, bar_addr: u64) {
-        let mut in_kernel = self.in_kernel.lock().expect("ioregion lock");
-        if *in_kernel != Some(bar_addr) {
-            return;
-        }
-        *in_kernel = None;
-        let Some(k) = &self.kernel else { return };
-        for region in self.kernel_regions(k, bar_addr) {
-            if let Err(e) = kernel::deassign(k.vm.as_ref(), &region) {
-                log::error!("{}: KVM could not drop the ioregion: {e}", self.label);
-            }
+        if let Some(k) = &self.kernel {
+            k.unregister(Some(bar_addr), &self.label);
         }
     }
 }
@@ -349,6 +360,8 @@ pub enum DispatchError {
     SendTimeout(Duration),
     #[error("the device process did not take its posted writes within {0:?}")]
     PostedStalled(Duration),
+    #[error("the device process did not take KVM's commands within {0:?}")]
+    KernelStalled(Duration),
     #[error("response was {0} bytes, shorter than a {RECORD_SIZE}-byte record")]
     ShortResponse(usize),
     #[error("response was {0} bytes, longer than a {RECORD_SIZE}-byte record")]
@@ -366,23 +379,6 @@ pub enum DispatchError {
         #[source]
         source: io::Error,
     },
-}
-
-/// The VM-wide count behind [`next_sequence`]. One counter for every
-/// vCPU: an access that the guest ordered after another (on another vCPU,
-/// through memory) takes its number after the first one's send returned,
-/// so it gets a larger one.
-static SEQUENCE: AtomicU64 = AtomicU64::new(0);
-
-/// The next sequence number for a command record: never 0 (no sequence),
-/// counting modulo 2^48 (see [`wire::sequence_precedes`]).
-pub fn next_sequence() -> u64 {
-    loop {
-        let n = SEQUENCE.fetch_add(1, Ordering::SeqCst).wrapping_add(1) & wire::SEQUENCE_MASK;
-        if n != 0 {
-            return n;
-        }
-    }
 }
 
 /// What happened to a write.
@@ -432,9 +428,8 @@ impl RegionFd {
     ///
     /// The wait for a response is a blocking recv bounded by the socket's
     /// SO_RCVTIMEO: one syscall, where poll + recv would be two on every
-    /// access. (The kernel path waits inside KVM instead: our kvm module in
-    /// kernel/ has no timeout, so there a silent device holds its vCPU until
-    /// it answers or closes its end.)
+    /// access. (The kernel path waits inside KVM instead, which gives up
+    /// after its own timeout, `kvm.ioregion_timeout_ms`; see `kernel_path`.)
     pub fn with_timeout(mut self, timeout: Duration) -> Self {
         self.timeout = timeout;
         let set = crate::sys::set_recv_timeout(self.fd.as_fd(), timeout);
@@ -477,7 +472,7 @@ impl RegionFd {
         cmd.posted_before = posted_sent.map_or(0, |n| n.wrapping_add(1));
         let mut state = self.lock()?;
         // Under the lock, so the numbers on one fd rise in queue order.
-        cmd.sequence = next_sequence();
+        cmd.sequence = wire::next_sequence();
         let deadline = Instant::now() + self.timeout;
         self.send(&cmd.encode(), deadline)?;
         let resp = self.await_response(&mut state, &cmd, deadline)?;
@@ -501,7 +496,7 @@ impl RegionFd {
         let mut cmd = Cmd::write(self.user_data, offset, data, wait || !self.posted_writes)
             .map_err(|_| DispatchError::AccessSize(data.len()))?;
         let mut state = self.lock()?;
-        cmd.sequence = next_sequence();
+        cmd.sequence = wire::next_sequence();
         let deadline = Instant::now() + self.timeout;
         self.send(&cmd.encode(), deadline)?;
         if !cmd.response {
@@ -580,6 +575,12 @@ impl RegionFd {
             Ok(Received::TimedOut) => Err(DispatchError::Timeout(self.timeout)),
             Err(e) => Err(map_io("recv", e)),
         }
+    }
+}
+
+impl From<RegionFd> for OwnedFd {
+    fn from(fd: RegionFd) -> OwnedFd {
+        fd.fd
     }
 }
 

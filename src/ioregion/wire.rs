@@ -45,6 +45,7 @@
 
 use std::io;
 use std::os::fd::{AsRawFd, BorrowedFd, OwnedFd};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Instant;
 
 /// Length of both records.
@@ -265,6 +266,23 @@ pub fn posted_before_of(bytes: &[u8]) -> Option<u64> {
         return None;
     }
     u64_at(bytes, 24).checked_sub(1)
+}
+
+/// The VM-wide count behind [`next_sequence`]. One counter for every
+/// vCPU: an access that the guest ordered after another (on another vCPU,
+/// through memory) takes its number after the first one's send returned,
+/// so it gets a larger one.
+static SEQUENCE: AtomicU64 = AtomicU64::new(0);
+
+/// The next sequence number for a command record: never 0 (no sequence),
+/// counting modulo 2^48 (see [`sequence_precedes`]).
+pub fn next_sequence() -> u64 {
+    loop {
+        let n = SEQUENCE.fetch_add(1, Ordering::SeqCst).wrapping_add(1) & SEQUENCE_MASK;
+        if n != 0 {
+            return n;
+        }
+    }
 }
 
 /// Whether sequence number `a` was given out before `b`. They count modulo

@@ -18,7 +18,7 @@ use crate::proxy::cut_off::FailFlag;
 use crate::proxy::ioregion_setup::{Dispatch, IoRegionError, Negotiation};
 use crate::proxy::link::{LinkError, RemoteLink};
 use crate::proxy::stats::DeviceStats;
-use crate::proxy::watchdog::PostedWriteWatchdog;
+use crate::proxy::watchdog::StallWatchdog;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ProxyError {
@@ -67,7 +67,7 @@ pub struct ProxyOptions {
     /// One ioregion fd per vCPU per range.
     pub vcpus: usize,
     /// Watches the ranges with posted writes; None in tests that do not.
-    pub watchdog: Option<Arc<PostedWriteWatchdog>>,
+    pub watchdog: Option<Arc<StallWatchdog>>,
     /// Use the remote's register mirror, if it offers one.
     pub register_mirror: bool,
     /// How doorbells on ranges with posted writes are sent.

@@ -322,7 +322,7 @@ pub(crate) mod tests {
     use crate::proxy::ioregion_setup::Dispatch;
     use crate::proxy::link::Mpqemu;
     use crate::proxy::spec::Dialect;
-    use crate::proxy::watchdog::PostedWriteWatchdog;
+    use crate::proxy::watchdog::StallWatchdog;
     use crate::remote::server;
     use std::os::unix::net::UnixStream;
     use std::sync::Mutex;
@@ -493,7 +493,7 @@ pub(crate) mod tests {
             .find(|p| p.posts_writes_from_userspace())
             .unwrap()
             .clone();
-        let watchdog = PostedWriteWatchdog::default();
+        let watchdog = StallWatchdog::default();
         watchdog.watch(&posted);
         let t0 = Instant::now();
         posted.write(0x10, &[1]);

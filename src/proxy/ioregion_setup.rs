@@ -15,8 +15,8 @@ use kvm_ioctls::VmFd;
 
 use super::cut_off::FailFlag;
 use super::stats::{DeviceStats, bump};
-use super::watchdog::PostedWriteWatchdog;
-use crate::ioregion::vmm_end::KernelPath;
+use super::watchdog::StallWatchdog;
+use crate::ioregion::kernel_path::KernelPath;
 use crate::ioregion::{IoRegionPath, RegionFd};
 use crate::mirror::doorbell::{DoorbellMode, Doorbells};
 use crate::mirror::posted::PostedSent;
@@ -79,7 +79,7 @@ pub struct Negotiation<'a> {
     pub stats: &'a Arc<DeviceStats>,
     pub failed: &'a FailFlag,
     /// Looks after the ranges with posted writes.
-    pub watchdog: Option<&'a PostedWriteWatchdog>,
+    pub watchdog: Option<&'a StallWatchdog>,
     /// Ask for the remote's register mirror.
     pub register_mirror: bool,
     /// How doorbells on ranges with posted writes are sent.
@@ -175,11 +175,14 @@ pub fn negotiate(
                         kvm_counters.push(counter);
                         counter
                     });
-                    Some(KernelPath {
-                        vm: vm.clone(),
-                        fd: fds.remove(0),
+                    let fd = fds.remove(0);
+                    let timeout = fd.timeout();
+                    Some(KernelPath::new(
+                        vm.clone(),
+                        fd.into(),
+                        timeout,
                         posted_count,
-                    })
+                    ))
                 }
                 Dispatch::Userspace => None,
             };
@@ -221,7 +224,7 @@ pub fn negotiate(
                 .with_mirror(mirror.as_ref().and_then(|m| m.range(r.offset, r.size)))
                 .counting_posted_writes(posted_sent.clone()),
             );
-            if path.posts_writes()
+            if path.needs_watching()
                 && let Some(watchdog) = n.watchdog
             {
                 watchdog.watch(&path);

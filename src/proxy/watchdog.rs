@@ -1,34 +1,36 @@
-//! One VMM thread that looks at every region fd with posted writes once a
-//! second and cuts off a device whose process has stopped taking them (see
-//! `ioregion::vmm_end`). vCPUs that only post writes never wait on the
-//! device, so without this a frozen device would go unnoticed until the
-//! guest next reads one of its registers.
+//! One VMM thread that looks once a second at every region fd that no vCPU
+//! thread waits on with a timeout, and cuts off a device whose process has
+//! stopped taking what was sent there: posted writes (`ioregion::vmm_end`;
+//! vCPUs that only post writes never wait on the device, so a frozen
+//! device would go unnoticed until the guest next reads one of its
+//! registers) and KVM's commands on the kernel path
+//! (`ioregion::kernel_path`; KVM posts them and waits for nothing).
 
 use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant};
 
-/// A queue of posted writes that the watchdog looks at.
-pub trait PostedWrites: Send + Sync {
-    /// Cuts the device off if its process stopped taking the writes.
-    fn check_posted_writes(&self, now: Instant);
+/// Queues of commands that the watchdog looks at.
+pub trait Watched: Send + Sync {
+    /// Cuts the device off if its process stopped taking the commands.
+    fn check_stalls(&self, now: Instant);
 }
 
 /// How often the queues are looked at.
 pub const INTERVAL: Duration = Duration::from_secs(1);
 
 #[derive(Default)]
-pub struct PostedWriteWatchdog {
+pub struct StallWatchdog {
     /// Weak: a path dropped when its remote is replaced drops out here too.
-    paths: Mutex<Vec<Weak<dyn PostedWrites>>>,
+    paths: Mutex<Vec<Weak<dyn Watched>>>,
 }
 
-impl PostedWriteWatchdog {
+impl StallWatchdog {
     /// A watchdog and its thread, which ends when the watchdog is dropped.
     pub fn start() -> std::io::Result<Arc<Self>> {
-        let watchdog = Arc::new(PostedWriteWatchdog::default());
+        let watchdog = Arc::new(StallWatchdog::default());
         let weak = Arc::downgrade(&watchdog);
         std::thread::Builder::new()
-            .name("posted-writes".into())
+            .name("stall-watchdog".into())
             .spawn(move || {
                 loop {
                     std::thread::sleep(INTERVAL);
@@ -41,8 +43,8 @@ impl PostedWriteWatchdog {
         Ok(watchdog)
     }
 
-    pub fn watch(&self, path: &Arc<impl PostedWrites + 'static>) {
-        let path: Arc<dyn PostedWrites> = path.clone();
+    pub fn watch(&self, path: &Arc<impl Watched + 'static>) {
+        let path: Arc<dyn Watched> = path.clone();
         self.paths
             .lock()
             .expect("watchdog lock")
@@ -51,23 +53,23 @@ impl PostedWriteWatchdog {
 
     /// One round over the live paths.
     pub fn check(&self, now: Instant) {
-        let live: Vec<Arc<dyn PostedWrites>> = {
+        let live: Vec<Arc<dyn Watched>> = {
             let mut paths = self.paths.lock().expect("watchdog lock");
             paths.retain(|p| p.strong_count() > 0);
             paths.iter().filter_map(Weak::upgrade).collect()
         };
         for path in live {
-            path.check_posted_writes(now);
+            path.check_stalls(now);
         }
     }
 }
 
-/// One look at a region fd's queue of posted writes.
+/// One look at a region fd's queue of commands sent to the device.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Backlog {
     /// Bytes sent and not yet taken by the device process (SIOCOUTQ).
     pub unread_bytes: usize,
-    /// Posted writes sent on the fd so far.
+    /// Posted writes sent on the fd so far (a sign the queue moved).
     pub posted_sent: u64,
 }
 

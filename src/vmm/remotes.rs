@@ -17,7 +17,7 @@ use crate::proxy::remote::{self, SharedChild};
 use crate::proxy::spec::IoRegionMode;
 use crate::proxy::spec::RemoteDevSpec;
 use crate::proxy::supervisor::{self, RemoteWatcher, Restart};
-use crate::proxy::watchdog::PostedWriteWatchdog;
+use crate::proxy::watchdog::StallWatchdog;
 use crate::{layout, memory};
 
 use super::{VmmError, dump, io_err, mptable};
@@ -144,8 +144,7 @@ pub(super) fn add_remote_devices(
     if specs.is_empty() {
         return Ok(plugged);
     }
-    let watchdog =
-        PostedWriteWatchdog::start().map_err(io_err("start the posted-write watchdog"))?;
+    let watchdog = StallWatchdog::start().map_err(io_err("start the stall watchdog"))?;
     for (index, spec) in specs.iter().enumerate() {
         let slot = index + 1;
         let gsi = PciRoot::slot_gsi(slot);

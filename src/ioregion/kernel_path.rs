@@ -1,0 +1,157 @@
+//! A BAR range that KVM serves itself (`KVM_SET_IOREGION`): where KVM
+//! holds it, and whether the device process still takes KVM's commands.
+//!
+//! KVM waits for the device inside `KVM_RUN`, where the VMM cannot see
+//! it: our kvm module gives up after `kvm.ioregion_timeout_ms` (10 s) and
+//! hands the access to us as an ordinary exit, but a posted write waits
+//! for nothing, so a device that stops taking KVM's posted writes would
+//! go unnoticed until the guest next reads a register. KVM writes its
+//! commands on the VMM's end of the socket, so they stay charged to that
+//! end (SIOCOUTQ) until the device takes them, as a vCPU thread's posted
+//! writes do: a queue that stands still for the fd's timeout means the
+//! device stopped taking them. The watchdog then cuts the device off, and
+//! a device cut off for any reason has its ranges taken back from KVM:
+//! the module wakes the vCPUs waiting on a range it drops and turns their
+//! accesses into ordinary exits, which the range, still on the VMM's bus,
+//! answers as a cut-off device does.
+
+use std::io;
+use std::os::fd::{AsFd, OwnedFd};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use kvm_ioctls::VmFd;
+
+use super::kernel::{KernelError, KernelRegion, assign_all, deassign};
+use crate::proxy::watchdog::{Backlog, StallClock};
+
+/// What KVM needs to serve a range itself.
+pub struct KernelPath {
+    pub vm: Arc<VmFd>,
+    /// KVM's own fd to the device: a response names no command, so a vCPU
+    /// thread writing on the fd KVM uses could take KVM's answer.
+    pub fd: OwnedFd,
+    /// How long KVM's commands may sit untaken before the device is cut off.
+    pub timeout: Duration,
+    /// Where KVM counts the posted writes it sends on `fd`, when it can.
+    pub posted_count: Option<&'static AtomicU64>,
+    /// The regions KVM holds, and the BAR address they were made for.
+    registered: Mutex<Option<(u64, Vec<KernelRegion>)>>,
+    /// How long KVM's commands on `fd` have gone untaken.
+    stall: Mutex<StallClock>,
+}
+
+impl KernelPath {
+    pub fn new(
+        vm: Arc<VmFd>,
+        fd: OwnedFd,
+        timeout: Duration,
+        posted_count: Option<&'static AtomicU64>,
+    ) -> Self {
+        KernelPath {
+            vm,
+            fd,
+            timeout,
+            posted_count,
+            registered: Mutex::new(None),
+            stall: Mutex::new(StallClock::default()),
+        }
+    }
+
+    /// Hands `regions`, made for the BAR at `bar_addr`, to KVM: all or none.
+    pub fn register(&self, bar_addr: u64, regions: Vec<KernelRegion>) -> Result<(), KernelError> {
+        let mut registered = self.registered.lock().expect("kernel path lock");
+        assign_all(self.vm.as_ref(), &regions)?;
+        *registered = Some((bar_addr, regions));
+        Ok(())
+    }
+
+    /// Takes the regions back from KVM if it holds them for the BAR at
+    /// `bar_addr` (None: wherever the BAR is); says whether it did.
+    pub fn unregister(&self, bar_addr: Option<u64>, label: &str) -> bool {
+        let mut registered = self.registered.lock().expect("kernel path lock");
+        let Some((_, regions)) =
+            registered.take_if(|(at, _)| bar_addr.is_none_or(|addr| addr == *at))
+        else {
+            return false;
+        };
+        for region in &regions {
+            if let Err(e) = deassign(self.vm.as_ref(), region) {
+                log::error!("{label}: KVM could not drop the ioregion: {e}");
+            }
+        }
+        true
+    }
+
+    pub fn is_registered(&self) -> bool {
+        self.registered.lock().expect("kernel path lock").is_some()
+    }
+
+    /// Looks at KVM's commands on the fd at `now`: for how long they have
+    /// sat untaken (zero while the device keeps up). Called about once a
+    /// second, by the watchdog.
+    pub fn stalled_for(&self, now: Instant) -> io::Result<Duration> {
+        let backlog = kvm_backlog(&self.fd, self.posted_count)?;
+        Ok(self
+            .stall
+            .lock()
+            .expect("kernel path lock")
+            .observe(backlog, now))
+    }
+}
+
+/// What KVM has sent on `fd` and the device has yet to take, with the
+/// posted writes KVM counted there.
+fn kvm_backlog(fd: &OwnedFd, posted_count: Option<&AtomicU64>) -> io::Result<Backlog> {
+    // The count first: a write KVM posts in between shows as a change.
+    let posted_sent = posted_count.map_or(0, |c| c.load(Ordering::Relaxed));
+    Ok(Backlog {
+        unread_bytes: crate::sys::unread_bytes(fd.as_fd())?,
+        posted_sent,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ioregion::RECORD_SIZE;
+    use crate::ioregion::wire::socket_pair;
+    use std::os::unix::net::UnixDatagram;
+
+    #[test]
+    fn kvms_commands_count_until_the_device_takes_them() {
+        let (fd, device) = socket_pair().unwrap();
+        let counter = AtomicU64::new(0);
+        let look = || kvm_backlog(&fd, Some(&counter)).unwrap();
+        assert_eq!(
+            look(),
+            Backlog {
+                unread_bytes: 0,
+                posted_sent: 0
+            }
+        );
+        // Two posted writes as KVM sends them: on the VMM's end, counted.
+        let kvm = UnixDatagram::from(fd.as_fd().try_clone_to_owned().unwrap());
+        for _ in 0..2 {
+            assert_eq!(kvm.send(&[0u8; RECORD_SIZE]).unwrap(), RECORD_SIZE);
+            counter.fetch_add(1, Ordering::Relaxed);
+        }
+        let queued = look();
+        assert!(queued.unread_bytes >= 2 * RECORD_SIZE, "{queued:?}");
+        assert_eq!(queued.posted_sent, 2);
+        let device = UnixDatagram::from(device);
+        let mut buf = [0u8; 64];
+        device.recv(&mut buf).unwrap();
+        let one_left = look();
+        assert!(one_left.unread_bytes < queued.unread_bytes, "{one_left:?}");
+        device.recv(&mut buf).unwrap();
+        assert_eq!(
+            look(),
+            Backlog {
+                unread_bytes: 0,
+                posted_sent: 2
+            }
+        );
+    }
+}
