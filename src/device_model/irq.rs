@@ -37,6 +37,8 @@ pub struct InterruptLine {
     level: bool,
     /// A masked line raises nothing; unmasking raises it if still high.
     masked: bool,
+    /// The resamplefd cannot be read without waiting in one call.
+    poll_to_read: bool,
     counts: IrqCounts,
 }
 
@@ -169,11 +171,22 @@ impl InterruptLine {
 
     /// Empties the resamplefd without blocking (it may have been emptied
     /// since the loop found it readable, and the fd may be blocking); says
-    /// whether it took an acknowledgement, or cannot tell.
+    /// whether it took an acknowledgement, or cannot tell. One read that
+    /// does not wait, once per interrupt; poll + read where the kernel
+    /// cannot read an eventfd that way (or the fd is something else).
     fn take_acknowledgements(&mut self) -> bool {
         let Some(resample) = self.resample.as_mut() else {
             return false;
         };
+        if !self.poll_to_read {
+            match crate::sys::eventfd_take(resample.as_fd()) {
+                Ok(taken) => return taken.is_some(),
+                Err(e) => {
+                    log::debug!("resamplefd: no read without waiting ({e}); polling first");
+                    self.poll_to_read = true;
+                }
+            }
+        }
         match crate::sys::wait_readable(resample.as_fd(), 0) {
             Ok(true) => {
                 let mut buf = [0u8; 8];
@@ -236,14 +249,26 @@ mod tests {
     #[test]
     fn raises_once_per_edge_and_again_on_resample_while_high() {
         let (irq, resample, mut line) = pair();
+        raise_and_resample(&irq, &resample, &mut line);
+    }
+
+    /// The same where acknowledgements are polled for before the read.
+    #[test]
+    fn polling_for_acknowledgements_behaves_the_same() {
+        let (irq, resample, mut line) = pair();
+        line.poll_to_read = true;
+        raise_and_resample(&irq, &resample, &mut line);
+    }
+
+    fn raise_and_resample(irq: &EventFd, resample: &EventFd, line: &mut InterruptLine) {
         line.set_level(true);
         line.set_level(true);
         assert_eq!(irq.read().unwrap(), 1, "one write for one rising edge");
         resample.write(1).unwrap();
-        assert!(wakes(&line), "an acknowledgement while high wakes the loop");
+        assert!(wakes(line), "an acknowledgement while high wakes the loop");
         line.resample();
         assert_eq!(irq.read().unwrap(), 1, "re-raised while still high");
-        assert!(!wakes(&line), "the acknowledgement was taken");
+        assert!(!wakes(line), "the acknowledgement was taken");
         line.set_level(false);
         resample.write(1).unwrap();
         line.resample();

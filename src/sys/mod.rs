@@ -160,6 +160,33 @@ pub fn eventfd_file(event: &EventFd) -> io::Result<File> {
     Ok(unsafe { File::from_raw_fd(clone.into_raw_fd()) })
 }
 
+/// Takes an eventfd's count without waiting, whatever the fd's own flags
+/// (they belong to whoever made the fd): Some(count), or None when it was
+/// zero. One preadv2 with RWF_NOWAIT at the file position (-1), where
+/// poll + read would be two system calls. Kernels before 5.12 (no
+/// RWF_NOWAIT on eventfds) answer EOPNOTSUPP.
+pub fn eventfd_take(fd: BorrowedFd<'_>) -> io::Result<Option<u64>> {
+    let mut count = 0u64;
+    let iov = libc::iovec {
+        iov_base: (&mut count as *mut u64).cast(),
+        iov_len: std::mem::size_of::<u64>(),
+    };
+    // SAFETY: the one iovec points at `count`, valid for writes of its 8
+    // bytes for the whole call.
+    let n = unsafe { libc::preadv2(fd.as_raw_fd(), &iov, 1, -1, libc::RWF_NOWAIT) };
+    match n {
+        8 => Ok(Some(count)),
+        n if n < 0 => match io::Error::last_os_error() {
+            e if e.kind() == io::ErrorKind::WouldBlock => Ok(None),
+            e => Err(e),
+        },
+        _ => Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!("an eventfd read gave {n} bytes, not 8"),
+        )),
+    }
+}
+
 /// A connected SOCK_SEQPACKET pair, close-on-exec so the ends do not leak
 /// into processes we spawn.
 pub fn seqpacket_pair() -> io::Result<(OwnedFd, OwnedFd)> {
@@ -473,6 +500,19 @@ mod tests {
         assert_eq!(socket_type(b.as_fd()).unwrap(), libc::SOCK_STREAM);
         shutdown(a.as_fd()).unwrap();
         set_recv_timeout(b.as_fd(), Duration::from_millis(10)).unwrap();
+    }
+
+    #[test]
+    fn an_eventfd_is_taken_without_waiting_even_if_its_fd_blocks() {
+        let event = EventFd::new(0).unwrap(); // blocking
+        let file = eventfd_file(&event).unwrap();
+        assert_eq!(eventfd_take(file.as_fd()).unwrap(), None, "zero: no wait");
+        event.write(2).unwrap();
+        event.write(3).unwrap();
+        assert_eq!(eventfd_take(file.as_fd()).unwrap(), Some(5));
+        assert_eq!(eventfd_take(file.as_fd()).unwrap(), None, "taken");
+        let not_eventfd = File::open("/dev/null").unwrap();
+        assert!(eventfd_take(not_eventfd.as_fd()).is_err(), "end of file");
     }
 
     #[test]
