@@ -66,7 +66,8 @@ pub struct ProxyOptions {
     pub ioregion: Option<Dispatch>,
     /// One ioregion fd per vCPU per range.
     pub vcpus: usize,
-    /// Watches the ranges with posted writes; None in tests that do not.
+    /// Watches the ranges with posted writes or served by KVM; None in
+    /// tests that do not.
     pub watchdog: Option<Arc<StallWatchdog>>,
     /// Use the remote's register mirror, if it offers one.
     pub register_mirror: bool,

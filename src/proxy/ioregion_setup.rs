@@ -78,7 +78,7 @@ pub struct Negotiation<'a> {
     pub dispatch: &'a Dispatch,
     pub stats: &'a Arc<DeviceStats>,
     pub failed: &'a FailFlag,
-    /// Looks after the ranges with posted writes.
+    /// Looks after the ranges with posted writes or served by KVM.
     pub watchdog: Option<&'a StallWatchdog>,
     /// Ask for the remote's register mirror.
     pub register_mirror: bool,

@@ -4,7 +4,8 @@
 //! vCPUs that only post writes never wait on the device, so a frozen
 //! device would go unnoticed until the guest next reads one of its
 //! registers) and KVM's commands on the kernel path
-//! (`ioregion::kernel_path`; KVM posts them and waits for nothing).
+//! (`ioregion::kernel_path`; KVM waits for the device where the VMM
+//! cannot see it, and not at all for a posted write).
 
 use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant};
