@@ -17,7 +17,7 @@
 
 use std::io;
 use std::os::fd::{AsFd, OwnedFd};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::AtomicU64;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -92,66 +92,11 @@ impl KernelPath {
     /// sat untaken (zero while the device keeps up). Called about once a
     /// second, by the watchdog.
     pub fn stalled_for(&self, now: Instant) -> io::Result<Duration> {
-        let backlog = kvm_backlog(&self.fd, self.posted_count)?;
+        let backlog = Backlog::look(self.fd.as_fd(), self.posted_count)?;
         Ok(self
             .stall
             .lock()
             .expect("kernel path lock")
             .observe(backlog, now))
-    }
-}
-
-/// What KVM has sent on `fd` and the device has yet to take, with the
-/// posted writes KVM counted there.
-fn kvm_backlog(fd: &OwnedFd, posted_count: Option<&AtomicU64>) -> io::Result<Backlog> {
-    // The count first: a write KVM posts in between shows as a change.
-    let posted_sent = posted_count.map_or(0, |c| c.load(Ordering::Relaxed));
-    Ok(Backlog {
-        unread_bytes: crate::sys::unread_bytes(fd.as_fd())?,
-        posted_sent,
-    })
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::ioregion::RECORD_SIZE;
-    use crate::ioregion::wire::socket_pair;
-    use std::os::unix::net::UnixDatagram;
-
-    #[test]
-    fn kvms_commands_count_until_the_device_takes_them() {
-        let (fd, device) = socket_pair().unwrap();
-        let counter = AtomicU64::new(0);
-        let look = || kvm_backlog(&fd, Some(&counter)).unwrap();
-        assert_eq!(
-            look(),
-            Backlog {
-                unread_bytes: 0,
-                posted_sent: 0
-            }
-        );
-        // Two posted writes as KVM sends them: on the VMM's end, counted.
-        let kvm = UnixDatagram::from(fd.as_fd().try_clone_to_owned().unwrap());
-        for _ in 0..2 {
-            assert_eq!(kvm.send(&[0u8; RECORD_SIZE]).unwrap(), RECORD_SIZE);
-            counter.fetch_add(1, Ordering::Relaxed);
-        }
-        let queued = look();
-        assert!(queued.unread_bytes >= 2 * RECORD_SIZE, "{queued:?}");
-        assert_eq!(queued.posted_sent, 2);
-        let device = UnixDatagram::from(device);
-        let mut buf = [0u8; 64];
-        device.recv(&mut buf).unwrap();
-        let one_left = look();
-        assert!(one_left.unread_bytes < queued.unread_bytes, "{one_left:?}");
-        device.recv(&mut buf).unwrap();
-        assert_eq!(
-            look(),
-            Backlog {
-                unread_bytes: 0,
-                posted_sent: 2
-            }
-        );
     }
 }

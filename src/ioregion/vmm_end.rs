@@ -446,12 +446,7 @@ impl RegionFd {
 
     /// How much of what was sent the device process has yet to take.
     pub fn backlog(&self) -> io::Result<Backlog> {
-        // The count first: a write sent in between then shows as a change.
-        let posted_sent = self.posted_sent.load(Ordering::Relaxed);
-        Ok(Backlog {
-            unread_bytes: crate::sys::unread_bytes(self.fd.as_fd())?,
-            posted_sent,
-        })
+        Backlog::look(self.fd.as_fd(), Some(&self.posted_sent))
     }
 
     /// Reads `data.len()` bytes (1, 2, 4 or 8) at `offset` in the region.

@@ -7,6 +7,9 @@
 //! (`ioregion::kernel_path`; KVM waits for the device where the VMM
 //! cannot see it, and not at all for a posted write).
 
+use std::io;
+use std::os::fd::BorrowedFd;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant};
 
@@ -74,6 +77,19 @@ pub struct Backlog {
     pub posted_sent: u64,
 }
 
+impl Backlog {
+    /// Looks at socket `fd`'s queue, with `posted_sent` the count of posted
+    /// writes sent on it (None: nobody counts them).
+    pub fn look(fd: BorrowedFd<'_>, posted_sent: Option<&AtomicU64>) -> io::Result<Backlog> {
+        // The count first: a write sent in between then shows as a change.
+        let posted_sent = posted_sent.map_or(0, |c| c.load(Ordering::Relaxed));
+        Ok(Backlog {
+            unread_bytes: crate::sys::unread_bytes(fd)?,
+            posted_sent,
+        })
+    }
+}
+
 /// Looks further apart than this do not vouch for the time between them:
 /// the watcher itself was not running (the whole VMM stopped with SIGSTOP,
 /// a host under load), so the device may well have been stopped too.
@@ -107,6 +123,47 @@ impl StallClock {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::ioregion::RECORD_SIZE;
+    use crate::ioregion::wire::socket_pair;
+    use std::os::fd::AsFd;
+    use std::os::unix::net::UnixDatagram;
+
+    /// As KVM's fd on the kernel path: posted writes counted elsewhere.
+    #[test]
+    fn commands_count_until_the_device_takes_them() {
+        let (fd, device) = socket_pair().unwrap();
+        let counter = AtomicU64::new(0);
+        let look = || Backlog::look(fd.as_fd(), Some(&counter)).unwrap();
+        assert_eq!(
+            look(),
+            Backlog {
+                unread_bytes: 0,
+                posted_sent: 0
+            }
+        );
+        // Two posted writes as KVM sends them: on the VMM's end, counted.
+        let kvm = UnixDatagram::from(fd.as_fd().try_clone_to_owned().unwrap());
+        for _ in 0..2 {
+            assert_eq!(kvm.send(&[0u8; RECORD_SIZE]).unwrap(), RECORD_SIZE);
+            counter.fetch_add(1, Ordering::Relaxed);
+        }
+        let queued = look();
+        assert!(queued.unread_bytes >= 2 * RECORD_SIZE, "{queued:?}");
+        assert_eq!(queued.posted_sent, 2);
+        let device = UnixDatagram::from(device);
+        let mut buf = [0u8; 64];
+        device.recv(&mut buf).unwrap();
+        let one_left = look();
+        assert!(one_left.unread_bytes < queued.unread_bytes, "{one_left:?}");
+        device.recv(&mut buf).unwrap();
+        assert_eq!(
+            look(),
+            Backlog {
+                unread_bytes: 0,
+                posted_sent: 2
+            }
+        );
+    }
 
     fn look(unread_bytes: usize, posted_sent: u64) -> Backlog {
         Backlog {
