@@ -45,13 +45,13 @@ use std::sync::{Arc, Mutex, OnceLock};
 
 use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
 
+use super::applied::AppliedCount;
+pub use super::applied::MAX_COUNTED_PAGES;
 use super::wire::{self, Access, Cmd, Incoming, answer, receive, socket_pair};
 pub use super::wire::{ERROR_DATA, RECV_BUF_SIZE, ServeEnd, ServeError};
 use crate::device_model::{DeviceModel, IoRegionSpec, SharedIrq};
-use crate::mirror::page::{MirrorPage, caught_up};
-use crate::protocol::extensions::{
-    MAX_SUB_REGIONS, MIRROR_POSTED_COUNT_OFFSET, SUB_REGION_POSTED_WRITES, SubRegion,
-};
+use crate::mirror::page::MirrorPage;
+use crate::protocol::extensions::{MAX_SUB_REGIONS, SUB_REGION_POSTED_WRITES, SubRegion};
 
 type Handler = Arc<dyn Fn(&Cmd) -> u64 + Send + Sync>;
 type SharedDevice = Arc<Mutex<dyn DeviceModel>>;
@@ -106,30 +106,16 @@ struct Posted {
 /// set (the others are fds).
 const ACKNOWLEDGED: u64 = u64::MAX;
 
-/// Mirror pages a hub keeps its count in, at most: a VMM asks once per
-/// BAR, again after a reconnect.
-pub const MAX_COUNTED_PAGES: usize = 16;
-
-/// How many posted writes the device has applied, also kept in each
-/// register mirror page the VMM was given: the VMM answers a read from a
-/// page only once that count has caught up with the posted writes it sent,
-/// so a mirrored register can live in a range whose writes are posted.
-#[derive(Default)]
-struct AppliedCount {
-    count: u64,
-    pages: Vec<MirrorPage>,
-}
-
 impl Posted {
     /// Applies the queued posted writes in order (see [`drain_in_order`]),
     /// looking first at the fd `first` names (a raw fd; the one that woke
     /// its taker). Returns the ends found closed or failed, by index.
-    /// With `shortcut`, a read at `first` that needs no look at the others
-    /// is answered and ends the drain ([`answer_covered_read`]).
+    /// With `shortcut`, a record at `first` that needs no look at the
+    /// others is applied and ends the drain ([`apply_covered_heads`]).
     fn drain(&mut self, first: Option<RawFd>, shortcut: bool) -> Vec<usize> {
         let woke = first.and_then(|fd| self.ends.iter().position(|e| e.fd.as_raw_fd() == fd));
         if let Some(i) = woke.filter(|_| shortcut)
-            && answer_covered_read(&mut self.ends[i], &mut self.applied)
+            && apply_covered_heads(&mut self.ends[i], &mut self.applied)
         {
             return Vec::new();
         }
@@ -152,24 +138,6 @@ impl Posted {
     }
 }
 
-impl AppliedCount {
-    /// Whether `sent` posted writes (as a VMM counted them, None when it
-    /// did not say) have all been applied. The counts wrap together.
-    fn covers(&self, sent: Option<u64>) -> bool {
-        sent.is_some_and(|sent| caught_up(self.count, sent))
-    }
-
-    /// After a posted write was applied, so that its effect on mirrored
-    /// registers is in the page before the count says so.
-    fn one_more(&mut self) {
-        self.count = self.count.wrapping_add(1);
-        for page in &self.pages {
-            page.store_u64(MIRROR_POSTED_COUNT_OFFSET as usize, self.count);
-        }
-    }
-}
-
-/// Applies one command to BAR `bar` at `base` + the record's offset.
 /// The `user_data` of BAR `bar`'s range at `offset`: every command on the
 /// range's fd carries it. On the kernel path the VMM may hand KVM pieces
 /// of the range (leaving out the registers it answers from the mirror);
@@ -179,6 +147,7 @@ fn region_user_data(bar: u8, offset: u64) -> u64 {
     (u64::from(bar) << 32) | offset
 }
 
+/// Applies one command to BAR `bar` at `base` + the record's offset.
 fn handler(device: SharedDevice, bar: u8, spec: IoRegionSpec) -> Handler {
     let base = region_user_data(bar, spec.offset);
     Arc::new(move |cmd: &Cmd| {
@@ -357,19 +326,12 @@ impl Hub {
     }
 
     /// From now on the count of posted writes applied is kept at
-    /// [`MIRROR_POSTED_COUNT_OFFSET`] of `page` (a register mirror page,
+    /// `MIRROR_POSTED_COUNT_OFFSET` of `page` (a register mirror page,
     /// mapped writable) as well; false, and the page dropped, once
-    /// [`MAX_COUNTED_PAGES`] are kept: each query for a mirror maps the
-    /// page again, and a client that asks without end must not make the
-    /// device map without end.
+    /// [`MAX_COUNTED_PAGES`] are kept ([`AppliedCount::keep_in`]).
     pub fn count_posted_writes_in(&self, page: MirrorPage) -> bool {
         let mut posted = self.posted.lock().expect("hub lock poisoned");
-        if posted.applied.pages.len() >= MAX_COUNTED_PAGES {
-            return false;
-        }
-        page.store_u64(MIRROR_POSTED_COUNT_OFFSET as usize, posted.applied.count);
-        posted.applied.pages.push(page);
-        true
+        posted.applied.keep_in(page)
     }
 }
 
@@ -476,21 +438,33 @@ fn apply_head(end: &mut PostedEnd, applied: &mut AppliedCount) -> bool {
     }
 }
 
-/// Answers a read at the head of `end` that was sent after every posted
-/// write counted before it had been applied, as a synchronous fd's thread
-/// does: nothing on another fd can be owed before it, so no look at the
-/// others, nor at what follows it on `end` (a fd with records queued stays
+/// Applies the records at the head of `end` while they owe nothing to a
+/// posted write not applied yet ([`AppliedCount::covers`]): a read sent
+/// after every posted write counted before it had been applied, as a
+/// synchronous fd's thread does, or the posted write that comes next. No
+/// look at the other fds then. A burst of posted writes is taken in one
+/// wake-up; after a read or a waited write, whose sender waits for the
+/// answer, nothing more is looked for (a fd with records queued stays
 /// readable in the thread's epoll set, which wakes the thread again).
-/// Returns whether the drain may stop there: `end` was empty, or its read
-/// was answered.
-fn answer_covered_read(end: &mut PostedEnd, applied: &mut AppliedCount) -> bool {
-    match look(end) {
-        Head::Unknown => true,
-        Head::Done => false,
-        Head::Record(_) => {
-            let covered = (end.head.as_ref())
-                .is_some_and(|r| applied.covers(wire::posted_before_of(r.bytes())));
-            covered && !apply_head(end, applied)
+/// Returns whether the drain may stop there: `end` is empty or its last
+/// record was answered.
+fn apply_covered_heads(end: &mut PostedEnd, applied: &mut AppliedCount) -> bool {
+    loop {
+        let posted = match look(end) {
+            Head::Unknown => return true,
+            Head::Done => return false,
+            Head::Record(_) => match &end.head {
+                Some(r) if applied.covers(wire::sent_before_of(r.bytes())) => {
+                    !Cmd::wants_response(r.bytes())
+                }
+                _ => return false,
+            },
+        };
+        if apply_head(end, applied) {
+            return false;
+        }
+        if !posted {
+            return true;
         }
     }
 }
@@ -539,9 +513,9 @@ fn apply_ready(
 
 /// A fd without posted writes: its vCPU waits for every answer, so the one
 /// record received here (outside the lock) is the vCPU's latest access, and
-/// any posted write it sent before is already queued on its fd. A read
+/// any posted write it sent before is already queued on its fd. A record
 /// that says how many posted writes were sent before it skips the look at
-/// the posted fds once that many have been applied.
+/// the posted fds once that many have been applied ([`AppliedCount::covers`]).
 fn serve_synchronous(hub: &Hub, fd: &Arc<OwnedFd>, handle: &Handler) -> Result<(), ServeError> {
     let mut buf = [0u8; RECV_BUF_SIZE];
     loop {
@@ -551,7 +525,7 @@ fn serve_synchronous(hub: &Hub, fd: &Arc<OwnedFd>, handle: &Handler) -> Result<(
             Incoming::Closed(_) => return Ok(()),
         };
         let mut posted = hub.posted.lock().expect("hub lock poisoned");
-        let sent_before = wire::posted_before_of(&buf[..len.min(buf.len())]);
+        let sent_before = wire::sent_before_of(&buf[..len.min(buf.len())]);
         if !posted.applied.covers(sent_before) {
             posted.drain(None, false);
         }
@@ -795,6 +769,7 @@ mod ordering_tests {
     use crate::device_model::{DeviceMemory, SharedIrq};
     use crate::ioregion::RegionFd;
     use crate::pci::{ConfigSpace, PciDevice};
+    use crate::protocol::extensions::MIRROR_POSTED_COUNT_OFFSET;
     use crate::test_support::wait_until;
     use std::os::fd::OwnedFd;
     use vmm_sys_util::eventfd::{EFD_NONBLOCK, EventFd};
@@ -926,22 +901,6 @@ mod ordering_tests {
             RegionFd::new(fd(0), r[0].user_data, true),
             RegionFd::new(fd(1), r[1].user_data, true),
         )
-    }
-
-    #[test]
-    fn a_read_that_says_what_was_posted_before_it_is_covered_once_applied() {
-        let mut applied = AppliedCount::default();
-        assert!(
-            !applied.covers(None),
-            "saying nothing: look for posted writes"
-        );
-        assert!(applied.covers(Some(0)));
-        assert!(!applied.covers(Some(1)));
-        applied.one_more();
-        assert!(applied.covers(Some(1)));
-        applied.count = u64::MAX;
-        assert!(!applied.covers(Some(0)), "the VMM's count wrapped ahead");
-        assert!(applied.covers(Some(u64::MAX - 3)));
     }
 
     /// A read on a waited fd that names the posted writes sent before it
@@ -1264,6 +1223,21 @@ mod ordering_tests {
             self.send(i, cmd, sequence);
         }
 
+        /// A posted write that says `posted_before` posted writes were sent
+        /// before it.
+        fn counted_write(
+            &self,
+            i: usize,
+            offset: u64,
+            value: u8,
+            posted_before: u64,
+            sequence: u64,
+        ) {
+            let mut cmd = Cmd::write(self.user_data[i], offset, &[value], false).unwrap();
+            cmd.posted_before = posted_before + 1;
+            self.send(i, cmd, sequence);
+        }
+
         /// A read that says `posted_before` posted writes were sent before it.
         fn read(&self, i: usize, offset: u64, posted_before: u64, sequence: u64) {
             let mut cmd = Cmd::read(self.user_data[i], offset, 1).unwrap();
@@ -1303,6 +1277,43 @@ mod ordering_tests {
         assert_eq!(vcpu0.answered(0), Some(5));
         assert_eq!(journal.lock().unwrap().writes, [(1, 5)]);
         assert_eq!(posted.applied.count, 1);
+    }
+
+    /// A posted write at the head of the fd that woke the thread, saying as
+    /// many posted writes were sent before it as were applied, is the next
+    /// one owed: applied without a look at the other fds. One that says
+    /// more goes through the drain, which takes the other fds' writes first
+    /// by number.
+    #[test]
+    fn the_next_posted_write_is_applied_without_looking_at_the_other_fds() {
+        let (journal, device, hub) = bank(true);
+        let (vcpu0, vcpu1) = (
+            RawPair::open(&device, &hub, 0),
+            RawPair::open(&device, &hub, 1),
+        );
+        let mut posted = hub.posted.lock().unwrap();
+        let woke = Some(posted.ends[0].fd.as_raw_fd());
+        // Numbered lower, on vCPU 1's fd, but not counted before vCPU 0's
+        // two writes: the count is what tells the device. Both of those go
+        // in one wake-up.
+        vcpu1.write(0, 1, 5, 1);
+        vcpu0.counted_write(0, 2, 6, 0, 2);
+        vcpu0.counted_write(0, 3, 7, 1, 3);
+        assert!(posted.drain(woke, true).is_empty());
+        let writes = || journal.lock().unwrap().writes.clone();
+        assert_eq!(writes(), [(2, 6), (3, 7)], "vCPU 1's left queued");
+        assert_eq!(posted.applied.count, 2);
+        // Says three were sent before it, two are applied: the drain
+        // applies vCPU 1's write (numbered 1) and then this one.
+        vcpu0.counted_write(0, 4, 8, 3, 4);
+        assert!(posted.drain(woke, true).is_empty());
+        assert_eq!(writes()[2..], [(1, 5), (4, 8)]);
+        assert_eq!(posted.applied.count, 4);
+        // Without a count: through the drain as before.
+        vcpu1.write(0, 1, 9, 5);
+        vcpu0.write(0, 3, 10, 6);
+        assert!(posted.drain(woke, true).is_empty());
+        assert_eq!(writes()[4..], [(1, 9), (3, 10)]);
     }
 
     /// A wake-up that brings the guest's acknowledgement applies every

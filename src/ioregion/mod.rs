@@ -18,7 +18,9 @@
 //! - [`device_end`]: in the device process, a thread receives the record
 //!   (one for all the fds with posted writes, one per other fd), applies it
 //!   to the device model in the order the guest issued it, and answers
-//!   when asked. It cannot tell which path sent a record.
+//!   when asked. It cannot tell which path sent a record. [`applied`]
+//!   counts the posted writes it applied, and tells which records may go
+//!   without a look at the device's other fds.
 //! - [`wire`]: the record's layout, byte by byte, and whole-record I/O on
 //!   the SOCK_SEQPACKET pair ([`socket_pair`]) that keeps record boundaries,
 //!   for both ends (the device's: receive, answer).
@@ -27,6 +29,7 @@
 //! request id, so each fd has at most one command awaiting an answer and
 //! only one of the two paths may use an fd at a time.
 
+pub mod applied;
 pub mod device_end;
 pub mod kernel;
 pub mod kernel_path;

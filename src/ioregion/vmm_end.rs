@@ -276,7 +276,10 @@ impl SharedBusDevice for IoRegionPath {
             .filter(|_| self.posted)
             .and_then(|m| m.ring(offset, data));
         let wait = doorbell.is_some_and(|(_, wait)| wait);
-        let send = || Ok(self.fd().write_waiting(offset, data, wait)? == WriteKind::Posted);
+        let send = |before| {
+            let kind = self.fd().write_waiting(offset, data, wait, before)?;
+            Ok(kind == WriteKind::Posted)
+        };
         let sent = match &self.posted_sent {
             // Counted in the order the device applies them (see
             // `mirror::posted`).
@@ -285,9 +288,9 @@ impl SharedBusDevice for IoRegionPath {
                     .mirror
                     .as_ref()
                     .and_then(|m| m.known_write(offset, data));
-                sent.post(known, send)
+                sent.post(known, |before| send(Some(before)))
             }
-            _ => send(),
+            _ => send(self.posted_sent.as_ref().map(|s| s.total())),
         };
         match sent {
             Ok(posted) => {
@@ -477,19 +480,22 @@ impl RegionFd {
 
     /// Writes `data` (1, 2, 4 or 8 bytes) at `offset` in the region.
     pub fn write(&self, offset: u64, data: &[u8]) -> Result<WriteKind, DispatchError> {
-        self.write_waiting(offset, data, false)
+        self.write_waiting(offset, data, false, None)
     }
 
     /// As `write`, waiting for the device if `wait`, even on a fd whose
-    /// writes are posted.
+    /// writes are posted, and telling it that `posted_sent` posted writes
+    /// had been sent to it before this one, when that is known.
     pub fn write_waiting(
         &self,
         offset: u64,
         data: &[u8],
         wait: bool,
+        posted_sent: Option<u64>,
     ) -> Result<WriteKind, DispatchError> {
         let mut cmd = Cmd::write(self.user_data, offset, data, wait || !self.posted_writes)
             .map_err(|_| DispatchError::AccessSize(data.len()))?;
+        cmd.posted_before = posted_sent.map_or(0, |n| n.wrapping_add(1));
         let mut state = self.lock()?;
         cmd.sequence = wire::next_sequence();
         let deadline = Instant::now() + self.timeout;
@@ -696,7 +702,7 @@ mod tests {
         let (region, dev) = pair(true);
         let remote = remote(dev, 1, |cmd| cmd.data);
         assert_eq!(
-            region.write_waiting(0x14, &[0x20], true).unwrap(),
+            region.write_waiting(0x14, &[0x20], true, None).unwrap(),
             WriteKind::Acknowledged
         );
         let cmd = remote.join().unwrap()[0];

@@ -16,7 +16,7 @@
 //! | 2..8   | sequence number, 48 bits little-endian; 0 = none           |
 //! | 8..16  | user_data (from the region registration)                   |
 //! | 16..24 | offset from the start of the region                        |
-//! | 24..32 | writes: the value in the low bytes, rest zero; reads: 0, or (ours) 1 + the posted writes sent before |
+//! | 24..32 | writes: the value in the low bytes, rest zero (ours: a write of up to 4 bytes may put 1 + the posted writes sent before, modulo 2^32, in bytes 28..32); reads: 0, or (ours) 1 + the posted writes sent before |
 //!
 //! Response record: bytes 0..8 data (read value in the low bytes), then 24
 //! bytes of zero padding.
@@ -34,7 +34,11 @@
 //! to the device before the read ([`Cmd::posted_before`]). A device
 //! process that has applied that many already need not look for queued
 //! posted writes before it answers (which costs a receive per fd that
-//! finds nothing); zero, as KVM writes, tells it nothing.
+//! finds nothing); zero, as KVM writes, tells it nothing. A write of up
+//! to 4 bytes says the same in its upper four data bytes, modulo 2^32
+//! (every register and SCRIPTS RAM write of our LSI fits): a posted write
+//! that finds exactly that many applied is the next one owed, and the
+//! device applies it without a receive on each of its other fds.
 //!
 //! Records travel on one end of a SOCK_SEQPACKET pair ([`socket_pair`]):
 //! one send is one record and one recv takes exactly one record, which is
@@ -59,6 +63,9 @@ const RESPONSE_BIT: u8 = 1 << 4;
 const SEQUENCE_BYTES: std::ops::Range<usize> = 2..8;
 /// Sequence numbers count modulo 2^48, skipping 0.
 pub const SEQUENCE_MASK: u64 = (1 << 48) - 1;
+/// Writes up to this size exponent (4 bytes) leave bytes 28..32 free for
+/// the count of posted writes sent before them.
+const WRITE_COUNT_MAX_EXPONENT: u8 = 2;
 
 /// Why a record could not be built or decoded.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -97,9 +104,10 @@ pub struct Cmd {
     /// The sender's sequence number (48 bits), 0 when it has none: records
     /// KVM writes, and those the constructors make.
     pub sequence: u64,
-    /// Reads only: 1 + the posted writes the sender had sent to the device
-    /// before this read; 0 when it does not say (KVM's records, the
-    /// constructors', and every write).
+    /// 1 + the posted writes the sender had sent to the device before
+    /// this record; 0 when it does not say (KVM's records, the
+    /// constructors'). A write carries only its low 32 bits, and only when
+    /// it is at most 4 bytes wide ([`sent_before_of`]).
     pub posted_before: u64,
 }
 
@@ -195,6 +203,9 @@ impl Cmd {
         rec[16..24].copy_from_slice(&self.offset.to_le_bytes());
         let data = match self.access {
             Access::Read => self.posted_before,
+            Access::Write if exponent <= WRITE_COUNT_MAX_EXPONENT => {
+                mask_to_size(self.data, 1 << exponent) | (self.posted_before << 32)
+            }
             Access::Write => mask_to_size(self.data, 1 << exponent),
         };
         rec[24..32].copy_from_slice(&data.to_le_bytes());
@@ -227,6 +238,10 @@ impl Cmd {
         }
         let (data, posted_before) = match access {
             Access::Read => (0, u64_at(bytes, 24)),
+            Access::Write if exponent <= WRITE_COUNT_MAX_EXPONENT => (
+                mask_to_size(u64_at(bytes, 24), size),
+                u64_at(bytes, 24) >> 32,
+            ),
             Access::Write => (mask_to_size(u64_at(bytes, 24), size), 0),
         };
         Ok(Cmd {
@@ -259,13 +274,31 @@ pub fn sequence_of(bytes: &[u8]) -> Option<u64> {
     Some(u64::from_le_bytes(le)).filter(|s| *s != 0)
 }
 
-/// How many posted writes the sender of a raw read record had sent to the
-/// device before it, if it says; None for writes and records that do not.
-pub fn posted_before_of(bytes: &[u8]) -> Option<u64> {
-    if bytes.len() != RECORD_SIZE || bytes[0] != CMD_READ {
+/// What a command record says of the posted writes its sender had sent
+/// to the device before it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SentBefore {
+    /// A read: the whole count.
+    All(u64),
+    /// A write of up to 4 bytes: the count modulo 2^32.
+    Low32(u32),
+}
+
+/// How many posted writes the sender of a raw record had sent to the
+/// device before it, if it says; None for records that do not (KVM's, and
+/// writes of 8 bytes).
+pub fn sent_before_of(bytes: &[u8]) -> Option<SentBefore> {
+    if bytes.len() != RECORD_SIZE {
         return None;
     }
-    u64_at(bytes, 24).checked_sub(1)
+    let said = u64_at(bytes, 24);
+    match bytes[0] {
+        CMD_READ => said.checked_sub(1).map(SentBefore::All),
+        CMD_WRITE if bytes[1] & SIZE_EXPONENT_MASK <= WRITE_COUNT_MAX_EXPONENT => {
+            ((said >> 32) as u32).checked_sub(1).map(SentBefore::Low32)
+        }
+        _ => None,
+    }
 }
 
 /// The VM-wide count behind [`next_sequence`]. One counter for every
@@ -638,7 +671,7 @@ mod tests {
     #[test]
     fn a_read_carries_the_posted_writes_sent_before_it() {
         let mut cmd = Cmd::read(0, 0x14, 1).unwrap();
-        assert_eq!(posted_before_of(&cmd.encode()), None, "says nothing");
+        assert_eq!(sent_before_of(&cmd.encode()), None, "says nothing");
         cmd.posted_before = 1 + 0x1_0000_0005;
         let rec = cmd.encode();
         assert_eq!(
@@ -646,16 +679,41 @@ mod tests {
             &0x1_0000_0006u64.to_le_bytes(),
             "not cut to 1 byte"
         );
-        assert_eq!(posted_before_of(&rec), Some(0x1_0000_0005));
+        assert_eq!(sent_before_of(&rec), Some(SentBefore::All(0x1_0000_0005)));
         let back = Cmd::decode(&rec).unwrap();
         assert_eq!((back.data, back.posted_before), (0, 0x1_0000_0006));
-        let write = Cmd::write(0, 0x14, &[7], true).unwrap().encode();
-        assert_eq!(
-            posted_before_of(&write),
-            None,
-            "a write's bytes are its data"
-        );
-        assert_eq!(Cmd::decode(&write).unwrap().posted_before, 0);
+    }
+
+    #[test]
+    fn a_write_of_up_to_4_bytes_carries_the_low_32_bits_of_the_count() {
+        let plain = Cmd::write(0, 0x14, &[7], false).unwrap().encode();
+        assert_eq!(sent_before_of(&plain), None, "says nothing");
+        assert_eq!(Cmd::decode(&plain).unwrap().posted_before, 0);
+        for data in [&[0xff][..], &[0xff; 2], &[0xff; 4]] {
+            let mut cmd = Cmd::write(0, 0x14, data, false).unwrap();
+            cmd.posted_before = 1 + 0x7_0000_0009;
+            let rec = cmd.encode();
+            assert_eq!(&rec[28..32], &10u32.to_le_bytes(), "{} bytes", data.len());
+            assert_eq!(sent_before_of(&rec), Some(SentBefore::Low32(9)));
+            let back = Cmd::decode(&rec).unwrap();
+            assert_eq!(
+                back.data,
+                crate::bus::data_from_bytes(data),
+                "data as written"
+            );
+            assert_eq!(back.posted_before, 10);
+        }
+        // An 8-byte write has no room: its data stays whole.
+        let mut cmd = Cmd::write(0, 0x14, &[0xff; 8], false).unwrap();
+        cmd.posted_before = 10;
+        let rec = cmd.encode();
+        assert_eq!(&rec[24..32], &[0xff; 8]);
+        assert_eq!(sent_before_of(&rec), None);
+        assert_eq!(Cmd::decode(&rec).unwrap().posted_before, 0);
+        // 1 + a count of 2^32 - 1 wraps to 0: it says nothing.
+        let mut cmd = Cmd::write(0, 0x14, &[1], false).unwrap();
+        cmd.posted_before = 1 << 32;
+        assert_eq!(sent_before_of(&cmd.encode()), None);
     }
 
     #[test]

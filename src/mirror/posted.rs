@@ -77,14 +77,16 @@ impl PostedSent {
     /// Sends a write to the device with `send` (which takes the write's
     /// sequence number and says whether the write was posted) and counts
     /// it if it was, remembering `known`, what it does to a mirrored
-    /// register.
+    /// register. `send` is given the count of posted writes sent before
+    /// this one ([`PostedSent::total`]), exact for the vCPU threads' since
+    /// they are counted under the lock `send` runs in.
     pub fn post<E>(
         &self,
         known: Option<KnownWrite>,
-        send: impl FnOnce() -> Result<bool, E>,
+        send: impl FnOnce(u64) -> Result<bool, E>,
     ) -> Result<bool, E> {
         let mut recent = self.recent.lock().unwrap_or_else(|e| e.into_inner());
-        let posted = send()?;
+        let posted = send(self.total())?;
         if posted {
             let count = self.by_vcpus.fetch_add(1, Ordering::AcqRel).wrapping_add(1);
             if recent.len() == REMEMBERED {
@@ -154,7 +156,7 @@ mod tests {
     };
 
     fn post(sent: &PostedSent, known: Option<KnownWrite>) {
-        sent.post(known, || Ok::<_, ()>(true)).unwrap();
+        sent.post(known, |_| Ok::<_, ()>(true)).unwrap();
     }
 
     #[test]
@@ -162,9 +164,9 @@ mod tests {
         let sent = PostedSent::default();
         post(&sent, None);
         assert_eq!(sent.total(), 1);
-        sent.post(None, || Ok::<_, ()>(false)).unwrap();
+        sent.post(None, |_| Ok::<_, ()>(false)).unwrap();
         assert_eq!(sent.total(), 1, "a waited write is not counted");
-        assert_eq!(sent.post(None, || Err::<bool, _>("gone")), Err("gone"));
+        assert_eq!(sent.post(None, |_| Err::<bool, _>("gone")), Err("gone"));
         assert_eq!(sent.total(), 1, "nor one that was not sent");
         let counters: Vec<_> = (0..3).map(|_| PostedSent::leak_kvm_counter()).collect();
         for (i, c) in counters.iter().enumerate() {

@@ -302,7 +302,7 @@ mod tests {
         remote.set(8, 0x0c);
         assert_eq!(mirror.read(0x14, &mut byte), MirrorRead::Answered);
         for _ in 0..2 {
-            sent.post(None, || Ok::<_, ()>(true)).unwrap();
+            sent.post(None, |_| Ok::<_, ()>(true)).unwrap();
         }
         counter.store_u64(MIRROR_POSTED_COUNT_OFFSET as usize, 1);
         assert_eq!(mirror.read(0x14, &mut byte), MirrorRead::Behind);

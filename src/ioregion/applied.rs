@@ -1,0 +1,106 @@
+//! The device process's count of the posted writes it has applied, and
+//! what a record's own count of those sent before it lets the device skip.
+//!
+//! The count is also kept in each register mirror page the VMM was given:
+//! the VMM answers a read from a page only once that count has caught up
+//! with the posted writes it sent, so a mirrored register can live in a
+//! range whose writes are posted (`mirror::reader`).
+//!
+//! The VMM's vCPU threads say in each record how many posted writes they
+//! had sent to the device before it (`wire::sent_before_of`). A record
+//! whose count the device has reached owes nothing to a posted write still
+//! queued on another fd, so the device applies it without receiving from
+//! each of its other fds first (`device_end`).
+
+use crate::ioregion::wire::SentBefore;
+use crate::mirror::page::{MirrorPage, caught_up};
+use crate::protocol::extensions::MIRROR_POSTED_COUNT_OFFSET;
+
+/// Mirror pages a hub keeps its count in, at most: a VMM asks once per
+/// BAR, again after a reconnect.
+pub const MAX_COUNTED_PAGES: usize = 16;
+
+/// How many posted writes the device has applied, and the mirror pages
+/// that show it.
+#[derive(Default)]
+pub struct AppliedCount {
+    pub count: u64,
+    pages: Vec<MirrorPage>,
+}
+
+impl AppliedCount {
+    /// Whether a record that says `sent` posted writes were sent before it
+    /// (None when it did not say) owes nothing to one not applied yet. A
+    /// read needs them all applied. A write says its count modulo 2^32 and
+    /// must find exactly that many applied: it is then the next posted
+    /// write owed. A write that finds more (a count that was not the
+    /// VMM's alone, e.g. KVM's writes on the kernel path) goes the long
+    /// way, through the drain. The counts wrap together.
+    pub fn covers(&self, sent: Option<SentBefore>) -> bool {
+        match sent {
+            None => false,
+            Some(SentBefore::All(sent)) => caught_up(self.count, sent),
+            Some(SentBefore::Low32(sent)) => self.count as u32 == sent,
+        }
+    }
+
+    /// After a posted write was applied, so that its effect on mirrored
+    /// registers is in the page before the count says so.
+    pub fn one_more(&mut self) {
+        self.count = self.count.wrapping_add(1);
+        for page in &self.pages {
+            page.store_u64(MIRROR_POSTED_COUNT_OFFSET as usize, self.count);
+        }
+    }
+
+    /// Keeps the count in `page` (a mirror page mapped writable) from now
+    /// on; false, and the page dropped, once [`MAX_COUNTED_PAGES`] are
+    /// kept: each query for a mirror maps the page again, and a client
+    /// that asks without end must not make the device map without end.
+    pub fn keep_in(&mut self, page: MirrorPage) -> bool {
+        if self.pages.len() >= MAX_COUNTED_PAGES {
+            return false;
+        }
+        page.store_u64(MIRROR_POSTED_COUNT_OFFSET as usize, self.count);
+        self.pages.push(page);
+        true
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_read_that_says_what_was_posted_before_it_is_covered_once_applied() {
+        let all = |n| Some(SentBefore::All(n));
+        let mut applied = AppliedCount::default();
+        assert!(
+            !applied.covers(None),
+            "saying nothing: look for posted writes"
+        );
+        assert!(applied.covers(all(0)));
+        assert!(!applied.covers(all(1)));
+        applied.one_more();
+        assert!(applied.covers(all(1)));
+        applied.count = u64::MAX;
+        assert!(!applied.covers(all(0)), "the VMM's count wrapped ahead");
+        assert!(applied.covers(all(u64::MAX - 3)));
+    }
+
+    #[test]
+    fn a_write_is_covered_only_by_exactly_its_count() {
+        let low = |n| Some(SentBefore::Low32(n));
+        let mut applied = AppliedCount::default();
+        assert!(applied.covers(low(0)));
+        assert!(!applied.covers(low(1)), "one owed before it");
+        applied.one_more();
+        applied.one_more();
+        assert!(!applied.covers(low(1)), "more applied than it says");
+        assert!(applied.covers(low(2)));
+        applied.count = 0x5_ffff_ffff;
+        assert!(applied.covers(low(u32::MAX)), "modulo 2^32");
+        applied.one_more();
+        assert!(applied.covers(low(0)), "both wrapped");
+    }
+}
