@@ -288,9 +288,9 @@ impl SharedBusDevice for IoRegionPath {
                     .mirror
                     .as_ref()
                     .and_then(|m| m.known_write(offset, data));
-                sent.post(known, |before| send(Some(before)))
+                sent.post(known, send)
             }
-            _ => send(self.posted_sent.as_ref().map(|s| s.total())),
+            _ => send(self.posted_sent.as_ref().and_then(|s| s.before_a_write())),
         };
         match sent {
             Ok(posted) => {

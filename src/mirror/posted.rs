@@ -78,15 +78,17 @@ impl PostedSent {
     /// sequence number and says whether the write was posted) and counts
     /// it if it was, remembering `known`, what it does to a mirrored
     /// register. `send` is given the count of posted writes sent before
-    /// this one ([`PostedSent::total`]), exact for the vCPU threads' since
-    /// they are counted under the lock `send` runs in.
+    /// this one ([`PostedSent::before_a_write`]), exact since they are
+    /// counted under the lock `send` runs in. None when KVM posts writes
+    /// too: it counts its own, and the device, finding that many applied,
+    /// could not tell whether one of KVM's sent before was among them.
     pub fn post<E>(
         &self,
         known: Option<KnownWrite>,
-        send: impl FnOnce(u64) -> Result<bool, E>,
+        send: impl FnOnce(Option<u64>) -> Result<bool, E>,
     ) -> Result<bool, E> {
         let mut recent = self.recent.lock().unwrap_or_else(|e| e.into_inner());
-        let posted = send(self.total())?;
+        let posted = send(self.before_a_write())?;
         if posted {
             let count = self.by_vcpus.fetch_add(1, Ordering::AcqRel).wrapping_add(1);
             if recent.len() == REMEMBERED {
@@ -95,6 +97,21 @@ impl PostedSent {
             recent.push_back((count, known));
         }
         Ok(posted)
+    }
+
+    /// The count of posted writes a write says were sent before it: all
+    /// of those sent so far, or None when KVM posts writes too. Exact in
+    /// `post`; for a write sent outside it (one to a range whose writes
+    /// are waited for), a write posted meanwhile by another vCPU may be
+    /// missing, which nothing owes an order to since its own access has
+    /// not returned to the guest yet.
+    pub fn before_a_write(&self) -> Option<u64> {
+        (!self.kvm_posts()).then(|| self.by_vcpus.load(Ordering::Acquire))
+    }
+
+    /// Whether KVM posts writes to this device as well (the kernel path).
+    fn kvm_posts(&self) -> bool {
+        self.by_kvm.get().is_some_and(|kvm| !kvm.is_empty())
     }
 
     /// Every posted write sent so far (wrapping, as the device's count).
@@ -118,7 +135,7 @@ impl PostedSent {
         register: RegisterKey,
         look_at_page: impl FnOnce() -> Option<(u64, u64)>,
     ) -> Option<u64> {
-        if self.by_kvm.get().is_some_and(|kvm| !kvm.is_empty()) {
+        if self.kvm_posts() {
             return None;
         }
         // Held while looking, so that no vCPU thread posts in between.
@@ -175,6 +192,30 @@ mod tests {
         assert!(sent.set_kvm_counters(counters));
         assert!(!sent.set_kvm_counters(Vec::new()), "set once");
         assert_eq!(sent.total(), 1 + 1 + 2 + 3);
+    }
+
+    #[test]
+    fn a_write_says_the_posted_writes_before_it_unless_kvm_posts_too() {
+        let sent = PostedSent::default();
+        let said = |sent: &PostedSent| {
+            let mut before = None;
+            sent.post(None, |b| {
+                before = b;
+                Ok::<_, ()>(true)
+            })
+            .unwrap();
+            before
+        };
+        assert_eq!(said(&sent), Some(0));
+        assert_eq!(said(&sent), Some(1));
+        assert_eq!(sent.before_a_write(), Some(2));
+        sent.set_kvm_counters(Vec::new());
+        assert_eq!(said(&sent), Some(2), "no KVM ranges: still ours alone");
+        let kvm = PostedSent::default();
+        kvm.set_kvm_counters(vec![PostedSent::leak_kvm_counter()]);
+        assert_eq!(said(&kvm), None);
+        assert_eq!(kvm.before_a_write(), None);
+        assert_eq!(kvm.total(), 1, "still counted");
     }
 
     /// `sym53c8xx`'s interrupt handler: ISTAT reads INTF|DIP (0x05), the
