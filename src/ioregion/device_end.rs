@@ -443,13 +443,13 @@ fn apply_head(end: &mut PostedEnd, applied: &mut AppliedCount) -> bool {
 /// after every posted write counted before it had been applied, as a
 /// synchronous fd's thread does, or the posted write that comes next. No
 /// look at the other fds then. A burst of posted writes is taken in one
-/// wake-up; after a read or a waited write, whose sender waits for the
-/// answer, nothing more is looked for (a fd with records queued stays
-/// readable in the thread's epoll set, which wakes the thread again).
-/// Returns whether the drain may stop there: `end` is empty or its last
-/// record was answered.
+/// wake-up, up to [`BURST`] of them; after a read or a waited write, whose
+/// sender waits for the answer, nothing more is looked for (a fd with
+/// records queued stays readable in the thread's epoll set, which wakes
+/// the thread again). Returns whether the drain may stop there: `end` is
+/// empty, its last record was answered, or the burst was cut short.
 fn apply_covered_heads(end: &mut PostedEnd, applied: &mut AppliedCount) -> bool {
-    loop {
+    for _ in 0..BURST {
         let posted = match look(end) {
             Head::Unknown => return true,
             Head::Done => return false,
@@ -467,7 +467,13 @@ fn apply_covered_heads(end: &mut PostedEnd, applied: &mut AppliedCount) -> bool 
             return true;
         }
     }
+    true
 }
+
+/// Posted writes one fd may have applied in one go without a look at the
+/// others: a guest writing without pause must not keep the hub's lock (the
+/// control loop's, and the other vCPUs' waited accesses) for longer.
+const BURST: usize = 64;
 
 /// Applies head records by number, up to `bound`, looking at the next
 /// record of each fd it takes one from; unnumbered records go whenever
@@ -1314,6 +1320,16 @@ mod ordering_tests {
         vcpu0.write(0, 3, 10, 6);
         assert!(posted.drain(woke, true).is_empty());
         assert_eq!(writes()[4..], [(1, 9), (3, 10)]);
+        // A burst longer than BURST: the rest waits for the next wake-up.
+        let sent = BURST as u64 + 3;
+        for k in 0..sent {
+            vcpu0.counted_write(0, 5, k as u8, 6 + k, 7 + k);
+        }
+        assert!(posted.drain(woke, true).is_empty());
+        assert_eq!(posted.applied.count, 6 + BURST as u64);
+        assert!(posted.drain(woke, true).is_empty());
+        assert_eq!(posted.applied.count, 6 + sent);
+        assert_eq!(writes().len(), 6 + sent as usize);
     }
 
     /// A wake-up that brings the guest's acknowledgement applies every
