@@ -40,6 +40,7 @@ def parse(log_path, json_dir):
     costs = {}  # (config, job) -> [per-I/O cost per round]
     threads = {}  # (config, job) -> [{thread group: (voluntary, involuntary) per I/O}]
     syscalls = {}  # (config, job) -> [{thread group or "total": (calls,) per I/O}]
+    bycall = {}  # (config, job) -> [{"group:call": (calls,) per I/O}]
     profiles = {}  # (config, job) -> [(samples, {category: percent})]
     order, jobs = [], []
     config = rnd = None
@@ -97,7 +98,8 @@ def parse(log_path, json_dir):
             # The round goes last, to pair configurations round by round.
             results.setdefault((config, job), []).append(metrics(data) + (rnd,))
             ios = total_ios(data)
-            for kind, store in (("cost", costs), ("threads", threads), ("calls", syscalls)):
+            stores = (("cost", costs), ("threads", threads), ("calls", syscalls), ("bycall", bycall))
+            for kind, store in stores:
                 taken = window.get(kind, [])
                 if len(taken) == 2 and ios:
                     store.setdefault((config, job), []).append(per_io(*taken, ios))
@@ -123,6 +125,7 @@ def parse(log_path, json_dir):
             commands, raised, again = (int(x) for x in m.groups())
             interrupts.setdefault(config, []).append((commands, raised, again))
     counters = (counters, interrupts)
+    syscalls = (syscalls, bycall)
     return order, jobs, results, regs, (istat, istat_widths, istat_cost), counters, costs, threads, syscalls, profiles
 
 
@@ -220,6 +223,8 @@ def cost_sample(line):
         return "threads", thread_sample(line)
     if line.startswith("BENCH-SYSCALLS:"):
         return "calls", thread_sample(line)
+    if line.startswith("BENCH-SYSCALLS-BY-CALL:"):
+        return "bycall", thread_sample(line)
     return None, None
 
 
@@ -339,6 +344,24 @@ def call_cells(runs):
     return ", ".join(f"{g} {med[g]:.1f}" for g in shown) or "-"
 
 
+def by_call_cells(runs):
+    """'vmm/vcpu: ioctl 4.4, sendto 2.1; remote/ioregion: ...': medians over
+    rounds per thread group and call, groups by their total, calls largest
+    first, those under 0.05 left out."""
+    keys = {k for r in runs for k in r}
+    med = {k: statistics.median(r.get(k, (0.0,))[0] for r in runs) for k in keys}
+    groups = {}
+    for key, value in med.items():
+        group, _, call = key.rpartition(":")
+        if value >= 0.05:
+            groups.setdefault(group, []).append((call, value))
+    order = sorted(groups, key=lambda g: -sum(v for _, v in groups[g]))
+    return "; ".join(
+        f"{g}: " + ", ".join(f"{c} {v:.1f}" for c, v in sorted(groups[g], key=lambda cv: -cv[1]))
+        for g in order
+    ) or "-"
+
+
 def total_ios(data):
     """Completed I/Os of a fio job, reads and writes together."""
     job = data["jobs"][0]
@@ -452,12 +475,19 @@ def main():
         "| job | configuration | switches per I/O by thread | runs |",
         lambda job, config, runs: f"| {job} | {config} | {thread_cells(runs)} | {len(runs)} |",
     )
+    syscalls, bycall = syscalls
     per_job_table(
         jobs, order, syscalls,
         "System calls per I/O (medians over rounds; the rig kernel's ftrace\n"
         "histogram of raw_syscalls:sys_enter by thread, `--syscalls`):",
         "| job | configuration | system calls | by thread | runs |",
         calls_row,
+    )
+    per_job_table(
+        jobs, order, bycall,
+        "The same system calls per I/O by thread and call (medians over rounds):",
+        "| job | configuration | by thread and call | runs |",
+        lambda job, config, runs: f"| {job} | {config} | {by_call_cells(runs)} | {len(runs)} |",
     )
     profile_table(jobs, order, profiles, results)
     print()

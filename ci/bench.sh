@@ -135,12 +135,14 @@ qemu_vm="qemu-system-x86_64 -accel kvm -cpu host -m 512M -nodefaults -display no
 # switches of every thread of the VMM, its remotes and QEMU.
 mount -t debugfs nodev /sys/kernel/debug 2>/dev/null
 kvm_stat() { cat /sys/kernel/debug/kvm/\$1 2>/dev/null || echo 0; }
-# With --syscalls, the rig kernel counts every system call per thread
-# (an ftrace histogram on raw_syscalls:sys_enter, keyed by thread id),
-# which costs every call a little: for the syscall column, not for speed.
+# With --syscalls, the rig kernel counts every system call per thread and
+# call (an ftrace histogram on raw_syscalls:sys_enter, keyed by thread id
+# and the call's name), which costs every call a little: for the syscall
+# columns, not for speed.
 trace=/sys/kernel/debug/tracing/events/raw_syscalls/sys_enter
+hist_keys='hist:keys=common_pid,id.syscall:size=32768'
 if [ $syscalls -eq 1 ]; then
-    echo 'hist:keys=common_pid:size=32768' > \$trace/trigger ||
+    echo "\$hist_keys" > \$trace/trigger ||
         echo "BENCH-FAILED: cannot count system calls (no ftrace histograms in this kernel)"
 fi
 cost() {
@@ -178,17 +180,28 @@ cost() {
     echo "BENCH-COST: \$kvm_now switches=\$switches \$kvm_io \$kvm_why uptime=\$uptime"
     hist=""
     [ $syscalls -eq 1 ] && hist=\$(cat \$trace/hist 2>/dev/null)
-    { echo "\$hist" | sed -n 's/.*common_pid: *\([0-9]*\) *} *hitcount: *\([0-9]*\).*/H \1 \2/p'
+    # Histogram lines: { common_pid: 123, id: sys_ioctl [ 16] } hitcount: 5
+    { echo "\$hist" | sed -n 's/.*common_pid: *\([0-9]*\), *id: *\([a-z0-9_]*\) *\[ *\([0-9]*\)\] *} *hitcount: *\([0-9]*\).*/H \1 \2 \4/p'
       echo "\$per_thread"; } | awk '
-        \$1 == "H" { calls[\$2] = \$3; next }
+        \$1 == "H" {
+            calls[\$2] += \$4; name = \$3; sub(/^sys_/, "", name)
+            by[\$2 " " name] += \$4; next
+        }
         NF == 4 {
             k = \$1; sub(/-[0-9]+\$/, "", k); sub(/^vmm\/vcpu[0-9]+\$/, "vmm/vcpu", k)
             sub(/^remote\/ioregion.*/, "remote/ioregion", k)
-            v[k] += \$2; n[k] += \$3; c[k] += calls[\$4]; total += calls[\$4]
+            v[k] += \$2; n[k] += \$3; c[k] += calls[\$4]; total += calls[\$4]; group[\$4] = k
         }
         END {
             printf "BENCH-THREADS:"; for (k in v) printf " %s=%d/%d", k, v[k], n[k]; print ""
-            if ($syscalls) { printf "BENCH-SYSCALLS: total=%d", total; for (k in c) printf " %s=%d", k, c[k]; print "" }
+            if ($syscalls) {
+                printf "BENCH-SYSCALLS: total=%d", total; for (k in c) printf " %s=%d", k, c[k]; print ""
+                for (key in by) {
+                    split(key, f, " ")
+                    if (f[1] in group) g[group[f[1]] ":" f[2]] += by[key]
+                }
+                printf "BENCH-SYSCALLS-BY-CALL:"; for (k in g) printf " %s=%d", k, g[k]; print ""
+            }
         }'
 }
 # With --perf, a profile of the whole rig CPU from the job's start (after
@@ -333,7 +346,7 @@ for round in \$(seq $rounds); do
         [ $perf -eq 0 ] || profile_report
     done
 done
-[ $syscalls -eq 1 ] && echo '!hist:keys=common_pid:size=32768' > \$trace/trigger
+[ $syscalls -eq 1 ] && echo "!\$hist_keys" > \$trace/trigger
 echo "BENCH-DONE"
 SCRIPT
 )
