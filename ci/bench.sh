@@ -138,11 +138,16 @@ kvm_stat() { cat /sys/kernel/debug/kvm/\$1 2>/dev/null || echo 0; }
 # With --syscalls, the rig kernel counts every system call per thread and
 # call (an ftrace histogram on raw_syscalls:sys_enter, keyed by thread id
 # and the call's name), which costs every call a little: for the syscall
-# columns, not for speed.
+# columns, not for speed. The sampler's own short-lived processes (the
+# shell's forks and its tools, hundreds per sample) are left out: each
+# would add a histogram entry per call it makes, and a table grown to
+# tens of thousands of entries made every later sample slow to read
+# (so that guest output leaked into the job's window) and then full.
 trace=/sys/kernel/debug/tracing/events/raw_syscalls/sys_enter
 hist_keys='hist:keys=common_pid,id.syscall:size=32768'
+hist_filter='if COMM != "sh" && COMM != "cat" && COMM != "tr" && COMM != "awk" && COMM != "sed" && COMM != "cut" && COMM != "grep" && COMM != "busybox"'
 if [ $syscalls -eq 1 ]; then
-    echo "\$hist_keys" > \$trace/trigger ||
+    echo "\$hist_keys \$hist_filter" > \$trace/trigger ||
         echo "BENCH-FAILED: cannot count system calls (no ftrace histograms in this kernel)"
 fi
 cost() {
@@ -346,7 +351,7 @@ for round in \$(seq $rounds); do
         [ $perf -eq 0 ] || profile_report
     done
 done
-[ $syscalls -eq 1 ] && echo "!\$hist_keys" > \$trace/trigger
+[ $syscalls -eq 1 ] && echo "!\$hist_keys \$hist_filter" > \$trace/trigger
 echo "BENCH-DONE"
 SCRIPT
 )
