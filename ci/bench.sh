@@ -52,9 +52,9 @@
 # of a process on the other (idle) CPU costs milliseconds and would swamp
 # every multi-process row; on hardware the default is no pinning.
 #
-# --syscalls also counts the system calls of every thread per I/O (an
-# ftrace histogram in the kernel that runs the VMs; it slows every call a
-# little, so take speed from a run without it).
+# --syscalls also counts the system calls of every thread per I/O, by call
+# (an ftrace histogram in the kernel that runs the VMs; it slows every
+# call a little, so take speed from a run without it).
 #
 # --perf samples, while each job runs, where the rig's CPU is (`perf record
 # -a` on the cpu-clock event inside the kernel that runs the VMs, Debian's
