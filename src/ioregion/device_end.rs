@@ -1259,16 +1259,20 @@ mod ordering_tests {
         }
     }
 
+    /// A bank with two posted regions, opened for two vCPUs as raw sockets.
+    fn two_vcpus() -> (Arc<Mutex<Bank>>, Arc<Hub>, RawPair, RawPair) {
+        let (journal, device, hub) = bank(true);
+        let vcpu0 = RawPair::open(&device, &hub, 0);
+        let vcpu1 = RawPair::open(&device, &hub, 1);
+        (journal, hub, vcpu0, vcpu1)
+    }
+
     /// A read at the head of the fd that woke the thread, with every posted
     /// write sent before it applied, is answered without a look at the
     /// other fds; one that is not waits for what they hold.
     #[test]
     fn a_covered_read_is_answered_without_looking_at_the_other_fds() {
-        let (journal, device, hub) = bank(true);
-        let (vcpu0, vcpu1) = (
-            RawPair::open(&device, &hub, 0),
-            RawPair::open(&device, &hub, 1),
-        );
+        let (journal, hub, vcpu0, vcpu1) = two_vcpus();
         let mut posted = hub.posted.lock().unwrap();
         let woke = Some(posted.ends[0].fd.as_raw_fd());
         // vCPU 1's posted write, which vCPU 0's read was not sent after.
@@ -1292,11 +1296,7 @@ mod ordering_tests {
     /// by number.
     #[test]
     fn the_next_posted_write_is_applied_without_looking_at_the_other_fds() {
-        let (journal, device, hub) = bank(true);
-        let (vcpu0, vcpu1) = (
-            RawPair::open(&device, &hub, 0),
-            RawPair::open(&device, &hub, 1),
-        );
+        let (journal, hub, vcpu0, vcpu1) = two_vcpus();
         let mut posted = hub.posted.lock().unwrap();
         let woke = Some(posted.ends[0].fd.as_raw_fd());
         // Numbered lower, on vCPU 1's fd, but not counted before vCPU 0's
