@@ -46,7 +46,6 @@ use std::sync::{Arc, Mutex, OnceLock};
 use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
 
 use super::applied::AppliedCount;
-pub use super::applied::MAX_COUNTED_PAGES;
 use super::wire::{self, Access, Cmd, Incoming, answer, receive, socket_pair};
 pub use super::wire::{ERROR_DATA, RECV_BUF_SIZE, ServeEnd, ServeError};
 use crate::device_model::{DeviceModel, IoRegionSpec, SharedIrq};
@@ -328,7 +327,7 @@ impl Hub {
     /// From now on the count of posted writes applied is kept at
     /// `MIRROR_POSTED_COUNT_OFFSET` of `page` (a register mirror page,
     /// mapped writable) as well; false, and the page dropped, once
-    /// [`MAX_COUNTED_PAGES`] are kept ([`AppliedCount::keep_in`]).
+    /// `MAX_COUNTED_PAGES` are kept ([`AppliedCount::keep_in`]).
     pub fn count_posted_writes_in(&self, page: MirrorPage) -> bool {
         let mut posted = self.posted.lock().expect("hub lock poisoned");
         posted.applied.keep_in(page)
@@ -774,6 +773,7 @@ mod ordering_tests {
     use crate::device_model::InterruptLine;
     use crate::device_model::{DeviceMemory, SharedIrq};
     use crate::ioregion::RegionFd;
+    use crate::ioregion::applied::MAX_COUNTED_PAGES;
     use crate::pci::{ConfigSpace, PciDevice};
     use crate::protocol::extensions::MIRROR_POSTED_COUNT_OFFSET;
     use crate::test_support::wait_until;
