@@ -335,11 +335,16 @@ def floor_table(order, jobs, results, costs, istat):
             print(f"| {job} | {accesses:.1f} | {floor_us:.0f} | {config} | {us:.0f} | {ratio} |")
 
 
+def call_medians(runs):
+    """{key: median over rounds} of system call samples ({key: (calls,)})."""
+    keys = {k for r in runs for k in r}
+    return {k: statistics.median(r.get(k, (0.0,))[0] for r in runs) for k in keys}
+
+
 def call_cells(runs):
     """'remote/ioregion 4.1, ...': medians over rounds per thread group,
     largest first, groups under 0.05 left out."""
-    groups = {g for r in runs for g in r}
-    med = {g: statistics.median(r.get(g, (0.0,))[0] for r in runs) for g in groups}
+    med = call_medians(runs)
     shown = sorted((g for g in med if med[g] >= 0.05), key=lambda g: -med[g])
     return ", ".join(f"{g} {med[g]:.1f}" for g in shown) or "-"
 
@@ -348,10 +353,8 @@ def by_call_cells(runs):
     """'vmm/vcpu: ioctl 4.4, sendto 2.1; remote/ioregion: ...': medians over
     rounds per thread group and call, groups by their total, calls largest
     first, those under 0.05 left out."""
-    keys = {k for r in runs for k in r}
-    med = {k: statistics.median(r.get(k, (0.0,))[0] for r in runs) for k in keys}
     groups = {}
-    for key, value in med.items():
+    for key, value in call_medians(runs).items():
         group, _, call = key.rpartition(":")
         if value >= 0.05:
             groups.setdefault(group, []).append((call, value))
