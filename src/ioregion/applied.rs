@@ -11,6 +11,12 @@
 //! whose count the device has reached owes nothing to a posted write still
 //! queued on another fd, so the device applies it without receiving from
 //! each of its other fds first (`device_end`).
+//!
+//! A VMM of ours also keeps its count of posted writes sent in those
+//! pages. What comes after a posted write the guest made (its
+//! acknowledgement of the interrupt, a message on the control socket)
+//! then owes nothing more once that many are applied, where otherwise the
+//! device would have to look at every posted-write fd for more.
 
 use crate::ioregion::wire::SentBefore;
 use crate::mirror::page::{MirrorPage, caught_up};
@@ -61,9 +67,19 @@ impl AppliedCount {
         if self.pages.len() >= MAX_COUNTED_PAGES {
             return false;
         }
+        page.forget_sent_count();
         page.store_u64(MIRROR_POSTED_COUNT_OFFSET as usize, self.count);
         self.pages.push(page);
         true
+    }
+
+    /// Whether every posted write the VMM says it sent (in a page it keeps
+    /// its count in) has been applied; false when no page says. Anything
+    /// the guest did after its posted writes was done after the VMM
+    /// counted them there.
+    pub fn has_all_the_vmm_sent(&self) -> bool {
+        let sent = self.pages.iter().find_map(MirrorPage::sent_count);
+        sent.is_some_and(|sent| caught_up(self.count, sent))
     }
 }
 
@@ -102,5 +118,37 @@ mod tests {
         assert!(applied.covers(low(u32::MAX)), "modulo 2^32");
         applied.one_more();
         assert!(applied.covers(low(0)), "both wrapped");
+    }
+
+    /// The VMM's count of posted writes sent counts only once the VMM says
+    /// it keeps it, and a page handed out again forgets what a VMM before
+    /// said there.
+    #[test]
+    fn the_vmm_sent_count_is_trusted_once_shown_until_the_page_is_handed_out() {
+        let mirror = crate::mirror::RegisterMirror::new().unwrap();
+        let map = || MirrorPage::map(&mirror.file().unwrap(), true).unwrap();
+        let vmm = map();
+        let mut applied = AppliedCount::default();
+        assert!(!applied.has_all_the_vmm_sent(), "no page");
+        vmm.show_sent_count(0);
+        assert!(applied.keep_in(map()));
+        assert!(
+            !applied.has_all_the_vmm_sent(),
+            "shown before it was handed out"
+        );
+        vmm.show_sent_count(1);
+        assert!(!applied.has_all_the_vmm_sent());
+        applied.one_more();
+        assert!(applied.has_all_the_vmm_sent());
+        vmm.store_sent_count(2);
+        assert!(!applied.has_all_the_vmm_sent());
+        applied.one_more();
+        applied.one_more();
+        assert!(
+            applied.has_all_the_vmm_sent(),
+            "more applied than counted then"
+        );
+        assert!(applied.keep_in(map()));
+        assert!(!applied.has_all_the_vmm_sent(), "handed out again");
     }
 }

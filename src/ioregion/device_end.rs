@@ -121,13 +121,32 @@ impl Posted {
         drain_in_order(&mut self.ends, woke.unwrap_or(0), &mut self.applied)
     }
 
+    /// Applies the posted writes sent before whatever the caller is about
+    /// to handle: as many as the VMM's count in a mirror page says were
+    /// sent ([`AppliedCount::has_all_the_vmm_sent`]), after what `first`
+    /// holds that needs no look at the others; every one queued when no
+    /// page says or more are owed.
+    fn catch_up(&mut self, first: Option<RawFd>) -> Vec<usize> {
+        let woke = first.and_then(|fd| self.ends.iter().position(|e| e.fd.as_raw_fd() == fd));
+        let covered =
+            woke.is_none_or(|i| apply_covered_heads(&mut self.ends[i], &mut self.applied));
+        if covered && self.applied.has_all_the_vmm_sent() {
+            return Vec::new();
+        }
+        drain_in_order(&mut self.ends, woke.unwrap_or(0), &mut self.applied)
+    }
+
     /// What the posted-write thread does when woken: `woke` is the first
     /// posted-write fd epoll reported, `acknowledged` whether the guest's
     /// acknowledgement of the interrupt was among what it reported.
     fn serve_wake_up(&mut self, woke: Option<RawFd>, acknowledged: bool) {
-        // The posted writes first, all of them: the guest sent them before
-        // it acknowledged, and the line's level must show them.
-        let done = self.drain(woke, !acknowledged);
+        // The posted writes the guest sent before it acknowledged first:
+        // the line's level must show them.
+        let done = if acknowledged {
+            self.catch_up(woke)
+        } else {
+            self.drain(woke, true)
+        };
         for &i in done.iter().rev() {
             self.ends.remove(i);
         }
@@ -315,13 +334,12 @@ impl Hub {
         posted.served
     }
 
-    /// Applies every posted write queued so far: whatever the control
-    /// socket or the interrupt acknowledgement brings next must see them.
-    pub fn drain_all(&self) {
-        self.posted
-            .lock()
-            .expect("hub lock poisoned")
-            .drain(None, false);
+    /// Applies the posted writes sent so far ([`Posted::catch_up`]):
+    /// whatever the control socket or the interrupt acknowledgement brings
+    /// next must see them.
+    pub fn catch_up(&self) {
+        let mut posted = self.posted.lock().expect("hub lock poisoned");
+        posted.catch_up(None);
     }
 
     /// From now on the count of posted writes applied is kept at
@@ -937,7 +955,7 @@ mod ordering_tests {
         let (_, device, hub) = bank(true);
         let (a, b) = posted_pair(&device, &hub, 0);
         a.write(0, &[1]).unwrap();
-        hub.drain_all();
+        hub.catch_up();
         let mirror = crate::mirror::RegisterMirror::new().unwrap();
         let writable = || MirrorPage::map(&mirror.file().unwrap(), true).unwrap();
         assert!(hub.count_posted_writes_in(writable()));
@@ -949,7 +967,7 @@ mod ordering_tests {
         b.write(1, &[3]).unwrap();
         assert_eq!(count(), 1, "queued, not applied");
         drop(held);
-        hub.drain_all();
+        hub.catch_up();
         assert_eq!(count(), 3);
         let mut byte = [0u8];
         b.read(1, &mut byte).unwrap();
@@ -1059,7 +1077,7 @@ mod ordering_tests {
         b.write(1, &[4]).unwrap();
         a.write(2, &[5]).unwrap();
         drop(held);
-        hub.drain_all();
+        hub.catch_up();
         let writes = journal.lock().unwrap().writes.clone();
         assert_eq!(writes, [(0, 1), (8, 2), (1, 3), (9, 4), (2, 5)]);
     }
@@ -1076,7 +1094,7 @@ mod ordering_tests {
             a0.write(4, &[1]).unwrap();
             a1.write(4, &[2]).unwrap();
             drop(held);
-            hub.drain_all();
+            hub.catch_up();
             assert_eq!(journal.lock().unwrap().writes, [(4, 1), (4, 2)]);
         }
     }
@@ -1112,7 +1130,7 @@ mod ordering_tests {
             })
             .collect();
         let issued: Vec<Vec<(u64, u8)>> = vcpus.into_iter().map(|t| t.join().unwrap()).collect();
-        hub.drain_all();
+        hub.catch_up();
         let writes = journal.lock().unwrap().writes.clone();
         for (vcpu, issued) in issued.iter().enumerate() {
             let mine: Vec<_> = writes
@@ -1182,7 +1200,7 @@ mod ordering_tests {
     }
 
     #[test]
-    fn drain_all_applies_every_posted_write_sent_before() {
+    fn catching_up_applies_every_posted_write_sent_before() {
         let (scratch, device, hub) = bank(false);
         let (r, f) = open(&device, &hub, 1, 0).unwrap();
         let posted = RegionFd::new(
@@ -1193,7 +1211,7 @@ mod ordering_tests {
         for round in 1..=200u8 {
             posted.write(u64::from(round % 8), &[round]).unwrap();
             // What the control loop does before a message or a resample.
-            hub.drain_all();
+            hub.catch_up();
             let mem = scratch.lock().unwrap().mem;
             assert_eq!(mem[usize::from(round % 8)], round, "round {round}");
         }
@@ -1359,5 +1377,61 @@ mod ordering_tests {
         assert_eq!(vcpu0.answered(0), Some(0));
         assert!(!line.lock().unwrap().level(), "the write applied");
         assert_eq!(line.lock().unwrap().counts().raised_again, 0);
+    }
+
+    /// With the VMM's count of posted writes sent in a mirror page, an
+    /// acknowledgement needs only that many applied: a write sent since
+    /// (not counted yet) stays queued, and an acknowledgement alone, with
+    /// the count reached, looks at no fd at all.
+    #[test]
+    fn an_acknowledgement_needs_only_the_posted_writes_the_vmm_counted() {
+        let (journal, device, hub) = bank(true);
+        let (line, _irqfd, resample) = interrupt_line();
+        device.lock().unwrap().set_interrupt(line.clone());
+        let (vcpu0, vcpu1) = (
+            RawPair::open(&device, &hub, 0),
+            RawPair::open(&device, &hub, 1),
+        );
+        let watch = line.lock().unwrap().watch_fd().unwrap();
+        assert!(hub.take_acknowledgements(&line, watch));
+        let mirror = crate::mirror::RegisterMirror::new().unwrap();
+        let map = || MirrorPage::map(&mirror.file().unwrap(), true).unwrap();
+        assert!(hub.count_posted_writes_in(map()));
+        let vmm = map();
+        let mut posted = hub.posted.lock().unwrap();
+        let writes = || journal.lock().unwrap().writes.clone();
+        let raised_again = || line.lock().unwrap().counts().raised_again;
+        line.lock().unwrap().set_level(true);
+        // vCPU 0 lowers the line, the VMM counts it and the guest
+        // acknowledges; vCPU 1's write is on its way, not counted yet.
+        vcpu0.counted_write(1, 7, 0, 0, 1);
+        vmm.show_sent_count(1);
+        vcpu1.write(0, 2, 9, 2);
+        let woke = Some(posted.ends[1].fd.as_raw_fd());
+        resample.write(1).unwrap();
+        posted.serve_wake_up(woke, true);
+        assert_eq!(writes(), [(15, 0)], "vCPU 1's write left queued");
+        assert!(!line.lock().unwrap().level());
+        assert_eq!(raised_again(), 0);
+        // The line high again and acknowledged, nothing more counted.
+        line.lock().unwrap().set_level(true);
+        resample.write(1).unwrap();
+        posted.serve_wake_up(None, true);
+        assert_eq!(writes(), [(15, 0)], "no fd looked at");
+        assert_eq!(raised_again(), 1);
+        // vCPU 1's write counted: the next acknowledgement applies it.
+        vmm.store_sent_count(2);
+        resample.write(1).unwrap();
+        posted.serve_wake_up(None, true);
+        assert_eq!(writes(), [(15, 0), (2, 9)]);
+        // Without the VMM's word that it keeps the count (a page handed
+        // out again, whose count a VMM before kept), every fd is drained.
+        drop(posted);
+        assert!(hub.count_posted_writes_in(map()));
+        let mut posted = hub.posted.lock().unwrap();
+        vcpu1.write(0, 3, 4, 3);
+        resample.write(1).unwrap();
+        posted.serve_wake_up(None, true);
+        assert_eq!(writes()[2..], [(3, 4)]);
     }
 }

@@ -3,13 +3,17 @@
 //! count of posted writes applied as one aligned u64. The remote maps it
 //! writable and stores register values (Release) before it replies,
 //! raises an interrupt or counts the write that changed them; the VMM
-//! maps it read-only and loads them (Acquire).
+//! maps it read-only and loads them (Acquire). A device that reads the
+//! VMM's count of posted writes sent (`MIRROR_READS_SENT_COUNT`) has the
+//! VMM map it writable, to keep that count in its own two words.
 
 use std::fs::File;
 use std::os::fd::AsRawFd;
 use std::sync::atomic::{AtomicU8, AtomicU64, Ordering};
 
-use crate::protocol::extensions::MIRROR_PAGE_SIZE;
+use crate::protocol::extensions::{
+    MIRROR_PAGE_SIZE, MIRROR_SENT_COUNT_OFFSET, MIRROR_SENT_SHOWN, MIRROR_SENT_SHOWN_OFFSET,
+};
 
 /// Whether a count of posted writes applied has reached `sent`, the count
 /// of those sent; both wrap around together.
@@ -87,6 +91,32 @@ impl MirrorPage {
     pub fn store_u64(&self, at: usize, value: u64) {
         assert!(self.writable, "the mirror page is mapped read-only");
         self.word(at).store(value, Ordering::Release);
+    }
+
+    pub fn writable(&self) -> bool {
+        self.writable
+    }
+
+    /// The VMM's count of posted writes sent, once it says it keeps it here.
+    pub fn sent_count(&self) -> Option<u64> {
+        let shown = self.load_u64(MIRROR_SENT_SHOWN_OFFSET as usize) == MIRROR_SENT_SHOWN;
+        shown.then(|| self.load_u64(MIRROR_SENT_COUNT_OFFSET as usize))
+    }
+
+    /// The VMM keeps its count here from now on, starting at `count`.
+    pub fn show_sent_count(&self, count: u64) {
+        self.store_sent_count(count);
+        self.store_u64(MIRROR_SENT_SHOWN_OFFSET as usize, MIRROR_SENT_SHOWN);
+    }
+
+    pub fn store_sent_count(&self, count: u64) {
+        self.store_u64(MIRROR_SENT_COUNT_OFFSET as usize, count);
+    }
+
+    /// The device hands the page out: a count a VMM kept there before is
+    /// not this one's.
+    pub fn forget_sent_count(&self) {
+        self.store_u64(MIRROR_SENT_SHOWN_OFFSET as usize, 0);
     }
 }
 

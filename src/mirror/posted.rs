@@ -21,12 +21,17 @@
 //! the device's count could seem to cover a write it had not applied.)
 //! KVM's posted writes carry no number and KVM does not tell us what they
 //! were, so on the kernel path a read behind posted writes always waits.
+//!
+//! The count of writes sent is also kept in the device's mirror pages
+//! when the device reads it there (`MIRROR_READS_SENT_COUNT`), so that
+//! the device knows when it has applied every posted write the guest made
+//! before acknowledging its interrupt (`ioregion::applied`).
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Mutex, OnceLock};
+use std::sync::{Arc, Mutex, OnceLock};
 
-use crate::mirror::page::caught_up;
+use crate::mirror::page::{MirrorPage, caught_up};
 use crate::protocol::extensions::WriteEffects;
 
 /// Posted writes whose effect `PostedSent` remembers, at most.
@@ -57,6 +62,9 @@ pub struct PostedSent {
     /// The last writes the vCPU threads posted, oldest first: the count
     /// once each was sent, and its effect when known.
     recent: Mutex<VecDeque<(u64, Option<KnownWrite>)>>,
+    /// The device's mirror pages that show the device `by_vcpus`, set
+    /// once the ranges are set up (see [`PostedSent::show_in`]).
+    shown_in: OnceLock<Vec<Arc<MirrorPage>>>,
 }
 
 impl PostedSent {
@@ -91,12 +99,35 @@ impl PostedSent {
         let posted = send(self.before_a_write())?;
         if posted {
             let count = self.by_vcpus.fetch_add(1, Ordering::AcqRel).wrapping_add(1);
+            // Before the vCPU goes back to the guest, so before anything
+            // the guest does after this write.
+            for page in self.shown_in.get().into_iter().flatten() {
+                page.store_sent_count(count);
+            }
             if recent.len() == REMEMBERED {
                 recent.pop_front();
             }
             recent.push_back((count, known));
         }
         Ok(posted)
+    }
+
+    /// Keeps the count of posted writes sent in `pages` (the device's
+    /// mirror pages, mapped writable, whose device reads it) from now on.
+    /// False, and nothing kept, when KVM posts writes too (it counts its
+    /// own, which the device could not tell apart) or pages were given
+    /// before. Called once the device's ranges are set up.
+    pub fn show_in(&self, pages: Vec<Arc<MirrorPage>>) -> bool {
+        // Held so that no vCPU thread posts in between.
+        let _recent = self.recent.lock().unwrap_or_else(|e| e.into_inner());
+        if self.kvm_posts() || self.shown_in.get().is_some() {
+            return false;
+        }
+        let count = self.by_vcpus.load(Ordering::Acquire);
+        for page in &pages {
+            page.show_sent_count(count);
+        }
+        self.shown_in.set(pages).is_ok()
     }
 
     /// The count of posted writes a write says were sent before it: all
@@ -301,5 +332,31 @@ mod tests {
             sent.value_once_applied(ISTAT, || Some((u64::MAX, 0x04))),
             Some(0)
         );
+    }
+
+    /// The count of posted writes sent goes into the pages given, from the
+    /// count so far; not when KVM posts writes too, and pages are given once.
+    #[test]
+    fn the_count_sent_is_shown_in_the_pages_given_unless_kvm_posts_too() {
+        let mirror = crate::mirror::RegisterMirror::new().unwrap();
+        let page = || Arc::new(MirrorPage::map(&mirror.file().unwrap(), true).unwrap());
+        let sent = PostedSent::default();
+        post(&sent, None);
+        sent.set_kvm_counters(Vec::new());
+        let shown = page();
+        assert_eq!(shown.sent_count(), None);
+        assert!(sent.show_in(vec![shown.clone()]));
+        assert_eq!(shown.sent_count(), Some(1));
+        post(&sent, None);
+        sent.post(None, |_| Ok::<_, ()>(false)).unwrap();
+        assert_eq!(shown.sent_count(), Some(2), "a waited write is not counted");
+        assert!(!sent.show_in(vec![page()]), "given once");
+        let kvm = PostedSent::default();
+        kvm.set_kvm_counters(vec![PostedSent::leak_kvm_counter()]);
+        let other = crate::mirror::RegisterMirror::new().unwrap();
+        let unshown = Arc::new(MirrorPage::map(&other.file().unwrap(), true).unwrap());
+        assert!(!kvm.show_in(vec![unshown.clone()]));
+        post(&kvm, None);
+        assert_eq!(unshown.sent_count(), None);
     }
 }

@@ -1,5 +1,6 @@
 //! The VMM's side of the register mirror (see `mirror::writer`): the
-//! remote's page, mapped read-only, and the registers of one ioregion
+//! remote's page, mapped read-only (writable only to keep our count of
+//! posted writes sent there, `mirror::posted`), and the registers of one ioregion
 //! range whose reads it answers.
 //!
 //! A read answered here costs the exit and nothing else; one that goes to
@@ -38,9 +39,10 @@ pub enum MirrorError {
     },
 }
 
-/// Maps the remote's mirror page read-only, once it is known that the
-/// page cannot shrink under us.
-pub fn map_page(file: &File) -> Result<MirrorPage, MirrorError> {
+/// Maps the remote's mirror page, once it is known that the page cannot
+/// shrink under us: read-only, or `writable` for a remote that reads our
+/// count of posted writes sent there.
+pub fn map_page(file: &File, writable: bool) -> Result<MirrorPage, MirrorError> {
     let Ok(seals) = crate::sys::seals(file) else {
         return Err(MirrorError::NotSealed("it takes no seals"));
     };
@@ -51,7 +53,7 @@ pub fn map_page(file: &File) -> Result<MirrorPage, MirrorError> {
     if len < MIRROR_PAGE_SIZE {
         return Err(MirrorError::NotSealed("it is too short"));
     }
-    MirrorPage::map(file, false).map_err(MirrorError::Map)
+    MirrorPage::map(file, writable).map_err(MirrorError::Map)
 }
 
 /// The mirrored registers of one BAR, by offset in the BAR.
@@ -254,7 +256,7 @@ mod tests {
     #[test]
     fn reads_of_a_mirrored_register_come_from_the_remotes_page() {
         let remote = RegisterMirror::new().unwrap();
-        let page = Arc::new(map_page(&remote.file().unwrap()).unwrap());
+        let page = Arc::new(map_page(&remote.file().unwrap(), false).unwrap());
         let bar = BarMirror {
             page,
             registers: vec![register(0x14, 1, 8), register(0x300, 1, 9)],
@@ -292,7 +294,7 @@ mod tests {
         let kvm = PostedSent::leak_kvm_counter();
         sent.set_kvm_counters(vec![kvm]);
         let bar = BarMirror {
-            page: Arc::new(map_page(&remote.file().unwrap()).unwrap()),
+            page: Arc::new(map_page(&remote.file().unwrap(), false).unwrap()),
             registers: vec![register(0x14, 1, 8)],
             posted_sent: Some(sent.clone()),
             doorbells: None,
@@ -324,12 +326,15 @@ mod tests {
     #[test]
     fn an_unsealed_or_short_page_is_refused() {
         let plain = tempfile_of(4096);
-        assert!(matches!(map_page(&plain), Err(MirrorError::NotSealed(_))));
+        assert!(matches!(
+            map_page(&plain, false),
+            Err(MirrorError::NotSealed(_))
+        ));
         let short = crate::sys::memfd(c"short", true).unwrap();
         short.set_len(100).unwrap();
         crate::sys::add_seals(&short, libc::F_SEAL_SHRINK).unwrap();
         assert!(matches!(
-            map_page(&short),
+            map_page(&short, false),
             Err(MirrorError::NotSealed("it is too short"))
         ));
     }
@@ -371,7 +376,7 @@ mod tests {
             ..register(0x14, 1, 8)
         };
         let bar = |mode, counts: bool| BarMirror {
-            page: Arc::new(map_page(&remote.file().unwrap()).unwrap()),
+            page: Arc::new(map_page(&remote.file().unwrap(), false).unwrap()),
             registers: vec![istat, register(0x15, 1, 9)],
             posted_sent: counts.then(|| Arc::new(PostedSent::default())),
             doorbells: Some(Arc::new(Doorbells::new(mode))),

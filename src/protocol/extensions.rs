@@ -44,7 +44,23 @@ pub const MIRROR_POSTED_COUNT_OFFSET: u32 = MIRROR_PAGE_SIZE as u32 - 8;
 /// read from the page with its own posted writes still queued, applying
 /// them itself. Only with [`MIRROR_COUNTS_POSTED_WRITES`].
 pub const MIRROR_WRITE_EFFECTS: u32 = 2;
-const KNOWN_MIRROR_FLAGS: u32 = MIRROR_COUNTS_POSTED_WRITES | MIRROR_WRITE_EFFECTS;
+/// Mirror flag: the device reads, at [`MIRROR_SENT_COUNT_OFFSET`], the
+/// count of posted writes the VMM sent it, which the VMM keeps there (a
+/// native-endian u64) once it has written [`MIRROR_SENT_SHOWN`] at
+/// [`MIRROR_SENT_SHOWN_OFFSET`]. What the guest does after a posted write
+/// (acknowledge the interrupt, a message on the control socket) then
+/// needs only the writes counted there applied, and the device need not
+/// look at each of its posted-write fds for more. Only with
+/// [`MIRROR_COUNTS_POSTED_WRITES`]; registers then stay clear of both.
+pub const MIRROR_READS_SENT_COUNT: u32 = 4;
+/// Where the VMM keeps its count of posted writes sent.
+pub const MIRROR_SENT_COUNT_OFFSET: u32 = MIRROR_PAGE_SIZE as u32 - 16;
+/// Where the VMM says it keeps that count: [`MIRROR_SENT_SHOWN`] once it
+/// does; the device puts anything else there when it hands the page out.
+pub const MIRROR_SENT_SHOWN_OFFSET: u32 = MIRROR_PAGE_SIZE as u32 - 24;
+pub const MIRROR_SENT_SHOWN: u64 = 1;
+const KNOWN_MIRROR_FLAGS: u32 =
+    MIRROR_COUNTS_POSTED_WRITES | MIRROR_WRITE_EFFECTS | MIRROR_READS_SENT_COUNT;
 
 /// What a remote's CMD_REGISTER_MIRROR_REPLY says about one BAR.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
@@ -53,6 +69,9 @@ pub struct MirrorLayout {
     /// The page counts the posted writes applied
     /// ([`MIRROR_COUNTS_POSTED_WRITES`]).
     pub counts_posted_writes: bool,
+    /// The device reads the VMM's count of posted writes sent
+    /// ([`MIRROR_READS_SENT_COUNT`]); only with `counts_posted_writes`.
+    pub reads_sent_count: bool,
 }
 
 /// A register whose current value the remote keeps at `page_offset` of its
@@ -147,6 +166,9 @@ pub fn encode_mirrored(layout: &MirrorLayout) -> Vec<u8> {
     if with_effects {
         flags |= MIRROR_WRITE_EFFECTS;
     }
+    if layout.counts_posted_writes && layout.reads_sent_count {
+        flags |= MIRROR_READS_SENT_COUNT;
+    }
     let mut p = Vec::with_capacity(8 + registers.len() * MIRRORED_REGISTER_WITH_EFFECTS_SIZE);
     p.extend_from_slice(&(registers.len() as u32).to_ne_bytes());
     p.extend_from_slice(&flags.to_ne_bytes());
@@ -202,11 +224,11 @@ pub fn decode_sub_regions(p: &Payload) -> Result<Vec<SubRegion>, DecodeError> {
 }
 
 /// The registers of a CMD_REGISTER_MIRROR_REPLY, each checked: 1, 2, 4 or 8
-/// bytes, not wrapping, inside the page and clear of the posted-write
-/// count, their write effects (if any) inside the register and not both
+/// bytes, not wrapping, inside the page and clear of the counts at its
+/// end, their write effects (if any) inside the register and not both
 /// clearing and following a bit; one fd (the page) when there are
 /// registers, none without; no flag we do not know, no count without a
-/// page, and no write effects without a count.
+/// page, and no write effects or sent count without a count.
 pub fn decode_mirrored(p: &Payload) -> Result<MirrorLayout, DecodeError> {
     let flags = if p.size() >= 8 { p.u32_at(4) } else { 0 };
     let with_effects = flags & MIRROR_WRITE_EFFECTS != 0;
@@ -224,8 +246,10 @@ pub fn decode_mirrored(p: &Payload) -> Result<MirrorLayout, DecodeError> {
         )?
     };
     p.want_fds(usize::from(count > 0), "one with registers, none without")?;
-    let effects_without_count = with_effects && flags & MIRROR_COUNTS_POSTED_WRITES == 0;
-    if flags & !KNOWN_MIRROR_FLAGS != 0 || (flags != 0 && count == 0) || effects_without_count {
+    let reads_sent_count = flags & MIRROR_READS_SENT_COUNT != 0;
+    let without_count =
+        (with_effects || reads_sent_count) && flags & MIRROR_COUNTS_POSTED_WRITES == 0;
+    if flags & !KNOWN_MIRROR_FLAGS != 0 || (flags != 0 && count == 0) || without_count {
         return Err(DecodeError::BadMirrorFlags(flags));
     }
     let stride = if with_effects {
@@ -234,7 +258,9 @@ pub fn decode_mirrored(p: &Payload) -> Result<MirrorLayout, DecodeError> {
         MIRRORED_REGISTER_SIZE
     };
     let counts_posted_writes = flags & MIRROR_COUNTS_POSTED_WRITES != 0;
-    let limit = if counts_posted_writes {
+    let limit = if reads_sent_count {
+        u64::from(MIRROR_SENT_SHOWN_OFFSET)
+    } else if counts_posted_writes {
         u64::from(MIRROR_POSTED_COUNT_OFFSET)
     } else {
         MIRROR_PAGE_SIZE
@@ -271,6 +297,7 @@ pub fn decode_mirrored(p: &Payload) -> Result<MirrorLayout, DecodeError> {
     Ok(MirrorLayout {
         registers,
         counts_posted_writes,
+        reads_sent_count,
     })
 }
 
@@ -314,6 +341,7 @@ mod tests {
                 MirroredRegister::new(0x10, 4, 8),
             ],
             counts_posted_writes: true,
+            reads_sent_count: false,
         };
         let bytes = encode_mirrored(&layout);
         assert_eq!(bytes.len(), 8 + 2 * 48);
@@ -354,5 +382,47 @@ mod tests {
         let second = 8 + 48;
         assert!(bad(second + 40, 1), "masks on a register with none known");
         assert!(decode(&bytes[..bytes.len() - 8]).is_err(), "short");
+    }
+
+    /// A device that reads the VMM's count of posted writes sent says so
+    /// (flag 4, only with the count of those applied), and no register may
+    /// then lie in the two words before that count.
+    #[test]
+    fn the_sent_count_is_read_only_beside_the_applied_count_and_clear_of_registers() {
+        let layout = MirrorLayout {
+            registers: vec![MirroredRegister::new(0x14, 1, 0)],
+            counts_posted_writes: true,
+            reads_sent_count: true,
+        };
+        let bytes = encode_mirrored(&layout);
+        let flags = u32::from_ne_bytes(bytes[4..8].try_into().unwrap());
+        assert_eq!(flags, MIRROR_COUNTS_POSTED_WRITES | MIRROR_READS_SENT_COUNT);
+        assert_eq!(decode(&bytes), Ok(layout.clone()));
+        let uncounted = MirrorLayout {
+            counts_posted_writes: false,
+            ..layout.clone()
+        };
+        let back = decode(&encode_mirrored(&uncounted)).unwrap();
+        assert!(!back.reads_sent_count, "not said without the applied count");
+        let mut no_count = bytes.clone();
+        no_count[4] = MIRROR_READS_SENT_COUNT as u8;
+        assert_eq!(
+            decode(&no_count),
+            Err(DecodeError::BadMirrorFlags(MIRROR_READS_SENT_COUNT))
+        );
+        let at = |page_offset: u32, flags: u32| {
+            let mut b = bytes.clone();
+            b[4..8].copy_from_slice(&flags.to_ne_bytes());
+            b[8 + 12..8 + 16].copy_from_slice(&page_offset.to_ne_bytes());
+            decode(&b).is_ok()
+        };
+        let both = MIRROR_COUNTS_POSTED_WRITES | MIRROR_READS_SENT_COUNT;
+        assert!(at(MIRROR_SENT_SHOWN_OFFSET - 1, both));
+        assert!(!at(MIRROR_SENT_SHOWN_OFFSET, both), "on the shown flag");
+        assert!(!at(MIRROR_SENT_COUNT_OFFSET, both), "on the sent count");
+        assert!(
+            at(MIRROR_SENT_SHOWN_OFFSET, MIRROR_COUNTS_POSTED_WRITES),
+            "free for a device that does not read it"
+        );
     }
 }

@@ -482,6 +482,7 @@ mod tests {
             layout: MirrorLayout {
                 registers: vec![istat],
                 counts_posted_writes: false,
+                reads_sent_count: false,
             },
             fds: vec![file()],
         };

@@ -100,6 +100,8 @@ pub fn negotiate(
     let posted_sent = Arc::new(PostedSent::default());
     let doorbells = Arc::new(Doorbells::new(n.doorbells));
     let mut kvm_counters = Vec::new();
+    // Mirror pages whose device reads our count of posted writes sent.
+    let mut show_sent_in = Vec::new();
     // On the kernel path the first set of fds is KVM's, the others the
     // vCPU threads'.
     let fd_sets = n.vcpus.max(1) + usize::from(kernel);
@@ -161,6 +163,9 @@ pub fn negotiate(
             }
             Dispatch::Userspace | Dispatch::Kernel { .. } => None,
         };
+        if let Some(m) = mirror.as_ref().filter(|m| m.page.writable()) {
+            show_sent_in.push(m.page.clone());
+        }
         let mut bar_paths = Vec::new();
         for (r, mut fds) in layout.iter().zip(fds_by_region) {
             let kernel = match n.dispatch {
@@ -244,6 +249,20 @@ pub fn negotiate(
         }
     }
     posted_sent.set_kvm_counters(kvm_counters);
+    if !show_sent_in.is_empty() {
+        if posted_sent.show_in(show_sent_in) {
+            log::debug!(
+                "remote {}: its mirror page shows our count of posted writes sent",
+                n.name
+            );
+        } else {
+            log::info!(
+                "remote {}: KVM posts writes too, so the remote is not shown our count of \
+                 posted writes sent (it looks at every posted-write fd instead)",
+                n.name
+            );
+        }
+    }
     Ok(paths)
 }
 
@@ -266,6 +285,7 @@ fn ask_for_mirror(
         MirrorLayout {
             registers,
             counts_posted_writes,
+            reads_sent_count,
         },
         file,
     )) = offer
@@ -278,7 +298,19 @@ fn ask_for_mirror(
         .map(|r| (r.offset, r.size, r.flags & SUB_REGION_POSTED_WRITES != 0))
         .collect();
     check_registers(&registers, &ranges, counts_posted_writes).map_err(mirror_err)?;
-    let page = map_page(&file).map_err(mirror_err)?;
+    // Writable only for a remote that reads our count of posted writes
+    // sent; one that sealed its page against writes goes without it.
+    let page = match map_page(&file, reads_sent_count) {
+        Err(MirrorError::Map(e)) if reads_sent_count => {
+            log::info!(
+                "remote {name}: cannot map its mirror page writable ({e}), so it is not shown \
+                 our count of posted writes sent"
+            );
+            map_page(&file, false)
+        }
+        mapped => mapped,
+    }
+    .map_err(mirror_err)?;
     let named: Vec<String> = registers
         .iter()
         .map(|r| format!("{:#x} ({} bytes)", r.offset, r.size))

@@ -72,7 +72,7 @@ impl Control for Channel {
         };
         // PCI ordering: a config or BAR access by message comes after the
         // posted writes the guest made before it.
-        link.hub.drain_all();
+        link.hub.catch_up();
         if let Some(reply) = handle(&link.device, &link.irq, &link.hub, msg)? {
             self.send(&reply)?;
         }
@@ -122,7 +122,8 @@ fn locate(device: &dyn DeviceModel, addr: u64, size: u32, memory: bool) -> Optio
 
 /// What a device offers for a register-mirror query about BAR `bar`:
 /// its registers, with the page counting the posted writes applied (the
-/// hub keeps that count there), and the page; or no mirror at all.
+/// hub keeps that count there) and reading the VMM's count of those sent
+/// (`ioregion::applied`), and the page; or no mirror at all.
 /// Answered alike over mpqemu and vfio-user.
 pub fn mirror_offer(
     device: &Arc<Mutex<dyn DeviceModel>>,
@@ -154,6 +155,7 @@ pub fn mirror_offer(
     let layout = MirrorLayout {
         registers: offer.registers,
         counts_posted_writes: true,
+        reads_sent_count: true,
     };
     (layout, Some(offer.page))
 }
@@ -312,7 +314,7 @@ pub fn serve(
         if fds[1].revents & libc::POLLIN != 0 {
             // The guest acknowledged the interrupt after its last register
             // writes (posted ones included): the line's level must reflect them.
-            hub.drain_all();
+            hub.catch_up();
             irq.lock().expect("irq lock poisoned").resample();
         }
         if fds[2].revents & libc::POLLIN != 0 {

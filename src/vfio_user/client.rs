@@ -464,6 +464,7 @@ mod tests {
                     0x14, 3, 0,
                 )],
                 counts_posted_writes: false,
+                reads_sent_count: false,
             };
             let bytes = crate::protocol::extensions::encode_mirrored(&layout);
             let page = File::open("/dev/null").unwrap();

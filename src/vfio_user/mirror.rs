@@ -6,7 +6,9 @@
 //!
 //! Request (8 bytes, little-endian): region index u32 (a BAR, 0 to 5),
 //! flags u32 (0). Reply: count u32, flags u32 (bit 0: the page's last 8
-//! bytes count the posted writes applied), then per register offset in
+//! bytes count the posted writes applied; bit 1: write effects follow;
+//! bit 2: the server reads the client's count of posted writes sent in
+//! the 8 bytes before them), then per register offset in
 //! the region u64, size u32, offset in the page u32; with the page's memfd
 //! as the one fd when count is not 0. See `docs/vfio-user.md`.
 
@@ -71,6 +73,7 @@ mod tests {
         let layout = MirrorLayout {
             registers: vec![MirroredRegister::new(0x14, 1, 0)],
             counts_posted_writes: true,
+            reads_sent_count: true,
         };
         let bytes = extensions::encode_mirrored(&layout);
         let page = File::open("/dev/null").unwrap();

@@ -363,7 +363,7 @@ impl Session {
             // What the guest wrote before it let the line through must
             // show in its level. Before the line's lock is taken: applying
             // a write may set the level, which takes it.
-            link.hub.drain_all();
+            link.hub.catch_up();
         }
         let mut line = link.irq.lock().expect("irq lock poisoned");
         match (data, action) {
@@ -540,7 +540,7 @@ impl Control for Session {
         };
         // PCI ordering: a request comes after the posted writes the guest
         // made before it, on whichever fd.
-        link.hub.drain_all();
+        link.hub.catch_up();
         let header = m.header;
         let answer = if header.command == Command::Version as u16 {
             Ok(self.version(&m)?)
