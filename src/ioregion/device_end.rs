@@ -460,7 +460,8 @@ fn apply_head(end: &mut PostedEnd, applied: &mut AppliedCount) -> bool {
 /// after every posted write counted before it had been applied, as a
 /// synchronous fd's thread does, or the posted write that comes next. No
 /// look at the other fds then. A burst of posted writes is taken in one
-/// wake-up, up to [`BURST`] of them; after a read or a waited write, whose
+/// wake-up, up to [`BURST`] of them, or until the VMM's count of posted
+/// writes sent is reached; after a read or a waited write, whose
 /// sender waits for the answer, nothing more is looked for (a fd with
 /// records queued stays readable in the thread's epoll set, which wakes
 /// the thread again). Returns whether the drain may stop there: `end` is
@@ -480,7 +481,10 @@ fn apply_covered_heads(end: &mut PostedEnd, applied: &mut AppliedCount) -> bool 
         if apply_head(end, applied) {
             return false;
         }
-        if !posted {
+        // Once every write the VMM counted is applied, a record still
+        // queued keeps the fd readable and wakes the thread again: no
+        // receive to find the fd empty.
+        if !posted || applied.has_all_the_vmm_sent() {
             return true;
         }
     }
@@ -1382,7 +1386,8 @@ mod ordering_tests {
     /// With the VMM's count of posted writes sent in a mirror page, an
     /// acknowledgement needs only that many applied: a write sent since
     /// (not counted yet) stays queued, and an acknowledgement alone, with
-    /// the count reached, looks at no fd at all.
+    /// the count reached, looks at no fd at all. A burst on one fd stops
+    /// at the count too: the rest keeps the fd readable.
     #[test]
     fn an_acknowledgement_needs_only_the_posted_writes_the_vmm_counted() {
         let (journal, device, hub) = bank(true);
@@ -1401,37 +1406,49 @@ mod ordering_tests {
         let mut posted = hub.posted.lock().unwrap();
         let writes = || journal.lock().unwrap().writes.clone();
         let raised_again = || line.lock().unwrap().counts().raised_again;
+        let acknowledged = |posted: &mut Posted, woke: Option<RawFd>| {
+            resample.write(1).unwrap();
+            posted.serve_wake_up(woke, true);
+        };
         line.lock().unwrap().set_level(true);
         // vCPU 0 lowers the line, the VMM counts it and the guest
         // acknowledges; vCPU 1's write is on its way, not counted yet.
         vcpu0.counted_write(1, 7, 0, 0, 1);
         vmm.show_sent_count(1);
         vcpu1.write(0, 2, 9, 2);
-        let woke = Some(posted.ends[1].fd.as_raw_fd());
-        resample.write(1).unwrap();
-        posted.serve_wake_up(woke, true);
+        let (first, second) = (
+            Some(posted.ends[0].fd.as_raw_fd()),
+            Some(posted.ends[1].fd.as_raw_fd()),
+        );
+        acknowledged(&mut posted, second);
         assert_eq!(writes(), [(15, 0)], "vCPU 1's write left queued");
         assert!(!line.lock().unwrap().level());
         assert_eq!(raised_again(), 0);
         // The line high again and acknowledged, nothing more counted.
         line.lock().unwrap().set_level(true);
-        resample.write(1).unwrap();
-        posted.serve_wake_up(None, true);
+        acknowledged(&mut posted, None);
         assert_eq!(writes(), [(15, 0)], "no fd looked at");
         assert_eq!(raised_again(), 1);
         // vCPU 1's write counted: the next acknowledgement applies it.
         vmm.store_sent_count(2);
-        resample.write(1).unwrap();
-        posted.serve_wake_up(None, true);
+        acknowledged(&mut posted, None);
         assert_eq!(writes(), [(15, 0), (2, 9)]);
+        // Two writes on one fd, the second not counted yet.
+        vcpu0.counted_write(0, 4, 1, 2, 3);
+        vcpu0.counted_write(0, 5, 2, 3, 4);
+        vmm.store_sent_count(3);
+        assert!(posted.drain(first, true).is_empty());
+        assert_eq!(writes()[2..], [(4, 1)]);
+        vmm.store_sent_count(4);
+        assert!(posted.drain(first, true).is_empty());
+        assert_eq!(writes()[2..], [(4, 1), (5, 2)]);
         // Without the VMM's word that it keeps the count (a page handed
         // out again, whose count a VMM before kept), every fd is drained.
         drop(posted);
         assert!(hub.count_posted_writes_in(map()));
         let mut posted = hub.posted.lock().unwrap();
-        vcpu1.write(0, 3, 4, 3);
-        resample.write(1).unwrap();
-        posted.serve_wake_up(None, true);
-        assert_eq!(writes()[2..], [(3, 4)]);
+        vcpu1.write(0, 3, 4, 5);
+        acknowledged(&mut posted, None);
+        assert_eq!(writes()[4..], [(3, 4)]);
     }
 }
