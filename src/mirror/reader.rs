@@ -40,9 +40,10 @@ pub enum MirrorError {
 }
 
 /// Maps the remote's mirror page, once it is known that the page cannot
-/// shrink under us: read-only, or `writable` for a remote that reads our
-/// count of posted writes sent there.
-pub fn map_page(file: &File, writable: bool) -> Result<MirrorPage, MirrorError> {
+/// shrink under us: writable when `show_sent` (the remote reads our count
+/// of posted writes sent there) and the page can be written, read-only
+/// otherwise; a page sealed against writes then goes without the count.
+pub fn map_page(file: &File, show_sent: bool) -> Result<MirrorPage, MirrorError> {
     let Ok(seals) = crate::sys::seals(file) else {
         return Err(MirrorError::NotSealed("it takes no seals"));
     };
@@ -53,7 +54,10 @@ pub fn map_page(file: &File, writable: bool) -> Result<MirrorPage, MirrorError> 
     if len < MIRROR_PAGE_SIZE {
         return Err(MirrorError::NotSealed("it is too short"));
     }
-    MirrorPage::map(file, writable).map_err(MirrorError::Map)
+    if show_sent && let Ok(page) = MirrorPage::map(file, true) {
+        return Ok(page);
+    }
+    MirrorPage::map(file, false).map_err(MirrorError::Map)
 }
 
 /// The mirrored registers of one BAR, by offset in the BAR.
@@ -321,6 +325,20 @@ mod tests {
         assert_eq!(mirror.read(0x14, &mut byte), MirrorRead::Behind);
         counter.store_u64(MIRROR_POSTED_COUNT_OFFSET as usize, 0);
         assert_eq!(mirror.read(0x14, &mut byte), MirrorRead::Answered);
+    }
+
+    /// Writable only for a remote that reads our count of posted writes
+    /// sent, and only if its page can be written.
+    #[test]
+    fn a_page_is_mapped_writable_only_to_show_the_count_and_if_it_can_be() {
+        let remote = RegisterMirror::new().unwrap();
+        assert!(!map_page(&remote.file().unwrap(), false).unwrap().writable());
+        assert!(map_page(&remote.file().unwrap(), true).unwrap().writable());
+        let sealed = crate::sys::memfd(c"sealed", true).unwrap();
+        sealed.set_len(MIRROR_PAGE_SIZE).unwrap();
+        crate::sys::add_seals(&sealed, libc::F_SEAL_SHRINK | libc::F_SEAL_WRITE).unwrap();
+        let page = map_page(&sealed, true).unwrap();
+        assert!(!page.writable(), "sealed against writes: read-only");
     }
 
     #[test]

@@ -298,19 +298,13 @@ fn ask_for_mirror(
         .map(|r| (r.offset, r.size, r.flags & SUB_REGION_POSTED_WRITES != 0))
         .collect();
     check_registers(&registers, &ranges, counts_posted_writes).map_err(mirror_err)?;
-    // Writable only for a remote that reads our count of posted writes
-    // sent; one that sealed its page against writes goes without it.
-    let page = match map_page(&file, reads_sent_count) {
-        Err(MirrorError::Map(e)) if reads_sent_count => {
-            log::info!(
-                "remote {name}: cannot map its mirror page writable ({e}), so it is not shown \
-                 our count of posted writes sent"
-            );
-            map_page(&file, false)
-        }
-        mapped => mapped,
+    let page = map_page(&file, reads_sent_count).map_err(mirror_err)?;
+    if reads_sent_count && !page.writable() {
+        log::info!(
+            "remote {name}: its mirror page cannot be written, so it is not shown our count of \
+             posted writes sent (it looks at every posted-write fd instead)"
+        );
     }
-    .map_err(mirror_err)?;
     let named: Vec<String> = registers
         .iter()
         .map(|r| format!("{:#x} ({} bytes)", r.offset, r.size))
