@@ -32,6 +32,9 @@ pub const MAX_COUNTED_PAGES: usize = 16;
 pub struct AppliedCount {
     pub count: u64,
     pages: Vec<MirrorPage>,
+    /// Catch-ups ([`AppliedCount::owes_nothing_more`]), and those that
+    /// found every posted write the VMM counted applied.
+    catch_ups: (u64, u64),
 }
 
 impl AppliedCount {
@@ -71,6 +74,28 @@ impl AppliedCount {
         page.store_u64(MIRROR_POSTED_COUNT_OFFSET as usize, self.count);
         self.pages.push(page);
         true
+    }
+
+    /// Whether a catch-up (before an interrupt acknowledgement or a
+    /// message is handled) may stop here: the records looked at so far
+    /// were `covered`, and every posted write the VMM counted is applied.
+    /// Counted for [`AppliedCount::summary`].
+    pub fn owes_nothing_more(&mut self, covered: bool) -> bool {
+        self.catch_ups.0 += 1;
+        let done = covered && self.has_all_the_vmm_sent();
+        self.catch_ups.1 += u64::from(done);
+        done
+    }
+
+    /// The remote's exit summary of posted writes: how many were applied,
+    /// and how many catch-ups needed no look at each fd.
+    pub fn summary(&self) -> String {
+        let (all, caught_up) = self.catch_ups;
+        format!(
+            "posted writes: {} applied; {caught_up} of {all} interrupt acknowledgements and \
+             messages found every one the VMM had counted applied",
+            self.count
+        )
     }
 
     /// Whether every posted write the VMM says it sent (in a page it keeps
@@ -150,5 +175,26 @@ mod tests {
         );
         assert!(applied.keep_in(map()));
         assert!(!applied.has_all_the_vmm_sent(), "handed out again");
+    }
+
+    /// A catch-up may stop only when what it looked at was covered and the
+    /// VMM's count is reached; the summary counts both kinds.
+    #[test]
+    fn a_catch_up_stops_only_covered_and_caught_up_and_is_counted() {
+        let mirror = crate::mirror::RegisterMirror::new().unwrap();
+        let mut applied = AppliedCount::default();
+        assert!(!applied.owes_nothing_more(true), "no page says");
+        assert!(applied.keep_in(MirrorPage::map(&mirror.file().unwrap(), true).unwrap()));
+        MirrorPage::map(&mirror.file().unwrap(), true)
+            .unwrap()
+            .show_sent_count(0);
+        assert!(!applied.owes_nothing_more(false), "a record still owed");
+        assert!(applied.owes_nothing_more(true));
+        applied.one_more();
+        assert_eq!(
+            applied.summary(),
+            "posted writes: 1 applied; 1 of 3 interrupt acknowledgements and messages found \
+             every one the VMM had counted applied"
+        );
     }
 }

@@ -108,29 +108,22 @@ const ACKNOWLEDGED: u64 = u64::MAX;
 impl Posted {
     /// Applies the queued posted writes in order (see [`drain_in_order`]),
     /// looking first at the fd `first` names (a raw fd; the one that woke
-    /// its taker). Returns the ends found closed or failed, by index.
-    /// With `shortcut`, a record at `first` that needs no look at the
-    /// others is applied and ends the drain ([`apply_covered_heads`]).
-    fn drain(&mut self, first: Option<RawFd>, shortcut: bool) -> Vec<usize> {
-        let woke = first.and_then(|fd| self.ends.iter().position(|e| e.fd.as_raw_fd() == fd));
-        if let Some(i) = woke.filter(|_| shortcut)
-            && apply_covered_heads(&mut self.ends[i], &mut self.applied)
-        {
-            return Vec::new();
-        }
-        drain_in_order(&mut self.ends, woke.unwrap_or(0), &mut self.applied)
-    }
-
-    /// Applies the posted writes sent before whatever the caller is about
-    /// to handle: as many as the VMM's count in a mirror page says were
-    /// sent ([`AppliedCount::has_all_the_vmm_sent`]), after what `first`
-    /// holds that needs no look at the others; every one queued when no
-    /// page says or more are owed.
-    fn catch_up(&mut self, first: Option<RawFd>) -> Vec<usize> {
+    /// its taker), whose records that need no look at the others go first
+    /// ([`apply_covered_heads`]). Returns the ends found closed or failed,
+    /// by index. No other fd is looked at if that leaves nothing owed:
+    /// when `first` named a fd and its record was covered; or, with
+    /// `catching_up` (before an interrupt acknowledgement or a message is
+    /// handled), when every posted write the VMM counted is applied
+    /// ([`AppliedCount::owes_nothing_more`]).
+    fn drain(&mut self, first: Option<RawFd>, catching_up: bool) -> Vec<usize> {
         let woke = first.and_then(|fd| self.ends.iter().position(|e| e.fd.as_raw_fd() == fd));
         let covered =
             woke.is_none_or(|i| apply_covered_heads(&mut self.ends[i], &mut self.applied));
-        if covered && self.applied.has_all_the_vmm_sent() {
+        let done = match catching_up {
+            true => self.applied.owes_nothing_more(covered),
+            false => woke.is_some() && covered,
+        };
+        if done {
             return Vec::new();
         }
         drain_in_order(&mut self.ends, woke.unwrap_or(0), &mut self.applied)
@@ -142,11 +135,7 @@ impl Posted {
     fn serve_wake_up(&mut self, woke: Option<RawFd>, acknowledged: bool) {
         // The posted writes the guest sent before it acknowledged first:
         // the line's level must show them.
-        let done = if acknowledged {
-            self.catch_up(woke)
-        } else {
-            self.drain(woke, true)
-        };
+        let done = self.drain(woke, acknowledged);
         for &i in done.iter().rev() {
             self.ends.remove(i);
         }
@@ -334,12 +323,18 @@ impl Hub {
         posted.served
     }
 
-    /// Applies the posted writes sent so far ([`Posted::catch_up`]):
-    /// whatever the control socket or the interrupt acknowledgement brings
-    /// next must see them.
+    /// Applies the posted writes sent so far ([`Posted::drain`], catching
+    /// up): whatever the control socket or the interrupt acknowledgement
+    /// brings next must see them.
     pub fn catch_up(&self) {
         let mut posted = self.posted.lock().expect("hub lock poisoned");
-        posted.catch_up(None);
+        posted.drain(None, true);
+    }
+
+    /// For the remote's exit summary ([`AppliedCount::summary`]).
+    pub fn summary(&self) -> String {
+        let posted = self.posted.lock().expect("hub lock poisoned");
+        posted.applied.summary()
     }
 
     /// From now on the count of posted writes applied is kept at
@@ -1300,12 +1295,12 @@ mod ordering_tests {
         // vCPU 1's posted write, which vCPU 0's read was not sent after.
         vcpu1.write(0, 1, 5, 1);
         vcpu0.read(0, 1, 0, 2);
-        assert!(posted.drain(woke, true).is_empty());
+        assert!(posted.drain(woke, false).is_empty());
         assert_eq!(vcpu0.answered(0), Some(0));
         assert!(journal.lock().unwrap().writes.is_empty(), "left queued");
         // Sent after that write: answered once it is applied.
         vcpu0.read(0, 1, 1, 3);
-        assert!(posted.drain(woke, true).is_empty());
+        assert!(posted.drain(woke, false).is_empty());
         assert_eq!(vcpu0.answered(0), Some(5));
         assert_eq!(journal.lock().unwrap().writes, [(1, 5)]);
         assert_eq!(posted.applied.count, 1);
@@ -1327,29 +1322,29 @@ mod ordering_tests {
         vcpu1.write(0, 1, 5, 1);
         vcpu0.counted_write(0, 2, 6, 0, 2);
         vcpu0.counted_write(0, 3, 7, 1, 3);
-        assert!(posted.drain(woke, true).is_empty());
+        assert!(posted.drain(woke, false).is_empty());
         let writes = || journal.lock().unwrap().writes.clone();
         assert_eq!(writes(), [(2, 6), (3, 7)], "vCPU 1's left queued");
         assert_eq!(posted.applied.count, 2);
         // Says three were sent before it, two are applied: the drain
         // applies vCPU 1's write (numbered 1) and then this one.
         vcpu0.counted_write(0, 4, 8, 3, 4);
-        assert!(posted.drain(woke, true).is_empty());
+        assert!(posted.drain(woke, false).is_empty());
         assert_eq!(writes()[2..], [(1, 5), (4, 8)]);
         assert_eq!(posted.applied.count, 4);
         // Without a count: through the drain as before.
         vcpu1.write(0, 1, 9, 5);
         vcpu0.write(0, 3, 10, 6);
-        assert!(posted.drain(woke, true).is_empty());
+        assert!(posted.drain(woke, false).is_empty());
         assert_eq!(writes()[4..], [(1, 9), (3, 10)]);
         // A burst longer than BURST: the rest waits for the next wake-up.
         let sent = BURST as u64 + 3;
         for k in 0..sent {
             vcpu0.counted_write(0, 5, k as u8, 6 + k, 7 + k);
         }
-        assert!(posted.drain(woke, true).is_empty());
+        assert!(posted.drain(woke, false).is_empty());
         assert_eq!(posted.applied.count, 6 + BURST as u64);
-        assert!(posted.drain(woke, true).is_empty());
+        assert!(posted.drain(woke, false).is_empty());
         assert_eq!(posted.applied.count, 6 + sent);
         assert_eq!(writes().len(), 6 + sent as usize);
     }
@@ -1437,10 +1432,10 @@ mod ordering_tests {
         vcpu0.counted_write(0, 4, 1, 2, 3);
         vcpu0.counted_write(0, 5, 2, 3, 4);
         vmm.store_sent_count(3);
-        assert!(posted.drain(first, true).is_empty());
+        assert!(posted.drain(first, false).is_empty());
         assert_eq!(writes()[2..], [(4, 1)]);
         vmm.store_sent_count(4);
-        assert!(posted.drain(first, true).is_empty());
+        assert!(posted.drain(first, false).is_empty());
         assert_eq!(writes()[2..], [(4, 1), (5, 2)]);
         // Without the VMM's word that it keeps the count (a page handed
         // out again, whose count a VMM before kept), every fd is drained.

@@ -287,7 +287,7 @@ pub fn serve(
         dev.set_background_runner(background_runner(device));
         dev.background_fd()
     };
-    loop {
+    let served = loop {
         // The thread serving the posted-write fds takes the guest's
         // acknowledgements when it can (`Hub::take_acknowledgements`).
         let (watch, resample) = {
@@ -309,7 +309,7 @@ pub fn serve(
         match sys::poll(&mut fds, if queued { 0 } else { -1 }) {
             Ok(_) => {}
             Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
-            Err(e) => return Err(ServerError::Poll(e)),
+            Err(e) => break Err(ServerError::Poll(e)),
         }
         if fds[1].revents & libc::POLLIN != 0 {
             // The guest acknowledged the interrupt after its last register
@@ -334,10 +334,16 @@ pub fn serve(
                     .unwrap_or("the device keeps no state to dump")
             );
         }
-        if (queued || fds[0].revents != 0) && !control.serve_one(&link)? {
-            return Ok(());
+        if queued || fds[0].revents != 0 {
+            match control.serve_one(&link) {
+                Ok(true) => {}
+                Ok(false) => break Ok(()),
+                Err(e) => break Err(e),
+            }
         }
-    }
+    };
+    log::info!("{}", hub.summary());
+    served
 }
 
 #[cfg(test)]
