@@ -1349,21 +1349,30 @@ mod ordering_tests {
         assert_eq!(writes().len(), 6 + sent as usize);
     }
 
+    /// An interrupt line and the eventfd its acknowledgements arrive on.
+    type LineAndAcks = (SharedIrq, EventFd);
+
+    /// A bank with two posted regions and an interrupt line whose
+    /// acknowledgements the hub's thread takes, opened for two vCPUs as raw
+    /// sockets; with the eventfd the acknowledgements arrive on.
+    fn acknowledging_bank() -> (Arc<Mutex<Bank>>, Arc<Hub>, LineAndAcks, RawPair, RawPair) {
+        let (journal, device, hub) = bank(true);
+        let (line, _irqfd, resample) = interrupt_line();
+        device.lock().unwrap().set_interrupt(line.clone());
+        let vcpu0 = RawPair::open(&device, &hub, 0);
+        let vcpu1 = RawPair::open(&device, &hub, 1);
+        let watch = line.lock().unwrap().watch_fd().unwrap();
+        assert!(hub.take_acknowledgements(&line, watch));
+        (journal, hub, (line, resample), vcpu0, vcpu1)
+    }
+
     /// A wake-up that brings the guest's acknowledgement applies every
     /// posted write first, even with a read at its first fd that could be
     /// answered at once: the acknowledgement must find the line as those
     /// writes left it.
     #[test]
     fn an_acknowledgement_finds_every_posted_write_applied() {
-        let (_, device, hub) = bank(true);
-        let (line, _irqfd, resample) = interrupt_line();
-        device.lock().unwrap().set_interrupt(line.clone());
-        let (vcpu0, vcpu1) = (
-            RawPair::open(&device, &hub, 0),
-            RawPair::open(&device, &hub, 1),
-        );
-        let watch = line.lock().unwrap().watch_fd().unwrap();
-        assert!(hub.take_acknowledgements(&line, watch));
+        let (_, hub, (line, resample), vcpu0, vcpu1) = acknowledging_bank();
         line.lock().unwrap().set_level(true);
         let mut posted = hub.posted.lock().unwrap();
         // vCPU 1 lowers the line (BAR offset 15) and acknowledges; vCPU 0's
@@ -1385,15 +1394,7 @@ mod ordering_tests {
     /// at the count too: the rest keeps the fd readable.
     #[test]
     fn an_acknowledgement_needs_only_the_posted_writes_the_vmm_counted() {
-        let (journal, device, hub) = bank(true);
-        let (line, _irqfd, resample) = interrupt_line();
-        device.lock().unwrap().set_interrupt(line.clone());
-        let (vcpu0, vcpu1) = (
-            RawPair::open(&device, &hub, 0),
-            RawPair::open(&device, &hub, 1),
-        );
-        let watch = line.lock().unwrap().watch_fd().unwrap();
-        assert!(hub.take_acknowledgements(&line, watch));
+        let (journal, hub, (line, resample), vcpu0, vcpu1) = acknowledging_bank();
         let mirror = crate::mirror::RegisterMirror::new().unwrap();
         let map = || MirrorPage::map(&mirror.file().unwrap(), true).unwrap();
         assert!(hub.count_posted_writes_in(map()));
