@@ -128,7 +128,8 @@ guest="-kernel \$GUEST/bzImage -initrd \$GUEST/initramfs.cpio.gz"
 qemu_vm="qemu-system-x86_64 -accel kvm -cpu host -m 512M -nodefaults -display none -serial stdio -no-reboot"
 # The cost of a job, sampled when it starts (VMM-BENCH-JOB) and when fio
 # has finished (VMM-FIO-JSON-BEGIN, before its JSON crosses the serial
-# port, which costs an exit per byte): KVM's exits and injected
+# port, which costs an exit per byte; the guest waits at both until
+# costs() answers on its console): KVM's exits and injected
 # interrupts and the exits for MMIO and port I/O it prepared for userspace
 # (our KVM module takes some over after KVM counted them; debugfs sums
 # them over the VMs alive, here the one), and the context
@@ -152,11 +153,13 @@ if [ $syscalls -eq 1 ]; then
 fi
 cost() {
     # KVM's counters first: the scan of every thread below takes a while
-    # in the rig, and the guest runs on meanwhile.
+    # in the rig, and a guest that does not wait for our answer (fio-bench
+    # does; the ISTAT run's markers do not) runs on meanwhile.
     kvm_now="exits=\$(kvm_stat exits) irqs=\$(kvm_stat irq_injections)"
-    # The system calls next, for the same reason: at the job's end the
-    # guest is printing fio's JSON meanwhile, an exit and a VMM write per
-    # byte, which read after the scan showed as 1.5 vCPU writes per I/O.
+    # The system calls next, for the same reason: before fio-bench waited
+    # for the answer, the guest printed fio's JSON meanwhile, an exit and a
+    # VMM write per byte, which read after the scan showed as 1.5 vCPU
+    # writes per I/O.
     hist=""
     [ $syscalls -eq 1 ] && hist=\$(cat \$trace/hist 2>/dev/null)
     # The rig kernel's clock, to check each guest's own (fio's) against
@@ -293,9 +296,14 @@ costs() {
         case "\$line" in
             VMM-BENCH-JOB:*|VMM-FIO-JSON-BEGIN*|VMM-REGBENCH-*) cost ;;
         esac
+        # The guest waits at these two for a line back on its console
+        # (guest/scripts/fio-bench): the window is closed, or open with
+        # perf running, before fio starts or its JSON crosses the serial
+        # port.
         case "\$line" in
-            VMM-FIO-JSON-BEGIN*|VMM-BENCH-FAILED:*) profile_wait ;;
-            VMM-BENCH-JOB:*) set -- \$line; profile_start "\$2" ;;
+            VMM-FIO-JSON-BEGIN*) echo sampled >&7; profile_wait ;;
+            VMM-BENCH-FAILED:*) profile_wait ;;
+            VMM-BENCH-JOB:*) set -- \$line; profile_start "\$2"; echo sampled >&7 ;;
         esac
     done
     profile_stop
@@ -304,6 +312,10 @@ costs() {
 for round in \$(seq $rounds); do
     for config in $(echo "$configs" | tr ',' ' '); do
         echo "BENCH-CONFIG: \$config round \$round"
+        # The guest's console input, through which costs() answers its
+        # markers: a FIFO of each boot's own, so that an answer a guest
+        # never read cannot reach the next one.
+        rm -f \$WORK/console-in && mkfifo \$WORK/console-in && exec 7<>\$WORK/console-in
         vmm=\$VMM
         [ "\${config%@base}" = "\$config" ] || vmm=\$BASE_VMM
         case \${config%@base} in
@@ -328,7 +340,7 @@ for round in \$(seq $rounds); do
                 echo "BENCH-UNKNOWN-CONFIG: \$config"
             else
                 $run \$vmm --kernel \$GUEST/bzImage --initrd \$GUEST/initramfs.cpio.gz --cmdline "\$cmdline" \
-                    --stats --log-level info --remote-dev lsi,disk=\$img\$opts </dev/null 2>&1
+                    --stats --log-level info --remote-dev lsi,disk=\$img\$opts <&7 2>&1
             fi ;;
         qemu-vfio-user)
             sock=\$WORK/vfio-user.sock
@@ -338,7 +350,7 @@ for round in \$(seq $rounds); do
             for i in \$(seq 100); do [ -S \$sock ] && break; sleep 0.1; done
             $run \$QEMU_SID -accel kvm -cpu host -m 512M -nodefaults -display none -serial stdio -no-reboot \
                 -object memory-backend-memfd,id=mem,size=512M -machine pc,memory-backend=mem \$guest -append "\$cmdline" \
-                -device "{\"driver\":\"vfio-user-pci\",\"socket\":{\"type\":\"unix\",\"path\":\"\$sock\"}}" </dev/null 2>&1
+                -device "{\"driver\":\"vfio-user-pci\",\"socket\":{\"type\":\"unix\",\"path\":\"\$sock\"}}" <&7 2>&1
             wait \$remote || { echo "vmm: remote exited \$?"; sed 's/^/vmm: remote: /' \$WORK/vfio-user-remote.log; } ;;
         qemu|qemu-memfd)
             ram=
@@ -346,9 +358,9 @@ for round in \$(seq $rounds); do
                 ram="-object memory-backend-memfd,id=mem,size=512M,share=on -machine pc,memory-backend=mem"
             fi
             $run \$qemu_vm \$ram \$guest -append "\$cmdline" -device lsi53c895a,id=lsi0 \
-                -drive id=d0,file=\$img,format=raw,if=none -device scsi-hd,drive=d0,bus=lsi0.0 </dev/null 2>&1 ;;
+                -drive id=d0,file=\$img,format=raw,if=none -device scsi-hd,drive=d0,bus=lsi0.0 <&7 2>&1 ;;
         qemu-mp) $run \$PAIREXEC "LSI_DISK=\$img exec \$EXTRA/ci/qemu-remote-lsi.sh" \
-                "exec \$qemu_vm -object memory-backend-memfd,id=mem,size=512M -numa node,memdev=mem \$guest -append '\$cmdline' -device x-pci-proxy-dev,id=lsi0,fd=4" </dev/null 2>&1 ;;
+                "exec \$qemu_vm -object memory-backend-memfd,id=mem,size=512M -numa node,memdev=mem \$guest -append '\$cmdline' -device x-pci-proxy-dev,id=lsi0,fd=4" <&7 2>&1 ;;
         *) echo "BENCH-UNKNOWN-CONFIG: \$config" ;;
         esac | costs | grep -E '^VMM-|^BENCH-COST|^BENCH-THREADS|^BENCH-SYSCALLS|^BENCH-PERF|^BENCH-FAILED|^\{|^\}|^ |^vmm: remote|BAR accesses|in flight'
         [ $perf -eq 0 ] || profile_report
