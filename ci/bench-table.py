@@ -12,7 +12,8 @@ rounds each configuration beat the first one in the same rig boot (the
 rig's IOPS vary severalfold from round to round, so a median ratio alone
 can mislead); then the cost of one I/O (KVM exits, injected
 interrupts and context switches, from the BENCH-COST samples taken as a
-job starts and as fio finishes, over the job's completed I/Os); then the
+job starts and as fio finishes, over the I/Os the guest's disk completed
+between them); then the
 register round trip (regbench) the same way, and the context switches
 per I/O split by thread (BENCH-THREADS, sampled with BENCH-COST), and the
 system calls per I/O by thread when the run counted them (BENCH-SYSCALLS);
@@ -62,6 +63,9 @@ def parse(log_path, json_dir):
         if line.startswith("VMM-BENCH-JOB:") or line.startswith("VMM-REGBENCH-BEGIN"):
             window = {}
             istat_reads = None
+        m = re.match(r"VMM-(?:BENCH-JOB:|FIO-JSON-BEGIN) .* disk-ios=(\d+)", line)
+        if m:
+            window.setdefault("disk", []).append(int(m.group(1)))
         m = re.match(r"BENCH-COST: .* uptime=([\d.]+)", line)
         if m:
             window.setdefault("uptime", []).append(float(m.group(1)))
@@ -97,7 +101,7 @@ def parse(log_path, json_dir):
             check_guest_clock(data, window.get("uptime", []), f"{config} round {rnd} {job}")
             # The round goes last, to pair configurations round by round.
             results.setdefault((config, job), []).append(metrics(data) + (rnd,))
-            ios = total_ios(data)
+            ios = window_ios(window.get("disk", []), data)
             stores = (("cost", costs), ("threads", threads), ("calls", syscalls), ("bycall", bycall))
             for kind, store in stores:
                 taken = window.get(kind, [])
@@ -365,6 +369,17 @@ def by_call_cells(runs):
     ) or "-"
 
 
+def window_ios(disk, data):
+    """The I/Os a job's window spent its costs on: those the guest's disk
+    completed between the job's two markers, fio's ramp second included
+    (logs since 2026-12-05); before that, fio's completed I/Os, which
+    leave the ramp out and so overstate every per-I/O cost by about
+    (runtime + ramp) / runtime."""
+    if len(disk) == 2 and disk[1] > disk[0]:
+        return disk[1] - disk[0]
+    return total_ios(data)
+
+
 def total_ios(data):
     """Completed I/Os of a fio job, reads and writes together."""
     job = data["jobs"][0]
@@ -450,7 +465,8 @@ def main():
         jobs, order, costs,
         "Cost of one I/O (medians over rounds): KVM exits and injected interrupts\n"
         "(the rig kernel's debugfs), and context switches of every VMM, remote and\n"
-        "QEMU thread, from the job's start to the end of its fio run, over its I/Os.\n"
+        "QEMU thread, from the job's start to the end of its fio run, over the\n"
+        "I/Os the guest's disk completed in that time (fio's ramp included).\n"
         "The MMIO+PIO column is KVM's count of device-access exits it prepared\n"
         "for userspace (mmio_exits + io_exits): every register access of the\n"
         "driver, on our kernel path too, where our KVM module serves an access\n"
