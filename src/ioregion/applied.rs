@@ -35,6 +35,8 @@ pub struct AppliedCount {
     /// Catch-ups ([`AppliedCount::owes_nothing_more`]), and those that
     /// found every posted write the VMM counted applied.
     catch_ups: (u64, u64),
+    /// Posted writes taken from a ring in a mirror page (`mirror::ring`).
+    from_rings: u64,
 }
 
 impl AppliedCount {
@@ -60,6 +62,13 @@ impl AppliedCount {
         for page in &self.pages {
             page.store_u64(MIRROR_POSTED_COUNT_OFFSET as usize, self.count);
         }
+    }
+
+    /// As [`AppliedCount::one_more`], for a posted write that came
+    /// through a ring rather than a fd.
+    pub fn one_more_from_the_ring(&mut self) {
+        self.from_rings += 1;
+        self.one_more();
     }
 
     /// Keeps the count in `page` (a mirror page mapped writable) from now
@@ -92,9 +101,10 @@ impl AppliedCount {
     pub fn summary(&self) -> String {
         let (all, caught_up) = self.catch_ups;
         format!(
-            "posted writes: {} applied; {caught_up} of {all} interrupt acknowledgements and \
-             messages found every one the VMM had counted applied",
-            self.count
+            "posted writes: {} applied, {} of them from the ring; {caught_up} of {all} \
+             interrupt acknowledgements and messages found every one the VMM had counted \
+             applied",
+            self.count, self.from_rings
         )
     }
 
@@ -193,8 +203,8 @@ mod tests {
         applied.one_more();
         assert_eq!(
             applied.summary(),
-            "posted writes: 1 applied; 1 of 3 interrupt acknowledgements and messages found \
-             every one the VMM had counted applied"
+            "posted writes: 1 applied, 0 of them from the ring; 1 of 3 interrupt \
+             acknowledgements and messages found every one the VMM had counted applied"
         );
     }
 }

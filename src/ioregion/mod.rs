@@ -20,7 +20,9 @@
 //!   to the device model in the order the guest issued it, and answers
 //!   when asked. It cannot tell which path sent a record. [`applied`]
 //!   counts the posted writes it applied, and tells which records may go
-//!   without a look at the device's other fds.
+//!   without a look at the device's other fds; `drain` applies the
+//!   posted writes queued on its fds, and in the ring of its mirror page
+//!   (`mirror::ring`), in the order they were issued.
 //! - [`wire`]: the record's layout, byte by byte, and whole-record I/O on
 //!   the SOCK_SEQPACKET pair ([`socket_pair`]) that keeps record boundaries,
 //!   for both ends (the device's: receive, answer).
@@ -31,9 +33,11 @@
 
 pub mod applied;
 pub mod device_end;
+mod drain;
 pub mod kernel;
 pub mod kernel_path;
 pub mod vmm_end;
+mod vmm_watch;
 pub mod wire;
 
 pub use kernel::{KernelError, KernelRegion, Probe, assign, deassign, probe};

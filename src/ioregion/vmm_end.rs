@@ -59,31 +59,32 @@ use super::wire::{
 use crate::bus::{SharedBusDevice, current_vcpu};
 use crate::mirror::posted::PostedSent;
 use crate::mirror::reader::{MirrorRead, RangeMirror};
+use crate::mirror::ring::{PostedRing, Put, mark_wake_up};
 use crate::pci::{Attached, BarFastPath};
 use crate::protocol::extensions::{SUB_REGION_POSTED_WRITES, SubRegion};
 use crate::proxy::cut_off::{CUT_OFF_NOTE, CUT_OFF_REGISTERS, FailFlag};
 use crate::proxy::stats::{DeviceStats, bump};
-use crate::proxy::watchdog::{Backlog, StallClock, Watched};
+use crate::proxy::watchdog::{Backlog, StallClock};
 
 /// One BAR range served over ioregion fds.
 pub struct IoRegionPath {
-    label: String,
+    pub(super) label: String,
     offset: u64,
     size: u64,
     pio: bool,
     posted: bool,
     user_data: u64,
     /// The fds of vCPU threads, indexed by vCPU.
-    fds: Vec<RegionFd>,
-    kernel: Option<KernelPath>,
+    pub(super) fds: Vec<RegionFd>,
+    pub(super) kernel: Option<KernelPath>,
     stats: Arc<DeviceStats>,
-    failed: FailFlag,
-    /// One per fd: how long its posted writes have gone untaken.
-    stalls: Mutex<Vec<StallClock>>,
+    pub(super) failed: FailFlag,
+    /// One per fd, then the ring's: how long posted writes have gone untaken.
+    pub(super) stalls: Mutex<Vec<StallClock>>,
     /// Registers whose reads the remote's mirror page answers.
     mirror: Option<RangeMirror>,
     /// The device's count of posted writes sent, on every range.
-    posted_sent: Option<Arc<PostedSent>>,
+    pub(super) posted_sent: Option<Arc<PostedSent>>,
 }
 
 impl IoRegionPath {
@@ -98,7 +99,8 @@ impl IoRegionPath {
         stats: Arc<DeviceStats>,
         failed: FailFlag,
     ) -> Self {
-        let stalls = fds.iter().map(|_| StallClock::default()).collect();
+        // One more for the posted-write ring, if the device has one.
+        let stalls = (0..=fds.len()).map(|_| StallClock::default()).collect();
         IoRegionPath {
             label,
             offset: range.offset,
@@ -147,7 +149,7 @@ impl IoRegionPath {
         &self.fds[current_vcpu() % self.fds.len()]
     }
 
-    fn fault(&self, e: DispatchError) {
+    pub(super) fn fault(&self, e: DispatchError) {
         bump(&self.stats.errors);
         if self.failed.fail() {
             log::error!("{}: {e}; {CUT_OFF_NOTE}", self.label);
@@ -157,7 +159,7 @@ impl IoRegionPath {
 
     /// Takes the range back from KVM once the device is cut off, so that no
     /// vCPU waits on it in the kernel: their accesses exit to us instead.
-    fn leave_kvm(&self) {
+    pub(super) fn leave_kvm(&self) {
         if let Some(k) = &self.kernel
             && k.unregister(None, &self.label)
         {
@@ -190,48 +192,6 @@ impl IoRegionPath {
                 posted_count: k.posted_count,
             })
             .collect()
-    }
-}
-
-impl Watched for IoRegionPath {
-    /// Cuts the device off if KVM's commands (kernel path) or one fd's
-    /// posted writes have sat untaken for the fd's timeout, and takes the
-    /// range back from KVM once the device is cut off, whatever cut it off.
-    /// Called about once a second.
-    fn check_stalls(&self, now: Instant) {
-        if self.failed.is_failed() {
-            self.leave_kvm();
-            return;
-        }
-        if let Some(k) = &self.kernel
-            && k.is_registered()
-        {
-            match k.stalled_for(now) {
-                Ok(stalled) if stalled >= k.timeout => {
-                    self.fault(DispatchError::KernelStalled(k.timeout));
-                    return;
-                }
-                Ok(_) => {}
-                Err(e) => log::warn!("{}: cannot look at KVM's commands: {e}", self.label),
-            }
-        }
-        if !self.posts_writes_from_userspace() {
-            return;
-        }
-        let mut stalls = self.stalls.lock().expect("ioregion lock");
-        for (fd, clock) in self.fds.iter().zip(stalls.iter_mut()) {
-            let backlog = match fd.backlog() {
-                Ok(b) => b,
-                Err(e) => {
-                    log::warn!("{}: cannot look at the posted-write queue: {e}", self.label);
-                    return;
-                }
-            };
-            if clock.observe(backlog, now) >= fd.timeout() {
-                self.fault(DispatchError::PostedStalled(fd.timeout()));
-                return;
-            }
-        }
     }
 }
 
@@ -276,8 +236,8 @@ impl SharedBusDevice for IoRegionPath {
             .filter(|_| self.posted)
             .and_then(|m| m.ring(offset, data));
         let wait = doorbell.is_some_and(|(_, wait)| wait);
-        let send = |before| {
-            let kind = self.fd().write_waiting(offset, data, wait, before)?;
+        let send = |before, ring: Option<&PostedRing>| {
+            let kind = self.fd().write_waiting(offset, data, wait, before, ring)?;
             Ok(kind == WriteKind::Posted)
         };
         let sent = match &self.posted_sent {
@@ -290,7 +250,10 @@ impl SharedBusDevice for IoRegionPath {
                     .and_then(|m| m.known_write(offset, data));
                 sent.post(known, send)
             }
-            _ => send(self.posted_sent.as_ref().and_then(|s| s.before_a_write())),
+            _ => send(
+                self.posted_sent.as_ref().and_then(|s| s.before_a_write()),
+                None,
+            ),
         };
         match sent {
             Ok(posted) => {
@@ -480,18 +443,20 @@ impl RegionFd {
 
     /// Writes `data` (1, 2, 4 or 8 bytes) at `offset` in the region.
     pub fn write(&self, offset: u64, data: &[u8]) -> Result<WriteKind, DispatchError> {
-        self.write_waiting(offset, data, false, None)
+        self.write_waiting(offset, data, false, None, None)
     }
 
     /// As `write`, waiting for the device if `wait`, even on a fd whose
     /// writes are posted, and telling it that `posted_sent` posted writes
-    /// had been sent to it before this one, when that is known.
+    /// had been sent to it before this one, when that is known. A posted
+    /// write goes through `ring` instead of the fd when the ring takes it.
     pub fn write_waiting(
         &self,
         offset: u64,
         data: &[u8],
         wait: bool,
         posted_sent: Option<u64>,
+        ring: Option<&PostedRing>,
     ) -> Result<WriteKind, DispatchError> {
         let mut cmd = Cmd::write(self.user_data, offset, data, wait || !self.posted_writes)
             .map_err(|_| DispatchError::AccessSize(data.len()))?;
@@ -499,7 +464,13 @@ impl RegionFd {
         let mut state = self.lock()?;
         cmd.sequence = wire::next_sequence();
         let deadline = Instant::now() + self.timeout;
-        self.send(&cmd.encode(), deadline)?;
+        let mut record = cmd.encode();
+        match ring.filter(|_| !cmd.response).map(|r| r.put(&record)) {
+            Some(Put::Queued) => return Ok(WriteKind::Posted),
+            Some(Put::QueuedWakeUp) => mark_wake_up(&mut record),
+            Some(Put::Send) | None => {}
+        }
+        self.send(&record, deadline)?;
         if !cmd.response {
             self.posted_sent.fetch_add(1, Ordering::Relaxed);
             return Ok(WriteKind::Posted);
@@ -702,7 +673,9 @@ mod tests {
         let (region, dev) = pair(true);
         let remote = remote(dev, 1, |cmd| cmd.data);
         assert_eq!(
-            region.write_waiting(0x14, &[0x20], true, None).unwrap(),
+            region
+                .write_waiting(0x14, &[0x20], true, None, None)
+                .unwrap(),
             WriteKind::Acknowledged
         );
         let cmd = remote.join().unwrap()[0];

@@ -16,6 +16,7 @@ pub mod doorbell;
 pub mod page;
 pub mod posted;
 pub mod reader;
+pub mod ring;
 pub mod writer;
 
 pub use writer::{MirrorOffer, RegisterMirror};

@@ -93,6 +93,13 @@ impl MirrorPage {
         self.word(at).store(value, Ordering::Release);
     }
 
+    /// Stores `value` at `at` (8-aligned) and returns what was there, as
+    /// one sequentially consistent step.
+    pub fn swap_u64(&self, at: usize, value: u64) -> u64 {
+        assert!(self.writable, "the mirror page is mapped read-only");
+        self.word(at).swap(value, Ordering::SeqCst)
+    }
+
     pub fn writable(&self) -> bool {
         self.writable
     }

@@ -32,6 +32,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 
 use crate::mirror::page::{MirrorPage, caught_up};
+use crate::mirror::ring::PostedRing;
 use crate::protocol::extensions::WriteEffects;
 
 /// Posted writes whose effect `PostedSent` remembers, at most.
@@ -65,6 +66,9 @@ pub struct PostedSent {
     /// The device's mirror pages that show the device `by_vcpus`, set
     /// once the ranges are set up (see [`PostedSent::show_in`]).
     shown_in: OnceLock<Vec<Arc<MirrorPage>>>,
+    /// The ring in one of those pages that posted writes go through
+    /// (`mirror::ring`), when the device offers one.
+    ring: OnceLock<PostedRing>,
 }
 
 impl PostedSent {
@@ -82,8 +86,9 @@ impl PostedSent {
         self.by_kvm.set(counters).is_ok()
     }
 
-    /// Sends a write to the device with `send` (which takes the write's
-    /// sequence number and says whether the write was posted) and counts
+    /// Sends a write to the device with `send` (which takes the count of
+    /// posted writes sent before it and the ring a posted write may go
+    /// through, and says whether the write was posted) and counts
     /// it if it was, remembering `known`, what it does to a mirrored
     /// register. `send` is given the count of posted writes sent before
     /// this one ([`PostedSent::before_a_write`]), exact since they are
@@ -93,10 +98,10 @@ impl PostedSent {
     pub fn post<E>(
         &self,
         known: Option<KnownWrite>,
-        send: impl FnOnce(Option<u64>) -> Result<bool, E>,
+        send: impl FnOnce(Option<u64>, Option<&PostedRing>) -> Result<bool, E>,
     ) -> Result<bool, E> {
         let mut recent = self.recent.lock().unwrap_or_else(|e| e.into_inner());
-        let posted = send(self.before_a_write())?;
+        let posted = send(self.before_a_write(), self.ring.get())?;
         if posted {
             let count = self.by_vcpus.fetch_add(1, Ordering::AcqRel).wrapping_add(1);
             // Before the vCPU goes back to the guest, so before anything
@@ -116,8 +121,10 @@ impl PostedSent {
     /// mirror pages, mapped writable, whose device reads it) from now on.
     /// False, and nothing kept, when KVM posts writes too (it counts its
     /// own, which the device could not tell apart) or pages were given
-    /// before. Called once the device's ranges are set up.
-    pub fn show_in(&self, pages: Vec<Arc<MirrorPage>>) -> bool {
+    /// before. Called once the device's ranges are set up. Posted writes
+    /// go through the ring in `ring` from then on too (one of `pages`,
+    /// whose device offered it).
+    pub fn show_in(&self, pages: Vec<Arc<MirrorPage>>, ring: Option<Arc<MirrorPage>>) -> bool {
         // Held so that no vCPU thread posts in between.
         let _recent = self.recent.lock().unwrap_or_else(|e| e.into_inner());
         if self.kvm_posts() || self.shown_in.get().is_some() {
@@ -127,7 +134,16 @@ impl PostedSent {
         for page in &pages {
             page.show_sent_count(count);
         }
+        let ring = ring.filter(|r| pages.iter().any(|p| Arc::ptr_eq(p, r)));
+        if let Some(ring) = ring.and_then(PostedRing::new) {
+            let _ = self.ring.set(ring);
+        }
         self.shown_in.set(pages).is_ok()
+    }
+
+    /// The ring posted writes go through, if any (for the watchdog).
+    pub fn ring(&self) -> Option<&PostedRing> {
+        self.ring.get()
     }
 
     /// The count of posted writes a write says were sent before it: all
@@ -204,7 +220,7 @@ mod tests {
     };
 
     fn post(sent: &PostedSent, known: Option<KnownWrite>) {
-        sent.post(known, |_| Ok::<_, ()>(true)).unwrap();
+        sent.post(known, |_, _| Ok::<_, ()>(true)).unwrap();
     }
 
     #[test]
@@ -212,9 +228,9 @@ mod tests {
         let sent = PostedSent::default();
         post(&sent, None);
         assert_eq!(sent.total(), 1);
-        sent.post(None, |_| Ok::<_, ()>(false)).unwrap();
+        sent.post(None, |_, _| Ok::<_, ()>(false)).unwrap();
         assert_eq!(sent.total(), 1, "a waited write is not counted");
-        assert_eq!(sent.post(None, |_| Err::<bool, _>("gone")), Err("gone"));
+        assert_eq!(sent.post(None, |_, _| Err::<bool, _>("gone")), Err("gone"));
         assert_eq!(sent.total(), 1, "nor one that was not sent");
         let counters: Vec<_> = (0..3).map(|_| PostedSent::leak_kvm_counter()).collect();
         for (i, c) in counters.iter().enumerate() {
@@ -230,7 +246,7 @@ mod tests {
         let sent = PostedSent::default();
         let said = |sent: &PostedSent| {
             let mut before = None;
-            sent.post(None, |b| {
+            sent.post(None, |b, _| {
                 before = b;
                 Ok::<_, ()>(true)
             })
@@ -345,18 +361,35 @@ mod tests {
         sent.set_kvm_counters(Vec::new());
         let shown = page();
         assert_eq!(shown.sent_count(), None);
-        assert!(sent.show_in(vec![shown.clone()]));
+        assert!(sent.show_in(vec![shown.clone()], None));
         assert_eq!(shown.sent_count(), Some(1));
         post(&sent, None);
-        sent.post(None, |_| Ok::<_, ()>(false)).unwrap();
+        sent.post(None, |_, _| Ok::<_, ()>(false)).unwrap();
         assert_eq!(shown.sent_count(), Some(2), "a waited write is not counted");
-        assert!(!sent.show_in(vec![page()]), "given once");
+        assert!(!sent.show_in(vec![page()], None), "given once");
         let kvm = PostedSent::default();
         kvm.set_kvm_counters(vec![PostedSent::leak_kvm_counter()]);
         let other = crate::mirror::RegisterMirror::new().unwrap();
         let unshown = Arc::new(MirrorPage::map(&other.file().unwrap(), true).unwrap());
-        assert!(!kvm.show_in(vec![unshown.clone()]));
+        assert!(!kvm.show_in(vec![unshown.clone()], None));
         post(&kvm, None);
         assert_eq!(unshown.sent_count(), None);
+    }
+
+    /// Posted writes are offered the ring of a page given, not of another.
+    #[test]
+    fn posted_writes_are_offered_the_ring_of_a_page_shown_the_count() {
+        let mirror = crate::mirror::RegisterMirror::new().unwrap();
+        let page = || Arc::new(MirrorPage::map(&mirror.file().unwrap(), true).unwrap());
+        let (shown, elsewhere) = (page(), page());
+        let sent = PostedSent::default();
+        assert!(sent.show_in(vec![shown.clone()], Some(elsewhere)));
+        assert!(sent.ring().is_none(), "not one of the pages shown");
+        let sent = PostedSent::default();
+        assert!(sent.show_in(vec![shown.clone()], Some(shown.clone())));
+        let offered = sent.post(None, |_, ring| {
+            Ok::<_, ()>(ring.is_some_and(|r| r.lives_in(&shown)))
+        });
+        assert_eq!(offered, Ok(true));
     }
 }

@@ -69,6 +69,9 @@ pub struct BarMirror {
     pub posted_sent: Option<Arc<PostedSent>>,
     /// The device's doorbell policy, for a range whose writes are posted.
     pub doorbells: Option<Arc<Doorbells>>,
+    /// The device offered the ring in the page for posted writes
+    /// (`mirror::ring`).
+    pub posted_ring: bool,
 }
 
 impl BarMirror {
@@ -266,6 +269,7 @@ mod tests {
             registers: vec![register(0x14, 1, 8), register(0x300, 1, 9)],
             posted_sent: None,
             doorbells: None,
+            posted_ring: false,
         };
         let mirror = bar.range(0, 0x80).unwrap();
         remote.set(8, 0x0c);
@@ -302,13 +306,14 @@ mod tests {
             registers: vec![register(0x14, 1, 8)],
             posted_sent: Some(sent.clone()),
             doorbells: None,
+            posted_ring: false,
         };
         let mirror = bar.range(0, 0x80).unwrap();
         let mut byte = [0u8; 1];
         remote.set(8, 0x0c);
         assert_eq!(mirror.read(0x14, &mut byte), MirrorRead::Answered);
         for _ in 0..2 {
-            sent.post(None, |_| Ok::<_, ()>(true)).unwrap();
+            sent.post(None, |_, _| Ok::<_, ()>(true)).unwrap();
         }
         counter.store_u64(MIRROR_POSTED_COUNT_OFFSET as usize, 1);
         assert_eq!(mirror.read(0x14, &mut byte), MirrorRead::Behind);
@@ -398,6 +403,7 @@ mod tests {
             registers: vec![istat, register(0x15, 1, 9)],
             posted_sent: counts.then(|| Arc::new(PostedSent::default())),
             doorbells: Some(Arc::new(Doorbells::new(mode))),
+            posted_ring: false,
         };
         let waited = bar(DoorbellMode::Waited, true).range(0, 0x80).unwrap();
         assert_eq!(waited.ring(0x14, &[0x20]).map(|r| r.1), Some(true), "SIGP");
@@ -413,6 +419,7 @@ mod tests {
         );
         let no_policy = BarMirror {
             doorbells: None,
+            posted_ring: false,
             ..bar(DoorbellMode::Waited, true)
         };
         assert!(

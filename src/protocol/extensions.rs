@@ -59,8 +59,27 @@ pub const MIRROR_SENT_COUNT_OFFSET: u32 = MIRROR_PAGE_SIZE as u32 - 16;
 /// does; the device puts anything else there when it hands the page out.
 pub const MIRROR_SENT_SHOWN_OFFSET: u32 = MIRROR_PAGE_SIZE as u32 - 24;
 pub const MIRROR_SENT_SHOWN: u64 = 1;
-const KNOWN_MIRROR_FLAGS: u32 =
-    MIRROR_COUNTS_POSTED_WRITES | MIRROR_WRITE_EFFECTS | MIRROR_READS_SENT_COUNT;
+/// Mirror flag: the VMM may put its posted writes, the same 32-byte
+/// records it would send on a region fd, in a ring in the page instead
+/// ([`MIRROR_RING_SLOTS`] slots from [`MIRROR_RING_OFFSET`], three
+/// native-endian u64 words below the sent count: the tail the VMM moves,
+/// the head the device moves, and `listening`, 1 while the device may
+/// sleep; `mirror::ring` has the rules). Only with
+/// [`MIRROR_READS_SENT_COUNT`]; registers then stay below the ring.
+pub const MIRROR_POSTED_RING: u32 = 8;
+pub const MIRROR_RING_OFFSET: u32 = 1024;
+pub const MIRROR_RING_SLOTS: u32 = 94;
+pub const MIRROR_RING_TAIL_OFFSET: u32 = MIRROR_PAGE_SIZE as u32 - 32;
+pub const MIRROR_RING_HEAD_OFFSET: u32 = MIRROR_PAGE_SIZE as u32 - 40;
+pub const MIRROR_RING_LISTENING_OFFSET: u32 = MIRROR_PAGE_SIZE as u32 - 48;
+const KNOWN_MIRROR_FLAGS: u32 = MIRROR_COUNTS_POSTED_WRITES
+    | MIRROR_WRITE_EFFECTS
+    | MIRROR_READS_SENT_COUNT
+    | MIRROR_POSTED_RING;
+const _: () = assert!(
+    MIRROR_RING_OFFSET + MIRROR_RING_SLOTS * 32 <= MIRROR_RING_LISTENING_OFFSET,
+    "the ring's slots end below its words"
+);
 
 /// What a remote's CMD_REGISTER_MIRROR_REPLY says about one BAR.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
@@ -72,6 +91,9 @@ pub struct MirrorLayout {
     /// The device reads the VMM's count of posted writes sent
     /// ([`MIRROR_READS_SENT_COUNT`]); only with `counts_posted_writes`.
     pub reads_sent_count: bool,
+    /// The VMM may put posted writes in the page's ring
+    /// ([`MIRROR_POSTED_RING`]); only with `reads_sent_count`.
+    pub posted_ring: bool,
 }
 
 /// A register whose current value the remote keeps at `page_offset` of its
@@ -168,6 +190,9 @@ pub fn encode_mirrored(layout: &MirrorLayout) -> Vec<u8> {
     }
     if layout.counts_posted_writes && layout.reads_sent_count {
         flags |= MIRROR_READS_SENT_COUNT;
+        if layout.posted_ring {
+            flags |= MIRROR_POSTED_RING;
+        }
     }
     let mut p = Vec::with_capacity(8 + registers.len() * MIRRORED_REGISTER_WITH_EFFECTS_SIZE);
     p.extend_from_slice(&(registers.len() as u32).to_ne_bytes());
@@ -247,8 +272,10 @@ pub fn decode_mirrored(p: &Payload) -> Result<MirrorLayout, DecodeError> {
     };
     p.want_fds(usize::from(count > 0), "one with registers, none without")?;
     let reads_sent_count = flags & MIRROR_READS_SENT_COUNT != 0;
-    let without_count =
-        (with_effects || reads_sent_count) && flags & MIRROR_COUNTS_POSTED_WRITES == 0;
+    let posted_ring = flags & MIRROR_POSTED_RING != 0;
+    let without_count = ((with_effects || reads_sent_count)
+        && flags & MIRROR_COUNTS_POSTED_WRITES == 0)
+        || (posted_ring && !reads_sent_count);
     if flags & !KNOWN_MIRROR_FLAGS != 0 || (flags != 0 && count == 0) || without_count {
         return Err(DecodeError::BadMirrorFlags(flags));
     }
@@ -258,7 +285,9 @@ pub fn decode_mirrored(p: &Payload) -> Result<MirrorLayout, DecodeError> {
         MIRRORED_REGISTER_SIZE
     };
     let counts_posted_writes = flags & MIRROR_COUNTS_POSTED_WRITES != 0;
-    let limit = if reads_sent_count {
+    let limit = if posted_ring {
+        u64::from(MIRROR_RING_OFFSET)
+    } else if reads_sent_count {
         u64::from(MIRROR_SENT_SHOWN_OFFSET)
     } else if counts_posted_writes {
         u64::from(MIRROR_POSTED_COUNT_OFFSET)
@@ -298,6 +327,7 @@ pub fn decode_mirrored(p: &Payload) -> Result<MirrorLayout, DecodeError> {
         registers,
         counts_posted_writes,
         reads_sent_count,
+        posted_ring,
     })
 }
 
@@ -342,6 +372,7 @@ mod tests {
             ],
             counts_posted_writes: true,
             reads_sent_count: false,
+            posted_ring: false,
         };
         let bytes = encode_mirrored(&layout);
         assert_eq!(bytes.len(), 8 + 2 * 48);
@@ -393,6 +424,7 @@ mod tests {
             registers: vec![MirroredRegister::new(0x14, 1, 0)],
             counts_posted_writes: true,
             reads_sent_count: true,
+            posted_ring: false,
         };
         let bytes = encode_mirrored(&layout);
         let flags = u32::from_ne_bytes(bytes[4..8].try_into().unwrap());
@@ -424,5 +456,43 @@ mod tests {
             at(MIRROR_SENT_SHOWN_OFFSET, MIRROR_COUNTS_POSTED_WRITES),
             "free for a device that does not read it"
         );
+    }
+
+    /// A device that offers the posted-write ring says so (flag 8, only
+    /// with the sent count), and its registers then stay below the ring.
+    #[test]
+    fn the_ring_comes_only_with_the_sent_count_and_below_it_no_register() {
+        let layout = MirrorLayout {
+            registers: vec![MirroredRegister::new(0x14, 1, 0)],
+            counts_posted_writes: true,
+            reads_sent_count: true,
+            posted_ring: true,
+        };
+        let bytes = encode_mirrored(&layout);
+        let all = MIRROR_COUNTS_POSTED_WRITES | MIRROR_READS_SENT_COUNT | MIRROR_POSTED_RING;
+        assert_eq!(u32::from_ne_bytes(bytes[4..8].try_into().unwrap()), all);
+        assert_eq!(decode(&bytes), Ok(layout.clone()));
+        let without_sent_count = MirrorLayout {
+            reads_sent_count: false,
+            ..layout.clone()
+        };
+        assert!(
+            !decode(&encode_mirrored(&without_sent_count))
+                .unwrap()
+                .posted_ring
+        );
+        let at = |page_offset: u32, flags: u32| {
+            let mut b = bytes.clone();
+            b[4..8].copy_from_slice(&flags.to_ne_bytes());
+            b[8 + 12..8 + 16].copy_from_slice(&page_offset.to_ne_bytes());
+            decode(&b)
+        };
+        assert_eq!(
+            at(0, all & !MIRROR_READS_SENT_COUNT),
+            Err(DecodeError::BadMirrorFlags(all & !MIRROR_READS_SENT_COUNT))
+        );
+        assert!(at(MIRROR_RING_OFFSET - 1, all).is_ok());
+        assert!(at(MIRROR_RING_OFFSET, all).is_err(), "in the ring");
+        assert!(at(MIRROR_RING_OFFSET, all & !MIRROR_POSTED_RING).is_ok());
     }
 }

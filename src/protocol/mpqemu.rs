@@ -483,6 +483,7 @@ mod tests {
                 registers: vec![istat],
                 counts_posted_writes: false,
                 reads_sent_count: false,
+                posted_ring: false,
             },
             fds: vec![file()],
         };

@@ -102,6 +102,7 @@ pub fn negotiate(
     let mut kvm_counters = Vec::new();
     // Mirror pages whose device reads our count of posted writes sent.
     let mut show_sent_in = Vec::new();
+    let mut ring_page = None;
     // On the kernel path the first set of fds is KVM's, the others the
     // vCPU threads'.
     let fd_sets = n.vcpus.max(1) + usize::from(kernel);
@@ -165,6 +166,11 @@ pub fn negotiate(
         };
         if let Some(m) = mirror.as_ref().filter(|m| m.page.writable()) {
             show_sent_in.push(m.page.clone());
+            // The device takes posted writes from every ring it offered;
+            // the first is as good as any.
+            if m.posted_ring && ring_page.is_none() {
+                ring_page = Some(m.page.clone());
+            }
         }
         let mut bar_paths = Vec::new();
         for (r, mut fds) in layout.iter().zip(fds_by_region) {
@@ -250,11 +256,18 @@ pub fn negotiate(
     }
     posted_sent.set_kvm_counters(kvm_counters);
     if !show_sent_in.is_empty() {
-        if posted_sent.show_in(show_sent_in) {
+        if posted_sent.show_in(show_sent_in, ring_page) {
             log::debug!(
                 "remote {}: its mirror page shows our count of posted writes sent",
                 n.name
             );
+            if posted_sent.ring().is_some() {
+                log::info!(
+                    "remote {}: posted writes go through the ring in its mirror page while it \
+                     is awake",
+                    n.name
+                );
+            }
         } else {
             log::info!(
                 "remote {}: KVM posts writes too, so the remote is not shown our count of \
@@ -286,6 +299,7 @@ fn ask_for_mirror(
             registers,
             counts_posted_writes,
             reads_sent_count,
+            posted_ring,
         },
         file,
     )) = offer
@@ -299,6 +313,7 @@ fn ask_for_mirror(
         .collect();
     check_registers(&registers, &ranges, counts_posted_writes).map_err(mirror_err)?;
     let page = map_page(&file, reads_sent_count).map_err(mirror_err)?;
+    let page_writable = page.writable();
     if reads_sent_count && !page.writable() {
         log::info!(
             "remote {name}: its mirror page cannot be written, so it is not shown our count of \
@@ -318,6 +333,7 @@ fn ask_for_mirror(
         registers,
         posted_sent: counts_posted_writes.then(|| posted_sent.clone()),
         doorbells: Some(doorbells.clone()),
+        posted_ring: posted_ring && page_writable,
     }))
 }
 

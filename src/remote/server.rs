@@ -14,7 +14,7 @@ use crate::ioregion::device_end as ioregions;
 use crate::mirror::page::MirrorPage;
 use crate::pci::BarKind;
 use crate::protocol::channel::{Channel, ChannelError};
-use crate::protocol::extensions::MirrorLayout;
+use crate::protocol::extensions::{self, MirrorLayout};
 use crate::protocol::mpqemu::{Message, RET_ERROR};
 use crate::sys;
 
@@ -123,7 +123,8 @@ fn locate(device: &dyn DeviceModel, addr: u64, size: u32, memory: bool) -> Optio
 /// What a device offers for a register-mirror query about BAR `bar`:
 /// its registers, with the page counting the posted writes applied (the
 /// hub keeps that count there) and reading the VMM's count of those sent
-/// (`ioregion::applied`), and the page; or no mirror at all.
+/// (`ioregion::applied`), with the ring posted writes may go through
+/// (`mirror::ring`), and the page; or no mirror at all.
 /// Answered alike over mpqemu and vfio-user.
 pub fn mirror_offer(
     device: &Arc<Mutex<dyn DeviceModel>>,
@@ -152,10 +153,15 @@ pub fn mirror_offer(
         log::warn!("the register mirror was asked for too many times; offering none");
         return (MirrorLayout::default(), None);
     }
+    // Only a page whose registers stay below the ring can hold one.
+    let below_the_ring =
+        (offer.registers.iter()).all(|r| r.page_offset + r.size <= extensions::MIRROR_RING_OFFSET);
+    let posted_ring = below_the_ring && hub.take_posted_writes_from(&offer.page);
     let layout = MirrorLayout {
         registers: offer.registers,
         counts_posted_writes: true,
         reads_sent_count: true,
+        posted_ring,
     };
     (layout, Some(offer.page))
 }

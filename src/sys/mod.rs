@@ -246,16 +246,27 @@ pub fn unread_bytes(fd: BorrowedFd<'_>) -> io::Result<usize> {
 /// for it (std's metadata() uses statx, glibc's fstat newfstatat, which
 /// also takes paths).
 pub fn regular_file_len(file: &File) -> io::Result<Option<u64>> {
+    let st = fstat(file)?;
+    Ok((st.st_mode & libc::S_IFMT == libc::S_IFREG).then_some(st.st_size as u64))
+}
+
+/// Which file `file` is (its device and inode), by fstat as above: two
+/// fds of one memfd give the same.
+pub fn file_identity(file: &File) -> io::Result<(u64, u64)> {
+    let st = fstat(file)?;
+    Ok((st.st_dev, st.st_ino))
+}
+
+fn fstat(file: &File) -> io::Result<libc::stat> {
     // SAFETY: fstat only writes into `st`, which lives across the call.
-    let st = unsafe {
+    unsafe {
         let mut st: libc::stat = std::mem::zeroed();
         let st_ptr: *mut libc::stat = &mut st;
         if libc::syscall(libc::SYS_fstat, file.as_raw_fd(), st_ptr) != 0 {
             return Err(io::Error::last_os_error());
         }
-        st
-    };
-    Ok((st.st_mode & libc::S_IFMT == libc::S_IFREG).then_some(st.st_size as u64))
+        Ok(st)
+    }
 }
 
 /// Reads up to `len` bytes at `offset` into a new buffer, which is never
@@ -450,6 +461,15 @@ mod tests {
             return Err(io::Error::last_os_error());
         }
         Ok(policy)
+    }
+
+    #[test]
+    fn two_fds_of_one_memfd_are_one_file() {
+        let a = memfd(c"a", false).unwrap();
+        let b = memfd(c"b", false).unwrap();
+        let again = a.try_clone().unwrap();
+        assert_eq!(file_identity(&a).unwrap(), file_identity(&again).unwrap());
+        assert_ne!(file_identity(&a).unwrap(), file_identity(&b).unwrap());
     }
 
     #[test]

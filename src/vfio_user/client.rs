@@ -465,6 +465,7 @@ mod tests {
                 )],
                 counts_posted_writes: false,
                 reads_sent_count: false,
+                posted_ring: false,
             };
             let bytes = crate::protocol::extensions::encode_mirrored(&layout);
             let page = File::open("/dev/null").unwrap();

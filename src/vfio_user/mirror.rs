@@ -74,6 +74,7 @@ mod tests {
             registers: vec![MirroredRegister::new(0x14, 1, 0)],
             counts_posted_writes: true,
             reads_sent_count: true,
+            posted_ring: true,
         };
         let bytes = extensions::encode_mirrored(&layout);
         let page = File::open("/dev/null").unwrap();
