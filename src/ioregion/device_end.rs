@@ -1396,10 +1396,15 @@ mod ordering_tests {
     fn posted_writes_through_the_ring_apply_in_order_with_the_fds() {
         use crate::mirror::ring::{Put, mark_wake_up};
         use crate::protocol::extensions::MIRROR_RING_SLOTS;
-        let (journal, device, hub) = bank(true);
-        let (a, b) = posted_pair(&device, &hub, 0);
-        let mirror = crate::mirror::RegisterMirror::new().unwrap();
-        assert!(hub.take_posted_writes_from(&mirror.file().unwrap()));
+        let Ringed {
+            journal,
+            device,
+            hub,
+            a,
+            b,
+            mirror,
+            ring,
+        } = ringed_bank();
         assert!(
             hub.take_posted_writes_from(&mirror.file().unwrap()),
             "again"
@@ -1408,8 +1413,6 @@ mod ordering_tests {
             .filter(|e| e.raw_fd().is_none())
             .count();
         assert_eq!(rings, 1, "one page offered twice is one ring");
-        let page = Arc::new(MirrorPage::map(&mirror.file().unwrap(), true).unwrap());
-        let ring = PostedRing::new(page).unwrap();
         let writes = 150u64;
         let busy = hub.posted.lock().unwrap();
         for n in 0..writes {
@@ -1463,12 +1466,13 @@ mod ordering_tests {
     #[test]
     fn a_drain_by_another_thread_raises_listening_for_the_sleeper() {
         use crate::mirror::ring::Put;
-        let (journal, device, hub) = bank(true);
-        let (a, _) = posted_pair(&device, &hub, 0);
-        let mirror = crate::mirror::RegisterMirror::new().unwrap();
-        assert!(hub.take_posted_writes_from(&mirror.file().unwrap()));
-        let page = Arc::new(MirrorPage::map(&mirror.file().unwrap(), true).unwrap());
-        let ring = PostedRing::new(page).unwrap();
+        let Ringed {
+            journal,
+            hub,
+            a,
+            ring,
+            ..
+        } = ringed_bank();
         wait_until("the posted-write thread asleep", || {
             hub.posted.lock().unwrap().asleep
         });
@@ -1487,6 +1491,36 @@ mod ordering_tests {
         posted.after_another_drain();
         assert_eq!(journal.lock().unwrap().writes, [(0, 1), (0, 2)]);
         assert_eq!(ring.put(&record), Put::Send, "listening again");
+    }
+
+    /// A bank whose hub takes posted writes from the ring in a mirror
+    /// page, with vCPU 0's two posted fds and the ring as the VMM maps it.
+    struct Ringed {
+        journal: Arc<Mutex<Bank>>,
+        device: SharedDevice,
+        hub: Arc<Hub>,
+        a: RegionFd,
+        b: RegionFd,
+        mirror: crate::mirror::RegisterMirror,
+        ring: PostedRing,
+    }
+
+    fn ringed_bank() -> Ringed {
+        let (journal, device, hub) = bank(true);
+        let (a, b) = posted_pair(&device, &hub, 0);
+        let mirror = crate::mirror::RegisterMirror::new().unwrap();
+        assert!(hub.take_posted_writes_from(&mirror.file().unwrap()));
+        let page = Arc::new(MirrorPage::map(&mirror.file().unwrap(), true).unwrap());
+        let ring = PostedRing::new(page).unwrap();
+        Ringed {
+            journal,
+            device,
+            hub,
+            a,
+            b,
+            mirror,
+            ring,
+        }
     }
 
     /// The user data of the bank's first range.
