@@ -101,24 +101,33 @@ impl Posted {
     /// ring), whose records that need no look at the others go first
     /// ([`apply_covered_heads`]). Returns the ends found closed or failed,
     /// by index. No other end is looked at if that leaves nothing owed:
-    /// when `first` named one and its record was covered; or, with
+    /// when `first` named one and its record was covered. With
     /// `catching_up` (before an interrupt acknowledgement or a message is
-    /// handled), when every posted write the VMM counted is applied
-    /// ([`AppliedCount::owes_nothing_more`]), the rings' covered records
-    /// taken first: what the guest posted just before is often there.
+    /// handled) only what the VMM counted before it is owed
+    /// ([`AppliedCount::owes_nothing_more`]): the rings' covered records,
+    /// then `first`'s, and nothing once they are all applied. Records sent
+    /// after it (the next doorbell) then wait for their own turn, after
+    /// the acknowledgement, as the guest made them.
     fn drain(&mut self, first: Option<usize>, catching_up: bool) -> Vec<usize> {
         let woke = first.filter(|&i| i < self.ends.len());
-        let mut covered =
-            woke.is_none_or(|i| apply_covered_heads(&mut self.ends[i], &mut self.applied));
-        if catching_up && covered && !self.applied.has_all_the_vmm_sent() {
-            covered = self.apply_covered_ring_heads();
-        }
-        let done = match catching_up {
-            true => self.applied.owes_nothing_more(covered),
-            false => woke.is_some() && covered,
-        };
-        if done {
-            return Vec::new();
+        if catching_up {
+            let mut covered = true;
+            if !self.applied.has_all_the_vmm_sent() {
+                covered = self.apply_covered_ring_heads();
+            }
+            if covered && !self.applied.has_all_the_vmm_sent() {
+                covered =
+                    woke.is_none_or(|i| apply_covered_heads(&mut self.ends[i], &mut self.applied));
+            }
+            if self.applied.owes_nothing_more(covered) {
+                return Vec::new();
+            }
+        } else {
+            let covered =
+                woke.is_none_or(|i| apply_covered_heads(&mut self.ends[i], &mut self.applied));
+            if woke.is_some() && covered {
+                return Vec::new();
+            }
         }
         drain_in_order(&mut self.ends, woke.unwrap_or(0), &mut self.applied)
     }
@@ -1320,6 +1329,32 @@ mod ordering_tests {
         assert_eq!(vcpu0.answered(0), Some(0));
         assert!(!line.lock().unwrap().level(), "the write applied");
         assert_eq!(line.lock().unwrap().counts().raised_again, 0);
+    }
+
+    /// With every counted posted write applied, an acknowledgement's
+    /// wake-up applies nothing before it resamples the line, not even the
+    /// record at the head of the fd that woke it: what the guest sent
+    /// after acknowledging (its next doorbell, waited for) comes after.
+    #[test]
+    fn an_acknowledgement_is_taken_before_what_the_guest_sent_after_it() {
+        let (journal, hub, (line, resample), vcpu0, _) = acknowledging_bank();
+        let mirror = crate::mirror::RegisterMirror::new().unwrap();
+        let map = || MirrorPage::map(&mirror.file().unwrap(), true).unwrap();
+        assert!(hub.count_posted_writes_in(map()));
+        map().show_sent_count(0);
+        let mut posted = hub.posted.lock().unwrap();
+        line.lock().unwrap().set_level(true);
+        resample.write(1).unwrap();
+        let doorbell = Cmd::write(vcpu0.user_data[1], 7, &[1], true).unwrap();
+        vcpu0.send(1, doorbell, 1);
+        let woke = posted.ends[1].raw_fd();
+        posted.serve_wake_up(woke, true);
+        assert!(journal.lock().unwrap().writes.is_empty(), "left queued");
+        assert_eq!(vcpu0.answered(1), None);
+        assert_eq!(line.lock().unwrap().counts().raised_again, 1, "resampled");
+        posted.serve_wake_up(woke, false);
+        assert_eq!(journal.lock().unwrap().writes, [(15, 1)]);
+        assert_eq!(vcpu0.answered(1), Some(1));
     }
 
     /// With the VMM's count of posted writes sent in a mirror page, an
