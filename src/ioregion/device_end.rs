@@ -104,22 +104,25 @@ impl Posted {
     /// when `first` named one and its record was covered. With
     /// `catching_up` (before an interrupt acknowledgement or a message is
     /// handled) only what the VMM counted before it is owed
-    /// ([`AppliedCount::owes_nothing_more`]): the rings' covered records,
-    /// then `first`'s, and nothing once they are all applied. Records sent
+    /// ([`AppliedCount::owes_nothing_more`]): `first`'s and the rings'
+    /// covered records, and nothing once they are all applied. Records sent
     /// after it (the next doorbell) then wait for their own turn, after
     /// the acknowledgement, as the guest made them.
     fn drain(&mut self, first: Option<usize>, catching_up: bool) -> Vec<usize> {
         let woke = first.filter(|&i| i < self.ends.len());
         if catching_up {
-            let mut covered = true;
-            if !self.applied.has_all_the_vmm_sent() {
-                covered = self.apply_covered_ring_heads();
+            // What is owed may be split between the fd that woke us and
+            // the rings: each in turn, while that takes something.
+            let mut progress = true;
+            while progress && !self.applied.has_all_the_vmm_sent() {
+                let before = self.applied.count;
+                if let Some(i) = woke {
+                    apply_covered_heads(&mut self.ends[i], &mut self.applied);
+                }
+                self.apply_covered_ring_heads();
+                progress = self.applied.count != before;
             }
-            if covered && !self.applied.has_all_the_vmm_sent() {
-                covered =
-                    woke.is_none_or(|i| apply_covered_heads(&mut self.ends[i], &mut self.applied));
-            }
-            if self.applied.owes_nothing_more(covered) {
+            if self.applied.owes_nothing_more(true) {
                 return Vec::new();
             }
         } else {
