@@ -169,16 +169,13 @@ impl Posted {
     }
 
     /// Applies the records at the head of each ring that owe nothing to a
-    /// posted write not applied yet ([`apply_covered_heads`]); whether
-    /// every ring stopped where a drain may stop.
-    fn apply_covered_ring_heads(&mut self) -> bool {
-        let mut may_stop = true;
+    /// posted write not applied yet ([`apply_covered_heads`]).
+    fn apply_covered_ring_heads(&mut self) {
         for end in &mut self.ends {
             if let Source::Ring(_) = end.source {
-                may_stop &= apply_covered_heads(end, &mut self.applied);
+                apply_covered_heads(end, &mut self.applied);
             }
         }
-        may_stop
     }
 
     /// What the posted-write thread does before it waits again.

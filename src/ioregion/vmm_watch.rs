@@ -6,6 +6,7 @@
 use std::time::Instant;
 
 use super::vmm_end::{DispatchError, IoRegionPath};
+use super::wire::RECORD_SIZE;
 use crate::proxy::watchdog::{Backlog, Watched};
 
 impl Watched for IoRegionPath {
@@ -39,7 +40,9 @@ impl Watched for IoRegionPath {
             .map(|(ring, fd)| {
                 let (queued, put) = ring.backlog();
                 let backlog = Backlog {
-                    unread_bytes: usize::try_from(queued).unwrap_or(usize::MAX),
+                    unread_bytes: usize::try_from(queued)
+                        .unwrap_or(usize::MAX)
+                        .saturating_mul(RECORD_SIZE),
                     posted_sent: put,
                 };
                 (Ok(backlog), fd.timeout())
