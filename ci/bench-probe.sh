@@ -14,9 +14,14 @@
 #   ...-normal      the same with the remote's threads under SCHED_OTHER
 #                   (sched=normal), which preempt the vCPU when they wake;
 #                   the default, sched=batch, lets the vCPU run on
+#   ...-cpu1        the remote's threads on CPU 1 (cpus=1), the VMM on CPU 0:
+#                   -sleep with reply-poll=off (the vCPU thread sleeps until
+#                   the answer comes), -poll with the default (it polls);
+#                   sockrtt-cpu1 is the round trip between the two CPUs
 # Each access count is timed as whole VMM runs at two counts; the difference
 # divided by the extra accesses is the cost of one access. Everything is
-# pinned to CPU 0. Prints a markdown table of medians over ROUNDS.
+# pinned to CPU 0 but the -cpu1 rows' remotes. Prints a markdown table of
+# medians over ROUNDS.
 #
 # usage: ci/bench-probe.sh [ROUNDS] [EXTRA_ACCESSES]
 set -euo pipefail
@@ -69,6 +74,12 @@ results=$(
         echo "ioregion-posted-write $(per_access w $(printf 0x%x $((bar2 + 0x100))) --remote-dev "lsi,disk=$img")"
         echo "ioregion-read-normal $(per_access r $(printf 0x%x $((bar1 + 0x5c))) --remote-dev "lsi,disk=$img,sched=normal")"
         echo "ioregion-posted-write-normal $(per_access w $(printf 0x%x $((bar2 + 0x100))) --remote-dev "lsi,disk=$img,sched=normal")"
+        if [ "$(nproc)" -gt 1 ]; then
+            echo "sockrtt-cpu1 $("$sockrtt" 100000 0 1 | cut -d= -f2)"
+            echo "ioregion-read-cpu1-sleep $(per_access r $(printf 0x%x $((bar1 + 0x5c))) --remote-dev "lsi,disk=$img,cpus=1,reply-poll=off")"
+            echo "ioregion-read-cpu1-poll $(per_access r $(printf 0x%x $((bar1 + 0x5c))) --remote-dev "lsi,disk=$img,cpus=1")"
+            echo "ioregion-write-cpu1-poll $(per_access w $(printf 0x%x $((bar1 + 0x5c))) --remote-dev "lsi,disk=$img,cpus=1,register-writes=waited")"
+        fi
     done
 )
 kind=$([ -e /sys/module/kvm_pvm ] && echo "PVM" || echo "hardware KVM")
@@ -86,7 +97,13 @@ echo "$results" | awk '
     END {
         floor = median("exit") + median("sockrtt")
         bare = median("exit")
-        print "| access | ns | vs exit + socket round trip (" floor " ns) | vs exit |"
-        print "| --- | ---: | ---: | ---: |"
-        for (i = 0; i < k; i++) printf "| %s | %d | %.2fx | %.2fx |\n", order[i], median(order[i]), median(order[i]) / floor, median(order[i]) / bare
+        # The -cpu1 rows against a round trip between the two CPUs.
+        across = ("sockrtt-cpu1" in n) ? median("exit") + median("sockrtt-cpu1") : 0
+        print "| access | ns | vs exit + socket round trip (" floor " ns) | vs exit | vs exit + round trip across CPUs (" across " ns) |"
+        print "| --- | ---: | ---: | ---: | ---: |"
+        for (i = 0; i < k; i++) {
+            m = median(order[i])
+            x = (across && order[i] ~ /cpu1/) ? sprintf("%.2fx", m / across) : "-"
+            printf "| %s | %d | %.2fx | %.2fx | %s |\n", order[i], m, m / floor, m / bare, x
+        }
     }'

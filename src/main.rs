@@ -39,7 +39,7 @@ fn main() {
         std::process::exit(host_check::main(&args[2..]));
     }
     if vmm::config::asks_for_remote_dev_help(&args) {
-        print!("{}", vmm::proxy::spec::help_text());
+        print!("{}", vmm::proxy::spec_help::help_text());
         return;
     }
     let cli = Cli::parse();

@@ -99,6 +99,13 @@ fn scenarios() -> Vec<Scenario> {
                 .into(),
         },
         Scenario {
+            // No machine the rig runs on has CPU 1023 online.
+            name: "remote-on-a-missing-cpu",
+            script: "$VMM --kernel $KERNEL --initrd $INITRD --remote-dev lsi,cpus=1023 </dev/null\n\
+                     echo \"vmm exited $?\""
+                .into(),
+        },
+        Scenario {
             // The guest unbinds the driver and programs garbage into the
             // chip (guest/scripts/hostile); the host samples the remote's
             // peak memory and CPU time while it runs.
@@ -278,6 +285,16 @@ fn an_image_on_a_read_only_file_system_needs_readonly_on() {
     o.assert_exited("read-write: vmm", 1);
     o.assert_contains("VMM-GUEST: write refused");
     o.assert_exited("readonly=on: vmm", 0);
+}
+
+#[test]
+fn a_remote_that_cannot_run_on_its_cpus_says_so_and_the_vmm_exits_1() {
+    let Some(o) = outcome("remote-on-a-missing-cpu") else {
+        return;
+    };
+    o.assert_contains("cannot run on CPUs 1023 (are they online?): Invalid argument");
+    o.assert_contains("exited during setup (exit status: 1)");
+    o.assert_exited("vmm", 1);
 }
 
 #[test]

@@ -111,7 +111,7 @@ fn scenarios() -> Vec<Scenario> {
                 image("a.img", 64),
                 vmm_with(
                     "fio-verify",
-                    "lsi,disk=/tmp/a.img,ioregionfd=userspace,register-writes=waited",
+                    "lsi,disk=/tmp/a.img,ioregionfd=userspace,register-writes=waited,reply-poll=20",
                     "--stats"
                 )
             ),
@@ -340,6 +340,10 @@ fn by_default_the_registers_go_over_ioregion_fds() {
         return;
     };
     o.assert_contains("no KVM_SET_IOREGION");
+    // The rig's one CPU: polling for an answer could never catch one.
+    o.assert_contains(
+        "vCPUs sleep on its answers at once (it shares their one CPU, or reply-poll=off)",
+    );
     // Register writes are posted by default, as SCRIPTS RAM writes are.
     o.assert_contains("BAR1 0x0..0x80 over ioregion fds (userspace path, 1 fd, posted writes)");
     o.assert_contains("BAR2 0x0..0x2000 over ioregion fds (userspace path, 1 fd, posted writes)");
@@ -428,6 +432,21 @@ fn with_waited_register_writes_fio_verify_passes_and_the_mirror_answers_istat() 
     };
     o.assert_contains("VMM-GUEST: fio done: ok");
     o.assert_exited("vmm", 0);
+    // Polling though nothing can answer meanwhile (the rig's one CPU) costs
+    // time, never an answer.
+    o.assert_contains("vCPUs poll 20µs for its answers before they sleep");
+    let polls = o
+        .output
+        .lines()
+        .find(|l| l.contains("vCPUs polling for its answers caught"))
+        .unwrap_or_else(|| panic!("no polling line in:\n{}", o.output));
+    let empty: u64 = polls
+        .split("; ")
+        .nth(1)
+        .and_then(|w| w.split(' ').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no empty polls in {polls:?}"));
+    assert!(empty > 0, "{polls}");
     // Only SCRIPTS RAM writes are posted.
     o.assert_contains("BAR1 0x0..0x80 over ioregion fds (userspace path, 1 fd)\n");
     o.assert_contains("BAR2 0x0..0x2000 over ioregion fds (userspace path, 1 fd, posted writes)");

@@ -203,6 +203,7 @@ fn our_proxy_drives_a_device_served_by_the_crate() {
             watchdog: None,
             register_mirror: true,
             doorbells: vmm::mirror::doorbell::DoorbellMode::Adaptive,
+            reply_poll: std::time::Duration::ZERO,
         },
     )
     .unwrap();

@@ -33,9 +33,11 @@
 
 pub mod applied;
 pub mod device_end;
+mod dispatch_error;
 mod drain;
 pub mod kernel;
 pub mod kernel_path;
+pub mod reply_poll;
 pub mod vmm_end;
 mod vmm_watch;
 pub mod wire;

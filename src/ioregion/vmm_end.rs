@@ -50,11 +50,14 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
+pub use super::dispatch_error::DispatchError;
+use super::dispatch_error::map_io;
 use super::kernel::{KernelRegion, pieces_around};
 use super::kernel_path::KernelPath;
+use super::reply_poll::{Polled, ReplyPoll};
 use super::wire::{
-    self, Cmd, RECORD_SIZE, RECV_BUF_SIZE, Received, Resp, WireError, peer_hung_up, recv_before,
-    recv_record, send_before,
+    self, Cmd, RECORD_SIZE, RECV_BUF_SIZE, Received, Resp, peer_hung_up, recv_before, recv_record,
+    send_before,
 };
 use crate::bus::{SharedBusDevice, current_vcpu};
 use crate::mirror::posted::PostedSent;
@@ -313,40 +316,6 @@ impl BarFastPath for IoRegionPath {
 /// may do real I/O in a register access, but finite.
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// Why one access through a region fd failed.
-#[derive(Debug, thiserror::Error)]
-pub enum DispatchError {
-    #[error("access size {0} is not 1, 2, 4 or 8 bytes")]
-    AccessSize(usize),
-    #[error("the device process closed its end of the region socket")]
-    PeerClosed,
-    #[error("the device process did not answer within {0:?}")]
-    Timeout(Duration),
-    #[error("the device process did not take the command within {0:?} (its queue is full)")]
-    SendTimeout(Duration),
-    #[error("the device process did not take its posted writes within {0:?}")]
-    PostedStalled(Duration),
-    #[error("the device process did not take KVM's commands within {0:?}")]
-    KernelStalled(Duration),
-    #[error("response was {0} bytes, shorter than a {RECORD_SIZE}-byte record")]
-    ShortResponse(usize),
-    #[error("response was {0} bytes, longer than a {RECORD_SIZE}-byte record")]
-    OversizedResponse(usize),
-    #[error(
-        "an earlier command on this region fd timed out; its late answer could be taken \
-         for a later command's, so the fd is no longer used"
-    )]
-    Desynchronized,
-    #[error("malformed response: {0}")]
-    Wire(#[from] WireError),
-    #[error("region socket {op} failed")]
-    Io {
-        op: &'static str,
-        #[source]
-        source: io::Error,
-    },
-}
-
 /// What happened to a write.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum WriteKind {
@@ -363,14 +332,13 @@ pub struct RegionFd {
     user_data: u64,
     posted_writes: bool,
     timeout: Duration,
-    /// Held from sending a command until its response is in. The flag is
-    /// set after a timeout: a response may still arrive, and with no
-    /// request ids it would be taken as the answer to the next command.
-    desynchronized: Mutex<bool>,
+    /// Held from sending a command until its response is in.
+    exchange: Mutex<Exchange>,
     /// SO_RCVTIMEO bounds a blocking recv.
     bounded_recv: bool,
     /// Posted writes sent so far, for telling a stalled queue from a busy one.
     posted_sent: AtomicU64,
+    stats: Option<Arc<DeviceStats>>,
 }
 
 impl RegionFd {
@@ -382,9 +350,13 @@ impl RegionFd {
             user_data,
             posted_writes,
             timeout: DEFAULT_TIMEOUT,
-            desynchronized: Mutex::new(false),
+            exchange: Mutex::new(Exchange {
+                desynchronized: false,
+                poll: ReplyPoll::off(),
+            }),
             bounded_recv: false,
             posted_sent: AtomicU64::new(0),
+            stats: None,
         }
         .with_timeout(DEFAULT_TIMEOUT)
     }
@@ -408,6 +380,27 @@ impl RegionFd {
 
     pub fn timeout(&self) -> Duration {
         self.timeout
+    }
+
+    /// Polls for each answer for up to `window` before sleeping on it
+    /// (`reply_poll`); zero never polls, the default. `stats` counts the
+    /// answers caught and the polls that came back empty.
+    pub fn with_reply_poll(mut self, window: Duration, stats: Option<Arc<DeviceStats>>) -> Self {
+        self.exchange
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .poll = ReplyPoll::new(window);
+        self.stats = stats;
+        self
+    }
+
+    /// Answers caught by polling and polls that came back empty, so far.
+    pub fn reply_polls(&self) -> (u64, u64) {
+        let exchange = self
+            .exchange
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        (exchange.poll.caught, exchange.poll.missed)
     }
 
     /// How much of what was sent the device process has yet to take.
@@ -481,14 +474,14 @@ impl RegionFd {
     }
 
     /// Takes the exchange lock, unless an earlier timeout made the fd unusable.
-    fn lock(&self) -> Result<MutexGuard<'_, bool>, DispatchError> {
+    fn lock(&self) -> Result<MutexGuard<'_, Exchange>, DispatchError> {
         // The flag stays meaningful even if a holder panicked, so a
         // poisoned lock is still usable.
         let guard = self
-            .desynchronized
+            .exchange
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
-        if *guard {
+        if guard.desynchronized {
             return Err(DispatchError::Desynchronized);
         }
         Ok(guard)
@@ -497,13 +490,13 @@ impl RegionFd {
     /// Waits for the response to `cmd`; after a timeout the fd is given up.
     fn await_response(
         &self,
-        desynchronized: &mut bool,
+        exchange: &mut Exchange,
         cmd: &Cmd,
         deadline: Instant,
     ) -> Result<Resp, DispatchError> {
-        let result = self.recv(deadline);
+        let result = self.recv(deadline, &mut exchange.poll);
         if let Err(DispatchError::Timeout(t)) = &result {
-            *desynchronized = true;
+            exchange.desynchronized = true;
             log::error!(
                 "ioregion user_data {:#x}: no response within {t:?} to {:?} at offset {:#x}; \
                  giving up on this fd",
@@ -523,21 +516,49 @@ impl RegionFd {
         }
     }
 
-    fn recv(&self, deadline: Instant) -> Result<Resp, DispatchError> {
-        let mut buf = [0u8; RECV_BUF_SIZE];
-        let received = if self.bounded_recv {
-            match recv_record(self.fd.as_fd(), &mut buf, 0) {
-                Ok(0) => match peer_hung_up(self.fd.as_fd()) {
-                    Ok(true) => Ok(Received::Closed),
-                    Ok(false) => Ok(Received::Record(0)),
-                    Err(e) => Err(e),
-                },
-                Ok(n) => Ok(Received::Record(n)),
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => Ok(Received::TimedOut),
+    /// Sleeps until a record comes, the peer hangs up or `deadline` passes.
+    fn recv_asleep(&self, buf: &mut [u8], deadline: Instant) -> io::Result<Received> {
+        if !self.bounded_recv {
+            return recv_before(self.fd.as_fd(), buf, deadline);
+        }
+        match recv_record(self.fd.as_fd(), buf, 0) {
+            Ok(0) => match peer_hung_up(self.fd.as_fd()) {
+                Ok(true) => Ok(Received::Closed),
+                Ok(false) => Ok(Received::Record(0)),
                 Err(e) => Err(e),
+            },
+            Ok(n) => Ok(Received::Record(n)),
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => Ok(Received::TimedOut),
+            Err(e) => Err(e),
+        }
+    }
+
+    fn recv(&self, deadline: Instant, poll: &mut ReplyPoll) -> Result<Resp, DispatchError> {
+        let mut buf = [0u8; RECV_BUF_SIZE];
+        let polled = poll.poll(|| {
+            match recv_record(self.fd.as_fd(), &mut buf, libc::MSG_DONTWAIT) {
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => None,
+                // An empty record or a hang-up: the blocking path tells them apart.
+                Ok(0) => None,
+                Ok(n) => Some(Ok(Received::Record(n))),
+                Err(e) => Some(Err(e)),
             }
-        } else {
-            recv_before(self.fd.as_fd(), &mut buf, deadline)
+        });
+        let count = |counter: fn(&DeviceStats) -> &AtomicU64| {
+            if let Some(stats) = &self.stats {
+                bump(counter(stats));
+            }
+        };
+        let received = match polled {
+            Polled::Caught(received) => {
+                count(|s| &s.answers_polled);
+                received
+            }
+            Polled::Empty => {
+                count(|s| &s.polls_empty);
+                self.recv_asleep(&mut buf, deadline)
+            }
+            Polled::Not => self.recv_asleep(&mut buf, deadline),
         };
         match received {
             Ok(Received::Record(RECORD_SIZE)) => Ok(Resp::decode(&buf[..RECORD_SIZE])?),
@@ -550,6 +571,15 @@ impl RegionFd {
     }
 }
 
+/// What one command's exchange on a fd holds.
+#[derive(Debug)]
+struct Exchange {
+    /// Set after a timeout: a response may still arrive, and with no
+    /// request ids it would be taken as the answer to the next command.
+    desynchronized: bool,
+    poll: ReplyPoll,
+}
+
 impl From<RegionFd> for OwnedFd {
     fn from(fd: RegionFd) -> OwnedFd {
         fd.fd
@@ -559,13 +589,6 @@ impl From<RegionFd> for OwnedFd {
 impl AsFd for RegionFd {
     fn as_fd(&self) -> BorrowedFd<'_> {
         self.fd.as_fd()
-    }
-}
-
-fn map_io(op: &'static str, e: io::Error) -> DispatchError {
-    match e.raw_os_error() {
-        Some(libc::EPIPE | libc::ECONNRESET | libc::ENOTCONN) => DispatchError::PeerClosed,
-        _ => DispatchError::Io { op, source: e },
     }
 }
 
@@ -636,6 +659,36 @@ mod tests {
                 }
             );
         }
+    }
+
+    /// An answer that comes while the vCPU polls and one that comes after
+    /// it gave up and slept are read alike.
+    #[test]
+    fn polled_and_slept_for_answers_are_the_same_answers() {
+        let (region, dev) = pair(false);
+        let stats = Arc::new(DeviceStats::default());
+        let region = region.with_reply_poll(Duration::from_secs(5), Some(stats.clone()));
+        let remote = remote(dev, 2, |cmd| cmd.offset * 3);
+        let mut buf = [0u8; 4];
+        region.read(0x10, &mut buf).unwrap();
+        assert_eq!(u32::from_le_bytes(buf), 0x30);
+        assert_eq!(region.write(0x20, &[1]).unwrap(), WriteKind::Acknowledged);
+        assert_eq!(region.reply_polls(), (2, 0));
+        assert_eq!(stats.answers_polled.load(Ordering::Relaxed), 2);
+        remote.join().unwrap();
+
+        let (region, dev) = pair(false);
+        let region = region.with_reply_poll(Duration::from_micros(1), Some(stats.clone()));
+        let late = thread::spawn(move || {
+            let cmd = recv_cmd(&dev);
+            thread::sleep(Duration::from_millis(20));
+            answer(&dev, cmd.offset + 1);
+        });
+        region.read(0x40, &mut buf).unwrap();
+        assert_eq!(u32::from_le_bytes(buf), 0x41);
+        assert_eq!(region.reply_polls(), (0, 1));
+        assert_eq!(stats.polls_empty.load(Ordering::Relaxed), 1);
+        late.join().unwrap();
     }
 
     #[test]

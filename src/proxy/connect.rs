@@ -73,6 +73,8 @@ pub struct ProxyOptions {
     pub register_mirror: bool,
     /// How doorbells on ranges with posted writes are sent.
     pub doorbells: DoorbellMode,
+    /// How long a vCPU thread polls for an answer before it sleeps.
+    pub reply_poll: std::time::Duration,
 }
 
 /// What a restarted remote is given, copied from the device when the
@@ -237,6 +239,7 @@ pub(super) fn fast_paths(
                 watchdog: options.watchdog.as_deref(),
                 register_mirror: options.register_mirror,
                 doorbells: options.doorbells,
+                reply_poll: options.reply_poll,
             },
         )
         .map_err(|source| ProxyError::IoRegion {

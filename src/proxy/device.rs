@@ -374,6 +374,7 @@ pub(crate) mod tests {
                 watchdog: None,
                 register_mirror: true,
                 doorbells,
+                reply_poll: std::time::Duration::ZERO,
             },
         )?;
         Ok((proxy, failed, server))
@@ -890,6 +891,7 @@ pub(crate) mod tests {
                 watchdog: None,
                 register_mirror: true,
                 doorbells: crate::mirror::doorbell::DoorbellMode::Adaptive,
+                reply_poll: std::time::Duration::ZERO,
             },
         )
         .err()

@@ -84,6 +84,8 @@ pub struct Negotiation<'a> {
     pub register_mirror: bool,
     /// How doorbells on ranges with posted writes are sent.
     pub doorbells: DoorbellMode,
+    /// How long a vCPU thread polls for an answer before it sleeps.
+    pub reply_poll: std::time::Duration,
 }
 
 /// Asks the remote for each BAR's ioregion ranges, one fd per vCPU, and
@@ -134,7 +136,10 @@ pub fn negotiate(
                     return Err(IoRegionError::NotSeqpacket { bar });
                 }
                 let posted = r.flags & SUB_REGION_POSTED_WRITES != 0;
-                fds_by_region[i].push(RegionFd::new(fd, r.user_data, posted));
+                fds_by_region[i].push(
+                    RegionFd::new(fd, r.user_data, posted)
+                        .with_reply_poll(n.reply_poll, Some(n.stats.clone())),
+                );
             }
         }
         let Some(layout) = layout else { continue };

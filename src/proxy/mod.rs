@@ -8,6 +8,7 @@ pub mod ioregion_setup;
 pub mod link;
 pub mod remote;
 pub mod spec;
+pub mod spec_help;
 pub mod stats;
 pub mod supervisor;
 pub mod watchdog;

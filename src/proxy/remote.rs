@@ -114,6 +114,7 @@ pub fn open(
             posted_register_writes,
             batch_scheduling,
             disk_io,
+            cpus,
         } => {
             let exe = std::env::current_exe().map_err(|source| RemoteError::Spawn {
                 path: "/proc/self/exe".into(),
@@ -149,6 +150,10 @@ pub fn open(
             );
             args.push("--sched".into());
             args.push(if *batch_scheduling { "batch" } else { "normal" }.into());
+            if let Some(cpus) = cpus {
+                args.push("--cpus".into());
+                args.push(cpus.to_string());
+            }
             if *disk_io == crate::scsi::bus::DiskIo::Workers {
                 args.push("--disk-io".into());
                 args.push("workers".into());

@@ -4,8 +4,11 @@
 use crate::mirror::doorbell::DoorbellMode;
 use std::path::PathBuf;
 use std::str::FromStr;
+use std::time::Duration;
 
+use super::spec_help::KEYS;
 use crate::scsi::identity::DiskSpec;
+use crate::sys::cpus::CpuList;
 
 /// `restart=on` starts a remote that keeps dying at most this many times.
 pub const MAX_RESTARTS: u32 = 5;
@@ -40,6 +43,9 @@ pub enum Endpoint {
         /// Disk work that cannot wait runs at once (the default), or
         /// always on disk workers (`disk-io=workers`).
         disk_io: crate::scsi::bus::DiskIo,
+        /// The CPUs the remote's threads may run on (`cpus=`); None:
+        /// the VMM's.
+        cpus: Option<CpuList>,
     },
 }
 
@@ -79,254 +85,42 @@ pub struct RemoteDevSpec {
     pub register_mirror: bool,
     /// How doorbells on ranges with posted writes are sent.
     pub doorbells: DoorbellMode,
+    /// How vCPU threads wait for the remote's answers.
+    pub reply_poll: ReplyPolling,
+}
+
+/// `reply-poll=`: whether a vCPU thread polls for a remote's answer
+/// before it sleeps on it (`ioregion::reply_poll`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ReplyPolling {
+    /// Poll unless the remote can only run on the vCPUs' one CPU.
+    Auto,
+    Off,
+    /// Poll this long, whatever the CPUs.
+    Window(Duration),
 }
 
 impl RemoteDevSpec {
+    /// How long vCPU threads poll for an answer, given the CPUs this
+    /// process may run on (the vCPU threads inherit them).
+    pub fn reply_poll_window(&self, vmm_cpus: Option<&CpuList>) -> Duration {
+        let remote_cpus = match &self.endpoint {
+            Endpoint::Lsi { cpus: Some(c), .. } => Some(c),
+            // A remote we spawn inherits our CPUs.
+            Endpoint::Lsi { cpus: None, .. } | Endpoint::Exec(_) => vmm_cpus,
+            Endpoint::Socket(_) | Endpoint::Fd(_) => None,
+        };
+        match self.reply_poll {
+            ReplyPolling::Off => Duration::ZERO,
+            ReplyPolling::Window(w) => w,
+            ReplyPolling::Auto => crate::ioregion::reply_poll::auto_window(vmm_cpus, remote_cpus),
+        }
+    }
+
     /// Whether the remote is ours: it takes SIGUSR2 for a state dump.
     pub fn ours(&self) -> bool {
         self.dialect == Dialect::Vmm || matches!(self.endpoint, Endpoint::Lsi { .. })
     }
-}
-
-/// Which remotes a `--remote-dev` key applies to.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Applies {
-    /// Says where the remote is; give exactly one.
-    Where,
-    /// Only `lsi`.
-    Lsi,
-    /// Remotes of ours: `lsi`, or any endpoint with `proto=vmm`.
-    Ours,
-    /// Remotes the VMM spawns itself: `lsi`, `exec=`.
-    Spawned,
-    Any,
-}
-
-/// One `--remote-dev` key as `--remote-dev help` shows it.
-#[derive(Debug)]
-pub struct KeyHelp {
-    pub key: &'static str,
-    /// The values it takes, `a|b` or a placeholder; empty for the bare
-    /// word `lsi`.
-    pub values: &'static str,
-    pub default: &'static str,
-    pub applies: Applies,
-    pub meaning: &'static str,
-}
-
-/// Every key the parser accepts. The parser refuses keys missing here, so
-/// `--remote-dev help` cannot fall behind it.
-pub const KEYS: &[KeyHelp] = &[
-    KeyHelp {
-        key: "lsi",
-        values: "",
-        default: "-",
-        applies: Applies::Where,
-        meaning: "co-spawn our LSI 53C895A SCSI controller (`vmm remote lsi`); must come first",
-    },
-    KeyHelp {
-        key: "vfio-user",
-        values: "",
-        default: "-",
-        applies: Applies::Any,
-        meaning: "as the first word: the remote is a vfio-user server (the same as proto=vfio-user)",
-    },
-    KeyHelp {
-        key: "exec",
-        values: "PATH",
-        default: "-",
-        applies: Applies::Where,
-        meaning: "spawn PATH with the control socket as fd 3 (QEMU's remote: ci/qemu-remote-lsi.sh)",
-    },
-    KeyHelp {
-        key: "socket",
-        values: "PATH",
-        default: "-",
-        applies: Applies::Where,
-        meaning: "connect to a remote listening there (`vmm remote lsi --socket PATH ...`)",
-    },
-    KeyHelp {
-        key: "fd",
-        values: "N",
-        default: "-",
-        applies: Applies::Where,
-        meaning: "use an inherited, connected socket (N above 2)",
-    },
-    KeyHelp {
-        key: "disk",
-        values: "PATH",
-        default: "a sparse 1 GiB scratch image in a temporary directory",
-        applies: Applies::Lsi,
-        meaning: "raw disk image on the next SCSI id (0, 1, ...); repeat for more disks",
-    },
-    KeyHelp {
-        key: "readonly",
-        values: "on|off",
-        default: "off",
-        applies: Applies::Lsi,
-        meaning: "present the disks write-protected",
-    },
-    KeyHelp {
-        key: "serial",
-        values: "TEXT",
-        default: "VMM + 12 hex digits from the image's path and SCSI id",
-        applies: Applies::Lsi,
-        meaning: "serial number of the disk= before it (VPD page 0x80, /dev/disk/by-id); up to 36 characters",
-    },
-    KeyHelp {
-        key: "wwn",
-        values: "0xNAA...",
-        default: "NAA 3 (locally assigned) from the image's path and SCSI id",
-        applies: Applies::Lsi,
-        meaning: "world wide name of the disk= before it: 16 hex digits starting with 2, 3 or 5",
-    },
-    KeyHelp {
-        key: "vendor",
-        values: "TEXT",
-        default: "VMM",
-        applies: Applies::Lsi,
-        meaning: "INQUIRY vendor of the disk= before it, up to 8 characters",
-    },
-    KeyHelp {
-        key: "product",
-        values: "TEXT",
-        default: "LSI REMOTE DISK",
-        applies: Applies::Lsi,
-        meaning: "INQUIRY product of the disk= before it, up to 16 characters",
-    },
-    KeyHelp {
-        key: "format",
-        values: "raw|qcow2",
-        default: "what the image's first bytes say (a qcow2 image then may not open a backing file)",
-        applies: Applies::Lsi,
-        meaning: "the format of the disk= before it; name qcow2 to let the image open its backing file",
-    },
-    KeyHelp {
-        key: "discard",
-        values: "on|off",
-        default: "on",
-        applies: Applies::Lsi,
-        meaning: "the disks take UNMAP (fstrim, blkdiscard): discarded blocks become holes in the image",
-    },
-    KeyHelp {
-        key: "sandbox",
-        values: "on|off",
-        default: "on",
-        applies: Applies::Lsi,
-        meaning: "seccomp and no_new_privs in the remote once its disks are open; off for debugging",
-    },
-    KeyHelp {
-        key: "user",
-        values: "NAME|UID[:GID]",
-        default: "none (the user the VMM runs as)",
-        applies: Applies::Lsi,
-        meaning: "a remote started as root becomes this user once its disks are open",
-    },
-    KeyHelp {
-        key: "register-writes",
-        values: "waited|posted",
-        default: "posted",
-        applies: Applies::Lsi,
-        meaning: "posted: vCPUs do not wait for register writes over region fds; waited: they do",
-    },
-    KeyHelp {
-        key: "sched",
-        values: "batch|normal",
-        default: "batch",
-        applies: Applies::Lsi,
-        meaning: "batch: the remote's threads do not preempt a vCPU on their CPU when they wake \
-                  (no context switch per posted write); normal: they do",
-    },
-    KeyHelp {
-        key: "disk-io",
-        values: "auto|workers",
-        default: "auto",
-        applies: Applies::Lsi,
-        meaning: "auto: a read or write that cannot wait for a device (image on tmpfs, data in \
-                  the page cache) runs at once on the device's thread; workers: always on disk \
-                  worker threads while the target disconnects",
-    },
-    KeyHelp {
-        key: "proto",
-        values: "qemu|vmm|vfio-user",
-        default: "vmm for lsi, else qemu",
-        applies: Applies::Any,
-        meaning: "the remote's protocol: mpqemu as ours speaks it (vmm: region fds, register \
-                  mirror) or as QEMU's does (qemu), or vfio-user (region fds, no mirror)",
-    },
-    KeyHelp {
-        key: "ioregionfd",
-        values: "auto|kernel|userspace|off",
-        default: "auto",
-        applies: Applies::Ours,
-        meaning: "BAR accesses go over region fds served by KVM (kernel, needs \
-                  KVM_SET_IOREGION) or vCPU threads (userspace); auto: kernel if it can; off: messages",
-    },
-    KeyHelp {
-        key: "register-mirror",
-        values: "on|off",
-        default: "on",
-        applies: Applies::Ours,
-        meaning: "answer reads of the registers the remote mirrors from its shared page",
-    },
-    KeyHelp {
-        key: "doorbells",
-        values: "adaptive|waited|posted",
-        default: "adaptive",
-        applies: Applies::Ours,
-        meaning: "with posted register writes, whether a vCPU waits for a write that starts the \
-                  device's work (SIGP): adaptive waits while the guest rings once per \
-                  completion and posts while it queues ahead",
-    },
-    KeyHelp {
-        key: "restart",
-        values: "on|off",
-        default: "off",
-        applies: Applies::Spawned,
-        meaning: "spawn the remote again when it dies, at most 5 times",
-    },
-];
-
-/// What `--remote-dev help` prints.
-pub fn help_text() -> String {
-    let mut text = String::from(
-        "--remote-dev SPEC adds a PCI device served by another process; repeat it for more.\n\
-         SPEC is comma-separated: where the remote is, then KEY=VALUE options.\n\
-         Example: --remote-dev lsi,disk=disk.img,ioregionfd=userspace\n",
-    );
-    let groups = [
-        (Applies::Where, "Where the remote is (exactly one):"),
-        (Applies::Lsi, "Options for lsi:"),
-        (
-            Applies::Ours,
-            "Options for remotes of ours or over vfio-user (lsi, proto=vmm, proto=vfio-user):",
-        ),
-        (
-            Applies::Spawned,
-            "Options for remotes the VMM spawns (lsi, exec=):",
-        ),
-        (Applies::Any, "Options for any remote:"),
-    ];
-    for (applies, title) in groups {
-        text.push_str(&format!("\n{title}\n"));
-        for k in KEYS.iter().filter(|k| k.applies == applies) {
-            let syntax = if k.values.is_empty() {
-                k.key.to_string()
-            } else {
-                format!("{}={}", k.key, k.values)
-            };
-            let meaning = k.meaning.split_whitespace().collect::<Vec<_>>().join(" ");
-            if applies == Applies::Where {
-                text.push_str(&format!("  {syntax:<13} {meaning}\n"));
-            } else {
-                text.push_str(&format!(
-                    "  {syntax:<37} default: {}\n      {meaning}\n",
-                    k.default
-                ));
-            }
-        }
-    }
-    text
 }
 
 fn on_off(key: &str, value: &str) -> Result<bool, String> {
@@ -365,6 +159,8 @@ impl FromStr for RemoteDevSpec {
         let mut disk_io = crate::scsi::bus::DiskIo::Auto;
         let mut register_mirror = true;
         let mut doorbells = DoorbellMode::Adaptive;
+        let mut reply_poll = ReplyPolling::Auto;
+        let mut cpus = None;
         for (i, item) in text.split(',').filter(|s| !s.is_empty()).enumerate() {
             if i == 0 && item == "lsi" {
                 lsi = true;
@@ -459,6 +255,28 @@ impl FromStr for RemoteDevSpec {
                         }
                     }
                 }
+                "reply-poll" => {
+                    reply_poll = match value {
+                        "auto" => ReplyPolling::Auto,
+                        "off" => ReplyPolling::Off,
+                        us => match us.parse::<u64>() {
+                            Ok(us @ 1..=10_000) => ReplyPolling::Window(Duration::from_micros(us)),
+                            _ => {
+                                return Err(format!(
+                                    "reply-poll={us}: expected auto, off or microseconds \
+                                     from 1 to 10000"
+                                ));
+                            }
+                        },
+                    }
+                }
+                "cpus" if lsi => {
+                    cpus = Some(
+                        value
+                            .parse::<CpuList>()
+                            .map_err(|e| format!("cpus={value}: {e}"))?,
+                    )
+                }
                 "register-writes" if lsi => {
                     posted_register_writes = either(key, value, "posted", "waited")?
                 }
@@ -506,6 +324,7 @@ impl FromStr for RemoteDevSpec {
                 posted_register_writes,
                 batch_scheduling,
                 disk_io,
+                cpus,
             });
         }
         let endpoint = endpoint
@@ -532,6 +351,9 @@ impl FromStr for RemoteDevSpec {
         if doorbells != DoorbellMode::Adaptive && dialect == Dialect::Qemu {
             return Err("doorbells= needs a remote of our own (lsi or proto=vmm)".into());
         }
+        if reply_poll != ReplyPolling::Auto && dialect == Dialect::Qemu {
+            return Err("reply-poll= needs a remote of our own (lsi or proto=vmm)".into());
+        }
         Ok(RemoteDevSpec {
             endpoint,
             dialect,
@@ -539,6 +361,7 @@ impl FromStr for RemoteDevSpec {
             restart,
             register_mirror,
             doorbells,
+            reply_poll,
         })
     }
 }
@@ -546,6 +369,7 @@ impl FromStr for RemoteDevSpec {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::proxy::spec_help::help_text;
 
     #[test]
     fn vfio_user_is_a_protocol_with_region_fds() {
@@ -603,6 +427,34 @@ mod tests {
     }
 
     #[test]
+    fn cpus_and_reply_poll_decide_how_long_a_vcpu_polls() {
+        let cpu = |s: &str| s.parse::<CpuList>().unwrap();
+        let window = |spec: &str, vmm: &str| {
+            let s: RemoteDevSpec = spec.parse().unwrap();
+            s.reply_poll_window(Some(&cpu(vmm)))
+        };
+        let auto = crate::ioregion::reply_poll::DEFAULT_WINDOW;
+        // A spawned remote inherits the VMM's one CPU: nothing answers a poll.
+        assert_eq!(window("lsi", "0"), Duration::ZERO);
+        assert_eq!(window("lsi,cpus=1", "0"), auto);
+        assert_eq!(window("lsi,cpus=0", "0"), Duration::ZERO);
+        assert_eq!(window("lsi", "0-1"), auto);
+        assert_eq!(window("socket=/x,proto=vmm", "0"), auto);
+        assert_eq!(window("lsi,reply-poll=off,cpus=1", "0"), Duration::ZERO);
+        assert_eq!(window("lsi,reply-poll=20", "0"), Duration::from_micros(20));
+        let s: RemoteDevSpec = "lsi,cpus=2-3:0".parse().unwrap();
+        assert!(matches!(s.endpoint, Endpoint::Lsi { cpus: Some(c), .. } if c.cpus() == [0, 2, 3]));
+
+        let err = |t: &str| t.parse::<RemoteDevSpec>().unwrap_err();
+        assert!(err("lsi,cpus=x").contains("cpus=x: 'x' is not a CPU number"));
+        assert!(err("lsi,cpus=").contains("cpus=: an empty CPU list"));
+        assert!(err("socket=/x,cpus=1").contains("for lsi only"));
+        assert!(err("lsi,reply-poll=0").contains("expected auto, off or microseconds"));
+        assert!(err("lsi,reply-poll=fast").contains("expected auto, off or microseconds"));
+        assert!(err("socket=/x,reply-poll=off").contains("needs a remote of our own"));
+    }
+
+    #[test]
     fn lsi_takes_disks_and_readonly() {
         let s: RemoteDevSpec = "lsi,disk=a.img,disk=b.img,readonly=on".parse().unwrap();
         assert_eq!(
@@ -616,6 +468,7 @@ mod tests {
                 posted_register_writes: true,
                 batch_scheduling: true,
                 disk_io: crate::scsi::bus::DiskIo::Auto,
+                cpus: None,
             }
         );
         assert_eq!(s.dialect, Dialect::Vmm);
@@ -631,6 +484,7 @@ mod tests {
                 posted_register_writes: true,
                 batch_scheduling: true,
                 disk_io: crate::scsi::bus::DiskIo::Auto,
+                cpus: None,
             }
         );
         let s: RemoteDevSpec = "lsi,disk=a.qcow2,format=qcow2,disk=b.img".parse().unwrap();
@@ -791,7 +645,7 @@ mod tests {
                 checked += 1;
             }
         }
-        assert_eq!(checked, 10);
+        assert_eq!(checked, 11);
         assert_eq!("lsi,proto=vmm".parse::<RemoteDevSpec>(), Ok(lsi));
         let socket: RemoteDevSpec = "socket=x".parse().unwrap();
         assert_eq!("socket=x,proto=qemu".parse::<RemoteDevSpec>(), Ok(socket));

@@ -23,6 +23,10 @@ pub struct DeviceStats {
     /// yet, all of known effect, applied to the page's value by the VMM.
     pub mirror_ahead: AtomicU64,
     pub errors: AtomicU64,
+    /// Answers a vCPU caught while polling for them (`reply-poll=`).
+    pub answers_polled: AtomicU64,
+    /// Polls that came back empty: the vCPU slept for the answer after all.
+    pub polls_empty: AtomicU64,
     /// Ranges KVM serves itself (kernel path): their accesses never reach
     /// us, so they cannot be counted here.
     pub kernel_regions: AtomicU64,
@@ -60,11 +64,39 @@ impl DeviceStats {
         }
         line
     }
+
+    /// A second line when vCPUs polled for answers (`reply-poll=`): a line
+    /// of its own, so that the first keeps its numbers (tests and
+    /// `ci/bench-table.py` read them by position).
+    pub fn poll_line(&self, name: &str) -> Option<String> {
+        let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        let (caught, empty) = (get(&self.answers_polled), get(&self.polls_empty));
+        (caught + empty > 0).then(|| {
+            format!(
+                "remote {name}: vCPUs polling for its answers caught {caught}; {empty} polls \
+                 came back empty"
+            )
+        })
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn polls_get_a_line_of_their_own_once_there_were_any() {
+        let s = DeviceStats::default();
+        assert_eq!(s.poll_line("#0"), None);
+        bump(&s.answers_polled);
+        bump(&s.polls_empty);
+        bump(&s.polls_empty);
+        assert_eq!(
+            s.poll_line("#0").unwrap(),
+            "remote #0: vCPUs polling for its answers caught 1; 2 polls came back empty"
+        );
+        assert!(!s.line("#0").contains("poll"));
+    }
 
     #[test]
     fn the_line_names_every_counter() {

@@ -528,6 +528,7 @@ mod tests {
             restart: true,
             register_mirror: true,
             doorbells: crate::mirror::doorbell::DoorbellMode::Adaptive,
+            reply_poll: crate::proxy::spec::ReplyPolling::Auto,
         };
         // What the watcher sees of the old remote: a socket that hangs up.
         let (watched, old_end) = UnixStream::pair().unwrap();

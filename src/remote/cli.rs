@@ -17,6 +17,7 @@ use crate::protocol::channel::Channel;
 use crate::scsi::bus::DiskIo;
 use crate::scsi::identity::DiskSpec;
 use crate::scsi::{DiskOptions, ScsiDisk};
+use crate::sys::cpus::CpuList;
 
 /// Size of the scratch disk made when no image is given.
 pub const SCRATCH_DISK_SIZE: u64 = 1 << 30;
@@ -87,6 +88,10 @@ pub enum RemoteKind {
         /// With a CPU of its own the device runs at once either way.
         #[arg(long, value_enum, default_value_t = Sched::Batch)]
         sched: Sched,
+        /// The CPUs this process's threads run on, as `taskset -c` writes
+        /// them (1, 2-3, 0,2). Default: those it was started with.
+        #[arg(long, value_name = "LIST")]
+        cpus: Option<CpuList>,
         /// Where a command's disk work runs. auto (the default): at once
         /// on the device's thread when it cannot wait for a device (a read
         /// or write of an image on tmpfs, a read the page cache holds),
@@ -171,6 +176,12 @@ pub enum RemoteCliError {
     Pool(#[from] crate::scsi::pool::PoolError),
     #[error("sandbox: {0}")]
     Sandbox(#[from] SandboxError),
+    #[error("cannot run on CPUs {cpus} (are they online?): {source}")]
+    Cpus {
+        cpus: CpuList,
+        #[source]
+        source: std::io::Error,
+    },
 }
 
 /// A sparse scratch image in a new temporary directory.
@@ -200,6 +211,7 @@ pub fn run(kind: RemoteKind) -> Result<(), RemoteCliError> {
         no_sandbox,
         register_writes,
         sched,
+        cpus,
         disk_io,
         takes_over,
         mut protocol,
@@ -213,6 +225,14 @@ pub fn run(kind: RemoteKind) -> Result<(), RemoteCliError> {
         }
         None => socket,
     };
+    // Before any thread exists, so that every thread inherits them.
+    if let Some(cpus) = &cpus {
+        crate::sys::cpus::pin_this_thread(cpus).map_err(|source| RemoteCliError::Cpus {
+            cpus: cpus.clone(),
+            source,
+        })?;
+        log::debug!("device threads run on CPUs {cpus}");
+    }
     // Before any thread exists, so that every thread inherits it (the
     // sandbox refuses sched_setscheduler later).
     if sched == Sched::Batch {

@@ -3,6 +3,7 @@
 //! each behind a safe function, so that their `unsafe` lives here and not
 //! at every call site. KVM's own ioctls stay with the code that drives KVM.
 
+pub mod cpus;
 pub mod signal;
 
 use std::ffi::CStr;

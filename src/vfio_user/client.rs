@@ -507,6 +507,9 @@ mod tests {
                 watchdog: None,
                 register_mirror: true,
                 doorbells: crate::mirror::doorbell::DoorbellMode::Adaptive,
+                // The remote's threads answer while the vCPU polls, or not:
+                // both ways are served here.
+                reply_poll: crate::ioregion::reply_poll::DEFAULT_WINDOW,
             },
         )
     }

@@ -326,6 +326,9 @@ pub fn run(config: &VmConfig) -> Result<StopReason, VmmError> {
         move || {
             for (name, s) in &stats {
                 eprintln!("vmm: {}", s.line(name));
+                if let Some(polls) = s.poll_line(name) {
+                    eprintln!("vmm: {polls}");
+                }
             }
         }
     };

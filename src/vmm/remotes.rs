@@ -145,6 +145,9 @@ pub(super) fn add_remote_devices(
         return Ok(plugged);
     }
     let watchdog = StallWatchdog::start().map_err(io_err("start the stall watchdog"))?;
+    let vmm_cpus = crate::sys::cpus::this_thread_cpus()
+        .inspect_err(|e| log::warn!("cannot read which CPUs the VMM may run on: {e}"))
+        .ok();
     for (index, spec) in specs.iter().enumerate() {
         let slot = index + 1;
         let gsi = PciRoot::slot_gsi(slot);
@@ -156,6 +159,17 @@ pub(super) fn add_remote_devices(
         let failed = FailFlag::default();
         let socket = supervisor::socket_of(&process).map_err(io_err("watch a remote's socket"))?;
         let remote::RemoteProcess { name, link, child } = process;
+        let reply_poll = spec.reply_poll_window(vmm_cpus.as_ref());
+        if reply_poll.is_zero() {
+            log::info!(
+                "remote {name}: vCPUs sleep on its answers at once (it shares their one CPU, \
+                 or reply-poll=off)"
+            );
+        } else {
+            log::info!(
+                "remote {name}: vCPUs poll {reply_poll:?} for its answers before they sleep"
+            );
+        }
         let device = match ProxyDevice::connect(
             name.clone(),
             link,
@@ -169,6 +183,7 @@ pub(super) fn add_remote_devices(
                 watchdog: Some(watchdog.clone()),
                 register_mirror: spec.register_mirror,
                 doorbells: spec.doorbells,
+                reply_poll,
             },
         ) {
             Ok(d) => d,
