@@ -15,9 +15,12 @@
 #                   (sched=normal), which preempt the vCPU when they wake;
 #                   the default, sched=batch, lets the vCPU run on
 #   ...-cpu1        the remote's threads on CPU 1 (cpus=1), the VMM on CPU 0:
-#                   -sleep with reply-poll=off (the vCPU thread sleeps until
-#                   the answer comes), -poll with the default (it polls);
-#                   sockrtt-cpu1 is the round trip between the two CPUs
+#                   -sleep with reply-poll=off,device-poll=off (the vCPU
+#                   thread sleeps until the answer comes, the remote's
+#                   until the next access), -vcpu-poll with device-poll=off
+#                   (only the vCPU polls), the others with the defaults
+#                   (both poll); sockrtt-cpu1 is the round trip between
+#                   the two CPUs
 # Each access count is timed as whole VMM runs at two counts; the difference
 # divided by the extra accesses is the cost of one access. Everything is
 # pinned to CPU 0 but the -cpu1 rows' remotes. Prints a markdown table of
@@ -76,9 +79,11 @@ results=$(
         echo "ioregion-posted-write-normal $(per_access w $(printf 0x%x $((bar2 + 0x100))) --remote-dev "lsi,disk=$img,sched=normal")"
         if [ "$(nproc)" -gt 1 ]; then
             echo "sockrtt-cpu1 $("$sockrtt" 100000 0 1 | cut -d= -f2)"
-            echo "ioregion-read-cpu1-sleep $(per_access r $(printf 0x%x $((bar1 + 0x5c))) --remote-dev "lsi,disk=$img,cpus=1,reply-poll=off")"
-            echo "ioregion-read-cpu1-poll $(per_access r $(printf 0x%x $((bar1 + 0x5c))) --remote-dev "lsi,disk=$img,cpus=1")"
-            echo "ioregion-write-cpu1-poll $(per_access w $(printf 0x%x $((bar1 + 0x5c))) --remote-dev "lsi,disk=$img,cpus=1,register-writes=waited")"
+            echo "ioregion-read-cpu1-sleep $(per_access r $(printf 0x%x $((bar1 + 0x5c))) --remote-dev "lsi,disk=$img,cpus=1,reply-poll=off,device-poll=off")"
+            echo "ioregion-read-cpu1-vcpu-poll $(per_access r $(printf 0x%x $((bar1 + 0x5c))) --remote-dev "lsi,disk=$img,cpus=1,device-poll=off")"
+            echo "ioregion-read-cpu1 $(per_access r $(printf 0x%x $((bar1 + 0x5c))) --remote-dev "lsi,disk=$img,cpus=1")"
+            echo "ioregion-write-cpu1 $(per_access w $(printf 0x%x $((bar1 + 0x5c))) --remote-dev "lsi,disk=$img,cpus=1,register-writes=waited")"
+            echo "ioregion-posted-write-cpu1 $(per_access w $(printf 0x%x $((bar2 + 0x100))) --remote-dev "lsi,disk=$img,cpus=1")"
         fi
     done
 )

@@ -42,6 +42,7 @@ use std::fs::File;
 use std::io;
 use std::os::fd::{AsFd, OwnedFd, RawFd};
 use std::sync::{Arc, Mutex, OnceLock};
+use std::time::Duration;
 
 use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
 
@@ -49,6 +50,7 @@ use super::applied::AppliedCount;
 #[cfg(test)]
 use super::drain::BURST;
 use super::drain::{Handler, PostedEnd, Source, apply_covered_heads, drain_in_order};
+use super::reply_poll::{Polled, ReplyPoll};
 use super::wire::{self, Access, Cmd, Incoming, answer, receive, socket_pair};
 pub use super::wire::{ERROR_DATA, RECV_BUF_SIZE, ServeEnd, ServeError};
 use crate::device_model::{DeviceModel, IoRegionSpec, SharedIrq};
@@ -70,6 +72,9 @@ pub struct Hub {
     /// The posted ranges' handlers, by user data and size, for the records
     /// of a ring (which carries every range's).
     ranges: Arc<Mutex<Vec<(u64, u64, Handler)>>>,
+    /// How long a serving thread looks for the next record before it
+    /// sleeps (`reply_poll`; zero: it sleeps at once).
+    poll_window: Duration,
 }
 
 /// The posted-write fds and what was applied from them, under one lock.
@@ -343,6 +348,16 @@ fn serve_posted_end(hub: &Arc<Hub>, end: PostedEnd) -> io::Result<()> {
 }
 
 impl Hub {
+    /// A hub whose threads look for the next record for `window` before
+    /// they sleep: with a CPU of their own, a record the VMM sends then
+    /// costs no wake-up, and one it puts in a ring no send.
+    pub fn polling(window: Duration) -> Self {
+        Hub {
+            poll_window: window,
+            ..Hub::default()
+        }
+    }
+
     fn ready(&self) -> io::Result<&Epoll> {
         if let Some(ready) = self.ready.get() {
             return Ok(ready);
@@ -473,8 +488,17 @@ impl Hub {
 /// the posted fds once that many have been applied ([`AppliedCount::covers`]).
 fn serve_synchronous(hub: &Hub, fd: &Arc<OwnedFd>, handle: &Handler) -> Result<(), ServeError> {
     let mut buf = [0u8; RECV_BUF_SIZE];
+    let mut poll = ReplyPoll::new(hub.poll_window);
     loop {
-        let len = match receive(fd.as_fd(), &mut buf, true)? {
+        let polled = poll.poll(|| match receive(fd.as_fd(), &mut buf, false) {
+            Ok(Incoming::Nothing) => None,
+            other => Some(other),
+        });
+        let incoming = match polled {
+            Polled::Caught(incoming) => incoming,
+            Polled::Not | Polled::Empty => receive(fd.as_fd(), &mut buf, true),
+        };
+        let len = match incoming? {
             Incoming::Record(len) => len,
             Incoming::Nothing => continue,
             Incoming::Closed(_) => return Ok(()),
@@ -501,12 +525,40 @@ fn serve_synchronous(hub: &Hub, fd: &Arc<OwnedFd>, handle: &Handler) -> Result<(
 /// the fds. Ends found closed or failed leave the set (closing them takes
 /// them out of the epoll set too); the thread ends with the last of them,
 /// and the next fd opened starts another.
+///
+/// With a poll window the thread stays up after it served something,
+/// `listening` down, looking at the epoll set and the rings for the next
+/// record, and lies down only when the window passed with nothing.
 fn serve_posted(hub: &Hub) {
     let ready = hub.ready.get().expect("made before the thread");
     let mut events = [EpollEvent::default(); 8];
+    let mut poll = ReplyPoll::new(hub.poll_window);
     hub.posted.lock().expect("hub lock poisoned").lie_down();
+    let mut lying_down = true;
     loop {
-        let woken = match ready.wait(-1, &mut events) {
+        let polled = if lying_down {
+            Polled::Not
+        } else {
+            poll.poll(|| match ready.wait(0, &mut events) {
+                Ok(0) => {
+                    let posted = hub.posted.lock().expect("hub lock poisoned");
+                    (posted.ends.iter().any(PostedEnd::ring_holds_records)).then_some(Ok(0))
+                }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => None,
+                result => Some(result),
+            })
+        };
+        let waited = match polled {
+            Polled::Caught(result) => result,
+            Polled::Not | Polled::Empty => {
+                if !lying_down {
+                    hub.posted.lock().expect("hub lock poisoned").lie_down();
+                    lying_down = true;
+                }
+                ready.wait(-1, &mut events)
+            }
+        };
+        let woken = match waited {
             Ok(n) => &events[..n],
             Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
             Err(e) => {
@@ -527,7 +579,10 @@ fn serve_posted(hub: &Hub) {
             posted.served = false;
             return;
         }
-        posted.lie_down();
+        lying_down = poll.window().is_zero();
+        if lying_down {
+            posted.lie_down();
+        }
     }
 }
 

@@ -46,6 +46,15 @@ impl PostedEnd {
         }
     }
 
+    /// Whether a ring holds a record to apply (a broken ring counts: a
+    /// drain finds out and drops it). A fd says so through epoll instead.
+    pub(super) fn ring_holds_records(&self) -> bool {
+        match &self.source {
+            Source::Ring(ring) => self.head.is_some() || !matches!(ring.peek(), Ok(None)),
+            Source::Fd(_) => false,
+        }
+    }
+
     /// The fd records arrive on, if they arrive on one.
     pub(super) fn raw_fd(&self) -> Option<RawFd> {
         match &self.source {

@@ -357,7 +357,12 @@ pub(crate) mod tests {
         let (a, b) = UnixStream::pair().unwrap();
         let remote: Arc<Mutex<dyn DeviceModel>> = dev;
         let server = std::thread::spawn(move || {
-            let _ = server::serve(&mut Channel::new(b), remote, None);
+            let _ = server::serve(
+                &mut Channel::new(b),
+                remote,
+                None,
+                std::time::Duration::ZERO,
+            );
         });
         let ram = GuestRam::new(64 << 20).unwrap();
         let failed = FailFlag::default();
@@ -778,7 +783,12 @@ pub(crate) mod tests {
         let (a, b) = UnixStream::pair().unwrap();
         let remote: Arc<Mutex<dyn DeviceModel>> = dev;
         let server = std::thread::spawn(move || {
-            let _ = server::serve(&mut Channel::new(b), remote, None);
+            let _ = server::serve(
+                &mut Channel::new(b),
+                remote,
+                None,
+                std::time::Duration::ZERO,
+            );
         });
         (Box::new(Mpqemu::new(Channel::new(a), Dialect::Vmm)), server)
     }

@@ -115,6 +115,7 @@ pub fn open(
             batch_scheduling,
             disk_io,
             cpus,
+            device_poll,
         } => {
             let exe = std::env::current_exe().map_err(|source| RemoteError::Spawn {
                 path: "/proc/self/exe".into(),
@@ -153,6 +154,12 @@ pub fn open(
             if let Some(cpus) = cpus {
                 args.push("--cpus".into());
                 args.push(cpus.to_string());
+            }
+            let vmm_cpus = crate::sys::cpus::this_thread_cpus().ok();
+            let poll = device_poll.window(vmm_cpus.as_ref(), spec.endpoint.cpus(vmm_cpus.as_ref()));
+            if !poll.is_zero() {
+                args.push("--poll-us".into());
+                args.push(poll.as_micros().to_string());
             }
             if *disk_io == crate::scsi::bus::DiskIo::Workers {
                 args.push("--disk-io".into());

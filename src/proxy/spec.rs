@@ -46,6 +46,8 @@ pub enum Endpoint {
         /// The CPUs the remote's threads may run on (`cpus=`); None:
         /// the VMM's.
         cpus: Option<CpuList>,
+        /// How the remote's threads wait for the next access.
+        device_poll: ReplyPolling,
     },
 }
 
@@ -90,10 +92,11 @@ pub struct RemoteDevSpec {
 }
 
 /// `reply-poll=`: whether a vCPU thread polls for a remote's answer
-/// before it sleeps on it (`ioregion::reply_poll`).
+/// before it sleeps on it; `device-poll=`: whether the remote's threads
+/// poll for the next access (`ioregion::reply_poll`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ReplyPolling {
-    /// Poll unless the remote can only run on the vCPUs' one CPU.
+    /// Poll unless the remote can only run on the VMM's one CPU.
     Auto,
     Off,
     /// Poll this long, whatever the CPUs.
@@ -101,25 +104,53 @@ pub enum ReplyPolling {
 }
 
 impl RemoteDevSpec {
+    /// Whether the remote is ours: it takes SIGUSR2 for a state dump.
+    pub fn ours(&self) -> bool {
+        self.dialect == Dialect::Vmm || matches!(self.endpoint, Endpoint::Lsi { .. })
+    }
+
     /// How long vCPU threads poll for an answer, given the CPUs this
     /// process may run on (the vCPU threads inherit them).
     pub fn reply_poll_window(&self, vmm_cpus: Option<&CpuList>) -> Duration {
-        let remote_cpus = match &self.endpoint {
+        self.reply_poll
+            .window(vmm_cpus, self.endpoint.cpus(vmm_cpus))
+    }
+}
+
+impl Endpoint {
+    /// The CPUs the remote may run on, when we know them.
+    pub fn cpus<'a>(&'a self, vmm_cpus: Option<&'a CpuList>) -> Option<&'a CpuList> {
+        match self {
             Endpoint::Lsi { cpus: Some(c), .. } => Some(c),
             // A remote we spawn inherits our CPUs.
             Endpoint::Lsi { cpus: None, .. } | Endpoint::Exec(_) => vmm_cpus,
             Endpoint::Socket(_) | Endpoint::Fd(_) => None,
-        };
-        match self.reply_poll {
+        }
+    }
+}
+
+impl ReplyPolling {
+    /// How long to poll, given the CPUs of the VMM and of the remote.
+    pub fn window(self, vmm_cpus: Option<&CpuList>, remote_cpus: Option<&CpuList>) -> Duration {
+        match self {
             ReplyPolling::Off => Duration::ZERO,
             ReplyPolling::Window(w) => w,
             ReplyPolling::Auto => crate::ioregion::reply_poll::auto_window(vmm_cpus, remote_cpus),
         }
     }
 
-    /// Whether the remote is ours: it takes SIGUSR2 for a state dump.
-    pub fn ours(&self) -> bool {
-        self.dialect == Dialect::Vmm || matches!(self.endpoint, Endpoint::Lsi { .. })
+    /// `auto`, `off` or microseconds, for `key`.
+    fn parse(key: &str, value: &str) -> Result<Self, String> {
+        match value {
+            "auto" => Ok(ReplyPolling::Auto),
+            "off" => Ok(ReplyPolling::Off),
+            us => match us.parse::<u64>() {
+                Ok(us @ 1..=10_000) => Ok(ReplyPolling::Window(Duration::from_micros(us))),
+                _ => Err(format!(
+                    "{key}={us}: expected auto, off or microseconds from 1 to 10000"
+                )),
+            },
+        }
     }
 }
 
@@ -161,6 +192,7 @@ impl FromStr for RemoteDevSpec {
         let mut doorbells = DoorbellMode::Adaptive;
         let mut reply_poll = ReplyPolling::Auto;
         let mut cpus = None;
+        let mut device_poll = ReplyPolling::Auto;
         for (i, item) in text.split(',').filter(|s| !s.is_empty()).enumerate() {
             if i == 0 && item == "lsi" {
                 lsi = true;
@@ -255,21 +287,8 @@ impl FromStr for RemoteDevSpec {
                         }
                     }
                 }
-                "reply-poll" => {
-                    reply_poll = match value {
-                        "auto" => ReplyPolling::Auto,
-                        "off" => ReplyPolling::Off,
-                        us => match us.parse::<u64>() {
-                            Ok(us @ 1..=10_000) => ReplyPolling::Window(Duration::from_micros(us)),
-                            _ => {
-                                return Err(format!(
-                                    "reply-poll={us}: expected auto, off or microseconds \
-                                     from 1 to 10000"
-                                ));
-                            }
-                        },
-                    }
-                }
+                "reply-poll" => reply_poll = ReplyPolling::parse(key, value)?,
+                "device-poll" if lsi => device_poll = ReplyPolling::parse(key, value)?,
                 "cpus" if lsi => {
                     cpus = Some(
                         value
@@ -325,6 +344,7 @@ impl FromStr for RemoteDevSpec {
                 batch_scheduling,
                 disk_io,
                 cpus,
+                device_poll,
             });
         }
         let endpoint = endpoint
@@ -450,6 +470,13 @@ mod tests {
         assert!(err("lsi,cpus=").contains("cpus=: an empty CPU list"));
         assert!(err("socket=/x,cpus=1").contains("for lsi only"));
         assert!(err("lsi,reply-poll=0").contains("expected auto, off or microseconds"));
+        assert!(err("lsi,device-poll=20000").contains("device-poll=20000: expected auto"));
+        assert!(err("socket=/x,device-poll=off").contains("for lsi only"));
+        let s: RemoteDevSpec = "lsi,device-poll=30".parse().unwrap();
+        let Endpoint::Lsi { device_poll, .. } = s.endpoint else {
+            panic!("not lsi")
+        };
+        assert_eq!(device_poll.window(None, None), Duration::from_micros(30));
         assert!(err("lsi,reply-poll=fast").contains("expected auto, off or microseconds"));
         assert!(err("socket=/x,reply-poll=off").contains("needs a remote of our own"));
     }
@@ -469,6 +496,7 @@ mod tests {
                 batch_scheduling: true,
                 disk_io: crate::scsi::bus::DiskIo::Auto,
                 cpus: None,
+                device_poll: ReplyPolling::Auto,
             }
         );
         assert_eq!(s.dialect, Dialect::Vmm);
@@ -485,6 +513,7 @@ mod tests {
                 batch_scheduling: true,
                 disk_io: crate::scsi::bus::DiskIo::Auto,
                 cpus: None,
+                device_poll: ReplyPolling::Auto,
             }
         );
         let s: RemoteDevSpec = "lsi,disk=a.qcow2,format=qcow2,disk=b.img".parse().unwrap();
@@ -645,7 +674,7 @@ mod tests {
                 checked += 1;
             }
         }
-        assert_eq!(checked, 11);
+        assert_eq!(checked, 12);
         assert_eq!("lsi,proto=vmm".parse::<RemoteDevSpec>(), Ok(lsi));
         let socket: RemoteDevSpec = "socket=x".parse().unwrap();
         assert_eq!("socket=x,proto=qemu".parse::<RemoteDevSpec>(), Ok(socket));

@@ -159,6 +159,15 @@ pub const KEYS: &[KeyHelp] = &[
                   a remote on a CPU of its own answers register reads while the vCPU polls",
     },
     KeyHelp {
+        key: "device-poll",
+        values: "auto|off|MICROSECONDS",
+        default: "auto",
+        applies: Applies::Lsi,
+        meaning: "how long the remote's threads look for the next access before they sleep: \
+                  auto polls 50 us (fewer and fewer times while nothing comes in time) unless \
+                  the remote can only run on the VMM's one CPU; see cpus=",
+    },
+    KeyHelp {
         key: "disk-io",
         values: "auto|workers",
         default: "auto",

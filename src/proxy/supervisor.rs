@@ -519,6 +519,7 @@ mod tests {
                 &mut crate::protocol::channel::Channel::new(stream),
                 remote,
                 None,
+                std::time::Duration::ZERO,
             );
         });
         let spec = RemoteDevSpec {

@@ -275,15 +275,18 @@ pub fn handle(
 /// Serves requests until the VMM disconnects (Ok) or misbehaves (Err).
 /// With `dump`, a `kill -USR2` logs the device's and the interrupt line's
 /// state.
+/// The region fds' threads look for the next record for `poll_window`
+/// before they sleep (`ioregion::reply_poll`; zero: never).
 pub fn serve(
     control: &mut dyn Control,
     device: Arc<Mutex<dyn DeviceModel>>,
     mut dump: Option<DumpSignal>,
+    poll_window: std::time::Duration,
 ) -> Result<(), ServerError> {
     let link = DeviceLink {
         device,
         irq: Arc::new(Mutex::new(InterruptLine::default())),
-        hub: Arc::new(ioregions::Hub::default()),
+        hub: Arc::new(ioregions::Hub::polling(poll_window)),
     };
     let (device, irq, hub) = (&link.device, &link.irq, &link.hub);
     // Fixed for the device's lifetime: asking once keeps the device lock,

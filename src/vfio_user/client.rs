@@ -484,7 +484,10 @@ mod tests {
     /// A client of our vfio-user server, serving `device` on a thread.
     fn served(device: Arc<Mutex<dyn DeviceModel>>) -> Client {
         let (a, b) = UnixStream::pair().unwrap();
-        std::thread::spawn(move || serve(&mut Session::new(b), device, None));
+        // Its threads poll for the next access, as a remote on a CPU of
+        // its own does.
+        let poll = crate::ioregion::reply_poll::DEFAULT_WINDOW;
+        std::thread::spawn(move || serve(&mut Session::new(b), device, None, poll));
         Client::connect(a, TIMEOUT).unwrap()
     }
 

@@ -678,7 +678,14 @@ mod tests {
         let dev = scratch(256);
         let (a, b) = UnixStream::pair().unwrap();
         let device: Arc<Mutex<dyn DeviceModel>> = dev.clone();
-        let server = std::thread::spawn(move || serve(&mut Session::new(b), device, None));
+        let server = std::thread::spawn(move || {
+            serve(
+                &mut Session::new(b),
+                device,
+                None,
+                std::time::Duration::ZERO,
+            )
+        });
         let mut conn = Connection::new(a, MAX_MESSAGE);
         conn.set_timeout(Some(std::time::Duration::from_secs(5)))
             .unwrap();
