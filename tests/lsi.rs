@@ -111,7 +111,8 @@ fn scenarios() -> Vec<Scenario> {
                 image("a.img", 64),
                 vmm_with(
                     "fio-verify",
-                    "lsi,disk=/tmp/a.img,ioregionfd=userspace,register-writes=waited,reply-poll=20",
+                    "lsi,disk=/tmp/a.img,ioregionfd=userspace,register-writes=waited,reply-poll=20,\
+                     device-poll=20",
                     "--stats"
                 )
             ),
@@ -435,6 +436,7 @@ fn with_waited_register_writes_fio_verify_passes_and_the_mirror_answers_istat() 
     // Polling though nothing can answer meanwhile (the rig's one CPU) costs
     // time, never an answer.
     o.assert_contains("vCPUs poll 20µs for its answers before they sleep");
+    o.assert_contains("region fds' threads look for the next access for 20µs before they sleep");
     let polls = o
         .output
         .lines()

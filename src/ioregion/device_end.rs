@@ -1583,6 +1583,48 @@ mod ordering_tests {
         assert_eq!(ring.put(&record), Put::Send, "listening again");
     }
 
+    /// A posted-write thread that polls (`Hub::polling`) stays up after
+    /// a wake-up with `listening` down: the VMM's next posted writes go
+    /// in the ring with no wake-up, and the thread takes them there. A
+    /// read on a fd then finds them applied.
+    #[test]
+    fn a_polling_posted_write_thread_takes_the_ring_with_no_wake_up() {
+        use crate::mirror::ring::Put;
+        let (journal, device, _) = bank(true);
+        let hub = Arc::new(Hub::polling(Duration::from_secs(30)));
+        let (a, _b) = posted_pair(&device, &hub, 0);
+        let mirror = crate::mirror::RegisterMirror::new().unwrap();
+        assert!(hub.take_posted_writes_from(&mirror.file().unwrap()));
+        let page = Arc::new(MirrorPage::map(&mirror.file().unwrap(), true).unwrap());
+        let ring = PostedRing::new(page).unwrap();
+        // Asleep, listening: the first write goes on the fd and wakes it.
+        a.write_waiting(0, &[1], false, Some(0), Some(&ring))
+            .unwrap();
+        wait_until("the first write applied", || {
+            journal.lock().unwrap().writes.len() == 1
+        });
+        for n in 1..40u64 {
+            let mut cmd = Cmd::write(a_user_data(&hub), n % 8, &[n as u8 + 1], false).unwrap();
+            cmd.sequence = wire::next_sequence();
+            cmd.posted_before = n + 1;
+            assert_eq!(
+                ring.put(&cmd.encode()),
+                Put::Queued,
+                "write {n}: no wake-up"
+            );
+        }
+        wait_until("every write applied", || {
+            journal.lock().unwrap().writes.len() == 40
+        });
+        let expected: Vec<(u64, u8)> = (0..40u64).map(|n| (n % 8, n as u8 + 1)).collect();
+        assert_eq!(journal.lock().unwrap().writes, expected);
+        assert_eq!(from_the_ring(&hub), 39);
+        assert!(!hub.posted.lock().unwrap().asleep, "still polling");
+        let mut data = [0u8; 1];
+        a.read_after(7, &mut data, Some(40)).unwrap();
+        assert_eq!(data, [40]);
+    }
+
     /// A bank whose hub takes posted writes from the ring in a mirror
     /// page, with vCPU 0's two posted fds and the ring as the VMM maps it.
     struct Ringed {

@@ -241,6 +241,9 @@ pub fn run(kind: RemoteKind) -> Result<(), RemoteCliError> {
         log::debug!("device threads run on CPUs {cpus}");
     }
     let poll = std::time::Duration::from_micros(poll_us);
+    if !poll.is_zero() {
+        log::info!("region fds' threads look for the next access for {poll:?} before they sleep");
+    }
     // Before any thread exists, so that every thread inherits it (the
     // sandbox refuses sched_setscheduler later).
     if sched == Sched::Batch {
