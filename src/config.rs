@@ -76,6 +76,18 @@ pub const EXAMPLES: &[(&str, &[&[&str]])] = &[
             "lsi,disk=disk.img,ioregionfd=kernel",
         ]],
     ),
+    (
+        "Give the LSI a CPU of its own: a register read then costs neither side a sleep (vCPUs poll for its answers, it polls for their accesses):",
+        &[&[
+            "vmm",
+            "--kernel",
+            "bzImage",
+            "--initrd",
+            "initramfs.cpio.gz",
+            "--remote-dev",
+            "lsi,disk=disk.img,cpus=3",
+        ]],
+    ),
 ];
 
 fn after_help() -> String {
