@@ -7,7 +7,8 @@
 //! - [`vmm_end`]: the VMM's vCPU thread took an MMIO/PIO exit for the range
 //!   ([`IoRegionPath`]); it answers a mirrored register from the device's
 //!   page, or writes the record to its own region fd ([`RegionFd`]) and
-//!   waits for the response, with a timeout.
+//!   waits for the response, with a timeout, polling for it first
+//!   ([`reply_poll`]) when the device may answer from another CPU.
 //! - [`kernel`]: where the kernel has `KVM_SET_IOREGION`, KVM writes the
 //!   same record to the fd itself and blocks the vCPU in the kernel until
 //!   the response arrives; the vCPU thread never leaves `KVM_RUN`. The ioctl

@@ -1,17 +1,21 @@
-//! How a vCPU thread waits for a remote's answer: a while polling the
-//! socket, then asleep.
+//! How the two ends of a region fd wait: a while polling, then asleep.
+//! A vCPU thread waits so for a remote's answer (`vmm_end`), the remote's
+//! threads for the next access (`device_end`).
 //!
 //! A thread that sleeps in `recv` for the answer to a register read pays
 //! the scheduler on both sides of the sleep and the remote's wake-up on
 //! top (on PVM the vCPU's world switch too: `pvm_vcpu_put` and
-//! `kvm_arch_vcpu_load` cost more when another thread ran in between).
-//! When the remote runs on another CPU its answer comes within
-//! microseconds, and a thread that polls that long never sleeps. When it
-//! shares the vCPU's CPU nothing arrives while the vCPU polls, so a poll
-//! that comes back empty makes the next ones rarer (1, 2, 4 ... up to
-//! [`MAX_SKIPPED`] waits go straight to sleep) and one that catches an
-//! answer makes them regular again: on a shared CPU polling costs a
-//! window every [`MAX_SKIPPED`] waits, at most.
+//! `kvm_arch_vcpu_load` cost more when another thread ran in between),
+//! and a remote asleep on an idle CPU takes long to wake (46 us for a
+//! socket round trip between two CPUs of our cloud VM, 8 on one CPU:
+//! `resources/bench/2026-12-06-cpl3-probe-polling.md`). When the two ends
+//! run on different CPUs the other's record comes within microseconds,
+//! and a thread that polls that long never sleeps. When they share a CPU
+//! nothing arrives while one polls, so a poll that comes back empty makes
+//! the next ones rarer (1, 2, 4 ... up to [`MAX_SKIPPED`] waits go
+//! straight to sleep) and one that catches something makes them regular
+//! again: on a shared CPU polling costs a window every [`MAX_SKIPPED`]
+//! waits, at most.
 
 use std::time::{Duration, Instant};
 
