@@ -46,6 +46,13 @@ impl PostedEnd {
         }
     }
 
+    /// Whether a record was taken off this fd and is held, not applied
+    /// yet. The fd no longer shows it to epoll: whoever took it must apply
+    /// it.
+    pub(super) fn holds_a_taken_record(&self) -> bool {
+        self.head.is_some() && matches!(self.source, Source::Fd(_))
+    }
+
     /// Whether a ring holds a record to apply (a broken ring counts: a
     /// drain finds out and drops it). A fd says so through epoll instead.
     pub(super) fn ring_holds_records(&self) -> bool {
