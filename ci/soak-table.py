@@ -25,8 +25,14 @@ COLUMNS = ["runs", "ok", "stalled", "triple fault / reset", "guest panic or lock
            "verify failure", "other failure", "rig died / not run"]
 
 
-def classify(text, rc):
+def classify(text, rc, scenario):
     """The column a finished run belongs in, and a short reason."""
+    if scenario == "hostile":
+        cut_off = next((l for l in text.splitlines() if "the device is cut off" in l), None)
+        if cut_off:
+            return "other failure", cut_off.strip()[:160]
+        if "VMM-GUEST: disk back: ok" in text and rc == 0:
+            return "ok", ""
     if "the guest had not found its disk" in text:
         return "other failure", "the remote was not killed mid-I/O: no disk in 120 s"
     if "VMM-GUEST: fio done: FAILED" in text:
@@ -79,7 +85,7 @@ def main():
             if "SOAK-NOT-APPLICABLE" in out:
                 counts.setdefault(key, None)
             else:
-                col, why = classify(out, int(m.group(4)))
+                col, why = classify(out, int(m.group(4)), key[1])
                 row = counts.setdefault(key, {c: 0 for c in COLUMNS}) or {}
                 row["runs"] += 1
                 row[col] += 1
@@ -89,7 +95,8 @@ def main():
                     stats = dict(kv.split("=") for kv in counts_line[10:].split() if "=" in kv)
                     # KVM's debugfs sums over the VMs alive when read:
                     # zero before and after a run means no reading.
-                    if stats and int(stats.get("exits", 0)) > 0 and key[1] != "restart":
+                    if (stats and int(stats.get("exits", 0)) > 0
+                            and key[1] not in ("restart", "hostile")):
                         kvm.setdefault(key, []).append(
                             (int(stats.get("exits", 0)), int(stats.get("irq_injections", 0))))
                 else:

@@ -28,6 +28,11 @@
 #   restart   ours only: fio2's job on 1 vCPU, the remote is killed
 #             mid-I/O and restart=on brings a new one; the guest must finish
 #             with fio verify passing
+#   hostile   ours only: the guest unbinds sym53c8xx, programs garbage into
+#             the chip (guest/scripts/hostile), binds it again and reads
+#             the disk; a run is ok when the disk came back and the device
+#             was never cut off (its chip reset lost a read in 3 of 14
+#             runs until 8af3ab1)
 #
 # A soak longer than one sitting runs in parts: `--part-of NAME` adds
 # --runs more rounds to the record resources/soak/NAME.md, with the same
@@ -140,7 +145,24 @@ one_run() {
         fio2) n=2 ;;
         fio1) n=1 ;;
         restart) n=1 ;;
+        hostile) n=1 ;;
     esac
+    if [ "$scenario" = hostile ]; then
+        case $config in
+            ours) extra="" ;;
+            ours-posted) extra=",ioregionfd=userspace,register-writes=posted" ;;
+            ours-waited) extra=",ioregionfd=userspace,register-writes=waited" ;;
+            ours-kernel) extra=",ioregionfd=kernel" ;;
+            ours-workers) extra=",disk-io=workers" ;;
+            ours-vfio-user) extra=",proto=vfio-user" ;;
+            *) echo "SOAK-NOT-APPLICABLE"; return 0 ;;
+        esac
+        # memmap= keeps the guest out of the RAM its SCRIPTS copy over.
+        $VMM --kernel $GUEST/bzImage --initrd $GUEST/initramfs.cpio.gz \
+            --cmdline 'console=ttyS0 quiet iomem=relaxed memmap=16M$0x4000000 vmm.run=hostile' \
+            --mem 512M --log-level info --remote-dev "lsi,disk=$img$extra" </dev/null 2>&1
+        return
+    fi
     if [ "$scenario" = restart ]; then
         case $config in
             ours) extra=",restart=on" ;;

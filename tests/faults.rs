@@ -175,6 +175,17 @@ fn a_frozen_remote_times_out_on_the_region_fd_and_the_vmm_still_stops() {
         o.output
     );
     o.assert_contains("the device is cut off: its registers read as zeros");
+    // Where the remote's threads were: all stopped (T), the signal's doing.
+    let threads = o
+        .output
+        .lines()
+        .find(|l| l.contains("the device process's threads (pid"))
+        .unwrap_or_else(|| panic!("no line on the remote's threads in:\n{}", o.output));
+    assert!(threads.contains("ioregion-posted T "), "{threads}");
+    assert!(
+        !threads.contains(" S "),
+        "a thread asleep, not stopped: {threads}"
+    );
     // 128 + SIGTERM: the VMM honoured the signal instead of hanging.
     o.assert_exited("vmm", 143);
 }

@@ -40,6 +40,20 @@ pub enum DispatchError {
     },
 }
 
+impl DispatchError {
+    /// Whether the device process is there but does not take or answer
+    /// what it is sent: then where its threads sleep says why.
+    pub fn is_a_hang(&self) -> bool {
+        matches!(
+            self,
+            DispatchError::Timeout(_)
+                | DispatchError::SendTimeout(_)
+                | DispatchError::PostedStalled(_)
+                | DispatchError::KernelStalled(_)
+        )
+    }
+}
+
 /// A socket error as a dispatch error: the errors of a peer that went
 /// away are all `PeerClosed`.
 pub(super) fn map_io(op: &'static str, e: io::Error) -> DispatchError {

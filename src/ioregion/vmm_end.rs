@@ -156,6 +156,9 @@ impl IoRegionPath {
         bump(&self.stats.errors);
         if self.failed.fail() {
             log::error!("{}: {e}; {CUT_OFF_NOTE}", self.label);
+            if e.is_a_hang() {
+                self.say_where_the_device_sleeps();
+            }
         }
         self.leave_kvm();
     }

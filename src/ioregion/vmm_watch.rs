@@ -1,8 +1,10 @@
 //! The VMM's watch over one range served over ioregion fds
 //! ([`IoRegionPath`]): a device that stops taking KVM's commands, or the
 //! posted writes queued for it on its fds or in its ring, is cut off
-//! rather than left to hang the vCPUs that wait on it later.
+//! rather than left to hang the vCPUs that wait on it later; one cut off
+//! for not answering is logged with where its threads sleep.
 
+use std::os::fd::AsFd;
 use std::time::Instant;
 
 use super::vmm_end::{DispatchError, IoRegionPath};
@@ -61,6 +63,28 @@ impl Watched for IoRegionPath {
                 self.fault(DispatchError::PostedStalled(timeout));
                 return;
             }
+        }
+    }
+}
+
+impl IoRegionPath {
+    /// Logs where each thread of the device process sleeps (`sys::threads`).
+    pub(super) fn say_where_the_device_sleeps(&self) {
+        let Some(fd) = self.fds.first() else {
+            return;
+        };
+        let threads = crate::sys::threads::peer_pid(fd.as_fd())
+            .and_then(|pid| Ok((pid, crate::sys::threads::describe_threads(pid)?)));
+        match threads {
+            Ok((pid, threads)) => log::error!(
+                "{}: the device process's threads (pid {pid}; name, state, where it sleeps): \
+                 {threads}",
+                self.label
+            ),
+            Err(e) => log::warn!(
+                "{}: cannot tell where the device process's threads sleep: {e}",
+                self.label
+            ),
         }
     }
 }

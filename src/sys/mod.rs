@@ -5,6 +5,7 @@
 
 pub mod cpus;
 pub mod signal;
+pub mod threads;
 
 use std::ffi::CStr;
 use std::fs::File;
