@@ -6,8 +6,12 @@
  * the low 4 GiB with user pages, load a GDT with user segments and iretq to
  * CPL3 with IOPL 3, which parses the kernel command line:
  *
- *     OP ADDR COUNT      OP: r = 32-bit MMIO read, w = 32-bit MMIO write,
- *                        i = 32-bit port read; ADDR and COUNT in hex
+ *     OP ADDR COUNT [GAP]    OP: r = 32-bit MMIO read, w = 32-bit MMIO
+ *                            write, i = 32-bit port read; ADDR, COUNT and
+ *                            GAP in hex. GAP: iterations of an empty loop
+ *                            after each access (default 0), so that the
+ *                            device and the vCPU thread see time between
+ *                            accesses as a driver's would
  *
  * does COUNT accesses, prints "probe: done" on COM1 and resets through the
  * i8042, which ends the VMM with status 0. The host times whole runs with
@@ -68,7 +72,10 @@ user:
         call    parse_hex
         mov     %rax, %r13                      /* ADDR */
         call    parse_hex
-        mov     %rax, %rcx                      /* COUNT */
+        mov     %rax, %rbx                      /* COUNT */
+        call    parse_hex
+        mov     %rax, %r14                      /* GAP */
+        mov     %rbx, %rcx
         test    %rcx, %rcx
         jz      done
         cmp     $'r', %r12b
@@ -80,17 +87,20 @@ user:
         jmp     done
 do_read:
         mov     (%r13), %eax
+        call    gap
         dec     %rcx
         jnz     do_read
         jmp     done
 do_write:
         mov     %ecx, (%r13)
+        call    gap
         dec     %rcx
         jnz     do_write
         jmp     done
 do_pio:
         mov     %r13w, %dx
 3:      in      %dx, %eax
+        call    gap
         dec     %rcx
         jnz     3b
 done:
@@ -105,6 +115,15 @@ done:
 5:      mov     $0xfe, %al                      /* i8042: pulse reset */
         out     %al, $0x64
 6:      jmp     6b
+
+/* Spins GAP (%r14) iterations; clobbers only %r8. */
+gap:
+        mov     %r14, %r8
+        test    %r8, %r8
+        jz      13f
+12:     dec     %r8
+        jnz     12b
+13:     ret
 
 /* Skips spaces, reads hex digits (an optional 0x prefix) from (%rsi). */
 parse_hex:
