@@ -22,14 +22,8 @@ set -euo pipefail
 cd "$VMM_ROOT"
 rounds=${1:-3}
 gaps=${2:-0 10 30 100}
-[ -e /dev/kvm ] || die "needs /dev/kvm on this host"
 [ "$(nproc)" -gt 1 ] || die "needs two CPUs (the remote runs on CPU 1)"
-cargo build --release --locked >&2
-probe=$(guest/probe/build.sh)
-img=$(mktemp)
-trap 'rm -f "$img"' EXIT
-truncate -s 16M "$img"
-vmm=target/release/vmm
+probe_bench_setup
 scratchb=0xc000005c
 scripts_ram=0xc0002100
 unmapped=0xd0000000

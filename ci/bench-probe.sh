@@ -32,16 +32,10 @@ set -euo pipefail
 cd "$VMM_ROOT"
 rounds=${1:-3}
 extra=${2:-65536}
-[ -e /dev/kvm ] || die "needs /dev/kvm on this host"
-cargo build --release --locked >&2
-probe=$(guest/probe/build.sh)
+probe_bench_setup
 sockrtt=$VMM_BUILD/tools/sockrtt
 mkdir -p "$(dirname "$sockrtt")"
 gcc -O2 -o "$sockrtt" ci/tools/sockrtt.c
-img=$(mktemp)
-trap 'rm -f "$img"' EXIT
-truncate -s 16M "$img"
-vmm=target/release/vmm
 bar1=0xc0000000
 bar2=0xc0002000
 

@@ -123,3 +123,16 @@ rig_defaults() {
     esac
     export VMM_RIG_CPUS VMM_RIG_CPU VMM_RIG_APPEND VMM_RIG_QEMU
 }
+
+# For the CPL3 probe's benchmarks (ci/bench-probe.sh, ci/bench-poll-gaps.sh):
+# builds the VMM (release) and the probe guest and makes a scratch 16 MiB
+# disk image for the LSI, removed at exit. Sets vmm, probe and img.
+probe_bench_setup() {
+    [ -e /dev/kvm ] || die "needs /dev/kvm on this host"
+    cargo build --release --locked >&2
+    probe=$(guest/probe/build.sh)
+    img=$(mktemp)
+    trap 'rm -f "$img"' EXIT
+    truncate -s 16M "$img"
+    vmm=target/release/vmm
+}

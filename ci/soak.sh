@@ -133,9 +133,21 @@ body=$(cat <<'SCRIPT'
 fio_cmdline="console=ttyS0 quiet vmm.run=fio-verify vmm.fio=verify-long"
 guest="-kernel $GUEST/bzImage -initrd $GUEST/initramfs.cpio.gz"
 qemu_vm="qemu-system-x86_64 -accel kvm -cpu host -m 512M -nodefaults -display none -serial stdio -no-reboot"
-ours() { # $1 vCPUs, $2 extra --remote-dev keys
-    $VMM --kernel $GUEST/bzImage --initrd $GUEST/initramfs.cpio.gz --cmdline "$fio_cmdline" \
+ours() { # $1 vCPUs, $2 extra --remote-dev keys, $3 the guest's command line
+    $VMM --kernel $GUEST/bzImage --initrd $GUEST/initramfs.cpio.gz --cmdline "${3:-$fio_cmdline}" \
         --cpus "$1" --mem 512M --log-level info --remote-dev "lsi,disk=$img$2" </dev/null 2>&1
+}
+# The --remote-dev keys of one of our configurations; fails for QEMU's.
+ours_keys() {
+    case $1 in
+        ours) echo "" ;;
+        ours-posted) echo ",ioregionfd=userspace,register-writes=posted" ;;
+        ours-waited) echo ",ioregionfd=userspace,register-writes=waited" ;;
+        ours-kernel) echo ",ioregionfd=kernel" ;;
+        ours-workers) echo ",disk-io=workers" ;;
+        ours-vfio-user) echo ",proto=vfio-user" ;;
+        *) return 1 ;;
+    esac
 }
 one_run() {
     config=$1 scenario=$2
@@ -147,36 +159,19 @@ one_run() {
         restart) n=1 ;;
         hostile) n=1 ;;
     esac
+    keys=$(ours_keys "$config") || keys=none
     if [ "$scenario" = hostile ]; then
-        case $config in
-            ours) extra="" ;;
-            ours-posted) extra=",ioregionfd=userspace,register-writes=posted" ;;
-            ours-waited) extra=",ioregionfd=userspace,register-writes=waited" ;;
-            ours-kernel) extra=",ioregionfd=kernel" ;;
-            ours-workers) extra=",disk-io=workers" ;;
-            ours-vfio-user) extra=",proto=vfio-user" ;;
-            *) echo "SOAK-NOT-APPLICABLE"; return 0 ;;
-        esac
+        [ "$keys" = none ] && { echo "SOAK-NOT-APPLICABLE"; return 0; }
         # memmap= keeps the guest out of the RAM its SCRIPTS copy over.
-        $VMM --kernel $GUEST/bzImage --initrd $GUEST/initramfs.cpio.gz \
-            --cmdline 'console=ttyS0 quiet iomem=relaxed memmap=16M$0x4000000 vmm.run=hostile' \
-            --mem 512M --log-level info --remote-dev "lsi,disk=$img$extra" </dev/null 2>&1
+        ours 1 "$keys" 'console=ttyS0 quiet iomem=relaxed memmap=16M$0x4000000 vmm.run=hostile'
         return
     fi
     if [ "$scenario" = restart ]; then
-        case $config in
-            ours) extra=",restart=on" ;;
-            ours-posted) extra=",restart=on,ioregionfd=userspace,register-writes=posted" ;;
-            ours-waited) extra=",restart=on,ioregionfd=userspace,register-writes=waited" ;;
-            ours-kernel) extra=",restart=on,ioregionfd=kernel" ;;
-            ours-workers) extra=",restart=on,disk-io=workers" ;;
-            ours-vfio-user) extra=",restart=on,proto=vfio-user" ;;
-            *) echo "SOAK-NOT-APPLICABLE"; return 0 ;;
-        esac
+        [ "$keys" = none ] && { echo "SOAK-NOT-APPLICABLE"; return 0; }
         # The last run's log must be gone first, or its 'disk found'
         # would have the remote killed before this guest booted.
         rm -f $WORK/vmm.log
-        ours 1 "$extra" > $WORK/vmm.log &
+        ours 1 ",restart=on$keys" > $WORK/vmm.log &
         vmm=$!
         i=0; while [ $i -lt 120 ] && ! grep -q 'disk found' $WORK/vmm.log 2>/dev/null; do sleep 1; i=$((i + 1)); done
         sleep 5
@@ -192,13 +187,11 @@ one_run() {
         cat $WORK/vmm.log
         return $rc
     fi
+    if [ "$keys" != none ]; then
+        ours $n "$keys"
+        return
+    fi
     case $config in
-        ours) ours $n "" ;;
-        ours-posted) ours $n ",ioregionfd=userspace,register-writes=posted" ;;
-        ours-waited) ours $n ",ioregionfd=userspace,register-writes=waited" ;;
-        ours-kernel) ours $n ",ioregionfd=kernel" ;;
-        ours-workers) ours $n ",disk-io=workers" ;;
-        ours-vfio-user) ours $n ",proto=vfio-user" ;;
         qemu) $qemu_vm -smp $n $guest -append "$fio_cmdline" -device lsi53c895a,id=lsi0 \
                 -drive id=d0,file=$img,format=raw,if=none -device scsi-hd,drive=d0,bus=lsi0.0 </dev/null 2>&1 ;;
         qemu-mp) $PAIREXEC "LSI_DISK=$img exec $EXTRA/ci/qemu-remote-lsi.sh" \

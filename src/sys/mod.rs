@@ -79,23 +79,40 @@ pub fn wait_readable(fd: BorrowedFd<'_>, timeout_ms: libc::c_int) -> io::Result<
 
 /// The socket's type (`libc::SOCK_STREAM`, `SOCK_SEQPACKET`, ...).
 pub fn socket_type(fd: BorrowedFd<'_>) -> io::Result<libc::c_int> {
-    let mut kind: libc::c_int = 0;
-    let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
-    // SAFETY: getsockopt writes at most `len` bytes into `kind`, which
-    // lives across the call.
+    socket_option(fd, libc::SO_TYPE, 0)
+}
+
+/// The credentials the socket's peer had when the socket was made or
+/// connected (for a socket pair, its maker's).
+pub fn peer_credentials(fd: BorrowedFd<'_>) -> io::Result<libc::ucred> {
+    let none = libc::ucred {
+        pid: 0,
+        uid: 0,
+        gid: 0,
+    };
+    socket_option(fd, libc::SO_PEERCRED, none)
+}
+
+/// A SOL_SOCKET option whose value is a plain C value of type `T`,
+/// starting from `value`.
+fn socket_option<T: Copy>(fd: BorrowedFd<'_>, name: libc::c_int, mut value: T) -> io::Result<T> {
+    let mut len = std::mem::size_of::<T>() as libc::socklen_t;
+    // SAFETY: getsockopt writes at most `len` bytes, the size of `value`,
+    // into `value`, which lives across the call; the options asked for
+    // here are plain C values, valid whatever bytes they hold.
     let ret = unsafe {
         libc::getsockopt(
             fd.as_raw_fd(),
             libc::SOL_SOCKET,
-            libc::SO_TYPE,
-            (&mut kind as *mut libc::c_int).cast(),
+            name,
+            (&raw mut value).cast(),
             &mut len,
         )
     };
     if ret != 0 {
         return Err(io::Error::last_os_error());
     }
-    Ok(kind)
+    Ok(value)
 }
 
 /// Bounds every blocking recv on the socket by `timeout` (SO_RCVTIMEO).

@@ -8,33 +8,14 @@
 
 use std::fs;
 use std::io;
-use std::os::fd::{AsRawFd, BorrowedFd};
+use std::os::fd::BorrowedFd;
 use std::path::Path;
 
 /// The pid of the process that made the socket pair `fd` belongs to, or
 /// that connected it: for a region fd, the device process.
 pub fn peer_pid(fd: BorrowedFd<'_>) -> io::Result<u32> {
-    let mut cred = libc::ucred {
-        pid: 0,
-        uid: 0,
-        gid: 0,
-    };
-    let mut len = std::mem::size_of::<libc::ucred>() as libc::socklen_t;
-    // SAFETY: SO_PEERCRED writes at most `len` bytes into `cred`, which
-    // lives across the call; `len` says its size.
-    let r = unsafe {
-        libc::getsockopt(
-            fd.as_raw_fd(),
-            libc::SOL_SOCKET,
-            libc::SO_PEERCRED,
-            (&raw mut cred).cast(),
-            &mut len,
-        )
-    };
-    if r != 0 {
-        return Err(io::Error::last_os_error());
-    }
-    u32::try_from(cred.pid)
+    let pid = super::peer_credentials(fd)?.pid;
+    u32::try_from(pid)
         .ok()
         .filter(|&pid| pid != 0)
         .ok_or_else(|| io::Error::other("the socket names no peer process"))
