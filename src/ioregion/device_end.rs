@@ -1680,6 +1680,138 @@ mod ordering_tests {
         assert_eq!(data, [40]);
     }
 
+    /// Random interleavings of what a hub sees from two vCPUs: posted
+    /// writes through the ring or on their fds, reads on their fds (a vCPU
+    /// waits for its read before it goes on), the posted-write thread's
+    /// wake-ups with and without the guest's acknowledgement, and other
+    /// threads' catch-ups. After every step no record taken off a fd is
+    /// held (nothing would wake the hub for it again); in the end every
+    /// write is applied once, in the order sent, and every read answered
+    /// with what the writes sent before it left, or a later write's value.
+    #[test]
+    fn random_interleavings_lose_no_record_and_keep_the_order() {
+        use crate::mirror::ring::{Put, mark_wake_up};
+        for seed in 1..=100u64 {
+            let Ringed {
+                journal,
+                device,
+                hub,
+                a: _a,
+                b: _b,
+                mirror,
+                ring,
+            } = ringed_bank();
+            let vcpus = [
+                RawPair::open(&device, &hub, 1),
+                RawPair::open(&device, &hub, 2),
+            ];
+            let map = || MirrorPage::map(&mirror.file().unwrap(), true).unwrap();
+            assert!(hub.count_posted_writes_in(map()));
+            let vmm = map();
+            vmm.show_sent_count(0);
+            wait_until("the posted-write thread asleep", || {
+                hub.posted.lock().unwrap().asleep
+            });
+            let mut posted = hub.posted.lock().unwrap();
+            ring.stop_listening();
+            let mut rng = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15);
+            let mut next = |n: u64| {
+                rng ^= rng << 13;
+                rng ^= rng >> 7;
+                rng ^= rng << 17;
+                rng % n
+            };
+            let mut sent: Vec<(u64, u8)> = Vec::new();
+            // Per vCPU: its read waiting for an answer (fd, BAR offset,
+            // the writes sent before it).
+            let mut waiting: [Option<(usize, usize, usize)>; 2] = [None, None];
+            for step in 0..400 {
+                let v = next(2) as usize;
+                let (i, o) = (next(2) as usize, next(8));
+                let at = i * 8 + o as usize;
+                match next(9) {
+                    0..=3 if waiting[v].is_none() => {
+                        let value = sent.len() as u8;
+                        let mut cmd =
+                            Cmd::write(vcpus[v].user_data[i], o, &[value], false).unwrap();
+                        cmd.sequence = wire::next_sequence();
+                        cmd.posted_before = sent.len() as u64 + 1;
+                        let mut record = cmd.encode();
+                        let put = if next(2) == 0 {
+                            ring.put(&record)
+                        } else {
+                            Put::Send
+                        };
+                        if put != Put::Queued {
+                            if put == Put::QueuedWakeUp {
+                                mark_wake_up(&mut record);
+                            }
+                            (&vcpus[v].fds[i]).write_all(&record).unwrap();
+                        }
+                        sent.push((at as u64, value));
+                        vmm.store_sent_count(sent.len() as u64);
+                    }
+                    4..=5 if waiting[v].is_none() => {
+                        vcpus[v].read(i, o, sent.len() as u64, wire::next_sequence());
+                        waiting[v] = Some((i, at, sent.len()));
+                    }
+                    6..=7 => {
+                        let end = next(posted.ends.len() as u64) as usize;
+                        let woke = posted.ends[end].raw_fd();
+                        posted.serve_wake_up(woke, next(2) == 0);
+                    }
+                    8 => {
+                        posted.drain(None, true);
+                        posted.after_another_drain();
+                    }
+                    _ => {}
+                }
+                assert!(
+                    !posted.ends.iter().any(PostedEnd::holds_a_taken_record),
+                    "seed {seed} step {step}: a record taken off a fd is held"
+                );
+                for (v, vcpu) in vcpus.iter().enumerate() {
+                    let Some((i, at, before)) = waiting[v] else {
+                        continue;
+                    };
+                    let Some(answer) = vcpu.answered(i) else {
+                        continue;
+                    };
+                    let at_send = sent[..before].iter().rev().find(|(o, _)| *o == at as u64);
+                    let later = sent[before..].iter().filter(|(o, _)| *o == at as u64);
+                    let mut legal = vec![u64::from(at_send.map_or(0, |(_, value)| *value))];
+                    legal.extend(later.map(|(_, value)| u64::from(*value)));
+                    assert!(
+                        legal.contains(&answer),
+                        "seed {seed} step {step}: vCPU {} read {answer} at {at}, not one of {legal:?}",
+                        v + 1
+                    );
+                    waiting[v] = None;
+                }
+            }
+            // What is left: the posted-write thread's next wake-ups.
+            let fds: Vec<Option<RawFd>> = posted.ends.iter().map(PostedEnd::raw_fd).collect();
+            for woke in fds {
+                posted.serve_wake_up(woke, false);
+            }
+            posted.drain(None, false);
+            assert_eq!(
+                journal.lock().unwrap().writes,
+                sent,
+                "seed {seed}: applied in order"
+            );
+            for (v, vcpu) in vcpus.iter().enumerate() {
+                if let Some((i, _, _)) = waiting[v] {
+                    assert!(
+                        vcpu.answered(i).is_some(),
+                        "seed {seed}: vCPU {}'s last read",
+                        v + 1
+                    );
+                }
+            }
+        }
+    }
+
     /// A bank whose hub takes posted writes from the ring in a mirror
     /// page, with vCPU 0's two posted fds and the ring as the VMM maps it.
     struct Ringed {
