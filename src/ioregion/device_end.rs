@@ -1613,13 +1613,7 @@ mod ordering_tests {
             ring,
         } = ringed_bank();
         let vcpu1 = RawPair::open(&device, &hub, 1);
-        let map = || MirrorPage::map(&mirror.file().unwrap(), true).unwrap();
-        assert!(hub.count_posted_writes_in(map()));
-        let vmm = map();
-        vmm.show_sent_count(0);
-        wait_until("the posted-write thread asleep", || {
-            hub.posted.lock().unwrap().asleep
-        });
+        let vmm = vmm_counting_in(&hub, &mirror);
         let mut posted = hub.posted.lock().unwrap();
         // As after the device looked at an empty ring: the write stays there.
         ring.stop_listening();
@@ -1705,13 +1699,7 @@ mod ordering_tests {
                 RawPair::open(&device, &hub, 1),
                 RawPair::open(&device, &hub, 2),
             ];
-            let map = || MirrorPage::map(&mirror.file().unwrap(), true).unwrap();
-            assert!(hub.count_posted_writes_in(map()));
-            let vmm = map();
-            vmm.show_sent_count(0);
-            wait_until("the posted-write thread asleep", || {
-                hub.posted.lock().unwrap().asleep
-            });
+            let vmm = vmm_counting_in(&hub, &mirror);
             let mut posted = hub.posted.lock().unwrap();
             ring.stop_listening();
             let mut rng = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15);
@@ -1840,6 +1828,20 @@ mod ordering_tests {
             mirror,
             ring,
         }
+    }
+
+    /// The hub keeps its count of posted writes applied in `mirror`'s
+    /// page, and the VMM (the page returned) its count sent, from 0;
+    /// returns once the posted-write thread sleeps.
+    fn vmm_counting_in(hub: &Hub, mirror: &crate::mirror::RegisterMirror) -> MirrorPage {
+        let map = || MirrorPage::map(&mirror.file().unwrap(), true).unwrap();
+        assert!(hub.count_posted_writes_in(map()));
+        let vmm = map();
+        vmm.show_sent_count(0);
+        wait_until("the posted-write thread asleep", || {
+            hub.posted.lock().unwrap().asleep
+        });
+        vmm
     }
 
     /// The user data of the bank's first range.
