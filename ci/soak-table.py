@@ -31,6 +31,9 @@ def classify(text, rc, scenario):
         cut_off = next((l for l in text.splitlines() if "the device is cut off" in l), None)
         if cut_off:
             return "other failure", cut_off.strip()[:160]
+        rebinds = next((l for l in text.splitlines() if "VMM-GUEST: rebinds:" in l), None)
+        if rebinds and "5 of 5 ok" not in rebinds:
+            return "other failure", rebinds.strip()
         if "VMM-GUEST: disk back: ok" in text and rc == 0:
             return "ok", ""
     if "the guest had not found its disk" in text:

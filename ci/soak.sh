@@ -30,9 +30,10 @@
 #             with fio verify passing
 #   hostile   ours only: the guest unbinds sym53c8xx, programs garbage into
 #             the chip (guest/scripts/hostile), binds it again and reads
-#             the disk; a run is ok when the disk came back and the device
-#             was never cut off (its chip reset lost a read in 3 of 14
-#             runs until 8af3ab1)
+#             the disk, then lets go of it and takes it back 5 times; a run
+#             is ok when the disk came back every time and the device was
+#             never cut off (its chip reset lost a read in 3 of 14 runs
+#             until 8af3ab1)
 #
 # A soak longer than one sitting runs in parts: `--part-of NAME` adds
 # --runs more rounds to the record resources/soak/NAME.md, with the same

@@ -321,6 +321,7 @@ fn a_hostile_guest_gets_error_interrupts_and_the_disk_back() {
     o.assert_contains("VMM-GUEST: register storm done");
     // The stock driver re-initialises the chip and the disk works.
     o.assert_contains("VMM-GUEST: disk back: ok");
+    o.assert_contains("VMM-GUEST: rebinds: 5 of 5 ok");
     o.assert_contains("remote peak VmHWM");
     assert!(
         !o.output.contains("cut off"),
