@@ -112,7 +112,10 @@ impl Posted {
     /// ([`AppliedCount::owes_nothing_more`]): `first`'s and the rings'
     /// covered records, and nothing once they are all applied. Records sent
     /// after it (the next doorbell) then wait for their own turn, after
-    /// the acknowledgement, as the guest made them.
+    /// the acknowledgement, as the guest made them. Such a record taken off
+    /// `first` before the catch-up stopped stays held there, off its fd:
+    /// the caller answers it (`serve_wake_up`). Without `catching_up`
+    /// nothing taken off a fd is left held.
     fn drain(&mut self, first: Option<usize>, catching_up: bool) -> Vec<usize> {
         let woke = first.filter(|&i| i < self.ends.len());
         if catching_up {
@@ -1603,31 +1606,23 @@ mod ordering_tests {
     #[test]
     fn a_read_taken_off_its_fd_by_a_catch_up_is_answered() {
         use crate::mirror::ring::Put;
-        let Ringed {
-            journal,
-            device,
-            hub,
-            a: _a,
-            b: _b,
-            mirror,
-            ring,
-        } = ringed_bank();
-        let vcpu1 = RawPair::open(&device, &hub, 1);
-        let vmm = vmm_counting_in(&hub, &mirror);
-        let mut posted = hub.posted.lock().unwrap();
+        let bank = ringed_bank();
+        let vcpu1 = RawPair::open(&bank.device, &bank.hub, 1);
+        let vmm = vmm_counting_in(&bank.hub, &bank.mirror);
+        let mut posted = bank.hub.posted.lock().unwrap();
         // As after the device looked at an empty ring: the write stays there.
-        ring.stop_listening();
+        bank.ring.stop_listening();
         let mut write = Cmd::write(vcpu1.user_data[0], 3, &[7], false).unwrap();
         write.sequence = wire::next_sequence();
         write.posted_before = 1;
-        assert_eq!(ring.put(&write.encode()), Put::Queued);
+        assert_eq!(bank.ring.put(&write.encode()), Put::Queued);
         vmm.store_sent_count(1);
         vcpu1.read(0, 3, 1, wire::next_sequence());
         // vCPU 0's two fds, the ring, then vCPU 1's.
         let woke = posted.ends[3].raw_fd();
         assert!(woke.is_some(), "vCPU 1's first fd");
         posted.serve_wake_up(woke, true);
-        assert_eq!(journal.lock().unwrap().writes, [(3, 7)]);
+        assert_eq!(bank.journal.lock().unwrap().writes, [(3, 7)]);
         assert_eq!(vcpu1.answered(0), Some(7), "the read answered");
         assert!(!posted.ends.iter().any(PostedEnd::holds_a_taken_record));
     }
@@ -1686,22 +1681,14 @@ mod ordering_tests {
     fn random_interleavings_lose_no_record_and_keep_the_order() {
         use crate::mirror::ring::{Put, mark_wake_up};
         for seed in 1..=100u64 {
-            let Ringed {
-                journal,
-                device,
-                hub,
-                a: _a,
-                b: _b,
-                mirror,
-                ring,
-            } = ringed_bank();
+            let bank = ringed_bank();
             let vcpus = [
-                RawPair::open(&device, &hub, 1),
-                RawPair::open(&device, &hub, 2),
+                RawPair::open(&bank.device, &bank.hub, 1),
+                RawPair::open(&bank.device, &bank.hub, 2),
             ];
-            let vmm = vmm_counting_in(&hub, &mirror);
-            let mut posted = hub.posted.lock().unwrap();
-            ring.stop_listening();
+            let vmm = vmm_counting_in(&bank.hub, &bank.mirror);
+            let mut posted = bank.hub.posted.lock().unwrap();
+            bank.ring.stop_listening();
             let mut rng = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15);
             let mut next = |n: u64| {
                 rng ^= rng << 13;
@@ -1726,7 +1713,7 @@ mod ordering_tests {
                         cmd.posted_before = sent.len() as u64 + 1;
                         let mut record = cmd.encode();
                         let put = if next(2) == 0 {
-                            ring.put(&record)
+                            bank.ring.put(&record)
                         } else {
                             Put::Send
                         };
@@ -1784,7 +1771,7 @@ mod ordering_tests {
             }
             posted.drain(None, false);
             assert_eq!(
-                journal.lock().unwrap().writes,
+                bank.journal.lock().unwrap().writes,
                 sent,
                 "seed {seed}: applied in order"
             );
