@@ -31,12 +31,17 @@
 //! turn up ([`drain_in_order`] says why that holds).
 //!
 //! Records without a number are those KVM writes on the kernel path
-//! (`KVM_SET_IOREGION`); they are applied in the order the drain finds
-//! them. There, all vCPUs share one fd per range and KVM puts each access
-//! on it in order, so the first rule holds for accesses within one range
-//! and across ranges as before (a waited access drains every posted fd
-//! before it is applied), but the order of posted writes to two different
-//! ranges is not known here and is not guaranteed.
+//! (`KVM_SET_IOREGION`). There, all vCPUs share one fd per range and KVM
+//! puts each access on it in order. KVM posts writes only where the VMM
+//! posts none (`proxy::ioregion_setup`): its posted writes go before any
+//! numbered record (a vCPU thread's read, which cannot come before them),
+//! and the first rule holds within one range and across ranges (a waited
+//! access drains every posted fd before it is applied), but the order of
+//! KVM's posted writes to two different ranges is not known here and is
+//! not guaranteed. Where the VMM posts writes (through the ring), KVM
+//! sends reads and waited writes only, and those go after every numbered
+//! record in sight, among them the posted writes sent before them
+//! (`drain::Place`).
 
 use std::fs::File;
 use std::io;
@@ -1595,6 +1600,61 @@ mod ordering_tests {
         posted.after_another_drain();
         assert_eq!(journal.lock().unwrap().writes, [(0, 1), (0, 2)]);
         assert_eq!(ring.put(&record), Put::Send, "listening again");
+    }
+
+    /// On the kernel path with the VMM posting writes through the ring,
+    /// KVM sends the reads and waited writes of other registers, without
+    /// a number: such a record waits for the posted writes in the ring,
+    /// which the guest made before it, and a posted write KVM sends (none
+    /// while the VMM posts) still goes before a numbered record.
+    #[test]
+    fn a_record_kvm_waits_for_goes_after_the_posted_writes_in_the_ring() {
+        use crate::mirror::ring::Put;
+        let Ringed {
+            journal,
+            device,
+            hub,
+            ring,
+            ..
+        } = ringed_bank();
+        let kvm = RawPair::open(&device, &hub, 1);
+        wait_until("the device asleep", || ring.backlog().0 == 0);
+        for (value, read) in [(0x11u8, true), (0x22, false)] {
+            let busy = hub.posted.lock().unwrap();
+            ring.stop_listening();
+            let mut cmd = Cmd::write(a_user_data(&hub), 3, &[value], false).unwrap();
+            cmd.sequence = wire::next_sequence();
+            assert_eq!(ring.put(&cmd.encode()), Put::Queued);
+            if read {
+                kvm.send(0, Cmd::read(kvm.user_data[0], 3, 1).unwrap(), 0);
+            } else {
+                kvm.send(
+                    0,
+                    Cmd::write(kvm.user_data[0], 3, &[0x33], true).unwrap(),
+                    0,
+                );
+            }
+            drop(busy);
+            wait_until("KVM's record answered", || kvm.answered(0).is_some());
+        }
+        let writes = journal.lock().unwrap().writes.clone();
+        assert_eq!(writes, [(3, 0x11), (3, 0x22), (3, 0x33)]);
+        let (_, device, hub) = bank(true);
+        let (kvm, vcpu) = (
+            RawPair::open(&device, &hub, 0),
+            RawPair::open(&device, &hub, 1),
+        );
+        // The read counts KVM's posted write (`PostedSent::total`).
+        let busy = hub.posted.lock().unwrap();
+        vcpu.read(0, 3, 1, wire::next_sequence());
+        kvm.write(0, 3, 0x44, 0);
+        drop(busy);
+        wait_until("the read answered", || {
+            vcpu.answered(0).is_some_and(|v| {
+                assert_eq!(v, 0x44, "KVM's posted write first");
+                true
+            })
+        });
     }
 
     /// A wake-up that brings the guest's acknowledgement and a read on a

@@ -88,10 +88,37 @@ impl Record {
 enum Head {
     /// Not looked at since its head was applied, or empty when last looked.
     Unknown,
-    /// A record waits there, with this number (None: it carries none).
-    Record(Option<u64>),
+    /// A record waits there, to go in this place.
+    Record(Place),
     /// Its peer is gone, or it failed.
     Done,
+}
+
+/// Where a record goes among the heads. The VMM's vCPU threads number
+/// theirs; KVM's (the kernel path) carry no number, and KVM puts each
+/// access on its fd only once the vCPU's accesses before it were sent.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Place {
+    /// A posted write KVM sent: before any numbered head, which (a read,
+    /// while KVM posts writes) cannot have been issued before it by the
+    /// vCPU that sent it, since that vCPU waits for its read.
+    First,
+    /// A vCPU thread's record: by number.
+    Numbered(u64),
+    /// A read or waited write KVM sent: after every numbered head, among
+    /// which are the posted writes the VMM sent before it (while the VMM
+    /// posts writes, KVM posts none).
+    Last,
+}
+
+impl Place {
+    fn of(record: &[u8]) -> Place {
+        match wire::sequence_of(record) {
+            Some(s) => Place::Numbered(s),
+            None if Cmd::wants_response(record) => Place::Last,
+            None => Place::First,
+        }
+    }
 }
 
 /// Takes the posted writes queued on the device's fds and applies them in
@@ -124,7 +151,7 @@ pub(super) fn drain_in_order(
             if heads[i] == Head::Unknown {
                 heads[i] = look(&mut ends[i]);
             }
-            if let Head::Record(Some(s)) = heads[i] {
+            if let Head::Record(Place::Numbered(s)) = heads[i] {
                 latest = Some(latest.map_or(s, |l| later(l, s)));
                 if k == 0 {
                     bound = latest;
@@ -148,7 +175,7 @@ fn later(a: u64, b: u64) -> u64 {
 /// yet, or else the next one queued, taken off now.
 fn look(end: &mut PostedEnd) -> Head {
     if let Some(record) = &end.head {
-        return Head::Record(wire::sequence_of(record.bytes()));
+        return Head::Record(Place::of(record.bytes()));
     }
     let mut buf = [0u8; RECV_BUF_SIZE];
     let taken = match &end.source {
@@ -168,7 +195,7 @@ fn look(end: &mut PostedEnd) -> Head {
     match taken {
         Ok(Incoming::Record(len)) => {
             let record = end.head.insert(Record { buf, len });
-            Head::Record(wire::sequence_of(record.bytes()))
+            Head::Record(Place::of(record.bytes()))
         }
         Ok(Incoming::Nothing) => Head::Unknown,
         Ok(Incoming::Closed(_)) => Head::Done,
@@ -276,8 +303,8 @@ pub(super) fn apply_covered_heads(end: &mut PostedEnd, applied: &mut AppliedCoun
 pub(super) const BURST: usize = 64;
 
 /// Applies head records by number, up to `bound`, looking at the next
-/// record of each fd it takes one from; unnumbered records go whenever
-/// they are at a head.
+/// record of each fd it takes one from; unnumbered records go in their
+/// [`Place`], first or once no numbered record is at a head.
 fn apply_ready(
     ends: &mut [PostedEnd],
     heads: &mut [Head],
@@ -286,22 +313,25 @@ fn apply_ready(
     applied: &mut AppliedCount,
 ) {
     loop {
-        let mut next: Option<(usize, Option<u64>)> = None;
+        let mut next: Option<(usize, Place)> = None;
         for (i, head) in heads.iter().enumerate() {
-            let Head::Record(sequence) = *head else {
+            let Head::Record(place) = *head else {
                 continue;
             };
-            let better = match (next, sequence) {
-                (None, _) | (Some((_, Some(_))), None) => true,
-                (Some((_, Some(best))), Some(s)) => wire::sequence_precedes(s, best),
-                (Some((_, None)), _) => false,
+            let better = match (next.map(|(_, best)| best), place) {
+                (None, _) => true,
+                (Some(Place::First), _) | (Some(_), Place::Last) => false,
+                (Some(_), Place::First) | (Some(Place::Last), _) => true,
+                (Some(Place::Numbered(best)), Place::Numbered(s)) => {
+                    wire::sequence_precedes(s, best)
+                }
             };
             if better {
-                next = Some((i, sequence));
+                next = Some((i, place));
             }
         }
-        let Some((i, sequence)) = next else { return };
-        if let Some(s) = sequence
+        let Some((i, place)) = next else { return };
+        if let Place::Numbered(s) = place
             && bound.is_none_or(|b| wire::sequence_precedes(b, s))
         {
             return;
@@ -311,7 +341,7 @@ fn apply_ready(
         } else {
             look(&mut ends[i])
         };
-        if let Head::Record(Some(s)) = heads[i] {
+        if let Head::Record(Place::Numbered(s)) = heads[i] {
             *latest = Some(latest.map_or(s, |l| later(l, s)));
         }
     }

@@ -16,14 +16,14 @@
 //! answers as a cut-off device does.
 
 use std::io;
-use std::os::fd::{AsFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::sync::atomic::AtomicU64;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use kvm_ioctls::VmFd;
 
-use super::kernel::{KernelError, KernelRegion, assign_all, deassign};
+use super::kernel::{KernelError, KernelRegion, assign_all, deassign, pieces_around};
 use crate::proxy::watchdog::{Backlog, StallClock};
 
 /// What KVM needs to serve a range itself.
@@ -34,6 +34,9 @@ pub struct KernelPath {
     pub fd: OwnedFd,
     /// How long KVM's commands may sit untaken before the device is cut off.
     pub timeout: Duration,
+    /// KVM posts the writes it serves (the range's writes are posted and
+    /// the VMM does not post them itself, `proxy::ioregion_setup`).
+    pub posts_writes: bool,
     /// Where KVM counts the posted writes it sends on `fd`, when it can.
     pub posted_count: Option<&'static AtomicU64>,
     /// The regions KVM holds, and the BAR address they were made for.
@@ -47,16 +50,46 @@ impl KernelPath {
         vm: Arc<VmFd>,
         fd: OwnedFd,
         timeout: Duration,
+        posts_writes: bool,
         posted_count: Option<&'static AtomicU64>,
     ) -> Self {
         KernelPath {
             vm,
             fd,
             timeout,
+            posts_writes,
             posted_count,
             registered: Mutex::new(None),
             stall: Mutex::new(StallClock::default()),
         }
+    }
+
+    /// The regions KVM serves of a range of `size` bytes at guest address
+    /// `paddr`: the range without its mirrored registers (`holes`: offset
+    /// and size in the range), whose reads exit to the VMM, and their
+    /// writes too unless KVM posts them. A piece's commands carry its
+    /// offset in the range added to the range's `user_data`, which is how
+    /// the device (`device_end`) tells the pieces on its one fd apart.
+    pub fn regions(
+        &self,
+        paddr: u64,
+        size: u64,
+        user_data: u64,
+        pio: bool,
+        holes: &[(u64, u64)],
+    ) -> Vec<KernelRegion> {
+        pieces_around(size, holes, self.posts_writes)
+            .into_iter()
+            .map(|(at, size)| KernelRegion {
+                guest_paddr: paddr + at,
+                size,
+                user_data: user_data.wrapping_add(at),
+                fd: self.fd.as_raw_fd(),
+                pio,
+                posted_writes: self.posts_writes,
+                posted_count: self.posted_count,
+            })
+            .collect()
     }
 
     /// Hands `regions`, made for the BAR at `bar_addr`, to KVM: all or none.

@@ -45,14 +45,13 @@
 //! is standing still; [`StallClock`] measures for how long.
 
 use std::io;
-use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 pub use super::dispatch_error::DispatchError;
 use super::dispatch_error::map_io;
-use super::kernel::{KernelRegion, pieces_around};
 use super::kernel_path::KernelPath;
 use super::reply_poll::{Polled, ReplyPoll};
 use super::wire::{
@@ -175,30 +174,6 @@ impl IoRegionPath {
             );
         }
     }
-
-    /// The regions KVM serves with the BAR at `bar_addr`: the range
-    /// without its mirrored registers. A piece's commands carry its offset
-    /// in the range added to the range's `user_data`, which is how the
-    /// device (`device_end`) tells the pieces on its one fd apart.
-    fn kernel_regions(&self, k: &KernelPath, bar_addr: u64) -> Vec<KernelRegion> {
-        let holes = self
-            .mirror
-            .as_ref()
-            .map(|m| m.registers())
-            .unwrap_or_default();
-        pieces_around(self.size, &holes, self.posted)
-            .into_iter()
-            .map(|(at, size)| KernelRegion {
-                guest_paddr: bar_addr + self.offset + at,
-                size,
-                user_data: self.user_data.wrapping_add(at),
-                fd: k.fd.as_fd().as_raw_fd(),
-                pio: self.pio,
-                posted_writes: self.posted,
-                posted_count: k.posted_count,
-            })
-            .collect()
-    }
 }
 
 impl SharedBusDevice for IoRegionPath {
@@ -264,6 +239,13 @@ impl SharedBusDevice for IoRegionPath {
         match sent {
             Ok(posted) => {
                 bump(&self.stats.ioregion_writes);
+                if self
+                    .mirror
+                    .as_ref()
+                    .is_some_and(|m| m.mirrors(offset, data.len()))
+                {
+                    bump(&self.stats.mirrored_writes);
+                }
                 if posted {
                     bump(&self.stats.posted_writes);
                 }
@@ -289,7 +271,12 @@ impl BarFastPath for IoRegionPath {
         if let Some(k) = &self.kernel
             && !self.failed.is_failed()
         {
-            match k.register(bar_addr, self.kernel_regions(k, bar_addr)) {
+            let holes = (self.mirror.as_ref())
+                .map(|m| m.registers())
+                .unwrap_or_default();
+            let at = bar_addr + self.offset;
+            let regions = k.regions(at, self.size, self.user_data, self.pio, &holes);
+            match k.register(bar_addr, regions) {
                 // On the bus too: for the mirrored registers' reads, and
                 // for accesses KVM gives back (the device closed its end,
                 // or the range was taken back from KVM meanwhile).

@@ -20,7 +20,9 @@
 //! a write numbered later was counted before one numbered earlier, so that
 //! the device's count could seem to cover a write it had not applied.)
 //! KVM's posted writes carry no number and KVM does not tell us what they
-//! were, so on the kernel path a read behind posted writes always waits.
+//! were, so a read behind them always waits; that is why, on the kernel
+//! path, KVM posts no writes to a device whose page counts them: the VMM
+//! posts its mirrored registers' writes itself (`proxy::ioregion_setup`).
 //!
 //! The count of writes sent is also kept in the device's mirror pages
 //! when the device reads it there (`MIRROR_READS_SENT_COUNT`), so that

@@ -193,6 +193,11 @@ impl RangeMirror {
         Some((doorbells, doorbells.wait(applied)))
     }
 
+    /// Whether `offset` starts a mirrored register of `size` bytes.
+    pub fn mirrors(&self, offset: u64, size: usize) -> bool {
+        self.register(offset, size).is_some()
+    }
+
     fn register(&self, offset: u64, size: usize) -> Option<&MirroredRegister> {
         self.registers
             .iter()

@@ -21,7 +21,7 @@ use crate::ioregion::{IoRegionPath, RegionFd};
 use crate::mirror::doorbell::{DoorbellMode, Doorbells};
 use crate::mirror::posted::PostedSent;
 use crate::mirror::reader::{BarMirror, MirrorError, check_registers, map_page};
-use crate::pci::{BarKind, ConfigSpace};
+use crate::pci::{BarKind, BarSpec, ConfigSpace};
 use crate::protocol::extensions::{MirrorLayout, SUB_REGION_POSTED_WRITES, SubRegion};
 use crate::proxy::link::{LinkError, RemoteLink};
 
@@ -88,6 +88,16 @@ pub struct Negotiation<'a> {
     pub reply_poll: std::time::Duration,
 }
 
+/// What the remote offered for one BAR: its ranges, each range's fds (on
+/// the kernel path KVM's first), and its register mirror.
+struct BarOffer {
+    bar: usize,
+    spec: BarSpec,
+    layout: Vec<SubRegion>,
+    fds_by_region: Vec<Vec<RegionFd>>,
+    mirror: Option<BarMirror>,
+}
+
 /// Asks the remote for each BAR's ioregion ranges, one fd per vCPU, and
 /// checks its claims: ranges inside the BAR, disjoint, the same for every
 /// vCPU, each with a SOCK_SEQPACKET fd of its own.
@@ -95,80 +105,48 @@ pub fn negotiate(
     link: &mut dyn RemoteLink,
     n: &Negotiation<'_>,
 ) -> Result<HashMap<usize, Vec<Arc<IoRegionPath>>>, IoRegionError> {
-    let mut paths = HashMap::new();
     // Every posted write to the device, whatever its range, is counted
     // here and in the remote's mirror page.
-    let kernel = matches!(n.dispatch, Dispatch::Kernel { .. });
     let posted_sent = Arc::new(PostedSent::default());
     let doorbells = Arc::new(Doorbells::new(n.doorbells));
+    let mut offers = Vec::new();
+    for (bar, spec) in n.config.bar_specs() {
+        // A remote without region fds: every access goes over messages.
+        let Some(offer) = ask_for_bar(link, n, bar, spec, &posted_sent, &doorbells)? else {
+            return Ok(HashMap::new());
+        };
+        offers.extend(offer);
+    }
+    // KVM posts writes only where the VMM cannot do better: when the
+    // device counts posted writes in its mirror page, the VMM posts them
+    // itself (through the page's ring, pacing doorbells, answering a read
+    // behind known writes from the page), which it cannot while KVM posts
+    // writes it does not see. KVM then serves reads and waited writes.
+    let kvm_posts = !offers
+        .iter()
+        .any(|o| o.mirror.as_ref().is_some_and(|m| m.posted_sent.is_some()));
+    if let Dispatch::Kernel { .. } = n.dispatch
+        && !kvm_posts
+    {
+        log::info!(
+            "remote {}: KVM waits for the writes it serves; the VMM posts writes of the \
+             mirrored registers itself, which its mirror page counts",
+            n.name
+        );
+    }
     let mut kvm_counters = Vec::new();
     // Mirror pages whose device reads our count of posted writes sent.
     let mut show_sent_in = Vec::new();
     let mut ring_page = None;
-    // On the kernel path the first set of fds is KVM's, the others the
-    // vCPU threads'.
-    let fd_sets = n.vcpus.max(1) + usize::from(kernel);
-    for (bar, spec) in n.config.bar_specs() {
-        let mut layout: Option<Vec<SubRegion>> = None;
-        let mut fds_by_region: Vec<Vec<RegionFd>> = Vec::new();
-        for vcpu in 0..fd_sets {
-            let reply = link
-                .region_fds(bar as u8, vcpu as u32)
-                .map_err(|source| IoRegionError::Link { bar, source })?;
-            // A remote without region fds: every access goes over messages.
-            let Some((mut regions, fds)) = reply else {
-                return Ok(HashMap::new());
-            };
-            regions.sort_by_key(|r| r.offset);
-            check_layout(bar, spec.size, &regions, &fds)?;
-            match &layout {
-                None => {
-                    fds_by_region = regions.iter().map(|_| Vec::new()).collect();
-                    layout = Some(regions.clone());
-                }
-                Some(first) if *first == regions => {}
-                Some(_) => return Err(IoRegionError::Inconsistent { bar, vcpu }),
-            }
-            let mut fds: Vec<Option<File>> = fds.into_iter().map(Some).collect();
-            for (i, r) in regions.iter().enumerate() {
-                let fd = OwnedFd::from(fds[r.fd_index as usize].take().expect("checked unique"));
-                if !is_seqpacket(&fd) {
-                    return Err(IoRegionError::NotSeqpacket { bar });
-                }
-                let posted = r.flags & SUB_REGION_POSTED_WRITES != 0;
-                fds_by_region[i].push(
-                    RegionFd::new(fd, r.user_data, posted)
-                        .with_reply_poll(n.reply_poll, Some(n.stats.clone())),
-                );
-            }
-        }
-        let Some(layout) = layout else { continue };
-        let mirror = match n.dispatch {
-            Dispatch::Userspace if n.register_mirror => {
-                let mirror = ask_for_mirror(link, n.name, bar, &layout, &posted_sent, &doorbells)?;
-                let posted = layout
-                    .iter()
-                    .any(|r| r.flags & SUB_REGION_POSTED_WRITES != 0);
-                if posted && mirror.as_ref().is_some_and(|m| m.posted_sent.is_some()) {
-                    log::info!(
-                        "remote {}: doorbells on BAR{bar}'s ranges with posted writes \
-                         (writes of a mirrored register that start the device's work) are {}",
-                        n.name,
-                        n.doorbells
-                    );
-                }
-                mirror
-            }
-            // KVM leaves the mirrored registers to us only if it tells us
-            // what it posted; otherwise no read reaches us.
-            Dispatch::Kernel {
-                counts_posted_writes: true,
-                ..
-            } if n.register_mirror => {
-                ask_for_mirror(link, n.name, bar, &layout, &posted_sent, &doorbells)?
-            }
-            Dispatch::Userspace | Dispatch::Kernel { .. } => None,
-        };
+    let mut paths = HashMap::new();
+    for offer in offers {
+        let BarOffer {
+            bar,
+            spec,
+            layout,
+            fds_by_region,
+            mirror,
+        } = offer;
         if let Some(m) = mirror.as_ref().filter(|m| m.page.writable()) {
             show_sent_in.push(m.page.clone());
             // The device takes posted writes from every ring it offered;
@@ -179,14 +157,15 @@ pub fn negotiate(
         }
         let mut bar_paths = Vec::new();
         for (r, mut fds) in layout.iter().zip(fds_by_region) {
+            let posted = r.flags & SUB_REGION_POSTED_WRITES != 0;
             let kernel = match n.dispatch {
                 Dispatch::Kernel {
                     vm,
                     counts_posted_writes,
                 } => {
                     bump(&n.stats.kernel_regions);
-                    let posted = r.flags & SUB_REGION_POSTED_WRITES != 0;
-                    let posted_count = (posted && *counts_posted_writes).then(|| {
+                    let kvm_posts = posted && kvm_posts;
+                    let posted_count = (kvm_posts && *counts_posted_writes).then(|| {
                         let counter = PostedSent::leak_kvm_counter();
                         kvm_counters.push(counter);
                         counter
@@ -197,6 +176,7 @@ pub fn negotiate(
                         vm.clone(),
                         fd.into(),
                         timeout,
+                        kvm_posts,
                         posted_count,
                     ))
                 }
@@ -221,11 +201,7 @@ pub fn negotiate(
                         fds
                     }
                 },
-                if r.flags & SUB_REGION_POSTED_WRITES != 0 {
-                    ", posted writes"
-                } else {
-                    ""
-                }
+                if posted { ", posted writes" } else { "" }
             );
             let path = Arc::new(
                 IoRegionPath::new(
@@ -282,6 +258,89 @@ pub fn negotiate(
         }
     }
     Ok(paths)
+}
+
+/// Asks the remote for BAR `bar`'s ranges, one set of fds per vCPU (and
+/// one for KVM on the kernel path), and for its register mirror. `None`
+/// when the remote has no region fds at all; `Some(None)` for a BAR
+/// without ranges.
+fn ask_for_bar(
+    link: &mut dyn RemoteLink,
+    n: &Negotiation<'_>,
+    bar: usize,
+    spec: BarSpec,
+    posted_sent: &Arc<PostedSent>,
+    doorbells: &Arc<Doorbells>,
+) -> Result<Option<Option<BarOffer>>, IoRegionError> {
+    let kernel = matches!(n.dispatch, Dispatch::Kernel { .. });
+    let mut layout: Option<Vec<SubRegion>> = None;
+    let mut fds_by_region: Vec<Vec<RegionFd>> = Vec::new();
+    // On the kernel path the first set of fds is KVM's, the others the
+    // vCPU threads'.
+    let fd_sets = n.vcpus.max(1) + usize::from(kernel);
+    for vcpu in 0..fd_sets {
+        let reply = link
+            .region_fds(bar as u8, vcpu as u32)
+            .map_err(|source| IoRegionError::Link { bar, source })?;
+        let Some((mut regions, fds)) = reply else {
+            return Ok(None);
+        };
+        regions.sort_by_key(|r| r.offset);
+        check_layout(bar, spec.size, &regions, &fds)?;
+        match &layout {
+            None => {
+                fds_by_region = regions.iter().map(|_| Vec::new()).collect();
+                layout = Some(regions.clone());
+            }
+            Some(first) if *first == regions => {}
+            Some(_) => return Err(IoRegionError::Inconsistent { bar, vcpu }),
+        }
+        let mut fds: Vec<Option<File>> = fds.into_iter().map(Some).collect();
+        for (i, r) in regions.iter().enumerate() {
+            let fd = OwnedFd::from(fds[r.fd_index as usize].take().expect("checked unique"));
+            if !is_seqpacket(&fd) {
+                return Err(IoRegionError::NotSeqpacket { bar });
+            }
+            let posted = r.flags & SUB_REGION_POSTED_WRITES != 0;
+            fds_by_region[i].push(
+                RegionFd::new(fd, r.user_data, posted)
+                    .with_reply_poll(n.reply_poll, Some(n.stats.clone())),
+            );
+        }
+    }
+    let Some(layout) = layout else {
+        return Ok(Some(None));
+    };
+    let mirror = match n.dispatch {
+        _ if !n.register_mirror => None,
+        // On the kernel path, reads of the mirrored registers reach us
+        // only if KVM leaves them out of its pieces, which is safe only
+        // where KVM counts any write it posts.
+        Dispatch::Userspace
+        | Dispatch::Kernel {
+            counts_posted_writes: true,
+            ..
+        } => ask_for_mirror(link, n.name, bar, &layout, posted_sent, doorbells)?,
+        Dispatch::Kernel { .. } => None,
+    };
+    let posted = layout
+        .iter()
+        .any(|r| r.flags & SUB_REGION_POSTED_WRITES != 0);
+    if posted && mirror.as_ref().is_some_and(|m| m.posted_sent.is_some()) {
+        log::info!(
+            "remote {}: doorbells on BAR{bar}'s ranges with posted writes \
+             (writes of a mirrored register that start the device's work) are {}",
+            n.name,
+            n.doorbells
+        );
+    }
+    Ok(Some(Some(BarOffer {
+        bar,
+        spec,
+        layout,
+        fds_by_region,
+        mirror,
+    })))
 }
 
 /// Asks which registers of BAR `bar` the remote mirrors, and maps its page

@@ -30,6 +30,9 @@ pub struct DeviceStats {
     /// Ranges KVM serves itself (kernel path): their accesses never reach
     /// us, so they cannot be counted here.
     pub kernel_regions: AtomicU64,
+    /// Of `ioregion_writes`, those of a mirrored register: on the kernel
+    /// path the only writes that reach us while KVM holds the ranges.
+    pub mirrored_writes: AtomicU64,
 }
 
 pub fn bump(counter: &AtomicU64) {
@@ -59,7 +62,9 @@ impl DeviceStats {
         let kernel = get(&self.kernel_regions);
         if kernel > 0 {
             line.push_str(&format!(
-                "; {kernel} ranges served by KVM itself (not counted)"
+                "; {kernel} ranges served by KVM itself (not counted; of the writes above {} \
+                 to mirrored registers)",
+                get(&self.mirrored_writes)
             ));
         }
         line
@@ -118,5 +123,11 @@ mod tests {
              0 reads / 2 writes (1 posted, 3 doorbells waited for), 1 reads from the register \
              mirror (2 more waited for posted writes, 1 read past writes still queued), 0 errors"
         );
+        bump(&s.kernel_regions);
+        bump(&s.mirrored_writes);
+        assert!(s.line("#0").ends_with(
+            ", 0 errors; 1 ranges served by KVM itself (not counted; of the writes above 1 to \
+             mirrored registers)"
+        ));
     }
 }
