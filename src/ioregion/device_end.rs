@@ -1730,8 +1730,9 @@ mod ordering_tests {
     }
 
     /// Random interleavings of what a hub sees from two vCPUs: posted
-    /// writes through the ring or on their fds, reads on their fds (a vCPU
-    /// waits for its read before it goes on), the posted-write thread's
+    /// writes through the ring or on their fds, reads on their fds or, as
+    /// on the kernel path, sent by KVM without a number on its own fds (a
+    /// vCPU waits for its read before it goes on), the posted-write thread's
     /// wake-ups with and without the guest's acknowledgement, and other
     /// threads' catch-ups. After every step no record taken off a fd is
     /// held (nothing would wake the hub for it again); in the end every
@@ -1746,6 +1747,8 @@ mod ordering_tests {
                 RawPair::open(&bank.device, &bank.hub, 1),
                 RawPair::open(&bank.device, &bank.hub, 2),
             ];
+            // KVM's fds: one read in flight on them at a time.
+            let kvm = RawPair::open(&bank.device, &bank.hub, 3);
             let vmm = vmm_counting_in(&bank.hub, &bank.mirror);
             let mut posted = bank.hub.posted.lock().unwrap();
             bank.ring.stop_listening();
@@ -1758,8 +1761,8 @@ mod ordering_tests {
             };
             let mut sent: Vec<(u64, u8)> = Vec::new();
             // Per vCPU: its read waiting for an answer (fd, BAR offset,
-            // the writes sent before it).
-            let mut waiting: [Option<(usize, usize, usize)>; 2] = [None, None];
+            // the writes sent before it, whether KVM sent it).
+            let mut waiting: [Option<(usize, usize, usize, bool)>; 2] = [None, None];
             for step in 0..400 {
                 let v = next(2) as usize;
                 let (i, o) = (next(2) as usize, next(8));
@@ -1787,8 +1790,13 @@ mod ordering_tests {
                         vmm.store_sent_count(sent.len() as u64);
                     }
                     4..=5 if waiting[v].is_none() => {
-                        vcpus[v].read(i, o, sent.len() as u64, wire::next_sequence());
-                        waiting[v] = Some((i, at, sent.len()));
+                        let by_kvm = next(3) == 0 && !waiting.iter().flatten().any(|w| w.3);
+                        if by_kvm {
+                            kvm.send(i, Cmd::read(kvm.user_data[i], o, 1).unwrap(), 0);
+                        } else {
+                            vcpus[v].read(i, o, sent.len() as u64, wire::next_sequence());
+                        }
+                        waiting[v] = Some((i, at, sent.len(), by_kvm));
                     }
                     6..=7 => {
                         let end = next(posted.ends.len() as u64) as usize;
@@ -1806,10 +1814,10 @@ mod ordering_tests {
                     "seed {seed} step {step}: a record taken off a fd is held"
                 );
                 for (v, vcpu) in vcpus.iter().enumerate() {
-                    let Some((i, at, before)) = waiting[v] else {
+                    let Some((i, at, before, by_kvm)) = waiting[v] else {
                         continue;
                     };
-                    let Some(answer) = vcpu.answered(i) else {
+                    let Some(answer) = (if by_kvm { &kvm } else { vcpu }).answered(i) else {
                         continue;
                     };
                     let at_send = sent[..before].iter().rev().find(|(o, _)| *o == at as u64);
@@ -1836,9 +1844,9 @@ mod ordering_tests {
                 "seed {seed}: applied in order"
             );
             for (v, vcpu) in vcpus.iter().enumerate() {
-                if let Some((i, _, _)) = waiting[v] {
+                if let Some((i, _, _, by_kvm)) = waiting[v] {
                     assert!(
-                        vcpu.answered(i).is_some(),
+                        (if by_kvm { &kvm } else { vcpu }).answered(i).is_some(),
                         "seed {seed}: vCPU {}'s last read",
                         v + 1
                     );
