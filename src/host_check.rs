@@ -269,7 +269,8 @@ fn check_ioregion(kvm: Option<&Kvm>) -> Check {
             false,
             if vmm::ioregion::kernel::counts_posted_writes(&vm, scratch) {
                 "available: ioregionfd=auto lets KVM serve region fds itself; it counts the \
-                 writes it posts, so mirrored registers are still read from the page"
+                 writes it posts, so it can leave the mirrored registers to the VMM (reads from \
+                 the page, writes posted by the VMM)"
             } else {
                 "available: ioregionfd=auto lets KVM serve region fds itself; it does not count \
                  the writes it posts (no KVM_IOREGION_POSTED_COUNT), so every register read \

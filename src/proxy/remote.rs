@@ -156,7 +156,10 @@ pub fn open(
                 args.push(cpus.to_string());
             }
             let vmm_cpus = crate::sys::cpus::this_thread_cpus().ok();
-            let poll = device_poll.window(vmm_cpus.as_ref(), spec.endpoint.cpus(vmm_cpus.as_ref()));
+            let poll = device_poll.window(
+                vmm_cpus.as_ref(),
+                spec.endpoint.cpus(vmm_cpus.as_ref(), None),
+            );
             if !poll.is_zero() {
                 args.push("--poll-us".into());
                 args.push(poll.as_micros().to_string());

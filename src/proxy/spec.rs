@@ -110,21 +110,35 @@ impl RemoteDevSpec {
     }
 
     /// How long vCPU threads poll for an answer, given the CPUs this
-    /// process may run on (the vCPU threads inherit them).
-    pub fn reply_poll_window(&self, vmm_cpus: Option<&CpuList>) -> Duration {
+    /// process may run on (the vCPU threads inherit them) and, for a
+    /// remote we did not spawn, those of the process at the far end of its
+    /// socket when we could learn them.
+    pub fn reply_poll_window(
+        &self,
+        vmm_cpus: Option<&CpuList>,
+        peer_cpus: Option<&CpuList>,
+    ) -> Duration {
         self.reply_poll
-            .window(vmm_cpus, self.endpoint.cpus(vmm_cpus))
+            .window(vmm_cpus, self.endpoint.cpus(vmm_cpus, peer_cpus))
     }
 }
 
 impl Endpoint {
-    /// The CPUs the remote may run on, when we know them.
-    pub fn cpus<'a>(&'a self, vmm_cpus: Option<&'a CpuList>) -> Option<&'a CpuList> {
+    /// The CPUs the remote may run on, when we know them: `peer_cpus` are
+    /// those of the process that listens on a socket we connect to.
+    pub fn cpus<'a>(
+        &'a self,
+        vmm_cpus: Option<&'a CpuList>,
+        peer_cpus: Option<&'a CpuList>,
+    ) -> Option<&'a CpuList> {
         match self {
             Endpoint::Lsi { cpus: Some(c), .. } => Some(c),
             // A remote we spawn inherits our CPUs.
             Endpoint::Lsi { cpus: None, .. } | Endpoint::Exec(_) => vmm_cpus,
-            Endpoint::Socket(_) | Endpoint::Fd(_) => None,
+            Endpoint::Socket(_) => peer_cpus,
+            // The peer of an inherited fd is whoever made the pair, not
+            // necessarily the remote.
+            Endpoint::Fd(_) => None,
         }
     }
 }
@@ -451,7 +465,11 @@ mod tests {
         let cpu = |s: &str| s.parse::<CpuList>().unwrap();
         let window = |spec: &str, vmm: &str| {
             let s: RemoteDevSpec = spec.parse().unwrap();
-            s.reply_poll_window(Some(&cpu(vmm)))
+            s.reply_poll_window(Some(&cpu(vmm)), None)
+        };
+        let beside = |spec: &str, vmm: &str, peer: &str| {
+            let s: RemoteDevSpec = spec.parse().unwrap();
+            s.reply_poll_window(Some(&cpu(vmm)), Some(&cpu(peer)))
         };
         let auto = crate::ioregion::reply_poll::DEFAULT_WINDOW;
         // A spawned remote inherits the VMM's one CPU: nothing answers a poll.
@@ -460,6 +478,11 @@ mod tests {
         assert_eq!(window("lsi,cpus=0", "0"), Duration::ZERO);
         assert_eq!(window("lsi", "0-1"), auto);
         assert_eq!(window("socket=/x,proto=vmm", "0"), auto);
+        // A socket's listener on the VMM's one CPU: no poll.
+        assert_eq!(beside("socket=/x,proto=vmm", "0", "0"), Duration::ZERO);
+        assert_eq!(beside("socket=/x,proto=vmm", "0", "1"), auto);
+        assert_eq!(beside("fd=3,proto=vmm", "0", "0"), auto, "not the remote's");
+        assert_eq!(beside("lsi", "0-1", "0"), auto, "spawned: our CPUs");
         assert_eq!(window("lsi,reply-poll=off,cpus=1", "0"), Duration::ZERO);
         assert_eq!(window("lsi,reply-poll=20", "0"), Duration::from_micros(20));
         let s: RemoteDevSpec = "lsi,cpus=2-3:0".parse().unwrap();

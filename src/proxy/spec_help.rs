@@ -215,7 +215,8 @@ pub const KEYS: &[KeyHelp] = &[
         applies: Applies::Ours,
         meaning: "how long a vCPU polls for the remote's answer to a read or waited write \
                   before it sleeps: auto polls 50 us (fewer and fewer times while nothing comes \
-                  in time) unless the remote can only run on the vCPU's one CPU",
+                  in time) unless the remote (spawned, or listening on socket=) can only run \
+                  on the vCPU's one CPU",
     },
     KeyHelp {
         key: "restart",

@@ -102,11 +102,25 @@ impl fmt::Display for CpuList {
 
 /// The CPUs the calling thread may run on (threads it starts inherit them).
 pub fn this_thread_cpus() -> io::Result<CpuList> {
+    cpus_of(0)
+}
+
+/// The CPUs the main thread of process `pid` may run on (the threads it
+/// starts inherit them).
+pub fn process_cpus(pid: u32) -> io::Result<CpuList> {
+    match libc::pid_t::try_from(pid) {
+        Ok(pid) if pid > 0 => cpus_of(pid),
+        _ => Err(io::Error::from_raw_os_error(libc::ESRCH)),
+    }
+}
+
+/// sched_getaffinity(2) of thread `tid` (0: the calling thread).
+fn cpus_of(tid: libc::pid_t) -> io::Result<CpuList> {
     // SAFETY: cpu_set_t is plain bits; all zeroes is an empty set.
     let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
     // SAFETY: sched_getaffinity(2) writes at most the size we pass into
-    // the set, which lives on this stack; pid 0 is this thread.
-    if unsafe { libc::sched_getaffinity(0, std::mem::size_of_val(&set), &mut set) } != 0 {
+    // the set, which lives on this stack.
+    if unsafe { libc::sched_getaffinity(tid, std::mem::size_of_val(&set), &mut set) } != 0 {
         return Err(io::Error::last_os_error());
     }
     // SAFETY: CPU_ISSET reads the set; every index is below its size.
@@ -135,6 +149,29 @@ pub fn pin_this_thread(cpus: &CpuList) -> io::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn another_process_cpus_are_read_and_a_missing_one_is_an_error() {
+        let mut child = std::process::Command::new("taskset")
+            .args(["-c", "0", "sleep", "5"])
+            .spawn()
+            .unwrap();
+        let mut cpus = None;
+        for _ in 0..100 {
+            cpus = process_cpus(child.id())
+                .ok()
+                .filter(|c| c.single() == Some(0));
+            if cpus.is_some() {
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+        child.kill().unwrap();
+        child.wait().unwrap();
+        assert!(cpus.is_some(), "taskset -c 0 reads as CPU 0 alone");
+        assert!(process_cpus(0).is_err(), "pid 0 is nobody");
+        assert!(process_cpus(u32::MAX).is_err());
+    }
 
     #[test]
     fn lists_read_as_taskset_writes_them() {
