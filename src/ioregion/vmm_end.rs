@@ -277,7 +277,7 @@ impl BarFastPath for IoRegionPath {
             let at = bar_addr + self.offset;
             let regions = k.regions(at, self.size, self.user_data, self.pio, &holes);
             match k.register(bar_addr, regions) {
-                // On the bus too: for the mirrored registers' reads, and
+                // On the bus too: for the mirrored registers' accesses, and
                 // for accesses KVM gives back (the device closed its end,
                 // or the range was taken back from KVM meanwhile).
                 Ok(()) => {
