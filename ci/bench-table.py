@@ -42,6 +42,8 @@ def parse(log_path, json_dir):
     threads = {}  # (config, job) -> [{thread group: (voluntary, involuntary) per I/O}]
     syscalls = {}  # (config, job) -> [{thread group or "total": (calls,) per I/O}]
     bycall = {}  # (config, job) -> [{"group:call": (calls,) per I/O}]
+    exit_codes = {}  # (config, job) -> [{exit code: (exits,) per I/O}]
+    isa = None  # "svm" or "vmx": how the exit codes are numbered
     profiles = {}  # (config, job) -> [(samples, {category: percent})]
     order, jobs = [], []
     config = rnd = None
@@ -53,6 +55,10 @@ def parse(log_path, json_dir):
         line = raw.rstrip("\r\n")
         if line.startswith("BENCH-PERF:"):
             profile_line(line, profiles)
+            continue
+        m = re.match(r"BENCH-EXITS-ISA: (\w+)", line)
+        if m:
+            isa = m.group(1)
             continue
         m = re.match(r"BENCH-CONFIG: (\S+) round (\d+)", line)
         if m:
@@ -102,7 +108,13 @@ def parse(log_path, json_dir):
             # The round goes last, to pair configurations round by round.
             results.setdefault((config, job), []).append(metrics(data) + (rnd,))
             ios = window_ios(window.get("disk", []), data)
-            stores = (("cost", costs), ("threads", threads), ("calls", syscalls), ("bycall", bycall))
+            stores = (
+                ("cost", costs),
+                ("threads", threads),
+                ("calls", syscalls),
+                ("bycall", bycall),
+                ("exits", exit_codes),
+            )
             for kind, store in stores:
                 taken = window.get(kind, [])
                 if len(taken) == 2 and ios:
@@ -129,7 +141,7 @@ def parse(log_path, json_dir):
             commands, raised, again = (int(x) for x in m.groups())
             interrupts.setdefault(config, []).append((commands, raised, again))
     counters = (counters, interrupts)
-    syscalls = (syscalls, bycall)
+    syscalls = (syscalls, bycall, (exit_codes, isa))
     return order, jobs, results, regs, (istat, istat_widths, istat_cost), counters, costs, threads, syscalls, profiles
 
 
@@ -229,6 +241,8 @@ def cost_sample(line):
         return "calls", thread_sample(line)
     if line.startswith("BENCH-SYSCALLS-BY-CALL:"):
         return "bycall", thread_sample(line)
+    if line.startswith("BENCH-EXITS:"):
+        return "exits", thread_sample(line)
     return None, None
 
 
@@ -283,7 +297,7 @@ def per_job_table(jobs, order, samples, title, header, row):
     print()
     print(header)
     columns = [c.strip() for c in header.strip("|").split("|")]
-    print("| " + " | ".join("---" if i < 2 or "by thread" in c else "---:" for i, c in enumerate(columns)) + " |")
+    print("| " + " | ".join("---" if i < 2 or c.startswith("by ") else "---:" for i, c in enumerate(columns)) + " |")
     for job in jobs:
         for config in order:
             runs = samples.get((config, job))
@@ -369,6 +383,33 @@ def by_call_cells(runs):
     ) or "-"
 
 
+# Exit codes by name, as the kernel's svm.h and vmx.h number them.
+EXIT_NAMES = {
+    "svm": {
+        0x000: "CR0 read", 0x004: "CR4 read", 0x010: "CR0 write", 0x014: "CR4 write",
+        0x030: "DR0 write", 0x060: "host interrupt", 0x061: "NMI", 0x064: "interrupt window",
+        0x065: "CR0 selective write", 0x06E: "RDTSC", 0x072: "CPUID", 0x077: "PAUSE",
+        0x078: "HLT", 0x079: "INVLPG", 0x07B: "port I/O", 0x07C: "MSR", 0x07F: "shutdown",
+        0x081: "VMMCALL", 0x089: "WBINVD", 0x08D: "XSETBV", 0x400: "nested page fault",
+    },
+    "vmx": {
+        0: "exception or NMI", 1: "host interrupt", 7: "interrupt window", 10: "CPUID",
+        12: "HLT", 28: "CR access", 30: "port I/O", 31: "MSR read", 32: "MSR write",
+        40: "PAUSE", 48: "EPT violation", 49: "EPT misconfiguration", 52: "preemption timer",
+        56: "APIC write",
+    },
+}
+
+
+def exit_cells(runs, isa):
+    """'nested page fault 4.0, MSR 2.5, ...': medians over rounds per exit
+    code, named where known, largest first, those under 0.005 left out."""
+    names = EXIT_NAMES.get(isa, {})
+    med = call_medians(runs)
+    shown = sorted((c for c in med if med[c] >= 0.005), key=lambda c: -med[c])
+    return ", ".join(f"{names.get(int(c), hex(int(c)))} {med[c]:.2f}" for c in shown) or "-"
+
+
 def window_ios(disk, data):
     """The I/Os a job's window spent its costs on: those the guest's disk
     completed between the job's two markers, fio's ramp second included
@@ -416,6 +457,7 @@ def main():
     )
     if not jobs:
         sys.exit("no fio results in the log")
+    syscalls, bycall, (exit_codes, isa) = syscalls
     first = order[0]
     print(
         f"| job | configuration | IOPS | MiB/s | mean lat us | p99 clat us | IOPS vs {first} "
@@ -487,6 +529,14 @@ def main():
         reasons_row,
     )
     per_job_table(
+        jobs, order, exit_codes,
+        "The same KVM exits per I/O by exit code (medians over rounds; the rig\n"
+        "kernel's ftrace histogram of kvm:kvm_exit, `--exit-reasons`; device\n"
+        f"accesses are {'nested page faults and port I/O' if isa == 'svm' else 'EPT misconfigurations and port I/O'}):",
+        "| job | configuration | by exit code | runs |",
+        lambda job, config, runs: f"| {job} | {config} | {exit_cells(runs, isa)} | {len(runs)} |",
+    )
+    per_job_table(
         jobs, order, threads,
         "Context switches per I/O by thread (medians over rounds), voluntary (the\n"
         "thread slept) + involuntary (it was preempted), per process role and\n"
@@ -494,7 +544,6 @@ def main():
         "| job | configuration | switches per I/O by thread | runs |",
         lambda job, config, runs: f"| {job} | {config} | {thread_cells(runs)} | {len(runs)} |",
     )
-    syscalls, bycall = syscalls
     per_job_table(
         jobs, order, syscalls,
         "System calls per I/O (medians over rounds; the rig kernel's ftrace\n"

@@ -65,10 +65,17 @@
 # I/O in the guest, the rig kernel, userspace and idle. Sampling costs
 # exits too: take speed from a run without it.
 #
+# --exit-reasons also counts KVM's exits per I/O by the hardware's exit
+# code (an ftrace histogram of kvm:kvm_exit in the kernel that runs the
+# VMs): KVM's own counters name device accesses, HLT, host interrupts and
+# interrupt windows, and leave the rest (MSR writes, CPUID, page faults
+# that are not device accesses, ...) as "other". Every exit then costs a
+# little more: take speed from a run without it.
+#
 # usage: ci/bench.sh [--rounds N] [--runtime SECS] [--jobs a,b,...]
 #                    [--configs ours,ours-off,qemu,qemu-mp] [--pin CPUS|none]
 #                    [--kvm-modules] [--baseline REV] [--syscalls] [--perf]
-#                    [--out DIR]
+#                    [--exit-reasons] [--out DIR]
 set -euo pipefail
 . "$(dirname "$0")/lib.sh"
 cd "$VMM_ROOT"
@@ -83,6 +90,7 @@ kvm_modules=0
 baseline=""
 syscalls=0
 perf=0
+exit_reasons=0
 while [ $# -gt 0 ]; do
     case "$1" in
         --rounds) rounds=$2; shift 2 ;;
@@ -95,6 +103,7 @@ while [ $# -gt 0 ]; do
         --baseline) baseline=$2; shift 2 ;;
         --syscalls) syscalls=1; shift ;;
         --perf) perf=1; shift ;;
+        --exit-reasons) exit_reasons=1; shift ;;
         -h|--help) sed -n '2,/^set -euo/{/^set -euo/d;p}' "$0"; exit 0 ;;
         *) die "unknown option $1 (see --help)" ;;
     esac
@@ -147,6 +156,15 @@ kvm_stat() { cat /sys/kernel/debug/kvm/\$1 2>/dev/null || echo 0; }
 trace=/sys/kernel/debug/tracing/events/raw_syscalls/sys_enter
 hist_keys='hist:keys=common_pid,id.syscall:size=32768'
 hist_filter='if COMM != "sh" && COMM != "cat" && COMM != "tr" && COMM != "awk" && COMM != "sed" && COMM != "cut" && COMM != "grep" && COMM != "busybox"'
+# With --exit-reasons, every exit by its exit code (a few dozen codes at
+# most); SVM and VMX number them differently, so the table is told which.
+exits_trace=/sys/kernel/debug/tracing/events/kvm/kvm_exit
+exits_keys='hist:keys=exit_reason:size=256'
+if [ $exit_reasons -eq 1 ]; then
+    echo "\$exits_keys" > \$exits_trace/trigger ||
+        echo "BENCH-FAILED: cannot count exits by reason (no ftrace histograms in this kernel)"
+    if grep -q -w svm /proc/cpuinfo; then echo "BENCH-EXITS-ISA: svm"; else echo "BENCH-EXITS-ISA: vmx"; fi
+fi
 if [ $syscalls -eq 1 ]; then
     echo "\$hist_keys \$hist_filter" > \$trace/trigger ||
         echo "BENCH-FAILED: cannot count system calls (no ftrace histograms in this kernel)"
@@ -162,6 +180,8 @@ cost() {
     # writes per I/O.
     hist=""
     [ $syscalls -eq 1 ] && hist=\$(cat \$trace/hist 2>/dev/null)
+    # Histogram lines: { exit_reason: 124 } hitcount: 5
+    [ $exit_reasons -eq 1 ] && echo "BENCH-EXITS: \$(sed -n 's/.*exit_reason: *\([0-9]*\) *} *hitcount: *\([0-9]*\).*/\1=\2/p' \$exits_trace/hist 2>/dev/null | tr '\n' ' ')"
     # The rig kernel's clock, to check each guest's own (fio's) against
     # (bench-table.py warns when a guest's runs fast).
     uptime=\$(cut -d' ' -f1 /proc/uptime)
@@ -362,11 +382,12 @@ for round in \$(seq $rounds); do
         qemu-mp) $run \$PAIREXEC "LSI_DISK=\$img exec \$EXTRA/ci/qemu-remote-lsi.sh" \
                 "exec \$qemu_vm -object memory-backend-memfd,id=mem,size=512M -numa node,memdev=mem \$guest -append '\$cmdline' -device x-pci-proxy-dev,id=lsi0,fd=4" <&7 2>&1 ;;
         *) echo "BENCH-UNKNOWN-CONFIG: \$config" ;;
-        esac | costs | grep -E '^VMM-|^BENCH-COST|^BENCH-THREADS|^BENCH-SYSCALLS|^BENCH-PERF|^BENCH-FAILED|^\{|^\}|^ |^vmm: remote|BAR accesses|in flight'
+        esac | costs | grep -E '^VMM-|^BENCH-COST|^BENCH-EXITS|^BENCH-THREADS|^BENCH-SYSCALLS|^BENCH-PERF|^BENCH-FAILED|^\{|^\}|^ |^vmm: remote|BAR accesses|in flight'
         [ $perf -eq 0 ] || profile_report
     done
 done
 [ $syscalls -eq 1 ] && echo "!\$hist_keys \$hist_filter" > \$trace/trigger
+[ $exit_reasons -eq 1 ] && echo "!\$exits_keys" > \$exits_trace/trigger
 echo "BENCH-DONE"
 SCRIPT
 )
@@ -460,7 +481,7 @@ fi
     echo
     echo "- Date: $(date -u +%Y-%m-%d)"
     echo "- Host: $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2- | sed 's/^ //'), $(nproc) CPUs; ran in $where"
-    echo "- Command: \`ci/bench.sh --rounds $rounds --runtime $runtime --jobs $jobs --configs $configs --pin ${pin:-none}$([ "$kvm_modules" -eq 1 ] && echo ' --kvm-modules')${baseline:+ --baseline $baseline}$([ "$syscalls" -eq 1 ] && echo ' --syscalls')$([ "$perf" -eq 1 ] && echo ' --perf')\`"
+    echo "- Command: \`ci/bench.sh --rounds $rounds --runtime $runtime --jobs $jobs --configs $configs --pin ${pin:-none}$([ "$kvm_modules" -eq 1 ] && echo ' --kvm-modules')${baseline:+ --baseline $baseline}$([ "$syscalls" -eq 1 ] && echo ' --syscalls')$([ "$perf" -eq 1 ] && echo ' --perf')$([ "$exit_reasons" -eq 1 ] && echo ' --exit-reasons')\`"
     echo "- Commit: $(git rev-parse --short HEAD)$(git diff --quiet || echo ' (with local changes)')"
     [ -z "$baseline" ] || echo "- Baseline (the \`@base\` configurations): $(git rev-parse --short "$baseline^{commit}")"
     echo
