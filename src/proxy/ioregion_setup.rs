@@ -164,8 +164,8 @@ pub fn negotiate(
                     counts_posted_writes,
                 } => {
                     bump(&n.stats.kernel_regions);
-                    let kvm_posts = posted && kvm_posts;
-                    let posted_count = (kvm_posts && *counts_posted_writes).then(|| {
+                    let kvm_posts_here = posted && kvm_posts;
+                    let posted_count = (kvm_posts_here && *counts_posted_writes).then(|| {
                         let counter = PostedSent::leak_kvm_counter();
                         kvm_counters.push(counter);
                         counter
@@ -176,7 +176,7 @@ pub fn negotiate(
                         vm.clone(),
                         fd.into(),
                         timeout,
-                        kvm_posts,
+                        kvm_posts_here,
                         posted_count,
                     ))
                 }
