@@ -211,11 +211,12 @@ impl SharedBusDevice for IoRegionPath {
         if self.failed.is_failed() {
             return;
         }
+        let mirrored = self.mirror.as_ref().and_then(|m| m.write(offset, data));
         // A doorbell on a range with posted writes may be waited for
         // (`mirror::doorbell`).
-        let doorbell = (self.mirror.as_ref())
+        let doorbell = (mirrored.as_ref())
             .filter(|_| self.posted)
-            .and_then(|m| m.ring(offset, data));
+            .and_then(|w| w.ring());
         let wait = doorbell.is_some_and(|(_, wait)| wait);
         let send = |before, ring: Option<&PostedRing>| {
             let kind = self.fd().write_waiting(offset, data, wait, before, ring)?;
@@ -224,13 +225,7 @@ impl SharedBusDevice for IoRegionPath {
         let sent = match &self.posted_sent {
             // Counted in the order the device applies them (see
             // `mirror::posted`).
-            Some(sent) if self.posted => {
-                let known = self
-                    .mirror
-                    .as_ref()
-                    .and_then(|m| m.known_write(offset, data));
-                sent.post(known, send)
-            }
+            Some(sent) if self.posted => sent.post(mirrored.as_ref().and_then(|w| w.known()), send),
             _ => send(
                 self.posted_sent.as_ref().and_then(|s| s.before_a_write()),
                 None,
@@ -239,11 +234,7 @@ impl SharedBusDevice for IoRegionPath {
         match sent {
             Ok(posted) => {
                 bump(&self.stats.ioregion_writes);
-                if self
-                    .mirror
-                    .as_ref()
-                    .is_some_and(|m| m.mirrors(offset, data.len()))
-                {
+                if mirrored.is_some() {
                     bump(&self.stats.mirrored_writes);
                 }
                 if posted {

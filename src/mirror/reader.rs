@@ -159,43 +159,17 @@ impl RangeMirror {
         }
     }
 
-    /// What a write of `data` at `offset` does to a mirrored register,
-    /// when the device said and the value starts nothing; `None` for any
-    /// other write, whose effect on the registers is unknown.
-    pub fn known_write(&self, offset: u64, data: &[u8]) -> Option<KnownWrite> {
-        let r = self.register(offset, data.len())?;
-        let effects = r.effects?;
-        let value = crate::bus::data_from_bytes(data);
-        effects.apply(0, value)?;
-        Some(KnownWrite {
-            register: self.key(r),
-            value,
-            effects,
+    /// A write of `data` at `offset`, if it writes exactly one mirrored
+    /// register: looked up once, for what the write does to it
+    /// ([`MirroredWrite::known`]) and whether it rings a doorbell
+    /// ([`MirroredWrite::ring`]).
+    pub fn write(&self, offset: u64, data: &[u8]) -> Option<MirroredWrite<'_>> {
+        let register = self.register(offset, data.len())?;
+        Some(MirroredWrite {
+            mirror: self,
+            register,
+            value: crate::bus::data_from_bytes(data),
         })
-    }
-
-    /// When a write of `data` at `offset` rings a doorbell (a mirrored
-    /// register's opaque bit, `mirror::doorbell`): the device's policy and
-    /// whether to wait for this one.
-    pub fn ring(&self, offset: u64, data: &[u8]) -> Option<(&Doorbells, bool)> {
-        let doorbells = self.doorbells.as_deref()?;
-        let effects = self.register(offset, data.len())?.effects?;
-        if effects
-            .apply(0, crate::bus::data_from_bytes(data))
-            .is_some()
-        {
-            return None;
-        }
-        let applied = || {
-            (self.posted_sent.as_ref())
-                .map(|_| self.page.load_u64(MIRROR_POSTED_COUNT_OFFSET as usize))
-        };
-        Some((doorbells, doorbells.wait(applied)))
-    }
-
-    /// Whether `offset` starts a mirrored register of `size` bytes.
-    pub fn mirrors(&self, offset: u64, size: usize) -> bool {
-        self.register(offset, size).is_some()
     }
 
     fn register(&self, offset: u64, size: usize) -> Option<&MirroredRegister> {
@@ -253,6 +227,45 @@ pub fn check_registers(
         }
     }
     Ok(())
+}
+
+/// A guest write of one mirrored register (see [`RangeMirror::write`]).
+pub struct MirroredWrite<'a> {
+    mirror: &'a RangeMirror,
+    register: &'a MirroredRegister,
+    value: u64,
+}
+
+impl<'a> MirroredWrite<'a> {
+    /// What the write does to the register, when the device said and the
+    /// value starts nothing; `None` for any other write, whose effect on
+    /// the registers is unknown.
+    pub fn known(&self) -> Option<KnownWrite> {
+        let effects = self.register.effects?;
+        effects.apply(0, self.value)?;
+        Some(KnownWrite {
+            register: self.mirror.key(self.register),
+            value: self.value,
+            effects,
+        })
+    }
+
+    /// When the write rings a doorbell (an opaque bit of the register,
+    /// `mirror::doorbell`): the device's policy and whether to wait for
+    /// this one.
+    pub fn ring(&self) -> Option<(&'a Doorbells, bool)> {
+        let doorbells = self.mirror.doorbells.as_deref()?;
+        let effects = self.register.effects?;
+        if effects.apply(0, self.value).is_some() {
+            return None;
+        }
+        let page = &self.mirror.page;
+        let applied = || {
+            (self.mirror.posted_sent.as_ref())
+                .map(|_| page.load_u64(MIRROR_POSTED_COUNT_OFFSET as usize))
+        };
+        Some((doorbells, doorbells.wait(applied)))
+    }
 }
 
 #[cfg(test)]
@@ -387,6 +400,43 @@ mod tests {
         );
     }
 
+    /// A write is looked up once; what it does to the register is known
+    /// only where the device described the register's writes and the
+    /// value starts nothing.
+    #[test]
+    fn a_write_of_a_described_register_is_known_unless_it_starts_work() {
+        use crate::protocol::extensions::WriteEffects;
+        let remote = RegisterMirror::new().unwrap();
+        let istat = MirroredRegister {
+            effects: Some(WriteEffects {
+                clears: 0x04,
+                follows: 0xf0,
+                opaque: 0xe0,
+            }),
+            ..register(0x14, 1, 8)
+        };
+        let bar = BarMirror {
+            page: Arc::new(map_page(&remote.file().unwrap(), false).unwrap()),
+            registers: vec![istat, register(0x15, 1, 9)],
+            posted_sent: None,
+            doorbells: None,
+            posted_ring: false,
+        };
+        let mirror = bar.range(0, 0x80).unwrap();
+        let clear = mirror.write(0x14, &[0x04]).unwrap().known().unwrap();
+        assert_eq!((clear.value, clear.effects), (0x04, istat.effects.unwrap()));
+        assert!(
+            mirror.write(0x14, &[0x20]).unwrap().known().is_none(),
+            "SIGP starts the device's work"
+        );
+        assert!(
+            mirror.write(0x15, &[0x04]).unwrap().known().is_none(),
+            "effects not described"
+        );
+        assert!(mirror.write(0x14, &[0x04, 0]).is_none(), "another size");
+        assert!(mirror.write(0x16, &[0x04]).is_none(), "not mirrored");
+    }
+
     /// A write with an opaque bit of a register whose effects the device
     /// described is a doorbell; the policy then sees the page's count.
     #[test]
@@ -411,15 +461,35 @@ mod tests {
             posted_ring: false,
         };
         let waited = bar(DoorbellMode::Waited, true).range(0, 0x80).unwrap();
-        assert_eq!(waited.ring(0x14, &[0x20]).map(|r| r.1), Some(true), "SIGP");
-        assert_eq!(waited.ring(0x14, &[0x80]).map(|r| r.1), Some(true), "ABRT");
+        assert_eq!(
+            waited
+                .write(0x14, &[0x20])
+                .and_then(|w| w.ring())
+                .map(|r| r.1),
+            Some(true),
+            "SIGP"
+        );
+        assert_eq!(
+            waited
+                .write(0x14, &[0x80])
+                .and_then(|w| w.ring())
+                .map(|r| r.1),
+            Some(true),
+            "ABRT"
+        );
         assert!(
-            waited.ring(0x14, &[0x04]).is_none(),
+            waited.write(0x14, &[0x04]).and_then(|w| w.ring()).is_none(),
             "an INTF clear starts nothing"
         );
-        assert!(waited.ring(0x14, &[0x20, 0]).is_none(), "another size");
         assert!(
-            waited.ring(0x15, &[0x20]).is_none(),
+            waited
+                .write(0x14, &[0x20, 0])
+                .and_then(|w| w.ring())
+                .is_none(),
+            "another size"
+        );
+        assert!(
+            waited.write(0x15, &[0x20]).and_then(|w| w.ring()).is_none(),
             "effects not described"
         );
         let no_policy = BarMirror {
@@ -431,14 +501,18 @@ mod tests {
             no_policy
                 .range(0, 0x80)
                 .unwrap()
-                .ring(0x14, &[0x20])
+                .write(0x14, &[0x20])
+                .and_then(|w| w.ring())
                 .is_none()
         );
         // Adaptive: each posted doorbell applied before the next.
         let adaptive = bar(DoorbellMode::Adaptive, true).range(0, 0x80).unwrap();
         let mut waits = Vec::new();
         for count in 1..=ENTER_AFTER + 1 {
-            let (policy, wait) = adaptive.ring(0x14, &[0x20]).unwrap();
+            let (policy, wait) = adaptive
+                .write(0x14, &[0x20])
+                .and_then(|w| w.ring())
+                .unwrap();
             waits.push(wait);
             policy.posted(u64::from(count));
             counter.store_u64(MIRROR_POSTED_COUNT_OFFSET as usize, u64::from(count));
@@ -447,7 +521,13 @@ mod tests {
         // A page that does not count posted writes gives it nothing to go by.
         let uncounted = bar(DoorbellMode::Adaptive, false).range(0, 0x80).unwrap();
         for _ in 0..2 * ENTER_AFTER {
-            assert_eq!(uncounted.ring(0x14, &[0x20]).map(|r| r.1), Some(false));
+            assert_eq!(
+                uncounted
+                    .write(0x14, &[0x20])
+                    .and_then(|w| w.ring())
+                    .map(|r| r.1),
+                Some(false)
+            );
         }
     }
 }
