@@ -23,6 +23,7 @@ where the rig's CPU went during each job when the run profiled it
 """
 import json
 import os
+from types import SimpleNamespace
 import re
 import statistics
 import sys
@@ -140,9 +141,13 @@ def parse(log_path, json_dir):
         if m and config:
             commands, raised, again = (int(x) for x in m.groups())
             interrupts.setdefault(config, []).append((commands, raised, again))
-    counters = (counters, interrupts)
-    syscalls = (syscalls, bycall, (exit_codes, isa))
-    return order, jobs, results, regs, (istat, istat_widths, istat_cost), counters, costs, threads, syscalls, profiles
+    return SimpleNamespace(
+        order=order, jobs=jobs, results=results, regs=regs,
+        istat=istat, istat_widths=istat_widths, istat_cost=istat_cost,
+        counters=counters, interrupts=interrupts, costs=costs, threads=threads,
+        syscalls=syscalls, bycall=bycall, exit_codes=exit_codes, isa=isa,
+        profiles=profiles,
+    )
 
 
 def profile_line(line, profiles):
@@ -277,7 +282,7 @@ def thread_delta(start, end, ios):
 def thread_cells(runs):
     """'vmm/vcpu 1.2+3.4, ...': medians over rounds of voluntary and
     involuntary switches per I/O, largest first, groups under 0.05 left out."""
-    groups = {g for r in runs for g in r}
+    groups = sorted({g for r in runs for g in r})
     med = {
         g: tuple(statistics.median(r.get(g, (0.0, 0.0))[i] for r in runs) for i in range(2))
         for g in groups
@@ -355,7 +360,9 @@ def floor_table(order, jobs, results, costs, istat):
 
 def call_medians(runs):
     """{key: median over rounds} of system call samples ({key: (calls,)})."""
-    keys = {k for r in runs for k in r}
+    # Sorted: a set's order changes from run to run, and the tables sort
+    # by value, so ties would print in any order.
+    keys = sorted({k for r in runs for k in r})
     return {k: statistics.median(r.get(k, (0.0,))[0] for r in runs) for k in keys}
 
 
@@ -452,12 +459,13 @@ def metrics(data):
 
 
 def main():
-    order, jobs, results, regs, (istat, istat_widths, istat_cost), counters, costs, threads, syscalls, profiles = parse(
-        sys.argv[1], sys.argv[2]
-    )
+    b = parse(sys.argv[1], sys.argv[2])
+    order, jobs, results, regs, costs, threads = b.order, b.jobs, b.results, b.regs, b.costs, b.threads
+    istat, istat_widths, istat_cost = b.istat, b.istat_widths, b.istat_cost
+    syscalls, bycall, exit_codes, isa = b.syscalls, b.bycall, b.exit_codes, b.isa
+    counters, interrupts, profiles = b.counters, b.interrupts, b.profiles
     if not jobs:
         sys.exit("no fio results in the log")
-    syscalls, bycall, (exit_codes, isa) = syscalls
     first = order[0]
     print(
         f"| job | configuration | IOPS | MiB/s | mean lat us | p99 clat us | IOPS vs {first} "
@@ -606,7 +614,6 @@ def main():
             cells = " | ".join(median_cell([c[i] for c in sampled]) for i in range(3))
             print(f"| {config} | {r:.0f} | {ratio} | {cells} | {len(runs)} |")
     floor_table(order, jobs, results, costs, istat)
-    counters, interrupts = counters
     if counters:
         print()
         print("Our proxy's counters (`--stats`, last round):")
