@@ -158,7 +158,7 @@ pub fn open(
             let vmm_cpus = crate::sys::cpus::this_thread_cpus().ok();
             let poll = device_poll.window(
                 vmm_cpus.as_ref(),
-                spec.endpoint.cpus(vmm_cpus.as_ref(), None),
+                spec.endpoint.cpus(vmm_cpus.as_ref(), || None).as_deref(),
             );
             if !poll.is_zero() {
                 args.push("--poll-us".into());

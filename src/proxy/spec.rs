@@ -2,6 +2,7 @@
 //! which protocol dialect it speaks.
 
 use crate::mirror::doorbell::DoorbellMode;
+use std::borrow::Cow;
 use std::path::PathBuf;
 use std::str::FromStr;
 use std::time::Duration;
@@ -111,31 +112,32 @@ impl RemoteDevSpec {
 
     /// How long vCPU threads poll for an answer, given the CPUs this
     /// process may run on (the vCPU threads inherit them) and, for a
-    /// remote we did not spawn, those of the process at the far end of its
-    /// socket when we could learn them.
+    /// remote we did not spawn but connect to, those of the process at the
+    /// far end of its socket, asked for only then (`peer_cpus`).
     pub fn reply_poll_window(
         &self,
         vmm_cpus: Option<&CpuList>,
-        peer_cpus: Option<&CpuList>,
+        peer_cpus: impl FnOnce() -> Option<CpuList>,
     ) -> Duration {
-        self.reply_poll
-            .window(vmm_cpus, self.endpoint.cpus(vmm_cpus, peer_cpus))
+        let remote_cpus = self.endpoint.cpus(vmm_cpus, peer_cpus);
+        self.reply_poll.window(vmm_cpus, remote_cpus.as_deref())
     }
 }
 
 impl Endpoint {
-    /// The CPUs the remote may run on, when we know them: `peer_cpus` are
-    /// those of the process that listens on a socket we connect to.
+    /// The CPUs the remote may run on, when we know them: `peer_cpus`
+    /// asks for those of the process that listens on a socket we connect
+    /// to, and is called only for such a remote.
     pub fn cpus<'a>(
         &'a self,
         vmm_cpus: Option<&'a CpuList>,
-        peer_cpus: Option<&'a CpuList>,
-    ) -> Option<&'a CpuList> {
+        peer_cpus: impl FnOnce() -> Option<CpuList>,
+    ) -> Option<Cow<'a, CpuList>> {
         match self {
-            Endpoint::Lsi { cpus: Some(c), .. } => Some(c),
+            Endpoint::Lsi { cpus: Some(c), .. } => Some(Cow::Borrowed(c)),
             // A remote we spawn inherits our CPUs.
-            Endpoint::Lsi { cpus: None, .. } | Endpoint::Exec(_) => vmm_cpus,
-            Endpoint::Socket(_) => peer_cpus,
+            Endpoint::Lsi { cpus: None, .. } | Endpoint::Exec(_) => vmm_cpus.map(Cow::Borrowed),
+            Endpoint::Socket(_) => peer_cpus().map(Cow::Owned),
             // The peer of an inherited fd is whoever made the pair, not
             // necessarily the remote.
             Endpoint::Fd(_) => None,
@@ -465,11 +467,11 @@ mod tests {
         let cpu = |s: &str| s.parse::<CpuList>().unwrap();
         let window = |spec: &str, vmm: &str| {
             let s: RemoteDevSpec = spec.parse().unwrap();
-            s.reply_poll_window(Some(&cpu(vmm)), None)
+            s.reply_poll_window(Some(&cpu(vmm)), || None)
         };
         let beside = |spec: &str, vmm: &str, peer: &str| {
             let s: RemoteDevSpec = spec.parse().unwrap();
-            s.reply_poll_window(Some(&cpu(vmm)), Some(&cpu(peer)))
+            s.reply_poll_window(Some(&cpu(vmm)), || Some(cpu(peer)))
         };
         let auto = crate::ioregion::reply_poll::DEFAULT_WINDOW;
         // A spawned remote inherits the VMM's one CPU: nothing answers a poll.
@@ -483,6 +485,11 @@ mod tests {
         assert_eq!(beside("socket=/x,proto=vmm", "0", "1"), auto);
         assert_eq!(beside("fd=3,proto=vmm", "0", "0"), auto, "not the remote's");
         assert_eq!(beside("lsi", "0-1", "0"), auto, "spawned: our CPUs");
+        // Only a socket's peer is asked (a /proc lookup per remote).
+        for spec in ["lsi", "lsi,cpus=1", "fd=3,proto=vmm", "exec=/bin/true"] {
+            let s: RemoteDevSpec = spec.parse().unwrap();
+            s.reply_poll_window(Some(&cpu("0")), || panic!("{spec}: its peer was asked"));
+        }
         assert_eq!(window("lsi,reply-poll=off,cpus=1", "0"), Duration::ZERO);
         assert_eq!(window("lsi,reply-poll=20", "0"), Duration::from_micros(20));
         let s: RemoteDevSpec = "lsi,cpus=2-3:0".parse().unwrap();

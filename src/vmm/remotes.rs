@@ -124,20 +124,13 @@ fn ioregion_dispatch(
         .collect()
 }
 
-/// The CPUs of the process listening on a remote's socket (`socket=`),
-/// which `reply-poll=auto` needs as it needs a spawned remote's: polling
-/// for an answer that must come from the vCPU's own one CPU only delays
-/// it. None for other remotes, or when the kernel does not say (a peer
+/// The CPUs of the process at the far end of a remote's socket, which
+/// `reply-poll=auto` needs for a remote reached by `socket=` as it needs a
+/// spawned remote's: polling for an answer that must come from the vCPU's
+/// own one CPU only delays it. None when the kernel does not say (a peer
 /// in another pid namespace).
-fn peer_cpus(
-    spec: &RemoteDevSpec,
-    socket: &std::fs::File,
-    name: &str,
-) -> Option<crate::sys::cpus::CpuList> {
+fn peer_cpus(socket: &std::fs::File, name: &str) -> Option<crate::sys::cpus::CpuList> {
     use std::os::fd::AsFd;
-    if !matches!(spec.endpoint, crate::proxy::spec::Endpoint::Socket(_)) {
-        return None;
-    }
     let cpus =
         crate::sys::threads::peer_pid(socket.as_fd()).and_then(crate::sys::cpus::process_cpus);
     match cpus {
@@ -187,8 +180,7 @@ pub(super) fn add_remote_devices(
         let failed = FailFlag::default();
         let socket = supervisor::socket_of(&process).map_err(io_err("watch a remote's socket"))?;
         let remote::RemoteProcess { name, link, child } = process;
-        let peer_cpus = peer_cpus(spec, &socket, &name);
-        let reply_poll = spec.reply_poll_window(vmm_cpus.as_ref(), peer_cpus.as_ref());
+        let reply_poll = spec.reply_poll_window(vmm_cpus.as_ref(), || peer_cpus(&socket, &name));
         if reply_poll.is_zero() {
             log::info!(
                 "remote {name}: vCPUs sleep on its answers at once (it shares their one CPU, \
