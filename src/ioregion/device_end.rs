@@ -46,7 +46,7 @@
 use std::fs::File;
 use std::io;
 use std::os::fd::{AsFd, OwnedFd, RawFd};
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, Mutex, OnceLock, Weak};
 use std::time::Duration;
 
 use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
@@ -94,8 +94,10 @@ struct Posted {
     /// and the watch fd of it in the epoll set.
     acknowledged: Option<(SharedIrq, RawFd)>,
     /// The pages (device and inode of their memfds) whose rings are among
-    /// `ends`: a page offered for two BARs is one ring.
-    rings: Vec<(u64, u64)>,
+    /// `ends`: a page offered for two BARs is one ring. Held weakly: a ring
+    /// found broken leaves `ends`, and its page offered again (to the VMM
+    /// that takes over from the one that broke it) is a new ring.
+    rings: Vec<((u64, u64), Weak<MirrorPage>)>,
     /// The posted-write thread waits in `epoll_wait`, its rings empty and
     /// `listening` raised (see [`Posted::after_another_drain`]).
     asleep: bool,
@@ -475,19 +477,22 @@ impl Hub {
             }
         };
         let mut posted = self.posted.lock().expect("hub lock poisoned");
-        if posted.rings.contains(&page) {
+        posted.rings.retain(|(_, ring)| ring.strong_count() > 0);
+        if posted.rings.iter().any(|(served, _)| *served == page) {
             return true;
         }
         if posted.rings.len() >= super::applied::MAX_COUNTED_PAGES {
             return false;
         }
-        let ring = match MirrorPage::map(file, true) {
-            Ok(mapped) => PostedRing::new(Arc::new(mapped)).expect("mapped writable"),
+        let mapped = match MirrorPage::map(file, true) {
+            Ok(mapped) => Arc::new(mapped),
             Err(e) => {
                 log::warn!("cannot offer the posted-write ring: {e}");
                 return false;
             }
         };
+        let held = Arc::downgrade(&mapped);
+        let ring = PostedRing::new(mapped).expect("mapped writable");
         // Asleep until the VMM's first record arrives on a fd; the thread
         // is not told of the ring otherwise.
         ring.reset();
@@ -495,7 +500,7 @@ impl Hub {
         posted
             .ends
             .push(PostedEnd::new(Source::Ring(ring), handler));
-        posted.rings.push(page);
+        posted.rings.push((page, held));
         true
     }
 }
@@ -1494,6 +1499,57 @@ mod ordering_tests {
         let summary = hub.summary();
         let (_, rest) = summary.split_once(" applied, ").expect("summary");
         rest.split(' ').next().unwrap().parse().unwrap()
+    }
+
+    /// A ring found broken (a VMM wrote its tail past a ring's length) is
+    /// no longer served, and its page, offered again to the VMM that takes
+    /// over, is served as a new ring rather than taken for the old one.
+    #[test]
+    fn a_broken_ring_is_dropped_and_its_page_served_anew_when_offered_again() {
+        use crate::protocol::extensions::{MIRROR_RING_SLOTS, MIRROR_RING_TAIL_OFFSET};
+        let Ringed {
+            journal,
+            hub,
+            a,
+            mirror,
+            ring,
+            ..
+        } = ringed_bank();
+        let rings = |hub: &Hub| {
+            (hub.posted.lock().unwrap().ends.iter())
+                .filter(|e| e.raw_fd().is_none())
+                .count()
+        };
+        let page = MirrorPage::map(&mirror.file().unwrap(), true).unwrap();
+        page.store_u64(
+            MIRROR_RING_TAIL_OFFSET as usize,
+            u64::from(MIRROR_RING_SLOTS) + 1,
+        );
+        // A posted write on a fd wakes the thread, whose drain looks at
+        // the ring.
+        a.write_waiting(0, &[1], false, Some(0), None).unwrap();
+        wait_until("the write applied", || {
+            journal.lock().unwrap().writes.len() == 1
+        });
+        wait_until("the broken ring dropped", || rings(&hub) == 0);
+        assert!(hub.take_posted_writes_from(&mirror.file().unwrap()));
+        assert_eq!(rings(&hub), 1, "served anew");
+        // And it serves: the first record goes on a fd to wake the device,
+        // the next into the ring while the device is held busy.
+        let busy = hub.posted.lock().unwrap();
+        for n in 1..4u64 {
+            let kind = a.write_waiting(n, &[n as u8], false, Some(n), Some(&ring));
+            assert_eq!(kind.unwrap(), WriteKind::Posted);
+        }
+        drop(busy);
+        wait_until("every posted write applied", || {
+            journal.lock().unwrap().writes.len() == 4
+        });
+        assert_eq!(
+            journal.lock().unwrap().writes,
+            [(0, 1), (1, 1), (2, 2), (3, 3)]
+        );
+        assert!(from_the_ring(&hub) >= 1, "{}", hub.summary());
     }
 
     /// Posted writes through the ring in a mirror page (`mirror::ring`)
