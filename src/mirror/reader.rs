@@ -278,6 +278,27 @@ mod tests {
         MirroredRegister::new(offset, size, page_offset)
     }
 
+    /// ISTAT0 as the LSI describes it: INTF cleared by a write of 1,
+    /// SIGP and ABRT start the device's work.
+    fn istat() -> MirroredRegister {
+        MirroredRegister {
+            effects: Some(crate::protocol::extensions::WriteEffects {
+                clears: 0x04,
+                follows: 0xf0,
+                opaque: 0xe0,
+            }),
+            ..register(0x14, 1, 8)
+        }
+    }
+
+    /// Whether a write rings a doorbell, and if so whether it is waited for.
+    fn rings(mirror: &RangeMirror, offset: u64, data: &[u8]) -> Option<bool> {
+        mirror
+            .write(offset, data)
+            .and_then(|w| w.ring())
+            .map(|r| r.1)
+    }
+
     #[test]
     fn reads_of_a_mirrored_register_come_from_the_remotes_page() {
         let remote = RegisterMirror::new().unwrap();
@@ -405,16 +426,8 @@ mod tests {
     /// value starts nothing.
     #[test]
     fn a_write_of_a_described_register_is_known_unless_it_starts_work() {
-        use crate::protocol::extensions::WriteEffects;
         let remote = RegisterMirror::new().unwrap();
-        let istat = MirroredRegister {
-            effects: Some(WriteEffects {
-                clears: 0x04,
-                follows: 0xf0,
-                opaque: 0xe0,
-            }),
-            ..register(0x14, 1, 8)
-        };
+        let istat = istat();
         let bar = BarMirror {
             page: Arc::new(map_page(&remote.file().unwrap(), false).unwrap()),
             registers: vec![istat, register(0x15, 1, 9)],
@@ -442,17 +455,9 @@ mod tests {
     #[test]
     fn writes_that_start_the_devices_work_ring_the_doorbell() {
         use crate::mirror::doorbell::{DoorbellMode, ENTER_AFTER};
-        use crate::protocol::extensions::WriteEffects;
         let remote = RegisterMirror::new().unwrap();
         let counter = MirrorPage::map(&remote.file().unwrap(), true).unwrap();
-        let istat = MirroredRegister {
-            effects: Some(WriteEffects {
-                clears: 0x04,
-                follows: 0xf0,
-                opaque: 0xe0,
-            }),
-            ..register(0x14, 1, 8)
-        };
+        let istat = istat();
         let bar = |mode, counts: bool| BarMirror {
             page: Arc::new(map_page(&remote.file().unwrap(), false).unwrap()),
             registers: vec![istat, register(0x15, 1, 9)],
@@ -461,50 +466,19 @@ mod tests {
             posted_ring: false,
         };
         let waited = bar(DoorbellMode::Waited, true).range(0, 0x80).unwrap();
-        assert_eq!(
-            waited
-                .write(0x14, &[0x20])
-                .and_then(|w| w.ring())
-                .map(|r| r.1),
-            Some(true),
-            "SIGP"
-        );
-        assert_eq!(
-            waited
-                .write(0x14, &[0x80])
-                .and_then(|w| w.ring())
-                .map(|r| r.1),
-            Some(true),
-            "ABRT"
-        );
-        assert!(
-            waited.write(0x14, &[0x04]).and_then(|w| w.ring()).is_none(),
-            "an INTF clear starts nothing"
-        );
-        assert!(
-            waited
-                .write(0x14, &[0x20, 0])
-                .and_then(|w| w.ring())
-                .is_none(),
-            "another size"
-        );
-        assert!(
-            waited.write(0x15, &[0x20]).and_then(|w| w.ring()).is_none(),
-            "effects not described"
-        );
+        assert_eq!(rings(&waited, 0x14, &[0x20]), Some(true), "SIGP");
+        assert_eq!(rings(&waited, 0x14, &[0x80]), Some(true), "ABRT");
+        let none = |data: &[u8]| rings(&waited, 0x14, data);
+        assert_eq!(none(&[0x04]), None, "an INTF clear starts nothing");
+        assert_eq!(none(&[0x20, 0]), None, "another size");
+        assert_eq!(rings(&waited, 0x15, &[0x20]), None, "effects not described");
         let no_policy = BarMirror {
             doorbells: None,
             posted_ring: false,
             ..bar(DoorbellMode::Waited, true)
         };
-        assert!(
-            no_policy
-                .range(0, 0x80)
-                .unwrap()
-                .write(0x14, &[0x20])
-                .and_then(|w| w.ring())
-                .is_none()
-        );
+        let no_policy = no_policy.range(0, 0x80).unwrap();
+        assert_eq!(rings(&no_policy, 0x14, &[0x20]), None);
         // Adaptive: each posted doorbell applied before the next.
         let adaptive = bar(DoorbellMode::Adaptive, true).range(0, 0x80).unwrap();
         let mut waits = Vec::new();
@@ -521,13 +495,7 @@ mod tests {
         // A page that does not count posted writes gives it nothing to go by.
         let uncounted = bar(DoorbellMode::Adaptive, false).range(0, 0x80).unwrap();
         for _ in 0..2 * ENTER_AFTER {
-            assert_eq!(
-                uncounted
-                    .write(0x14, &[0x20])
-                    .and_then(|w| w.ring())
-                    .map(|r| r.1),
-                Some(false)
-            );
+            assert_eq!(rings(&uncounted, 0x14, &[0x20]), Some(false));
         }
     }
 }
