@@ -95,8 +95,9 @@ struct Posted {
     acknowledged: Option<(SharedIrq, RawFd)>,
     /// The pages (device and inode of their memfds) whose rings are among
     /// `ends`: a page offered for two BARs is one ring. Held weakly: a ring
-    /// found broken leaves `ends`, and its page offered again (to the VMM
-    /// that takes over from the one that broke it) is a new ring.
+    /// found broken leaves `ends`, and a later mirror query that offers its
+    /// page again (the VMM asks once per BAR, and may ask again) gets a new
+    /// ring instead of the answer that the dead one is served.
     rings: Vec<((u64, u64), Weak<MirrorPage>)>,
     /// The posted-write thread waits in `epoll_wait`, its rings empty and
     /// `listening` raised (see [`Posted::after_another_drain`]).
@@ -1502,8 +1503,8 @@ mod ordering_tests {
     }
 
     /// A ring found broken (a VMM wrote its tail past a ring's length) is
-    /// no longer served, and its page, offered again to the VMM that takes
-    /// over, is served as a new ring rather than taken for the old one.
+    /// no longer served, and its page, offered again by a later mirror
+    /// query, is served as a new ring rather than taken for the old one.
     #[test]
     fn a_broken_ring_is_dropped_and_its_page_served_anew_when_offered_again() {
         use crate::protocol::extensions::{MIRROR_RING_SLOTS, MIRROR_RING_TAIL_OFFSET};
