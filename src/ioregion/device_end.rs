@@ -46,7 +46,7 @@
 use std::fs::File;
 use std::io;
 use std::os::fd::{AsFd, OwnedFd, RawFd};
-use std::sync::{Arc, Mutex, OnceLock, Weak};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
@@ -93,12 +93,6 @@ struct Posted {
     /// acknowledgements to the thread (see [`Hub::take_acknowledgements`]),
     /// and the watch fd of it in the epoll set.
     acknowledged: Option<(SharedIrq, RawFd)>,
-    /// The pages (device and inode of their memfds) whose rings are among
-    /// `ends`: a page offered for two BARs is one ring. Held weakly: a ring
-    /// found broken leaves `ends`, and a later mirror query that offers its
-    /// page again (the VMM asks once per BAR, and may ask again) gets a new
-    /// ring instead of the answer that the dead one is served.
-    rings: Vec<((u64, u64), Weak<MirrorPage>)>,
     /// The posted-write thread waits in `epoll_wait`, its rings empty and
     /// `listening` raised (see [`Posted::after_another_drain`]).
     asleep: bool,
@@ -157,7 +151,7 @@ impl Posted {
     fn serve_wake_up(&mut self, woke: Option<RawFd>, acknowledged: bool) {
         self.asleep = false;
         for end in &self.ends {
-            if let Source::Ring(ring) = &end.source {
+            if let Source::Ring(ring, _) = &end.source {
                 ring.stop_listening();
             }
         }
@@ -187,7 +181,7 @@ impl Posted {
     /// (so that its VMM wakes the thread for the next record).
     fn empty_the_rings(&mut self) {
         while let Some(i) = (self.ends.iter()).position(|e| match &e.source {
-            Source::Ring(ring) => !ring.listen(),
+            Source::Ring(ring, _) => !ring.listen(),
             Source::Fd(_) => false,
         }) {
             let done = self.drain(Some(i), false);
@@ -199,7 +193,7 @@ impl Posted {
     /// posted write not applied yet ([`apply_covered_heads`]).
     fn apply_covered_ring_heads(&mut self) {
         for end in &mut self.ends {
-            if let Source::Ring(_) = end.source {
+            if let Source::Ring(..) = end.source {
                 apply_covered_heads(end, &mut self.applied);
             }
         }
@@ -478,30 +472,32 @@ impl Hub {
             }
         };
         let mut posted = self.posted.lock().expect("hub lock poisoned");
-        posted.rings.retain(|(_, ring)| ring.strong_count() > 0);
-        if posted.rings.iter().any(|(served, _)| *served == page) {
+        // A ring found broken has left `ends`: a later mirror query that
+        // offers its page again (the VMM asks once per BAR, and may ask
+        // again) gets a new ring, not the answer that the dead one is served.
+        if posted.ends.iter().any(|e| e.is_ring_in(page)) {
             return true;
         }
-        if posted.rings.len() >= super::applied::MAX_COUNTED_PAGES {
+        let rings = (posted.ends.iter())
+            .filter(|e| matches!(e.source, Source::Ring(..)))
+            .count();
+        if rings >= super::applied::MAX_COUNTED_PAGES {
             return false;
         }
-        let mapped = match MirrorPage::map(file, true) {
-            Ok(mapped) => Arc::new(mapped),
+        let ring = match MirrorPage::map(file, true) {
+            Ok(mapped) => PostedRing::new(Arc::new(mapped)).expect("mapped writable"),
             Err(e) => {
                 log::warn!("cannot offer the posted-write ring: {e}");
                 return false;
             }
         };
-        let held = Arc::downgrade(&mapped);
-        let ring = PostedRing::new(mapped).expect("mapped writable");
         // Asleep until the VMM's first record arrives on a fd; the thread
         // is not told of the ring otherwise.
         ring.reset();
         let handler = ring_handler(self.ranges.clone());
         posted
             .ends
-            .push(PostedEnd::new(Source::Ring(ring), handler));
-        posted.rings.push((page, held));
+            .push(PostedEnd::new(Source::Ring(ring, page), handler));
         true
     }
 }

@@ -23,8 +23,10 @@ const _: () = assert!(
 pub(super) enum Source {
     /// A posted-write fd: records are received, and answered when asked.
     Fd(Arc<OwnedFd>),
-    /// The ring in a mirror page (`mirror::ring`): posted writes only.
-    Ring(PostedRing),
+    /// The ring in a mirror page (`mirror::ring`): posted writes only. With
+    /// the page's identity (device and inode of its memfd): a page offered
+    /// for two BARs is one ring.
+    Ring(PostedRing, (u64, u64)),
 }
 
 pub(super) struct PostedEnd {
@@ -57,16 +59,21 @@ impl PostedEnd {
     /// drain finds out and drops it). A fd says so through epoll instead.
     pub(super) fn ring_holds_records(&self) -> bool {
         match &self.source {
-            Source::Ring(ring) => self.head.is_some() || !matches!(ring.peek(), Ok(None)),
+            Source::Ring(ring, _) => self.head.is_some() || !matches!(ring.peek(), Ok(None)),
             Source::Fd(_) => false,
         }
+    }
+
+    /// Whether this is the ring in the page `page` identifies.
+    pub(super) fn is_ring_in(&self, page: (u64, u64)) -> bool {
+        matches!(self.source, Source::Ring(_, served) if served == page)
     }
 
     /// The fd records arrive on, if they arrive on one.
     pub(super) fn raw_fd(&self) -> Option<RawFd> {
         match &self.source {
             Source::Fd(fd) => Some(fd.as_raw_fd()),
-            Source::Ring(_) => None,
+            Source::Ring(..) => None,
         }
     }
 }
@@ -180,7 +187,7 @@ fn look(end: &mut PostedEnd) -> Head {
     let mut buf = [0u8; RECV_BUF_SIZE];
     let taken = match &end.source {
         Source::Fd(fd) => receive_but_wake_ups(fd, &mut buf),
-        Source::Ring(ring) => match ring.peek() {
+        Source::Ring(ring, _) => match ring.peek() {
             Ok(Some(record)) => {
                 buf[..record.len()].copy_from_slice(&record);
                 Ok(Incoming::Record(record.len()))
@@ -233,7 +240,7 @@ fn apply_head(end: &mut PostedEnd, applied: &mut AppliedCount) -> bool {
         Source::Fd(fd) => answer(fd.as_fd(), &record.buf, record.len, &mut |c| {
             (end.handler)(c)
         }),
-        Source::Ring(ring) => {
+        Source::Ring(ring, _) => {
             match Cmd::decode(record.bytes()) {
                 Ok(cmd) if posted => {
                     (end.handler)(&cmd);
@@ -247,7 +254,7 @@ fn apply_head(end: &mut PostedEnd, applied: &mut AppliedCount) -> bool {
     };
     // Reads and waited writes are not counted: the VMM counts what it posted.
     match &end.source {
-        Source::Ring(_) if posted => applied.one_more_from_the_ring(),
+        Source::Ring(..) if posted => applied.one_more_from_the_ring(),
         _ if posted => applied.one_more(),
         _ => {}
     }
